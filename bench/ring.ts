@@ -1,0 +1,79 @@
+/**
+ * Ring benchmarks:
+ *  - SP/SC bursts of 32 between two pinned worker lcores (one per CPU), M entries/s, with the
+ *    workers' garbage-collection count (must be 0);
+ *  - enqueue+dequeue in one thread, bursts of 1, 8 and 32, ns per entry.
+ */
+import Benchmark from 'benchmark';
+import { Ring } from '../lib/ring/ring.js';
+import { Lcores, siblingModule } from '../src/lcore/lcores.js';
+import type { RingPipeArg, RingPipeResult } from './ring-lcores.js';
+
+const PIPE = siblingModule(import.meta.url, 'ring-lcores');
+
+/** Run a synchronous benchmark.js benchmark; stats.mean is seconds per call of fn. */
+export function measure(name: string, fn: () => void, opts: { minSamples?: number; maxTime?: number } = {}): Promise<Benchmark> {
+  return new Promise((resolve, reject) => {
+    const b = new Benchmark(name, { fn, minSamples: opts.minSamples ?? 5, maxTime: opts.maxTime ?? 3 });
+    b.on('complete', () => (b.error ? reject(b.error) : resolve(b)));
+    b.on('error', () => reject(b.error));
+    b.run({ async: true });
+  });
+}
+
+/** Move `total` entries producer -> consumer through ring once; returns both reports. */
+async function pipeOnce(lcores: Lcores, ring: Ring, total: number, burst: number): Promise<[RingPipeResult, RingPipeResult]> {
+  const arg: RingPipeArg = { ring: ring.desc, total, burst };
+  const c = lcores.launch<RingPipeResult>(2, PIPE, 'ringConsumer', arg);
+  const p = lcores.launch<RingPipeResult>(1, PIPE, 'ringProducer', arg);
+  return Promise.all([p, c]);
+}
+
+/** The ring figures (see bench/run.ts for the contract). */
+export async function run(args: string[]): Promise<Record<string, number>> {
+  const quick = args.includes('--quick');
+  // lcore 0 = main (CPU 0, idle while waiting), producer lcore 1 on CPU 0, consumer lcore 2 on CPU 1.
+  const lcores = new Lcores([{ id: 0, cpu: 0 }, { id: 1, cpu: 0 }, { id: 2, cpu: 1 }], 0);
+  const ring = Ring.create('bench', 2048, { sp: true, sc: true });
+  const total = quick ? 4_000_000 : 32_000_000;
+  let gcCount = 0, ordered = true;
+  try {
+    // Warm up: the loops are optimized (and re-optimized) during the first runs.
+    for (let w = 0; w < 2; w++) await pipeOnce(lcores, ring, total, 32);
+    // Wall-clock time in the main thread per run (launch included), median of the runs: a
+    // deferred benchmark.js cycle does not time two threads reliably.
+    const runs = quick ? 3 : 9;
+    const rates: number[] = [];
+    for (let r = 0; r < runs; r++) {
+      const t0 = performance.now();
+      const [p, c] = await pipeOnce(lcores, ring, total, 32);
+      rates.push(total / ((performance.now() - t0) / 1e3) / 1e6);
+      if (process.env.TSPMD_BENCH_VERBOSE) console.log(`  run ${r}: ${rates[r].toFixed(1)} M/s, producer loop ${(total / (p.endMs - p.startMs) / 1e3).toFixed(1)}, consumer loop ${(total / (c.endMs - c.startMs) / 1e3).toFixed(1)}`);
+      gcCount += p.gcCount + c.gcCount;
+      if (!c.inOrder || c.entries !== total) ordered = false;
+    }
+    if (!ordered) throw new Error('ring benchmark: entries arrived out of order or were lost');
+    rates.sort((a, b) => a - b);
+    const mpps = rates[rates.length >> 1];
+    console.log(`ring SP/SC burst 32, two pinned workers: ${mpps.toFixed(1)} M entries/s (median of ${runs} runs of ${total / 1e6} M; min ${rates[0].toFixed(1)}, max ${rates[rates.length - 1].toFixed(1)}), worker GCs: ${gcCount}`);
+
+    const single: Record<string, number> = {};
+    for (const burst of [1, 8, 32]) {
+      const r = Ring.create(`st${burst}`, 1024, { sp: true, sc: true });
+      const buf = new Uint32Array(burst);
+      const iters = 10_000;
+      const s = await measure(`ring enqueue+dequeue burst ${burst}`, () => {
+        for (let i = 0; i < iters; i++) {
+          r.enqueueBulk(buf, burst);
+          r.dequeueBulk(buf, burst);
+        }
+      }, { minSamples: quick ? 2 : 5, maxTime: quick ? 0.5 : 2 });
+      const ns = (s.stats.mean / (iters * burst)) * 1e9;
+      single[`single_thread_burst${burst}_ns_per_entry`] = Number(ns.toFixed(2));
+      console.log(`ring enqueue+dequeue, one thread, burst ${burst}: ${ns.toFixed(2)} ns per entry`);
+    }
+    return { spsc_burst32_two_workers_mpps: Number(mpps.toFixed(1)), gc_count: gcCount, ...single };
+  } finally {
+    await lcores.close();
+  }
+}

@@ -1,0 +1,332 @@
+/**
+ * Packet buffers (mbufs): mempool objects with a 64-byte header, then headroom and data room.
+ *
+ *   0  u64 buf_iova     IOVA of the buffer (headroom start), for devices
+ *   8  u32 pkt_len      total length of the chain (first segment)
+ *  12  u16 data_len     bytes of data in this segment
+ *  14  u16 data_off     where data starts, from the buffer start
+ *  16  u16 refcnt
+ *  18  u16 nb_segs      segments in the chain (first segment)
+ *  20  u16 port         input port
+ *  22  u16 buf_len      headroom + data room
+ *  24  u32 ol_flags     offload flags (low word), 28 high word
+ *  32  u32 next         next segment's handle, or MBUF_NONE
+ *  36  u32 packet_type
+ *  40  u32 hash (RSS)
+ *  44  u16 vlan_tci
+ *  48..63 free for drivers and apps
+ *
+ * An mbuf is named by its u32 handle (see mempool.ts); bursts are Uint32Arrays of handles. The
+ * functions below read and write these fields through the owning pool's views; none allocates.
+ */
+import type { EalMemory } from '../../src/memory/memory.js';
+import { iovaAt } from '../../src/memory/segment.js';
+import { Mempool, poolOf } from './mempool.js';
+
+export const MBUF_HDR = 64;
+export const MBUF_HEADROOM = 128;
+export const MBUF_DATAROOM = 2048;
+export const MBUF_NONE = 0xffffffff;
+/** Segments a chain may have at most. */
+export const MBUF_MAX_SEGS = 0xffff;
+
+// Field offsets, in bytes from the mbuf start.
+export const F_BUF_IOVA = 0, F_PKT_LEN = 8, F_DATA_LEN = 12, F_DATA_OFF = 14, F_REFCNT = 16, F_NB_SEGS = 18;
+export const F_PORT = 20, F_BUF_LEN = 22, F_OL_FLAGS = 24, F_NEXT = 32, F_PTYPE = 36, F_HASH = 40, F_VLAN = 44;
+
+/** Options for a packet mbuf pool. */
+export interface PktmbufPoolOptions {
+  /** per-lcore cache (default 256, or less for small pools) */
+  cacheSize?: number;
+  /** data room after the headroom (default 2048) */
+  dataRoom?: number;
+  /** headroom before the data (default 128) */
+  headroom?: number;
+}
+
+/** Create a pool of n packet mbufs (rte_pktmbuf_pool_create). */
+export function pktmbufPoolCreate(memory: EalMemory, name: string, n: number, opts: PktmbufPoolOptions = {}): Mempool {
+  const headroom = opts.headroom ?? MBUF_HEADROOM;
+  const dataRoom = opts.dataRoom ?? MBUF_DATAROOM;
+  if (!Number.isInteger(headroom) || headroom < 0 || headroom > 1024) throw new RangeError(`mbuf pool "${name}": headroom ${headroom} must be 0..1024`);
+  if (!Number.isInteger(dataRoom) || dataRoom < 64 || headroom + dataRoom > 0xffff) {
+    throw new RangeError(`mbuf pool "${name}": data room ${dataRoom} must be 64..${0xffff - headroom}`);
+  }
+  const cacheSize = opts.cacheSize ?? Math.min(256, Math.floor(n / 1.5));
+  const bufLen = headroom + dataRoom;
+  return Mempool.create(memory, name, n, MBUF_HDR + bufLen, {
+    cacheSize,
+    contiguousFrom: MBUF_HDR,
+    user: [headroom, dataRoom],
+    init: (pool, m, off) => {
+      pool.u8.fill(0, off, off + MBUF_HDR);
+      const seg = memory.segment(pool.zone.segment);
+      pool.dv.setBigUint64(off + F_BUF_IOVA, iovaAt(seg, pool.zone.offset + off + MBUF_HDR), true);
+      pool.u16[(off + F_BUF_LEN) >> 1] = bufLen;
+      pool.u16[(off + F_REFCNT) >> 1] = 1;
+      pool.u32[(off + F_NEXT) >> 2] = MBUF_NONE;
+    },
+  });
+}
+
+/** The headroom a pool's mbufs start with. */
+export function pktmbufHeadroom(pool: Mempool): number {
+  return pool.userWord(0);
+}
+
+/** The data room of a pool's mbufs. */
+export function pktmbufDataRoom(pool: Mempool): number {
+  return pool.userWord(1);
+}
+
+/** Reset an mbuf's header to a fresh single-segment packet (rte_pktmbuf_reset). */
+export function pktmbufReset(m: number): void {
+  const p = poolOf(m);
+  const o = p.offsetOf(m);
+  const u16 = p.u16, u32 = p.u32;
+  u32[(o + F_PKT_LEN) >> 2] = 0;
+  u16[(o + F_DATA_LEN) >> 1] = 0;
+  u16[(o + F_DATA_OFF) >> 1] = p.userWord(0);
+  u16[(o + F_NB_SEGS) >> 1] = 1;
+  u16[(o + F_PORT) >> 1] = 0xffff;
+  u32[(o + F_OL_FLAGS) >> 2] = 0;
+  u32[(o + F_OL_FLAGS + 4) >> 2] = 0;
+  u32[(o + F_NEXT) >> 2] = MBUF_NONE;
+  u32[(o + F_PTYPE) >> 2] = 0;
+}
+
+/** Allocate n reset mbufs into out[off..], all or none (rte_pktmbuf_alloc_bulk). */
+export function pktmbufAllocBulk(pool: Mempool, out: Uint32Array, n: number, off = 0): boolean {
+  if (!pool.allocBulk(out, n, off)) return false;
+  for (let i = 0; i < n; i++) pktmbufReset(out[off + i]);
+  return true;
+}
+
+/** Allocate one reset mbuf; -1 when the pool is empty. */
+export function pktmbufAlloc(pool: Mempool): number {
+  const m = pool.alloc();
+  if (m >= 0) pktmbufReset(m);
+  return m;
+}
+
+/** Free one segment: drop a reference; back to its pool at zero. Returns the next segment. */
+export function pktmbufFreeSeg(m: number): number {
+  const p = poolOf(m);
+  const o = p.offsetOf(m);
+  const next = p.u32[(o + F_NEXT) >> 2];
+  const r = p.u16[(o + F_REFCNT) >> 1];
+  if (r > 1) {
+    p.u16[(o + F_REFCNT) >> 1] = r - 1;
+    return next;
+  }
+  // Free mbufs keep refcnt 1 and no chain, as DPDK's do.
+  p.u32[(o + F_NEXT) >> 2] = MBUF_NONE;
+  p.free(m);
+  return next;
+}
+
+/** Free a whole chain (rte_pktmbuf_free). */
+export function pktmbufFree(m: number): void {
+  let s = m;
+  while (s !== MBUF_NONE) s = pktmbufFreeSeg(s);
+}
+
+/** Free n chains from ms[off..] (rte_pktmbuf_free_bulk). */
+export function pktmbufFreeBulk(ms: Uint32Array, n: number, off = 0): void {
+  for (let i = 0; i < n; i++) {
+    const m = ms[off + i];
+    const p = poolOf(m);
+    const o = p.offsetOf(m);
+    // Fast path: single segment, sole owner: straight to the pool cache.
+    if (p.u32[(o + F_NEXT) >> 2] === MBUF_NONE && p.u16[(o + F_REFCNT) >> 1] === 1) p.free(m);
+    else pktmbufFree(m);
+  }
+}
+
+/** Byte offset of the packet data (rte_pktmbuf_mtod) in the pool's views: poolOf(m).u8[off]. */
+export function mtod(m: number): number {
+  const p = poolOf(m);
+  const o = p.offsetOf(m);
+  return o + MBUF_HDR + p.u16[(o + F_DATA_OFF) >> 1];
+}
+
+/** IOVA of the packet data (rte_pktmbuf_iova). */
+export function mbufDataIova(m: number): bigint {
+  const p = poolOf(m);
+  const o = p.offsetOf(m);
+  return p.dv.getBigUint64(o + F_BUF_IOVA, true) + BigInt(p.u16[(o + F_DATA_OFF) >> 1]);
+}
+
+/** Data length of this segment. */
+export function dataLen(m: number): number {
+  const p = poolOf(m);
+  return p.u16[(p.offsetOf(m) + F_DATA_LEN) >> 1];
+}
+
+/** Packet length (whole chain, first segment). */
+export function pktLen(m: number): number {
+  const p = poolOf(m);
+  return p.u32[(p.offsetOf(m) + F_PKT_LEN) >> 2];
+}
+
+/** Set a single-segment packet's data and packet length at once. */
+export function setLen(m: number, len: number): void {
+  const p = poolOf(m);
+  const o = p.offsetOf(m);
+  p.u16[(o + F_DATA_LEN) >> 1] = len;
+  p.u32[(o + F_PKT_LEN) >> 2] = len;
+}
+
+/** Data offset from the buffer start (headroom in use). */
+export function dataOff(m: number): number {
+  const p = poolOf(m);
+  return p.u16[(p.offsetOf(m) + F_DATA_OFF) >> 1];
+}
+
+/** Bytes free before the data. */
+export function headroom(m: number): number {
+  return dataOff(m);
+}
+
+/** Bytes free after the data of this segment. */
+export function tailroom(m: number): number {
+  const p = poolOf(m);
+  const o = p.offsetOf(m);
+  return p.u16[(o + F_BUF_LEN) >> 1] - p.u16[(o + F_DATA_OFF) >> 1] - p.u16[(o + F_DATA_LEN) >> 1];
+}
+
+/** Input port of a received packet. */
+export function mbufPort(m: number): number {
+  const p = poolOf(m);
+  return p.u16[(p.offsetOf(m) + F_PORT) >> 1];
+}
+
+/** Set the input port. */
+export function setMbufPort(m: number, port: number): void {
+  const p = poolOf(m);
+  p.u16[(p.offsetOf(m) + F_PORT) >> 1] = port;
+}
+
+/** Reference count. */
+export function refcnt(m: number): number {
+  const p = poolOf(m);
+  return p.u16[(p.offsetOf(m) + F_REFCNT) >> 1];
+}
+
+/** Add delta to the reference count (e.g. +1 before sending one mbuf to two ports); returns the new count. */
+export function refcntUpdate(m: number, delta: number): number {
+  const p = poolOf(m);
+  const i = (p.offsetOf(m) + F_REFCNT) >> 1;
+  const v = p.u16[i] + delta;
+  if (v < 1 || v > 0xffff) throw new RangeError(`mbuf 0x${m.toString(16)}: refcnt ${p.u16[i]} + ${delta} is out of range`);
+  p.u16[i] = v;
+  return v;
+}
+
+/** Segments in the chain. */
+export function nbSegs(m: number): number {
+  const p = poolOf(m);
+  return p.u16[(p.offsetOf(m) + F_NB_SEGS) >> 1];
+}
+
+/** Next segment, or MBUF_NONE. */
+export function nextSeg(m: number): number {
+  const p = poolOf(m);
+  return p.u32[(p.offsetOf(m) + F_NEXT) >> 2];
+}
+
+/** The last segment of a chain. */
+export function lastSeg(m: number): number {
+  let s = m;
+  for (let n = nextSeg(s); n !== MBUF_NONE; n = nextSeg(s)) s = n;
+  return s;
+}
+
+/** Grow the data at the front by len bytes (rte_pktmbuf_prepend); returns the new data offset in the views, or -1. */
+export function prepend(m: number, len: number): number {
+  const p = poolOf(m);
+  const o = p.offsetOf(m);
+  const off = p.u16[(o + F_DATA_OFF) >> 1];
+  if (len < 0 || len > off) return -1;
+  p.u16[(o + F_DATA_OFF) >> 1] = off - len;
+  p.u16[(o + F_DATA_LEN) >> 1] += len;
+  p.u32[(o + F_PKT_LEN) >> 2] += len;
+  return o + MBUF_HDR + off - len;
+}
+
+/** Grow the data at the end of the last segment (rte_pktmbuf_append); returns the offset of the new bytes, or -1. */
+export function append(m: number, len: number): number {
+  const last = lastSeg(m);
+  if (len < 0 || len > tailroom(last)) return -1;
+  const p = poolOf(last);
+  const o = p.offsetOf(last);
+  const at = o + MBUF_HDR + p.u16[(o + F_DATA_OFF) >> 1] + p.u16[(o + F_DATA_LEN) >> 1];
+  p.u16[(o + F_DATA_LEN) >> 1] += len;
+  const hp = poolOf(m);
+  hp.u32[(hp.offsetOf(m) + F_PKT_LEN) >> 2] += len;
+  return at;
+}
+
+/** Remove len bytes from the front of the first segment (rte_pktmbuf_adj); false if it has fewer. */
+export function adj(m: number, len: number): boolean {
+  const p = poolOf(m);
+  const o = p.offsetOf(m);
+  if (len < 0 || len > p.u16[(o + F_DATA_LEN) >> 1]) return false;
+  p.u16[(o + F_DATA_OFF) >> 1] += len;
+  p.u16[(o + F_DATA_LEN) >> 1] -= len;
+  p.u32[(o + F_PKT_LEN) >> 2] -= len;
+  return true;
+}
+
+/** Remove len bytes from the end of the last segment (rte_pktmbuf_trim); false if it has fewer. */
+export function trim(m: number, len: number): boolean {
+  const last = lastSeg(m);
+  const p = poolOf(last);
+  const o = p.offsetOf(last);
+  if (len < 0 || len > p.u16[(o + F_DATA_LEN) >> 1]) return false;
+  p.u16[(o + F_DATA_LEN) >> 1] -= len;
+  const hp = poolOf(m);
+  hp.u32[(hp.offsetOf(m) + F_PKT_LEN) >> 2] -= len;
+  return true;
+}
+
+/** Append chain tail to chain head (rte_pktmbuf_chain); false if the segment count would overflow. */
+export function chain(head: number, tail: number): boolean {
+  const hp = poolOf(head);
+  const ho = hp.offsetOf(head);
+  const tp = poolOf(tail);
+  const to = tp.offsetOf(tail);
+  const segs = hp.u16[(ho + F_NB_SEGS) >> 1] + tp.u16[(to + F_NB_SEGS) >> 1];
+  if (segs > MBUF_MAX_SEGS) return false;
+  const last = lastSeg(head);
+  const lp = poolOf(last);
+  lp.u32[(lp.offsetOf(last) + F_NEXT) >> 2] = tail;
+  hp.u16[(ho + F_NB_SEGS) >> 1] = segs;
+  hp.u32[(ho + F_PKT_LEN) >> 2] += tp.u32[(to + F_PKT_LEN) >> 2];
+  return true;
+}
+
+/** Copy a packet's bytes (all segments) into dst; returns the bytes copied (for tests and slow paths). */
+export function readPacket(m: number, dst: Uint8Array): number {
+  let n = 0;
+  for (let s = m; s !== MBUF_NONE && n < dst.length; s = nextSeg(s)) {
+    const p = poolOf(s);
+    const off = mtod(s);
+    const len = Math.min(dataLen(s), dst.length - n);
+    dst.set(p.u8.subarray(off, off + len), n);
+    n += len;
+  }
+  return n;
+}
+
+/** Write bytes as a single-segment packet (data length and packet length set); false if too long. */
+export function writePacket(m: number, src: Uint8Array, len = src.length): boolean {
+  const p = poolOf(m);
+  const o = p.offsetOf(m);
+  const off = p.u16[(o + F_DATA_OFF) >> 1];
+  if (len > p.u16[(o + F_BUF_LEN) >> 1] - off) return false;
+  p.u8.set(len === src.length ? src : src.subarray(0, len), o + MBUF_HDR + off);
+  p.u16[(o + F_DATA_LEN) >> 1] = len;
+  p.u32[(o + F_PKT_LEN) >> 2] = len;
+  return true;
+}

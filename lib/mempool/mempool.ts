@@ -1,0 +1,273 @@
+/**
+ * Mempool: fixed-size objects in one memzone of DMA memory, handed out as u32 handles.
+ *
+ * A handle is (pool id << 24) | object index, so any thread can find an object's pool and address
+ * from the handle alone (as DPDK finds m->pool). The free list is a ring in the same memzone, in
+ * front of which every lcore has a cache (also in the memzone, so audit() can count it from any
+ * thread). Everything lives in the memzone: another thread, or another process that maps the same
+ * memory, rebuilds the pool with Mempool.attach(desc).
+ *
+ * Layout: header (128 B) | ring | one cache per lcore | objects.
+ */
+import { viewOf } from '../../src/os/libc.js';
+import { lcoreId, MAX_LCORE } from '../../src/lcore/id.js';
+import type { EalMemory, Memzone } from '../../src/memory/memory.js';
+import { iovaContiguous } from '../../src/memory/segment.js';
+import { Ring, ringBytes, nextPow2 } from '../ring/ring.js';
+
+const MAGIC = 0x6d706f6c; // "mpol"
+const H_MAGIC = 0, H_ID = 1, H_COUNT = 2, H_OBJ_SIZE = 3, H_OBJ_OFF = 4, H_CACHE_SIZE = 5, H_FLUSH = 6;
+const H_RING_OFF = 7, H_CACHE_OFF = 8, H_CACHE_STRIDE = 9, H_POPULATED = 10, H_USER = 16; // H_USER..31: for the layer above
+const HEADER_BYTES = 128;
+
+/** Largest object count per pool: the index must fit in 24 bits of a handle. */
+export const MEMPOOL_MAX_OBJECTS = 1 << 24;
+/** Largest per-lcore cache (like RTE_MEMPOOL_CACHE_MAX_SIZE). */
+export const MEMPOOL_CACHE_MAX = 512;
+/** Handle bits that hold the object index. */
+export const HANDLE_INDEX_MASK = 0xffffff;
+
+/** A pool's location as plain data, postable to workers (Mempool.attach). */
+export interface MempoolDesc {
+  name: string;
+  zone: Memzone;
+}
+
+/** Options for Mempool.create. */
+export interface MempoolOptions {
+  /** per-lcore cache size (0: none); default 0 */
+  cacheSize?: number;
+  /** object alignment within the pool (default 64) */
+  align?: number;
+  /** called once per object at creation (e.g. to write an mbuf header) */
+  init?: (pool: Mempool, handle: number, byteOffset: number) => void;
+  /** pa mode: the byte range [start, objSize) of each object that must be IOVA-contiguous */
+  contiguousFrom?: number;
+  /** words H_USER.. of the header for the layer above (e.g. mbuf geometry) */
+  user?: readonly number[];
+}
+
+/** Counts that prove nothing leaked: every object is either available or in use. */
+export interface MempoolAudit {
+  /** objects the pool holds (populated) */
+  size: number;
+  /** objects free: in the ring plus in every lcore cache */
+  available: number;
+  /** objects handed out */
+  inUse: number;
+}
+
+/** Pools this thread knows, by id (the top 8 bits of a handle). */
+const POOLS: Mempool[] = [];
+let nextId = 0;
+
+/** The pool that owns a handle (in this thread). */
+export function poolOf(handle: number): Mempool {
+  return POOLS[handle >>> 24];
+}
+
+/** A pool of fixed-size objects with per-lcore caches. */
+export class Mempool {
+  readonly name: string;
+  readonly zone: Memzone;
+  readonly id: number;
+  /** objects it holds */
+  readonly size: number;
+  readonly objSize: number;
+  /** byte offset of object 0 in the zone */
+  readonly objOffset: number;
+  readonly cacheSize: number;
+  /** views over the whole memzone, for object access at byte offsets */
+  readonly u8: Uint8Array;
+  readonly u16: Uint16Array;
+  readonly u32: Uint32Array;
+  readonly dv: DataView;
+  private readonly ring: Ring;
+  private readonly i32: Int32Array;
+  private readonly flushThresh: number;
+  private readonly cacheOffset: number;
+  private readonly cacheStride: number;
+  private readonly handleBase: number;
+
+  private constructor(name: string, zone: Memzone) {
+    const ab = viewOf(zone.va, zone.len);
+    const h = new Int32Array(ab, 0, HEADER_BYTES / 4);
+    if (h[H_MAGIC] !== MAGIC) throw new Error(`mempool "${name}": memzone "${zone.name}" holds no mempool (bad magic)`);
+    this.name = name;
+    this.zone = zone;
+    this.id = h[H_ID];
+    this.size = h[H_POPULATED];
+    this.objSize = h[H_OBJ_SIZE];
+    this.objOffset = h[H_OBJ_OFF];
+    this.cacheSize = h[H_CACHE_SIZE];
+    this.flushThresh = h[H_FLUSH];
+    this.cacheOffset = h[H_CACHE_OFF];
+    this.cacheStride = h[H_CACHE_STRIDE];
+    this.handleBase = this.id << 24;
+    this.u8 = new Uint8Array(ab);
+    this.u16 = new Uint16Array(ab, 0, zone.len >>> 1);
+    this.u32 = new Uint32Array(ab, 0, zone.len >>> 2);
+    this.dv = new DataView(ab);
+    this.i32 = new Int32Array(ab, 0, zone.len >>> 2);
+    this.ring = Ring.attach({ name: `${name}.ring`, memory: zone.va + BigInt(h[H_RING_OFF]), offset: 0 }, viewOf);
+  }
+
+  /** Create a pool of count objects of objSize bytes in a new memzone named after it. */
+  static create(memory: EalMemory, name: string, count: number, objSize: number, opts: MempoolOptions = {}): Mempool {
+    if (!Number.isInteger(count) || count < 1 || count >= MEMPOOL_MAX_OBJECTS) {
+      throw new RangeError(`mempool "${name}": object count ${count} must be 1..${MEMPOOL_MAX_OBJECTS - 1}`);
+    }
+    if (!Number.isInteger(objSize) || objSize < 4 || objSize > 1 << 20) {
+      throw new RangeError(`mempool "${name}": object size ${objSize} must be 4..1048576 bytes`);
+    }
+    const cacheSize = opts.cacheSize ?? 0;
+    if (!Number.isInteger(cacheSize) || cacheSize < 0 || cacheSize > MEMPOOL_CACHE_MAX || cacheSize * 1.5 > count) {
+      throw new RangeError(`mempool "${name}": cache size ${cacheSize} must be 0..${MEMPOOL_CACHE_MAX} and at most count/1.5 (${Math.floor(count / 1.5)})`);
+    }
+    if (nextId >= 256) throw new Error(`mempool "${name}": this process already has 256 mempools, the most a handle can name`);
+    const align = opts.align ?? 64;
+    const size = Math.ceil(objSize / align) * align;
+    const ringSize = nextPow2(count);
+    const flush = Math.ceil(cacheSize * 1.5);
+    const ringOff = HEADER_BYTES;
+    const cacheOff = Math.ceil((ringOff + ringBytes(ringSize)) / 64) * 64;
+    const stride = Math.ceil((4 + 8 * flush) / 64) * 64; // len word + room for 2*flush entries
+    const objOff = Math.ceil((cacheOff + (cacheSize > 0 ? stride * MAX_LCORE : 0)) / align) * align;
+    const zone = memory.reserve(`mp_${name}`, objOff + count * size, Math.max(align, 64));
+    try {
+      const ab = viewOf(zone.va, zone.len);
+      const h = new Int32Array(ab, 0, HEADER_BYTES / 4);
+      const id = nextId++;
+      h.set([0, id, count, size, objOff, cacheSize, flush, ringOff, cacheOff, stride, 0]);
+      if (opts.user) h.set(opts.user, H_USER);
+      new Uint8Array(ab, cacheOff, objOff - cacheOff).fill(0);
+      const ring = Ring.createAt(`${name}.ring`, zone.va + BigInt(ringOff), ab, ringOff, ringSize);
+      // Populate: in pa mode skip objects whose DMA range crosses non-adjacent physical pages.
+      const seg = memory.segment(zone.segment);
+      const from = opts.contiguousFrom ?? 0;
+      const handles = new Uint32Array(count);
+      let n = 0;
+      for (let i = 0; i < count; i++) {
+        const segOff = zone.offset + objOff + i * size;
+        if (iovaContiguous(seg, segOff + from, size - from)) handles[n++] = (id << 24) | i;
+      }
+      h[H_POPULATED] = n;
+      Atomics.store(h, H_MAGIC, MAGIC);
+      const pool = new Mempool(name, zone);
+      POOLS[id] = pool;
+      if (opts.init) for (let k = 0; k < n; k++) opts.init(pool, handles[k], pool.offsetOf(handles[k]));
+      ring.enqueueBulk(handles, n);
+      return pool;
+    } catch (e) {
+      memory.free(zone.name);
+      throw e;
+    }
+  }
+
+  /** Rebuild a pool in this thread (or another process mapping the same memory) from its descriptor. */
+  static attach(desc: MempoolDesc): Mempool {
+    const h = new Int32Array(viewOf(desc.zone.va, HEADER_BYTES));
+    const known = POOLS[h[H_ID]];
+    if (known && known.zone.va === desc.zone.va) return known;
+    const pool = new Mempool(desc.name, desc.zone);
+    POOLS[pool.id] = pool;
+    return pool;
+  }
+
+  /** Plain-data descriptor for attach() in a worker. */
+  get desc(): MempoolDesc {
+    return { name: this.name, zone: this.zone };
+  }
+
+  /** Header words reserved for the layer above (mbuf geometry). */
+  userWord(i: number): number {
+    return this.i32[H_USER + i];
+  }
+
+  /** Byte offset of an object in the zone views (u8/u16/u32/dv). */
+  offsetOf(handle: number): number {
+    return this.objOffset + (handle & HANDLE_INDEX_MASK) * this.objSize;
+  }
+
+  /** Take n objects into out[off..], all or none; returns true on success. */
+  allocBulk(out: Uint32Array, n: number, off = 0): boolean {
+    const lc = lcoreId();
+    if (this.cacheSize === 0 || lc < 0 || n > this.cacheSize) return this.ring.dequeueBulk(out, n, off) === n;
+    const i32 = this.i32;
+    const c = (this.cacheOffset + lc * this.cacheStride) >> 2;
+    let len = i32[c];
+    if (len < n) {
+      // Refill the cache up to cacheSize beyond the request, straight into the cache array.
+      const want = this.cacheSize + n - len;
+      const got = this.ring.dequeueBulk(this.u32, want, c + 1 + len);
+      if (got === 0) {
+        // Not enough for a full refill: serve the request from the ring alone.
+        return this.ring.dequeueBulk(out, n, off) === n;
+      }
+      len += got;
+    }
+    for (let i = 0; i < n; i++) out[off + i] = i32[c + len - i] >>> 0;
+    i32[c] = len - n;
+    return true;
+  }
+
+  /** Return n objects from objs[off..] to the pool. */
+  freeBulk(objs: Uint32Array, n: number, off = 0): void {
+    const lc = lcoreId();
+    if (this.cacheSize === 0 || lc < 0 || n > this.flushThresh) {
+      this.ring.enqueueBulk(objs, n, off);
+      return;
+    }
+    const i32 = this.i32;
+    const c = (this.cacheOffset + lc * this.cacheStride) >> 2;
+    let len = i32[c];
+    for (let i = 0; i < n; i++) i32[c + 1 + len + i] = objs[off + i];
+    len += n;
+    if (len >= this.flushThresh) {
+      this.ring.enqueueBulk(this.u32, len - this.cacheSize, c + 1 + this.cacheSize);
+      len = this.cacheSize;
+    }
+    i32[c] = len;
+  }
+
+  /** Take one object; returns its handle or -1 when the pool is empty. */
+  alloc(): number {
+    return this.allocBulk(ONE, 1) ? ONE[0] : -1;
+  }
+
+  /** Return one object. */
+  free(handle: number): void {
+    ONE[0] = handle;
+    this.freeBulk(ONE, 1);
+  }
+
+  /** Move this lcore's cached objects back to the ring (before an lcore exits). */
+  flushCache(): void {
+    const lc = lcoreId();
+    if (this.cacheSize === 0 || lc < 0) return;
+    const c = (this.cacheOffset + lc * this.cacheStride) >> 2;
+    const len = this.i32[c];
+    if (len > 0) this.ring.enqueueBulk(this.u32, len, c + 1);
+    this.i32[c] = 0;
+  }
+
+  /** Free objects now: ring plus every lcore cache (exact when no thread is allocating). */
+  availableCount(): number {
+    let n = this.ring.count();
+    if (this.cacheSize > 0) for (let l = 0; l < MAX_LCORE; l++) n += this.i32[(this.cacheOffset + l * this.cacheStride) >> 2];
+    return n;
+  }
+
+  /** Objects handed out now. */
+  inUseCount(): number {
+    return this.size - this.availableCount();
+  }
+
+  /** Counts for leak checks: size = available + inUse. */
+  audit(): MempoolAudit {
+    const available = this.availableCount();
+    return { size: this.size, available, inUse: this.size - available };
+  }
+}
+
+const ONE = new Uint32Array(1);

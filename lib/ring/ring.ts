@@ -1,0 +1,231 @@
+/**
+ * rte_ring semantics on shared memory: a fixed-size FIFO of u32 entries (mbuf indices, object
+ * ids), lock-free, safe between worker threads and, when placed in DMA memory, between processes.
+ *
+ * Counters are free-running u32 head/tail pairs (compared modulo 2^32), so all `size` slots are
+ * usable. Producer head+tail share one cache line and consumer head+tail another; entries follow.
+ * Single-producer/-consumer sides use plain stores plus one Atomics.store to publish; multi sides
+ * claim a range with compareExchange on the head and publish in order through the tail, like DPDK.
+ * Each thread builds its own Ring object over the same memory (Ring.attach): the object also keeps
+ * a thread-local copy of the opposite tail so the hot path rarely reads the other side's line.
+ */
+
+const MAGIC = 0x72696e67; // "ring"
+const OFF_MAGIC = 0, OFF_SIZE = 1, OFF_FLAGS = 2;
+const PROD_HEAD = 32, PROD_TAIL = 33; // byte 128
+const CONS_HEAD = 64, CONS_TAIL = 65; // byte 256
+const ENTRIES = 96; // byte 384
+const HEADER_BYTES = ENTRIES * 4;
+const F_SP = 1, F_SC = 2;
+
+/** Ring creation flags, as in rte_ring_create (default: multi-producer, multi-consumer). */
+export interface RingFlags {
+  /** single producer: only one thread ever enqueues */
+  sp?: boolean;
+  /** single consumer: only one thread ever dequeues */
+  sc?: boolean;
+}
+
+/** A ring's location as plain data, postable to a worker: rebuilt there with Ring.attach. */
+export interface RingDesc {
+  name: string;
+  /** a SharedArrayBuffer, or the address of DMA memory (valid in this process) */
+  memory: SharedArrayBuffer | bigint;
+  /** byte offset of the ring inside memory (SharedArrayBuffer only) */
+  offset: number;
+}
+
+/** Bytes a ring of `size` entries occupies. */
+export function ringBytes(size: number): number {
+  return HEADER_BYTES + size * 4;
+}
+
+function checkSize(name: string, size: number): void {
+  if (!Number.isInteger(size) || size < 1 || size > 0x4000_0000 || (size & (size - 1)) !== 0) {
+    throw new RangeError(`ring "${name}": size ${size} must be a power of two from 1 to 2^30 (e.g. ${nextPow2(Math.max(1, size | 0))})`);
+  }
+}
+
+/** The smallest power of two >= n. */
+export function nextPow2(n: number): number {
+  let p = 1;
+  while (p < n) p *= 2;
+  return p;
+}
+
+/** A lock-free FIFO of u32 values on shared memory. */
+export class Ring {
+  readonly name: string;
+  /** number of entries it can hold */
+  readonly size: number;
+  readonly sp: boolean;
+  readonly sc: boolean;
+  /** where it lives, for attach() in other threads */
+  readonly desc: RingDesc;
+  /** free entries after the last enqueue, used entries after the last dequeue (like DPDK's out args) */
+  lastFree = 0;
+  lastAvailable = 0;
+  private readonly i32: Int32Array;
+  private readonly u32: Uint32Array;
+  private readonly mask: number;
+  private cachedConsTail: number;
+  private cachedProdTail: number;
+
+  private constructor(desc: RingDesc, buffer: ArrayBufferLike, offset: number, init: { size: number; flags: number } | null) {
+    this.name = desc.name;
+    this.desc = desc;
+    const words = new Int32Array(buffer, offset, HEADER_BYTES / 4);
+    if (init) {
+      words.fill(0);
+      words[OFF_SIZE] = init.size;
+      words[OFF_FLAGS] = init.flags;
+      Atomics.store(words, OFF_MAGIC, MAGIC);
+    } else if (Atomics.load(words, OFF_MAGIC) !== MAGIC) {
+      throw new Error(`ring "${desc.name}": no ring at this memory (bad magic); was it created?`);
+    }
+    this.size = words[OFF_SIZE];
+    this.mask = this.size - 1;
+    this.sp = (words[OFF_FLAGS] & F_SP) !== 0;
+    this.sc = (words[OFF_FLAGS] & F_SC) !== 0;
+    this.i32 = new Int32Array(buffer, offset, ENTRIES + this.size);
+    this.u32 = new Uint32Array(buffer, offset, ENTRIES + this.size);
+    this.cachedConsTail = Atomics.load(this.i32, CONS_TAIL);
+    this.cachedProdTail = Atomics.load(this.i32, PROD_TAIL);
+  }
+
+  /** Create a ring in a new SharedArrayBuffer. */
+  static create(name: string, size: number, flags: RingFlags = {}): Ring {
+    checkSize(name, size);
+    const sab = new SharedArrayBuffer(ringBytes(size));
+    return new Ring({ name, memory: sab, offset: 0 }, sab, 0, { size, flags: (flags.sp ? F_SP : 0) | (flags.sc ? F_SC : 0) });
+  }
+
+  /** Create a ring inside DMA memory at address va (ringBytes(size) bytes, 64-byte aligned). */
+  static createAt(name: string, va: bigint, buffer: ArrayBufferLike, offset: number, size: number, flags: RingFlags = {}): Ring {
+    checkSize(name, size);
+    if (offset % 64 !== 0) throw new RangeError(`ring "${name}": offset ${offset} must be 64-byte aligned`);
+    return new Ring({ name, memory: va, offset: 0 }, buffer, offset, { size, flags: (flags.sp ? F_SP : 0) | (flags.sc ? F_SC : 0) });
+  }
+
+  /** Rebuild a ring from its descriptor in this thread. view(va, len) maps DMA memory (viewOf). */
+  static attach(desc: RingDesc, view?: (va: bigint, len: number) => ArrayBuffer): Ring {
+    if (typeof desc.memory === 'bigint') {
+      if (!view) throw new Error(`ring "${desc.name}" lives in DMA memory: attach it with a view function (viewOf)`);
+      const head = view(desc.memory, HEADER_BYTES);
+      const size = new Int32Array(head)[OFF_SIZE];
+      return new Ring(desc, view(desc.memory, ringBytes(size)), 0, null);
+    }
+    return new Ring(desc, desc.memory, desc.offset, null);
+  }
+
+  /** Entries in the ring now (a snapshot). */
+  count(): number {
+    return (Atomics.load(this.i32, PROD_TAIL) - Atomics.load(this.i32, CONS_TAIL)) | 0;
+  }
+
+  /** Free slots now (a snapshot). */
+  freeCount(): number {
+    return this.size - this.count();
+  }
+
+  /** Enqueue all n entries of objs[off..] or none; returns n or 0. */
+  enqueueBulk(objs: Uint32Array, n: number, off = 0): number {
+    return this.enqueue(objs, off, n, true);
+  }
+
+  /** Enqueue as many of n entries as fit; returns how many. */
+  enqueueBurst(objs: Uint32Array, n: number, off = 0): number {
+    return this.enqueue(objs, off, n, false);
+  }
+
+  /** Dequeue exactly n entries into objs[off..] or none; returns n or 0. */
+  dequeueBulk(objs: Uint32Array, n: number, off = 0): number {
+    return this.dequeue(objs, off, n, true);
+  }
+
+  /** Dequeue up to n entries into objs[off..]; returns how many. */
+  dequeueBurst(objs: Uint32Array, n: number, off = 0): number {
+    return this.dequeue(objs, off, n, false);
+  }
+
+  /** Enqueue one value; false when full. */
+  enqueueOne(v: number): boolean {
+    ONE[0] = v;
+    return this.enqueue(ONE, 0, 1, true) === 1;
+  }
+
+  /** Dequeue one value; -1 when empty. */
+  dequeueOne(): number {
+    return this.dequeue(ONE, 0, 1, true) === 1 ? ONE[0] : -1;
+  }
+
+  private enqueue(objs: Uint32Array, off: number, n: number, bulk: boolean): number {
+    const i32 = this.i32, size = this.size;
+    let head: number, free: number;
+    if (this.sp) {
+      head = i32[PROD_HEAD];
+      free = (size + this.cachedConsTail - head) | 0;
+      if (free < n) {
+        this.cachedConsTail = Atomics.load(i32, CONS_TAIL);
+        free = (size + this.cachedConsTail - head) | 0;
+      }
+      if (free < n) {
+        if (bulk || free === 0) { this.lastFree = free; return 0; }
+        n = free;
+      }
+      i32[PROD_HEAD] = (head + n) | 0;
+    } else {
+      for (;;) {
+        head = Atomics.load(i32, PROD_HEAD);
+        free = (size + Atomics.load(i32, CONS_TAIL) - head) | 0;
+        if (free < n) {
+          if (bulk || free === 0) { this.lastFree = free; return 0; }
+          n = free;
+        }
+        if (Atomics.compareExchange(i32, PROD_HEAD, head, (head + n) | 0) === head) break;
+      }
+    }
+    const u32 = this.u32, mask = this.mask;
+    for (let i = 0; i < n; i++) u32[ENTRIES + ((head + i) & mask)] = objs[off + i];
+    if (!this.sp) while (Atomics.load(i32, PROD_TAIL) !== head) { /* earlier producers publish first */ }
+    Atomics.store(i32, PROD_TAIL, (head + n) | 0);
+    this.lastFree = free - n;
+    return n;
+  }
+
+  private dequeue(objs: Uint32Array, off: number, n: number, bulk: boolean): number {
+    const i32 = this.i32;
+    let head: number, avail: number;
+    if (this.sc) {
+      head = i32[CONS_HEAD];
+      avail = (this.cachedProdTail - head) | 0;
+      if (avail < n) {
+        this.cachedProdTail = Atomics.load(i32, PROD_TAIL);
+        avail = (this.cachedProdTail - head) | 0;
+      }
+      if (avail < n) {
+        if (bulk || avail === 0) { this.lastAvailable = avail; return 0; }
+        n = avail;
+      }
+      i32[CONS_HEAD] = (head + n) | 0;
+    } else {
+      for (;;) {
+        head = Atomics.load(i32, CONS_HEAD);
+        avail = (Atomics.load(i32, PROD_TAIL) - head) | 0;
+        if (avail < n) {
+          if (bulk || avail === 0) { this.lastAvailable = avail; return 0; }
+          n = avail;
+        }
+        if (Atomics.compareExchange(i32, CONS_HEAD, head, (head + n) | 0) === head) break;
+      }
+    }
+    const u32 = this.u32, mask = this.mask;
+    for (let i = 0; i < n; i++) objs[off + i] = u32[ENTRIES + ((head + i) & mask)];
+    if (!this.sc) while (Atomics.load(i32, CONS_TAIL) !== head) { /* earlier consumers release first */ }
+    Atomics.store(i32, CONS_TAIL, (head + n) | 0);
+    this.lastAvailable = avail - n;
+    return n;
+  }
+}
+
+const ONE = new Uint32Array(1);

@@ -1,0 +1,30 @@
+/**
+ * Counting garbage collections in the calling thread, to prove a poll loop allocates nothing.
+ * GC entries are recorded when a collection happens but delivered through the event loop, which a
+ * busy loop never yields to: call settle() after the loop before reading count().
+ */
+import { PerformanceObserver } from 'node:perf_hooks';
+
+/** A running count of this thread's garbage collections. */
+export interface GcCounter {
+  /** collections seen so far (after settle()) */
+  count(): number;
+  /** let pending GC entries be delivered */
+  settle(): Promise<void>;
+  /** stop observing */
+  stop(): void;
+}
+
+/** Start counting this thread's garbage collections. */
+export function countGc(): GcCounter {
+  let n = 0;
+  const obs = new PerformanceObserver((list) => {
+    n += list.getEntries().length;
+  });
+  obs.observe({ entryTypes: ['gc'] });
+  return {
+    count: () => n,
+    settle: () => new Promise((r) => setTimeout(r, 20)),
+    stop: () => obs.disconnect(),
+  };
+}

@@ -1,0 +1,137 @@
+/**
+ * lcores: one piscina worker thread per worker lcore, pinned to its CPU, each running one
+ * long-lived function at a time (rte_eal_remote_launch / rte_eal_wait_lcore). The main thread is
+ * the main lcore: the control plane. Stopping is cooperative: a shared stop word that poll loops
+ * read every burst.
+ */
+import { Piscina } from 'piscina';
+import { getAffinity, setAffinity } from '../os/libc.js';
+import { log } from '../log.js';
+import { setLcoreId, MAX_LCORE } from './id.js';
+import { UsageError, type LcoreMap } from '../options.js';
+import type { LaunchTask } from './types.js';
+
+export type { LcoreContext, LcoreFunction } from './types.js';
+
+/** A module file next to the caller, in the caller's own extension (.ts under a TS loader, .js built). */
+export function siblingModule(callerUrl: string, basename: string): string {
+  const ext = callerUrl.endsWith('.ts') ? '.ts' : '.js';
+  return new URL(`./${basename}${ext}`, callerUrl).href;
+}
+
+const WORKER = siblingModule(import.meta.url, 'worker');
+
+interface Slot {
+  id: number;
+  cpu: number;
+  pool: Piscina | null;
+  control: Int32Array;
+  running: Promise<unknown> | null;
+}
+
+/** The lcores of one EAL. */
+export class Lcores {
+  /** the main lcore (this thread) */
+  readonly main: number;
+  /** the CPU the main lcore runs on */
+  readonly mainCpu: number;
+  /** worker lcore ids, ascending */
+  readonly workers: number[];
+  private readonly slots = new Map<number, Slot>();
+
+  /** Set up lcores from -l/--main-lcore; workers start lazily on first launch. */
+  constructor(list: LcoreMap[] | null, mainLcore: number | null) {
+    const allowed = getAffinity();
+    const map = list ?? allowed.map((c) => ({ id: c, cpu: c }));
+    for (const { id, cpu } of map) {
+      if (id >= MAX_LCORE) throw new UsageError(`-l: lcore ${id} is above the limit ${MAX_LCORE - 1}`);
+      if (!allowed.includes(cpu)) {
+        throw new UsageError(`-l: CPU ${cpu} (for lcore ${id}) is not available to this process (allowed: ${allowed.join(',')})`);
+      }
+    }
+    this.main = mainLcore ?? map[0].id;
+    this.mainCpu = map.find((l) => l.id === this.main)?.cpu ?? allowed[0];
+    this.workers = map.filter((l) => l.id !== this.main).map((l) => l.id);
+    setLcoreId(this.main);
+    for (const { id, cpu } of map) {
+      if (id === this.main) continue;
+      this.slots.set(id, { id, cpu, pool: null, control: new Int32Array(new SharedArrayBuffer(64)), running: null });
+    }
+  }
+
+  /** The CPU lcore id runs on. */
+  cpuOf(id: number): number {
+    return id === this.main ? this.mainCpu : this.slot(id).cpu;
+  }
+
+  /** Pin the calling (main) thread to the main lcore's CPU, as DPDK does. */
+  pinMain(): void {
+    setAffinity([this.mainCpu]);
+  }
+
+  private slot(id: number): Slot {
+    const s = this.slots.get(id);
+    if (!s) {
+      throw new UsageError(`lcore ${id} is not a worker lcore (workers: ${this.workers.join(',') || 'none'}; give more cores with -l, e.g. -l 0-1)`);
+    }
+    return s;
+  }
+
+  /**
+   * Run module's exported fn(arg, ctx) on worker lcore id (rte_eal_remote_launch). The promise
+   * settles when it returns; a throw rejects it with the worker's error and stack.
+   */
+  launch<R = unknown>(id: number, module: string, fn: string, arg: unknown = null, transfer: Transferable[] = []): Promise<R> {
+    const s = this.slot(id);
+    if (s.running) throw new Error(`lcore ${id} is busy: wait for it before launching again`);
+    s.pool ??= new Piscina({
+      filename: WORKER, minThreads: 1, maxThreads: 1, idleTimeout: Infinity, maxQueue: 0,
+      concurrentTasksPerWorker: 1, atomics: 'disabled',
+      env: process.env,
+    });
+    Atomics.store(s.control, 0, 0);
+    const task: LaunchTask = { lcore: id, cpu: s.cpu, module, fn, arg, control: s.control.buffer as SharedArrayBuffer };
+    log('debug', 'lcore', `launch ${fn} on lcore ${id}`);
+    const p = s.pool.run(task, { transferList: transfer as never }) as Promise<R>;
+    const tracked = p.finally(() => { s.running = null; });
+    s.running = tracked;
+    tracked.catch(() => { /* surfaced through wait()/the caller's promise */ });
+    return tracked;
+  }
+
+  /** Whether lcore id is running a function. */
+  busy(id: number): boolean {
+    return this.slot(id).running !== null;
+  }
+
+  /** Ask every running function to return (sets each stop word). */
+  requestStop(): void {
+    for (const s of this.slots.values()) Atomics.store(s.control, 0, 1);
+  }
+
+  /** Wait for lcore id's function (rte_eal_wait_lcore); resolves at once when idle. */
+  async wait(id: number): Promise<unknown> {
+    return await this.slot(id).running;
+  }
+
+  /** Request stop and wait for all; rejects with the first error after all have ended. */
+  async stopAll(): Promise<void> {
+    this.requestStop();
+    const rs = await Promise.allSettled([...this.slots.values()].map((s) => s.running));
+    const bad = rs.find((r) => r.status === 'rejected');
+    if (bad) throw (bad as PromiseRejectedResult).reason;
+  }
+
+  /** Stop everything and end the worker threads. */
+  async close(): Promise<void> {
+    try {
+      await this.stopAll();
+    } finally {
+      await Promise.all([...this.slots.values()].map(async (s) => {
+        const p = s.pool;
+        s.pool = null;
+        if (p) await p.destroy();
+      }));
+    }
+  }
+}
