@@ -202,11 +202,15 @@ export class EalMemory {
   private findPlace(len: number, align: number, iovaContig: boolean): { seg: number; off: number } | null {
     for (let i = 0; i < this.segments.length; i++) {
       const seg = this.segments[i];
+      // Align the address, not the offset: a segment's va is only page-aligned.
+      const base = Number(seg.va % BigInt(align));
+      const step = Math.max(align, seg.pageSize);
+      const stepBase = Number(seg.va % BigInt(step));
       for (const h of this.holes.get(seg.id)!) {
-        let off = alignUp(h.off, align);
+        let off = alignUp(h.off + base, align) - base;
         while (off + len <= h.off + h.len) {
           if (!iovaContig || iovaContiguous(seg, off, len)) return { seg: i, off };
-          off = alignUp(off + 1, Math.max(align, seg.pageSize)); // try the next page boundary
+          off = alignUp(off + stepBase + 1, step) - stepBase; // try the next page boundary
         }
       }
     }

@@ -1,0 +1,63 @@
+/**
+ * net_null: a port that makes packets out of thin air on RX and drops them on TX, like DPDK's
+ * net_null. The measure of a framework's own overhead: no device, no copies (unless copy=1).
+ * `--vdev net_nullN[,size=64][,copy=0|1]`.
+ */
+import { EthDev, type DevInfo, type LinkStatus, MAX_QUEUES } from '../../../lib/ethdev/ethdev.js';
+import { registerVdevDriver, intArg } from '../../bus/vdev/vdev.js';
+import { siblingModule } from '../../../src/lcore/lcores.js';
+import type { NullQueueData } from './null_data.js';
+
+const DATA = siblingModule(import.meta.url, 'null_data');
+
+/** Control half of a net_null port. */
+export class NullPort extends EthDev {
+  readonly size: number;
+  readonly copy: boolean;
+
+  constructor(name: string, size: number, copy: boolean) {
+    super(name);
+    this.size = size;
+    this.copy = copy;
+  }
+
+  /** Driver facts. */
+  info(): DevInfo {
+    return {
+      driverName: 'net_null', maxRxQueues: MAX_QUEUES, maxTxQueues: MAX_QUEUES, minMtu: 68, maxMtu: 9000,
+      minDesc: 1, maxDesc: 65536, capabilities: ['multi-queue', 'promiscuous'],
+    };
+  }
+
+  /** A locally administered address ending in the port id. */
+  macAddr(): number[] {
+    return [0x02, 0x74, 0x73, 0x70, 0x00, this.port & 0xff];
+  }
+
+  /** Always up once started, at a nominal 10 Gb/s. */
+  link(): LinkStatus {
+    return { up: this.status === 'started', speedMbps: 10000, fullDuplex: true };
+  }
+
+  protected dataModule(): string {
+    return DATA;
+  }
+
+  protected rxqData(): NullQueueData {
+    return { size: this.size, copy: this.copy };
+  }
+
+  protected txqData(): NullQueueData {
+    return { size: this.size, copy: this.copy };
+  }
+}
+
+registerVdevDriver({
+  name: 'net_null',
+  description: 'makes packets on RX, drops them on TX (no device)',
+  keys: { size: 'packet size in bytes, default 64', copy: '1: write/read packet bytes like a real device, default 0' },
+  probe: (name, args) => {
+    const copy = intArg(name, args, 'copy', 0, 0, 1) === 1;
+    return new NullPort(name, intArg(name, args, 'size', 64, 14, 9000), copy);
+  },
+});

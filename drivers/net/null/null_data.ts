@@ -1,0 +1,96 @@
+/**
+ * net_null data path. RX allocates a burst of mbufs and gives them the configured length (with
+ * copy=1 it also writes a frame into each); TX frees what it is given (with copy=1 it first reads
+ * each frame, as a device would).
+ */
+import { Mempool } from '../../../lib/mempool/mempool.js';
+import {
+  pktmbufAllocBulk, pktmbufFreeBulk, MBUF_HDR, F_DATA_LEN, F_PKT_LEN, F_PORT, F_DATA_OFF,
+} from '../../../lib/mempool/mbuf.js';
+import { poolOf } from '../../../lib/mempool/mempool.js';
+import {
+  type PortData, type RxQueue, type TxQueue, rxqStatsBase, txqStatsBase,
+  RXQ_PACKETS, RXQ_BYTES, RXQ_NOMBUF, TXQ_PACKETS, TXQ_BYTES,
+} from '../../../lib/ethdev/ethdev.js';
+
+/** Per-queue driver data. */
+export interface NullQueueData {
+  size: number;
+  copy: boolean;
+}
+
+/** RX: fresh mbufs of `size` bytes. */
+class NullRx implements RxQueue {
+  private readonly template: Uint8Array;
+  constructor(
+    private readonly pool: Mempool,
+    private readonly port: number,
+    private readonly size: number,
+    private readonly copy: boolean,
+    private readonly stats: Float64Array,
+    private readonly s: number,
+  ) {
+    // A broadcast Ethernet frame with an IPv4 ethertype and a zero payload.
+    this.template = new Uint8Array(size);
+    this.template.fill(0xff, 0, 6);
+    this.template.set([0x02, 0x74, 0x73, 0x70, 0x00, port & 0xff], 6);
+    this.template[12] = 0x08;
+  }
+
+  rxBurst(out: Uint32Array, n: number): number {
+    if (!pktmbufAllocBulk(this.pool, out, n)) {
+      this.stats[this.s + RXQ_NOMBUF] += n;
+      return 0;
+    }
+    const p = this.pool, u16 = p.u16, u32 = p.u32, size = this.size, port = this.port;
+    for (let i = 0; i < n; i++) {
+      const o = p.offsetOf(out[i]);
+      u16[(o + F_DATA_LEN) >> 1] = size;
+      u32[(o + F_PKT_LEN) >> 2] = size;
+      u16[(o + F_PORT) >> 1] = port;
+      if (this.copy) p.u8.set(this.template, o + MBUF_HDR + u16[(o + F_DATA_OFF) >> 1]);
+    }
+    this.stats[this.s + RXQ_PACKETS] += n;
+    this.stats[this.s + RXQ_BYTES] += n * size;
+    return n;
+  }
+}
+
+/** TX: count and free. */
+class NullTx implements TxQueue {
+  private readonly sink: Uint8Array;
+  constructor(private readonly copy: boolean, private readonly stats: Float64Array, private readonly s: number, size: number) {
+    this.sink = new Uint8Array(Math.max(size, 9000));
+  }
+
+  txBurst(pkts: Uint32Array, n: number, off = 0): number {
+    let bytes = 0;
+    for (let i = 0; i < n; i++) {
+      const m = pkts[off + i];
+      const p = poolOf(m);
+      const o = p.offsetOf(m);
+      const len = p.u32[(o + F_PKT_LEN) >> 2];
+      bytes += len;
+      if (this.copy) {
+        const d = o + MBUF_HDR + p.u16[(o + F_DATA_OFF) >> 1], u8 = p.u8, sink = this.sink;
+        for (let j = 0, l = p.u16[(o + F_DATA_LEN) >> 1]; j < l; j++) sink[j] = u8[d + j];
+      }
+    }
+    pktmbufFreeBulk(pkts, n, off);
+    this.stats[this.s + TXQ_PACKETS] += n;
+    this.stats[this.s + TXQ_BYTES] += bytes;
+    return n;
+  }
+}
+
+/** Rebuild RX queue q in this thread. */
+export function openRxQueue(port: PortData, q: number, stats: Float64Array): RxQueue {
+  const d = port.rxq[q] as NullQueueData;
+  return new NullRx(Mempool.attach(port.rxPools[q]), port.port, d.size, d.copy, stats, rxqStatsBase(q));
+}
+
+/** Rebuild TX queue q in this thread. */
+export function openTxQueue(port: PortData, q: number, stats: Float64Array): TxQueue {
+  const d = port.txq[q] as NullQueueData;
+  return new NullTx(d.copy, stats, txqStatsBase(q), d.size);
+}

@@ -1,0 +1,57 @@
+/** net_ring data path: RX dequeues handles from a ring, TX enqueues them (zero copy). */
+import { Ring, type RingDesc } from '../../../lib/ring/ring.js';
+import { Mempool, poolOf } from '../../../lib/mempool/mempool.js';
+import { F_PKT_LEN, F_PORT } from '../../../lib/mempool/mbuf.js';
+import { viewOf } from '../../../src/os/libc.js';
+import {
+  type PortData, type RxQueue, type TxQueue, rxqStatsBase, txqStatsBase,
+  RXQ_PACKETS, RXQ_BYTES, TXQ_PACKETS, TXQ_BYTES,
+} from '../../../lib/ethdev/ethdev.js';
+
+class RingRx implements RxQueue {
+  constructor(private readonly ring: Ring, private readonly port: number, private readonly stats: Float64Array, private readonly s: number) {}
+
+  rxBurst(out: Uint32Array, n: number): number {
+    const k = this.ring.dequeueBurst(out, n);
+    if (k === 0) return 0;
+    let bytes = 0;
+    for (let i = 0; i < k; i++) {
+      const m = out[i];
+      const p = poolOf(m);
+      const o = p.offsetOf(m);
+      bytes += p.u32[(o + F_PKT_LEN) >> 2];
+      p.u16[(o + F_PORT) >> 1] = this.port;
+    }
+    this.stats[this.s + RXQ_PACKETS] += k;
+    this.stats[this.s + RXQ_BYTES] += bytes;
+    return k;
+  }
+}
+
+class RingTx implements TxQueue {
+  constructor(private readonly ring: Ring, private readonly stats: Float64Array, private readonly s: number) {}
+
+  txBurst(pkts: Uint32Array, n: number, off = 0): number {
+    const k = this.ring.enqueueBurst(pkts, n, off);
+    let bytes = 0;
+    for (let i = 0; i < k; i++) {
+      const m = pkts[off + i];
+      const p = poolOf(m);
+      bytes += p.u32[(p.offsetOf(m) + F_PKT_LEN) >> 2];
+    }
+    this.stats[this.s + TXQ_PACKETS] += k;
+    this.stats[this.s + TXQ_BYTES] += bytes;
+    return k;
+  }
+}
+
+/** Rebuild RX queue q in this thread. */
+export function openRxQueue(port: PortData, q: number, stats: Float64Array): RxQueue {
+  Mempool.attach(port.rxPools[q]);
+  return new RingRx(Ring.attach(port.rxq[q] as RingDesc, viewOf), port.port, stats, rxqStatsBase(q));
+}
+
+/** Rebuild TX queue q in this thread. */
+export function openTxQueue(port: PortData, q: number, stats: Float64Array): TxQueue {
+  return new RingTx(Ring.attach(port.txq[q] as RingDesc, viewOf), stats, txqStatsBase(q));
+}

@@ -1,0 +1,141 @@
+/**
+ * What every tspmd application shares: `tspmd <app> [EAL options] -- [app options]` parsing,
+ * --help, exit codes (2 for bad arguments, 1 for failures), EAL set-up and teardown.
+ */
+import { Eal } from '../../src/eal.js';
+import { parseEalArgs, splitArgs, UsageError, EAL_HELP, type EalOptions } from '../../src/options.js';
+
+/** One application: its name, help text and body. */
+export interface App<O> {
+  name: string;
+  /** one line for `tspmd --help` */
+  summary: string;
+  /** application options' help (after "--") */
+  help: string;
+  /** parse the options after "--"; throw UsageError for bad ones */
+  parse(args: string[]): O;
+  /** EAL defaults this app prefers (the user's options win) */
+  ealDefaults?: Partial<EalOptions>;
+  /** run; the returned number is the exit code */
+  main(eal: Eal, opts: O): Promise<number>;
+}
+
+/** Run an app with argv (without the app name); resolves to the process exit code. */
+export async function runApp<O>(app: App<O>, argv: string[]): Promise<number> {
+  let opts: O;
+  let ealOpts: EalOptions;
+  try {
+    const [ealArgs, appArgs] = splitArgs(argv);
+    ealOpts = parseEalArgs(ealArgs);
+    if (ealOpts.help || appArgs.includes('--help') || appArgs.includes('-h')) {
+      console.log(`usage: tspmd ${app.name} [EAL options] -- [${app.name} options]\n\n${app.summary}\n\n${app.name} options (after "--"):\n${app.help}\n\n${EAL_HELP}`);
+      return 0;
+    }
+    opts = app.parse(appArgs);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      console.error(`tspmd ${app.name}: ${e.message}`);
+      return 2;
+    }
+    throw e;
+  }
+  let eal: Eal;
+  try {
+    eal = new Eal({ ...app.ealDefaults, ...explicitOptions(ealOpts, argv) });
+  } catch (e) {
+    console.error(`tspmd ${app.name}: ${(e as Error).message}`);
+    return e instanceof UsageError ? 2 : 1;
+  }
+  try {
+    return await app.main(eal, opts);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      console.error(`tspmd ${app.name}: ${e.message}`);
+      return 2;
+    }
+    console.error(`tspmd ${app.name}: ${e instanceof Error ? e.stack ?? e.message : String(e)}`);
+    return 1;
+  } finally {
+    await eal.close().catch((e: unknown) => console.error(`tspmd ${app.name}: while closing: ${(e as Error).message}`));
+  }
+}
+
+/** The EAL options the user actually gave, so an app's defaults apply to the rest. */
+function explicitOptions(o: EalOptions, argv: string[]): Partial<EalOptions> {
+  const given = new Set(splitArgs(argv)[0].filter((a) => a.startsWith('-')).map((a) => a.split('=')[0]));
+  const out: Partial<EalOptions> = {};
+  const map: Record<string, keyof EalOptions> = {
+    '-l': 'lcores', '--lcores': 'lcores', '--main-lcore': 'mainLcore', '-m': 'memoryMb', '--socket-mem': 'memoryMb',
+    '--huge-dir': 'hugeDir', '--no-huge': 'noHuge', '--in-memory': 'inMemory', '--file-prefix': 'filePrefix',
+    '--iova-mode': 'iovaMode', '--vdev': 'vdevs', '-a': 'allow', '--allow': 'allow', '-b': 'block', '--block': 'block',
+    '--no-pci': 'noPci', '--sysfs-root': 'sysfsRoot', '--vfio-mode': 'vfioMode', '--log-level': 'logLevel',
+  };
+  for (const [flag, key] of Object.entries(map)) if (given.has(flag)) (out as Record<string, unknown>)[key] = o[key];
+  return out;
+}
+
+/** Parse a whole number option; throws UsageError naming it. */
+export function numberOption(name: string, v: string | undefined, min: number, max: number): number {
+  if (v === undefined || !/^\d+(\.\d+)?$/.test(v) || Number(v) < min || Number(v) > max) {
+    throw new UsageError(`${name} ${v ?? '(missing)'}: expected a number from ${min} to ${max}`);
+  }
+  return Number(v);
+}
+
+/** A tiny getopt: calls on(flag, next) for each option; next() takes its value. */
+export function eachOption(args: string[], on: (flag: string, value: () => string) => void): void {
+  for (let i = 0; i < args.length; i++) {
+    let flag = args[i];
+    let inline: string | undefined;
+    if (flag.startsWith('--') && flag.includes('=')) {
+      inline = flag.slice(flag.indexOf('=') + 1);
+      flag = flag.slice(0, flag.indexOf('='));
+    }
+    on(flag, () => {
+      if (inline !== undefined) return inline;
+      const v = args[++i];
+      if (v === undefined) throw new UsageError(`${flag} needs a value (see --help)`);
+      return v;
+    });
+  }
+}
+
+/** Sleep ms, or until the signal fires. */
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(resolve, ms);
+    signal?.addEventListener('abort', () => { clearTimeout(t); resolve(); }, { once: true });
+  });
+}
+
+/** How a forwarding run ended. */
+export type RunEnd = 'duration' | 'signal' | 'finished';
+
+/**
+ * Wait while lcores run: until durationS passes (0: no limit), SIGINT/SIGTERM, or every launched
+ * function returns. Then stop all lcores and wait for them. A function that threw rejects this
+ * with its error (the worker's stack included) after the others have stopped.
+ */
+export async function runLcoresUntilDone(eal: Eal, running: Array<Promise<unknown>>, durationS: number): Promise<{ end: RunEnd; results: unknown[] }> {
+  const ctl = new AbortController();
+  let end: RunEnd = 'finished';
+  eal.handleSignals((sig) => {
+    if (ctl.signal.aborted) {
+      console.error(`tspmd: second ${sig}: exiting now`);
+      process.exit(130);
+    }
+    end = 'signal';
+    ctl.abort();
+  });
+  let allDone = false;
+  const all = Promise.all(running.map((p) => p.catch((e: unknown) => { ctl.abort(); throw e; })));
+  const settledAll = all.then(() => { allDone = true; }, () => { allDone = true; });
+  await Promise.race([settledAll, sleep(durationS > 0 ? durationS * 1000 : 2 ** 31 - 1, ctl.signal)]);
+  if ((end as RunEnd) !== 'signal' && !allDone) end = 'duration';
+  eal.lcores.requestStop();
+  const settled = await Promise.allSettled(running);
+  eal.handleSignals();
+  const bad = settled.find((s) => s.status === 'rejected');
+  if (bad) throw (bad as PromiseRejectedResult).reason;
+  return { end, results: settled.map((s) => (s as PromiseFulfilledResult<unknown>).value) };
+}

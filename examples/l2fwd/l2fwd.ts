@@ -1,0 +1,130 @@
+/**
+ * l2fwd: DPDK's layer-2 forwarding sample. Ports are paired 0<->1, 2<->3 (in portmask order);
+ * every packet received on a port leaves through its pair with the destination MAC set to
+ * 02:00:00:00:00:<destination port> and the source MAC set to the pair's own MAC (unless
+ * --no-mac-updating). Each worker lcore polls up to -q ports.
+ */
+import type { Eal } from '../../src/eal.js';
+import { UsageError } from '../../src/options.js';
+import { listPorts, type EthDev } from '../../lib/ethdev/ethdev.js';
+import { pktmbufPoolCreate } from '../../lib/mempool/mbuf.js';
+import { siblingModule } from '../../src/lcore/lcores.js';
+import { probeVdevs } from '../../drivers/bus/vdev/vdev.js';
+import { type App, eachOption, numberOption, runLcoresUntilDone } from '../common/app.js';
+import { StatsReporter } from '../common/stats.js';
+import type { L2fwdAssignment, L2fwdLcoreArg } from './l2fwd_lcore.js';
+
+const LOOP = siblingModule(import.meta.url, 'l2fwd_lcore');
+
+/** l2fwd's options. */
+export interface L2fwdOptions {
+  portmask: number | null;
+  /** ports per lcore; null: spread the ports over the worker lcores */
+  queuesPerLcore: number | null;
+  periodS: number;
+  macUpdating: boolean;
+  durationS: number;
+  json: boolean;
+  burst: number;
+  rxDesc: number;
+  txDesc: number;
+}
+
+/** Which lcore polls which RX port, and each port's destination. */
+export function planL2fwd(ports: EthDev[], workers: number[], perLcore: number): Array<{ lcore: number; rx: EthDev; tx: EthDev }> {
+  if (ports.length === 0) throw new UsageError('no ports to forward between: add some, e.g. --vdev net_null0 --vdev net_null1');
+  if (ports.length % 2 !== 0) throw new UsageError(`l2fwd pairs ports 0<->1, 2<->3: the portmask selects ${ports.length} ports, an odd number`);
+  if (workers.length === 0) throw new UsageError('l2fwd needs a worker lcore besides the main one: use -l with two cores, e.g. -l 0-1');
+  const need = Math.ceil(ports.length / perLcore);
+  if (need > workers.length) {
+    throw new UsageError(`${ports.length} ports at -q ${perLcore} per lcore need ${need} worker lcores, ${workers.length} available: raise -q or give more cores with -l`);
+  }
+  return ports.map((rx, i) => ({ lcore: workers[Math.floor(i / perLcore)], rx, tx: ports[i ^ 1] }));
+}
+
+export const l2fwd: App<L2fwdOptions> = {
+  name: 'l2fwd',
+  summary: 'Layer-2 forwarding between port pairs (0<->1, 2<->3), as DPDK\'s l2fwd sample.',
+  help: `  -p PORTMASK         hexadecimal mask of ports to use (default: all)
+  -q N                ports polled per lcore (default: spread the ports over the worker lcores)
+  -T SEC              statistics period in seconds, 0 to disable (default 10)
+  --no-mac-updating   leave MAC addresses unchanged
+  --mac-updating      rewrite MAC addresses (the default)
+  --burst N           packets per burst (default 32)
+  --rxd N / --txd N   descriptors per RX / TX queue (default 1024)
+  --duration SEC      stop by itself after SEC seconds (default: until SIGINT)
+  --json              print the final summary as one JSON line`,
+  parse(args) {
+    const o: L2fwdOptions = { portmask: null, queuesPerLcore: null, periodS: 10, macUpdating: true, durationS: 0, json: false, burst: 32, rxDesc: 1024, txDesc: 1024 };
+    eachOption(args, (flag, value) => {
+      switch (flag) {
+        case '-p': {
+          const v = value();
+          if (!/^(0x)?[0-9a-fA-F]+$/.test(v) || parseInt(v, 16) === 0) throw new UsageError(`-p ${v}: expected a non-zero hexadecimal port mask, e.g. 0x3`);
+          o.portmask = parseInt(v, 16);
+          break;
+        }
+        case '-q': o.queuesPerLcore = numberOption('-q', value(), 1, 64); break;
+        case '-T': o.periodS = numberOption('-T', value(), 0, 86400); break;
+        case '--no-mac-updating': o.macUpdating = false; break;
+        case '--mac-updating': o.macUpdating = true; break;
+        case '--burst': o.burst = numberOption('--burst', value(), 1, 512); break;
+        case '--rxd': o.rxDesc = numberOption('--rxd', value(), 1, 65536); break;
+        case '--txd': o.txDesc = numberOption('--txd', value(), 1, 65536); break;
+        case '--duration': o.durationS = numberOption('--duration', value(), 0, 1e7); break;
+        case '--json': o.json = true; break;
+        default: throw new UsageError(`unknown l2fwd option "${flag}" (see --help)`);
+      }
+    });
+    return o;
+  },
+  async main(eal, o) {
+    await probeVdevs(eal);
+    const all = listPorts();
+    const ports = all.filter((p) => o.portmask === null || (o.portmask & (1 << p.port)) !== 0);
+    if (o.portmask !== null && o.portmask >= 1 << all.length) {
+      throw new UsageError(`-p 0x${o.portmask.toString(16)} names ports that do not exist (there are ${all.length}: ${all.map((p) => `${p.port}=${p.name}`).join(', ') || 'none'})`);
+    }
+    const perLcore = o.queuesPerLcore ?? Math.max(1, Math.ceil(ports.length / Math.max(1, eal.lcores.workers.length)));
+    const plan = planL2fwd(ports, eal.lcores.workers, perLcore);
+    const lcoresUsed = new Set(plan.map((a) => a.lcore)).size;
+    const nbMbufs = Math.max(8191, ports.length * (o.rxDesc + o.txDesc + o.burst) + lcoresUsed * 512 - 1);
+    const pool = pktmbufPoolCreate(eal.memory, 'l2fwd_pool', nbMbufs, { cacheSize: 256 });
+    for (const p of ports) {
+      p.configure({ rxQueues: 1, txQueues: 1, promiscuous: true });
+      p.rxQueueSetup(0, o.rxDesc, pool);
+      p.txQueueSetup(0, o.txDesc);
+      p.start();
+      if (!o.json) console.log(`port ${p.port} (${p.name}, ${p.info().driverName}): MAC ${p.macString()}, link ${p.link().up ? 'up' : 'down'}`);
+    }
+    const drops = new SharedArrayBuffer(8 * 64);
+    const dropView = new Float64Array(drops);
+    const byLcore = new Map<number, L2fwdAssignment[]>();
+    for (const a of plan) {
+      const dst = a.tx.port;
+      const list = byLcore.get(a.lcore) ?? [];
+      list.push({ rx: a.rx.data(), tx: a.tx.data(), dstMac: [2, 0, 0, 0, 0, dst & 0xff], srcMac: a.tx.macAddr(), dropIndex: ports.indexOf(a.rx) });
+      byLcore.set(a.lcore, list);
+      if (!o.json) console.log(`lcore ${a.lcore}: RX port ${a.rx.port} -> TX port ${dst}`);
+    }
+    const reporter = new StatsReporter(ports, (i) => dropView[i]);
+    reporter.start(o.json ? 0 : o.periodS);
+    const running = [...byLcore].map(([lcore, assignments]) => {
+      const arg: L2fwdLcoreArg = { assignments, burst: o.burst, macUpdating: o.macUpdating, drops };
+      return eal.lcores.launch<{ gcCount: number }>(lcore, LOOP, 'l2fwdLoop', arg);
+    });
+    let results: unknown[];
+    try {
+      ({ results } = await runLcoresUntilDone(eal, running, o.durationS));
+    } finally {
+      reporter.stop();
+    }
+    const gcCount = (results as Array<{ gcCount: number }>).reduce((a, r) => a + r.gcCount, 0);
+    for (const p of ports) p.stop();
+    const leaked = pool.inUseCount();
+    const summary = reporter.summary('l2fwd', { worker_gc_count: gcCount, mbufs_in_use_after_stop: leaked });
+    reporter.printSummary(summary, o.json);
+    if (leaked !== 0) console.error(`tspmd l2fwd: warning: ${leaked} mbufs were not returned to the pool`);
+    return 0;
+  },
+};

@@ -1,0 +1,37 @@
+#!/usr/bin/env node
+/**
+ * The `tspmd` command: `tspmd <app> [EAL options] -- [app options]`. Each app is a small program on
+ * the public API (examples/<app>/); this file only dispatches.
+ */
+import '../drivers/index.js';
+import { runApp, type App } from './common/app.js';
+import { l2fwd } from './l2fwd/l2fwd.js';
+import { pktgen } from './pktgen/pktgen.js';
+
+const APPS: Record<string, App<never>> = {
+  l2fwd: l2fwd as App<never>,
+  pktgen: pktgen as App<never>,
+};
+
+function usage(): string {
+  return `usage: tspmd <app> [EAL options] -- [app options]\n\napps:\n${Object.values(APPS).map((a) => `  ${a.name.padEnd(10)} ${a.summary}`).join('\n')}\n\n"tspmd <app> --help" shows an app's options and the EAL options.`;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === '--help' || name === '-h') {
+    console.log(usage());
+    return name ? 0 : 2;
+  }
+  const app = APPS[name];
+  if (!app) {
+    console.error(`tspmd: unknown app "${name}"\n${usage()}`);
+    return 2;
+  }
+  return runApp(app, rest);
+}
+
+main(process.argv.slice(2)).then((code) => process.exit(code), (e: unknown) => {
+  console.error(`tspmd: ${e instanceof Error ? e.stack ?? e.message : String(e)}`);
+  process.exit(1);
+});
