@@ -7,9 +7,13 @@
  *  - dpdkNullMacFwd(s): the reference figure, two null ports with mac forwarding on one core.
  * Facts behind the choices: /work/shared/DPDK-YARDSTICK.md. Set TSPMD_BENCH_VERBOSE to see the
  * command lines and every stats period.
+ * Observed with 22.11 here: the first stats period always shows 0 pps (no previous sample); with
+ * --stats-period 1 periods come every 1 to 2 s (testpmd sleeps 1 s and compares against a TSC
+ * period), but each Rx-pps/Tx-pps is computed over the real elapsed time; an unknown
+ * --forward-mode is only warned about (testpmd then runs io), so it is checked here.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { accessSync, constants, existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, existsSync, mkdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
 
 const HUGE_2M = '/sys/kernel/mm/hugepages/hugepages-2048kB';
@@ -48,7 +52,7 @@ export interface TestpmdOptions {
   vdevs: string[];
   /** --forward-mode: io, mac, macswap, rxonly, txonly, ... */
   forwardMode: string;
-  /** Seconds to forward after the first stats period appeared. */
+  /** Seconds to forward after the first stats period appeared (expect about seconds/1.5 periods). */
   seconds: number;
   /** -l, default `0-1`. */
   lcores?: string;
@@ -348,10 +352,14 @@ export async function runTestpmd(opts: TestpmdOptions): Promise<TestpmdResult> {
     // An exception on the way (or SIGINT not honoured): never leave testpmd behind.
     if (!exited(child)) await stop(3000);
     process.removeListener('exit', killNow);
-    // Even with --in-memory the EAL leaves an empty runtime directory named after the prefix.
+    // Even with --in-memory the EAL leaves its runtime directory (empty after a clean exit, its
+    // telemetry sockets after SIGKILL). Ours alone when the prefix is the generated one.
     if (exited(child)) {
-      const runDir = process.getuid?.() === 0 ? '/var/run/dpdk' : join(process.env.XDG_RUNTIME_DIR ?? '/tmp', 'dpdk');
-      try { rmdirSync(join(runDir, prefix)); } catch { /* not there, or not empty: leave it */ }
+      const runDir = join(process.getuid?.() === 0 ? '/var/run' : process.env.XDG_RUNTIME_DIR ?? '/tmp', 'dpdk', prefix);
+      try {
+        if (opts.filePrefix === undefined) rmSync(runDir, { recursive: true, force: true });
+        else rmdirSync(runDir);
+      } catch { /* not there, or not empty: leave it */ }
     }
   }
 

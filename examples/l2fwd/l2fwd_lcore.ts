@@ -31,22 +31,24 @@ export interface L2fwdLcoreArg {
 interface Fwd {
   rx: RxQueue;
   tx: TxQueue;
-  d0: number; d1: number; d2: number;
-  s0: number; s1: number; s2: number;
+  /** the 12 address bytes (destination, source) as three little-endian u32 words */
+  w0: number; w1: number; w2: number;
   drop: number;
 }
 
-/** MAC bytes as three little-endian u16 words, for three stores per address. */
-function words(mac: number[]): [number, number, number] {
-  return [mac[0] | (mac[1] << 8), mac[2] | (mac[3] << 8), mac[4] | (mac[5] << 8)];
+/** Destination then source MAC as three little-endian u32 words: three stores per frame. */
+function words(dst: number[], src: number[]): [number, number, number] {
+  const b = [...dst, ...src];
+  const w = (i: number): number => (b[i] | (b[i + 1] << 8) | (b[i + 2] << 16) | (b[i + 3] << 24)) >>> 0;
+  return [w(0), w(4), w(8)];
 }
 
 /** Forward until stopped; returns this lcore's garbage-collection count. */
 export async function l2fwdLoop(arg: L2fwdLcoreArg, ctx: LcoreContext): Promise<{ gcCount: number }> {
   const fwd: Fwd[] = [];
   for (const a of arg.assignments) {
-    const [d0, d1, d2] = words(a.dstMac), [s0, s1, s2] = words(a.srcMac);
-    fwd.push({ rx: await openRxQueue(a.rx, 0), tx: await openTxQueue(a.tx, 0), d0, d1, d2, s0, s1, s2, drop: a.dropIndex });
+    const [w0, w1, w2] = words(a.dstMac, a.srcMac);
+    fwd.push({ rx: await openRxQueue(a.rx, 0), tx: await openTxQueue(a.tx, 0), w0, w1, w2, drop: a.dropIndex });
   }
   const drops = new Float64Array(arg.drops);
   const burst = arg.burst, mac = arg.macUpdating, nf = fwd.length;
@@ -63,14 +65,15 @@ export async function l2fwdLoop(arg: L2fwdLcoreArg, ctx: LcoreContext): Promise<
           const p = poolOf(m);
           const o = p.offsetOf(m);
           const d = o + MBUF_HDR + p.u16[(o + F_DATA_OFF) >> 1];
-          if ((d & 1) === 0) {
-            const u16 = p.u16, w = d >> 1;
-            u16[w] = f.d0; u16[w + 1] = f.d1; u16[w + 2] = f.d2;
-            u16[w + 3] = f.s0; u16[w + 4] = f.s1; u16[w + 5] = f.s2;
+          if ((d & 3) === 0) {
+            const u32 = p.u32, w = d >> 2;
+            u32[w] = f.w0; u32[w + 1] = f.w1; u32[w + 2] = f.w2;
           } else {
-            const u8 = p.u8;
-            u8[d] = f.d0 & 0xff; u8[d + 1] = f.d0 >> 8; u8[d + 2] = f.d1 & 0xff; u8[d + 3] = f.d1 >> 8; u8[d + 4] = f.d2 & 0xff; u8[d + 5] = f.d2 >> 8;
-            u8[d + 6] = f.s0 & 0xff; u8[d + 7] = f.s0 >> 8; u8[d + 8] = f.s1 & 0xff; u8[d + 9] = f.s1 >> 8; u8[d + 10] = f.s2 & 0xff; u8[d + 11] = f.s2 >> 8;
+            // Data moved off 4-byte alignment (prepend/adj): byte stores.
+            const u8 = p.u8, a = f.w0, b = f.w1, c = f.w2;
+            u8[d] = a; u8[d + 1] = a >>> 8; u8[d + 2] = a >>> 16; u8[d + 3] = a >>> 24;
+            u8[d + 4] = b; u8[d + 5] = b >>> 8; u8[d + 6] = b >>> 16; u8[d + 7] = b >>> 24;
+            u8[d + 8] = c; u8[d + 9] = c >>> 8; u8[d + 10] = c >>> 16; u8[d + 11] = c >>> 24;
           }
         }
       }

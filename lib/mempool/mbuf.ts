@@ -95,11 +95,33 @@ export function pktmbufReset(m: number): void {
   u32[(o + F_PTYPE) >> 2] = 0;
 }
 
+/**
+ * Allocate n mbufs into out[off..] (all or none) initialized as single-segment packets of len
+ * bytes from port: rte_pktmbuf_alloc_bulk plus a driver's "rearm" in one pass. Free mbufs keep
+ * next = MBUF_NONE (every free path restores it), so words 8..39 are all that need writing; the
+ * u16 pairs at 12/16/20 go as single u32 stores.
+ */
+export function pktmbufAllocInit(pool: Mempool, out: Uint32Array, n: number, off: number, len: number, port: number): boolean {
+  if (!pool.allocBulk(out, n, off)) return false;
+  const u32 = pool.u32;
+  const lenOff = (len | (pool.userWord(0) << 16)) >>> 0; // data_len | data_off << 16
+  const portBuf = (port | (pool.userWord(0) + pool.userWord(1)) << 16) >>> 0; // port | buf_len << 16
+  for (let i = 0; i < n; i++) {
+    const w = pool.offsetOf(out[off + i]) >> 2;
+    u32[w + 2] = len; // pkt_len
+    u32[w + 3] = lenOff;
+    u32[w + 4] = 0x10001; // refcnt 1, nb_segs 1
+    u32[w + 5] = portBuf;
+    u32[w + 6] = 0; // ol_flags
+    u32[w + 7] = 0;
+    u32[w + 9] = 0; // packet_type
+  }
+  return true;
+}
+
 /** Allocate n reset mbufs into out[off..], all or none (rte_pktmbuf_alloc_bulk). */
 export function pktmbufAllocBulk(pool: Mempool, out: Uint32Array, n: number, off = 0): boolean {
-  if (!pool.allocBulk(out, n, off)) return false;
-  for (let i = 0; i < n; i++) pktmbufReset(out[off + i]);
-  return true;
+  return pktmbufAllocInit(pool, out, n, off, 0, 0xffff);
 }
 
 /** Allocate one reset mbuf; -1 when the pool is empty. */
@@ -119,7 +141,7 @@ export function pktmbufFreeSeg(m: number): number {
     p.u16[(o + F_REFCNT) >> 1] = r - 1;
     return next;
   }
-  // Free mbufs keep refcnt 1 and no chain, as DPDK's do.
+  // Free mbufs keep no chain (pktmbufAllocInit relies on it).
   p.u32[(o + F_NEXT) >> 2] = MBUF_NONE;
   p.free(m);
   return next;
@@ -133,6 +155,22 @@ export function pktmbufFree(m: number): void {
 
 /** Free n chains from ms[off..] (rte_pktmbuf_free_bulk). */
 export function pktmbufFreeBulk(ms: Uint32Array, n: number, off = 0): void {
+  if (n === 0) return;
+  // Fast path: one pool, every mbuf a single segment with one reference: one bulk put.
+  const first = poolOf(ms[off]), id = ms[off] >>> 24;
+  let simple = true;
+  for (let i = 0; i < n; i++) {
+    const m = ms[off + i];
+    const o = first.offsetOf(m);
+    if (m >>> 24 !== id || first.u32[(o + F_NEXT) >> 2] !== MBUF_NONE || first.u16[(o + F_REFCNT) >> 1] !== 1) {
+      simple = false;
+      break;
+    }
+  }
+  if (simple) {
+    first.freeBulk(ms, n, off);
+    return;
+  }
   for (let i = 0; i < n; i++) {
     const m = ms[off + i];
     const p = poolOf(m);

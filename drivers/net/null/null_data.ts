@@ -4,9 +4,7 @@
  * each frame, as a device would).
  */
 import { Mempool } from '../../../lib/mempool/mempool.js';
-import {
-  pktmbufAllocBulk, pktmbufFreeBulk, MBUF_HDR, F_DATA_LEN, F_PKT_LEN, F_PORT, F_DATA_OFF,
-} from '../../../lib/mempool/mbuf.js';
+import { pktmbufAllocInit, pktmbufFreeBulk, MBUF_HDR, F_DATA_LEN, F_PKT_LEN, F_DATA_OFF } from '../../../lib/mempool/mbuf.js';
 import { poolOf } from '../../../lib/mempool/mempool.js';
 import {
   type PortData, type RxQueue, type TxQueue, rxqStatsBase, txqStatsBase,
@@ -38,18 +36,18 @@ class NullRx implements RxQueue {
   }
 
   rxBurst(out: Uint32Array, n: number): number {
-    if (!pktmbufAllocBulk(this.pool, out, n)) {
+    if (!pktmbufAllocInit(this.pool, out, n, 0, this.size, this.port)) {
       this.stats[this.s + RXQ_NOMBUF] += n;
       return 0;
     }
-    const p = this.pool, u16 = p.u16, u32 = p.u32, size = this.size, port = this.port;
-    for (let i = 0; i < n; i++) {
-      const o = p.offsetOf(out[i]);
-      u16[(o + F_DATA_LEN) >> 1] = size;
-      u32[(o + F_PKT_LEN) >> 2] = size;
-      u16[(o + F_PORT) >> 1] = port;
-      if (this.copy) p.u8.set(this.template, o + MBUF_HDR + u16[(o + F_DATA_OFF) >> 1]);
+    if (this.copy) {
+      const p = this.pool;
+      for (let i = 0; i < n; i++) {
+        const o = p.offsetOf(out[i]);
+        p.u8.set(this.template, o + MBUF_HDR + p.u16[(o + F_DATA_OFF) >> 1]);
+      }
     }
+    const size = this.size;
     this.stats[this.s + RXQ_PACKETS] += n;
     this.stats[this.s + RXQ_BYTES] += n * size;
     return n;
