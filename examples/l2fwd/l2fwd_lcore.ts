@@ -60,13 +60,15 @@ export async function l2fwdLoop(arg: L2fwdLcoreArg, ctx: LcoreContext): Promise<
       const n = f.rx.rxBurst(buf, burst);
       if (n === 0) continue;
       if (mac) {
+        // The pool (and its views) only change when a handle's pool id does.
+        let pid = buf[0] >>> 24, p = poolOf(buf[0]), u16 = p.u16, u32 = p.u32;
         for (let k = 0; k < n; k++) {
           const m = buf[k];
-          const p = poolOf(m);
+          if (m >>> 24 !== pid) { pid = m >>> 24; p = poolOf(m); u16 = p.u16; u32 = p.u32; }
           const o = p.offsetOf(m);
-          const d = o + MBUF_HDR + p.u16[(o + F_DATA_OFF) >> 1];
+          const d = o + MBUF_HDR + u16[(o + F_DATA_OFF) >> 1];
           if ((d & 3) === 0) {
-            const u32 = p.u32, w = d >> 2;
+            const w = d >> 2;
             u32[w] = f.w0; u32[w + 1] = f.w1; u32[w + 2] = f.w2;
           } else {
             // Data moved off 4-byte alignment (prepend/adj): byte stores.

@@ -98,8 +98,9 @@ export function pktmbufReset(m: number): void {
 /**
  * Allocate n mbufs into out[off..] (all or none) initialized as single-segment packets of len
  * bytes from port: rte_pktmbuf_alloc_bulk plus a driver's "rearm" in one pass. Free mbufs keep
- * next = MBUF_NONE (every free path restores it), so words 8..39 are all that need writing; the
- * u16 pairs at 12/16/20 go as single u32 stores.
+ * next = MBUF_NONE (every free path restores it), so words 8..39 are all that need writing; u16
+ * pairs go as single u32 stores. (Rewriting refcnt/nb_segs, though already 1, measured faster
+ * than skipping it: 58-61 vs 44-47 Mpps in l2fwd on null ports.)
  */
 export function pktmbufAllocInit(pool: Mempool, out: Uint32Array, n: number, off: number, len: number, port: number): boolean {
   if (!pool.allocBulk(out, n, off)) return false;
@@ -141,8 +142,9 @@ export function pktmbufFreeSeg(m: number): number {
     p.u16[(o + F_REFCNT) >> 1] = r - 1;
     return next;
   }
-  // Free mbufs keep no chain (pktmbufAllocInit relies on it).
+  // Free mbufs keep no chain, one reference, one segment (pktmbufAllocInit relies on it).
   p.u32[(o + F_NEXT) >> 2] = MBUF_NONE;
+  p.u16[(o + F_NB_SEGS) >> 1] = 1;
   p.free(m);
   return next;
 }
@@ -156,13 +158,13 @@ export function pktmbufFree(m: number): void {
 /** Free n chains from ms[off..] (rte_pktmbuf_free_bulk). */
 export function pktmbufFreeBulk(ms: Uint32Array, n: number, off = 0): void {
   if (n === 0) return;
-  // Fast path: one pool, every mbuf a single segment with one reference: one bulk put.
-  const first = poolOf(ms[off]), id = ms[off] >>> 24;
+  // Fast path: one pool, every mbuf a single segment with one reference (the u32 at F_REFCNT
+  // holds refcnt | nb_segs << 16, so one load checks both): one bulk put.
+  const first = poolOf(ms[off]), id = ms[off] >>> 24, u32 = first.u32;
   let simple = true;
   for (let i = 0; i < n; i++) {
     const m = ms[off + i];
-    const o = first.offsetOf(m);
-    if (m >>> 24 !== id || first.u32[(o + F_NEXT) >> 2] !== MBUF_NONE || first.u16[(o + F_REFCNT) >> 1] !== 1) {
+    if (m >>> 24 !== id || u32[(first.offsetOf(m) + F_REFCNT) >> 2] !== 0x10001) {
       simple = false;
       break;
     }

@@ -206,7 +206,8 @@ export class Mempool {
       }
       len += got;
     }
-    for (let i = 0; i < n; i++) out[off + i] = i32[c + len - i] >>> 0;
+    const u32 = this.u32;
+    for (let i = 0; i < n; i++) out[off + i] = u32[c + len - i];
     i32[c] = len - n;
     return true;
   }
@@ -218,10 +219,10 @@ export class Mempool {
       this.ring.enqueueBulk(objs, n, off);
       return;
     }
-    const i32 = this.i32;
+    const i32 = this.i32, u32 = this.u32;
     const c = (this.cacheOffset + lc * this.cacheStride) >> 2;
     let len = i32[c];
-    for (let i = 0; i < n; i++) i32[c + 1 + len + i] = objs[off + i];
+    for (let i = 0; i < n; i++) u32[c + 1 + len + i] = objs[off + i];
     len += n;
     if (len >= this.flushThresh) {
       this.ring.enqueueBulk(this.u32, len - this.cacheSize, c + 1 + this.cacheSize);

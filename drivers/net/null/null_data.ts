@@ -62,13 +62,14 @@ class NullTx implements TxQueue {
   }
 
   txBurst(pkts: Uint32Array, n: number, off = 0): number {
+    if (n === 0) return 0;
     let bytes = 0;
+    let pid = pkts[off] >>> 24, p = poolOf(pkts[off]);
     for (let i = 0; i < n; i++) {
       const m = pkts[off + i];
-      const p = poolOf(m);
+      if (m >>> 24 !== pid) { pid = m >>> 24; p = poolOf(m); }
       const o = p.offsetOf(m);
-      const len = p.u32[(o + F_PKT_LEN) >> 2];
-      bytes += len;
+      bytes += p.u32[(o + F_PKT_LEN) >> 2];
       if (this.copy) {
         const d = o + MBUF_HDR + p.u16[(o + F_DATA_OFF) >> 1], u8 = p.u8, sink = this.sink;
         for (let j = 0, l = p.u16[(o + F_DATA_LEN) >> 1]; j < l; j++) sink[j] = u8[d + j];
