@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 const BENCHES: Record<string, string> = {
   ring: 'ring buffer: two pinned workers SP/SC burst 32 (M entries/s), one-thread enqueue+dequeue (ns/entry)',
   mempool: 'mempool bulk alloc+free with per-lcore cache (ns/object)',
+  fwd: 'l2fwd on two net_null ports beside DPDK testpmd mac forwarding (Mpps, ratio)',
 };
 
 /** What every benchmark module exports. */

@@ -26,6 +26,8 @@ export interface Summary {
   elapsed_s: number;
   total_rx_mpps: number;
   total_tx_mpps: number;
+  /** median of the per-second RX rates after the first second */
+  steady_rx_mpps: number;
   ports: PortSummary[];
   [extra: string]: unknown;
 }
@@ -37,6 +39,10 @@ export class StatsReporter {
   private timer: NodeJS.Timeout | null = null;
   private startT = 0;
   private endT = 0;
+  /** total RX packets/s of each whole second, for the steady-state figure */
+  private seconds: number[] = [];
+  private sampler: NodeJS.Timeout | null = null;
+  private lastSample = { t: 0, rx: 0 };
 
   /** drops(i) reads the app's drop counter for ports[i]. */
   constructor(private readonly ports: EthDev[], private readonly drops: (i: number) => number, private readonly out: NodeJS.WritableStream = process.stdout) {}
@@ -47,13 +53,27 @@ export class StatsReporter {
     this.startT = this.lastT = performance.now();
     this.last = this.ports.map(() => ({ rx: 0, tx: 0 }));
     if (periodS > 0) this.timer = setInterval(() => this.print(), periodS * 1000);
+    this.lastSample = { t: this.startT, rx: 0 };
+    this.sampler = setInterval(() => {
+      const now = performance.now();
+      const rx = this.ports.reduce((a, p) => a + p.stats().ipackets, 0);
+      this.seconds.push((rx - this.lastSample.rx) / ((now - this.lastSample.t) / 1000));
+      this.lastSample = { t: now, rx };
+    }, 1000);
+  }
+
+  /** Median of the per-second total RX rates, skipping the first second (JIT warm-up); 0 if too short. */
+  steadyRxPps(): number {
+    const s = this.seconds.slice(1).sort((a, b) => a - b);
+    return s.length === 0 ? 0 : s[s.length >> 1];
   }
 
   /** Mark the end of forwarding. */
   stop(): void {
     this.endT = performance.now();
     if (this.timer) clearInterval(this.timer);
-    this.timer = null;
+    if (this.sampler) clearInterval(this.sampler);
+    this.timer = this.sampler = null;
   }
 
   /** Print the live table once. */
@@ -88,7 +108,10 @@ export class StatsReporter {
     });
     const rx = ports.reduce((a, p) => a + p.ipackets, 0), tx = ports.reduce((a, p) => a + p.opackets, 0);
     const r = (x: number): number => Math.round(x * 1000) / 1000;
-    return { app, elapsed_s: r(elapsed), total_rx_mpps: r(rx / elapsed / 1e6), total_tx_mpps: r(tx / elapsed / 1e6), ports, ...extra };
+    return {
+      app, elapsed_s: r(elapsed), total_rx_mpps: r(rx / elapsed / 1e6), total_tx_mpps: r(tx / elapsed / 1e6),
+      steady_rx_mpps: r(this.steadyRxPps() / 1e6), ports, ...extra,
+    };
   }
 
   /** Print the summary as a table (text) or one JSON line. */

@@ -12,7 +12,7 @@ import { siblingModule } from '../../src/lcore/lcores.js';
 import { probeVdevs } from '../../drivers/bus/vdev/vdev.js';
 import { type App, eachOption, numberOption, runLcoresUntilDone } from '../common/app.js';
 import { StatsReporter } from '../common/stats.js';
-import type { L2fwdAssignment, L2fwdLcoreArg } from './l2fwd_lcore.js';
+import type { L2fwdAssignment, L2fwdLcoreArg, L2fwdLcoreResult } from './l2fwd_lcore.js';
 
 const LOOP = siblingModule(import.meta.url, 'l2fwd_lcore');
 
@@ -111,7 +111,7 @@ export const l2fwd: App<L2fwdOptions> = {
     reporter.start(o.json ? 0 : o.periodS);
     const running = [...byLcore].map(([lcore, assignments]) => {
       const arg: L2fwdLcoreArg = { assignments, burst: o.burst, macUpdating: o.macUpdating, drops };
-      return eal.lcores.launch<{ gcCount: number }>(lcore, LOOP, 'l2fwdLoop', arg);
+      return eal.lcores.launch<L2fwdLcoreResult>(lcore, LOOP, 'l2fwdLoop', arg);
     });
     let results: unknown[];
     try {
@@ -119,10 +119,11 @@ export const l2fwd: App<L2fwdOptions> = {
     } finally {
       reporter.stop();
     }
-    const gcCount = (results as Array<{ gcCount: number }>).reduce((a, r) => a + r.gcCount, 0);
+    const rs = results as L2fwdLcoreResult[];
+    const gcCount = rs.reduce((a, r) => a + r.gcCount, 0), gcSteady = rs.reduce((a, r) => a + r.gcCountAfterWarmup, 0);
     for (const p of ports) p.stop();
     const leaked = pool.inUseCount();
-    const summary = reporter.summary('l2fwd', { worker_gc_count: gcCount, mbufs_in_use_after_stop: leaked });
+    const summary = reporter.summary('l2fwd', { worker_gc_count: gcSteady, worker_gc_count_with_warmup: gcCount, mbufs_in_use_after_stop: leaked });
     reporter.printSummary(summary, o.json);
     if (leaked !== 0) console.error(`tspmd l2fwd: warning: ${leaked} mbufs were not returned to the pool`);
     return 0;

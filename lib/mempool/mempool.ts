@@ -81,6 +81,8 @@ export class Mempool {
   readonly u8: Uint8Array;
   readonly u16: Uint16Array;
   readonly u32: Uint32Array;
+  /** 8-byte stores of prepared bit patterns (see pktmbufAllocInit) */
+  readonly f64: Float64Array;
   readonly dv: DataView;
   private readonly ring: Ring;
   private readonly i32: Int32Array;
@@ -107,6 +109,7 @@ export class Mempool {
     this.u8 = new Uint8Array(ab);
     this.u16 = new Uint16Array(ab, 0, zone.len >>> 1);
     this.u32 = new Uint32Array(ab, 0, zone.len >>> 2);
+    this.f64 = new Float64Array(ab, 0, zone.len >>> 3);
     this.dv = new DataView(ab);
     this.i32 = new Int32Array(ab, 0, zone.len >>> 2);
     this.ring = Ring.attach({ name: `${name}.ring`, memory: zone.va + BigInt(h[H_RING_OFF]), offset: 0 }, viewOf);

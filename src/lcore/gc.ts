@@ -9,6 +9,8 @@ import { PerformanceObserver } from 'node:perf_hooks';
 export interface GcCounter {
   /** collections seen so far (after settle()) */
   count(): number;
+  /** collections that started at or after t (a performance.now() time), e.g. after warm-up */
+  countSince(t: number): number;
   /** let pending GC entries be delivered */
   settle(): Promise<void>;
   /** stop observing */
@@ -17,13 +19,14 @@ export interface GcCounter {
 
 /** Start counting this thread's garbage collections. */
 export function countGc(): GcCounter {
-  let n = 0;
+  const starts: number[] = [];
   const obs = new PerformanceObserver((list) => {
-    n += list.getEntries().length;
+    for (const e of list.getEntries()) starts.push(e.startTime);
   });
   obs.observe({ entryTypes: ['gc'] });
   return {
-    count: () => n,
+    count: () => starts.length,
+    countSince: (t) => starts.filter((s) => s >= t).length,
     settle: () => new Promise((r) => setTimeout(r, 20)),
     stop: () => obs.disconnect(),
   };

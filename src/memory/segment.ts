@@ -8,7 +8,7 @@ import { unlinkSync } from 'node:fs';
 import * as os from '../os/libc.js';
 import { OsError } from '../os/libc.js';
 import { log } from '../log.js';
-import { hugePool, shortageMessage } from './hugepages.js';
+import { hugePool, shortageMessage, formatPageSize } from './hugepages.js';
 
 /** Where a segment's pages come from. */
 export type Backing =
@@ -55,7 +55,7 @@ export function createSegment(id: number, len: number, pageSize: number, backing
   let va = 0n;
   try {
     os.ftruncate(fd, len);
-    if (backing.kind === 'hugetlbfs' || backing.huge) reserveHugePages(fd, len, pageSize);
+    if (backing.kind === 'hugetlbfs' || backing.huge) reserveHugePages(fd, len, pageSize, backing.kind === 'hugetlbfs' ? backing.dir : null);
     va = os.mmap(0n, len, os.PROT_READ | os.PROT_WRITE, os.MAP_SHARED | os.MAP_POPULATE, fd, 0);
     try {
       os.mlock(va, len);
@@ -74,12 +74,21 @@ export function createSegment(id: number, len: number, pageSize: number, backing
 }
 
 /** fallocate the hugepages so a shortage is a clear error now rather than SIGBUS later. */
-function reserveHugePages(fd: number, len: number, pageSize: number): void {
+function reserveHugePages(fd: number, len: number, pageSize: number, dir: string | null): void {
   try {
     os.fallocate(fd, 0, 0, len);
   } catch (e) {
     if (e instanceof OsError && (e.code === 'ENOSPC' || e.code === 'ENOMEM')) {
-      throw new Error(shortageMessage(len / pageSize, hugePool(pageSize), pageSize));
+      const need = len / pageSize;
+      const pool = hugePool(pageSize);
+      // The kernel has the pages but this mount will not take them: raising nr_hugepages won't help.
+      if (dir !== null && pool !== undefined && pool.available >= need) {
+        throw new Error(
+          `hugetlbfs at ${dir} cannot hold ${need} pages of ${formatPageSize(pageSize)} (${(need * pageSize) / 2 ** 20} MB) although ${pool.available} are free: ` +
+            'its size= mount option (see /proc/mounts) or a hugetlb cgroup limit is reached; remount it larger or pass another --huge-dir',
+        );
+      }
+      throw new Error(shortageMessage(need, pool, pageSize));
     }
     throw e;
   }

@@ -4,7 +4,7 @@
  * `peer=net_ringN` two ports are linked back to back (what one sends, the other receives).
  * `--vdev net_ringN[,size=1024][,peer=net_ringM]`.
  */
-import { EthDev, type DevInfo, type LinkStatus, MAX_QUEUES, listPorts, type PortConf } from '../../../lib/ethdev/ethdev.js';
+import { EthDev, type DevInfo, type LinkStatus, MAX_QUEUES, listPorts } from '../../../lib/ethdev/ethdev.js';
 import { Ring, type RingDesc } from '../../../lib/ring/ring.js';
 import { pktmbufFree } from '../../../lib/mempool/mbuf.js';
 import { registerVdevDriver, intArg } from '../../bus/vdev/vdev.js';
@@ -54,16 +54,10 @@ export class RingPort extends EthDev {
     return this.peer;
   }
 
-  protected override onConfigure(conf: PortConf): void {
-    this.txRings = Array.from({ length: conf.txQueues }, (_, q) => Ring.create(`${this.name}_tx${q}`, this.ringSize, { sp: true, sc: true }));
-  }
-
-  protected override onStart(): void {
-    const src = this.peer ?? this;
-    const nrx = this.configuration!.rxQueues;
-    if (src.txRings.length < nrx) {
-      throw new Error(`port ${this.port} (${this.name}): RX queue ${src.txRings.length} has no ring: ${src.name} must configure at least ${nrx} TX queues`);
-    }
+  /** The ring behind TX queue q, created on first use (a peer's RX may ask before we configure). */
+  private txRing(q: number): Ring {
+    while (this.txRings.length <= q) this.txRings.push(Ring.create(`${this.name}_tx${this.txRings.length}`, this.ringSize, { sp: true, sc: true }));
+    return this.txRings[q];
   }
 
   /** Packets still in flight go back to their pools; lcores must have stopped polling. */
@@ -82,11 +76,11 @@ export class RingPort extends EthDev {
   }
 
   protected rxqData(q: number): RingDesc {
-    return (this.peer ?? this).txRings[q].desc;
+    return (this.peer ?? this).txRing(q).desc;
   }
 
   protected txqData(q: number): RingDesc {
-    return this.txRings[q].desc;
+    return this.txRing(q).desc;
   }
 }
 
