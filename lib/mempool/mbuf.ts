@@ -175,32 +175,38 @@ export function pktmbufFree(m: number): void {
   while (s !== MBUF_NONE) s = pktmbufFreeSeg(s);
 }
 
-/** Free n chains from ms[off..] (rte_pktmbuf_free_bulk). */
-export function pktmbufFreeBulk(ms: Uint32Array, n: number, off = 0): void {
-  if (n === 0) return;
+/**
+ * Free n packets (chain heads) from ms[off..] (rte_pktmbuf_free_bulk); returns the sum of their
+ * packet lengths, which TX paths need for byte counters and get here without a second pass.
+ */
+export function pktmbufFreeBulk(ms: Uint32Array, n: number, off = 0): number {
+  if (n === 0) return 0;
   // Fast path: one pool, every mbuf a single segment with one reference (the u32 at F_REFCNT
   // holds refcnt | nb_segs << 16, so one load checks both): one bulk put.
   const first = poolOf(ms[off]), id = ms[off] >>> 24, u32 = first.u32;
-  let simple = true;
-  for (let i = 0; i < n; i++) {
+  let bytes = 0, i = 0;
+  for (; i < n; i++) {
     const m = ms[off + i];
-    if (m >>> 24 !== id || u32[(first.offsetOf(m) + F_REFCNT) >> 2] !== 0x10001) {
-      simple = false;
-      break;
-    }
+    if (m >>> 24 !== id) break;
+    const w = first.offsetOf(m) >> 2;
+    if (u32[w + (F_REFCNT >> 2)] !== 0x10001) break;
+    bytes += u32[w + (F_PKT_LEN >> 2)];
   }
-  if (simple) {
+  if (i === n) {
     first.freeBulk(ms, n, off);
-    return;
+    return bytes;
   }
-  for (let i = 0; i < n; i++) {
+  bytes = 0;
+  for (i = 0; i < n; i++) {
     const m = ms[off + i];
     const p = poolOf(m);
     const o = p.offsetOf(m);
-    // Fast path: single segment, sole owner: straight to the pool cache.
+    bytes += p.u32[(o + F_PKT_LEN) >> 2];
+    // Single segment, sole owner: straight to the pool cache.
     if (p.u32[(o + F_NEXT) >> 2] === MBUF_NONE && p.u16[(o + F_REFCNT) >> 1] === 1) p.free(m);
     else pktmbufFree(m);
   }
+  return bytes;
 }
 
 /** Byte offset of the packet data (rte_pktmbuf_mtod) in the pool's views: poolOf(m).u8[off]. */
