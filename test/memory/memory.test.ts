@@ -4,13 +4,16 @@
  */
 import t from 'tap';
 import { spawn } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import * as os from '../../src/os/libc.js';
-import { Eal, UsageError } from '../../src/eal.js';
-import { parseEalArgs, parseCoreList, splitArgs } from '../../src/options.js';
+import { Eal, UsageError, memoryConfig } from '../../src/eal.js';
+import { parseEalArgs, parseCoreList, splitArgs, defaultEalOptions } from '../../src/options.js';
 import { siblingModule } from '../../src/lcore/lcores.js';
-import type { Segment } from '../../src/memory/segment.js';
+import { iovaAt, iovaContiguous, type Segment } from '../../src/memory/segment.js';
+import { hugeMounts, hugePools, defaultHugePageSize, parseSize, formatPageSize, shortageMessage } from '../../src/memory/hugepages.js';
 
 const uniq = () => `tsp${process.pid}x${Math.random().toString(36).slice(2, 8)}`;
 const MB = 2 ** 20;
@@ -272,4 +275,76 @@ t.test('close() unmaps every segment and closes every fd', async (t) => {
   await eal.close();
   eal.memory.close();
   t.equal(fdCount(), base, 'closing twice is harmless');
+});
+
+t.test('hugepage discovery and memory config from fixture /proc and /sys trees', async (t) => {
+  const root = mkdtempSync(join(tmpdir(), 'tsp-'));
+  t.teardown(() => rmSync(root, { recursive: true, force: true }));
+  const proc = join(root, 'proc'), sys = join(root, 'sys');
+  mkdirSync(proc);
+  writeFileSync(join(proc, 'meminfo'), 'MemTotal:       24000000 kB\nHugepagesize:       2048 kB\n');
+  writeFileSync(join(proc, 'mounts'), [
+    'proc /proc proc rw,nosuid 0 0',
+    'nodev /mnt/huge\\040one hugetlbfs rw,relatime,pagesize=1G 0 0',
+    'nodev /dev/hugepages hugetlbfs rw,relatime 0 0',
+    'tmpfs /tmp tmpfs rw 0 0',
+  ].join('\n') + '\n');
+  for (const [kb, nr, free, resv] of [[2048, 64, 40, 8], [1048576, 2, 2, 0]]) {
+    const d = join(sys, 'kernel/mm/hugepages', `hugepages-${kb}kB`);
+    mkdirSync(d, { recursive: true });
+    writeFileSync(join(d, 'nr_hugepages'), `${nr}\n`);
+    writeFileSync(join(d, 'free_hugepages'), `${free}\n`);
+    writeFileSync(join(d, 'resv_hugepages'), `${resv}\n`);
+  }
+  t.equal(defaultHugePageSize(proc), 2 * MB);
+  t.equal(defaultHugePageSize(join(root, 'nowhere')), 0, 'no meminfo: no hugepages');
+  t.same(hugeMounts(proc), [{ dir: '/mnt/huge one', pageSize: 2 ** 30 }, { dir: '/dev/hugepages', pageSize: 2 * MB }], 'octal escapes undone, default page size filled in');
+  const pools = hugePools(sys);
+  t.same(pools.map((p) => [p.pageSize, p.total, p.free, p.reserved, p.available]), [[2 * MB, 64, 40, 8, 32], [2 ** 30, 2, 2, 0, 2]], 'available = free - reserved');
+  t.same(hugePools(join(root, 'nosys')), []);
+  t.equal(parseSize('2M'), 2 * MB);
+  t.equal(parseSize('1G'), 2 ** 30);
+  t.equal(parseSize('2048k'), 2 * MB);
+  t.throws(() => parseSize('lots'), { message: 'cannot parse size "lots"' });
+  t.equal(formatPageSize(2 * MB), '2048 kB');
+  t.equal(formatPageSize(2 ** 30), '1 GB');
+  t.equal(shortageMessage(10, pools[0], 2 * MB),
+    `not enough hugepages: need 10 pages of 2048 kB (20 MB), 32 free of 64. Reserve more as root with: echo 42 > ${sys}/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages (or run without hugepages: --no-huge)`);
+
+  // memory config: the default mount is the one of the default page size
+  const o = defaultEalOptions();
+  const c = memoryConfig(o, proc);
+  t.same(c.backing, { kind: 'hugetlbfs', dir: '/dev/hugepages', prefix: 'tsp' });
+  t.equal(c.pageSize, 2 * MB);
+  t.equal(c.limit, Infinity, 'no -m: no limit');
+  t.equal(c.preallocate, 0);
+  const c1g = memoryConfig({ ...o, hugeDir: '/mnt/huge one/', memoryMb: 2048 }, proc);
+  t.equal(c1g.pageSize, 2 ** 30, '--huge-dir picks that mount and its page size');
+  t.equal(c1g.limit, 2 ** 31);
+  t.equal(c1g.preallocate, 2 ** 31);
+  t.same(memoryConfig({ ...o, inMemory: true }, proc).backing, { kind: 'memfd', huge: true, prefix: 'tsp' });
+  t.same(memoryConfig({ ...o, noHuge: true }, proc), { iovaMode: 'va', preallocate: 0, limit: Infinity, backing: { kind: 'memfd', huge: false, prefix: 'tsp' }, pageSize: 4096, chunk: 64 * MB });
+  writeFileSync(join(proc, 'mounts'), 'proc /proc proc rw 0 0\n');
+  t.throws(() => memoryConfig(o, proc), { message: /^no hugetlbfs is mounted: mount one as root with: mkdir -p \/dev\/hugepages && mount -t hugetlbfs nodev \/dev\/hugepages, pass its directory with --huge-dir, or run without hugepages: --no-huge/ });
+  writeFileSync(join(proc, 'meminfo'), 'MemTotal: 1 kB\n');
+  t.throws(() => memoryConfig({ ...o, inMemory: true }, proc), { message: '--in-memory: this kernel has no hugepages; use --no-huge' });
+});
+
+t.test('IOVA of a segment with scattered physical pages (pa mode, plain data)', async (t) => {
+  const P = 2 * MB;
+  // pages 0 and 1 adjacent physically, page 2 elsewhere, page 3 right after page 2
+  const seg: Segment = {
+    id: 0, fd: -1, va: 0x7f0000000000n, iova: 0x100000000n, len: 4 * P, pageSize: P, path: null, iovaMode: 'pa',
+    pageIovas: [0x100000000n, 0x100000000n + BigInt(P), 0x300000000n, 0x300000000n + BigInt(P)],
+  };
+  t.equal(iovaAt(seg, 0), 0x100000000n);
+  t.equal(iovaAt(seg, P + 5), 0x100000000n + BigInt(P + 5));
+  t.equal(iovaAt(seg, 2 * P + 7), 0x300000007n, 'an offset in page 2 maps into page 2\'s frame');
+  t.ok(iovaContiguous(seg, P - 100, 200), 'across the adjacent pages 0 and 1');
+  t.notOk(iovaContiguous(seg, 2 * P - 100, 200), 'not across pages 1 and 2');
+  t.ok(iovaContiguous(seg, 2 * P, 2 * P), 'pages 2 and 3');
+  t.ok(iovaContiguous(seg, 2 * P - 1, 1), 'a range inside one page');
+  const vaSeg: Segment = { ...seg, iova: seg.va, iovaMode: 'va', pageIovas: null };
+  t.equal(iovaAt(vaSeg, 12345), seg.va + 12345n, 'va mode: iova = va');
+  t.ok(iovaContiguous(vaSeg, 0, 4 * P));
 });
