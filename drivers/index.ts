@@ -1,3 +1,5 @@
 /** The built-in drivers: importing this module registers them with their buses. */
 import './net/null/null.js';
 import './net/ring/ring.js';
+import './net/af_packet/af_packet.js';
+import './net/tap/tap.js';

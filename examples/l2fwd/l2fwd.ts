@@ -79,6 +79,8 @@ export const l2fwd: App<L2fwdOptions> = {
     return o;
   },
   async main(eal, o) {
+    // With --json, stdout carries only the summary: progress goes to stderr.
+    const info = (line: string): void => void (o.json ? process.stderr : process.stdout).write(line + '\n');
     await probeVdevs(eal);
     const all = listPorts();
     const ports = all.filter((p) => o.portmask === null || (o.portmask & (1 << p.port)) !== 0);
@@ -95,7 +97,7 @@ export const l2fwd: App<L2fwdOptions> = {
       p.rxQueueSetup(0, o.rxDesc, pool);
       p.txQueueSetup(0, o.txDesc);
       p.start();
-      if (!o.json) console.log(`port ${p.port} (${p.name}, ${p.info().driverName}): MAC ${p.macString()}, link ${p.link().up ? 'up' : 'down'}`);
+      info(`port ${p.port} (${p.name}, ${p.info().driverName}): MAC ${p.macString()}, link ${p.link().up ? 'up' : 'down'}`);
     }
     const drops = new SharedArrayBuffer(8 * 64);
     const dropView = new Float64Array(drops);
@@ -105,7 +107,7 @@ export const l2fwd: App<L2fwdOptions> = {
       const list = byLcore.get(a.lcore) ?? [];
       list.push({ rx: a.rx.data(), tx: a.tx.data(), dstMac: [2, 0, 0, 0, 0, dst & 0xff], srcMac: a.tx.macAddr(), dropIndex: ports.indexOf(a.rx) });
       byLcore.set(a.lcore, list);
-      if (!o.json) console.log(`lcore ${a.lcore}: RX port ${a.rx.port} -> TX port ${dst}`);
+      info(`lcore ${a.lcore}: RX port ${a.rx.port} -> TX port ${dst}`);
     }
     const reporter = new StatsReporter(ports, (i) => dropView[i]);
     reporter.start(o.json ? 0 : o.periodS);

@@ -84,6 +84,8 @@ export class Mempool {
   /** 8-byte stores of prepared bit patterns (see pktmbufAllocInit) */
   readonly f64: Float64Array;
   readonly dv: DataView;
+  /** the zone's address as a number (user addresses fit in 2^53), for system calls on mbuf data */
+  readonly va: number;
   private readonly ring: Ring;
   private readonly i32: Int32Array;
   private readonly flushThresh: number;
@@ -111,6 +113,7 @@ export class Mempool {
     this.u32 = new Uint32Array(ab, 0, zone.len >>> 2);
     this.f64 = new Float64Array(ab, 0, zone.len >>> 3);
     this.dv = new DataView(ab);
+    this.va = Number(zone.va);
     this.i32 = new Int32Array(ab, 0, zone.len >>> 2);
     this.ring = Ring.attach({ name: `${name}.ring`, memory: zone.va + BigInt(h[H_RING_OFF]), offset: 0 }, viewOf);
   }

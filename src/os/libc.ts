@@ -120,6 +120,9 @@ const fnFlock = libc.func('int flock(int fd, int op)');
 const fnGetpid = libc.func('int getpid()');
 const fnIfNametoindex = libc.func('unsigned int if_nametoindex(const char *name)');
 const fnKill = libc.func('int kill(int pid, int sig)');
+const fnReadRaw = libc.func('read', 'intptr_t', ['int', 'uintptr_t', 'size_t']);
+const fnWriteRaw = libc.func('write', 'intptr_t', ['int', 'uintptr_t', 'size_t']);
+const fnSendKick = libc.func('send', 'intptr_t', ['int', 'uintptr_t', 'size_t', 'int']);
 
 // ---- files ----
 
@@ -418,6 +421,26 @@ export function recvmsg(fd: number, maxLen: number, flags = 0): RecvResult | nul
   }
   const msgFlags = dv.getInt32(48, true);
   return { data: scratch.slice(dataOff, dataOff + r), fds, truncated: (msgFlags & (MSG_TRUNC | MSG_CTRUNC)) !== 0 };
+}
+
+// ---- data-path calls: no exceptions, no allocation; addresses as numbers (user VAs < 2^53) ----
+
+/** read(2) into memory at address va; returns bytes read or -errno (e.g. -EAGAIN). */
+export function readRaw(fd: number, va: number, len: number): number {
+  const r = fnReadRaw(fd, va, len) as number;
+  return r < 0 ? -koffi.errno() : r;
+}
+
+/** write(2) from memory at address va; returns bytes written or -errno. */
+export function writeRaw(fd: number, va: number, len: number): number {
+  const r = fnWriteRaw(fd, va, len) as number;
+  return r < 0 ? -koffi.errno() : r;
+}
+
+/** send(fd, NULL, 0, flags): the PACKET_MMAP TX kick; returns bytes queued or -errno. */
+export function sendKick(fd: number, flags: number): number {
+  const r = fnSendKick(fd, 0, 0, flags) as number;
+  return r < 0 ? -koffi.errno() : r;
 }
 
 // ---- threads and processes ----

@@ -1,0 +1,190 @@
+/**
+ * net_af_packet data path. RX walks the TPACKET_V3 RX ring block by block (a block is ours while
+ * its status has TP_STATUS_USER; we give it back by writing TP_STATUS_KERNEL) and copies each frame
+ * into an mbuf. TX copies each mbuf into the next free frame of the TX ring, marks it
+ * TP_STATUS_SEND_REQUEST, and kicks the kernel once per burst with send(). Frames are copied: the
+ * rings are the kernel's memory, mbufs are ours.
+ */
+import { viewOf, sendKick, MSG_DONTWAIT } from '../../../src/os/libc.js';
+import { Mempool, poolOf } from '../../../lib/mempool/mempool.js';
+import { pktmbufAllocInit, pktmbufFreeBulk, MBUF_HDR, MBUF_NONE, F_DATA_OFF, F_DATA_LEN, F_PKT_LEN, F_NEXT } from '../../../lib/mempool/mbuf.js';
+import { copyBytes } from '../../../lib/net/copy.js';
+import {
+  type PortData, type RxQueue, type TxQueue, rxqStatsBase, txqStatsBase,
+  RXQ_PACKETS, RXQ_BYTES, RXQ_ERRORS, RXQ_NOMBUF, TXQ_PACKETS, TXQ_BYTES, TXQ_ERRORS,
+} from '../../../lib/ethdev/ethdev.js';
+import {
+  BD_BLOCK_STATUS, BD_NUM_PKTS, BD_OFFSET_TO_FIRST_PKT, H3_NEXT_OFFSET, H3_SNAPLEN, H3_LEN, H3_STATUS, H3_MAC,
+  TP_STATUS_USER, TP_STATUS_KERNEL, TP_STATUS_AVAILABLE, TP_STATUS_SEND_REQUEST, TP_STATUS_WRONG_FORMAT, TPACKET3_TX_DATA,
+} from './uapi.js';
+
+/** Per-queue plain data: the socket and where its rings are mapped. */
+export interface AfPacketQueueData {
+  fd: number;
+  va: bigint;
+  len: number;
+  blockSize: number;
+  blockCount: number;
+  frameSize: number;
+  frameCount: number;
+  /** byte offset of the TX ring in the mapping (after the RX ring) */
+  txOffset: number;
+}
+
+const EAGAIN = 11, ENOBUFS = 105;
+
+class AfPacketRx implements RxQueue {
+  private readonly u8: Uint8Array;
+  private readonly u16: Uint16Array;
+  private readonly u32: Uint32Array;
+  private readonly i32: Int32Array;
+  private readonly bs: number;
+  private readonly nblocks: number;
+  private readonly room: number;
+  private block = 0;
+  private held = false;
+  private left = 0;
+  private pkt = 0;
+
+  constructor(q: AfPacketQueueData, private readonly pool: Mempool, private readonly port: number, private readonly stats: Float64Array, private readonly s: number) {
+    const ab = viewOf(q.va, q.len);
+    this.u8 = new Uint8Array(ab);
+    this.u16 = new Uint16Array(ab);
+    this.u32 = new Uint32Array(ab);
+    this.i32 = new Int32Array(ab);
+    this.bs = q.blockSize;
+    this.nblocks = q.blockCount;
+    this.room = pool.userWord(1);
+  }
+
+  /** Take the next block if the kernel has handed it over; gives the finished one back first. */
+  private nextBlock(): boolean {
+    if (this.held) {
+      Atomics.store(this.i32, (this.block * this.bs + BD_BLOCK_STATUS) >> 2, TP_STATUS_KERNEL);
+      this.held = false;
+      this.block = this.block + 1 === this.nblocks ? 0 : this.block + 1;
+    }
+    const b = this.block * this.bs;
+    if ((Atomics.load(this.i32, (b + BD_BLOCK_STATUS) >> 2) & TP_STATUS_USER) === 0) return false;
+    this.held = true;
+    this.left = this.u32[(b + BD_NUM_PKTS) >> 2];
+    this.pkt = b + this.u32[(b + BD_OFFSET_TO_FIRST_PKT) >> 2];
+    return true;
+  }
+
+  rxBurst(out: Uint32Array, n: number): number {
+    if (this.left === 0 && !this.nextBlock()) return 0;
+    const pool = this.pool;
+    if (!pktmbufAllocInit(pool, out, n, 0, 0, this.port)) {
+      this.stats[this.s + RXQ_NOMBUF] += n;
+      return 0;
+    }
+    const r8 = this.u8, r16 = this.u16, r32 = this.u32, m8 = pool.u8, m16 = pool.u16, m32 = pool.u32;
+    let got = 0, bytes = 0, errors = 0;
+    while (got < n) {
+      if (this.left === 0 && !this.nextBlock()) break;
+      if (this.left === 0) continue; // an empty block (timed out): on to the next
+      const h = this.pkt;
+      const len = r32[(h + H3_SNAPLEN) >> 2];
+      this.pkt = h + r32[(h + H3_NEXT_OFFSET) >> 2];
+      this.left--;
+      if (len > this.room || len !== r32[(h + H3_LEN) >> 2]) {
+        errors++; // larger than an mbuf, or truncated by the ring's frame size
+        continue;
+      }
+      const m = out[got];
+      const o = pool.offsetOf(m);
+      m16[(o + F_DATA_LEN) >> 1] = len;
+      m32[(o + F_PKT_LEN) >> 2] = len;
+      copyBytes(m8, m32, o + MBUF_HDR + m16[(o + F_DATA_OFF) >> 1], r8, r32, h + r16[(h + H3_MAC) >> 1], len);
+      bytes += len;
+      got++;
+    }
+    if (got < n) pool.freeBulk(out, n - got, got);
+    if (this.left === 0 && this.held) this.nextBlock(); // give a finished block back at once
+    this.stats[this.s + RXQ_PACKETS] += got;
+    this.stats[this.s + RXQ_BYTES] += bytes;
+    if (errors > 0) this.stats[this.s + RXQ_ERRORS] += errors;
+    return got;
+  }
+}
+
+class AfPacketTx implements TxQueue {
+  private readonly u8: Uint8Array;
+  private readonly u16: Uint16Array;
+  private readonly u32: Uint32Array;
+  private readonly i32: Int32Array;
+  private readonly base: number;
+  private readonly fsize: number;
+  private readonly nframes: number;
+  private idx = 0;
+
+  constructor(q: AfPacketQueueData, private readonly fd: number, private readonly stats: Float64Array, private readonly s: number) {
+    const ab = viewOf(q.va, q.len);
+    this.u8 = new Uint8Array(ab);
+    this.u16 = new Uint16Array(ab);
+    this.u32 = new Uint32Array(ab);
+    this.i32 = new Int32Array(ab);
+    this.base = q.txOffset;
+    this.fsize = q.frameSize;
+    this.nframes = q.frameCount;
+  }
+
+  txBurst(pkts: Uint32Array, n: number, off = 0): number {
+    const r8 = this.u8, r16 = this.u16, r32 = this.u32, i32 = this.i32;
+    let k = 0, errors = 0;
+    for (; k < n; k++) {
+      const f = this.base + this.idx * this.fsize;
+      const st = Atomics.load(i32, (f + H3_STATUS) >> 2);
+      if (st === TP_STATUS_WRONG_FORMAT) errors++; // the kernel refused that frame earlier
+      else if (st !== TP_STATUS_AVAILABLE) break; // ring full: the rest stays the caller's
+      const m = pkts[off + k];
+      const p = poolOf(m);
+      const o = p.offsetOf(m);
+      const len = p.u32[(o + F_PKT_LEN) >> 2];
+      // Data offset (PACKET_TX_HAS_OFF) chosen so frame and mbuf data agree modulo 4: word copies.
+      const d0 = o + MBUF_HDR + p.u16[(o + F_DATA_OFF) >> 1];
+      const doff = TPACKET3_TX_DATA + ((d0 - (f + TPACKET3_TX_DATA)) & 3);
+      if (doff + len > this.fsize) {
+        errors++; // does not fit a frame: dropped (freed below with the sent ones)
+        Atomics.store(i32, (f + H3_STATUS) >> 2, TP_STATUS_AVAILABLE);
+        continue;
+      }
+      let at = f + doff;
+      for (let seg = m; seg !== MBUF_NONE; seg = p.u32[(p.offsetOf(seg) + F_NEXT) >> 2]) {
+        const so = p.offsetOf(seg);
+        const sl = p.u16[(so + F_DATA_LEN) >> 1];
+        copyBytes(r8, r32, at, p.u8, p.u32, so + MBUF_HDR + p.u16[(so + F_DATA_OFF) >> 1], sl);
+        at += sl;
+      }
+      r32[(f + H3_NEXT_OFFSET) >> 2] = 0;
+      r32[(f + H3_LEN) >> 2] = len;
+      r32[(f + H3_SNAPLEN) >> 2] = len;
+      r16[(f + H3_MAC) >> 1] = doff;
+      Atomics.store(i32, (f + H3_STATUS) >> 2, TP_STATUS_SEND_REQUEST);
+      this.idx = this.idx + 1 === this.nframes ? 0 : this.idx + 1;
+    }
+    if (k > 0) {
+      const r = sendKick(this.fd, MSG_DONTWAIT);
+      // EAGAIN/ENOBUFS: frames stay queued for the next kick; anything else (interface down or
+      // gone) is counted, and the ring keeps the frames until the kernel can take them.
+      if (r < 0 && r !== -EAGAIN && r !== -ENOBUFS) errors++;
+    }
+    const bytes = pktmbufFreeBulk(pkts, k, off);
+    this.stats[this.s + TXQ_PACKETS] += k;
+    this.stats[this.s + TXQ_BYTES] += bytes;
+    if (errors > 0) this.stats[this.s + TXQ_ERRORS] += errors;
+    return k;
+  }
+}
+
+/** Rebuild RX queue q in this thread. */
+export function openRxQueue(port: PortData, q: number, stats: Float64Array): RxQueue {
+  return new AfPacketRx(port.rxq[q] as AfPacketQueueData, Mempool.attach(port.rxPools[q]), port.port, stats, rxqStatsBase(q));
+}
+
+/** Rebuild TX queue q in this thread. */
+export function openTxQueue(port: PortData, q: number, stats: Float64Array): TxQueue {
+  const d = port.txq[q] as AfPacketQueueData;
+  return new AfPacketTx(d, d.fd, stats, txqStatsBase(q));
+}

@@ -1,0 +1,20 @@
+/**
+ * Copying bytes between two different memories (a kernel ring and an mbuf pool) without making a
+ * view per copy: typed-array set() needs a source view of exactly the range, and a subarray per
+ * packet is an allocation. When both offsets agree modulo 4 the middle moves as u32 words (a float64
+ * copy could canonicalize NaN patterns in packet data); otherwise byte by byte.
+ */
+
+/** Copy len bytes from src[s..] to dst[d..]; *32 are u32 views over the same buffers. */
+export function copyBytes(dst: Uint8Array, dst32: Uint32Array, d: number, src: Uint8Array, src32: Uint32Array, s: number, len: number): void {
+  const end = d + len;
+  if (((d ^ s) & 3) === 0) {
+    while ((d & 3) !== 0 && d < end) dst[d++] = src[s++];
+    const words = (end - d) >> 2;
+    const dw = d >> 2, sw = s >> 2;
+    for (let i = 0; i < words; i++) dst32[dw + i] = src32[sw + i];
+    d += words << 2;
+    s += words << 2;
+  }
+  while (d < end) dst[d++] = src[s++];
+}
