@@ -10,6 +10,7 @@ const BENCHES: Record<string, string> = {
   ring: 'ring buffer: two pinned workers SP/SC burst 32 (M entries/s), one-thread enqueue+dequeue (ns/entry)',
   mempool: 'mempool bulk alloc+free with per-lcore cache (ns/object)',
   fwd: 'l2fwd on two net_null ports beside DPDK testpmd mac forwarding (Mpps, ratio)',
+  afpacket: 'l2fwd on af_packet ports between two namespaces beside DPDK testpmd (Mpps, ratio; root)',
 };
 
 /** What every benchmark module exports. */
