@@ -7,6 +7,8 @@ import '../drivers/index.js';
 import { runApp, type App } from './common/app.js';
 import { l2fwd } from './l2fwd/l2fwd.js';
 import { pktgen } from './pktgen/pktgen.js';
+import { netnsMain } from './netns/netns.js';
+import { UsageError } from '../src/options.js';
 
 const APPS: Record<string, App<never>> = {
   l2fwd: l2fwd as App<never>,
@@ -14,7 +16,7 @@ const APPS: Record<string, App<never>> = {
 };
 
 function usage(): string {
-  return `usage: tspmd <app> [EAL options] -- [app options]\n\napps:\n${Object.values(APPS).map((a) => `  ${a.name.padEnd(10)} ${a.summary}`).join('\n')}\n\n"tspmd <app> --help" shows an app's options and the EAL options.`;
+  return `usage: tspmd <app> [EAL options] -- [app options]\n\napps:\n${Object.values(APPS).map((a) => `  ${a.name.padEnd(10)} ${a.summary}`).join('\n')}\n  ${'netns'.padEnd(10)} up|down [--prefix P]: two network namespaces joined by veths, to forward between (root)\n\n"tspmd <app> --help" shows an app's options and the EAL options.`;
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -22,6 +24,14 @@ async function main(argv: string[]): Promise<number> {
   if (!name || name === '--help' || name === '-h') {
     console.log(usage());
     return name ? 0 : 2;
+  }
+  if (name === 'netns') {
+    try {
+      return netnsMain(rest);
+    } catch (e) {
+      console.error(`tspmd netns: ${(e as Error).message}`);
+      return e instanceof UsageError ? 2 : 1;
+    }
   }
   const app = APPS[name];
   if (!app) {

@@ -147,3 +147,18 @@ t.test('interface deleted while forwarding: l2fwd keeps running, exits cleanly o
   t.equal(s.ports.length, 2, 'summary printed for both ports');
   t.equal(s.mbufs_in_use_after_stop, 0);
 });
+
+t.test('tspmd netns up/down builds and removes the topology', { skip: needRoot }, async (t) => {
+  const prefix = `tsp${(process.pid % 46656).toString(36)}n`;
+  t.teardown(() => { void run(process.execPath, [...process.execArgv, CLI, 'netns', 'down', '--prefix', prefix]); });
+  const up = await run(process.execPath, [...process.execArgv, CLI, 'netns', 'up', '--prefix', prefix]);
+  t.equal(up.code, 0, up.stderr);
+  t.match(up.stdout, new RegExp(`net_af_packet0,iface=${prefix}a1`));
+  t.match(sh(['ip', 'netns', 'list']), new RegExp(`${prefix}A`));
+  const down = await run(process.execPath, [...process.execArgv, CLI, 'netns', 'down', '--prefix', prefix]);
+  t.equal(down.code, 0);
+  t.notMatch(sh(['ip', 'netns', 'list']), new RegExp(`${prefix}[AB]`));
+  const bad = await run(process.execPath, [...process.execArgv, CLI, 'netns', 'down']);
+  t.equal(bad.code, 2);
+  t.match(bad.stderr, /needs --prefix/);
+});
