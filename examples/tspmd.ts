@@ -7,12 +7,14 @@ import '../drivers/index.js';
 import { runApp, type App } from './common/app.js';
 import { l2fwd } from './l2fwd/l2fwd.js';
 import { pktgen } from './pktgen/pktgen.js';
+import { devices } from './devices/devices.js';
 import { netnsMain } from './netns/netns.js';
 import { UsageError } from '../src/options.js';
 
 const APPS: Record<string, App<never>> = {
   l2fwd: l2fwd as App<never>,
   pktgen: pktgen as App<never>,
+  devices: devices as App<never>,
 };
 
 function usage(): string {

@@ -33,6 +33,8 @@ export interface EalOptions {
   block: string[];
   noPci: boolean;
   sysfsRoot: string;
+  /** where device nodes are (/dev/vfio, /dev/iommu); tests point it at a fixture */
+  devRoot: string;
   vfioMode: 'auto' | 'group' | 'iommufd';
   logLevel: string | null;
   help: boolean;
@@ -49,7 +51,7 @@ export function defaultEalOptions(): EalOptions {
   return {
     lcores: null, mainLcore: null, memoryMb: 0, hugeDir: null, noHuge: false, inMemory: false,
     filePrefix: 'tsp', iovaMode: 'va', vdevs: [], allow: [], block: [], noPci: false,
-    sysfsRoot: '/sys', vfioMode: 'auto', logLevel: null, help: false,
+    sysfsRoot: '/sys', devRoot: '/dev', vfioMode: 'auto', logLevel: null, help: false,
   };
 }
 
@@ -68,6 +70,7 @@ export const EAL_HELP = `EAL options (before "--"):
   -b, --block ADDR       never use these devices (repeatable)
   --no-pci               do not scan the PCI bus
   --sysfs-root DIR       read sysfs from DIR (default: /sys)
+  --dev-root DIR         find device nodes (vfio, iommu) in DIR (default: /dev)
   --vfio-mode MODE       auto|group|iommufd (default: auto)
   --log-level LEVEL      error|warn|info|debug (default: warn)
   -h, --help             this help`;
@@ -133,6 +136,7 @@ export function parseEalArgs(argv: readonly string[]): EalOptions {
       case '-b': case '--block': o.block.push(value()); break;
       case '--no-pci': o.noPci = true; break;
       case '--sysfs-root': o.sysfsRoot = value(); break;
+      case '--dev-root': o.devRoot = value(); break;
       case '--vfio-mode': {
         const v = value();
         if (v !== 'auto' && v !== 'group' && v !== 'iommufd') throw new UsageError(`--vfio-mode "${v}": use auto, group or iommufd`);

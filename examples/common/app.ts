@@ -14,6 +14,8 @@ export interface App<O> {
   help: string;
   /** parse the options after "--"; throw UsageError for bad ones */
   parse(args: string[]): O;
+  /** the app's own flags (value-taking: true) that may also stand before "--", e.g. --json */
+  ownFlags?: Record<string, boolean>;
   /** EAL defaults this app prefers (the user's options win) */
   ealDefaults?: Partial<EalOptions>;
   /** run; the returned number is the exit code */
@@ -21,9 +23,10 @@ export interface App<O> {
 }
 
 /** Run an app with argv (without the app name); resolves to the process exit code. */
-export async function runApp<O>(app: App<O>, argv: string[]): Promise<number> {
+export async function runApp<O>(app: App<O>, argvIn: string[]): Promise<number> {
   let opts: O;
   let ealOpts: EalOptions;
+  const argv = app.ownFlags ? moveOwnFlags(argvIn, app.ownFlags) : argvIn;
   try {
     const [ealArgs, appArgs] = splitArgs(argv);
     ealOpts = parseEalArgs(ealArgs);
@@ -60,6 +63,26 @@ export async function runApp<O>(app: App<O>, argv: string[]): Promise<number> {
   }
 }
 
+/**
+ * Move an app's own flags that stand before "--" to after it, so the EAL parser does not see
+ * them: ["--sysfs-root", "d", "--json"] -> ["--sysfs-root", "d", "--", "--json"].
+ */
+export function moveOwnFlags(argv: readonly string[], own: Record<string, boolean>): string[] {
+  const sep = argv.indexOf('--');
+  const before = sep < 0 ? [...argv] : argv.slice(0, sep);
+  const after = sep < 0 ? [] : argv.slice(sep + 1);
+  const eal: string[] = [], mine: string[] = [];
+  for (let i = 0; i < before.length; i++) {
+    const name = before[i].split('=')[0];
+    if (name in own) {
+      mine.push(before[i]);
+      if (own[name] && !before[i].includes('=') && i + 1 < before.length) mine.push(before[++i]);
+    } else eal.push(before[i]);
+  }
+  if (mine.length === 0) return [...argv];
+  return [...eal, '--', ...mine, ...after];
+}
+
 /** The EAL options the user actually gave, so an app's defaults apply to the rest. */
 function explicitOptions(o: EalOptions, argv: string[]): Partial<EalOptions> {
   const given = new Set(splitArgs(argv)[0].filter((a) => a.startsWith('-')).map((a) => a.split('=')[0]));
@@ -68,7 +91,7 @@ function explicitOptions(o: EalOptions, argv: string[]): Partial<EalOptions> {
     '-l': 'lcores', '--lcores': 'lcores', '--main-lcore': 'mainLcore', '-m': 'memoryMb', '--socket-mem': 'memoryMb',
     '--huge-dir': 'hugeDir', '--no-huge': 'noHuge', '--in-memory': 'inMemory', '--file-prefix': 'filePrefix',
     '--iova-mode': 'iovaMode', '--vdev': 'vdevs', '-a': 'allow', '--allow': 'allow', '-b': 'block', '--block': 'block',
-    '--no-pci': 'noPci', '--sysfs-root': 'sysfsRoot', '--vfio-mode': 'vfioMode', '--log-level': 'logLevel',
+    '--no-pci': 'noPci', '--sysfs-root': 'sysfsRoot', '--dev-root': 'devRoot', '--vfio-mode': 'vfioMode', '--log-level': 'logLevel',
   };
   for (const [flag, key] of Object.entries(map)) if (given.has(flag)) (out as Record<string, unknown>)[key] = o[key];
   return out;

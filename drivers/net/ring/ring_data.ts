@@ -29,16 +29,21 @@ class RingRx implements RxQueue {
 }
 
 class RingTx implements TxQueue {
+  /** packet lengths of the burst, read before the enqueue: after it the mbufs belong to the peer */
+  private lens = new Uint32Array(512);
   constructor(private readonly ring: Ring, private readonly stats: Float64Array, private readonly s: number) {}
 
   txBurst(pkts: Uint32Array, n: number, off = 0): number {
-    const k = this.ring.enqueueBurst(pkts, n, off);
-    let bytes = 0;
-    for (let i = 0; i < k; i++) {
+    if (n > this.lens.length) this.lens = new Uint32Array(n); // once, for an unusually large burst
+    const lens = this.lens;
+    for (let i = 0; i < n; i++) {
       const m = pkts[off + i];
       const p = poolOf(m);
-      bytes += p.u32[(p.offsetOf(m) + F_PKT_LEN) >> 2];
+      lens[i] = p.u32[(p.offsetOf(m) + F_PKT_LEN) >> 2];
     }
+    const k = this.ring.enqueueBurst(pkts, n, off);
+    let bytes = 0;
+    for (let i = 0; i < k; i++) bytes += lens[i];
     this.stats[this.s + TXQ_PACKETS] += k;
     this.stats[this.s + TXQ_BYTES] += bytes;
     return k;

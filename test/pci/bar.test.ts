@@ -1,0 +1,236 @@
+/**
+ * BAR access on memfd-backed regions at VFIO's offsets (index << 40): the region info and its
+ * sparse-mmap capability are parsed from kernel-layout bytes, the whole BAR is reserved and only
+ * the allowed areas are mapped inside it (checked in /proc/self/maps), MMIO goes through the
+ * mapping where mapped and pread/pwrite elsewhere, and both paths agree in every width. Also the
+ * rest of the device interface over the same fd: info, IRQ info/set with eventfds, reset, close.
+ */
+import t from 'tap';
+import { readFileSync } from 'node:fs';
+import * as os from '../../src/os/libc.js';
+import * as U from '../../src/iommu/vfio-uapi.js';
+import { Bar, MappedBar, mergeAreas } from '../../src/iommu/bar.js';
+import { parseRegionInfo } from '../../src/iommu/device.js';
+import { MemfdVfioDevice, RecordingDma, REGION_SHIFT, RW, RWM } from './fake-vfio.js';
+
+const KB = 1024;
+/** BAR0: 64 KiB, mmap allowed except the MSI-X table at [0x1000, 0x3000) and the tail above 0x8000. */
+const SPARSE = [{ offset: 0x3000, size: 0x5000 }, { offset: 0, size: 0x1000 }];
+
+function device(t: { teardown(fn: () => unknown): void }, dma = new RecordingDma()): MemfdVfioDevice {
+  const dev = new MemfdVfioDevice('0000:01:00.0', [
+    { index: U.VFIO_PCI_BAR0_REGION_INDEX, size: 64 * KB, flags: RWM, sparse: SPARSE, type: { type: 0x80000000 | 0x8086, subtype: 7 } },
+    { index: U.VFIO_PCI_BAR2_REGION_INDEX, size: 16 * KB, flags: RW },
+    { index: U.VFIO_PCI_BAR4_REGION_INDEX, size: 16 * KB, flags: RWM },
+    { index: U.VFIO_PCI_BAR5_REGION_INDEX, size: 256, flags: RWM },
+    { index: U.VFIO_PCI_CONFIG_REGION_INDEX, size: 256, flags: RW },
+  ], [1, 1, 8, 1, 1], dma);
+  t.teardown(() => dev.close());
+  return dev;
+}
+
+/** The memfd's bytes at the region offset, read independently of the Bar. */
+function peek(dev: MemfdVfioDevice, index: number, off: number, len: number): DataView {
+  const b = new Uint8Array(len);
+  os.pread(dev.fd, b, len, (BigInt(index) << REGION_SHIFT) + BigInt(off));
+  return new DataView(b.buffer);
+}
+
+function poke(dev: MemfdVfioDevice, index: number, off: number, bytes: Uint8Array): void {
+  os.pwrite(dev.fd, bytes, bytes.byteLength, (BigInt(index) << REGION_SHIFT) + BigInt(off));
+}
+
+/** /proc/self/maps lines inside [va, va+len): [start offset, end offset, perms]. */
+function mapsWithin(va: bigint, len: number): Array<[number, number, string]> {
+  const out: Array<[number, number, string]> = [];
+  for (const line of readFileSync('/proc/self/maps', 'utf8').split('\n')) {
+    const m = /^([0-9a-f]+)-([0-9a-f]+) (\S+)/.exec(line);
+    if (!m) continue;
+    const a = BigInt('0x' + m[1]), b = BigInt('0x' + m[2]);
+    if (b <= va || a >= va + BigInt(len)) continue;
+    out.push([Number((a > va ? a : va) - va), Number((b < va + BigInt(len) ? b : va + BigInt(len)) - va), m[3]]);
+  }
+  return out;
+}
+
+t.test('region info: capability chain parsed from the kernel layout, argsz grown on the second call', async (t) => {
+  const dev = device(t);
+  const r = dev.regionInfo(U.VFIO_PCI_BAR0_REGION_INDEX);
+  t.equal(r.size, 64 * KB);
+  t.equal(r.offset, 0n);
+  t.ok(r.readable && r.writable && r.mappable);
+  t.same(r.sparse, [{ offset: 0, size: 0x1000 }, { offset: 0x3000, size: 0x5000 }], 'sparse areas, sorted');
+  t.same(r.type, { type: 0x80008086, subtype: 7 }, 'region type capability');
+  t.same(r.capIds, [U.VFIO_REGION_INFO_CAP_SPARSE_MMAP, U.VFIO_REGION_INFO_CAP_TYPE]);
+  t.equal(dev.calls.filter((c) => c === U.VFIO_DEVICE_GET_REGION_INFO).length, 2, 'asked twice: first argsz too small for the caps');
+  dev.regionInfo(U.VFIO_PCI_BAR0_REGION_INDEX);
+  t.equal(dev.calls.filter((c) => c === U.VFIO_DEVICE_GET_REGION_INFO).length, 2, 'cached');
+  const b2 = dev.regionInfo(U.VFIO_PCI_BAR2_REGION_INDEX);
+  t.equal(b2.offset, 2n << 40n, 'BAR2 at 2 << 40');
+  t.equal(b2.mappable, false);
+  t.equal(b2.sparse, null);
+  t.equal(dev.regionInfo(U.VFIO_PCI_BAR1_REGION_INDEX).size, 0, 'absent BAR: size 0');
+  t.same(dev.info(), { flags: U.VFIO_DEVICE_FLAGS_PCI | U.VFIO_DEVICE_FLAGS_RESET, numRegions: 9, numIrqs: 5, isPci: true, canReset: true });
+
+  // malformed chains name the region
+  const bad = U.vfio_region_info.encode({ argsz: 48, flags: U.VFIO_REGION_INFO_FLAG_CAPS | RWM, size: 0x1000, cap_offset: 32 }, 16);
+  U.vfio_region_info_cap_sparse_mmap.set(U.view(bad), 'header.id', 1, 32);
+  U.vfio_region_info_cap_sparse_mmap.set(U.view(bad), 'nr_areas', 3, 32);
+  t.throws(() => parseRegionInfo(bad, 'dev BAR0'), /dev BAR0: sparse mmap capability claims 3 areas but the info buffer holds 0/);
+  const big = U.vfio_region_info.encode({ argsz: 64, flags: U.VFIO_REGION_INFO_FLAG_CAPS | RWM, size: 0x1000, cap_offset: 32 }, 32);
+  U.vfio_region_info_cap_sparse_mmap.set(U.view(big), 'header.id', 1, 32);
+  U.vfio_region_info_cap_sparse_mmap.set(U.view(big), 'nr_areas', 1, 32);
+  U.vfio_region_sparse_mmap_area.set(U.view(big), 'offset', 0x1000, 48);
+  U.vfio_region_sparse_mmap_area.set(U.view(big), 'size', 0x1000, 48);
+  t.throws(() => parseRegionInfo(big, 'dev BAR0'), /exceeds the region size 0x1000/);
+});
+
+t.test('sparse BAR: one reserved range, only the allowed areas mapped inside it', async (t) => {
+  const dev = device(t);
+  const bar = Bar.open(dev, U.VFIO_PCI_BAR0_REGION_INDEX);
+  t.teardown(() => bar.close());
+  t.equal(bar.size, 64 * KB);
+  t.not(bar.va, 0n);
+  t.same(bar.mapped, [{ offset: 0, size: 0x1000 }, { offset: 0x3000, size: 0x5000 }]);
+  const maps = mapsWithin(bar.va, 64 * KB);
+  t.same(maps.map(([a, b, p]) => [a, b, p.slice(0, 3) + p[3]]), [
+    [0, 0x1000, 'rw-s'], [0x1000, 0x3000, '---p'], [0x3000, 0x8000, 'rw-s'], [0x8000, 0x10000, '---p'],
+  ], 'maps: shared device pages where allowed, PROT_NONE reservation elsewhere');
+
+  t.ok(bar.isMapped(0, 4));
+  t.ok(bar.isMapped(0xffc, 4));
+  t.notOk(bar.isMapped(0xffc, 8), 'a range crossing into the hole is not mapped');
+  t.notOk(bar.isMapped(0x1000, 4), 'MSI-X table hole');
+  t.ok(bar.isMapped(0x3000, 0x5000));
+  t.notOk(bar.isMapped(0x7ffc, 8));
+  t.notOk(bar.isMapped(0x8000, 4));
+  t.notOk(bar.isMapped(-4, 4));
+
+  // the mapping sits at va + area offset and is the device's memory: a store through a raw view
+  // at va+0x3004 is read back by pread at region offset 0x3004
+  new DataView(os.viewOf(bar.va + 0x3004n, 4)).setUint32(0, 0xcafef00d, true);
+  t.equal(peek(dev, 0, 0x3004, 4).getUint32(0, true), 0xcafef00d, 'fixed mapping at the right place');
+});
+
+t.test('MMIO: mapped and pread/pwrite paths agree in every width, both directions', async (t) => {
+  const dev = device(t);
+  const bar = Bar.open(dev, U.VFIO_PCI_BAR0_REGION_INDEX);
+  t.teardown(() => bar.close());
+  const offsets = [0, 0x8, 0xff8, 0x1000, 0x1ff8, 0x2ff8, 0x3000, 0x4abc & ~7, 0x7ff8, 0x8000, 0xfff8];
+  let i = 0;
+  for (const off of offsets) {
+    const mapped = bar.isMapped(off, 8);
+    const tag = `${mapped ? 'mapped' : 'pwrite'} 0x${off.toString(16)}`;
+    // writes through the Bar are visible to pread on the device fd
+    const v8 = (0x11 + i) & 0xff, v16 = (0x2200 + i) & 0xffff, v32 = (0x33000000 + i * 0x01010101) >>> 0, v64 = 0x4400000000000000n + BigInt(i) * 0x0101010101n;
+    bar.write8(off, v8);
+    t.equal(peek(dev, 0, off, 1).getUint8(0), v8, `${tag}: write8`);
+    bar.write16(off, v16);
+    t.equal(peek(dev, 0, off, 2).getUint16(0, true), v16, `${tag}: write16`);
+    bar.write32(off, v32);
+    t.equal(peek(dev, 0, off, 4).getUint32(0, true), v32, `${tag}: write32`);
+    bar.write64(off, v64);
+    t.equal(peek(dev, 0, off, 8).getBigUint64(0, true), v64, `${tag}: write64`);
+    // pwrite on the device fd is visible through the Bar
+    const pat = Uint8Array.from({ length: 8 }, (_, k) => (off + k * 37 + i) & 0xff);
+    poke(dev, 0, off, pat);
+    const dv = new DataView(pat.buffer);
+    t.equal(bar.read8(off), dv.getUint8(0), `${tag}: read8`);
+    t.equal(bar.read16(off), dv.getUint16(0, true), `${tag}: read16`);
+    t.equal(bar.read32(off), dv.getUint32(0, true), `${tag}: read32`);
+    t.equal(bar.read64(off), dv.getBigUint64(0, true), `${tag}: read64`);
+    t.equal(bar.read32(off + 4), dv.getUint32(4, true), `${tag}: read32 of the upper half`);
+    i++;
+  }
+  t.ok(offsets.some((o) => bar.isMapped(o, 8)) && offsets.some((o) => !bar.isMapped(o, 8)), 'both paths exercised');
+  bar.write32(0x10, 0xffffffff);
+  t.equal(bar.read32(0x10), 0xffffffff, 'unsigned 32-bit values stay unsigned');
+  bar.write64(0x1008, -1n);
+  t.equal(bar.read64(0x1008), 0xffffffffffffffffn, 'write64 of -1 stores all ones (pwrite path)');
+
+  // a worker-side view of the mapped parts, rebuilt from plain data
+  const mb = new MappedBar(structuredClone(bar.data()));
+  mb.check(0x3000, 4);
+  t.throws(() => mb.check(0x1000, 4), /0000:01:00.0 BAR0: \[0x1000, \+4\) is not mapped/);
+  mb.write32(0x3000, 0xa5a5a5a5);
+  t.equal(peek(dev, 0, 0x3000, 4).getUint32(0, true), 0xa5a5a5a5, 'MappedBar stores reach the device');
+  t.equal(mb.read32(0x3000), bar.read32(0x3000));
+  t.throws(() => new MappedBar({ name: 'x BAR2', va: 0n, size: 4096, mapped: [] }), /x BAR2: nothing of the BAR is mapped/);
+
+  t.throws(() => bar.read32(2), /32-bit access at 0x2 is misaligned/);
+  t.throws(() => bar.write16(64 * KB, 0), /16-bit access at 0x10000 is outside the BAR \(size 0x10000\)/);
+  t.throws(() => bar.read8(-1), /outside the BAR/);
+});
+
+t.test('BARs without mmap, small BARs, whole-BAR mappings, mmap: false, close', async (t) => {
+  const dev = device(t);
+  const b2 = Bar.open(dev, U.VFIO_PCI_BAR2_REGION_INDEX);
+  t.equal(b2.va, 0n, 'no MMAP flag: nothing reserved');
+  t.notOk(b2.isMapped(0, 4));
+  b2.write32(0x100, 0x12345678);
+  t.equal(peek(dev, 2, 0x100, 4).getUint32(0, true), 0x12345678, 'BAR2 writes land at 2 << 40 + off');
+  t.equal(peek(dev, 0, 0x100, 4).getUint32(0, true), 0, 'and not in BAR0');
+  t.equal(b2.read32(0x100), 0x12345678);
+  b2.close();
+
+  const b4 = Bar.open(dev, U.VFIO_PCI_BAR4_REGION_INDEX);
+  t.same(b4.mapped, [{ offset: 0, size: 16 * KB }], 'no sparse capability: the whole BAR is mapped');
+  t.ok(b4.isMapped(0, 16 * KB));
+  b4.write64(0x3ff8, 0x0102030405060708n);
+  t.equal(peek(dev, 4, 0x3ff8, 8).getBigUint64(0, true), 0x0102030405060708n);
+  b4.close();
+  t.same(mapsWithin(b4.va, 16 * KB).filter(([, , p]) => p !== '---p' && p.startsWith('rw')), [], 'close unmapped the BAR');
+  t.throws(() => b4.read32(0), /BAR4: the BAR is closed/);
+
+  const b5 = Bar.open(dev, U.VFIO_PCI_BAR5_REGION_INDEX);
+  t.equal(b5.va, 0n, 'a 256-byte BAR cannot be mmap\'d page-wise: pread/pwrite');
+  b5.write16(0xfe, 0xbeef);
+  t.equal(b5.read16(0xfe), 0xbeef);
+  b5.close();
+
+  const b0 = Bar.open(dev, U.VFIO_PCI_BAR0_REGION_INDEX, { mmap: false });
+  t.equal(b0.va, 0n);
+  t.notOk(b0.isMapped(0, 4));
+  b0.write32(0, 7);
+  t.equal(peek(dev, 0, 0, 4).getUint32(0, true), 7);
+  b0.close();
+
+  t.throws(() => Bar.open(dev, U.VFIO_PCI_BAR1_REGION_INDEX), /0000:01:00.0 BAR1 does not exist \(region size 0\)/);
+  t.throws(() => dev.mmapRegion(U.VFIO_PCI_BAR2_REGION_INDEX, 0, 4096), /BAR2 cannot be mmap'd/);
+  t.throws(() => dev.mmapRegion(U.VFIO_PCI_BAR4_REGION_INDEX, 0x100, 4096), /not page-aligned/);
+  t.throws(() => dev.mmapRegion(U.VFIO_PCI_BAR4_REGION_INDEX, 0, 32 * KB), /exceeds the region size 0x4000/);
+  t.throws(() => dev.readRegion(U.VFIO_PCI_CONFIG_REGION_INDEX, 250, new Uint8Array(8)), /config: read of 8 bytes at 0xfa is outside the region \(size 0x100\)/);
+  t.same(mergeAreas([{ offset: 0x2000, size: 0x1000 }, { offset: 0, size: 0x1000 }, { offset: 0x1000, size: 0x1000 }]), [{ offset: 0, size: 0x3000 }], 'adjacent areas merge');
+});
+
+t.test('IRQs with real eventfds, reset, DMA through the DmaSpace, close', async (t) => {
+  const dma = new RecordingDma();
+  const dev = device(t, dma);
+  const msix = dev.irqInfo(U.VFIO_PCI_MSIX_IRQ_INDEX);
+  t.same(msix, { index: 2, flags: U.VFIO_IRQ_INFO_EVENTFD | U.VFIO_IRQ_INFO_NORESIZE, count: 8, eventfd: true, maskable: false, automasked: false, noresize: true });
+  const intx = dev.irqInfo(U.VFIO_PCI_INTX_IRQ_INDEX);
+  t.ok(intx.maskable && intx.automasked);
+  const efds = [os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK)];
+  t.teardown(() => efds.forEach((fd) => os.close(fd)));
+  dev.setIrqs(U.VFIO_PCI_MSIX_IRQ_INDEX, 0, [efds[0], -1, efds[1]]);
+  dev.unmaskIrq(U.VFIO_PCI_INTX_IRQ_INDEX, 0);
+  dev.disableIrqs(U.VFIO_PCI_MSIX_IRQ_INDEX);
+  t.same(dev.irqSets, [
+    { index: 2, start: 0, count: 3, flags: U.VFIO_IRQ_SET_DATA_EVENTFD | U.VFIO_IRQ_SET_ACTION_TRIGGER, fds: [efds[0], -1, efds[1]] },
+    { index: 0, start: 0, count: 1, flags: U.VFIO_IRQ_SET_DATA_NONE | U.VFIO_IRQ_SET_ACTION_UNMASK, fds: [] },
+    { index: 2, start: 0, count: 0, flags: U.VFIO_IRQ_SET_DATA_NONE | U.VFIO_IRQ_SET_ACTION_TRIGGER, fds: [] },
+  ], 'SET_IRQS payloads in the kernel layout');
+  t.throws(() => dev.setIrqs(U.VFIO_PCI_MSI_IRQ_INDEX, 0, efds), /MSI has 1 vector\(s\); cannot set 2 from 0/);
+  t.throws(() => dev.irqInfo(7), /0000:01:00.0 \(fake\): VFIO_DEVICE_GET_IRQ_INFO\(IRQ index 7\) failed: EINVAL/);
+  dev.reset();
+  t.equal(dev.resets, 1);
+  dev.dmaMap(0x7f0000000000n, 0x7f0000000000n, 2 * 2 ** 20);
+  dev.dmaUnmap(0x7f0000000000n, 2 * 2 ** 20);
+  t.same(dma.maps, [{ va: 0x7f0000000000n, iova: 0x7f0000000000n, len: 2 * 2 ** 20 }]);
+  t.same(dma.unmaps, [{ iova: 0x7f0000000000n, len: 2 * 2 ** 20 }]);
+  const fd = dev.fd;
+  dev.close();
+  t.throws(() => os.pread(fd, new Uint8Array(1), 1, 0), /EBADF/, 'close() closed the device fd');
+  t.throws(() => dev.info(), /0000:01:00.0: the VFIO device is closed/);
+  dev.close();
+});
