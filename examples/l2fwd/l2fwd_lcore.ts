@@ -43,7 +43,7 @@ function words(dst: number[], src: number[]): [number, number, number] {
   return [w(0), w(4), w(8)];
 }
 
-/** What an l2fwd lcore reports: garbage collections in all, and after the first second (warm-up). */
+/** What an l2fwd lcore reports: garbage collections in all, and in the loop after its first second (warm-up). */
 export interface L2fwdLcoreResult {
   gcCount: number;
   gcCountAfterWarmup: number;
@@ -96,8 +96,9 @@ export async function l2fwdLoop(arg: L2fwdLcoreArg, ctx: LcoreContext): Promise<
       }
     }
   }
+  const loopEnd = performance.now();
   await gc.settle();
   gc.stop();
   for (const a of arg.assignments) for (const d of a.rx.rxPools) Mempool.attach(d).flushCache();
-  return { gcCount: gc.count(), gcCountAfterWarmup: gc.countSince(warm) };
+  return { gcCount: gc.count(), gcCountAfterWarmup: gc.countBetween(warm, loopEnd) };
 }

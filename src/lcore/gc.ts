@@ -9,8 +9,8 @@ import { PerformanceObserver } from 'node:perf_hooks';
 export interface GcCounter {
   /** collections seen so far (after settle()) */
   count(): number;
-  /** collections that started at or after t (a performance.now() time), e.g. after warm-up */
-  countSince(t: number): number;
+  /** collections that started in [from, to) (performance.now() times), e.g. after warm-up until the loop ended */
+  countBetween(from: number, to: number): number;
   /** let pending GC entries be delivered */
   settle(): Promise<void>;
   /** stop observing */
@@ -26,7 +26,7 @@ export function countGc(): GcCounter {
   obs.observe({ entryTypes: ['gc'] });
   return {
     count: () => starts.length,
-    countSince: (t) => starts.filter((s) => s >= t).length,
+    countBetween: (from, to) => starts.filter((s) => s >= from && s < to).length,
     settle: () => new Promise((r) => setTimeout(r, 20)),
     stop: () => obs.disconnect(),
   };
