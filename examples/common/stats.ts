@@ -2,20 +2,12 @@
  * Live port statistics for the apps: a periodic table (RX/TX packets, drops, Rx-pps/Tx-pps per
  * port) and the final summary, as text or as one JSON line.
  */
-import type { EthDev } from '../../lib/ethdev/ethdev.js';
+import type { EthDev, PortStats } from '../../lib/ethdev/ethdev.js';
 
-/** One port's line of the summary (the JSON contract's fields). */
-export interface PortSummary {
+/** One port's line of the summary (the JSON contract's fields): its totals, without per-queue lists. */
+export interface PortSummary extends Omit<PortStats, 'q_ipackets' | 'q_opackets' | 'q_ibytes' | 'q_obytes'> {
   port: number;
   name: string;
-  ipackets: number;
-  opackets: number;
-  ibytes: number;
-  obytes: number;
-  imissed: number;
-  ierrors: number;
-  oerrors: number;
-  rx_nombuf: number;
   /** packets the app dropped because TX was full */
   dropped: number;
 }
