@@ -139,6 +139,9 @@ export class Mempool {
     const cacheOff = Math.ceil((ringOff + ringBytes(ringSize)) / 64) * 64;
     const stride = Math.ceil((4 + 8 * flush) / 64) * 64; // len word + room for 2*flush entries
     const objOff = Math.ceil((cacheOff + (cacheSize > 0 ? stride * MAX_LCORE : 0)) / align) * align;
+    if (objOff + count * size >= 2 ** 31) {
+      throw new RangeError(`mempool "${name}": ${count} objects of ${size} bytes need ${Math.ceil((objOff + count * size) / 2 ** 20)} MB; a pool holds less than 2 GiB (make several pools)`);
+    }
     const zone = memory.reserve(`mp_${name}`, objOff + count * size, Math.max(align, 64));
     try {
       const ab = viewOf(zone.va, zone.len);
@@ -192,7 +195,9 @@ export class Mempool {
 
   /** Byte offset of an object in the zone views (u8/u16/u32/dv). */
   offsetOf(handle: number): number {
-    return this.objOffset + (handle & HANDLE_INDEX_MASK) * this.objSize;
+    // Math.imul keeps the arithmetic in int32 (a plain * may leave it as a float64 in JIT code);
+    // create() keeps every pool below 2 GiB so the result is exact and non-negative.
+    return this.objOffset + Math.imul(handle & HANDLE_INDEX_MASK, this.objSize);
   }
 
   /** Take n objects into out[off..], all or none; returns true on success. */
