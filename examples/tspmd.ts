@@ -9,12 +9,16 @@ import { l2fwd } from './l2fwd/l2fwd.js';
 import { pktgen } from './pktgen/pktgen.js';
 import { devices } from './devices/devices.js';
 import { netnsMain } from './netns/netns.js';
+import { vfioUserInfo } from './vfio-user/info.js';
+import { emu } from './emu/emu.js';
 import { UsageError } from '../src/options.js';
 
 const APPS: Record<string, App<never>> = {
   l2fwd: l2fwd as App<never>,
   pktgen: pktgen as App<never>,
   devices: devices as App<never>,
+  'vfio-user-info': vfioUserInfo as App<never>,
+  emu: emu as App<never>,
 };
 
 function usage(): string {

@@ -333,6 +333,24 @@ export function pollOne(fd: number, events: number, timeoutMs: number): number {
   return r === 0 ? 0 : pfd.readUInt16LE(6);
 }
 
+/**
+ * poll(2) on several fds without blocking the event loop: the call runs on a libuv pool thread
+ * (koffi async), so an idle server waits in the kernel, not in a spin. Resolves to each fd's revents
+ * (all 0 on timeout or EINTR). Keep timeouts finite or add a wake eventfd: a pending call holds a
+ * pool thread until it returns.
+ */
+export function pollAsync(fds: readonly number[], events: number, timeoutMs: number): Promise<number[]> {
+  const pfd = Buffer.alloc(8 * fds.length);
+  fds.forEach((fd, i) => { pfd.writeInt32LE(fd, 8 * i); pfd.writeInt16LE(events, 8 * i + 4); });
+  return new Promise((resolve, reject) => {
+    fnPoll.async(pfd, fds.length, timeoutMs, (err: unknown, r: number) => {
+      if (err) { reject(err instanceof Error ? err : new Error(String(err))); return; }
+      if (r < 0) { resolve(fds.map(() => 0)); return; }
+      resolve(fds.map((_, i) => pfd.readUInt16LE(8 * i + 6)));
+    });
+  });
+}
+
 // ---- sendmsg/recvmsg with SCM_RIGHTS, through a per-thread native scratch area ----
 
 const MSGHDR = 56, IOVEC = 16, CMSG_HDR = 16, MAX_FDS = 253;

@@ -1,0 +1,532 @@
+/**
+ * emudev: the provider side of a PCI device emulated in user space. A device declares its PCI
+ * identity, its BARs (read/write callbacks for trapped registers, and/or shared-memory areas backed
+ * by a memfd that the client may mmap, e.g. doorbells that the device polls), and its IRQs. A
+ * transport (lib/vfio-user/server.ts) exposes it to one client at a time and feeds it the client's
+ * DMA memory table; the device translates IOVAs to local views with bounds checks (memory the
+ * client sent by fd) or reads and writes client memory through the transport's messages (memory
+ * sent without fd).
+ *
+ * Everything here runs on the server process's main thread; the transport calls it synchronously,
+ * so a DMA_UNMAP can never interleave with a synchronous use of a view. Views returned by
+ * translate() must not be kept across an await (the client may unmap in between).
+ *
+ * Events (device.events): 'dma-map' (DmaRegion), 'dma-unmap' (DmaRegion), 'irqs' (index),
+ * 'reset', 'connect', 'disconnect', 'region-write' (index, offset, length).
+ */
+import { EventEmitter } from 'node:events';
+import { fstatSync } from 'node:fs';
+import * as os from '../../src/os/libc.js';
+import * as U from '../../src/iommu/vfio-uapi.js';
+import type { SparseArea } from '../../src/iommu/device.js';
+import { ProtocolError, DMA_FLAG_READ, DMA_FLAG_WRITE, type IrqSet, type RegionDescription } from '../vfio-user/protocol.js';
+
+const PAGE = 4096;
+const E = os.E;
+
+/** PCI identity written into config space. */
+export interface PciIdentity {
+  vendorId: number;
+  deviceId: number;
+  subsystemVendorId?: number;
+  subsystemId?: number;
+  /** 24-bit class code (base class, sub class, prog-if) */
+  classCode: number;
+  revision?: number;
+}
+
+/** One BAR of an emulated device. */
+export interface EmuBarSpec {
+  /** 0..5 */
+  index: number;
+  /** bytes: a power of two, at least 4096 */
+  size: number;
+  /** page-aligned areas backed by shared memory that the client may mmap (whole BAR: one area) */
+  shared?: SparseArea[];
+  /** read len bytes at off (outside shared areas) into buf */
+  read?: (off: number, buf: Uint8Array) => void;
+  /** write data at off (outside shared areas) */
+  write?: (off: number, data: Uint8Array) => void;
+}
+
+/** One IRQ index of an emulated device (VFIO_PCI_*_IRQ_INDEX). */
+export interface EmuIrqSpec {
+  index: number;
+  count: number;
+}
+
+/** What a device provider declares. */
+export interface EmuDeviceSpec {
+  name: string;
+  pci: PciIdentity;
+  bars: EmuBarSpec[];
+  irqs: EmuIrqSpec[];
+  /** called by reset() (device-level reset: registers back to their defaults) */
+  onReset?: () => void;
+}
+
+/** One entry of the client's DMA memory table. */
+export interface DmaRegion {
+  iova: bigint;
+  len: number;
+  /** DMA_FLAG_READ | DMA_FLAG_WRITE */
+  flags: number;
+  /** local mapping of the client's memory (fd path), 0n when the client sent no fd */
+  va: bigint;
+}
+
+/** How the transport reaches client memory that was mapped without fd (DMA_READ/WRITE messages). */
+export interface DmaMessagePath {
+  read(iova: bigint, len: number): Promise<Uint8Array>;
+  write(iova: bigint, data: Uint8Array): Promise<void>;
+}
+
+interface IrqState {
+  count: number;
+  fds: number[];
+  masked: boolean[];
+  pending: boolean[];
+}
+
+interface BarState {
+  spec: EmuBarSpec;
+  memfd: number;
+  va: bigint;
+  mem: Uint8Array | null;
+  whole: boolean;
+}
+
+/** BAR register type bits: 32-bit memory, not prefetchable */
+const BAR_MEM32 = 0;
+
+/** An emulated PCI device: config space, BARs, IRQs, DMA table. */
+export class EmuDevice {
+  readonly name: string;
+  readonly spec: EmuDeviceSpec;
+  /** events: see the module comment */
+  readonly events = new EventEmitter();
+  /** the 256-byte type-0 config space */
+  readonly config = new Uint8Array(256);
+  /** the largest number of DMA regions accepted at once */
+  maxDmaMaps = 1024;
+  /** set by the transport while a client is connected */
+  messagePath: DmaMessagePath | null = null;
+  private readonly bars = new Map<number, BarState>();
+  private readonly irqs = new Map<number, IrqState>();
+  private dma: DmaRegion[] = [];
+  private readonly dmaViews = new Map<DmaRegion, Uint8Array>();
+  private closed = false;
+
+  /** Validate the spec, create the shared memory of each BAR and the config space. */
+  constructor(spec: EmuDeviceSpec) {
+    this.name = spec.name;
+    this.spec = spec;
+    for (const b of spec.bars) {
+      if (!Number.isInteger(b.index) || b.index < 0 || b.index > 5) throw new RangeError(`${spec.name}: BAR index ${b.index} must be 0..5`);
+      if (this.bars.has(b.index)) throw new Error(`${spec.name}: BAR${b.index} is declared twice`);
+      if (b.size < PAGE || (b.size & (b.size - 1)) !== 0 || b.size > 0x4000_0000) throw new RangeError(`${spec.name}: BAR${b.index} size ${b.size} must be a power of two from 4096 to 1 GiB`);
+      for (const a of b.shared ?? []) {
+        if (a.offset % PAGE !== 0 || a.size % PAGE !== 0 || a.size === 0 || a.offset + a.size > b.size) {
+          throw new RangeError(`${spec.name}: BAR${b.index} shared area [0x${a.offset.toString(16)}, +0x${a.size.toString(16)}) must be page-aligned and inside the BAR`);
+        }
+      }
+      this.bars.set(b.index, { spec: b, memfd: -1, va: 0n, mem: null, whole: false });
+    }
+    for (const i of spec.irqs) {
+      if (i.index < 0 || i.index >= U.VFIO_PCI_NUM_IRQS || i.count < 0 || i.count > 2048) throw new RangeError(`${spec.name}: IRQ index ${i.index} count ${i.count} is out of range`);
+      this.irqs.set(i.index, { count: i.count, fds: new Array<number>(i.count).fill(-1), masked: new Array<boolean>(i.count).fill(false), pending: new Array<boolean>(i.count).fill(false) });
+    }
+    try {
+      for (const st of this.bars.values()) {
+        const shared = st.spec.shared ?? [];
+        if (shared.length === 0) continue;
+        st.memfd = os.memfdCreate(`tspmd-emu-${spec.name}-bar${st.spec.index}`, 0);
+        os.ftruncate(st.memfd, st.spec.size);
+        st.va = os.mmap(0n, st.spec.size, os.PROT_READ | os.PROT_WRITE, os.MAP_SHARED, st.memfd, 0);
+        st.mem = new Uint8Array(os.viewOf(st.va, st.spec.size));
+        st.whole = shared.length === 1 && shared[0].offset === 0 && shared[0].size === st.spec.size;
+      }
+    } catch (e) {
+      this.releaseBars();
+      throw e;
+    }
+    this.initConfig();
+  }
+
+  /** The shared memory of a BAR (the whole BAR's bytes; only the shared areas are visible to the client's mmap). */
+  barMemory(index: number): Uint8Array {
+    const st = this.bars.get(index);
+    if (!st || !st.mem) throw new Error(`${this.name}: BAR${index} has no shared memory`);
+    return st.mem;
+  }
+
+  /** The local address of a BAR's shared memory (for a poll loop in another thread: viewOf(va, size)). */
+  barAddress(index: number): bigint {
+    const st = this.bars.get(index);
+    if (!st || st.va === 0n) throw new Error(`${this.name}: BAR${index} has no shared memory`);
+    return st.va;
+  }
+
+  /** Number of regions reported (the PCI ones: 9). */
+  get numRegions(): number {
+    return U.VFIO_PCI_NUM_REGIONS;
+  }
+
+  /** Number of IRQ indexes reported (the PCI ones: 5). */
+  get numIrqs(): number {
+    return U.VFIO_PCI_NUM_IRQS;
+  }
+
+  /** How a region is described to clients (region info + sparse areas). */
+  describeRegion(index: number): RegionDescription {
+    this.checkRegionIndex(index);
+    if (index === U.VFIO_PCI_CONFIG_REGION_INDEX) {
+      return { index, flags: U.VFIO_REGION_INFO_FLAG_READ | U.VFIO_REGION_INFO_FLAG_WRITE, size: this.config.byteLength, offset: 0n, sparse: null };
+    }
+    const st = this.bars.get(index);
+    if (!st) return { index, flags: 0, size: 0, offset: 0n, sparse: null };
+    const rw = U.VFIO_REGION_INFO_FLAG_READ | U.VFIO_REGION_INFO_FLAG_WRITE;
+    if (!st.mem) return { index, flags: rw, size: st.spec.size, offset: 0n, sparse: null };
+    return { index, flags: rw | U.VFIO_REGION_INFO_FLAG_MMAP, size: st.spec.size, offset: 0n, sparse: st.whole ? null : (st.spec.shared ?? []).map((a) => ({ ...a })) };
+  }
+
+  /** The fd a client mmaps for a region (-1: not mappable). Owned by the device. */
+  regionFd(index: number): number {
+    return this.bars.get(index)?.memfd ?? -1;
+  }
+
+  /** Read count bytes of a region at off (config space, shared BAR memory or the read callback). */
+  regionRead(index: number, off: bigint, count: number): Uint8Array {
+    const o = this.checkAccess(index, off, count);
+    const out = new Uint8Array(count);
+    if (index === U.VFIO_PCI_CONFIG_REGION_INDEX) {
+      out.set(this.config.subarray(o, o + count));
+      return out;
+    }
+    const st = this.bars.get(index)!;
+    this.pieces(st, o, count, (start, len, shared) => {
+      if (shared) out.set(st.mem!.subarray(start, start + len), start - o);
+      else if (st.spec.read) st.spec.read(start, out.subarray(start - o, start - o + len));
+      // no callback: reads as zero
+    });
+    return out;
+  }
+
+  /** Write data to a region at off. */
+  regionWrite(index: number, off: bigint, data: Uint8Array): void {
+    const o = this.checkAccess(index, off, data.byteLength);
+    if (index === U.VFIO_PCI_CONFIG_REGION_INDEX) {
+      this.configWrite(o, data);
+      return;
+    }
+    const st = this.bars.get(index)!;
+    this.pieces(st, o, data.byteLength, (start, len, shared) => {
+      const part = data.subarray(start - o, start - o + len);
+      if (shared) st.mem!.set(part, start);
+      else if (st.spec.write) st.spec.write(start, part);
+    });
+    this.events.emit('region-write', index, o, data.byteLength);
+  }
+
+  // ---- DMA ----
+
+  /**
+   * Add a region of client memory. With fd (>= 0) it is mapped here (the fd is closed afterwards,
+   * the mapping stays until unmap); without, it is reached through the message path. Overlaps
+   * fail with EEXIST, as the spec says.
+   */
+  dmaMap(iova: bigint, size: bigint, flags: number, fd: number, fileOffset: bigint): DmaRegion {
+    const what = `${this.name}: DMA_MAP [0x${iova.toString(16)}, +0x${size.toString(16)})`;
+    if (size > 0x1_0000_0000n) throw new ProtocolError(`${what}: regions larger than 4 GiB are not supported`, E.EINVAL);
+    const len = Number(size);
+    for (const r of this.dma) {
+      if (iova < r.iova + BigInt(r.len) && r.iova < iova + size) throw new ProtocolError(`${what} overlaps the mapped [0x${r.iova.toString(16)}, +0x${r.len.toString(16)})`, E.EEXIST);
+    }
+    if (this.dma.length >= this.maxDmaMaps) throw new ProtocolError(`${what}: ${this.maxDmaMaps} regions are mapped already (max_dma_maps)`, E.ENOSPC);
+    let va = 0n;
+    if (fd >= 0) {
+      if (fileOffset % BigInt(PAGE) !== 0n) throw new ProtocolError(`${what}: file offset 0x${fileOffset.toString(16)} is not page-aligned`, E.EINVAL);
+      // A file shorter than the mapping would turn device accesses past its end into SIGBUS.
+      let fileSize: bigint;
+      try {
+        const st = fstatSync(fd, { bigint: true });
+        if (!st.isFile()) throw new ProtocolError(`${what}: the fd is not a memory file (memfd or hugetlbfs)`, E.EINVAL);
+        fileSize = st.size;
+      } catch (e) {
+        if (e instanceof ProtocolError) throw e;
+        throw new ProtocolError(`${what}: fstat of the client's fd failed: ${(e as Error).message}`, E.EBADF);
+      }
+      if (fileOffset + size > fileSize) throw new ProtocolError(`${what}: file offset 0x${fileOffset.toString(16)} + size exceeds the ${fileSize}-byte file`, E.EINVAL);
+      const prot = ((flags & DMA_FLAG_READ) ? os.PROT_READ : 0) | ((flags & DMA_FLAG_WRITE) ? os.PROT_WRITE : 0);
+      try {
+        va = os.mmap(0n, len, prot === 0 ? os.PROT_NONE : prot, os.MAP_SHARED, fd, fileOffset);
+      } catch (e) {
+        throw new ProtocolError(`${what}: mmap of the client's fd failed: ${(e as Error).message}`, e instanceof os.OsError ? e.errno : E.EINVAL);
+      }
+    }
+    const r: DmaRegion = { iova, len, flags, va };
+    this.dma.push(r);
+    this.dma.sort((a, b) => (a.iova < b.iova ? -1 : 1));
+    this.events.emit('dma-map', r);
+    return r;
+  }
+
+  /** Remove the region that exactly matches [iova, +size); ENOENT when there is none. */
+  dmaUnmap(iova: bigint, size: bigint): void {
+    const i = this.dma.findIndex((r) => r.iova === iova && BigInt(r.len) === size);
+    if (i < 0) throw new ProtocolError(`${this.name}: DMA_UNMAP [0x${iova.toString(16)}, +0x${size.toString(16)}) matches no mapped region`, E.ENOENT);
+    const [r] = this.dma.splice(i, 1);
+    this.events.emit('dma-unmap', r);
+    this.dmaViews.delete(r);
+    if (r.va !== 0n) os.munmap(r.va, r.len);
+  }
+
+  /** The client's DMA memory table (copies). */
+  dmaRegions(): DmaRegion[] {
+    return this.dma.map((r) => ({ ...r }));
+  }
+
+  /**
+   * A local view of [iova, iova+len) of client memory, or null when that memory came without fd
+   * (use dmaRead/dmaWrite). Throws when the range is not inside one mapped region or lacks the
+   * permission. Do not keep the view across an await.
+   */
+  translate(iova: bigint, len: number, write: boolean): Uint8Array | null {
+    const r = this.regionOf(iova, len, write);
+    if (r.va === 0n) return null;
+    let v = this.dmaViews.get(r);
+    if (!v) {
+      v = new Uint8Array(os.viewOf(r.va, r.len));
+      this.dmaViews.set(r, v);
+    }
+    const off = Number(iova - r.iova);
+    return v.subarray(off, off + len);
+  }
+
+  /** Read client memory (a copy): locally when mapped by fd, else through DMA_READ messages. */
+  async dmaRead(iova: bigint, len: number): Promise<Uint8Array> {
+    const v = this.translate(iova, len, false);
+    if (v) return v.slice();
+    if (!this.messagePath) throw new Error(`${this.name}: no client connected to read DMA memory from`);
+    return this.messagePath.read(iova, len);
+  }
+
+  /** Write client memory: locally when mapped by fd, else through DMA_WRITE messages. */
+  async dmaWrite(iova: bigint, data: Uint8Array): Promise<void> {
+    const v = this.translate(iova, data.byteLength, true);
+    if (v) { v.set(data); return; }
+    if (!this.messagePath) throw new Error(`${this.name}: no client connected to write DMA memory to`);
+    await this.messagePath.write(iova, data);
+  }
+
+  private regionOf(iova: bigint, len: number, write: boolean): DmaRegion {
+    const end = iova + BigInt(len);
+    for (const r of this.dma) {
+      if (iova >= r.iova && end <= r.iova + BigInt(r.len)) {
+        if (write && (r.flags & DMA_FLAG_WRITE) === 0) throw new ProtocolError(`${this.name}: DMA write to read-only client memory at 0x${iova.toString(16)}`, E.EPERM);
+        if (!write && (r.flags & DMA_FLAG_READ) === 0) throw new ProtocolError(`${this.name}: DMA read of write-only client memory at 0x${iova.toString(16)}`, E.EPERM);
+        return r;
+      }
+    }
+    throw new ProtocolError(`${this.name}: DMA address [0x${iova.toString(16)}, +${len}) is not inside one region the client mapped`, E.EFAULT);
+  }
+
+  // ---- IRQs ----
+
+  /** IRQ info flags and count of an index. */
+  irqInfo(index: number): { flags: number; count: number } {
+    if (!Number.isInteger(index) || index < 0 || index >= this.numIrqs) throw new ProtocolError(`${this.name}: IRQ index ${index} is out of range (0..${this.numIrqs - 1})`, E.EINVAL);
+    const st = this.irqs.get(index);
+    const count = st?.count ?? 0;
+    let flags = U.VFIO_IRQ_INFO_EVENTFD;
+    if (index === U.VFIO_PCI_INTX_IRQ_INDEX) flags |= U.VFIO_IRQ_INFO_MASKABLE | U.VFIO_IRQ_INFO_AUTOMASKED;
+    else if (index === U.VFIO_PCI_MSI_IRQ_INDEX) flags |= U.VFIO_IRQ_INFO_NORESIZE;
+    else if (index === U.VFIO_PCI_MSIX_IRQ_INDEX) flags |= U.VFIO_IRQ_INFO_MASKABLE;
+    return { flags, count };
+  }
+
+  /**
+   * Apply a SET_IRQS request. fds are the eventfds that came with it; those taken are replaced by
+   * -1 in the array (the caller closes the rest).
+   */
+  setIrqs(s: IrqSet, fds: number[]): void {
+    const what = `${this.name}: SET_IRQS index ${s.index}`;
+    this.irqInfo(s.index);
+    const st = this.irqs.get(s.index) ?? { count: 0, fds: [], masked: [], pending: [] };
+    const data = s.flags & (U.VFIO_IRQ_SET_DATA_NONE | U.VFIO_IRQ_SET_DATA_BOOL | U.VFIO_IRQ_SET_DATA_EVENTFD);
+    const action = s.flags & (U.VFIO_IRQ_SET_ACTION_MASK | U.VFIO_IRQ_SET_ACTION_UNMASK | U.VFIO_IRQ_SET_ACTION_TRIGGER);
+    if (data === U.VFIO_IRQ_SET_DATA_EVENTFD && fds.length !== 0 && fds.length !== s.count) throw new ProtocolError(`${what}: ${fds.length} eventfds for count ${s.count}`, E.EINVAL);
+    if (data !== U.VFIO_IRQ_SET_DATA_EVENTFD && fds.length !== 0) throw new ProtocolError(`${what}: fds sent without DATA_EVENTFD`, E.EINVAL);
+    // count 0 (and start 0) with DATA_NONE + TRIGGER disables every vector of the index
+    if (s.count === 0) {
+      if (data === U.VFIO_IRQ_SET_DATA_NONE && action === U.VFIO_IRQ_SET_ACTION_TRIGGER && s.start === 0) {
+        for (let v = 0; v < st.count; v++) this.setVectorFd(st, v, -1);
+        this.events.emit('irqs', s.index);
+        return;
+      }
+      throw new ProtocolError(`${what}: count 0 is only valid to disable (DATA_NONE, ACTION_TRIGGER, start 0)`, E.EINVAL);
+    }
+    if (s.start + s.count > st.count) throw new ProtocolError(`${what}: vectors ${s.start}..${s.start + s.count - 1} exceed the ${st.count} the index has`, E.EINVAL);
+    for (let i = 0; i < s.count; i++) {
+      const v = s.start + i;
+      const on = data !== U.VFIO_IRQ_SET_DATA_BOOL || s.bools[i] !== 0;
+      if (data === U.VFIO_IRQ_SET_DATA_EVENTFD) {
+        if (action !== U.VFIO_IRQ_SET_ACTION_TRIGGER) throw new ProtocolError(`${what}: eventfds for MASK/UNMASK notification are not supported`, E.ENOTSUP);
+        this.setVectorFd(st, v, fds.length ? fds[i] : -1);
+        if (fds.length) fds[i] = -1;
+        continue;
+      }
+      if (!on) continue;
+      if (action === U.VFIO_IRQ_SET_ACTION_MASK) st.masked[v] = true;
+      else if (action === U.VFIO_IRQ_SET_ACTION_UNMASK) {
+        st.masked[v] = false;
+        if (st.pending[v]) { st.pending[v] = false; this.signal(st, v); }
+      } else this.signal(st, v);
+    }
+    this.events.emit('irqs', s.index);
+  }
+
+  /** Raise vector of an IRQ index: signal its eventfd (held pending while masked). Returns whether it was signalled. */
+  triggerIrq(index: number, vector: number): boolean {
+    const st = this.irqs.get(index);
+    if (!st || vector < 0 || vector >= st.count) throw new RangeError(`${this.name}: IRQ index ${index} has no vector ${vector}`);
+    if (st.masked[vector]) { st.pending[vector] = true; return false; }
+    const ok = this.signal(st, vector);
+    if (index === U.VFIO_PCI_INTX_IRQ_INDEX && ok) st.masked[vector] = true; // automasked
+    return ok;
+  }
+
+  /** Whether a vector has an eventfd assigned. */
+  irqAssigned(index: number, vector: number): boolean {
+    return (this.irqs.get(index)?.fds[vector] ?? -1) >= 0;
+  }
+
+  private signal(st: IrqState, v: number): boolean {
+    const fd = st.fds[v];
+    if (fd < 0) return false;
+    const one = new Uint8Array(8);
+    one[0] = 1;
+    try { os.write(fd, one); } catch { return false; }
+    return true;
+  }
+
+  private setVectorFd(st: IrqState, v: number, fd: number): void {
+    if (st.fds[v] >= 0) { try { os.close(st.fds[v]); } catch { /* gone */ } }
+    st.fds[v] = fd;
+    st.masked[v] = false;
+    st.pending[v] = false;
+  }
+
+  // ---- lifecycle ----
+
+  /** Device reset: the provider's onReset, then config command register and IRQ masks. */
+  reset(): void {
+    this.spec.onReset?.();
+    this.config[4] = 0;
+    this.config[5] = 0;
+    for (const st of this.irqs.values()) { st.masked.fill(false); st.pending.fill(false); }
+    this.events.emit('reset');
+  }
+
+  /** A client connected (the transport calls this). */
+  connected(path: DmaMessagePath): void {
+    this.messagePath = path;
+    this.events.emit('connect');
+  }
+
+  /** The client went away: unmap its memory and close its IRQ eventfds (device state is kept). */
+  disconnected(): void {
+    this.messagePath = null;
+    for (const r of [...this.dma]) this.dmaUnmap(r.iova, BigInt(r.len));
+    for (const st of this.irqs.values()) for (let v = 0; v < st.count; v++) this.setVectorFd(st, v, -1);
+    this.events.emit('disconnect');
+  }
+
+  /** Release everything: client state, BAR memory and memfds. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.disconnected();
+    this.releaseBars();
+    this.events.removeAllListeners();
+  }
+
+  private releaseBars(): void {
+    for (const st of this.bars.values()) {
+      st.mem = null;
+      if (st.va !== 0n) { os.munmap(st.va, st.spec.size); st.va = 0n; }
+      if (st.memfd >= 0) { os.close(st.memfd); st.memfd = -1; }
+    }
+  }
+
+  // ---- config space ----
+
+  private initConfig(): void {
+    const dv = U.view(this.config);
+    const p = this.spec.pci;
+    dv.setUint16(0x00, p.vendorId, true);
+    dv.setUint16(0x02, p.deviceId, true);
+    dv.setUint16(0x06, 0, true); // status: no capability list
+    dv.setUint8(0x08, p.revision ?? 0);
+    dv.setUint8(0x09, p.classCode & 0xff);
+    dv.setUint16(0x0a, (p.classCode >> 8) & 0xffff, true);
+    dv.setUint8(0x0e, 0); // header type 0
+    for (const st of this.bars.values()) dv.setUint32(0x10 + 4 * st.spec.index, BAR_MEM32, true);
+    dv.setUint16(0x2c, p.subsystemVendorId ?? p.vendorId, true);
+    dv.setUint16(0x2e, p.subsystemId ?? 0, true);
+    dv.setUint8(0x3d, this.irqs.get(U.VFIO_PCI_INTX_IRQ_INDEX)?.count ? 1 : 0); // interrupt pin
+  }
+
+  /** Config writes: command register, BAR registers (sizing), interrupt line; the rest is read-only. */
+  private configWrite(off: number, data: Uint8Array): void {
+    for (let i = 0; i < data.byteLength; i++) {
+      const a = off + i;
+      if (a === 0x04 || a === 0x05 || a === 0x3c) this.config[a] = data[i];
+      else if (a >= 0x10 && a < 0x28) {
+        const bar = (a - 0x10) >> 2;
+        const st = this.bars.get(bar);
+        if (!st) continue;
+        const byte = (a - 0x10) & 3;
+        const sizeMask = ~(st.spec.size - 1) >>> 0; // address bits that are writable
+        const maskByte = (sizeMask >>> (8 * byte)) & 0xff & (byte === 0 ? 0xf0 : 0xff);
+        this.config[a] = data[i] & maskByte;
+      }
+    }
+  }
+
+  // ---- helpers ----
+
+  private checkRegionIndex(index: number): void {
+    if (!Number.isInteger(index) || index < 0 || index >= this.numRegions) throw new ProtocolError(`${this.name}: region index ${index} is out of range (0..${this.numRegions - 1})`, E.EINVAL);
+  }
+
+  /** Validate an access; returns the offset as a number. */
+  private checkAccess(index: number, off: bigint, count: number): number {
+    this.checkRegionIndex(index);
+    const d = this.describeRegion(index);
+    if (d.size === 0) throw new ProtocolError(`${this.name}: region ${index} does not exist`, E.EINVAL);
+    if (count === 0) throw new ProtocolError(`${this.name}: region ${index}: access of 0 bytes`, E.EINVAL);
+    if (off + BigInt(count) > BigInt(d.size)) throw new ProtocolError(`${this.name}: region ${index}: access [0x${off.toString(16)}, +${count}) is outside the region (size 0x${d.size.toString(16)})`, E.EINVAL);
+    return Number(off);
+  }
+
+  /** Split [off, off+len) into pieces inside and outside the BAR's shared areas. */
+  private pieces(st: BarState, off: number, len: number, fn: (start: number, len: number, shared: boolean) => void): void {
+    const areas = st.mem ? (st.spec.shared ?? []) : [];
+    let p = off;
+    const end = off + len;
+    while (p < end) {
+      const inside = areas.find((a) => p >= a.offset && p < a.offset + a.size);
+      if (inside) {
+        const e = Math.min(end, inside.offset + inside.size);
+        fn(p, e - p, true);
+        p = e;
+      } else {
+        const next = areas.filter((a) => a.offset > p).reduce((m, a) => Math.min(m, a.offset), end);
+        const e = Math.min(end, next);
+        fn(p, e - p, false);
+        p = e;
+      }
+    }
+  }
+}

@@ -1,0 +1,395 @@
+/**
+ * vfio-user server: serves one emulated device (lib/emudev) on a unix socket path, one client at a
+ * time. The socket file is created with mode 0600 and removed at close().
+ *
+ * Flow: wait (without spinning: poll on a libuv pool thread) for a connection; the first message
+ * must be VERSION; then every command is validated field by field and answered, errors as an
+ * error reply (flag 0x20 + errno, header only), never a crash. Framing errors (a header size below
+ * 16 or above the limit) close the connection. When the client goes away, its DMA regions are
+ * unmapped, its IRQ eventfds closed, the device is reset (resetOnDisconnect, default on) and the
+ * server waits for the next client. DMA_READ/WRITE to client memory mapped without fd are sent as
+ * server-to-client commands on the same socket (no twin socket) and their replies awaited.
+ */
+import { existsSync, lstatSync, unlinkSync } from 'node:fs';
+import * as os from '../../src/os/libc.js';
+import * as U from '../../src/iommu/vfio-uapi.js';
+import { log } from '../../src/log.js';
+import { EmuDevice } from '../emudev/emudev.js';
+import * as P from './protocol.js';
+import { Channel, PeerClosedError, listenUnix, connectUnix, safeClose } from './transport.js';
+
+/** Server options. */
+export interface ServerOptions {
+  /** largest REGION/DMA READ/WRITE count accepted (max_data_xfer_size), default 1 MiB */
+  maxDataXferSize?: number;
+  /** fds accepted with one message (max_msg_fds), default 16 */
+  maxMsgFds?: number;
+  /** DMA regions at once (max_dma_maps), default 1024 */
+  maxDmaMaps?: number;
+  /** reset the device when a client disconnects (default true) */
+  resetOnDisconnect?: boolean;
+  /** how long a DMA_READ/WRITE waits for the client's reply (ms), default 5000 */
+  dmaTimeoutMs?: number;
+}
+
+/** Counters of one server. */
+export interface ServerStats {
+  connections: number;
+  messages: number;
+  errorReplies: number;
+  /** connections closed because of broken framing or a bad first message */
+  dropped: number;
+}
+
+interface Pending {
+  resolve: (m: P.Message) => void;
+  reject: (e: Error) => void;
+  timer: NodeJS.Timeout;
+}
+
+/** A vfio-user server for one EmuDevice on one socket path. */
+export class VfioUserServer {
+  readonly path: string;
+  readonly device: EmuDevice;
+  readonly stats: ServerStats = { connections: 0, messages: 0, errorReplies: 0, dropped: 0 };
+  private readonly maxDataXferSize: number;
+  private readonly maxMsgFds: number;
+  private readonly resetOnDisconnect: boolean;
+  private readonly dmaTimeoutMs: number;
+  private listenFd = -1;
+  private wakeFd = -1;
+  private conn: Channel | null = null;
+  private peer: P.Negotiated | null = null;
+  private nextId = 1;
+  private readonly pending = new Map<number, Pending>();
+  private closing = false;
+  private loopDone: Promise<void> = Promise.resolve();
+
+  /** Prepare to serve device at path (nothing is created until start()). */
+  constructor(device: EmuDevice, path: string, opts: ServerOptions = {}) {
+    this.device = device;
+    this.path = path;
+    this.maxDataXferSize = opts.maxDataXferSize ?? P.DEFAULT_MAX_DATA_XFER_SIZE;
+    this.maxMsgFds = opts.maxMsgFds ?? 16;
+    this.resetOnDisconnect = opts.resetOnDisconnect ?? true;
+    this.dmaTimeoutMs = opts.dmaTimeoutMs ?? 5000;
+    device.maxDmaMaps = opts.maxDmaMaps ?? 1024;
+  }
+
+  /** Whether a client is connected now. */
+  get connected(): boolean {
+    return this.conn !== null;
+  }
+
+  /**
+   * Create the socket (mode 0600) and start serving in the background. A stale socket file (no
+   * listener) is replaced; a live one is an error naming the path.
+   */
+  start(): void {
+    if (this.listenFd >= 0) throw new Error(`vfio-user server ${this.path}: already started`);
+    if (existsSync(this.path)) {
+      if (!lstatSync(this.path).isSocket()) throw new Error(`vfio-user server: ${this.path} exists and is not a socket; remove it or choose another --socket path`);
+      let live = false;
+      try { safeClose(connectUnix(this.path)); live = true; } catch { /* refused: stale */ }
+      if (live) throw new Error(`vfio-user server: ${this.path} is in use by a running server; stop it or choose another --socket path`);
+      unlinkSync(this.path);
+    }
+    this.listenFd = listenUnix(this.path);
+    this.wakeFd = os.eventfd(0, os.EFD_NONBLOCK);
+    log('info', 'vfio-user', `serving ${this.device.name} on ${this.path}`);
+    this.loopDone = this.loop().catch((e: unknown) => {
+      log('error', 'vfio-user', `server ${this.path} stopped: ${(e as Error).stack ?? String(e)}`);
+    });
+  }
+
+  /** Stop serving: disconnect the client, close the socket and remove the socket file. */
+  async close(): Promise<void> {
+    if (this.closing) return this.loopDone;
+    this.closing = true;
+    if (this.wakeFd >= 0) {
+      const one = new Uint8Array(8);
+      one[0] = 1;
+      try { os.write(this.wakeFd, one); } catch { /* already woken */ }
+    }
+    this.conn?.wake();
+    await this.loopDone;
+    if (this.conn) this.dropClient('server closing');
+    safeClose(this.listenFd);
+    this.listenFd = -1;
+    safeClose(this.wakeFd);
+    this.wakeFd = -1;
+    try { unlinkSync(this.path); } catch { /* gone */ }
+    log('info', 'vfio-user', `server ${this.path} closed`);
+  }
+
+  private async loop(): Promise<void> {
+    while (!this.closing) {
+      if (!this.conn) {
+        const [ev] = await os.pollAsync([this.listenFd, this.wakeFd], os.POLLIN, -1);
+        if (this.closing) break;
+        if (ev === 0) continue;
+        const fd = os.accept(this.listenFd, os.SOCK_NONBLOCK);
+        if (fd < 0) continue;
+        this.stats.connections++;
+        this.conn = new Channel(fd, { maxMsgSize: P.HEADER_SIZE + P.REGION_ACCESS_SIZE + this.maxDataXferSize + 4096, maxMsgFds: this.maxMsgFds, name: `vfio-user server ${this.path}` });
+        this.peer = null;
+        log('info', 'vfio-user', `${this.path}: client connected`);
+        continue;
+      }
+      const conn = this.conn;
+      const readable = await conn.waitReadable();
+      if (this.closing) break;
+      if (!readable || this.conn !== conn) continue;
+      this.drain(conn);
+    }
+  }
+
+  /** Handle every whole message that can be read now. */
+  private drain(conn: Channel): void {
+    for (;;) {
+      let m: P.Message | null;
+      try {
+        m = conn.receive();
+      } catch (e) {
+        if (e instanceof P.ProtocolError && !e.fatal && e.header) {
+          this.stats.errorReplies++;
+          const h = e.header;
+          if ((h.flags & P.FLAG_TYPE_MASK) === P.TYPE_COMMAND && (h.flags & P.FLAG_NO_REPLY) === 0) {
+            try { conn.send({ msgId: h.msgId, command: h.command, flags: P.TYPE_REPLY | P.FLAG_ERROR, error: e.errno }); } catch { /* closing */ }
+          }
+          continue;
+        }
+        this.dropClient(e instanceof PeerClosedError ? 'client disconnected' : `dropped: ${(e as Error).message}`);
+        if (!(e instanceof PeerClosedError)) this.stats.dropped++;
+        return;
+      }
+      if (!m) return;
+      this.stats.messages++;
+      try {
+        this.handle(conn, m);
+      } catch (e) {
+        this.stats.dropped++;
+        this.dropClient(`dropped: ${(e as Error).message}`);
+        return;
+      } finally {
+        for (const fd of m.fds) safeClose(fd);
+      }
+      if (this.conn !== conn) return;
+    }
+  }
+
+  private dropClient(why: string): void {
+    const conn = this.conn;
+    if (!conn) return;
+    this.conn = null;
+    this.peer = null;
+    log('info', 'vfio-user', `${this.path}: ${why}`);
+    for (const [id, p] of this.pending) {
+      clearTimeout(p.timer);
+      p.reject(new Error(`${this.path}: client went away before answering DMA message ${id}`));
+    }
+    this.pending.clear();
+    conn.close();
+    try {
+      this.device.disconnected();
+      if (this.resetOnDisconnect) this.device.reset();
+    } catch (e) {
+      log('warn', 'vfio-user', `${this.path}: cleaning up after the client: ${(e as Error).message}`);
+    }
+  }
+
+  /** One message: route a reply, or execute a command and reply (errors as error replies). */
+  private handle(conn: Channel, m: P.Message): void {
+    if ((m.flags & P.FLAG_TYPE_MASK) === P.TYPE_REPLY) {
+      const p = this.pending.get(m.msgId);
+      if (!p) { log('debug', 'vfio-user', `${this.path}: unexpected reply ${m.msgId} (${P.cmdName(m.command)}) ignored`); return; }
+      this.pending.delete(m.msgId);
+      clearTimeout(p.timer);
+      p.resolve(m);
+      return;
+    }
+    const noReply = (m.flags & P.FLAG_NO_REPLY) !== 0;
+    if (!this.peer && m.command !== P.Cmd.VERSION) {
+      this.stats.errorReplies++;
+      if (!noReply) conn.send({ msgId: m.msgId, command: m.command, flags: P.TYPE_REPLY | P.FLAG_ERROR, error: os.E.EINVAL });
+      return;
+    }
+    let reply: { payload: Uint8Array; fds: number[] };
+    try {
+      reply = this.execute(conn, m);
+    } catch (e) {
+      if (e instanceof P.ProtocolError && e.fatal) throw e;
+      const errno = e instanceof P.ProtocolError || e instanceof os.OsError ? e.errno : os.E.EINVAL;
+      log('debug', 'vfio-user', `${this.path}: ${P.cmdName(m.command)} message ${m.msgId}: ${(e as Error).message}`);
+      this.stats.errorReplies++;
+      if (!noReply) conn.send({ msgId: m.msgId, command: m.command, flags: P.TYPE_REPLY | P.FLAG_ERROR, error: errno });
+      if (m.command === P.Cmd.VERSION) throw new Error(`version negotiation failed: ${(e as Error).message}`);
+      return;
+    }
+    if (!noReply) conn.send({ msgId: m.msgId, command: m.command, flags: P.TYPE_REPLY, error: 0 }, reply.payload, reply.fds);
+  }
+
+  private execute(conn: Channel, m: P.Message): { payload: Uint8Array; fds: number[] } {
+    const none = { payload: new Uint8Array(0), fds: [] as number[] };
+    const p = m.payload;
+    const dev = this.device;
+    const noFds = () => { if (m.fds.length) throw new P.ProtocolError(`${P.cmdName(m.command)} carries ${m.fds.length} unexpected fds`); };
+    switch (m.command) {
+      case P.Cmd.VERSION: {
+        noFds();
+        if (this.peer) throw new P.ProtocolError('VFIO_USER_VERSION sent twice on one connection');
+        const v = P.decodeVersion(p);
+        if (v.major !== P.VERSION_MAJOR) throw new P.ProtocolError(`client proposes major version ${v.major}; this server speaks ${P.VERSION_MAJOR}`, os.E.ENOTSUP);
+        const minor = Math.min(v.minor, P.VERSION_MINOR);
+        // The reply's capabilities are a subset of the proposed ones, with this server's values.
+        const mine: P.Capabilities = { other: {} };
+        if (v.caps.max_msg_fds !== undefined) mine.max_msg_fds = this.maxMsgFds;
+        if (v.caps.max_data_xfer_size !== undefined) mine.max_data_xfer_size = this.maxDataXferSize;
+        if (v.caps.max_dma_maps !== undefined) mine.max_dma_maps = dev.maxDmaMaps;
+        if (v.caps.pgsizes !== undefined) mine.pgsizes = P.DEFAULT_PGSIZES;
+        if (v.caps.write_multiple !== undefined) mine.write_multiple = v.caps.write_multiple;
+        if (v.caps.twin_socket !== undefined) mine.twin_socket = { supported: false };
+        this.peer = P.effective(v);
+        // Without the capability the spec's defaults hold for this server too.
+        if (v.caps.max_data_xfer_size === undefined) this.peer.maxDataXferSize = Math.min(this.peer.maxDataXferSize, this.maxDataXferSize);
+        dev.connected({ read: (iova, len) => this.remoteDmaRead(iova, len), write: (iova, data) => this.remoteDmaWrite(iova, data) });
+        log('info', 'vfio-user', `${this.path}: negotiated version ${v.major}.${minor}`);
+        return { payload: P.encodeVersion({ major: v.major, minor, caps: mine }), fds: [] };
+      }
+      case P.Cmd.DMA_MAP: {
+        const d = P.decodeDmaMap(p);
+        if (m.fds.length > 1) throw new P.ProtocolError(`VFIO_USER_DMA_MAP carries ${m.fds.length} fds; 0 or 1 expected`);
+        const fd = m.fds.length === 1 ? m.fds[0] : -1;
+        if (fd < 0 && d.offset !== 0n) throw new P.ProtocolError('VFIO_USER_DMA_MAP: offset must be 0 without an fd');
+        dev.dmaMap(d.address, d.size, d.flags, fd, d.offset);
+        return none; // the received fd is closed by drain(); the mapping stays
+      }
+      case P.Cmd.DMA_UNMAP: {
+        noFds();
+        const d = P.decodeDmaUnmap(p);
+        dev.dmaUnmap(d.address, d.size);
+        return { payload: P.encodeDmaUnmap({ argsz: P.DMA_UNMAP_SIZE, flags: d.flags, address: d.address, size: d.size }), fds: [] };
+      }
+      case P.Cmd.DEVICE_GET_INFO: {
+        noFds();
+        P.decodeDeviceInfoRequest(p);
+        return { payload: P.encodeDeviceInfo(U.VFIO_DEVICE_FLAGS_PCI | U.VFIO_DEVICE_FLAGS_RESET, dev.numRegions, dev.numIrqs), fds: [] };
+      }
+      case P.Cmd.DEVICE_GET_REGION_INFO: {
+        noFds();
+        const r = P.decodeRegionInfoRequest(p);
+        const d = dev.describeRegion(r.index);
+        const fd = (d.flags & U.VFIO_REGION_INFO_FLAG_MMAP) !== 0 ? dev.regionFd(r.index) : -1;
+        return { payload: P.encodeRegionInfo(d, r.argsz), fds: fd >= 0 ? [fd] : [] };
+      }
+      case P.Cmd.DEVICE_GET_REGION_IO_FDS: {
+        noFds();
+        const r = P.decodeRegionIoFdsRequest(p);
+        const d = dev.describeRegion(r.index);
+        if (d.size === 0) throw new P.ProtocolError(`region ${r.index} does not exist`);
+        return { payload: P.encodeRegionIoFds(r.index, [], r.argsz), fds: [] }; // no ioeventfd sub-regions
+      }
+      case P.Cmd.DEVICE_GET_IRQ_INFO: {
+        noFds();
+        const index = P.decodeIrqInfoRequest(p);
+        const i = dev.irqInfo(index);
+        return { payload: P.encodeIrqInfo(index, i.flags, i.count), fds: [] };
+      }
+      case P.Cmd.DEVICE_SET_IRQS: {
+        const s = P.decodeIrqSet(p);
+        dev.setIrqs(s, m.fds); // takes the fds it keeps (replaced by -1)
+        return none;
+      }
+      case P.Cmd.REGION_READ: {
+        noFds();
+        const a = P.decodeRegionAccess(p, false, this.maxDataXferSize, 'VFIO_USER_REGION_READ');
+        const data = dev.regionRead(a.region, a.offset, a.count);
+        return { payload: P.encodeRegionAccess(a.offset, a.region, a.count, data), fds: [] };
+      }
+      case P.Cmd.REGION_WRITE: {
+        noFds();
+        const a = P.decodeRegionAccess(p, true, this.maxDataXferSize, 'VFIO_USER_REGION_WRITE');
+        dev.regionWrite(a.region, a.offset, a.data);
+        return { payload: P.encodeRegionAccess(a.offset, a.region, a.count), fds: [] };
+      }
+      case P.Cmd.REGION_WRITE_MULTI: {
+        noFds();
+        const wrs = P.decodeWriteMulti(p);
+        for (const w of wrs) dev.regionWrite(w.region, w.offset, w.data);
+        return { payload: P.encodeWriteMultiReply(wrs.length), fds: [] };
+      }
+      case P.Cmd.DEVICE_RESET: {
+        noFds();
+        if (p.byteLength !== 0) throw new P.ProtocolError(`VFIO_USER_DEVICE_RESET has no payload; got ${p.byteLength} bytes`);
+        dev.reset();
+        return none;
+      }
+      case P.Cmd.DEVICE_FEATURE: {
+        noFds();
+        const f = P.decodeDeviceFeature(p);
+        throw new P.ProtocolError(`VFIO_USER_DEVICE_FEATURE: feature ${f.feature} is not supported (no migration or DMA logging)`, os.E.ENOTSUP);
+      }
+      case P.Cmd.MIG_DATA_READ:
+      case P.Cmd.MIG_DATA_WRITE: {
+        noFds();
+        P.decodeMigData(p, m.command === P.Cmd.MIG_DATA_WRITE);
+        throw new P.ProtocolError(`${P.cmdName(m.command)}: migration is not supported`, os.E.ENOTSUP);
+      }
+      case P.Cmd.DMA_READ:
+      case P.Cmd.DMA_WRITE:
+        throw new P.ProtocolError(`${P.cmdName(m.command)} goes from server to client, not to the server`);
+      default:
+        throw new P.ProtocolError(`unknown command ${m.command}`);
+    }
+  }
+
+  /** Send a command to the client and wait for its reply. */
+  private request(cmd: number, payload: Uint8Array): Promise<P.Message> {
+    const conn = this.conn;
+    if (!conn) return Promise.reject(new Error(`${this.path}: no client connected`));
+    const msgId = this.nextId;
+    this.nextId = (this.nextId + 1) & 0xffff;
+    return new Promise<P.Message>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(msgId);
+        reject(new Error(`${this.path}: the client did not answer ${P.cmdName(cmd)} within ${this.dmaTimeoutMs} ms`));
+      }, this.dmaTimeoutMs);
+      this.pending.set(msgId, { resolve, reject, timer });
+      try {
+        conn.send({ msgId, command: cmd, flags: P.TYPE_COMMAND, error: 0 }, payload);
+      } catch (e) {
+        clearTimeout(timer);
+        this.pending.delete(msgId);
+        reject(e as Error);
+      }
+    }).then((m) => {
+      for (const fd of m.fds) safeClose(fd);
+      if (m.flags & P.FLAG_ERROR) throw new Error(`${this.path}: the client refused ${P.cmdName(cmd)}: ${os.errnoName(m.error)} (errno ${m.error})`);
+      return m;
+    });
+  }
+
+  /** DMA_READ of client memory mapped without fd, in chunks of the client's max_data_xfer_size. */
+  private async remoteDmaRead(iova: bigint, len: number): Promise<Uint8Array> {
+    const out = new Uint8Array(len);
+    const chunk = this.peer?.maxDataXferSize ?? P.DEFAULT_MAX_DATA_XFER_SIZE;
+    for (let off = 0; off < len; off += chunk) {
+      const n = Math.min(chunk, len - off);
+      const r = await this.request(P.Cmd.DMA_READ, P.encodeDmaAccess(iova + BigInt(off), n));
+      const a = P.decodeDmaAccess(r.payload, true, chunk, 'VFIO_USER_DMA_READ reply');
+      if (a.count !== n || a.address !== iova + BigInt(off)) throw new Error(`${this.path}: DMA_READ reply is for [0x${a.address.toString(16)}, +${a.count}), not the requested range`);
+      out.set(a.data, off);
+    }
+    return out;
+  }
+
+  /** DMA_WRITE of client memory mapped without fd. */
+  private async remoteDmaWrite(iova: bigint, data: Uint8Array): Promise<void> {
+    const chunk = this.peer?.maxDataXferSize ?? P.DEFAULT_MAX_DATA_XFER_SIZE;
+    for (let off = 0; off < data.byteLength; off += chunk) {
+      const part = data.subarray(off, Math.min(off + chunk, data.byteLength));
+      const r = await this.request(P.Cmd.DMA_WRITE, P.encodeDmaAccess(iova + BigInt(off), part.byteLength, part));
+      P.decodeDmaAccess(r.payload, false, chunk, 'VFIO_USER_DMA_WRITE reply', true);
+    }
+  }
+}

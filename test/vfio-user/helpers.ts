@@ -1,0 +1,70 @@
+/**
+ * Test helpers: a `tspmd emu` server in its own process, and temporary socket directories.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** The tspmd command in the same language as the test (ts under the tap loader, js built). */
+export const CLI = fileURLToPath(new URL('../../examples/tspmd' + (import.meta.url.endsWith('.ts') ? '.ts' : '.js'), import.meta.url));
+
+/** Children skip the loader's type check (tsc checks the tree): 2 s per spawn instead of 5. */
+const CHILD_ENV = { ...process.env, TS_NODE_TRANSPILE_ONLY: '1' };
+
+/** A temporary directory tsp-* removed at teardown. */
+export function tempDir(t: { teardown(fn: () => unknown): void }): string {
+  const d = mkdtempSync(join(tmpdir(), 'tsp-vfu-'));
+  t.teardown(() => rmSync(d, { recursive: true, force: true }));
+  return d;
+}
+
+/** A running `tspmd emu` process. */
+export interface EmuProcess {
+  proc: ChildProcess;
+  path: string;
+  /** stderr so far */
+  stderr(): string;
+  /** SIGTERM and wait for exit; resolves to the exit code */
+  stop(): Promise<number | null>;
+  /** whether the process is still running */
+  alive(): boolean;
+}
+
+/** Start `tspmd emu <device> --socket path` and wait for its "serving" line. */
+export function startEmu(path: string, device = 'dmatest', extra: string[] = []): Promise<EmuProcess> {
+  const proc = spawn(process.execPath, [...process.execArgv, CLI, 'emu', device, '--socket', path, '--file-prefix', `tspvfu${process.pid}`, ...extra], { stdio: ['ignore', 'pipe', 'pipe'], env: CHILD_ENV });
+  let out = '', err = '';
+  let exited = false;
+  const exit = new Promise<number | null>((resolve) => proc.on('exit', (code) => { exited = true; resolve(code); }));
+  proc.stderr!.on('data', (d: Buffer) => { err += d.toString(); });
+  const ep: EmuProcess = {
+    proc, path,
+    stderr: () => err,
+    alive: () => !exited,
+    stop: async () => {
+      if (!exited) proc.kill('SIGTERM');
+      return exit;
+    },
+  };
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { proc.kill('SIGKILL'); reject(new Error(`tspmd emu did not start within 20 s: ${err}`)); }, 20000);
+    proc.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('serving ')) { clearTimeout(timer); resolve(ep); }
+    });
+    void exit.then((code) => { clearTimeout(timer); reject(new Error(`tspmd emu exited with ${code}: ${err}`)); });
+  });
+}
+
+/** Run the tspmd command; resolves with exit code and output. */
+export function runCli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const p = spawn(process.execPath, [...process.execArgv, CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: CHILD_ENV });
+    let stdout = '', stderr = '';
+    p.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
+    p.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    p.on('exit', (code) => resolve({ code: code ?? 1, stdout, stderr }));
+  });
+}
