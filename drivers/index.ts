@@ -3,3 +3,4 @@ import './net/null/null.js';
 import './net/ring/ring.js';
 import './net/af_packet/af_packet.js';
 import './net/tap/tap.js';
+import './emu/dmatest/pci.js';

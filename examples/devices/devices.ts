@@ -13,6 +13,7 @@ import { UsageError } from '../../src/options.js';
 import { SysfsError } from '../../src/sysfs.js';
 import { PciBus, pciBusConfig, type PciDeviceStatus } from '../../drivers/bus/pci/pci.js';
 import { handOverMdevs, type MdevStatus } from '../../drivers/bus/mdev/mdev.js';
+import { handOverVfioUser, type VfioUserStatus } from '../../drivers/bus/vfio-user/vfio-user.js';
 
 /** The app's options. */
 export interface DevicesOptions {
@@ -21,7 +22,7 @@ export interface DevicesOptions {
 
 /** One listed device, in the JSON contract's shape. */
 export interface DeviceRow {
-  bus: 'pci' | 'mdev';
+  bus: 'pci' | 'mdev' | 'vfio-user';
   addr: string;
   vendor: string | null;
   device: string | null;
@@ -35,8 +36,8 @@ export interface DeviceRow {
 
 const hex = (n: number, w: number) => '0x' + n.toString(16).padStart(w, '0');
 
-/** Rows for PCI devices and mdevs (an mdev handed over to the PCI bus gets its ids and PCI status). */
-export function deviceRows(pci: PciDeviceStatus[], mdevs: MdevStatus[]): DeviceRow[] {
+/** Rows for PCI devices, mdevs and vfio-user devices (a device handed over to the PCI bus gets its ids and PCI status). */
+export function deviceRows(pci: PciDeviceStatus[], mdevs: MdevStatus[], vfioUser: VfioUserStatus[] = []): DeviceRow[] {
   const rows: DeviceRow[] = [];
   const pciByAddr = new Map(pci.map((s) => [s.dev.addr, s]));
   for (const s of pci) {
@@ -44,6 +45,14 @@ export function deviceRows(pci: PciDeviceStatus[], mdevs: MdevStatus[]): DeviceR
     rows.push({
       bus: 'pci', addr: s.dev.addr, vendor: hex(s.dev.id.vendor, 4), device: hex(s.dev.id.device, 4), class: hex(s.dev.id.classCode, 6),
       iommu_group: s.dev.iommuGroup, kernel_driver: s.dev.kernelDriver, vfio_mode: s.vfioMode, skip_reason: s.skipReason,
+    });
+  }
+  for (const v of vfioUser) {
+    const p = pciByAddr.get(v.addr);
+    rows.push({
+      bus: 'vfio-user', addr: v.addr,
+      vendor: p ? hex(p.dev.id.vendor, 4) : null, device: p ? hex(p.dev.id.device, 4) : null, class: p ? hex(p.dev.id.classCode, 6) : null,
+      iommu_group: null, kernel_driver: null, vfio_mode: null, skip_reason: p ? p.skipReason : v.skipReason,
     });
   }
   for (const m of mdevs) {
@@ -95,7 +104,8 @@ export const devices: App<DevicesOptions> = {
     const bus = new PciBus({ ...pciBusConfig(eal), memory: null });
     try {
       const mdevs = handOverMdevs(bus);
-      const rows = deviceRows(bus.status(), mdevs);
+      const vfioUser = handOverVfioUser(bus);
+      const rows = deviceRows(bus.status(), mdevs, vfioUser);
       console.log(opts.json ? JSON.stringify(rows) : formatTable(rows));
       return 0;
     } catch (e) {

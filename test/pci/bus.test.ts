@@ -153,7 +153,7 @@ t.test('allow/block lists: parsing, canonical names, exclusion', async (t) => {
   t.equal(g.skipReason('0000:01:00.0'), null);
   t.throws(() => new DeviceFilter(['01:00.0'], ['01:00.1']), UsageError);
   t.throws(() => new DeviceFilter(['01:00.0'], ['01:00.1']), /-a\/--allow and -b\/--block exclude each other/);
-  t.throws(() => new DeviceFilter(['eth0'], []), /-a "eth0": "eth0" is neither a PCI address \(DDDD:BB:DD.F or BB:DD.F, e.g. 0000:01:00.0\) nor an mdev UUID/);
+  t.throws(() => new DeviceFilter(['eth0'], []), /-a "eth0": "eth0" is neither a PCI address \(DDDD:BB:DD.F or BB:DD.F, e.g. 0000:01:00.0\), an mdev UUID, nor vfio-user:SOCKET/);
 });
 
 t.test('--vfio-mode: auto picks IOMMUFD when /dev/iommu and the cdev exist, else the group', async (t) => {

@@ -3,6 +3,7 @@
  * mdev UUIDs, as -a/--allow and -b/--block take them (optionally followed by ",key=value" device
  * arguments, which are kept for the driver).
  */
+import { resolve } from 'node:path';
 import { UsageError } from '../../../src/options.js';
 
 /** A PCI address split into its parts. */
@@ -35,8 +36,15 @@ export function isUuid(s: string): boolean {
   return UUID_RE.test(s);
 }
 
-/** A device name in canonical form: a PCI address as DDDD:BB:DD.F, a UUID in lower case; null if neither. */
+/** The prefix of a vfio-user device's name: "vfio-user:" and the server's socket path. */
+export const VFIO_USER_PREFIX = 'vfio-user:';
+
+/**
+ * A device name in canonical form: a PCI address as DDDD:BB:DD.F, a UUID in lower case, or
+ * vfio-user:<absolute socket path>; null if none of these.
+ */
 export function canonicalDeviceName(s: string): string | null {
+  if (s.startsWith(VFIO_USER_PREFIX) && s.length > VFIO_USER_PREFIX.length) return VFIO_USER_PREFIX + resolve(s.slice(VFIO_USER_PREFIX.length));
   const a = parsePciAddress(s);
   if (a) return formatPciAddress(a);
   return isUuid(s) ? s.toLowerCase() : null;
@@ -55,7 +63,7 @@ export function parseDeviceSpec(option: string, s: string): DeviceSpec {
   const [addr, ...kvs] = s.split(',');
   const name = canonicalDeviceName(addr.trim());
   if (name === null) {
-    throw new UsageError(`${option} "${s}": "${addr}" is neither a PCI address (DDDD:BB:DD.F or BB:DD.F, e.g. 0000:01:00.0) nor an mdev UUID`);
+    throw new UsageError(`${option} "${s}": "${addr}" is neither a PCI address (DDDD:BB:DD.F or BB:DD.F, e.g. 0000:01:00.0), an mdev UUID, nor vfio-user:SOCKET`);
   }
   const args: Record<string, string> = {};
   for (const kv of kvs) {

@@ -266,9 +266,11 @@ export class PciBus {
   private statusOf(dev: PciDevice): PciDeviceStatus {
     const target = { name: dev.addr, sysfsDir: dev.sysfsDir, iommuGroup: dev.iommuGroup };
     const driver = findPciDriver(dev.id);
-    const bound = dev.bus === 'mdev' || dev.kernelDriver === VFIO_PCI_DRIVER;
+    const bound = dev.bus === 'mdev' || dev.bus === 'vfio-user' || dev.kernelDriver === VFIO_PCI_DRIVER;
     let vfioMode: VfioMode | null = null, modeReason: string;
-    if (bound) {
+    if (dev.bus === 'vfio-user') {
+      modeReason = 'a vfio-user server (socket), no kernel VFIO';
+    } else if (bound) {
       const c = this.vfio.choose(target);
       vfioMode = c.mode;
       modeReason = c.reason;

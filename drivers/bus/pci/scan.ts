@@ -36,8 +36,8 @@ const IORESOURCE_IO = 0x100;
 /** A device found on a bus that the PCI bus can drive: a PCI function, or an mdev handed over. */
 export interface PciDevice {
   /** which bus found it */
-  bus: 'pci' | 'mdev';
-  /** canonical PCI address (0000:01:00.0) or mdev UUID */
+  bus: 'pci' | 'mdev' | 'vfio-user';
+  /** canonical PCI address (0000:01:00.0), mdev UUID, or vfio-user:SOCKET */
   addr: string;
   id: PciId;
   revision: number;
