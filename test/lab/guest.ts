@@ -1,0 +1,448 @@
+/**
+ * The lab's guest program: runs INSIDE the QEMU guest (test/lab/init.sh starts it as
+ * `node /tspmd/dist/test/lab/guest.js --bdf BDF --mode group`) on a real kernel with VFIO and an
+ * emulated IOMMU, and exercises the project's own code unchanged on a NIC bound to vfio-pci:
+ *
+ *   devices     `tspmd devices --vfio-mode MODE --json` (the CLI, in a child process) lists the NIC
+ *   devices-auto  with --vfio-mode auto it picks iommufd exactly when /dev/iommu and the cdev node exist
+ *   eal         EAL hugepage memory (hugetlbfs, 2 MiB pages)
+ *   probe       the PCI bus probes the NIC through --vfio-mode MODE (a lab driver's id table matches it)
+ *   dma-mapped  every EAL segment is DMA-mapped in the container (mapping it again: EEXIST from the kernel)
+ *   config      vendor/device read from the VFIO config region agree with sysfs
+ *   bar         BARs mapped (Bar.open) and a register read and written through the mapping and
+ *               through pread/pwrite (Bar.open with mmap: false), both paths agreeing
+ *               (e1000e: STATUS at BAR0+0x8, TDBAL round trips; virtio-net modern: the common
+ *               configuration found through the virtio PCI capabilities, device_feature shows
+ *               VIRTIO_F_VERSION_1)
+ *   dma-tx / dma-blocked / dma-remap   (e1000e) a TX descriptor in EAL memory at its IOVA is
+ *               fetched, its frame read and sent (TPT, total packets transmitted, counts one) and its DD
+ *               bit written back; after unmapping the segment the same DMA is refused (no DD, a
+ *               DMAR fault in the kernel log); mapped again, it works again
+ *   mdev-*      with --mdev UUID (an mtty mdev init.sh created): `tspmd devices` lists it with ids
+ *               read through VFIO, the mdev bus hands it to the PCI bus, which probes it through
+ *               the same mode by UUID; its config space is read from the region; its I/O BAR (not
+ *               mmap-able) is read and written through pread/pwrite (16550 LSR, scratch register)
+ *
+ * Each result is one line on stdout: `TSPLAB {"nic":..,"mode":..,"check":..,"ok":..,...}`.
+ * The exit code is 0 when every check passed.
+ */
+import { execFile, execFileSync } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Eal } from '../../src/eal.js';
+import { parseEalArgs } from '../../src/options.js';
+import * as os from '../../src/os/libc.js';
+import { Bar } from '../../src/iommu/bar.js';
+import type { VfioDevice } from '../../src/iommu/device.js';
+import * as U from '../../src/iommu/vfio-uapi.js';
+import { probePci, registerPciDriver, type PciBus } from '../../drivers/bus/pci/pci.js';
+import { probePciAndMdev, type MdevStatus } from '../../drivers/bus/mdev/mdev.js';
+
+type Detail = Record<string, unknown>;
+
+const args = process.argv.slice(2);
+const arg = (name: string, def: string): string => {
+  const i = args.indexOf(name);
+  return i >= 0 && i + 1 < args.length ? args[i + 1] : def;
+};
+const bdf = arg('--bdf', '0000:00:03.0');
+const mode = arg('--mode', 'group');
+const mdevUuid = arg('--mdev', '');
+// the mtty sample's PCI ids (samples/vfio-mdev/mtty.c config space)
+const MTTY_VENDOR = 0x4348, MTTY_DEVICE = 0x3253;
+const sysDev = `/sys/bus/pci/devices/${bdf}`;
+const vendor = parseInt(readFileSync(join(sysDev, 'vendor'), 'utf8'), 16);
+const deviceId = parseInt(readFileSync(join(sysDev, 'device'), 'utf8'), 16);
+const nic = vendor === 0x8086 && deviceId === 0x10d3 ? 'e1000e' : vendor === 0x1af4 && deviceId === 0x1041 ? 'virtio-net' : `${vendor.toString(16)}:${deviceId.toString(16)}`;
+const hex = (n: number | bigint): string => '0x' + n.toString(16);
+
+let failures = 0;
+function report(check: string, ok: boolean, detail: Detail = {}): void {
+  if (!ok) failures++;
+  const line = JSON.stringify({ nic, mode, check, ok, ...detail }, (_k, v: unknown) => (typeof v === 'bigint' ? hex(v) : v));
+  process.stdout.write(`TSPLAB ${line}\n`);
+}
+function errorOf(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** The kernel log (busybox dmesg), as lines. */
+function dmesg(): string[] {
+  try {
+    return execFileSync('dmesg', { encoding: 'utf8' }).split('\n');
+  } catch {
+    return [];
+  }
+}
+
+/** `tspmd devices --vfio-mode MODE --json`, the real CLI in a child process. */
+function devicesCli(vfioMode: string = mode): Promise<{ code: number; stdout: string; stderr: string }> {
+  const cli = fileURLToPath(new URL('../../examples/tspmd.js', import.meta.url));
+  return new Promise((resolve) => {
+    execFile(process.execPath, [cli, 'devices', '--vfio-mode', vfioMode, '--json'], { timeout: 120000 }, (err, stdout, stderr) => {
+      resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr });
+    });
+  });
+}
+
+/**
+ * --vfio-mode auto on this kernel: iommufd when /dev/iommu and the device's cdev node exist (the
+ * lab's IOMMUFD kernel), else group (Debian's kernel: no IOMMUFD, although sysfs has vfio-dev/vfioN).
+ */
+async function checkAutoMode(): Promise<void> {
+  const cdev = (() => { try { return readdirSync(join(sysDev, 'vfio-dev')).find((n) => /^vfio\d+$/.test(n)) ?? null; } catch { return null; } })();
+  const expect = existsSync('/dev/iommu') && cdev !== null && existsSync(`/dev/vfio/devices/${cdev}`) ? 'iommufd' : 'group';
+  const r = await devicesCli('auto');
+  try {
+    const rows = JSON.parse(r.stdout.trim().split('\n').pop() ?? '[]') as Array<Record<string, unknown>>;
+    const row = rows.find((x) => x.addr === bdf);
+    report('devices-auto', r.code === 0 && row !== undefined && row.vfio_mode === expect, {
+      expect, vfioMode: row?.vfio_mode ?? null, devIommu: existsSync('/dev/iommu'), sysfsCdev: cdev,
+    });
+  } catch (e) {
+    report('devices-auto', false, { exit: r.code, error: errorOf(e), stderr: r.stderr.slice(0, 400) });
+  }
+}
+
+async function checkDevices(group: number): Promise<void> {
+  const r = await devicesCli();
+  try {
+    const rows = JSON.parse(r.stdout.trim().split('\n').pop() ?? '[]') as Array<Record<string, unknown>>;
+    const row = rows.find((x) => x.addr === bdf);
+    const ok = r.code === 0 && row !== undefined && row.kernel_driver === 'vfio-pci' && row.iommu_group === group &&
+      row.vfio_mode === mode && row.vendor === '0x' + vendor.toString(16).padStart(4, '0') && row.device === '0x' + deviceId.toString(16).padStart(4, '0');
+    report('devices', ok, { exit: r.code, row: row ?? null, expectGroup: group, stderr: r.stderr.slice(0, 400) });
+    if (mdevUuid) {
+      const m = rows.find((x) => x.addr === mdevUuid);
+      report('mdev-devices', m !== undefined && m.bus === 'mdev' && m.device_api === 'vfio-pci' && m.vfio_mode === mode &&
+        typeof m.iommu_group === 'number' && m.vendor === '0x4348' && m.device === '0x3253', { row: m ?? null });
+    }
+  } catch (e) {
+    report('devices', false, { exit: r.code, error: errorOf(e), stdout: r.stdout.slice(0, 400), stderr: r.stderr.slice(0, 400) });
+  }
+}
+
+/** Config space through the VFIO config region (not sysfs). */
+function readConfig(vfio: VfioDevice): Uint8Array {
+  const info = vfio.regionInfo(U.VFIO_PCI_CONFIG_REGION_INDEX);
+  const buf = new Uint8Array(Math.min(256, info.size));
+  vfio.readRegion(U.VFIO_PCI_CONFIG_REGION_INDEX, 0, buf);
+  return buf;
+}
+
+/** Set Memory Space and Bus Master Enable in the command register (through the config region). */
+function enableBusMaster(vfio: VfioDevice): number {
+  const b = new Uint8Array(2);
+  vfio.readRegion(U.VFIO_PCI_CONFIG_REGION_INDEX, 4, b);
+  const cmd = b[0] | (b[1] << 8) | 0x6;
+  b[0] = cmd & 0xff;
+  b[1] = cmd >> 8;
+  vfio.writeRegion(U.VFIO_PCI_CONFIG_REGION_INDEX, 4, b);
+  vfio.readRegion(U.VFIO_PCI_CONFIG_REGION_INDEX, 4, b);
+  return b[0] | (b[1] << 8);
+}
+
+// e1000e (82574) registers and legacy TX descriptor (Intel datasheet; Linux e1000e hw.h)
+const E_STATUS = 0x8, E_TCTL = 0x400, E_TDBAL = 0x3800, E_TDBAH = 0x3804, E_TDLEN = 0x3808, E_TDH = 0x3810, E_TDT = 0x3818;
+// statistics, clear on read: total packets transmitted
+const E_TPT = 0x40d4;
+const TCTL_EN = 0x2, TCTL_PSP = 0x8;
+const TXD_CMD_EOP = 0x01, TXD_CMD_IFCS = 0x02, TXD_CMD_RS = 0x08, TXD_STAT_DD = 0x01;
+
+function checkE1000eBars(vfio: VfioDevice): void {
+  const mm = Bar.open(vfio, U.VFIO_PCI_BAR0_REGION_INDEX);
+  const pio = Bar.open(vfio, U.VFIO_PCI_BAR0_REGION_INDEX, { mmap: false });
+  try {
+    const statusMmap = mm.read32(E_STATUS), statusPread = pio.read32(E_STATUS);
+    const mapped = mm.isMapped(E_STATUS, 4);
+    // a read/write register (TDBAL keeps bits 31:4): pwrite -> mmap read, mmap write -> pread
+    pio.write32(E_TDBAL, 0x12345670);
+    const viaMmap = mm.read32(E_TDBAL);
+    mm.write32(E_TDBAL, 0x0abcdef0);
+    const viaPread = pio.read32(E_TDBAL);
+    mm.write32(E_TDBAL, 0);
+    const ok = mapped && statusMmap === statusPread && statusMmap !== 0 && statusMmap !== 0xffffffff &&
+      viaMmap === 0x12345670 && viaPread === 0x0abcdef0;
+    report('bar', ok, {
+      bar: 0, size: mm.size, mapped: mm.mapped, statusMmap: hex(statusMmap), statusPread: hex(statusPread),
+      linkUp: (statusMmap & 0x2) !== 0, tdbalPwriteThenMmap: hex(viaMmap), tdbalMmapThenPread: hex(viaPread),
+    });
+  } finally {
+    pio.close();
+    mm.close();
+  }
+}
+
+function checkVirtioBars(vfio: VfioDevice, cfg: Uint8Array): void {
+  // virtio PCI capability (vendor-specific, id 0x09): cfg_type at +3 (1 = common), bar at +4, offset at +8
+  const dv = new DataView(cfg.buffer, cfg.byteOffset, cfg.byteLength);
+  let p = cfg[0x34] & 0xfc, bar = -1, off = -1, len = 0;
+  const seen: Detail[] = [];
+  for (let n = 0; p !== 0 && n < 48; n++, p = cfg[p + 1] & 0xfc) {
+    if (cfg[p] === 0x09) {
+      seen.push({ at: hex(p), cfgType: cfg[p + 3], bar: cfg[p + 4], offset: hex(dv.getUint32(p + 8, true)) });
+      if (cfg[p + 3] === 1 && bar < 0) { bar = cfg[p + 4]; off = dv.getUint32(p + 8, true); len = dv.getUint32(p + 12, true); }
+    }
+  }
+  if (bar < 0) {
+    report('bar', false, { error: 'no virtio common configuration capability in config space', caps: seen });
+    return;
+  }
+  const mm = Bar.open(vfio, bar);
+  const pio = Bar.open(vfio, bar, { mmap: false });
+  try {
+    // device_feature_select (u32 at +0), device_feature (u32 at +4), num_queues (u16 at +0x12)
+    mm.write32(off + 0, 1);
+    const hiMmap = mm.read32(off + 4);
+    pio.write32(off + 0, 1);
+    const hiPread = pio.read32(off + 4);
+    mm.write32(off + 0, 0);
+    const loMmap = mm.read32(off + 4);
+    pio.write32(off + 0, 0);
+    const loPread = pio.read32(off + 4);
+    const qMmap = mm.read16(off + 0x12), qPread = pio.read16(off + 0x12);
+    const version1 = (hiMmap & 1) !== 0;
+    const ok = mm.isMapped(off, 0x38) && version1 && hiMmap === hiPread && loMmap === loPread && qMmap === qPread && qMmap > 0;
+    report('bar', ok, {
+      bar, size: mm.size, mapped: mm.mapped, commonCfg: { offset: hex(off), length: len }, caps: seen,
+      deviceFeatureHiMmap: hex(hiMmap), deviceFeatureHiPread: hex(hiPread), deviceFeatureLoMmap: hex(loMmap),
+      deviceFeatureLoPread: hex(loPread), VIRTIO_F_VERSION_1: version1, numQueuesMmap: qMmap, numQueuesPread: qPread,
+    });
+  } finally {
+    pio.close();
+    mm.close();
+  }
+}
+
+/** A TX descriptor at a mapped IOVA, DD written back; unmapped: refused with a DMAR fault; mapped again: works. */
+async function checkE1000eDma(eal: Eal, vfio: VfioDevice): Promise<void> {
+  const cmd = enableBusMaster(vfio);
+  const ring = eal.memory.reserve('lab_txring', 4096, 4096);
+  const buf = eal.memory.reserve('lab_txbuf', 2048, 64);
+  const ringU8 = new Uint8Array(os.viewOf(ring.va, ring.len));
+  const ringDv = new DataView(ringU8.buffer);
+  const frame = new Uint8Array(os.viewOf(buf.va, 64));
+  frame.fill(0xff, 0, 6); // broadcast
+  frame.set([0x02, 0x00, 0x00, 0x00, 0x00, 0x01], 6);
+  frame.set([0x88, 0xb5], 12); // local experimental ethertype
+  for (let i = 14; i < 60; i++) frame[i] = i;
+  ringU8.fill(0);
+
+  const bar = Bar.open(vfio, U.VFIO_PCI_BAR0_REGION_INDEX);
+  try {
+    bar.write32(E_TCTL, 0);
+    bar.write32(E_TDBAL, Number(ring.iova & 0xffffffffn));
+    bar.write32(E_TDBAH, Number(ring.iova >> 32n));
+    bar.write32(E_TDLEN, 8 * 16); // 8 descriptors (a multiple of 128 bytes)
+    bar.write32(E_TDH, 0);
+    bar.write32(E_TDT, 0);
+    bar.write32(E_TCTL, TCTL_EN | TCTL_PSP);
+
+    bar.read32(E_TPT); // clear the counter
+    const post = async (i: number): Promise<{ dd: boolean; status: number; tdh: number; ms: number; txPackets: number }> => {
+      const d = i * 16;
+      ringDv.setBigUint64(d, buf.iova, true);
+      ringDv.setUint16(d + 8, 60, true);
+      ringU8[d + 10] = 0;
+      ringU8[d + 11] = TXD_CMD_EOP | TXD_CMD_IFCS | TXD_CMD_RS;
+      ringU8[d + 12] = 0;
+      const t0 = Date.now();
+      bar.write32(E_TDT, (i + 1) % 8);
+      for (;;) {
+        const status = Atomics.load(ringU8, d + 12);
+        if ((status & TXD_STAT_DD) !== 0 || Date.now() - t0 > 1500) {
+          return {
+            dd: (status & TXD_STAT_DD) !== 0, status, tdh: bar.read32(E_TDH), ms: Date.now() - t0,
+            txPackets: bar.read32(E_TPT),
+          };
+        }
+        await sleep(5);
+      }
+    };
+
+    const tx = await post(0);
+    // DD: the device read the descriptor and wrote it back; one packet sent (TPT): it read the frame
+    report('dma-tx', tx.dd && tx.txPackets === 1, {
+      ringIova: ring.iova, bufIova: buf.iova, pciCommand: hex(cmd), descStatus: hex(tx.status), tdh: tx.tdh, ms: tx.ms,
+      txPackets: tx.txPackets,
+    });
+
+    // negative control: unmap the segment holding the ring (type1 unmaps whole mappings), same DMA
+    const seg = eal.memory.segment(ring.segment);
+    const before = dmesg().length;
+    vfio.dmaUnmap(seg.iova, seg.len);
+    const blocked = await post(1);
+    await sleep(300); // let the fault interrupt be logged
+    const faults = dmesg().slice(Math.max(0, before - 1)).filter((l) => /DMAR/.test(l) && /fault|Request device/i.test(l));
+    report('dma-blocked', !blocked.dd && faults.length > 0, {
+      unmapped: { iova: seg.iova, len: seg.len }, descStatus: hex(blocked.status), ddWritten: blocked.dd, tdh: blocked.tdh, txPackets: blocked.txPackets,
+      dmarFaults: faults.slice(0, 4).map((l) => l.trim()),
+    });
+
+    // mapped again, the device reaches the same memory again (the refusal was the IOMMU's)
+    vfio.dmaMap(seg.va, seg.iova, seg.len);
+    const again = await post(2);
+    report('dma-remap', again.dd && again.txPackets === 1, { descStatus: hex(again.status), tdh: again.tdh, ms: again.ms, txPackets: again.txPackets });
+    bar.write32(E_TCTL, 0);
+  } finally {
+    bar.close();
+  }
+}
+
+/** The mdev: handed over by the mdev bus, probed by the PCI bus by UUID, config and I/O BAR through VFIO. */
+function checkMdev(bus: PciBus, mdevs: MdevStatus[]): void {
+  const st = mdevs.find((m) => m.dev.uuid === mdevUuid);
+  const p = bus.probed().find((x) => x.dev.addr === mdevUuid);
+  report('mdev-probe', st !== undefined && st.pci !== null && p !== undefined && p.vfio.backend === mode && st.vfioMode === mode, {
+    type: st?.dev.type ?? null, typeName: st?.dev.typeName ?? null, deviceApi: st?.dev.deviceApi ?? null, parent: st?.dev.parent ?? null,
+    iommuGroup: st?.dev.iommuGroup ?? null, handedOver: st?.pci !== null, skip: st?.skipReason ?? null,
+    driver: p?.driver.name ?? null, backend: p?.vfio.backend ?? null,
+  });
+  if (!p) return;
+  const vfio = p.vfio;
+  const cfg = readConfig(vfio);
+  const dv = new DataView(cfg.buffer);
+  const v = dv.getUint16(0, true), d = dv.getUint16(2, true), cls = dv.getUint32(8, true) >>> 8;
+  report('mdev-config', v === MTTY_VENDOR && d === MTTY_DEVICE && cls === 0x070002 && p.dev.id.vendor === v && p.dev.id.device === d, {
+    vendor: hex(v), device: hex(d), class: hex(cls), info: vfio.info(),
+  });
+  // BAR0: the first 16550 port, an I/O BAR the kernel does not let be mmap'd
+  const r = vfio.regionInfo(U.VFIO_PCI_BAR0_REGION_INDEX);
+  const bar = Bar.open(vfio, U.VFIO_PCI_BAR0_REGION_INDEX);
+  try {
+    const lsr = bar.read8(5); // LSR: THRE | TEMT when nothing is pending
+    bar.write8(7, 0x5a); // SCR, the scratch register
+    const scr1 = bar.read8(7);
+    bar.write8(7, 0xa5);
+    const scr2 = bar.read8(7);
+    report('mdev-bar', r.size === 8 && (lsr & 0x60) === 0x60 && scr1 === 0x5a && scr2 === 0xa5 && !bar.isMapped(7, 1), {
+      size: r.size, mappable: r.mappable, mapped: bar.mapped, path: bar.mapped.length ? 'mmap' : 'pread/pwrite',
+      lsr: hex(lsr), scratch: [hex(scr1), hex(scr2)],
+    });
+  } finally {
+    bar.close();
+  }
+}
+
+async function main(): Promise<void> {
+  report('guest', true, {
+    kernel: readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim(), node: process.version,
+    cmdline: readFileSync('/proc/cmdline', 'utf8').trim(),
+  });
+  let group = -1;
+  try {
+    group = Number(basename(readlinkSync(join(sysDev, 'iommu_group'))));
+  } catch (e) {
+    report('iommu-group', false, { error: `no iommu_group link: ${errorOf(e)}` });
+  }
+  await checkDevices(group);
+  await checkAutoMode();
+
+  let eal: Eal | null = null;
+  try {
+    const opts = parseEalArgs(['--vfio-mode', mode, '-m', '64', '--huge-dir', '/dev/hugepages', '-l', '0', '-a', bdf, ...(mdevUuid ? ['-a', mdevUuid] : [])]);
+    eal = new Eal(opts);
+    const b = eal.memory.config.backing;
+    report('eal', b.kind === 'hugetlbfs' && eal.memory.config.pageSize === 2 ** 21 && eal.memory.segments.length > 0, {
+      backing: b.kind, pageSize: eal.memory.config.pageSize, iovaMode: eal.memory.config.iovaMode,
+      segments: eal.memory.segments.map((s) => ({ id: s.id, va: s.va, iova: s.iova, len: s.len, path: s.path })),
+    });
+  } catch (e) {
+    report('eal', false, { error: errorOf(e) });
+    return;
+  }
+
+  try {
+    registerPciDriver({
+      name: 'lab_nic', description: 'the lab guest NIC (test/lab/guest.ts)',
+      idTable: [{ vendor, device: deviceId }, { vendor: MTTY_VENDOR, device: MTTY_DEVICE }],
+      probe: () => ({ close: () => undefined }),
+    });
+    let bus: PciBus;
+    let mdevs: MdevStatus[] = [];
+    try {
+      if (mdevUuid) ({ bus, mdevs } = await probePciAndMdev(eal));
+      else bus = await probePci(eal);
+    } catch (e) {
+      report('probe', false, { error: errorOf(e) });
+      return;
+    }
+    if (mdevUuid) {
+      try {
+        checkMdev(bus, mdevs);
+      } catch (e) {
+        report('mdev-probe', false, { error: errorOf(e) });
+      }
+    }
+    const st = bus.status().find((s) => s.dev.addr === bdf);
+    const p = bus.probed().find((x) => x.dev.addr === bdf);
+    report('probe', p !== undefined && p.vfio.backend === mode && st?.vfioMode === mode, {
+      driver: p?.driver.name ?? null, backend: p?.vfio.backend ?? null, statusMode: st?.vfioMode ?? null, reason: st?.modeReason ?? null,
+      skip: st?.skipReason ?? null,
+    });
+    if (!p) return;
+    const vfio = p.vfio;
+
+    try {
+      // the kernel refuses to map an IOVA range that is already mapped: EEXIST proves the EAL's mapping
+      const segs = eal.memory.segments.map((s) => {
+        try {
+          vfio.dmaMap(s.va, s.iova, s.len);
+          vfio.dmaUnmap(s.iova, s.len);
+          return { id: s.id, iova: s.iova, len: s.len, mapped: false, answer: 'mapped again without error: the EAL had not mapped it' };
+        } catch (e) {
+          return { id: s.id, iova: s.iova, len: s.len, mapped: /EEXIST/.test(errorOf(e)), answer: errorOf(e) };
+        }
+      });
+      report('dma-mapped', segs.length > 0 && segs.every((s) => s.mapped), { segments: segs });
+    } catch (e) {
+      report('dma-mapped', false, { error: errorOf(e) });
+    }
+
+    let cfg: Uint8Array | null = null;
+    try {
+      cfg = readConfig(vfio);
+      const dv = new DataView(cfg.buffer);
+      const v = dv.getUint16(0, true), d = dv.getUint16(2, true);
+      const info = vfio.info();
+      report('config', v === vendor && d === deviceId && info.isPci, {
+        vendor: hex(v), device: hex(d), regions: info.numRegions, irqs: info.numIrqs, canReset: info.canReset,
+      });
+    } catch (e) {
+      report('config', false, { error: errorOf(e) });
+    }
+
+    try {
+      if (nic === 'e1000e') checkE1000eBars(vfio);
+      else if (nic === 'virtio-net' && cfg) checkVirtioBars(vfio, cfg);
+      else report('bar', false, { error: `no BAR check for ${nic}` });
+    } catch (e) {
+      report('bar', false, { error: errorOf(e) });
+    }
+
+    if (nic === 'e1000e') {
+      try {
+        await checkE1000eDma(eal, vfio);
+      } catch (e) {
+        report('dma-tx', false, { error: errorOf(e) });
+      }
+    }
+  } finally {
+    try {
+      await eal.close();
+      report('close', true);
+    } catch (e) {
+      report('close', false, { error: errorOf(e) });
+    }
+  }
+}
+
+main().then(
+  () => process.exit(failures === 0 ? 0 : 1),
+  (e: unknown) => {
+    report('guest', false, { error: e instanceof Error ? e.stack ?? e.message : String(e) });
+    process.exit(1);
+  },
+);
