@@ -33,11 +33,22 @@ export interface AfPacketQueueData {
 
 const EAGAIN = 11, ENOBUFS = 105;
 
-class AfPacketRx implements RxQueue {
-  private readonly u8: Uint8Array;
-  private readonly u16: Uint16Array;
-  private readonly u32: Uint32Array;
-  private readonly i32: Int32Array;
+/** Typed views over a queue's mapped rings (one mapping: RX ring, then TX ring). */
+class RingViews {
+  readonly u8: Uint8Array;
+  readonly u16: Uint16Array;
+  readonly u32: Uint32Array;
+  readonly i32: Int32Array;
+  constructor(q: AfPacketQueueData) {
+    const ab = viewOf(q.va, q.len);
+    this.u8 = new Uint8Array(ab);
+    this.u16 = new Uint16Array(ab);
+    this.u32 = new Uint32Array(ab);
+    this.i32 = new Int32Array(ab);
+  }
+}
+
+class AfPacketRx extends RingViews implements RxQueue {
   private readonly bs: number;
   private readonly nblocks: number;
   private readonly room: number;
@@ -47,11 +58,7 @@ class AfPacketRx implements RxQueue {
   private pkt = 0;
 
   constructor(q: AfPacketQueueData, private readonly pool: Mempool, private readonly port: number, private readonly stats: Float64Array, private readonly s: number) {
-    const ab = viewOf(q.va, q.len);
-    this.u8 = new Uint8Array(ab);
-    this.u16 = new Uint16Array(ab);
-    this.u32 = new Uint32Array(ab);
-    this.i32 = new Int32Array(ab);
+    super(q);
     this.bs = q.blockSize;
     this.nblocks = q.blockCount;
     this.room = pool.userWord(1);
@@ -109,22 +116,14 @@ class AfPacketRx implements RxQueue {
   }
 }
 
-class AfPacketTx implements TxQueue {
-  private readonly u8: Uint8Array;
-  private readonly u16: Uint16Array;
-  private readonly u32: Uint32Array;
-  private readonly i32: Int32Array;
+class AfPacketTx extends RingViews implements TxQueue {
   private readonly base: number;
   private readonly fsize: number;
   private readonly nframes: number;
   private idx = 0;
 
   constructor(q: AfPacketQueueData, private readonly fd: number, private readonly stats: Float64Array, private readonly s: number) {
-    const ab = viewOf(q.va, q.len);
-    this.u8 = new Uint8Array(ab);
-    this.u16 = new Uint16Array(ab);
-    this.u32 = new Uint32Array(ab);
-    this.i32 = new Int32Array(ab);
+    super(q);
     this.base = q.txOffset;
     this.fsize = q.frameSize;
     this.nframes = q.frameCount;
