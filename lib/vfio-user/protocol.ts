@@ -419,16 +419,18 @@ export interface RegionDescription {
 
 /**
  * Encode the full region info reply (struct vfio_region_info + capability chain), argsz set to the
- * full size. When it exceeds the client's argsz, only the fixed struct is sent (spec: the client
- * retries with a larger buffer).
+ * full size. When it exceeds the client's argsz, only the fixed struct is sent, without FLAG_CAPS
+ * and cap_offset (spec: the client retries with a larger buffer).
  */
 export function encodeRegionInfo(r: RegionDescription, clientArgsz: number): Uint8Array {
   const s = U.vfio_region_info;
   const sp = U.vfio_region_info_cap_sparse_mmap, area = U.vfio_region_sparse_mmap_area;
   const capLen = r.sparse ? sp.size + r.sparse.length * area.size : 0;
   const full = s.size + capLen;
-  const flags = r.flags | (r.sparse ? U.VFIO_REGION_INFO_FLAG_CAPS : 0);
   const fits = full <= clientArgsz;
+  // FLAG_CAPS only when the chain is sent (as libvfio-user does): QEMU's vfio-user client rejects a
+  // reply with FLAG_CAPS and cap_offset 0 (EINVAL) instead of retrying with the larger argsz.
+  const flags = r.flags | (r.sparse && fits ? U.VFIO_REGION_INFO_FLAG_CAPS : 0);
   const b = s.encode({ argsz: full, flags, index: r.index, cap_offset: r.sparse && fits ? s.size : 0, size: r.size, offset: r.offset }, fits ? capLen : 0);
   if (r.sparse && fits) {
     const dv = dvOf(b);

@@ -262,6 +262,7 @@ export class VfioUserServer {
         const fd = m.fds.length === 1 ? m.fds[0] : -1;
         if (fd < 0 && d.offset !== 0n) throw new P.ProtocolError('VFIO_USER_DMA_MAP: offset must be 0 without an fd');
         dev.dmaMap(d.address, d.size, d.flags, fd, d.offset);
+        log('info', 'vfio-user', `${this.path}: DMA_MAP iova 0x${d.address.toString(16)} size 0x${d.size.toString(16)} flags ${d.flags} ${fd >= 0 ? `by fd (offset 0x${d.offset.toString(16)})` : 'by message'}`);
         return none; // the received fd is closed by drain(); the mapping stays
       }
       case P.Cmd.DMA_UNMAP: {

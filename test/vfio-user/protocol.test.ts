@@ -79,6 +79,7 @@ t.test('region info with a sparse mmap chain parses with the kernel parser; trun
   t.equal(short.byteLength, 32, 'argsz too small: only the fixed struct');
   t.equal(dv(short).getUint32(0, true), full.byteLength, 'argsz says the full size');
   t.equal(dv(short).getUint32(12, true), 0, 'no cap_offset in the truncated reply');
+  t.equal(dv(short).getUint32(4, true) & U.VFIO_REGION_INFO_FLAG_CAPS, 0, 'no FLAG_CAPS in the truncated reply (QEMU 11 rejects CAPS with cap_offset 0)');
   t.throws(() => P.decodeRegionInfoRequest(U.vfio_region_info.encode({ argsz: 16, index: 0 })), /argsz 16/);
 });
 

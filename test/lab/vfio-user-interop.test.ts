@@ -1,0 +1,183 @@
+/**
+ * vfio-user interoperability with an independent implementation: QEMU 11.1's vfio-user client
+ * (device vfio-user-pci, Debian trixie-backports) against tspmd's server (`tspmd emu dmatest`).
+ *
+ * test/lab/qemu-vfio-user.sh fetches QEMU 11.1 and its libraries into a private tree (cached in
+ * /var/cache/tspmd/lab/qemu-11; the host's QEMU and apt sources are untouched) and builds a 1 MB
+ * initramfs whose init prints every PCI device as "TSPLAB {json}" and powers off. This test starts
+ * `tspmd emu dmatest --socket <tmp>/dmatest.sock --log-level info`, boots trixie's 6.12 kernel under
+ * QEMU 11.1 (TCG, q35, guest RAM in a shared memfd) with
+ * `-device {"driver":"vfio-user-pci","socket":{...}}`, and asserts:
+ *   - the guest kernel enumerated a PCI device 1b36:10f0 (dmatest), its config space read through
+ *     the server (vendor/device at offset 0) and its two BARs assigned;
+ *   - the server negotiated a version with QEMU and received DMA_MAP of guest RAM by fd;
+ *   - the server survived the client (still running, stops cleanly on SIGTERM).
+ *
+ * Skips (saying why) only when it cannot run here: not root / not x86-64 Linux, TSPMD_LAB=0, or
+ * no network to the Debian mirror on a cold cache (qemu-vfio-user.sh exit 3).
+ */
+import t, { type Test } from 'tap';
+import { spawn, spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { tempDir, startEmu, type EmuProcess } from '../vfio-user/helpers.js';
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const CACHE = process.env.TSPMD_LAB_CACHE ?? '/var/cache/tspmd/lab';
+const BOOT_TIMEOUT_MS = Number(process.env.TSPMD_LAB_BOOT_TIMEOUT ?? 120) * 1000;
+const FETCH_TIMEOUT_MS = 20 * 60 * 1000; // a cold cache may also run build.sh (kernel, busybox)
+const DMATEST = { vendor: '0x1b36', device: '0x10f0' };
+const GUEST_RAM = 512 * 1024 * 1024;
+
+interface QemuEnv {
+  QEMU11_TREE: string;
+  QEMU11_VERSION: string;
+  KERNEL: string;
+  INITRD: string;
+}
+
+function readEnv(path: string): QemuEnv {
+  const env: Record<string, string> = {};
+  for (const line of readFileSync(path, 'utf8').split('\n')) {
+    const m = /^([A-Z0-9_]+)=(.*)$/.exec(line);
+    if (m) env[m[1]] = m[2];
+  }
+  for (const k of ['QEMU11_TREE', 'QEMU11_VERSION', 'KERNEL', 'INITRD']) if (!env[k]) throw new Error(`${path}: ${k} is missing`);
+  return env as unknown as QemuEnv;
+}
+
+function cannotRun(): string | null {
+  if (process.env.TSPMD_LAB === '0') return 'TSPMD_LAB=0';
+  if (process.platform !== 'linux' || process.arch !== 'x64') return `needs x86-64 Linux (this is ${process.platform}/${process.arch})`;
+  if (process.getuid?.() !== 0) return `needs root (apt-get download into ${CACHE})`;
+  return null;
+}
+
+/** QEMU 11.1 through its tree's own dynamic linker, with the tree's firmware. */
+function qemuCommand(env: QemuEnv, sock: string): { file: string; args: string[] } {
+  const tree = env.QEMU11_TREE, lib = join(tree, 'usr/lib/x86_64-linux-gnu');
+  const dev = JSON.stringify({ driver: 'vfio-user-pci', socket: { type: 'unix', path: sock } });
+  return {
+    file: join(lib, 'ld-linux-x86-64.so.2'),
+    args: [
+      '--library-path', lib, '--argv0', 'qemu-system-x86_64', join(tree, 'usr/bin/qemu-system-x86_64'),
+      '-L', join(tree, 'usr/share/qemu'), '-L', join(tree, 'usr/share/seabios'),
+      '-machine', 'q35', '-accel', 'tcg', '-cpu', 'max', '-m', `${GUEST_RAM >> 20}M`,
+      '-object', `memory-backend-memfd,id=mem,size=${GUEST_RAM >> 20}M,share=on`, '-machine', 'memory-backend=mem',
+      '-nographic', '-nodefaults', '-serial', 'stdio', '-no-reboot',
+      '-device', dev,
+      '-kernel', env.KERNEL, '-initrd', env.INITRD, '-append', 'console=ttyS0 panic=-1 quiet',
+    ],
+  };
+}
+
+interface Result {
+  check: string;
+  ok: boolean;
+  [k: string]: unknown;
+}
+
+const why = cannotRun();
+if (why) {
+  t.test('vfio-user interop with QEMU 11.1', { skip: why }, async () => undefined);
+} else {
+  const t0 = Date.now();
+  const fetch = spawnSync('bash', [join(ROOT, 'test/lab/qemu-vfio-user.sh')], {
+    cwd: ROOT, encoding: 'utf8', env: { ...process.env, TSPMD_LAB_CACHE: CACHE }, timeout: FETCH_TIMEOUT_MS,
+  });
+  const fetchLog = `${fetch.stdout ?? ''}${fetch.stderr ?? ''}`;
+  const fetchSecs = ((Date.now() - t0) / 1000).toFixed(1);
+  if (fetch.status === 3) {
+    const reason = fetchLog.split('\n').find((l) => l.includes('UNAVAILABLE')) ?? 'qemu-vfio-user.sh exit 3';
+    t.test('vfio-user interop with QEMU 11.1', { skip: `QEMU 11.1 cannot be fetched here: ${reason}` }, async () => undefined);
+  } else if (fetch.status !== 0) {
+    t.fail(`test/lab/qemu-vfio-user.sh failed${fetch.error ? `: ${fetch.error.message}` : ` with exit ${fetch.status}`}`, { log: fetchLog.slice(-6000) });
+  } else {
+    const env = readEnv(join(CACHE, 'qemu-11/qemu.env'));
+    t.pass(`QEMU 11.1 tree ready in ${fetchSecs} s (${env.QEMU11_VERSION})`);
+    t.test('QEMU 11.1 vfio-user-pci against tspmd emu dmatest', (t) => interop(t, env));
+  }
+}
+
+async function interop(t: Test, env: QemuEnv): Promise<void> {
+  const dir = tempDir(t);
+  const sock = join(dir, 'dmatest.sock');
+  const emu: EmuProcess = await startEmu(sock, 'dmatest', ['--log-level', 'info']);
+  t.teardown(async () => {
+    if (!emu.alive()) return;
+    const kill = setTimeout(() => emu.proc.kill('SIGKILL'), 5000);
+    await emu.stop();
+    clearTimeout(kill);
+  });
+
+  const { file, args } = qemuCommand(env, sock);
+  const started = Date.now();
+  const q = spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.teardown(() => { if (q.exitCode === null && q.signalCode === null) q.kill('SIGKILL'); });
+  let log = '', pending = '';
+  const results: Result[] = [];
+  q.stdout.on('data', (chunk: Buffer) => {
+    const s = chunk.toString('utf8');
+    log += s;
+    pending += s;
+    let nl: number;
+    while ((nl = pending.indexOf('\n')) >= 0) {
+      const line = pending.slice(0, nl);
+      pending = pending.slice(nl + 1);
+      const i = line.indexOf('TSPLAB {');
+      if (i < 0) continue;
+      try {
+        results.push(JSON.parse(line.slice(i + 7).trim()) as Result);
+      } catch {
+        results.push({ check: 'parse', ok: false, line });
+      }
+    }
+  });
+  q.stderr.on('data', (c: Buffer) => { log += c.toString('utf8'); });
+  const outcome = await new Promise<{ code: number | null; signal: string | null; timedOut: boolean; error?: Error }>((resolve) => {
+    const timer = setTimeout(() => { q.kill('SIGKILL'); resolve({ code: null, signal: 'SIGKILL', timedOut: true }); }, BOOT_TIMEOUT_MS);
+    q.on('error', (error) => { clearTimeout(timer); resolve({ code: null, signal: null, timedOut: false, error }); });
+    q.on('exit', (code, signal) => { clearTimeout(timer); resolve({ code, signal, timedOut: false }); });
+  });
+  const secs = ((Date.now() - started) / 1000).toFixed(1);
+  const console_ = (): string => log.replace(/\x1b\[[0-9;?]*[a-zA-Z]|\x1bc/g, '').slice(-8000);
+  let failed = false;
+  const check = (ok: boolean, name: string, extra: object = {}): void => {
+    if (!ok) failed = true;
+    t.ok(ok, name, extra);
+  };
+
+  check(!outcome.error && !outcome.timedOut && outcome.code === 0, `QEMU 11.1 boots the guest with vfio-user-pci and powers it off (${secs} s)`,
+    { command: `${file} ${args.map((a) => (a.startsWith('{') ? `'${a}'` : a)).join(' ')}`, exit: outcome.code, signal: outcome.signal, timedOut: outcome.timedOut, error: outcome.error?.message });
+  for (const r of results) t.comment(`guest: TSPLAB ${JSON.stringify(r)}`);
+  const done = results.find((r) => r.check === 'done');
+  check(done?.ok === true, 'the guest init reported "done"', { results });
+  const dev = results.find((r) => r.check === 'pci' && r.vendor === DMATEST.vendor && r.device === DMATEST.device);
+  check(dev !== undefined, `the guest kernel enumerated a PCI device ${DMATEST.vendor.slice(2)}:${DMATEST.device.slice(2)} (dmatest)`,
+    { devices: results.filter((r) => r.check === 'pci').map((r) => `${String(r.bdf)} ${String(r.vendor)}:${String(r.device)}`) });
+  if (dev) {
+    // sysfs config reads go through QEMU's vfio config emulation to REGION_READ on the server
+    check(typeof dev.config64 === 'string' && dev.config64.startsWith('361bf010'), `${String(dev.bdf)}: config space read through the server starts with 361b f010`, { config64: dev.config64 });
+    check(typeof dev.bars === 'string' && dev.bars.trim().split(' ').length >= 2, `${String(dev.bdf)}: the guest assigned its BARs`, { bars: dev.bars });
+  }
+
+  const serverLog = emu.stderr();
+  const lines = serverLog.split('\n').filter((l) => l.includes('vfio-user:'));
+  check(/negotiated version 0\.\d+/.test(serverLog), 'the server negotiated a version with QEMU', { serverLog: lines.slice(0, 5) });
+  // guest RAM (the memfd backend) mapped by fd: together the by-fd maps cover [0, 512 MiB)
+  const byFd = [...serverLog.matchAll(/DMA_MAP iova 0x([0-9a-f]+) size 0x([0-9a-f]+) flags (\d+) by fd/g)]
+    .map((m) => ({ iova: BigInt(`0x${m[1]}`), size: BigInt(`0x${m[2]}`) }));
+  const coversRam = byFd.some((m) => m.iova === 0n && m.size === BigInt(GUEST_RAM))
+    || (byFd.some((m) => m.iova === 0n) && byFd.some((m) => m.iova + m.size === BigInt(GUEST_RAM)));
+  check(coversRam, `the server received DMA_MAP of guest RAM by fd (${byFd.length} by-fd maps)`, { dmaMaps: lines.filter((l) => l.includes('DMA_MAP')).slice(0, 12) });
+  check(emu.alive(), 'the server is still running after QEMU left');
+  const code = await emu.stop();
+  check(code === 0, 'the server stops cleanly on SIGTERM', { code, stderr: emu.stderr().slice(-2000) });
+  for (const l of lines.slice(0, 8)) t.comment(`server: ${l}`);
+  t.comment(`server: ... ${lines.length} vfio-user log lines in all; ${lines.filter((l) => l.includes('DMA_MAP')).length} DMA_MAP`);
+  if (failed) {
+    t.comment(`guest console (last 8 KB):\n${console_()}`);
+    t.comment(`server log (last 4 KB):\n${serverLog.slice(-4000)}`);
+  }
+}
