@@ -42,6 +42,7 @@ export function planL2fwd(ports: EthDev[], workers: number[], perLcore: number):
   return ports.map((rx, i) => ({ lcore: workers[Math.floor(i / perLcore)], rx, tx: ports[i ^ 1] }));
 }
 
+/** The l2fwd app (tspmd l2fwd). */
 export const l2fwd: App<L2fwdOptions> = {
   name: 'l2fwd',
   summary: 'Layer-2 forwarding between port pairs (0<->1, 2<->3), as DPDK\'s l2fwd sample.',

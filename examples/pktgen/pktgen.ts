@@ -35,6 +35,7 @@ export interface PktgenOptions {
   json: boolean;
 }
 
+/** The pktgen app (tspmd pktgen). */
 export const pktgen: App<PktgenOptions> = {
   name: 'pktgen',
   summary: 'Packet generator: UDP flows at a rate, counting what comes back.',
