@@ -15,7 +15,8 @@
  * guest's console log is shown. TSPMD_LAB_LOG_DIR=DIR also keeps every guest's console log there.
  */
 import t, { type Test } from 'tap';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
+import { runGuest } from './qemu-run.js';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -125,46 +126,12 @@ function qemuArgs(env: LabEnv, g: Guest): string[] {
   ];
 }
 
-interface Result {
-  check: string;
-  ok: boolean;
-  [k: string]: unknown;
-}
-
 async function bootAndCheck(t: Test, env: LabEnv, g: Guest): Promise<void> {
   const args = qemuArgs(env, g);
-  let log = '';
-  const results: Result[] = [];
-  const started = Date.now();
-  const q: ChildProcess = spawn(env.QEMU, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  t.teardown(() => { if (q.exitCode === null && q.signalCode === null) q.kill('SIGKILL'); });
-  let pending = '';
-  const onData = (chunk: Buffer): void => {
-    const s = chunk.toString('utf8');
-    log += s;
-    pending += s;
-    let nl: number;
-    while ((nl = pending.indexOf('\n')) >= 0) {
-      const line = pending.slice(0, nl);
-      pending = pending.slice(nl + 1);
-      const i = line.indexOf('TSPLAB {');
-      if (i < 0) continue;
-      try {
-        results.push(JSON.parse(line.slice(i + 7).trim()) as Result);
-      } catch {
-        results.push({ check: 'parse', ok: false, line });
-      }
-    }
-  };
-  q.stdout!.on('data', onData);
-  q.stderr!.on('data', (c: Buffer) => { log += c.toString('utf8'); });
-  const outcome = await new Promise<{ code: number | null; signal: string | null; timedOut: boolean; error?: Error }>((resolve) => {
-    const timer = setTimeout(() => { q.kill('SIGKILL'); resolve({ code: null, signal: 'SIGKILL', timedOut: true }); }, BOOT_TIMEOUT_MS);
-    q.on('error', (error) => { clearTimeout(timer); resolve({ code: null, signal: null, timedOut: false, error }); });
-    q.on('exit', (code, signal) => { clearTimeout(timer); resolve({ code, signal, timedOut: false }); });
-  });
-  const secs = ((Date.now() - started) / 1000).toFixed(1);
-  const guestLog = (): string => log.replace(/\x1b\[[0-9;?]*[a-zA-Z]|\x1bc/g, '').slice(-12000);
+  const run = await runGuest(env.QEMU, args, BOOT_TIMEOUT_MS, (fn) => t.teardown(fn));
+  const { results, secs, log } = run;
+  const outcome = run;
+  const guestLog = (): string => run.tail(12000);
   let failed = false;
   const check = (ok: boolean, name: string, extra: object = {}): void => {
     if (!ok) failed = true;

@@ -17,7 +17,8 @@
  * no network to the Debian mirror on a cold cache (qemu-vfio-user.sh exit 3).
  */
 import t, { type Test } from 'tap';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
+import { runGuest } from './qemu-run.js';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -72,11 +73,6 @@ function qemuCommand(env: QemuEnv, sock: string): { file: string; args: string[]
   };
 }
 
-interface Result {
-  check: string;
-  ok: boolean;
-  [k: string]: unknown;
-}
 
 const why = cannotRun();
 if (why) {
@@ -112,36 +108,10 @@ async function interop(t: Test, env: QemuEnv): Promise<void> {
   });
 
   const { file, args } = qemuCommand(env, sock);
-  const started = Date.now();
-  const q = spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  t.teardown(() => { if (q.exitCode === null && q.signalCode === null) q.kill('SIGKILL'); });
-  let log = '', pending = '';
-  const results: Result[] = [];
-  q.stdout.on('data', (chunk: Buffer) => {
-    const s = chunk.toString('utf8');
-    log += s;
-    pending += s;
-    let nl: number;
-    while ((nl = pending.indexOf('\n')) >= 0) {
-      const line = pending.slice(0, nl);
-      pending = pending.slice(nl + 1);
-      const i = line.indexOf('TSPLAB {');
-      if (i < 0) continue;
-      try {
-        results.push(JSON.parse(line.slice(i + 7).trim()) as Result);
-      } catch {
-        results.push({ check: 'parse', ok: false, line });
-      }
-    }
-  });
-  q.stderr.on('data', (c: Buffer) => { log += c.toString('utf8'); });
-  const outcome = await new Promise<{ code: number | null; signal: string | null; timedOut: boolean; error?: Error }>((resolve) => {
-    const timer = setTimeout(() => { q.kill('SIGKILL'); resolve({ code: null, signal: 'SIGKILL', timedOut: true }); }, BOOT_TIMEOUT_MS);
-    q.on('error', (error) => { clearTimeout(timer); resolve({ code: null, signal: null, timedOut: false, error }); });
-    q.on('exit', (code, signal) => { clearTimeout(timer); resolve({ code, signal, timedOut: false }); });
-  });
-  const secs = ((Date.now() - started) / 1000).toFixed(1);
-  const console_ = (): string => log.replace(/\x1b\[[0-9;?]*[a-zA-Z]|\x1bc/g, '').slice(-8000);
+  const run = await runGuest(file, args, BOOT_TIMEOUT_MS, (fn) => t.teardown(fn));
+  const { results, secs } = run;
+  const outcome = run;
+  const console_ = (): string => run.tail(8000);
   let failed = false;
   const check = (ok: boolean, name: string, extra: object = {}): void => {
     if (!ok) failed = true;
