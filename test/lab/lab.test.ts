@@ -117,7 +117,9 @@ if (why) {
 /** QEMU's command line for a guest (shared/VFIO-LAB.md's machine line; aw-bits=48 so that iova = va fits). */
 function qemuArgs(env: LabEnv, g: Guest): string[] {
   return [
-    '-machine', 'q35,kernel-irqchip=split', '-cpu', 'max', '-accel', 'tcg',
+    // One TCG thread: with multi-threaded TCG the guest kernel's int3-based code patching
+    // occasionally raced and panicked at boot (seen once in CI); single-threaded it cannot.
+    '-machine', 'q35,kernel-irqchip=split', '-cpu', 'max', '-accel', 'tcg,thread=single',
     '-device', 'intel-iommu,intremap=on,caching-mode=on,aw-bits=48',
     '-m', '2G', '-smp', '2', '-nographic', '-nodefaults', '-serial', 'stdio', '-no-reboot',
     '-netdev', 'user,id=n0', '-device', `${g.device},netdev=n0,addr=03.0,romfile=`,

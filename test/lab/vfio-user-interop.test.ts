@@ -64,7 +64,7 @@ function qemuCommand(env: QemuEnv, sock: string): { file: string; args: string[]
     args: [
       '--library-path', lib, '--argv0', 'qemu-system-x86_64', join(tree, 'usr/bin/qemu-system-x86_64'),
       '-L', join(tree, 'usr/share/qemu'), '-L', join(tree, 'usr/share/seabios'),
-      '-machine', 'q35', '-accel', 'tcg', '-cpu', 'max', '-m', `${GUEST_RAM >> 20}M`,
+      '-machine', 'q35', '-accel', 'tcg,thread=single', '-cpu', 'max', '-m', `${GUEST_RAM >> 20}M`,
       '-object', `memory-backend-memfd,id=mem,size=${GUEST_RAM >> 20}M,share=on`, '-machine', 'memory-backend=mem',
       '-nographic', '-nodefaults', '-serial', 'stdio', '-no-reboot',
       '-device', dev,
