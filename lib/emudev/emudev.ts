@@ -9,7 +9,9 @@
  *
  * Everything here runs on the server process's main thread; the transport calls it synchronously,
  * so a DMA_UNMAP can never interleave with a synchronous use of a view. Views returned by
- * translate() must not be kept across an await (the client may unmap in between).
+ * translate() must not be kept across an await (the client may unmap in between). A device's poll
+ * loop runs on an lcore through the data plane (dataplane.ts, `device.plane`): the DMA and IRQ
+ * tables are shared with it, and every change to them pauses it first.
  *
  * Events (device.events): 'dma-map' (DmaRegion), 'dma-unmap' (DmaRegion), 'irqs' (index),
  * 'reset', 'connect', 'disconnect', 'region-write' (index, offset, length).
@@ -20,6 +22,7 @@ import * as os from '../../src/os/libc.js';
 import * as U from '../../src/iommu/vfio-uapi.js';
 import type { SparseArea } from '../../src/iommu/device.js';
 import { ProtocolError, DMA_FLAG_READ, DMA_FLAG_WRITE, type IrqSet, type RegionDescription } from '../vfio-user/protocol.js';
+import { DataPlaneControl } from './dataplane.js';
 
 const PAGE = 4096;
 const E = os.E;
@@ -55,12 +58,24 @@ export interface EmuIrqSpec {
   count: number;
 }
 
+/** A PCI capability in config space (the list is built from 0x40 upwards, in this order). */
+export interface EmuCapability {
+  /** capability id (0x09 vendor specific, 0x11 MSI-X, ...) */
+  id: number;
+  /** the bytes after the id and next-pointer bytes */
+  body: Uint8Array;
+  /** bits of body the driver may write (default: none) */
+  writeMask?: Uint8Array;
+}
+
 /** What a device provider declares. */
 export interface EmuDeviceSpec {
   name: string;
   pci: PciIdentity;
   bars: EmuBarSpec[];
   irqs: EmuIrqSpec[];
+  /** PCI capabilities (the status register's capability-list bit is set when there are any) */
+  capabilities?: EmuCapability[];
   /** called by reset() (device-level reset: registers back to their defaults) */
   onReset?: () => void;
 }
@@ -79,13 +94,6 @@ export interface DmaRegion {
 export interface DmaMessagePath {
   read(iova: bigint, len: number): Promise<Uint8Array>;
   write(iova: bigint, data: Uint8Array): Promise<void>;
-}
-
-interface IrqState {
-  count: number;
-  fds: number[];
-  masked: boolean[];
-  pending: boolean[];
 }
 
 interface BarState {
@@ -107,15 +115,27 @@ export class EmuDevice {
   readonly events = new EventEmitter();
   /** the 256-byte type-0 config space */
   readonly config = new Uint8Array(256);
-  /** the largest number of DMA regions accepted at once */
-  maxDmaMaps = 1024;
+  private maxMaps = 1024;
   /** set by the transport while a client is connected */
   messagePath: DmaMessagePath | null = null;
+  /** the DMA and IRQ tables shared with the device's lcore (see dataplane.ts) */
+  readonly plane: DataPlaneControl;
   private readonly bars = new Map<number, BarState>();
-  private readonly irqs = new Map<number, IrqState>();
+  private readonly irqCounts: number[] = new Array<number>(U.VFIO_PCI_NUM_IRQS).fill(0);
+  /** config-space bytes (from 0x40) the driver may write, per bit */
+  private readonly configWriteMask = new Uint8Array(256);
   private dma: DmaRegion[] = [];
   private readonly dmaViews = new Map<DmaRegion, Uint8Array>();
   private closed = false;
+
+  /** The largest number of DMA regions accepted at once (at most 1024, the data plane's table). */
+  get maxDmaMaps(): number {
+    return this.maxMaps;
+  }
+
+  set maxDmaMaps(n: number) {
+    this.maxMaps = Math.max(1, Math.min(n, this.plane.maxRegions));
+  }
 
   /** Validate the spec, create the shared memory of each BAR and the config space. */
   constructor(spec: EmuDeviceSpec) {
@@ -134,8 +154,9 @@ export class EmuDevice {
     }
     for (const i of spec.irqs) {
       if (i.index < 0 || i.index >= U.VFIO_PCI_NUM_IRQS || i.count < 0 || i.count > 2048) throw new RangeError(`${spec.name}: IRQ index ${i.index} count ${i.count} is out of range`);
-      this.irqs.set(i.index, { count: i.count, fds: new Array<number>(i.count).fill(-1), masked: new Array<boolean>(i.count).fill(false), pending: new Array<boolean>(i.count).fill(false) });
+      this.irqCounts[i.index] = i.count;
     }
+    this.plane = new DataPlaneControl(spec.name, this.irqCounts, this.maxMaps, { read: (iova, len) => this.dmaRead(iova, len), write: (iova, data) => this.dmaWrite(iova, data) });
     try {
       for (const st of this.bars.values()) {
         const shared = st.spec.shared ?? [];
@@ -265,8 +286,11 @@ export class EmuDevice {
       }
     }
     const r: DmaRegion = { iova, len, flags, va };
-    this.dma.push(r);
-    this.dma.sort((a, b) => (a.iova < b.iova ? -1 : 1));
+    this.plane.quiesce(() => {
+      this.dma.push(r);
+      this.dma.sort((a, b) => (a.iova < b.iova ? -1 : 1));
+      this.plane.publishDma(this.dma);
+    });
     this.events.emit('dma-map', r);
     return r;
   }
@@ -275,10 +299,15 @@ export class EmuDevice {
   dmaUnmap(iova: bigint, size: bigint): void {
     const i = this.dma.findIndex((r) => r.iova === iova && BigInt(r.len) === size);
     if (i < 0) throw new ProtocolError(`${this.name}: DMA_UNMAP [0x${iova.toString(16)}, +0x${size.toString(16)}) matches no mapped region`, E.ENOENT);
-    const [r] = this.dma.splice(i, 1);
-    this.events.emit('dma-unmap', r);
-    this.dmaViews.delete(r);
-    if (r.va !== 0n) os.munmap(r.va, r.len);
+    const r = this.dma[i];
+    // The lcore stops using the region before it is unmapped.
+    this.plane.quiesce(() => {
+      this.dma.splice(i, 1);
+      this.plane.publishDma(this.dma);
+      this.events.emit('dma-unmap', r);
+      this.dmaViews.delete(r);
+      if (r.va !== 0n) os.munmap(r.va, r.len);
+    });
   }
 
   /** The client's DMA memory table (copies). */
@@ -336,8 +365,7 @@ export class EmuDevice {
   /** IRQ info flags and count of an index. */
   irqInfo(index: number): { flags: number; count: number } {
     if (!Number.isInteger(index) || index < 0 || index >= this.numIrqs) throw new ProtocolError(`${this.name}: IRQ index ${index} is out of range (0..${this.numIrqs - 1})`, E.EINVAL);
-    const st = this.irqs.get(index);
-    const count = st?.count ?? 0;
+    const count = this.irqCounts[index];
     let flags = U.VFIO_IRQ_INFO_EVENTFD;
     if (index === U.VFIO_PCI_INTX_IRQ_INDEX) flags |= U.VFIO_IRQ_INFO_MASKABLE | U.VFIO_IRQ_INFO_AUTOMASKED;
     else if (index === U.VFIO_PCI_MSI_IRQ_INDEX) flags |= U.VFIO_IRQ_INFO_NORESIZE;
@@ -351,8 +379,7 @@ export class EmuDevice {
    */
   setIrqs(s: IrqSet, fds: number[]): void {
     const what = `${this.name}: SET_IRQS index ${s.index}`;
-    this.irqInfo(s.index);
-    const st = this.irqs.get(s.index) ?? { count: 0, fds: [], masked: [], pending: [] };
+    const count = this.irqInfo(s.index).count;
     const data = s.flags & (U.VFIO_IRQ_SET_DATA_NONE | U.VFIO_IRQ_SET_DATA_BOOL | U.VFIO_IRQ_SET_DATA_EVENTFD);
     const action = s.flags & (U.VFIO_IRQ_SET_ACTION_MASK | U.VFIO_IRQ_SET_ACTION_UNMASK | U.VFIO_IRQ_SET_ACTION_TRIGGER);
     if (data === U.VFIO_IRQ_SET_DATA_EVENTFD && fds.length !== 0 && fds.length !== s.count) throw new ProtocolError(`${what}: ${fds.length} eventfds for count ${s.count}`, E.EINVAL);
@@ -360,71 +387,63 @@ export class EmuDevice {
     // count 0 (and start 0) with DATA_NONE + TRIGGER disables every vector of the index
     if (s.count === 0) {
       if (data === U.VFIO_IRQ_SET_DATA_NONE && action === U.VFIO_IRQ_SET_ACTION_TRIGGER && s.start === 0) {
-        for (let v = 0; v < st.count; v++) this.setVectorFd(st, v, -1);
+        this.plane.quiesce(() => { for (let v = 0; v < count; v++) this.setVectorFd(s.index, v, -1); });
         this.events.emit('irqs', s.index);
         return;
       }
       throw new ProtocolError(`${what}: count 0 is only valid to disable (DATA_NONE, ACTION_TRIGGER, start 0)`, E.EINVAL);
     }
-    if (s.start + s.count > st.count) throw new ProtocolError(`${what}: vectors ${s.start}..${s.start + s.count - 1} exceed the ${st.count} the index has`, E.EINVAL);
-    for (let i = 0; i < s.count; i++) {
-      const v = s.start + i;
-      const on = data !== U.VFIO_IRQ_SET_DATA_BOOL || s.bools[i] !== 0;
-      if (data === U.VFIO_IRQ_SET_DATA_EVENTFD) {
-        if (action !== U.VFIO_IRQ_SET_ACTION_TRIGGER) throw new ProtocolError(`${what}: eventfds for MASK/UNMASK notification are not supported`, E.ENOTSUP);
-        this.setVectorFd(st, v, fds.length ? fds[i] : -1);
-        if (fds.length) fds[i] = -1;
-        continue;
+    if (s.start + s.count > count) throw new ProtocolError(`${what}: vectors ${s.start}..${s.start + s.count - 1} exceed the ${count} the index has`, E.EINVAL);
+    if (data === U.VFIO_IRQ_SET_DATA_EVENTFD && action !== U.VFIO_IRQ_SET_ACTION_TRIGGER) throw new ProtocolError(`${what}: eventfds for MASK/UNMASK notification are not supported`, E.ENOTSUP);
+    this.plane.quiesce(() => {
+      for (let i = 0; i < s.count; i++) {
+        const v = s.start + i;
+        const on = data !== U.VFIO_IRQ_SET_DATA_BOOL || s.bools[i] !== 0;
+        if (data === U.VFIO_IRQ_SET_DATA_EVENTFD) {
+          this.setVectorFd(s.index, v, fds.length ? fds[i] : -1);
+          if (fds.length) fds[i] = -1;
+          continue;
+        }
+        if (!on) continue;
+        if (action === U.VFIO_IRQ_SET_ACTION_MASK) this.plane.setIrqMasked(s.index, v, true);
+        else if (action === U.VFIO_IRQ_SET_ACTION_UNMASK) {
+          if (this.plane.setIrqMasked(s.index, v, false)) this.plane.triggerIrq(s.index, v);
+        } else this.plane.triggerIrq(s.index, v);
       }
-      if (!on) continue;
-      if (action === U.VFIO_IRQ_SET_ACTION_MASK) st.masked[v] = true;
-      else if (action === U.VFIO_IRQ_SET_ACTION_UNMASK) {
-        st.masked[v] = false;
-        if (st.pending[v]) { st.pending[v] = false; this.signal(st, v); }
-      } else this.signal(st, v);
-    }
+    });
     this.events.emit('irqs', s.index);
   }
 
   /** Raise vector of an IRQ index: signal its eventfd (held pending while masked). Returns whether it was signalled. */
   triggerIrq(index: number, vector: number): boolean {
-    const st = this.irqs.get(index);
-    if (!st || vector < 0 || vector >= st.count) throw new RangeError(`${this.name}: IRQ index ${index} has no vector ${vector}`);
-    if (st.masked[vector]) { st.pending[vector] = true; return false; }
-    const ok = this.signal(st, vector);
-    if (index === U.VFIO_PCI_INTX_IRQ_INDEX && ok) st.masked[vector] = true; // automasked
+    const ok = this.plane.triggerIrq(index, vector);
+    if (index === U.VFIO_PCI_INTX_IRQ_INDEX && ok) this.plane.setIrqMasked(index, vector, true); // automasked
     return ok;
   }
 
   /** Whether a vector has an eventfd assigned. */
   irqAssigned(index: number, vector: number): boolean {
-    return (this.irqs.get(index)?.fds[vector] ?? -1) >= 0;
+    return index >= 0 && index < this.irqCounts.length && vector >= 0 && vector < this.irqCounts[index] && this.plane.irqFd(index, vector) >= 0;
   }
 
-  private signal(st: IrqState, v: number): boolean {
-    const fd = st.fds[v];
-    if (fd < 0) return false;
-    const one = new Uint8Array(8);
-    one[0] = 1;
-    try { os.write(fd, one); } catch { return false; }
-    return true;
-  }
-
-  private setVectorFd(st: IrqState, v: number, fd: number): void {
-    if (st.fds[v] >= 0) { try { os.close(st.fds[v]); } catch { /* gone */ } }
-    st.fds[v] = fd;
-    st.masked[v] = false;
-    st.pending[v] = false;
+  /** Replace a vector's eventfd, closing the old one (inside quiesce: the lcore may write to it). */
+  private setVectorFd(index: number, v: number, fd: number): void {
+    const old = this.plane.irqFd(index, v);
+    this.plane.setIrqFd(index, v, fd);
+    if (old >= 0) { try { os.close(old); } catch { /* gone */ } }
   }
 
   // ---- lifecycle ----
 
   /** Device reset: the provider's onReset, then config command register and IRQ masks. */
   reset(): void {
-    this.spec.onReset?.();
-    this.config[4] = 0;
-    this.config[5] = 0;
-    for (const st of this.irqs.values()) { st.masked.fill(false); st.pending.fill(false); }
+    this.plane.quiesce(() => {
+      this.spec.onReset?.();
+      this.config[4] = 0;
+      this.config[5] = 0;
+      this.resetCapabilities();
+      this.plane.clearIrqMasks();
+    });
     this.events.emit('reset');
   }
 
@@ -437,8 +456,10 @@ export class EmuDevice {
   /** The client went away: unmap its memory and close its IRQ eventfds (device state is kept). */
   disconnected(): void {
     this.messagePath = null;
-    for (const r of [...this.dma]) this.dmaUnmap(r.iova, BigInt(r.len));
-    for (const st of this.irqs.values()) for (let v = 0; v < st.count; v++) this.setVectorFd(st, v, -1);
+    this.plane.quiesce(() => {
+      for (const r of [...this.dma]) this.dmaUnmap(r.iova, BigInt(r.len));
+      this.irqCounts.forEach((n, index) => { for (let v = 0; v < n; v++) this.setVectorFd(index, v, -1); });
+    });
     this.events.emit('disconnect');
   }
 
@@ -447,6 +468,7 @@ export class EmuDevice {
     if (this.closed) return;
     this.closed = true;
     this.disconnected();
+    this.plane.close();
     this.releaseBars();
     this.events.removeAllListeners();
   }
@@ -466,7 +488,7 @@ export class EmuDevice {
     const p = this.spec.pci;
     dv.setUint16(0x00, p.vendorId, true);
     dv.setUint16(0x02, p.deviceId, true);
-    dv.setUint16(0x06, 0, true); // status: no capability list
+    dv.setUint16(0x06, 0, true); // status; the capability-list bit is set below when there are any
     dv.setUint8(0x08, p.revision ?? 0);
     dv.setUint8(0x09, p.classCode & 0xff);
     dv.setUint16(0x0a, (p.classCode >> 8) & 0xffff, true);
@@ -474,7 +496,39 @@ export class EmuDevice {
     for (const st of this.bars.values()) dv.setUint32(0x10 + 4 * st.spec.index, BAR_MEM32, true);
     dv.setUint16(0x2c, p.subsystemVendorId ?? p.vendorId, true);
     dv.setUint16(0x2e, p.subsystemId ?? 0, true);
-    dv.setUint8(0x3d, this.irqs.get(U.VFIO_PCI_INTX_IRQ_INDEX)?.count ? 1 : 0); // interrupt pin
+    dv.setUint8(0x3d, this.irqCounts[U.VFIO_PCI_INTX_IRQ_INDEX] ? 1 : 0); // interrupt pin
+    this.resetCapabilities();
+  }
+
+  /** Write the capability list (from 0x40, dword-aligned) and its write masks. */
+  private resetCapabilities(): void {
+    const caps = this.spec.capabilities ?? [];
+    this.config.fill(0, 0x40);
+    this.configWriteMask.fill(0);
+    this.config[0x34] = 0;
+    this.config[0x06] &= ~0x10;
+    let at = 0x40, prev = 0x34;
+    for (const c of caps) {
+      const len = 2 + c.body.byteLength;
+      if (at + len > 256) throw new RangeError(`${this.name}: PCI capabilities do not fit in the 256-byte config space (capability 0x${c.id.toString(16)} at 0x${at.toString(16)})`);
+      this.config[prev] = at;
+      this.config[at] = c.id;
+      this.config[at + 1] = 0;
+      this.config.set(c.body, at + 2);
+      if (c.writeMask) this.configWriteMask.set(c.writeMask.subarray(0, c.body.byteLength), at + 2);
+      prev = at + 1;
+      at = (at + len + 3) & ~3;
+    }
+    if (caps.length) this.config[0x06] |= 0x10;
+  }
+
+  /** Where capability i of the spec starts in config space. */
+  capabilityOffset(i: number): number {
+    let at = 0x40;
+    const caps = this.spec.capabilities ?? [];
+    if (i < 0 || i >= caps.length) throw new RangeError(`${this.name}: there is no capability ${i}`);
+    for (let k = 0; k < i; k++) at = (at + 2 + caps[k].body.byteLength + 3) & ~3;
+    return at;
   }
 
   /** Config writes: command register, BAR registers (sizing), interrupt line; the rest is read-only. */
@@ -482,6 +536,7 @@ export class EmuDevice {
     for (let i = 0; i < data.byteLength; i++) {
       const a = off + i;
       if (a === 0x04 || a === 0x05 || a === 0x3c) this.config[a] = data[i];
+      else if (a >= 0x40) this.config[a] = (this.config[a] & ~this.configWriteMask[a]) | (data[i] & this.configWriteMask[a]);
       else if (a >= 0x10 && a < 0x28) {
         const bar = (a - 0x10) >> 2;
         const st = this.bars.get(bar);

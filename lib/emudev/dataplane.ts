@@ -1,0 +1,423 @@
+/**
+ * The emudev data plane: how an emulated device's poll loop runs on an lcore (a worker thread)
+ * while the vfio-user transport keeps running on the main thread.
+ *
+ * The two threads share one SharedArrayBuffer (the control block), never JS objects:
+ *   - the client's DMA memory table (iova, length, flags, local address), so the worker builds its
+ *     own views of client memory and translates IOVAs with bounds and permission checks;
+ *   - the IRQ table (eventfd, masked, pending per vector), so the worker raises interrupts itself;
+ *   - a pause handshake: before the main thread changes either table (DMA_MAP/UNMAP, SET_IRQS,
+ *     reset, disconnect) it asks the worker to pause, waits for the acknowledgement, changes the
+ *     table (and only then unmaps memory or closes fds), and releases the worker, which rebuilds
+ *     its views. A view is therefore never used after its memory is unmapped;
+ *   - a mailbox for client memory that came without fd: the worker posts a read or write and waits;
+ *     the main thread performs it with DMA_READ/WRITE messages and answers through a bounce buffer.
+ *
+ * The main half is DataPlaneControl (owned by EmuDevice); the worker half is DataPlane, built in
+ * the lcore from DataPlaneControl.desc(). Addresses are numbers in the worker: IOVAs at or above
+ * 2^53 cannot be expressed and are treated as unmapped.
+ */
+import * as os from '../../src/os/libc.js';
+
+// Control words (Int32 indexes).
+const ATTACHED = 0, PAUSE_REQ = 1, PAUSE_ACK = 2, DMA_GEN = 3, DMA_COUNT = 4;
+const MAIL_OP = 5, MAIL_DONE = 6, MAIL_LEN = 7, MAIL_IOVA_LO = 8, MAIL_IOVA_HI = 9;
+const HEADER_WORDS = 16;
+// Mailbox operations and states.
+const OP_NONE = 0, OP_READ = 1, OP_WRITE = 2;
+const DONE_PENDING = 0, DONE_OK = 1, DONE_FAILED = 2;
+// IRQ vector words: eventfd, masked, pending.
+const IRQ_FD = 0, IRQ_MASKED = 1, IRQ_PENDING = 2, IRQ_WORDS = 3;
+// DMA table entry words: iova lo/hi, length, flags, va lo/hi.
+const DMA_WORDS = 6;
+/** Size of the mailbox's bounce buffer; larger transfers go in pieces. */
+const BOUNCE = 64 * 1024;
+/** How long the main thread waits for a worker to acknowledge a pause. */
+const PAUSE_TIMEOUT_MS = 5000;
+/** How long a worker waits for the main thread to answer a mailbox request. */
+const MAIL_TIMEOUT_MS = 10_000;
+
+const DMA_FLAG_READ = 1, DMA_FLAG_WRITE = 2;
+const TWO32 = 0x1_0000_0000;
+
+/** One DMA region as the control half publishes it. */
+export interface PlaneRegion {
+  iova: bigint;
+  len: number;
+  flags: number;
+  /** local address (0n: the client sent no fd; reachable through the mailbox only) */
+  va: bigint;
+}
+
+/** Plain data from which a worker builds its DataPlane (structured-cloneable). */
+export interface DataPlaneDesc {
+  name: string;
+  control: SharedArrayBuffer;
+  bounce: SharedArrayBuffer;
+  maxRegions: number;
+  /** first vector word of each IRQ index, and its vector count */
+  irqBase: number[];
+  irqCount: number[];
+  /** where the DMA table starts (Int32 index) */
+  dmaBase: number;
+}
+
+/** How the control half reaches client memory for the mailbox (EmuDevice.dmaRead/dmaWrite). */
+export interface PlaneMemoryAccess {
+  read(iova: bigint, len: number): Promise<Uint8Array>;
+  write(iova: bigint, data: Uint8Array): Promise<void>;
+}
+
+/** The main thread's half: publishes tables, pauses the worker around changes, serves the mailbox. */
+export class DataPlaneControl {
+  private readonly ctl: Int32Array;
+  private readonly bounce: Uint8Array;
+  private readonly irqBase: number[] = [];
+  private readonly irqCount: number[] = [];
+  private readonly dmaBase: number;
+  private pauseDepth = 0;
+  private serving = false;
+  private closed = false;
+
+  /** Lay out the control block for irqCounts[index] vectors and up to maxRegions DMA regions. */
+  constructor(readonly name: string, irqCounts: number[], readonly maxRegions: number, private readonly memory: PlaneMemoryAccess) {
+    let w = HEADER_WORDS;
+    for (const c of irqCounts) {
+      this.irqBase.push(w);
+      this.irqCount.push(c);
+      w += c * IRQ_WORDS;
+    }
+    this.dmaBase = w;
+    this.ctl = new Int32Array(new SharedArrayBuffer(4 * (w + maxRegions * DMA_WORDS)));
+    this.bounce = new Uint8Array(new SharedArrayBuffer(BOUNCE));
+    for (let i = 0; i < irqCounts.length; i++) for (let v = 0; v < irqCounts[i]; v++) this.ctl[this.irqBase[i] + v * IRQ_WORDS + IRQ_FD] = -1;
+  }
+
+  /** Plain data for DataPlane.attach in a worker; starts serving the mailbox. */
+  desc(): DataPlaneDesc {
+    this.serveMailbox();
+    return {
+      name: this.name, control: this.ctl.buffer as SharedArrayBuffer, bounce: this.bounce.buffer as SharedArrayBuffer,
+      maxRegions: this.maxRegions, irqBase: [...this.irqBase], irqCount: [...this.irqCount], dmaBase: this.dmaBase,
+    };
+  }
+
+  /** Whether a worker is attached. */
+  get attached(): boolean {
+    return Atomics.load(this.ctl, ATTACHED) !== 0;
+  }
+
+  /**
+   * Run fn while the worker is paused (at once when none is attached): the worker touches no client
+   * memory and no eventfd until fn returns. Nests. Throws when the worker does not acknowledge.
+   */
+  quiesce<T>(fn: () => T): T {
+    if (this.pauseDepth > 0 || !this.attached) {
+      this.pauseDepth++;
+      try { return fn(); } finally { this.pauseDepth--; }
+    }
+    Atomics.store(this.ctl, PAUSE_REQ, 1);
+    Atomics.notify(this.ctl, PAUSE_REQ);
+    const deadline = Date.now() + PAUSE_TIMEOUT_MS;
+    while (Atomics.load(this.ctl, PAUSE_ACK) !== 1 && this.attached) {
+      if (Date.now() > deadline) {
+        Atomics.store(this.ctl, PAUSE_REQ, 0);
+        throw new Error(`${this.name}: the device's lcore did not pause within ${PAUSE_TIMEOUT_MS} ms (is it blocked?)`);
+      }
+      Atomics.wait(this.ctl, PAUSE_ACK, 0, 1);
+    }
+    this.pauseDepth++;
+    try {
+      return fn();
+    } finally {
+      this.pauseDepth--;
+      Atomics.store(this.ctl, PAUSE_REQ, 0);
+      Atomics.notify(this.ctl, PAUSE_REQ);
+    }
+  }
+
+  /** Publish the DMA table (call inside quiesce when a worker may be attached). */
+  publishDma(regions: readonly PlaneRegion[]): void {
+    if (regions.length > this.maxRegions) throw new RangeError(`${this.name}: ${regions.length} DMA regions exceed the data plane's ${this.maxRegions}`);
+    regions.forEach((r, i) => {
+      const o = this.dmaBase + i * DMA_WORDS;
+      this.ctl[o] = Number(r.iova & 0xffffffffn) | 0;
+      this.ctl[o + 1] = Number((r.iova >> 32n) & 0xffffffffn) | 0;
+      this.ctl[o + 2] = r.len | 0;
+      this.ctl[o + 3] = r.flags;
+      this.ctl[o + 4] = Number(r.va & 0xffffffffn) | 0;
+      this.ctl[o + 5] = Number(r.va >> 32n) | 0;
+    });
+    Atomics.store(this.ctl, DMA_COUNT, regions.length);
+    Atomics.add(this.ctl, DMA_GEN, 1);
+  }
+
+  /** The eventfd of a vector (-1: none). */
+  irqFd(index: number, vector: number): number {
+    return Atomics.load(this.ctl, this.vec(index, vector) + IRQ_FD);
+  }
+
+  /** Set a vector's eventfd (-1: none), clearing its mask and pending bits. Call inside quiesce. */
+  setIrqFd(index: number, vector: number, fd: number): void {
+    const o = this.vec(index, vector);
+    Atomics.store(this.ctl, o + IRQ_FD, fd);
+    Atomics.store(this.ctl, o + IRQ_MASKED, 0);
+    Atomics.store(this.ctl, o + IRQ_PENDING, 0);
+  }
+
+  /** Mask or unmask a vector; returns whether an interrupt was pending when unmasked (and clears it). */
+  setIrqMasked(index: number, vector: number, masked: boolean): boolean {
+    const o = this.vec(index, vector);
+    Atomics.store(this.ctl, o + IRQ_MASKED, masked ? 1 : 0);
+    return !masked && Atomics.exchange(this.ctl, o + IRQ_PENDING, 0) !== 0;
+  }
+
+  /** Clear every mask and pending bit. */
+  clearIrqMasks(): void {
+    for (let i = 0; i < this.irqCount.length; i++) for (let v = 0; v < this.irqCount[i]; v++) this.setIrqMasked(i, v, false);
+  }
+
+  /** Raise a vector from the main thread (held pending while masked); returns whether it was signalled. */
+  triggerIrq(index: number, vector: number): boolean {
+    return signal(this.ctl, this.vec(index, vector));
+  }
+
+  /** Stop serving the mailbox. */
+  close(): void {
+    this.closed = true;
+    Atomics.notify(this.ctl, MAIL_OP);
+  }
+
+  private vec(index: number, vector: number): number {
+    if (index < 0 || index >= this.irqCount.length || vector < 0 || vector >= this.irqCount[index]) throw new RangeError(`${this.name}: IRQ index ${index} has no vector ${vector}`);
+    return this.irqBase[index] + vector * IRQ_WORDS;
+  }
+
+  /** Answer worker requests for client memory without fd, one at a time, until close(). */
+  private serveMailbox(): void {
+    if (this.serving || this.closed) return;
+    this.serving = true;
+    const loop = async (): Promise<void> => {
+      while (!this.closed) {
+        const op = Atomics.load(this.ctl, MAIL_OP);
+        if (op === OP_NONE) {
+          const w = waitAsync(this.ctl, MAIL_OP, OP_NONE, 1000);
+          if (w.async) await w.value;
+          continue;
+        }
+        const iova = (BigInt(this.ctl[MAIL_IOVA_HI] >>> 0) << 32n) | BigInt(this.ctl[MAIL_IOVA_LO] >>> 0);
+        const len = this.ctl[MAIL_LEN];
+        let done = DONE_OK;
+        try {
+          if (op === OP_READ) this.bounce.set(await this.memory.read(iova, len));
+          else await this.memory.write(iova, this.bounce.slice(0, len));
+        } catch {
+          done = DONE_FAILED;
+        }
+        Atomics.store(this.ctl, MAIL_OP, OP_NONE);
+        Atomics.store(this.ctl, MAIL_DONE, done);
+        Atomics.notify(this.ctl, MAIL_DONE);
+      }
+      this.serving = false;
+    };
+    void loop();
+  }
+}
+
+/** Atomics.waitAsync (Node 16+; not yet in TypeScript's es2022 lib). */
+const waitAsync = (Atomics as unknown as {
+  waitAsync(a: Int32Array, i: number, v: number, ms: number): { async: boolean; value: Promise<string> | string };
+}).waitAsync;
+
+/** An 8-byte eventfd increment of 1, at a fixed address (for writeRaw). */
+let ONE = 0;
+function oneAddress(): number {
+  if (ONE === 0) {
+    const va = os.mmap(0n, 4096, os.PROT_READ | os.PROT_WRITE, os.MAP_PRIVATE | os.MAP_ANONYMOUS, -1, 0);
+    new Uint8Array(os.viewOf(va, 8))[0] = 1;
+    ONE = Number(va);
+  }
+  return ONE;
+}
+
+/** Signal the vector at word o of ctl (pending while masked). No allocation, no throw. */
+function signal(ctl: Int32Array, o: number): boolean {
+  const fd = Atomics.load(ctl, o + IRQ_FD);
+  if (fd < 0) return false;
+  if (Atomics.load(ctl, o + IRQ_MASKED) !== 0) { Atomics.store(ctl, o + IRQ_PENDING, 1); return false; }
+  return os.writeRaw(fd, ONE === 0 ? oneAddress() : ONE, 8) === 8;
+}
+
+/**
+ * The worker's half. Call service() once per poll-loop iteration; use at() to translate IOVAs
+ * (then read and write u8[hit] / dv[hit] at the returned offset), irq() to raise interrupts.
+ */
+export class DataPlane {
+  readonly name: string;
+  /** one view per DMA region (empty for regions without fd) */
+  readonly u8: Uint8Array[] = [];
+  /** a DataView over the same memory, per region */
+  readonly dv: DataView[] = [];
+  /** the region index the last successful at() found */
+  hit = 0;
+  private readonly ctl: Int32Array;
+  private readonly bounce: Uint8Array;
+  private readonly desc: DataPlaneDesc;
+  private count = 0;
+  private gen = -1;
+  private start: Float64Array;
+  private end: Float64Array;
+  private flags: Int32Array;
+
+  private constructor(desc: DataPlaneDesc) {
+    this.desc = desc;
+    this.name = desc.name;
+    this.ctl = new Int32Array(desc.control);
+    this.bounce = new Uint8Array(desc.bounce);
+    this.start = new Float64Array(desc.maxRegions);
+    this.end = new Float64Array(desc.maxRegions);
+    this.flags = new Int32Array(desc.maxRegions);
+    oneAddress();
+  }
+
+  /** Attach this thread as the device's data plane (one at a time). */
+  static attach(desc: DataPlaneDesc): DataPlane {
+    const ctl = new Int32Array(desc.control);
+    if (Atomics.compareExchange(ctl, ATTACHED, 0, 1) !== 0) throw new Error(`${desc.name}: another lcore already runs this device's data plane`);
+    const p = new DataPlane(desc);
+    p.service();
+    return p;
+  }
+
+  /** Leave: the main thread then changes tables without asking. Views must not be used afterwards. */
+  detach(): void {
+    this.u8.length = 0;
+    this.dv.length = 0;
+    this.count = 0;
+    Atomics.store(this.ctl, PAUSE_ACK, 0);
+    Atomics.store(this.ctl, ATTACHED, 0);
+    Atomics.notify(this.ctl, PAUSE_ACK);
+  }
+
+  /**
+   * Honour a pause request (blocking until released) and pick up a new DMA table. Returns true
+   * when the table changed: views from before are gone, anything derived from them must be redone.
+   */
+  service(): boolean {
+    if (Atomics.load(this.ctl, PAUSE_REQ) !== 0) this.pause();
+    if (Atomics.load(this.ctl, DMA_GEN) === this.gen) return false;
+    this.reload();
+    return true;
+  }
+
+  /** Number of DMA regions now. */
+  get regions(): number {
+    return this.count;
+  }
+
+  /**
+   * Translate [iova, iova+len): the byte offset in u8[hit] / dv[hit], or -1 when the range is not
+   * inside one region with the needed permission, -2 when it is in memory sent without fd (use
+   * messageRead/messageWrite).
+   */
+  at(iova: number, len: number, write: boolean): number {
+    const end = iova + len;
+    let k = this.hit;
+    if (!(k < this.count && iova >= this.start[k] && end <= this.end[k])) {
+      k = -1;
+      for (let i = 0; i < this.count; i++) {
+        if (iova >= this.start[i] && end <= this.end[i]) { k = i; break; }
+      }
+      if (k < 0) return -1;
+    }
+    const f = this.flags[k];
+    if ((f & (write ? DMA_FLAG_WRITE : DMA_FLAG_READ)) === 0) return -1;
+    if (this.u8[k].byteLength === 0) return -2;
+    this.hit = k;
+    return iova - this.start[k];
+  }
+
+  /** Raise vector of IRQ index through its eventfd (pending while masked); false when none is set. */
+  irq(index: number, vector: number): boolean {
+    if (index >= this.desc.irqCount.length || vector >= this.desc.irqCount[index]) return false;
+    return signal(this.ctl, this.desc.irqBase[index] + vector * IRQ_WORDS);
+  }
+
+  /** Sleep up to ms (an idle loop's back-off); a pause request wakes it at once. */
+  sleep(ms: number): void {
+    Atomics.wait(this.ctl, PAUSE_REQ, 0, ms);
+  }
+
+  /** Read client memory without fd through the main thread (slow path): false on failure. */
+  messageRead(iova: number, dst: Uint8Array, dstOff: number, len: number): boolean {
+    for (let p = 0; p < len; p += BOUNCE) {
+      const n = Math.min(BOUNCE, len - p);
+      if (!this.mail(OP_READ, iova + p, n)) return false;
+      dst.set(this.bounce.subarray(0, n), dstOff + p);
+    }
+    return true;
+  }
+
+  /** Write client memory without fd through the main thread (slow path): false on failure. */
+  messageWrite(iova: number, src: Uint8Array, srcOff: number, len: number): boolean {
+    for (let p = 0; p < len; p += BOUNCE) {
+      const n = Math.min(BOUNCE, len - p);
+      this.bounce.set(src.subarray(srcOff + p, srcOff + p + n));
+      if (!this.mail(OP_WRITE, iova + p, n)) return false;
+    }
+    return true;
+  }
+
+  private mail(op: number, iova: number, len: number): boolean {
+    Atomics.store(this.ctl, MAIL_DONE, DONE_PENDING);
+    this.ctl[MAIL_IOVA_LO] = iova % TWO32;
+    this.ctl[MAIL_IOVA_HI] = Math.floor(iova / TWO32);
+    this.ctl[MAIL_LEN] = len;
+    Atomics.store(this.ctl, MAIL_OP, op);
+    Atomics.notify(this.ctl, MAIL_OP);
+    const deadline = Date.now() + MAIL_TIMEOUT_MS;
+    // The main thread may need a pause while it works on this request (e.g. an unmap arrives):
+    // waiting here touches no client memory, so acknowledge it.
+    while (Atomics.load(this.ctl, MAIL_DONE) === DONE_PENDING) {
+      if (Atomics.load(this.ctl, PAUSE_REQ) !== 0) this.pause();
+      if (Date.now() > deadline) { Atomics.store(this.ctl, MAIL_OP, OP_NONE); return false; }
+      Atomics.wait(this.ctl, MAIL_DONE, DONE_PENDING, 1);
+    }
+    const ok = Atomics.load(this.ctl, MAIL_DONE) === DONE_OK;
+    if (Atomics.load(this.ctl, DMA_GEN) !== this.gen) this.reload();
+    return ok;
+  }
+
+  private pause(): void {
+    Atomics.store(this.ctl, PAUSE_ACK, 1);
+    Atomics.notify(this.ctl, PAUSE_ACK);
+    while (Atomics.load(this.ctl, PAUSE_REQ) !== 0) Atomics.wait(this.ctl, PAUSE_REQ, 1, 100);
+    Atomics.store(this.ctl, PAUSE_ACK, 0);
+  }
+
+  /** Rebuild the views from the published table. */
+  private reload(): void {
+    this.gen = Atomics.load(this.ctl, DMA_GEN);
+    const n = Atomics.load(this.ctl, DMA_COUNT);
+    this.u8.length = 0;
+    this.dv.length = 0;
+    let k = 0;
+    for (let i = 0; i < n; i++) {
+      const o = this.desc.dmaBase + i * DMA_WORDS;
+      const hi = this.ctl[o + 1] >>> 0;
+      if (hi >= 0x20_0000) continue; // iova >= 2^53: not expressible as a number
+      const iova = hi * TWO32 + (this.ctl[o] >>> 0);
+      const len = this.ctl[o + 2] >>> 0 || TWO32; // 4 GiB wraps to 0 in a u32
+      const va = (BigInt(this.ctl[o + 5] >>> 0) << 32n) | BigInt(this.ctl[o + 4] >>> 0);
+      this.start[k] = iova;
+      this.end[k] = iova + len;
+      this.flags[k] = this.ctl[o + 3];
+      const ab = va === 0n ? new ArrayBuffer(0) : os.viewOf(va, len);
+      this.u8.push(new Uint8Array(ab));
+      this.dv.push(new DataView(ab));
+      k++;
+    }
+    this.count = k;
+    this.hit = 0;
+  }
+}
