@@ -1,12 +1,14 @@
 /**
- * `tspmd emu <device> --socket PATH`: serve an emulated device over vfio-user on a unix socket
- * (mode 0600) until SIGINT/SIGTERM, then remove the socket. One client at a time; when a client
- * leaves, the device is reset and the next one is served. Devices: dmatest.
+ * `tspmd emu <device>[,key=value...] --socket PATH`: serve an emulated device over vfio-user on a
+ * unix socket (mode 0600) until SIGINT/SIGTERM, then remove the socket. One client at a time; when
+ * a client leaves, the device is reset and the next one is served. The device's poll loop runs on
+ * the first worker lcore (-l; by default the second CPU), like a PMD's. Devices: see EMU_DEVICES.
  *
  * Prints one line "serving <device> on <path>" when ready (scripts wait for it).
  */
 import { eachOption, type App } from '../common/app.js';
 import { UsageError } from '../../src/options.js';
+import type { Eal } from '../../src/eal.js';
 import { VfioUserServer } from '../../lib/vfio-user/server.js';
 import type { EmuDevice } from '../../lib/emudev/emudev.js';
 import { DmatestDevice } from '../../drivers/emu/dmatest/dmatest.js';
@@ -15,17 +17,43 @@ import { appArgv, ownFlagsWithPositionals } from '../vfio-user/positional.js';
 /** An emulated device the emu app can serve. */
 export interface EmuProvider {
   emu: EmuDevice;
-  close(): void;
+  /** Start the device's poll loop on worker lcore `lcore` of eal (resolves once it runs). */
+  start(eal: Eal, lcore: number): Promise<void>;
+  /** Stop the poll loop and release the device. */
+  close(): Promise<void>;
+}
+
+/** A device kind `tspmd emu` can serve. */
+export interface EmuDeviceKind {
+  summary: string;
+  /** help lines for its key=value arguments */
+  args?: string;
+  /** Create the device from its key=value arguments (unknown keys: UsageError). */
+  create: (eal: Eal, args: Record<string, string>) => Promise<EmuProvider> | EmuProvider;
 }
 
 /** The devices `tspmd emu` knows, by name. */
-export const EMU_DEVICES: Record<string, { summary: string; create: () => EmuProvider }> = {
-  dmatest: { summary: 'copy + Adler-32 DMA engine: doorbell in a sparse-mmapped BAR page, ring in client memory, MSI-X', create: () => new DmatestDevice() },
+export const EMU_DEVICES: Record<string, EmuDeviceKind> = {
+  dmatest: { summary: 'copy + Adler-32 DMA engine: doorbell in a sparse-mmapped BAR page, ring in client memory, MSI-X', create: () => { const d = new DmatestDevice(); return { emu: d.emu, start: async () => {}, close: async () => d.close() }; } },
 };
+
+/** Split "name,key=value,key=value" into the name and its arguments. */
+export function parseDeviceSpec(spec: string): { name: string; args: Record<string, string> } {
+  const [name, ...kvs] = spec.split(',');
+  const args: Record<string, string> = {};
+  for (const kv of kvs) {
+    const i = kv.indexOf('=');
+    if (i <= 0) throw new UsageError(`device argument "${kv}" in "${spec}" is not key=value`);
+    args[kv.slice(0, i)] = kv.slice(i + 1);
+  }
+  return { name, args };
+}
 
 /** The app's options. */
 export interface EmuOptions {
   device: string;
+  /** the device's key=value arguments */
+  args: Record<string, string>;
   socket: string;
   /** keep the device state when a client leaves (default: reset it) */
   noReset: boolean;
@@ -37,7 +65,7 @@ const NAMED = { '--socket': true, '--no-reset': false };
 export const emu: App<EmuOptions> = {
   name: 'emu',
   summary: 'serve an emulated device over vfio-user: tspmd emu <device> --socket PATH',
-  help: `  <device>           ${Object.entries(EMU_DEVICES).map(([n, d]) => `${n}: ${d.summary}`).join('\n                     ')}
+  help: `  <device>[,k=v...]   ${Object.entries(EMU_DEVICES).map(([n, d]) => `${n}: ${d.summary}${d.args ? '\n' + d.args : ''}`).join('\n                     ')}
   --socket PATH      unix socket to serve on (created mode 0600, removed at exit)
   --no-reset         keep device state when a client disconnects (default: reset)`,
   /** Named flags plus the positionals of this command line, so runApp moves them after "--". */
@@ -46,27 +74,31 @@ export const emu: App<EmuOptions> = {
   },
   ealDefaults: { noHuge: true },
   /** <device> --socket PATH [--no-reset]. */
-  parse(args: string[]): EmuOptions {
+  parse(argv: string[]): EmuOptions {
     let device: string | null = null, socket: string | null = null, noReset = false;
-    eachOption(args, (flag, value) => {
+    eachOption(argv, (flag, value) => {
       if (flag === '--socket') socket = value();
       else if (flag === '--no-reset') noReset = true;
       else if (!flag.startsWith('-') && device === null) device = flag;
       else throw new UsageError(`unknown emu option "${flag}" (see --help)`);
     });
     if (device === null) throw new UsageError(`name a device to emulate: ${Object.keys(EMU_DEVICES).join(', ')}`);
-    if (!(device in EMU_DEVICES)) throw new UsageError(`unknown device "${device}"; known: ${Object.keys(EMU_DEVICES).join(', ')}`);
+    const { name, args } = parseDeviceSpec(device as string);
+    if (!(name in EMU_DEVICES)) throw new UsageError(`unknown device "${name}"; known: ${Object.keys(EMU_DEVICES).join(', ')}`);
     if (socket === null) throw new UsageError('--socket PATH is required');
-    return { device, socket, noReset };
+    return { device: name, args, socket, noReset };
   },
   /** Serve until SIGINT/SIGTERM. */
   async main(eal, opts): Promise<number> {
-    const dev = EMU_DEVICES[opts.device].create();
+    const lcore = eal.lcores.workers[0];
+    if (lcore === undefined) throw new UsageError(`the device's poll loop needs a worker lcore: give two with -l, e.g. -l 0-1 (this process may use CPUs ${eal.lcores.cpuOf(eal.lcores.main)} only)`);
+    const dev = await EMU_DEVICES[opts.device].create(eal, opts.args);
     const server = new VfioUserServer(dev.emu, opts.socket, { resetOnDisconnect: !opts.noReset });
     try {
+      await dev.start(eal, lcore);
       server.start();
     } catch (e) {
-      dev.close();
+      await dev.close();
       console.error(`tspmd emu: ${(e as Error).message}`);
       return 1;
     }
@@ -74,7 +106,7 @@ export const emu: App<EmuOptions> = {
     const sig = await new Promise<NodeJS.Signals>((resolve) => eal.handleSignals(resolve));
     eal.handleSignals();
     await server.close();
-    dev.close();
+    await dev.close();
     console.error(`tspmd emu: ${sig}: stopped after ${server.stats.connections} connection(s), ${server.stats.messages} message(s)`);
     return 0;
   },
