@@ -11,6 +11,7 @@ const BENCHES: Record<string, string> = {
   mempool: 'mempool bulk alloc+free with per-lcore cache (ns/object)',
   fwd: 'l2fwd on two net_null ports beside DPDK testpmd mac forwarding (Mpps, ratio)',
   afpacket: 'l2fwd on af_packet ports between two namespaces beside DPDK testpmd (Mpps, ratio; root)',
+  virtio: 'emulated virtio-net device generating -> virtio PMD receiving, two processes, beside DPDK vhost/virtio_user (Mpps, ratio)',
 };
 
 /** What every benchmark module exports. */

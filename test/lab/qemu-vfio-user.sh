@@ -8,6 +8,10 @@
 #   $CACHE/qemu-11/initramfs-pci.cpio a 1 MB guest initramfs: busybox + an init that prints every PCI device
 #                                    as "TSPLAB {json}" and powers off (rebuilt on every run; needs the lab's
 #                                    busybox and kernel: test/lab/build.sh is run first when they are missing)
+#   $CACHE/qemu-11/initramfs-net.cpio the same busybox + the kernel's virtio_net module (and failover,
+#                                    net_failover); its init binds Linux's virtio_net to the virtio-net NIC
+#                                    with MAC tsp.mac=, brings it up as tsp.ip= and pings tsp.peer=
+#                                    (kernel command line), reporting each step as "TSPLAB {json}"
 #
 #   usage: test/lab/qemu-vfio-user.sh   (cache: $TSPMD_LAB_CACHE, default /var/cache/tspmd/lab;
 #                                        Debian mirror: $TSPMD_LAB_MIRROR, default http://deb.debian.org/debian)
@@ -83,9 +87,67 @@ INIT
   }
 }
 
+net_initramfs() {
+  step "guest: initramfs-net.cpio (virtio_net from the lab kernel's modules)"
+  local st mods
+  mods=$(find "$cache/kernel/root" -path '*/kernel/drivers/net/virtio_net.ko*' -printf '%h\n' | head -1)
+  [ -n "$mods" ] || fail "virtio_net.ko is not among the lab kernel's modules in $cache/kernel/root"
+  st=$(mktemp -d /tmp/tsp-q11-stage-XXXXXX)
+  mkdir -p "$st"/{bin,proc,sys,dev,lib}
+  cp "$cache/busybox" "$st/bin/busybox"
+  ln -s busybox "$st/bin/sh"
+  for m in net/core/failover drivers/net/net_failover drivers/net/virtio_net; do
+    f=$(ls "$mods"/../../"$m".ko* 2>/dev/null | head -1)
+    [ -n "$f" ] || { rm -rf "$st"; fail "module $m is missing"; }
+    case "$f" in *.xz) xz -dc "$f" > "$st/lib/$(basename "$m").ko" ;; *.zst) zstd -qdc "$f" > "$st/lib/$(basename "$m").ko" ;; *) cp "$f" "$st/lib/" ;; esac
+  done
+  cat > "$st/init" <<'INIT'
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+report() { echo "TSPLAB {\"check\":\"$1\",\"ok\":$2$3}"; }
+arg() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
+mac=$(arg tsp.mac); ip=$(arg tsp.ip); peer=$(arg tsp.peer)
+for m in failover net_failover virtio_net; do
+  if out=$(insmod /lib/$m.ko 2>&1); then report insmod true ",\"module\":\"$m\""; else report insmod false ",\"module\":\"$m\",\"error\":\"$out\""; fi
+done
+sleep 1
+for d in /sys/bus/pci/devices/*; do
+  [ "$(cat $d/vendor)" = 0x1af4 ] || continue
+  drv=$([ -L $d/driver ] && basename "$(readlink $d/driver)")
+  report pci true ",\"bdf\":\"$(basename $d)\",\"device\":\"$(cat $d/device)\",\"driver\":\"$drv\""
+done
+ifc=""
+for i in /sys/class/net/*; do [ "$(cat $i/address)" = "$mac" ] && ifc=$(basename $i); done
+if [ -n "$ifc" ]; then
+  report iface true ",\"iface\":\"$ifc\",\"mac\":\"$mac\",\"driver\":\"$(basename "$(readlink /sys/class/net/$ifc/device/driver)")\""
+  ip link set "$ifc" up && ip addr add "$ip" dev "$ifc"
+  sleep 1
+  report link true ",\"operstate\":\"$(cat /sys/class/net/$ifc/operstate)\",\"carrier\":\"$(cat /sys/class/net/$ifc/carrier 2>/dev/null)\""
+  out=$(ping -c 5 -W 3 "$peer" 2>&1 | tr '\n"' '; ')
+  rx=$(echo "$out" | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
+  [ "${rx:-0}" -gt 0 ] && ok=true || ok=false
+  report ping $ok ",\"peer\":\"$peer\",\"received\":${rx:-0},\"output\":\"$out\""
+  report stats true ",\"rx_packets\":$(cat /sys/class/net/$ifc/statistics/rx_packets),\"tx_packets\":$(cat /sys/class/net/$ifc/statistics/tx_packets)"
+else
+  report iface false ",\"mac\":\"$mac\",\"ifaces\":\"$(ls /sys/class/net | tr '\n' ' ')\""
+fi
+report done true ",\"kernel\":\"$(uname -r)\""
+poweroff -f
+sleep 5
+INIT
+  chmod 755 "$st/init"
+  ( cd "$st" && find . -mindepth 1 | "$cache/busybox" cpio -o -H newc > "$dir/initramfs-net.cpio.tmp" 2>/dev/null ) || { rm -rf "$st"; fail "cpio failed"; }
+  rm -rf "$st"
+  mv "$dir/initramfs-net.cpio.tmp" "$dir/initramfs-net.cpio"
+  grep -q '^INITRD_NET=' "$dir/qemu.env" || echo "INITRD_NET=$dir/initramfs-net.cpio" >> "$dir/qemu.env"
+}
+
 if qemu_ok; then
   step "cached: $dir ($(sed -n 's/^QEMU11_VERSION=//p' "$dir/qemu.env"))"
   pci_initramfs
+  net_initramfs
   step "done"
   step_name=""
   exit 0
@@ -150,5 +212,6 @@ ENV
 mv "$dir/qemu.env.tmp" "$dir/qemu.env"
 rm -rf "$apt_dir/lists" # 60+ MB of indexes; the .debs are what a warm run needs
 pci_initramfs
+net_initramfs
 step "done"
 step_name=""

@@ -17,82 +17,27 @@
  * no network to the Debian mirror on a cold cache (qemu-vfio-user.sh exit 3).
  */
 import t, { type Test } from 'tap';
-import { spawnSync } from 'node:child_process';
-import { runGuest } from './qemu-run.js';
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { runGuest } from './qemu-run.js';
+import { cannotRun, fetchQemu11, qemuCommand, type QemuEnv } from './qemu11.js';
 import { tempDir, startEmu, type EmuProcess } from '../vfio-user/helpers.js';
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const CACHE = process.env.TSPMD_LAB_CACHE ?? '/var/cache/tspmd/lab';
 const BOOT_TIMEOUT_MS = Number(process.env.TSPMD_LAB_BOOT_TIMEOUT ?? 120) * 1000;
-const FETCH_TIMEOUT_MS = 20 * 60 * 1000; // a cold cache may also run build.sh (kernel, busybox)
 const DMATEST = { vendor: '0x1b36', device: '0x10f0' };
 const GUEST_RAM = 512 * 1024 * 1024;
-
-interface QemuEnv {
-  QEMU11_TREE: string;
-  QEMU11_VERSION: string;
-  KERNEL: string;
-  INITRD: string;
-}
-
-function readEnv(path: string): QemuEnv {
-  const env: Record<string, string> = {};
-  for (const line of readFileSync(path, 'utf8').split('\n')) {
-    const m = /^([A-Z0-9_]+)=(.*)$/.exec(line);
-    if (m) env[m[1]] = m[2];
-  }
-  for (const k of ['QEMU11_TREE', 'QEMU11_VERSION', 'KERNEL', 'INITRD']) if (!env[k]) throw new Error(`${path}: ${k} is missing`);
-  return env as unknown as QemuEnv;
-}
-
-function cannotRun(): string | null {
-  if (process.env.TSPMD_LAB === '0') return 'TSPMD_LAB=0';
-  if (process.platform !== 'linux' || process.arch !== 'x64') return `needs x86-64 Linux (this is ${process.platform}/${process.arch})`;
-  if (process.getuid?.() !== 0) return `needs root (apt-get download into ${CACHE})`;
-  return null;
-}
-
-/** QEMU 11.1 through its tree's own dynamic linker, with the tree's firmware. */
-function qemuCommand(env: QemuEnv, sock: string): { file: string; args: string[] } {
-  const tree = env.QEMU11_TREE, lib = join(tree, 'usr/lib/x86_64-linux-gnu');
-  const dev = JSON.stringify({ driver: 'vfio-user-pci', socket: { type: 'unix', path: sock } });
-  return {
-    file: join(lib, 'ld-linux-x86-64.so.2'),
-    args: [
-      '--library-path', lib, '--argv0', 'qemu-system-x86_64', join(tree, 'usr/bin/qemu-system-x86_64'),
-      '-L', join(tree, 'usr/share/qemu'), '-L', join(tree, 'usr/share/seabios'),
-      '-machine', 'q35', '-accel', 'tcg,thread=single', '-cpu', 'max', '-m', `${GUEST_RAM >> 20}M`,
-      '-object', `memory-backend-memfd,id=mem,size=${GUEST_RAM >> 20}M,share=on`, '-machine', 'memory-backend=mem',
-      '-nographic', '-nodefaults', '-serial', 'stdio', '-no-reboot',
-      '-device', dev,
-      '-kernel', env.KERNEL, '-initrd', env.INITRD, '-append', 'console=ttyS0 panic=-1 quiet',
-    ],
-  };
-}
-
 
 const why = cannotRun();
 if (why) {
   t.test('vfio-user interop with QEMU 11.1', { skip: why }, async () => undefined);
 } else {
-  const t0 = Date.now();
-  const fetch = spawnSync('bash', [join(ROOT, 'test/lab/qemu-vfio-user.sh')], {
-    cwd: ROOT, encoding: 'utf8', env: { ...process.env, TSPMD_LAB_CACHE: CACHE }, timeout: FETCH_TIMEOUT_MS,
-  });
-  const fetchLog = `${fetch.stdout ?? ''}${fetch.stderr ?? ''}`;
-  const fetchSecs = ((Date.now() - t0) / 1000).toFixed(1);
-  if (fetch.status === 3) {
-    const reason = fetchLog.split('\n').find((l) => l.includes('UNAVAILABLE')) ?? 'qemu-vfio-user.sh exit 3';
-    t.test('vfio-user interop with QEMU 11.1', { skip: `QEMU 11.1 cannot be fetched here: ${reason}` }, async () => undefined);
-  } else if (fetch.status !== 0) {
-    t.fail(`test/lab/qemu-vfio-user.sh failed${fetch.error ? `: ${fetch.error.message}` : ` with exit ${fetch.status}`}`, { log: fetchLog.slice(-6000) });
+  const fetch = fetchQemu11();
+  if (fetch.kind === 'unavailable') {
+    t.test('vfio-user interop with QEMU 11.1', { skip: `QEMU 11.1 cannot be fetched here: ${fetch.reason}` }, async () => undefined);
+  } else if (fetch.kind === 'failed') {
+    t.fail(fetch.why, { log: fetch.log });
   } else {
-    const env = readEnv(join(CACHE, 'qemu-11/qemu.env'));
-    t.pass(`QEMU 11.1 tree ready in ${fetchSecs} s (${env.QEMU11_VERSION})`);
-    t.test('QEMU 11.1 vfio-user-pci against tspmd emu dmatest', (t) => interop(t, env));
+    t.pass(`QEMU 11.1 tree ready in ${fetch.secs} s (${fetch.env.QEMU11_VERSION})`);
+    t.test('QEMU 11.1 vfio-user-pci against tspmd emu dmatest', (t) => interop(t, fetch.env));
   }
 }
 
@@ -107,7 +52,7 @@ async function interop(t: Test, env: QemuEnv): Promise<void> {
     clearTimeout(kill);
   });
 
-  const { file, args } = qemuCommand(env, sock);
+  const { file, args } = qemuCommand(env, sock, { ramMb: GUEST_RAM >> 20, initrd: env.INITRD });
   const run = await runGuest(file, args, BOOT_TIMEOUT_MS, (fn) => t.teardown(fn));
   const { results, secs } = run;
   const outcome = run;
