@@ -11,9 +11,11 @@ import { devices } from './devices/devices.js';
 import { netnsMain } from './netns/netns.js';
 import { vfioUserInfo } from './vfio-user/info.js';
 import { emu } from './emu/emu.js';
+import { demo } from './demo/demo.js';
 import { UsageError } from '../src/options.js';
 
 const APPS: Record<string, App<never>> = {
+  demo: demo as App<never>,
   l2fwd: l2fwd as App<never>,
   pktgen: pktgen as App<never>,
   devices: devices as App<never>,

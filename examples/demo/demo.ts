@@ -1,0 +1,121 @@
+/**
+ * `tspmd demo`: virtio-net both ways on one machine, no hardware, no root. Two processes:
+ *
+ *   tspmd emu virtio-net (child)           this process: l2fwd
+ *   device lcore on CPU A                  forwarding lcore on CPU B
+ *   backend net_null0 (generates frames) -- virtio-net over vfio-user -- virtio PMD port 0 <-> port 1 net_null1
+ *
+ * The device serves on a unix socket in a private temporary directory; this process probes it with
+ * `-a vfio-user:SOCKET` like any PCI device, then runs l2fwd between the virtio port and a null
+ * port with its live statistics table and summary. Traffic flows both ways: the device's backend
+ * generates 64-byte frames into the driver's RX queue, and the null port's frames leave through
+ * the virtio TX queue into the backend. At the end the device is stopped and the directory removed.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { getAffinity } from '../../src/os/libc.js';
+import { UsageError } from '../../src/options.js';
+import { closeAllPorts } from '../../lib/ethdev/ethdev.js';
+import { type App, eachOption, numberOption } from '../common/app.js';
+import { l2fwd } from '../l2fwd/l2fwd.js';
+
+/** The demo's options. */
+export interface DemoOptions {
+  durationS: number;
+  periodS: number;
+  json: boolean;
+}
+
+const DIR = join(tmpdir(), `tsp-demo-${process.pid}`);
+const SOCKET = join(DIR, 'virtio-net.sock');
+const DEVICE_MAC = '02:74:73:70:64:01';
+const START_TIMEOUT_MS = 30_000;
+
+/** CPUs for the device's lcore and ours: different ones when there are two. */
+function cpuPlan(): { device: number; mine: number; main: number } {
+  const cpus = getAffinity();
+  if (cpus.length < 2) return { device: cpus[0], mine: cpus[0], main: cpus[0] };
+  return { device: cpus[0], mine: cpus[1], main: cpus[0] };
+}
+
+/** Start the device process; resolves once it serves, rejects with its error output otherwise. */
+function startDevice(cpus: { device: number; mine: number }): Promise<ChildProcess> {
+  const argv = [...process.execArgv, process.argv[1], 'emu', `virtio-net,mac=${DEVICE_MAC}`, '--socket', SOCKET,
+    '--no-huge', '-l', `0@${cpus.mine},1@${cpus.device}`, '--main-lcore', '0', '--file-prefix', `tsp-demo-emu-${process.pid}`,
+    '--vdev', 'net_null0,copy=1'];
+  const child = spawn(process.execPath, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const kill = (): void => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL'); };
+  process.once('exit', kill);
+  let out = '', err = '';
+  child.stderr!.on('data', (d: Buffer) => { err += d.toString(); });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { kill(); reject(new Error(`the emulated device did not start within ${START_TIMEOUT_MS / 1000} s:\n${err}`)); }, START_TIMEOUT_MS);
+    child.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('serving ')) { clearTimeout(timer); resolve(child); }
+    });
+    child.once('exit', (code, sig) => { clearTimeout(timer); reject(new Error(`the emulated device exited (${sig ?? `code ${code}`}) before serving:\n${err}`)); });
+  });
+}
+
+/** SIGTERM the device and wait for it (SIGKILL after 5 s). */
+async function stopDevice(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  child.kill('SIGTERM');
+  const t = setTimeout(() => child.kill('SIGKILL'), 5000);
+  await exited;
+  clearTimeout(t);
+}
+
+const plan = cpuPlan();
+
+/** The demo app (tspmd demo). */
+export const demo: App<DemoOptions> = {
+  name: 'demo',
+  summary: 'virtio-net both ways, no hardware: an emulated virtio-net device (own process) and l2fwd on the virtio PMD.',
+  help: `  --duration SEC      run for SEC seconds (default 5)
+  -T SEC              statistics period, 0 to disable (default 1)
+  --json              print l2fwd's final summary as one JSON line`,
+  ealDefaults: {
+    noHuge: true, allow: [`vfio-user:${SOCKET}`], vdevs: ['net_null1'],
+    lcores: [{ id: 0, cpu: plan.main }, { id: 1, cpu: plan.mine }], mainLcore: 0,
+  },
+  parse(args) {
+    const o: DemoOptions = { durationS: 5, periodS: 1, json: false };
+    eachOption(args, (flag, value) => {
+      switch (flag) {
+        case '--duration': o.durationS = numberOption('--duration', value(), 0.5, 1e7); break;
+        case '-T': o.periodS = numberOption('-T', value(), 0, 86400); break;
+        case '--json': o.json = true; break;
+        default: throw new UsageError(`unknown demo option "${flag}" (see --help)`);
+      }
+    });
+    return o;
+  },
+  async main(eal, o) {
+    const info = (line: string): void => void (o.json ? process.stderr : process.stdout).write(line + '\n');
+    mkdirSync(DIR, { recursive: true, mode: 0o700 });
+    let device: ChildProcess | null = null;
+    try {
+      info(`demo: starting the emulated virtio-net device (tspmd emu virtio-net, backend net_null0, lcore on CPU ${plan.device}) on ${SOCKET}`);
+      device = await startDevice(plan);
+      info(`demo: l2fwd between the virtio PMD (vfio-user:${SOCKET}) and net_null1, forwarding lcore on CPU ${plan.mine}`);
+      const args = ['-T', String(o.periodS), '--duration', String(o.durationS), ...(o.json ? ['--json'] : [])];
+      return await l2fwd.main(eal, l2fwd.parse(args));
+    } finally {
+      // The ports reset the device (it stops DMA) while it is still there to hear it.
+      closeAllPorts();
+      if (device) {
+        const tail: string[] = [];
+        device.stderr!.on('data', (d: Buffer) => tail.push(d.toString()));
+        await stopDevice(device);
+        const last = tail.join('').trim().split('\n').filter((l) => l.trim()).slice(-3);
+        for (const l of last) info(`demo: device: ${l}`);
+      }
+      rmSync(DIR, { recursive: true, force: true });
+    }
+  },
+};
