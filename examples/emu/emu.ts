@@ -34,7 +34,7 @@ export interface EmuDeviceKind {
 
 /** The devices `tspmd emu` knows, by name. */
 export const EMU_DEVICES: Record<string, EmuDeviceKind> = {
-  dmatest: { summary: 'copy + Adler-32 DMA engine: doorbell in a sparse-mmapped BAR page, ring in client memory, MSI-X', create: () => { const d = new DmatestDevice(); return { emu: d.emu, start: async () => {}, close: async () => d.close() }; } },
+  dmatest: { summary: 'copy + Adler-32 DMA engine: doorbell in a sparse-mmapped BAR page, ring in client memory, MSI-X', create: () => new DmatestDevice() },
 };
 
 /** Split "name,key=value,key=value" into the name and its arguments. */

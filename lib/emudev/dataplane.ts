@@ -9,9 +9,18 @@
  *   - a pause handshake: before the main thread changes either table (DMA_MAP/UNMAP, SET_IRQS,
  *     reset, disconnect) it asks the worker to pause, waits for the acknowledgement, changes the
  *     table (and only then unmaps memory or closes fds), and releases the worker, which rebuilds
- *     its views. A view is therefore never used after its memory is unmapped;
+ *     its views. A view is therefore never used after its memory is unmapped. Each request carries
+ *     a new epoch number and the worker acknowledges that epoch, so an acknowledgement left over
+ *     from the previous pause is never taken for the current one; the request is raised even when
+ *     no worker is attached, so a worker attaching meanwhile parks in attach() until the change is
+ *     done (it raises ATTACHED then reads the request, the main thread the other way round);
  *   - a mailbox for client memory that came without fd: the worker posts a read or write and waits;
  *     the main thread performs it with DMA_READ/WRITE messages and answers through a bounce buffer.
+ *     A request the worker gave up on (timeout) is marked abandoned and keeps the mailbox busy until
+ *     the main thread is done with it, so a late answer never lands in a later request.
+ *
+ * Devices may keep their own state in another SharedArrayBuffer and change it inside quiesce() too;
+ * wake() interrupts the worker's idle sleep (e.g. after a doorbell written through REGION_WRITE).
  *
  * The main half is DataPlaneControl (owned by EmuDevice); the worker half is DataPlane, built in
  * the lcore from DataPlaneControl.desc(). Addresses are numbers in the worker: IOVAs at or above
@@ -23,8 +32,8 @@ import * as os from '../../src/os/libc.js';
 const ATTACHED = 0, PAUSE_REQ = 1, PAUSE_ACK = 2, DMA_GEN = 3, DMA_COUNT = 4;
 const MAIL_OP = 5, MAIL_DONE = 6, MAIL_LEN = 7, MAIL_IOVA_LO = 8, MAIL_IOVA_HI = 9;
 const HEADER_WORDS = 16;
-// Mailbox operations and states.
-const OP_NONE = 0, OP_READ = 1, OP_WRITE = 2;
+// Mailbox operations and states (OP_ABANDONED: the worker timed out, the main thread still works on it).
+const OP_NONE = 0, OP_READ = 1, OP_WRITE = 2, OP_ABANDONED = 3;
 const DONE_PENDING = 0, DONE_OK = 1, DONE_FAILED = 2;
 // IRQ vector words: eventfd, masked, pending.
 const IRQ_FD = 0, IRQ_MASKED = 1, IRQ_PENDING = 2, IRQ_WORDS = 3;
@@ -38,6 +47,8 @@ const PAUSE_TIMEOUT_MS = 5000;
 const MAIL_TIMEOUT_MS = 10_000;
 
 const DMA_FLAG_READ = 1, DMA_FLAG_WRITE = 2;
+/** VFIO_PCI_INTX_IRQ_INDEX: automasked when signalled */
+const INTX_INDEX = 0;
 const TWO32 = 0x1_0000_0000;
 
 /** One DMA region as the control half publishes it. */
@@ -76,8 +87,11 @@ export class DataPlaneControl {
   private readonly irqCount: number[] = [];
   private readonly dmaBase: number;
   private pauseDepth = 0;
+  private epoch = 0;
   private serving = false;
   private closed = false;
+  /** how long quiesce() waits for the worker to acknowledge a pause (ms) */
+  pauseTimeoutMs = PAUSE_TIMEOUT_MS;
 
   /** Lay out the control block for irqCounts[index] vectors and up to maxRegions DMA regions. */
   constructor(readonly name: string, irqCounts: number[], readonly maxRegions: number, private readonly memory: PlaneMemoryAccess) {
@@ -112,19 +126,26 @@ export class DataPlaneControl {
    * memory and no eventfd until fn returns. Nests. Throws when the worker does not acknowledge.
    */
   quiesce<T>(fn: () => T): T {
-    if (this.pauseDepth > 0 || !this.attached) {
+    if (this.pauseDepth > 0) {
       this.pauseDepth++;
       try { return fn(); } finally { this.pauseDepth--; }
     }
-    Atomics.store(this.ctl, PAUSE_REQ, 1);
+    // A fresh epoch: a stale acknowledgement (of the previous pause) never matches it. Raised even
+    // without a worker, so one that attaches now parks until the change below is done.
+    this.epoch = (this.epoch % 0x7fff_ffff) + 1;
+    const e = this.epoch;
+    Atomics.store(this.ctl, PAUSE_REQ, e);
     Atomics.notify(this.ctl, PAUSE_REQ);
-    const deadline = Date.now() + PAUSE_TIMEOUT_MS;
-    while (Atomics.load(this.ctl, PAUSE_ACK) !== 1 && this.attached) {
+    const deadline = Date.now() + this.pauseTimeoutMs;
+    for (;;) {
+      const ack = Atomics.load(this.ctl, PAUSE_ACK);
+      if (ack === e || !this.attached) break;
       if (Date.now() > deadline) {
         Atomics.store(this.ctl, PAUSE_REQ, 0);
-        throw new Error(`${this.name}: the device's lcore did not pause within ${PAUSE_TIMEOUT_MS} ms (is it blocked?)`);
+        Atomics.notify(this.ctl, PAUSE_REQ);
+        throw new Error(`${this.name}: the device's lcore did not pause within ${this.pauseTimeoutMs} ms (is its poll loop blocked, or not calling service()?)`);
       }
-      Atomics.wait(this.ctl, PAUSE_ACK, 0, 1);
+      Atomics.wait(this.ctl, PAUSE_ACK, ack, 1);
     }
     this.pauseDepth++;
     try {
@@ -134,6 +155,11 @@ export class DataPlaneControl {
       Atomics.store(this.ctl, PAUSE_REQ, 0);
       Atomics.notify(this.ctl, PAUSE_REQ);
     }
+  }
+
+  /** Wake the worker from sleep() now (e.g. a doorbell arrived through a trapped write). */
+  wake(): void {
+    Atomics.notify(this.ctl, PAUSE_REQ);
   }
 
   /** Publish the DMA table (call inside quiesce when a worker may be attached). */
@@ -165,7 +191,10 @@ export class DataPlaneControl {
     Atomics.store(this.ctl, o + IRQ_PENDING, 0);
   }
 
-  /** Mask or unmask a vector; returns whether an interrupt was pending when unmasked (and clears it). */
+  /**
+   * Mask or unmask a vector; returns whether an interrupt was pending when unmasked (and clears it:
+   * the caller delivers it with triggerIrq). Safe against a worker raising the vector meanwhile.
+   */
   setIrqMasked(index: number, vector: number, masked: boolean): boolean {
     const o = this.vec(index, vector);
     Atomics.store(this.ctl, o + IRQ_MASKED, masked ? 1 : 0);
@@ -200,8 +229,8 @@ export class DataPlaneControl {
     const loop = async (): Promise<void> => {
       while (!this.closed) {
         const op = Atomics.load(this.ctl, MAIL_OP);
-        if (op === OP_NONE) {
-          const w = waitAsync(this.ctl, MAIL_OP, OP_NONE, 1000);
+        if (op !== OP_READ && op !== OP_WRITE) {
+          const w = waitAsync(this.ctl, MAIL_OP, op, 1000);
           if (w.async) await w.value;
           continue;
         }
@@ -209,14 +238,23 @@ export class DataPlaneControl {
         const len = this.ctl[MAIL_LEN];
         let done = DONE_OK;
         try {
-          if (op === OP_READ) this.bounce.set(await this.memory.read(iova, len));
-          else await this.memory.write(iova, this.bounce.slice(0, len));
+          if (op === OP_READ) {
+            const data = await this.memory.read(iova, len);
+            if (data.byteLength !== len) throw new RangeError(`read ${data.byteLength} bytes, not ${len}`);
+            // Abandoned meanwhile: the worker is not waiting for these bytes (its next request
+            // waits for OP_NONE below, so the bounce buffer is still ours).
+            if (Atomics.load(this.ctl, MAIL_OP) === OP_READ) this.bounce.set(data);
+          } else {
+            await this.memory.write(iova, this.bounce.slice(0, len));
+          }
         } catch {
           done = DONE_FAILED;
         }
-        Atomics.store(this.ctl, MAIL_OP, OP_NONE);
+        // DONE before OP_NONE: a worker that sees the mailbox free sees this request's end too.
         Atomics.store(this.ctl, MAIL_DONE, done);
         Atomics.notify(this.ctl, MAIL_DONE);
+        Atomics.store(this.ctl, MAIL_OP, OP_NONE);
+        Atomics.notify(this.ctl, MAIL_OP);
       }
       this.serving = false;
     };
@@ -240,11 +278,17 @@ function oneAddress(): number {
   return ONE;
 }
 
-/** Signal the vector at word o of ctl (pending while masked). No allocation, no throw. */
+/**
+ * Signal the vector at word o of ctl (pending while masked). No allocation, no throw. An unmask
+ * racing with it (setIrqMasked exchanges the pending bit) delivers the interrupt exactly once.
+ */
 function signal(ctl: Int32Array, o: number): boolean {
   const fd = Atomics.load(ctl, o + IRQ_FD);
   if (fd < 0) return false;
-  if (Atomics.load(ctl, o + IRQ_MASKED) !== 0) { Atomics.store(ctl, o + IRQ_PENDING, 1); return false; }
+  if (Atomics.load(ctl, o + IRQ_MASKED) !== 0) {
+    Atomics.store(ctl, o + IRQ_PENDING, 1);
+    if (Atomics.load(ctl, o + IRQ_MASKED) !== 0 || Atomics.exchange(ctl, o + IRQ_PENDING, 0) === 0) return false;
+  }
   return os.writeRaw(fd, ONE === 0 ? oneAddress() : ONE, 8) === 8;
 }
 
@@ -265,6 +309,7 @@ export class DataPlane {
   private readonly desc: DataPlaneDesc;
   private count = 0;
   private gen = -1;
+  private reloads = 0;
   private start: Float64Array;
   private end: Float64Array;
   private flags: Int32Array;
@@ -280,7 +325,7 @@ export class DataPlane {
     oneAddress();
   }
 
-  /** Attach this thread as the device's data plane (one at a time). */
+  /** Attach this thread as the device's data plane (one at a time); parks first while a change is under way. */
   static attach(desc: DataPlaneDesc): DataPlane {
     const ctl = new Int32Array(desc.control);
     if (Atomics.compareExchange(ctl, ATTACHED, 0, 1) !== 0) throw new Error(`${desc.name}: another lcore already runs this device's data plane`);
@@ -294,7 +339,7 @@ export class DataPlane {
     this.u8.length = 0;
     this.dv.length = 0;
     this.count = 0;
-    Atomics.store(this.ctl, PAUSE_ACK, 0);
+    this.gen = -1;
     Atomics.store(this.ctl, ATTACHED, 0);
     Atomics.notify(this.ctl, PAUSE_ACK);
   }
@@ -313,6 +358,15 @@ export class DataPlane {
   /** Number of DMA regions now. */
   get regions(): number {
     return this.count;
+  }
+
+  /**
+   * How many times the views were rebuilt. service() reports a change; messageRead/messageWrite
+   * may rebuild too (they honour pauses while waiting): compare this across them before using an
+   * offset from an earlier at().
+   */
+  get generation(): number {
+    return this.reloads;
   }
 
   /**
@@ -337,10 +391,16 @@ export class DataPlane {
     return iova - this.start[k];
   }
 
-  /** Raise vector of IRQ index through its eventfd (pending while masked); false when none is set. */
+  /**
+   * Raise vector of IRQ index through its eventfd (pending while masked); false when none is set.
+   * INTx (index 0) is automasked once signalled, as EmuDevice.triggerIrq does.
+   */
   irq(index: number, vector: number): boolean {
-    if (index >= this.desc.irqCount.length || vector >= this.desc.irqCount[index]) return false;
-    return signal(this.ctl, this.desc.irqBase[index] + vector * IRQ_WORDS);
+    if (index < 0 || index >= this.desc.irqCount.length || vector < 0 || vector >= this.desc.irqCount[index]) return false;
+    const o = this.desc.irqBase[index] + vector * IRQ_WORDS;
+    const ok = signal(this.ctl, o);
+    if (ok && index === INTX_INDEX) Atomics.store(this.ctl, o + IRQ_MASKED, 1);
+    return ok;
   }
 
   /** Sleep up to ms (an idle loop's back-off); a pause request wakes it at once. */
@@ -369,30 +429,42 @@ export class DataPlane {
   }
 
   private mail(op: number, iova: number, len: number): boolean {
+    const deadline = Date.now() + MAIL_TIMEOUT_MS;
+    // The main thread may need a pause while this thread waits (e.g. an unmap arrives): waiting
+    // touches no client memory, so acknowledge it.
+    for (;;) { // the mailbox may still be busy with a request given up earlier
+      const cur = Atomics.load(this.ctl, MAIL_OP);
+      if (cur === OP_NONE) break;
+      if (Atomics.load(this.ctl, PAUSE_REQ) !== 0) this.pause();
+      if (Date.now() > deadline) return false;
+      Atomics.wait(this.ctl, MAIL_OP, cur, 1);
+    }
     Atomics.store(this.ctl, MAIL_DONE, DONE_PENDING);
     this.ctl[MAIL_IOVA_LO] = iova % TWO32;
     this.ctl[MAIL_IOVA_HI] = Math.floor(iova / TWO32);
     this.ctl[MAIL_LEN] = len;
     Atomics.store(this.ctl, MAIL_OP, op);
     Atomics.notify(this.ctl, MAIL_OP);
-    const deadline = Date.now() + MAIL_TIMEOUT_MS;
-    // The main thread may need a pause while it works on this request (e.g. an unmap arrives):
-    // waiting here touches no client memory, so acknowledge it.
+    let ok = true;
     while (Atomics.load(this.ctl, MAIL_DONE) === DONE_PENDING) {
       if (Atomics.load(this.ctl, PAUSE_REQ) !== 0) this.pause();
-      if (Date.now() > deadline) { Atomics.store(this.ctl, MAIL_OP, OP_NONE); return false; }
+      if (Date.now() > deadline && Atomics.compareExchange(this.ctl, MAIL_OP, op, OP_ABANDONED) === op) { ok = false; break; }
       Atomics.wait(this.ctl, MAIL_DONE, DONE_PENDING, 1);
     }
-    const ok = Atomics.load(this.ctl, MAIL_DONE) === DONE_OK;
+    ok = ok && Atomics.load(this.ctl, MAIL_DONE) === DONE_OK;
     if (Atomics.load(this.ctl, DMA_GEN) !== this.gen) this.reload();
     return ok;
   }
 
+  /** Park until the main thread releases the pause, acknowledging each request's epoch. */
   private pause(): void {
-    Atomics.store(this.ctl, PAUSE_ACK, 1);
-    Atomics.notify(this.ctl, PAUSE_ACK);
-    while (Atomics.load(this.ctl, PAUSE_REQ) !== 0) Atomics.wait(this.ctl, PAUSE_REQ, 1, 100);
-    Atomics.store(this.ctl, PAUSE_ACK, 0);
+    for (;;) {
+      const e = Atomics.load(this.ctl, PAUSE_REQ);
+      if (e === 0) return;
+      Atomics.store(this.ctl, PAUSE_ACK, e);
+      Atomics.notify(this.ctl, PAUSE_ACK);
+      while (Atomics.load(this.ctl, PAUSE_REQ) === e) Atomics.wait(this.ctl, PAUSE_REQ, e, 100);
+    }
   }
 
   /** Rebuild the views from the published table. */
@@ -419,5 +491,6 @@ export class DataPlane {
     }
     this.count = k;
     this.hit = 0;
+    this.reloads++;
   }
 }

@@ -286,11 +286,18 @@ export class EmuDevice {
       }
     }
     const r: DmaRegion = { iova, len, flags, va };
-    this.plane.quiesce(() => {
-      this.dma.push(r);
-      this.dma.sort((a, b) => (a.iova < b.iova ? -1 : 1));
-      this.plane.publishDma(this.dma);
-    });
+    try {
+      this.plane.quiesce(() => {
+        this.dma.push(r);
+        this.dma.sort((a, b) => (a.iova < b.iova ? -1 : 1));
+        this.plane.publishDma(this.dma);
+      });
+    } catch (e) {
+      // the lcore did not pause: the table is unchanged, so the new mapping is unused and can go
+      if (this.dma.includes(r)) this.dma.splice(this.dma.indexOf(r), 1);
+      if (va !== 0n) os.munmap(va, len);
+      throw new ProtocolError(`${what}: ${(e as Error).message}`, E.EBUSY);
+    }
     this.events.emit('dma-map', r);
     return r;
   }

@@ -240,6 +240,32 @@ t.test('client disconnect: the device is reset and the next client is served', a
   t.ok(emu.alive(), 'the server lives on');
 });
 
+t.test('descriptors in flight when the client unmaps its memory or disconnects: the engine serves the next client', async (t) => {
+  const eal = new Eal({ noHuge: true, filePrefix: `tspvff${process.pid}`, lcores: [{ id: 0, cpu: 0 }], mainLcore: 0 });
+  t.teardown(() => eal.close());
+  const JOB = 16 * 1024, N = 64;
+  for (const how of ['unmap', 'disconnect', 'unmap', 'disconnect']) {
+    const c = VfioUserClient.connect(sock, { timeoutMs: 5000 });
+    const ring = eal.memory.reserve(`vff_ring_${how}${Date.now()}`, N * R.DESC_SIZE, 4096);
+    const bufs = eal.memory.reserve(`vff_bufs_${how}${Date.now()}`, 2 * N * JOB, 4096);
+    new Uint8Array(os.viewOf(bufs.va, N * JOB)).set(randomBytes(N * JOB));
+    const map = c.attachMemory(eal.memory);
+    const drv = DmatestDriver.open(c, { va: ring.va, iova: ring.iova, len: ring.len }, { entries: N });
+    for (let i = 0; i < N; i++) drv.submit(bufs.iova + BigInt(i * JOB), bufs.iova + BigInt((N + i) * JOB), JOB);
+    if (how === 'unmap') map.detach(true); // DMA_UNMAP of every segment while the engine copies
+    const done = drv.bar.read32(R.REG_CONSUMER);
+    c.close(); // abruptly: no disable, no clean-up messages
+    try { drv.close(); } catch { /* the connection is gone: only local clean-up */ }
+    t.ok(done <= N, `${how}: ${done} of ${N} descriptors done when the client left`);
+    eal.memory.free(ring.name);
+    eal.memory.free(bufs.name);
+  }
+  await new Promise((r) => setTimeout(r, 100));
+  t.ok(emu.alive(), 'the server lives on');
+  const next = await dmatestDemo(sock, 128);
+  t.same([next.ok, next.jobs], [128, 128], 'the next client: every copy verified');
+});
+
 t.test('server restart: socket removed at exit, stale socket replaced, clients reconnect', async (t) => {
   const path = join(dir, 'restart.sock');
   const s1 = await startEmu(path);
@@ -260,7 +286,7 @@ t.test('server restart: socket removed at exit, stale socket replaced, clients r
   t.equal(c3.info().numRegions, 9, 'a new server replaced the stale socket and serves');
   const dev = new DmatestDevice('second');
   t.throws(() => new VfioUserServer(dev.emu, path).start(), /in use by a running server; stop it or choose another --socket path/, 'a second server on a live socket fails');
-  dev.close();
+  await dev.close();
   t.equal(c3.info().numIrqs, 5, 'the running server was not disturbed');
   c3.close();
 });
@@ -284,7 +310,7 @@ t.test('tspmd vfio-user-info and emu command lines', async (t) => {
   t.throws(() => emuApp.parse([]), /name a device/);
   t.throws(() => emuApp.parse(['dmatest']), /--socket PATH is required/);
   t.throws(() => emuApp.parse(['nosuch', '--socket', 'x.sock']), /unknown device "nosuch"/);
-  t.same(emuApp.parse(['dmatest', '--socket', 'x.sock']), { device: 'dmatest', socket: 'x.sock', noReset: false });
+  t.same(emuApp.parse(['dmatest', '--socket', 'x.sock']), { device: 'dmatest', args: {}, socket: 'x.sock', noReset: false });
   t.same(ownFlagsWithPositionals(['--file-prefix', 'p', 'dmatest', '--socket', '/s', '-l', '0-1'], { '--socket': true }), { '--socket': true, dmatest: false },
     'positionals become own flags; EAL option values and --socket\'s value do not');
   t.same(moveOwnFlags(['--file-prefix', 'p', 'dmatest', '--socket', '/s'], { '--socket': true, dmatest: false }), ['--file-prefix', 'p', '--', 'dmatest', '--socket', '/s']);

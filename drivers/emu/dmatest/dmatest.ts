@@ -7,33 +7,40 @@
  * Adler-32, writes checksum and status back into the descriptor by DMA, advances the consumer
  * index, and raises MSI-X vector 0 through the client's eventfd.
  *
- * The poll loop runs on the server's event loop while the engine is enabled: back to back while
- * there is work, then backing off to a 5 ms timer when idle, and not at all when disabled; so an
- * idle device costs nothing and never competes with forwarding lcores. Client memory mapped by fd
- * is used in place (translate); memory mapped without fd goes through DMA_READ/WRITE messages.
+ * Two halves, like a PMD. This file is the control half, on the server's main thread: the
+ * trapped registers of BAR0's page 0 (REGION_READ/WRITE) and the engine state the data half needs
+ * (status, ring address and size, counters) in a small SharedArrayBuffer, changed only inside
+ * `emu.plane.quiesce()` so the engine never sees half a change. The data half is the poll loop in
+ * dmatest_lcore.ts, started on a worker lcore by start(eal, lcore): it reaches client memory and
+ * the eventfd through the emudev data plane (lib/emudev/dataplane.ts), by fd in place and without
+ * fd through the plane's mailbox (DMA_READ/WRITE messages sent by this thread). Until start() the
+ * registers work but no descriptor is executed.
  */
 import * as U from '../../../src/iommu/vfio-uapi.js';
 import { EmuDevice } from '../../../lib/emudev/emudev.js';
+import type { Eal } from '../../../src/eal.js';
+import { siblingModule } from '../../../src/lcore/lcores.js';
 import { log } from '../../../src/log.js';
 import * as R from './regs.js';
+import { S_COMPLETED, S_ENTRIES, S_ERRORS, S_GEN, S_RING_HI, S_RING_LO, S_STATUS, S_STOP, S_WORDS, type DmatestLcoreArg, type DmatestLcoreResult } from './dmatest_lcore.js';
 
-/** The dmatest device: an EmuDevice plus its engine. */
+const LCORE_MODULE = siblingModule(import.meta.url, 'dmatest_lcore');
+/** How long start() waits for the lcore to attach to the data plane (worker start-up included). */
+const START_TIMEOUT_MS = 30_000;
+
+/** The dmatest device: an EmuDevice, its registers, and its engine on an lcore. */
 export class DmatestDevice {
   readonly emu: EmuDevice;
   private ctrl = 0;
-  private status = 0;
+  /** ring registers as written (latched into the engine state when the engine is enabled) */
   private ringLo = 0;
   private ringHi = 0;
   private entries = 0;
-  private completed = 0;
-  private errors = 0;
-  private consumer = 0;
-  private timer: NodeJS.Timeout | NodeJS.Immediate | null = null;
-  private busy = false;
-  private idle = 0;
-  private shared32: Uint32Array;
+  private readonly state = new Int32Array(new SharedArrayBuffer(4 * S_WORDS));
+  private run: Promise<DmatestLcoreResult> | null = null;
+  private closing: Promise<void> | null = null;
 
-  /** Create the device (BAR memory, config space). */
+  /** Create the device (BAR memory, config space); start() runs its engine. */
   constructor(name = 'dmatest') {
     this.emu = new EmuDevice({
       name,
@@ -45,29 +52,82 @@ export class DmatestDevice {
       irqs: [{ index: U.VFIO_PCI_INTX_IRQ_INDEX, count: 0 }, { index: U.VFIO_PCI_MSIX_IRQ_INDEX, count: 1 }],
       onReset: () => this.resetState(),
     });
-    const mem = this.emu.barMemory(0);
-    this.shared32 = new Uint32Array(mem.buffer, mem.byteOffset, mem.byteLength >> 2);
-    this.emu.events.on('region-write', (index: number, off: number) => {
-      if (index === 0 && off <= R.REG_DOORBELL && off + 4 > R.REG_DOORBELL) this.kick(); // doorbell via REGION_WRITE
+    this.emu.events.on('region-write', (index: number, off: number, len: number) => {
+      // a doorbell through REGION_WRITE: end the engine's idle sleep now
+      if (index === 0 && off <= R.REG_DOORBELL && off + len > R.REG_DOORBELL) this.emu.plane.wake();
     });
-    this.emu.events.on('disconnect', () => this.stopEngine());
+    this.emu.events.on('disconnect', () => this.change(() => Atomics.and(this.state, S_STATUS, ~R.STATUS_RUNNING)));
   }
 
   /** Descriptors completed since the last reset. */
   get completedCount(): number {
-    return this.completed;
+    return Atomics.load(this.state, S_COMPLETED) >>> 0;
   }
 
-  /** Stop the engine and release the device. */
-  close(): void {
-    this.stopEngine();
-    this.emu.close();
+  /** Descriptors that failed since the last reset. */
+  get errorCount(): number {
+    return Atomics.load(this.state, S_ERRORS) >>> 0;
   }
 
+  /** Whether the engine runs on an lcore (between start() and close()). */
+  get started(): boolean {
+    return this.run !== null && this.emu.plane.attached;
+  }
+
+  /** Start the engine's poll loop on worker lcore `lcore` of eal; resolves once it polls. */
+  async start(eal: Eal, lcore: number): Promise<void> {
+    if (this.run || this.closing) throw new Error(`${this.emu.name}: the engine was started already (or the device is closed)`);
+    const arg: DmatestLcoreArg = { plane: this.emu.plane.desc(), state: this.state.buffer as SharedArrayBuffer, sharedPage: this.emu.barAddress(0) + BigInt(R.SHARED_PAGE) };
+    Atomics.store(this.state, S_STOP, 0);
+    const run = eal.lcores.launch<DmatestLcoreResult>(lcore, LCORE_MODULE, 'dmatestLcore', arg);
+    this.run = run;
+    let ended = false, failure: unknown = null;
+    run.then(() => { ended = true; }, (e: unknown) => { ended = true; failure = e; });
+    const deadline = Date.now() + START_TIMEOUT_MS;
+    while (!this.emu.plane.attached) {
+      if (ended) throw new Error(`${this.emu.name}: the engine on lcore ${lcore} ended before it started${failure ? `: ${(failure as Error).message}` : ''}`);
+      if (Date.now() > deadline) {
+        Atomics.store(this.state, S_STOP, 1);
+        throw new Error(`${this.emu.name}: the engine did not start on lcore ${lcore} within ${START_TIMEOUT_MS} ms`);
+      }
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    log('info', 'dmatest', `${this.emu.name}: engine polling on lcore ${lcore}`);
+  }
+
+  /** Stop the engine (stop word, then wait for its lcore) and release the device. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      Atomics.store(this.state, S_STOP, 1);
+      this.emu.plane.wake();
+      if (this.run) {
+        try {
+          const r = await this.run;
+          log('debug', 'dmatest', `${this.emu.name}: engine stopped: ${r.completed} completed, ${r.errors} failed since the last reset`);
+        } catch (e) {
+          log('warn', 'dmatest', `${this.emu.name}: the engine's lcore failed: ${(e as Error).message}`);
+        }
+      }
+      this.emu.close();
+    })();
+    return this.closing;
+  }
+
+  /** Change the engine state with the engine parked, then tell it to reload (S_GEN). */
+  private change(fn: () => void): void {
+    this.emu.plane.quiesce(() => {
+      fn();
+      Atomics.add(this.state, S_GEN, 1);
+    });
+  }
+
+  /** onReset (called inside the plane's quiesce): registers, engine state and the shared page. */
   private resetState(): void {
-    this.stopEngine();
-    this.ctrl = this.status = this.ringLo = this.ringHi = this.entries = this.completed = this.errors = this.consumer = 0;
-    this.emu.barMemory(0).fill(0, R.SHARED_PAGE, R.SHARED_PAGE + 0x1000);
+    this.ctrl = this.ringLo = this.ringHi = this.entries = 0;
+    this.change(() => {
+      for (const w of [S_STATUS, S_RING_LO, S_RING_HI, S_ENTRIES, S_COMPLETED, S_ERRORS]) Atomics.store(this.state, w, 0);
+      this.emu.barMemory(0).fill(0, R.SHARED_PAGE, R.SHARED_PAGE + 0x1000);
+    });
   }
 
   private readRegs(off: number, buf: Uint8Array): void {
@@ -84,12 +144,12 @@ export class DmatestDevice {
       case R.REG_ID: return R.DMATEST_ID;
       case R.REG_VERSION: return R.DMATEST_VERSION;
       case R.REG_CTRL: return this.ctrl;
-      case R.REG_STATUS: return this.status;
+      case R.REG_STATUS: return Atomics.load(this.state, S_STATUS) >>> 0;
       case R.REG_RING_LO: return this.ringLo;
       case R.REG_RING_HI: return this.ringHi;
       case R.REG_RING_ENTRIES: return this.entries;
-      case R.REG_COMPLETED: return this.completed >>> 0;
-      case R.REG_ERRORS: return this.errors >>> 0;
+      case R.REG_COMPLETED: return Atomics.load(this.state, S_COMPLETED) >>> 0;
+      case R.REG_ERRORS: return Atomics.load(this.state, S_ERRORS) >>> 0;
       default: return 0;
     }
   }
@@ -100,8 +160,8 @@ export class DmatestDevice {
     switch (off) {
       case R.REG_CTRL: {
         this.ctrl = v & R.CTRL_ENABLE;
-        if (this.ctrl & R.CTRL_ENABLE) this.startEngine();
-        else this.stopEngine();
+        if (this.ctrl & R.CTRL_ENABLE) this.enable();
+        else this.change(() => Atomics.and(this.state, S_STATUS, ~R.STATUS_RUNNING));
         break;
       }
       case R.REG_RING_LO: this.ringLo = v; break;
@@ -111,103 +171,18 @@ export class DmatestDevice {
     }
   }
 
-  private startEngine(): void {
-    if (this.entries === 0) { this.status = R.STATUS_ERROR; this.ctrl = 0; return; }
-    this.consumer = Atomics.load(this.shared32, (R.REG_CONSUMER) >> 2);
-    this.status = R.STATUS_RUNNING;
-    this.idle = 0;
-    this.kick();
-  }
-
-  private stopEngine(): void {
-    this.status &= ~R.STATUS_RUNNING;
-    if (this.timer) { clearTimeout(this.timer as NodeJS.Timeout); clearImmediate(this.timer as NodeJS.Immediate); this.timer = null; }
-  }
-
-  /** Schedule a poll now. */
-  private kick(): void {
-    if (!(this.status & R.STATUS_RUNNING) || this.busy) return;
-    this.idle = 0;
-    if (this.timer) { clearTimeout(this.timer as NodeJS.Timeout); clearImmediate(this.timer as NodeJS.Immediate); }
-    this.timer = setImmediate(() => void this.poll());
-  }
-
-  private schedule(): void {
-    if (!(this.status & R.STATUS_RUNNING)) { this.timer = null; return; }
-    this.idle++;
-    this.timer = this.idle < 64 ? setImmediate(() => void this.poll()) : setTimeout(() => void this.poll(), Math.min(5, this.idle >> 6));
-  }
-
-  /** One poll: process every descriptor between the consumer index and the doorbell. */
-  private async poll(): Promise<void> {
-    this.timer = null;
-    if (!(this.status & R.STATUS_RUNNING) || this.busy) return;
-    this.busy = true;
-    let done = 0;
-    try {
-      const ring = (BigInt(this.ringHi) << 32n) | BigInt(this.ringLo);
-      while (this.status & R.STATUS_RUNNING) {
-        const producer = Atomics.load(this.shared32, R.REG_DOORBELL >> 2);
-        if (producer === this.consumer) break;
-        const slot = this.consumer & (this.entries - 1);
-        const ok = await this.process(ring + BigInt(slot * R.DESC_SIZE));
-        if (!ok) break;
-        this.consumer = (this.consumer + 1) >>> 0;
-        Atomics.store(this.shared32, R.REG_CONSUMER >> 2, this.consumer);
-        done++;
-        if (done % 64 === 0) this.raise();
-      }
-    } finally {
-      this.busy = false;
+  /** CTRL_ENABLE: latch the ring into the engine state and let the engine run (from the consumer index in the shared page). */
+  private enable(): void {
+    if (this.entries === 0) {
+      this.ctrl = 0;
+      this.change(() => Atomics.store(this.state, S_STATUS, R.STATUS_ERROR));
+      return;
     }
-    if (done > 0) { this.raise(); this.idle = 0; }
-    this.schedule();
-  }
-
-  private raise(): void {
-    if (this.emu.irqAssigned(U.VFIO_PCI_MSIX_IRQ_INDEX, 0)) this.emu.triggerIrq(U.VFIO_PCI_MSIX_IRQ_INDEX, 0);
-  }
-
-  /** Execute one descriptor; false when the ring itself is unreachable (engine stops with STATUS_ERROR). */
-  private async process(descIova: bigint): Promise<boolean> {
-    let desc: Uint8Array;
-    try {
-      desc = await this.emu.dmaRead(descIova, R.DESC_SIZE);
-    } catch (e) {
-      log('warn', 'dmatest', `${this.emu.name}: descriptor at 0x${descIova.toString(16)} unreadable: ${(e as Error).message}`);
-      this.status = R.STATUS_ERROR;
-      return false;
-    }
-    const dv = new DataView(desc.buffer, desc.byteOffset, desc.byteLength);
-    const src = dv.getBigUint64(R.DESC_SRC, true), dst = dv.getBigUint64(R.DESC_DST, true), len = dv.getUint32(R.DESC_LEN, true);
-    const wb = new Uint8Array(8);
-    const wdv = new DataView(wb.buffer);
-    try {
-      if (len === 0 || len > R.DESC_MAX_LEN) throw new Error(`length ${len} must be 1..${R.DESC_MAX_LEN}`);
-      let sum: number;
-      const s = this.emu.translate(src, len, false), d = this.emu.translate(dst, len, true);
-      if (s && d) {
-        d.set(s);
-        sum = R.adler32(s);
-      } else {
-        const data = await this.emu.dmaRead(src, len);
-        await this.emu.dmaWrite(dst, data);
-        sum = R.adler32(data);
-      }
-      wdv.setUint32(0, sum, true);
-      wdv.setUint32(4, R.DESC_STATUS_DONE, true);
-      this.completed++;
-    } catch (e) {
-      log('debug', 'dmatest', `${this.emu.name}: descriptor at 0x${descIova.toString(16)} failed: ${(e as Error).message}`);
-      wdv.setUint32(4, R.DESC_STATUS_ERROR, true);
-      this.errors++;
-    }
-    try {
-      await this.emu.dmaWrite(descIova + BigInt(R.DESC_CHECKSUM), wb);
-    } catch {
-      this.status = R.STATUS_ERROR;
-      return false;
-    }
-    return true;
+    this.change(() => {
+      Atomics.store(this.state, S_RING_LO, this.ringLo | 0);
+      Atomics.store(this.state, S_RING_HI, this.ringHi | 0);
+      Atomics.store(this.state, S_ENTRIES, this.entries);
+      Atomics.store(this.state, S_STATUS, R.STATUS_RUNNING);
+    });
   }
 }

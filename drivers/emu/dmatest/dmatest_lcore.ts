@@ -1,0 +1,202 @@
+/**
+ * The dmatest engine's poll loop, run on the device's lcore (DmatestDevice.start launches it): the
+ * data half of the device, like a PMD's rx/tx loop. It imports only the data plane, the register
+ * map and libc.
+ *
+ * Each iteration: service() the data plane (honour a pause, pick up a new DMA table), pick up the
+ * engine state the main thread changed (inside plane quiesce: enable, ring address and size, reset),
+ * then compare the doorbell (producer index, a word in BAR0's shared page that the driver stores to)
+ * with the consumer index and execute up to BURST descriptors: translate the descriptor, source and
+ * destination IOVAs with plane.at() (bounds and permissions checked; memory sent without fd goes
+ * through the mailbox: plane.messageRead/messageWrite), copy and compute the Adler-32 of the source,
+ * write checksum and status back into the descriptor, advance the consumer index; then raise MSI-X
+ * vector 0 once for the batch. Idle: a few empty polls back to back, then plane.sleep() growing to
+ * IDLE_MAX_MS, so an idle or disabled engine costs nearly nothing (a pause request, wake() or the
+ * stop word end the sleep early).
+ */
+import { DataPlane, type DataPlaneDesc } from '../../../lib/emudev/dataplane.js';
+import { viewOf } from '../../../src/os/libc.js';
+import type { LcoreContext } from '../../../src/lcore/types.js';
+import * as R from './regs.js';
+
+// Words of the engine state shared with the main thread (Int32Array). The main thread changes
+// status, ring and entries (and zeroes the counters) inside plane quiesce() and then bumps S_GEN;
+// the lcore sets STATUS_ERROR and counts completions and errors.
+/** REG_STATUS bits */
+export const S_STATUS = 0;
+export const S_RING_LO = 1;
+export const S_RING_HI = 2;
+export const S_ENTRIES = 3;
+export const S_COMPLETED = 4;
+export const S_ERRORS = 5;
+/** bumped by the main thread after each change: the lcore reloads ring, entries and the consumer index */
+export const S_GEN = 6;
+/** set by the main thread: the loop returns */
+export const S_STOP = 7;
+/** the state's size in Int32 words */
+export const S_WORDS = 16;
+
+/** The lcore function's argument (structured-cloneable). */
+export interface DmatestLcoreArg {
+  plane: DataPlaneDesc;
+  /** the engine state (S_* words) */
+  state: SharedArrayBuffer;
+  /** local address of BAR0's shared page (doorbell, consumer index) */
+  sharedPage: bigint;
+}
+
+/** What the loop reports when it returns. */
+export interface DmatestLcoreResult {
+  completed: number;
+  errors: number;
+}
+
+/** Descriptors executed back to back before the interrupt and the next service(). */
+const BURST = 64;
+/** Empty polls back to back before the first sleep. */
+const SPIN = 256;
+/** First and longest idle sleep (ms). */
+const IDLE_MIN_MS = 0.05, IDLE_MAX_MS = 5;
+const MSIX = 2; // VFIO_PCI_MSIX_IRQ_INDEX
+const TWO32 = 0x1_0000_0000;
+/** the high word of an IOVA that a number cannot hold exactly (2^53 and up) */
+const HI_LIMIT = 0x20_0000;
+const DOORBELL_W = (R.REG_DOORBELL - R.SHARED_PAGE) >> 2, CONSUMER_W = (R.REG_CONSUMER - R.SHARED_PAGE) >> 2;
+
+/** Adler-32 of b[off, off+len) (RFC 1950; the same as regs.adler32). */
+function adler(b: Uint8Array, off: number, len: number): number {
+  let a = 1, s = 0;
+  const end = off + len;
+  for (let i = off; i < end; ) {
+    const stop = Math.min(end, i + 3800);
+    for (; i < stop; i++) { a += b[i]; s += a; }
+    a %= 65521;
+    s %= 65521;
+  }
+  return ((s << 16) | a) >>> 0;
+}
+
+/** Copy len bytes from src[so] to dst[d] (different buffers) and return the source's Adler-32, in one pass. */
+function copyAdler(src: Uint8Array, so: number, dst: Uint8Array, d: number, len: number): number {
+  let a = 1, s = 0;
+  const delta = d - so;
+  const end = so + len;
+  for (let i = so; i < end; ) {
+    const stop = Math.min(end, i + 3800);
+    for (; i < stop; i++) { const x = src[i]; dst[i + delta] = x; a += x; s += a; }
+    a %= 65521;
+    s %= 65521;
+  }
+  return ((s << 16) | a) >>> 0;
+}
+
+/** The engine: poll the doorbell and execute descriptors until the stop word (or the lcore's stop). */
+export function dmatestLcore(arg: DmatestLcoreArg, ctx: LcoreContext): DmatestLcoreResult {
+  const st = new Int32Array(arg.state);
+  const bell = new Int32Array(viewOf(arg.sharedPage, 4096));
+  const scratch = new Uint8Array(R.DESC_MAX_LEN);
+  const desc = new Uint8Array(R.DESC_SIZE), descDv = new DataView(desc.buffer);
+  const wb = new Uint8Array(8), wbDv = new DataView(wb.buffer);
+  const plane = DataPlane.attach(arg.plane);
+
+  /** Execute the descriptor at IOVA d: true when handled (done or error), false when the ring itself is unreachable. */
+  const execute = (d: number): boolean => {
+    let srcLo: number, srcHi: number, dstLo: number, dstHi: number, len: number;
+    const o = plane.at(d, R.DESC_SIZE, false);
+    if (o >= 0) {
+      const dv = plane.dv[plane.hit];
+      srcLo = dv.getUint32(o + R.DESC_SRC, true); srcHi = dv.getUint32(o + R.DESC_SRC + 4, true);
+      dstLo = dv.getUint32(o + R.DESC_DST, true); dstHi = dv.getUint32(o + R.DESC_DST + 4, true);
+      len = dv.getUint32(o + R.DESC_LEN, true);
+    } else if (o === -2 && plane.messageRead(d, desc, 0, R.DESC_SIZE)) {
+      srcLo = descDv.getUint32(R.DESC_SRC, true); srcHi = descDv.getUint32(R.DESC_SRC + 4, true);
+      dstLo = descDv.getUint32(R.DESC_DST, true); dstHi = descDv.getUint32(R.DESC_DST + 4, true);
+      len = descDv.getUint32(R.DESC_LEN, true);
+    } else {
+      return false;
+    }
+    let status = R.DESC_STATUS_ERROR, sum = 0;
+    if (len !== 0 && len <= R.DESC_MAX_LEN && srcHi < HI_LIMIT && dstHi < HI_LIMIT) {
+      const src = srcHi * TWO32 + srcLo, dst = dstHi * TWO32 + dstLo;
+      const so = plane.at(src, len, false), sk = plane.hit;
+      const dof = plane.at(dst, len, true), dk = plane.hit;
+      if (so >= 0 && dof >= 0) {
+        if (sk === dk) { // one region: checksum first, then a memmove (the ranges may overlap)
+          const m = plane.u8[sk];
+          sum = adler(m, so, len);
+          m.copyWithin(dof, so, so + len);
+        } else {
+          sum = copyAdler(plane.u8[sk], so, plane.u8[dk], dof, len);
+        }
+        status = R.DESC_STATUS_DONE;
+      } else if (so !== -1 && dof !== -1) {
+        // Memory without fd on one side or both: through the scratch buffer and the mailbox. The
+        // table may change while a message is waited for: translate again after each.
+        let ok = true;
+        if (so >= 0) scratch.set(plane.u8[sk].subarray(so, so + len));
+        else ok = plane.messageRead(src, scratch, 0, len);
+        if (ok) {
+          sum = adler(scratch, 0, len);
+          const again = plane.at(dst, len, true);
+          if (again >= 0) plane.u8[plane.hit].set(scratch.subarray(0, len), again);
+          else ok = again === -2 && plane.messageWrite(dst, scratch, 0, len);
+        }
+        if (ok) status = R.DESC_STATUS_DONE;
+      }
+    }
+    Atomics.add(st, status === R.DESC_STATUS_DONE ? S_COMPLETED : S_ERRORS, 1);
+    // Write checksum and status back (translated again: message I/O may have changed the table).
+    const w = plane.at(d + R.DESC_CHECKSUM, 8, true);
+    if (w >= 0) {
+      const dv = plane.dv[plane.hit];
+      dv.setUint32(w, sum, true);
+      dv.setUint32(w + 4, status, true);
+      return true;
+    }
+    if (w === -1) return false;
+    wbDv.setUint32(0, sum, true);
+    wbDv.setUint32(4, status, true);
+    return plane.messageWrite(d + R.DESC_CHECKSUM, wb, 0, 8);
+  };
+
+  let gen = -1, running = false, ring = 0, mask = 0, consumer = 0, idle = 0, nap = 0;
+  try {
+    while (Atomics.load(st, S_STOP) === 0 && !ctx.stopRequested()) {
+      plane.service();
+      const g = Atomics.load(st, S_GEN);
+      if (g !== gen) {
+        gen = g;
+        const hi = Atomics.load(st, S_RING_HI) >>> 0, entries = Atomics.load(st, S_ENTRIES);
+        running = (Atomics.load(st, S_STATUS) & R.STATUS_RUNNING) !== 0 && entries > 0 && hi < HI_LIMIT;
+        ring = hi * TWO32 + (Atomics.load(st, S_RING_LO) >>> 0);
+        mask = entries - 1;
+        consumer = Atomics.load(bell, CONSUMER_W) >>> 0;
+        idle = nap = 0;
+      }
+      if (!running) { plane.sleep(IDLE_MAX_MS); continue; }
+      let done = 0;
+      while (done < BURST) {
+        if ((Atomics.load(bell, DOORBELL_W) >>> 0) === consumer) break;
+        if (!execute(ring + (consumer & mask) * R.DESC_SIZE)) {
+          Atomics.store(st, S_STATUS, R.STATUS_ERROR); // the ring is unreachable: stop until re-enabled
+          running = false;
+          break;
+        }
+        consumer = (consumer + 1) >>> 0;
+        Atomics.store(bell, CONSUMER_W, consumer | 0);
+        done++;
+      }
+      if (done > 0) {
+        plane.irq(MSIX, 0);
+        idle = nap = 0;
+        continue;
+      }
+      if (!running || ++idle < SPIN) continue;
+      nap = nap === 0 ? IDLE_MIN_MS : Math.min(IDLE_MAX_MS, nap * 2);
+      plane.sleep(nap);
+    }
+  } finally {
+    plane.detach();
+  }
+  return { completed: Atomics.load(st, S_COMPLETED) >>> 0, errors: Atomics.load(st, S_ERRORS) >>> 0 };
+}
