@@ -3,4 +3,5 @@ import './net/null/null.js';
 import './net/ring/ring.js';
 import './net/af_packet/af_packet.js';
 import './net/tap/tap.js';
+import './net/virtio/virtio.js';
 import './emu/dmatest/pci.js';

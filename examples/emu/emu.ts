@@ -12,6 +12,7 @@ import type { Eal } from '../../src/eal.js';
 import { VfioUserServer } from '../../lib/vfio-user/server.js';
 import type { EmuDevice } from '../../lib/emudev/emudev.js';
 import { DmatestDevice } from '../../drivers/emu/dmatest/dmatest.js';
+import { createVirtioNetEmu, VIRTIO_NET_SUMMARY, VIRTIO_NET_ARGS } from '../../drivers/emu/virtio-net/emu.js';
 import { appArgv, ownFlagsWithPositionals } from '../vfio-user/positional.js';
 
 /** An emulated device the emu app can serve. */
@@ -35,6 +36,7 @@ export interface EmuDeviceKind {
 /** The devices `tspmd emu` knows, by name. */
 export const EMU_DEVICES: Record<string, EmuDeviceKind> = {
   dmatest: { summary: 'copy + Adler-32 DMA engine: doorbell in a sparse-mmapped BAR page, ring in client memory, MSI-X', create: () => new DmatestDevice() },
+  'virtio-net': { summary: VIRTIO_NET_SUMMARY, args: VIRTIO_NET_ARGS, create: createVirtioNetEmu },
 };
 
 /** Split "name,key=value,key=value" into the name and its arguments. */

@@ -9,7 +9,7 @@ import { UsageError } from '../../src/options.js';
 import { listPorts, type EthDev } from '../../lib/ethdev/ethdev.js';
 import { pktmbufPoolCreate } from '../../lib/mempool/mbuf.js';
 import { siblingModule } from '../../src/lcore/lcores.js';
-import { probeVdevs } from '../../drivers/bus/vdev/vdev.js';
+import { probePorts } from '../common/ports.js';
 import { type App, eachOption, numberOption, runLcoresUntilDone } from '../common/app.js';
 import { StatsReporter } from '../common/stats.js';
 import type { L2fwdAssignment, L2fwdLcoreArg, L2fwdLcoreResult } from './l2fwd_lcore.js';
@@ -82,7 +82,7 @@ export const l2fwd: App<L2fwdOptions> = {
   async main(eal, o) {
     // With --json, stdout carries only the summary: progress goes to stderr.
     const info = (line: string): void => void (o.json ? process.stderr : process.stdout).write(line + '\n');
-    await probeVdevs(eal);
+    await probePorts(eal);
     const all = listPorts();
     const ports = all.filter((p) => o.portmask === null || (o.portmask & (1 << p.port)) !== 0);
     if (o.portmask !== null && o.portmask >= 1 << all.length) {

@@ -8,7 +8,7 @@ import { listPorts, parseMac, type EthDev } from '../../lib/ethdev/ethdev.js';
 import { pktmbufPoolCreate } from '../../lib/mempool/mbuf.js';
 import { buildUdpFrame, parseIpv4 } from '../../lib/net/packet.js';
 import { siblingModule } from '../../src/lcore/lcores.js';
-import { probeVdevs } from '../../drivers/bus/vdev/vdev.js';
+import { probePorts } from '../common/ports.js';
 import { type App, eachOption, numberOption, runLcoresUntilDone } from '../common/app.js';
 import { StatsReporter } from '../common/stats.js';
 import type { PktgenLcoreArg } from './pktgen_lcore.js';
@@ -90,7 +90,7 @@ export const pktgen: App<PktgenOptions> = {
     return o;
   },
   async main(eal, o) {
-    await probeVdevs(eal);
+    await probePorts(eal);
     const all = listPorts();
     const find = (id: number, flag: string): EthDev => {
       const p = all.find((x) => x.port === id);

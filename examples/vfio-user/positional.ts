@@ -22,7 +22,7 @@ export function ownFlagsWithPositionals(argv: readonly string[], named: Record<s
     const name = a.split('=')[0];
     if (name in named) { if (named[name] && !a.includes('=')) i++; continue; }
     if (a.startsWith('-')) { if (EAL_VALUE_OPTIONS.has(name) && !a.includes('=')) i++; continue; }
-    own[a] = false;
+    own[a.split('=')[0]] = false; // moveOwnFlags looks flags up by the text before '='
   }
   return own;
 }

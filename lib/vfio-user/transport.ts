@@ -17,6 +17,8 @@
  * Waiting without spinning: waitReadable() polls on a libuv pool thread (os.pollAsync) together
  * with a wake eventfd, so an idle peer costs nothing and close() ends the wait at once.
  */
+import { chmodSync } from 'node:fs';
+import { isMainThread } from 'node:worker_threads';
 import * as os from '../../src/os/libc.js';
 import { HEADER_SIZE, ProtocolError, readHeader, writeHeader, cmdName, type Header, type Message } from './protocol.js';
 
@@ -227,15 +229,18 @@ export function safeClose(fd: number): void {
 /** Create, bind and listen on a unix socket at path with mode 0600 (non-blocking, close-on-exec). */
 export function listenUnix(path: string, backlog = 4): number {
   const fd = os.socket(os.AF_UNIX, os.SOCK_STREAM | os.SOCK_NONBLOCK, 0);
-  const old = process.umask(0o177);
+  // bind() creates the file with the umask's mode. Worker threads may not change the umask: there
+  // the file is chmod'ed right after bind, before listen() lets anyone connect.
+  const old = isMainThread ? process.umask(0o177) : -1;
   try {
     os.bind(fd, os.sockaddrUn(path), `"${path}"`);
+    if (!isMainThread) chmodSync(path, 0o600);
     os.listen(fd, backlog);
   } catch (e) {
     safeClose(fd);
     throw e;
   } finally {
-    process.umask(old);
+    if (old >= 0) process.umask(old);
   }
   return fd;
 }

@@ -78,6 +78,7 @@ export const VIRTIO_NET_F_MAC = 5;
 export const VIRTIO_NET_F_MRG_RXBUF = 15;
 export const VIRTIO_NET_F_STATUS = 16;
 export const VIRTIO_NET_F_CTRL_VQ = 17;
+export const VIRTIO_NET_F_CTRL_RX = 18;
 export const VIRTIO_NET_F_MQ = 22;
 export const VIRTIO_F_RING_INDIRECT_DESC = 28;
 export const VIRTIO_F_RING_EVENT_IDX = 29;
@@ -92,7 +93,7 @@ export function featureBit(bit: number): bigint {
 
 /** Names of the feature bits above, for messages and `info` output. */
 export const FEATURE_NAMES: Record<number, string> = {
-  0: 'CSUM', 1: 'GUEST_CSUM', 3: 'MTU', 5: 'MAC', 15: 'MRG_RXBUF', 16: 'STATUS', 17: 'CTRL_VQ', 22: 'MQ',
+  0: 'CSUM', 1: 'GUEST_CSUM', 3: 'MTU', 5: 'MAC', 15: 'MRG_RXBUF', 16: 'STATUS', 17: 'CTRL_VQ', 18: 'CTRL_RX', 22: 'MQ',
   28: 'RING_INDIRECT_DESC', 29: 'RING_EVENT_IDX', 32: 'VERSION_1', 33: 'ACCESS_PLATFORM', 34: 'RING_PACKED',
 };
 
@@ -160,6 +161,8 @@ export function txQueueIndex(pair: number): number {
 
 /** Control virtqueue (5.1.6.5): struct virtio_net_ctrl { u8 class; u8 command; data; u8 ack } */
 export const VIRTIO_NET_CTRL_RX = 0;
+/** VIRTIO_NET_CTRL_RX commands: promiscuous on (1) or off (0) */
+export const VIRTIO_NET_CTRL_RX_PROMISC = 0;
 export const VIRTIO_NET_CTRL_MAC = 1;
 export const VIRTIO_NET_CTRL_MQ = 4;
 export const VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET = 0;

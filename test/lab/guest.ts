@@ -22,11 +22,21 @@
  *               read through VFIO, the mdev bus hands it to the PCI bus, which probes it through
  *               the same mode by UUID; its config space is read from the region; its I/O BAR (not
  *               mmap-able) is read and written through pread/pwrite (16550 LSR, scratch register)
+ *   virtio-*    (virtio-net) the virtio PMD (drivers/net/virtio) on the real device, in a second EAL
+ *               with -l 0-1: virtio-probe (net_virtio probes it through MODE, VERSION_1 and
+ *               ACCESS_PLATFORM negotiated), virtio-config (MAC 52:54:00:12:34:56 and link up from
+ *               the device configuration), virtio-arp (from a worker lcore, an ARP request for
+ *               10.0.2.2 leaves through QEMU's slirp backend and slirp's reply from
+ *               52:55:0a:00:02:02 comes back through the RX ring), virtio-stats (port and
+ *               per-queue counters, control-queue commands), virtio-restart (stop resets the device
+ *               and returns every mbuf; started again, a second exchange works), virtio-close (close
+ *               resets the device, the EAL closes, no DMAR fault was logged)
  *
  * Each result is one line on stdout: `TSPLAB {"nic":..,"mode":..,"check":..,"ok":..,...}`.
  * The exit code is 0 when every check passed.
  */
 import { execFile, execFileSync } from 'node:child_process';
+import { isMainThread } from 'node:worker_threads';
 import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -36,7 +46,16 @@ import * as os from '../../src/os/libc.js';
 import { Bar } from '../../src/iommu/bar.js';
 import type { VfioDevice } from '../../src/iommu/device.js';
 import * as U from '../../src/iommu/vfio-uapi.js';
-import { probePci, registerPciDriver, type PciBus } from '../../drivers/bus/pci/pci.js';
+import { probePci, registerPciDriver, unregisterPciDriver, type PciBus } from '../../drivers/bus/pci/pci.js';
+import { listPorts, openRxQueue, openTxQueue, formatMac, type PortData } from '../../lib/ethdev/ethdev.js';
+import { Mempool } from '../../lib/mempool/mempool.js';
+import { chain, nbSegs, pktmbufAlloc, pktmbufFree, pktmbufPoolCreate, readPacket, writePacket, type PktmbufPoolOptions } from '../../lib/mempool/mbuf.js';
+import { ipv4Checksum, onesSum } from '../../lib/net/packet.js';
+import type { MempoolDesc } from '../../lib/mempool/mempool.js';
+import { siblingModule } from '../../src/lcore/lcores.js';
+import type { LcoreContext } from '../../src/lcore/types.js';
+// a type only: the driver registers itself with the PCI bus when imported, which checkVirtioPmd does late
+import type { VirtioNetPort } from '../../drivers/net/virtio/virtio.js';
 import { probePciAndMdev, type MdevStatus } from '../../drivers/bus/mdev/mdev.js';
 
 type Detail = Record<string, unknown>;
@@ -326,6 +345,238 @@ function checkMdev(bus: PciBus, mdevs: MdevStatus[]): void {
   }
 }
 
+// ---- the virtio PMD on QEMU's virtio-net-pci (slirp: we are 10.0.2.15, the gateway 10.0.2.2) ----
+
+const SLIRP_GW_MAC = [0x52, 0x55, 0x0a, 0x00, 0x02, 0x02];
+const QEMU_DEFAULT_MAC = '52:54:00:12:34:56';
+
+/** An ARP request "who has 10.0.2.2, tell 10.0.2.15" from mac, padded to 60 bytes. */
+function arpRequest(mac: number[]): Uint8Array {
+  const f = new Uint8Array(60);
+  f.fill(0xff, 0, 6);
+  f.set(mac, 6);
+  f.set([0x08, 0x06, 0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01], 12);
+  f.set(mac, 22);
+  f.set([10, 0, 2, 15], 28);
+  f.set([10, 0, 2, 2], 38);
+  return f;
+}
+
+/** What one ARP exchange on the worker lcore saw. */
+export interface ArpExchange {
+  sent: number;
+  /** the reply's first 42 bytes, or null */
+  reply: number[] | null;
+  /** other frames received meanwhile */
+  others: number;
+  ms: number;
+}
+
+/**
+ * Runs on a worker lcore (this module is imported there; main() runs only on the main thread):
+ * the port's queues rebuilt from PortData, so the doorbell is the worker's store into the BAR
+ * mapping. Sends an ARP request every second until slirp's reply arrives or timeoutMs passes.
+ */
+export async function virtioArpLcore(a: { port: PortData; timeoutMs: number }, ctx: LcoreContext): Promise<ArpExchange> {
+  const rx = await openRxQueue(a.port, 0);
+  const tx = await openTxQueue(a.port, 0);
+  const pool = Mempool.attach(a.port.rxPools[0]);
+  const frame = arpRequest(a.port.mac);
+  const burst = new Uint32Array(32), one = new Uint32Array(1), bytes = new Uint8Array(2048);
+  const t0 = Date.now();
+  let sent = 0, others = 0, lastSend = -Infinity, reply: number[] | null = null;
+  while (!ctx.stopRequested() && reply === null && Date.now() - t0 < a.timeoutMs) {
+    if (Date.now() - lastSend >= 1000) {
+      const m = pktmbufAlloc(pool);
+      if (m >= 0 && writePacket(m, frame)) {
+        one[0] = m;
+        if (tx.txBurst(one, 1) === 1) sent++;
+        else pktmbufFree(m);
+      }
+      lastSend = Date.now();
+    }
+    const n = rx.rxBurst(burst, burst.length);
+    for (let i = 0; i < n; i++) {
+      const len = readPacket(burst[i], bytes);
+      const isReply = len >= 42 && bytes[12] === 0x08 && bytes[13] === 0x06 && bytes[20] === 0 && bytes[21] === 2 &&
+        bytes.subarray(6, 12).every((b, k) => b === SLIRP_GW_MAC[k]) && bytes.subarray(28, 32).join('.') === '10.0.2.2' &&
+        bytes.subarray(38, 42).join('.') === '10.0.2.15';
+      if (isReply && reply === null) reply = Array.from(bytes.subarray(0, 42));
+      else others++;
+      pktmbufFree(burst[i]);
+    }
+  }
+  // give the device a moment, then reclaim the completed requests (a TX burst of 0 reclaims)
+  for (const end = Date.now() + 50; Date.now() < end;) tx.txBurst(burst, 0);
+  return { sent, reply, others, ms: Date.now() - t0 };
+}
+
+const PING_PAYLOAD = 400;
+
+/** An ICMP echo request 10.0.2.15 -> 10.0.2.2 with a 400-byte patterned payload (442-byte frame). */
+function pingRequest(mac: number[]): Uint8Array {
+  const f = new Uint8Array(14 + 20 + 8 + PING_PAYLOAD);
+  f.set(SLIRP_GW_MAC, 0);
+  f.set(mac, 6);
+  f.set([0x08, 0x00], 12);
+  const ipLen = f.length - 14;
+  f.set([0x45, 0, ipLen >> 8, ipLen & 0xff, 0x12, 0x34, 0, 0, 64, 1, 0, 0, 10, 0, 2, 15, 10, 0, 2, 2], 14);
+  const ipc = ipv4Checksum(f, 14);
+  f[24] = ipc >> 8;
+  f[25] = ipc & 0xff;
+  f.set([8, 0, 0, 0, 0x74, 0x73, 0, 1], 34); // echo request, id 0x7473, seq 1
+  for (let i = 0; i < PING_PAYLOAD; i++) f[42 + i] = (i * 7 + 3) & 0xff;
+  const c = ~onesSum(f, 34, 8 + PING_PAYLOAD) & 0xffff;
+  f[36] = c >> 8;
+  f[37] = c & 0xff;
+  return f;
+}
+
+/** What the ping exchange on the worker lcore saw. */
+export interface PingExchange {
+  sent: number;
+  others: number;
+  ms: number;
+  /** the echo reply: segments of the received mbuf chain, its length, whether the payload came back intact */
+  reply: { segs: number; len: number; payloadIntact: boolean; from: string } | null;
+}
+
+/**
+ * Worker lcore: send the echo request as a chain of three mbufs (14 + 28 + 400 bytes: the TX path
+ * with the queue's own header slot and one descriptor per segment) once a second, until slirp's
+ * echo reply arrives in the RX queue, whose mbufs (64-byte data room) force the device to merge it
+ * over several buffers (MRG_RXBUF: a chained mbuf).
+ */
+export async function virtioPingLcore(a: { port: PortData; txPool: MempoolDesc; timeoutMs: number }, ctx: LcoreContext): Promise<PingExchange> {
+  const rx = await openRxQueue(a.port, 0);
+  const tx = await openTxQueue(a.port, 0);
+  const pool = Mempool.attach(a.txPool);
+  const frame = pingRequest(a.port.mac);
+  const cuts = [0, 14, 42, frame.length];
+  const burst = new Uint32Array(32), one = new Uint32Array(1), bytes = new Uint8Array(4096);
+  const t0 = Date.now();
+  let sent = 0, others = 0, lastSend = -Infinity, reply: PingExchange['reply'] = null;
+  while (!ctx.stopRequested() && reply === null && Date.now() - t0 < a.timeoutMs) {
+    if (Date.now() - lastSend >= 1000) {
+      const segs = [0, 1, 2].map(() => pktmbufAlloc(pool));
+      if (segs.every((m) => m >= 0)) {
+        segs.forEach((m, i) => writePacket(m, frame.subarray(cuts[i], cuts[i + 1])));
+        chain(segs[1], segs[2]);
+        chain(segs[0], segs[1]);
+        one[0] = segs[0];
+        if (tx.txBurst(one, 1) === 1) sent++;
+        else pktmbufFree(segs[0]);
+      } else segs.forEach((m) => m >= 0 && pktmbufFree(m));
+      lastSend = Date.now();
+    }
+    const n = rx.rxBurst(burst, burst.length);
+    for (let i = 0; i < n; i++) {
+      const len = readPacket(burst[i], bytes);
+      const isReply = len >= 42 && bytes[12] === 0x08 && bytes[13] === 0x00 && bytes[23] === 1 && bytes[34] === 0 &&
+        bytes.subarray(26, 30).join('.') === '10.0.2.2' && bytes[38] === 0x74 && bytes[39] === 0x73;
+      if (isReply && reply === null) {
+        let intact = len === frame.length;
+        for (let k = 42; intact && k < len; k++) intact = bytes[k] === frame[k];
+        reply = { segs: nbSegs(burst[i]), len, payloadIntact: intact, from: formatMac(bytes.subarray(6, 12)) };
+      } else others++;
+      pktmbufFree(burst[i]);
+    }
+  }
+  for (const end = Date.now() + 50; Date.now() < end;) tx.txBurst(burst, 0);
+  return { sent, others, ms: Date.now() - t0, reply };
+}
+
+/** The virtio PMD on the NIC, in a fresh EAL with a worker lcore (after the first EAL closed). */
+async function checkVirtioPmd(): Promise<void> {
+  const before = dmesg().length;
+  let eal: Eal | null = null;
+  try {
+    eal = new Eal(parseEalArgs(['--vfio-mode', mode, '-m', '64', '--huge-dir', '/dev/hugepages', '-l', '0-1', '--file-prefix', 'tsplabv', '-a', bdf]));
+    unregisterPciDriver('lab_nic');
+    const virtio = await import('../../drivers/net/virtio/virtio.js');
+    const { featureNames, featureBit, VIRTIO_F_VERSION_1, VIRTIO_F_ACCESS_PLATFORM, VIRTIO_NET_F_STATUS, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF } = await import('../../lib/virtio/virtio.js');
+    let bus: PciBus;
+    try {
+      bus = await probePci(eal);
+    } catch (e) {
+      report('virtio-probe', false, { error: errorOf(e) });
+      return;
+    }
+    const p = bus.probed().find((x) => x.dev.addr === bdf);
+    const port = listPorts().find((x): x is VirtioNetPort => x instanceof virtio.VirtioNetPort);
+    const f = port?.features ?? 0n;
+    const hasF = (bit: number): boolean => (f & featureBit(bit)) !== 0n;
+    report('virtio-probe', p?.driver.name === 'net_virtio' && p.vfio.backend === mode && port !== undefined && hasF(VIRTIO_F_VERSION_1) && hasF(VIRTIO_F_ACCESS_PLATFORM), {
+      driver: p?.driver.name ?? null, backend: p?.vfio.backend ?? null, port: port?.port ?? null,
+      offered: port ? featureNames(port.offered) : null, negotiated: port ? featureNames(f) : null, info: port?.info() ?? null,
+    });
+    if (!port) return;
+
+    const link = port.link();
+    report('virtio-config', hasF(VIRTIO_NET_F_MAC) && hasF(VIRTIO_NET_F_STATUS) && port.macString() === QEMU_DEFAULT_MAC && link.up, {
+      mac: port.macString(), expectMac: QEMU_DEFAULT_MAC, link,
+    });
+
+    const pool = pktmbufPoolCreate(eal.memory, 'labv_pool', 1023, { cacheSize: 32 });
+    // promiscuous off: with CTRL_RX that is a control-queue command the real device must ack
+    port.configure({ rxQueues: 1, txQueues: 1, promiscuous: false });
+    port.rxQueueSetup(0, 256, pool);
+    port.txQueueSetup(0, 256);
+    const LOOP = siblingModule(import.meta.url, 'guest');
+    const exchange = async (): Promise<ArpExchange> => {
+      port.start();
+      return eal!.lcores.launch<ArpExchange>(1, LOOP, 'virtioArpLcore', { port: port.data(), timeoutMs: 20000 });
+    };
+    const fmtReply = (r: number[] | null): Detail | null => r && { from: formatMac(r.slice(6, 12)), to: formatMac(r.slice(0, 6)), senderMac: formatMac(r.slice(22, 28)), senderIp: r.slice(28, 32).join('.'), targetMac: formatMac(r.slice(32, 38)) };
+    const ex1 = await exchange();
+    const mac = port.macAddr();
+    report('virtio-arp', ex1.reply !== null && ex1.reply.slice(32, 38).every((b, k) => b === mac[k]), {
+      sent: ex1.sent, ms: ex1.ms, others: ex1.others, reply: fmtReply(ex1.reply),
+    });
+    const st = port.stats(), xs = port.xstats();
+    report('virtio-stats', st.opackets === ex1.sent && st.obytes === 60 * ex1.sent && st.ipackets >= 1 && st.ibytes >= 42 &&
+      st.q_ipackets[0] === st.ipackets && st.q_opackets[0] === st.opackets && st.ierrors === 0 && st.oerrors === 0 &&
+      (port.info().capabilities.includes('promiscuous') ? xs.ctrl_commands >= 1 : true), {
+      stats: st, xstats: xs,
+    });
+
+    port.stop();
+    const statusAfterStop = port.pci.status();
+    const inUse = pool.inUseCount();
+    const ex2 = await exchange();
+    port.stop();
+    report('virtio-restart', statusAfterStop === 0 && inUse === 0 && ex2.reply !== null && pool.inUseCount() === 0, {
+      deviceStatusAfterStop: statusAfterStop, mbufsInUseAfterStop: inUse, sent: ex2.sent, ms: ex2.ms, reply: fmtReply(ex2.reply),
+      mbufsInUseAfterSecondStop: pool.inUseCount(),
+    });
+
+    // MRG_RXBUF and scatter TX: RX buffers of 64 data bytes (76 with the header) for a 442-byte reply
+    const small: PktmbufPoolOptions = { cacheSize: 32, dataRoom: 64 };
+    const smallPool = pktmbufPoolCreate(eal.memory, 'labv_small', 1023, small);
+    port.rxQueueSetup(0, 256, smallPool);
+    port.start();
+    const pg = await eal.lcores.launch<PingExchange>(1, LOOP, 'virtioPingLcore', { port: port.data(), txPool: pool.desc, timeoutMs: 20000 });
+    const st2 = port.stats();
+    port.stop();
+    report('virtio-mrg', hasF(VIRTIO_NET_F_MRG_RXBUF) && pg.reply !== null && pg.reply.segs > 1 && pg.reply.payloadIntact &&
+      st2.ierrors === 0 && st2.oerrors === 0 && pool.inUseCount() === 0 && smallPool.inUseCount() === 0, {
+      sent: pg.sent, ms: pg.ms, others: pg.others, reply: pg.reply, stats: st2,
+      mbufsInUse: { tx: pool.inUseCount(), rx: smallPool.inUseCount() },
+    });
+
+    port.close();
+    const closed = port.status === 'closed' && port.pci.isClosed;
+    await eal.close();
+    eal = null;
+    const faults = dmesg().slice(Math.max(0, before - 1)).filter((l) => /DMAR/.test(l) && /fault|Request device/i.test(l));
+    report('virtio-close', closed && faults.length === 0, { portStatus: port.status, barsClosed: port.pci.isClosed, dmarFaults: faults.slice(0, 4) });
+  } catch (e) {
+    report('virtio-pmd', false, { error: e instanceof Error ? e.stack ?? e.message : String(e) });
+  } finally {
+    if (eal) await eal.close().catch((e: unknown) => report('virtio-close', false, { error: errorOf(e) }));
+  }
+}
+
 async function main(): Promise<void> {
   report('guest', true, {
     kernel: readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim(), node: process.version,
@@ -439,7 +690,7 @@ async function main(): Promise<void> {
   }
 }
 
-main().then(
+if (isMainThread) main().then(() => (nic === 'virtio-net' ? checkVirtioPmd() : undefined)).then(
   () => process.exit(failures === 0 ? 0 : 1),
   (e: unknown) => {
     report('guest', false, { error: e instanceof Error ? e.stack ?? e.message : String(e) });

@@ -41,12 +41,14 @@ interface Guest {
 const COMMON = ['modules', 'bind', 'guest', 'devices', 'devices-auto', 'eal', 'probe', 'dma-mapped', 'config', 'bar', 'close', 'node', 'done'];
 const DMA = ['dma-tx', 'dma-blocked', 'dma-remap'];
 const MDEV = ['mdev-create', 'mdev-devices', 'mdev-probe', 'mdev-config', 'mdev-bar'];
+/** the virtio PMD (drivers/net/virtio) on QEMU's virtio-net-pci, packets through slirp */
+const VIRTIO_PMD = ['virtio-probe', 'virtio-config', 'virtio-arp', 'virtio-stats', 'virtio-restart', 'virtio-mrg', 'virtio-close'];
 const E1000E = 'e1000e', VIRTIO = 'virtio-net-pci,disable-legacy=on,iommu_platform=on';
 const GUESTS: Guest[] = [
   { kernel: 'debian', nic: 'e1000e', device: E1000E, mode: 'group', checks: [...COMMON, ...DMA] },
-  { kernel: 'debian', nic: 'virtio-net', device: VIRTIO, mode: 'group', checks: COMMON },
+  { kernel: 'debian', nic: 'virtio-net', device: VIRTIO, mode: 'group', checks: [...COMMON, ...VIRTIO_PMD] },
   { kernel: 'iommufd', nic: 'e1000e', device: E1000E, mode: 'iommufd', checks: [...COMMON, ...DMA, ...MDEV] },
-  { kernel: 'iommufd', nic: 'virtio-net', device: VIRTIO, mode: 'iommufd', checks: [...COMMON, ...MDEV] },
+  { kernel: 'iommufd', nic: 'virtio-net', device: VIRTIO, mode: 'iommufd', checks: [...COMMON, ...MDEV, ...VIRTIO_PMD] },
   { kernel: 'iommufd', nic: 'e1000e', device: E1000E, mode: 'group', checks: [...COMMON, ...DMA, ...MDEV] },
 ];
 

@@ -1,0 +1,679 @@
+/**
+ * virtio-net, emulated: the data half, one poll loop on an lcore. Each iteration it honours the
+ * data plane's pause requests, re-reads the queue state the control half published (device.ts),
+ * then moves packets: each transmitq's new avail entries are copied into mbufs and sent out the
+ * backend port's TX; what the backend receives is copied into the driver's receiveq buffers
+ * (one descriptor chain per packet, or several with MRG_RXBUF) behind a 12-byte virtio_net_hdr;
+ * the controlq answers VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET and VIRTIO_NET_ERR to anything else.
+ * The device sets VRING_USED_F_NO_NOTIFY and polls the avail rings; the notify page is read
+ * only to count kicks and to leave the idle back-off at once.
+ *
+ * Nothing from the driver is trusted: head and next indexes are checked against the queue size,
+ * chains longer than the queue (loops) are cut, directions and the INDIRECT flag are checked, the
+ * avail idx may not run more than the queue size ahead, and every buffer is translated by
+ * plane.at() (bounds and permission) before it is touched. A violation sets DEVICE_NEEDS_RESET
+ * (reason in the shared state), raises the config interrupt and stops the queues until reset.
+ *
+ * Progress of a burst (avail entries taken, used entries written) is committed only at its end:
+ * a burst interrupted by a DMA table change in the middle (possible only on the slow path for
+ * memory mapped without fd) is discarded whole and redone with fresh views.
+ *
+ * Hot path: no allocation per packet or burst (preallocated index arrays, a preallocated header,
+ * copies with copyBytes between existing views), numbers only, no try/catch in the loop.
+ */
+import { viewOf } from '../../../src/os/libc.js';
+import { VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX } from '../../../src/iommu/vfio-uapi.js';
+import { countGc } from '../../../src/lcore/gc.js';
+import { log } from '../../../src/log.js';
+import type { LcoreContext } from '../../../src/lcore/types.js';
+import { DataPlane, type DataPlaneDesc } from '../../../lib/emudev/dataplane.js';
+import { openRxQueue, openTxQueue, type PortData, type RxQueue, type TxQueue } from '../../../lib/ethdev/ethdev.js';
+import { Mempool, poolOf } from '../../../lib/mempool/mempool.js';
+import { pktmbufAllocInit, pktmbufFreeBulk, pktmbufHeadroom, pktmbufDataRoom, MBUF_HDR, MBUF_NONE, F_DATA_OFF, F_DATA_LEN, F_PKT_LEN, F_NEXT } from '../../../lib/mempool/mbuf.js';
+import { copyBytes } from '../../../lib/net/copy.js';
+import * as V from '../../../lib/virtio/virtio.js';
+import * as L from './layout.js';
+
+/** What the loop needs, as plain data (VirtioNetDevice.loopArg). */
+export interface VirtioNetLoopArg {
+  name: string;
+  plane: DataPlaneDesc;
+  state: SharedArrayBuffer;
+  stats: SharedArrayBuffer;
+  pairs: number;
+  /** local address of the notify page (BAR4 shared memory) */
+  notifyVa: bigint;
+  /** the backend port: its queue 0 carries every queue pair */
+  backend: PortData;
+}
+
+/** What the loop returns. */
+export interface VirtioNetLoopResult {
+  iterations: number;
+  /** garbage collections in the loop, and after its first second (warm-up) */
+  gcCount: number;
+  gcCountAfterWarmup: number;
+}
+
+const BURST = 32;
+/** No work for this long: poll once per millisecond instead of back to back. */
+const IDLE_MS = 100;
+const TWO32 = 0x1_0000_0000;
+/** IOVAs from 2^53 cannot be numbers: treated as unmapped. */
+const MAX_HI = 0x20_0000;
+const HDR = V.NET_HDR_SIZE;
+const NO_VECTOR = V.VIRTIO_MSI_NO_VECTOR;
+const F_NEXT_ = V.VRING_DESC_F_NEXT, F_WRITE = V.VRING_DESC_F_WRITE, F_INDIRECT = V.VRING_DESC_F_INDIRECT;
+// Results of the per-packet helpers (>= 0: a length).
+const FATAL = -1, DROP = -2, ABORT = -3;
+const R = L.NeedsReset;
+
+class Engine {
+  private readonly st: Int32Array;
+  private readonly stats: Float64Array;
+  private readonly pairs: number;
+  private readonly nq: number;
+  private readonly ctrlQ: number;
+  private readonly notify: Uint32Array;
+  private readonly pool: Mempool;
+  private readonly port: number;
+  private readonly headroom: number;
+  private readonly room: number;
+  // Views of each DMA region (same indexes as plane.u8), rebuilt when the table changes.
+  private ru8: Uint8Array[] = [];
+  private ru16: Uint16Array[] = [];
+  private ru32: Uint32Array[] = [];
+  private viewGen = -1;
+  private gen = -1;
+  private live = false;
+  private mrg = false;
+  private ctrlVq = false;
+  private mq = false;
+  private activePairs = 1;
+  private errors = 0;
+  // Per queue: configuration, derived ring locations (region index and byte offset), progress.
+  private readonly qSize: Int32Array;
+  private readonly qEnable: Uint8Array;
+  private readonly qReady: Uint8Array;
+  private readonly qVec: Int32Array;
+  private readonly qEpoch: Int32Array;
+  private readonly qDesc: Float64Array;
+  private readonly qAvail: Float64Array;
+  private readonly qUsed: Float64Array;
+  private readonly qDescK: Int32Array;
+  private readonly qDescOff: Int32Array;
+  private readonly qAvailK: Int32Array;
+  private readonly qAvailOff: Int32Array;
+  private readonly qUsedK: Int32Array;
+  private readonly qUsedOff: Int32Array;
+  private readonly lastAvail: Int32Array;
+  private readonly usedIdx: Int32Array;
+  /** avail entries taken (= used entries written) in the burst, not yet committed */
+  private readonly take: Int32Array;
+  // Preallocated burst and scratch memory.
+  private readonly mb = new Uint32Array(BURST);
+  private readonly rb = new Uint32Array(BURST);
+  private readonly heads = new Uint16Array(V.VIRTQ_MAX_SIZE);
+  private readonly hdr = new Uint8Array(16);
+  private readonly hdr32 = new Uint32Array(this.hdr.buffer);
+  private readonly ctrlBuf = new Uint8Array(64);
+  private readonly ackBuf = new Uint8Array(4);
+  // The RX source cursor: header bytes first, then the mbuf's segments.
+  private cHdr = 0;
+  private cSeg = 0;
+  private cPool: Mempool;
+  private cOff = 0;
+  private cLeft = 0;
+  /** bytes of the packet (with header) still to write */
+  private wLeft = 0;
+
+  constructor(arg: VirtioNetLoopArg, private readonly plane: DataPlane, private readonly rx: RxQueue, private readonly tx: TxQueue) {
+    this.st = new Int32Array(arg.state);
+    this.stats = new Float64Array(arg.stats);
+    this.pairs = arg.pairs;
+    this.nq = 2 * arg.pairs + 1;
+    this.ctrlQ = 2 * arg.pairs;
+    this.notify = new Uint32Array(viewOf(arg.notifyVa, L.NOTIFY_SIZE), 0, this.nq);
+    this.pool = Mempool.attach(arg.backend.rxPools[0]);
+    this.cPool = this.pool;
+    this.port = arg.backend.port;
+    this.headroom = pktmbufHeadroom(this.pool);
+    this.room = pktmbufDataRoom(this.pool);
+    const n = this.nq;
+    this.qSize = new Int32Array(n); this.qEnable = new Uint8Array(n); this.qReady = new Uint8Array(n);
+    this.qVec = new Int32Array(n); this.qEpoch = new Int32Array(n).fill(-1);
+    this.qDesc = new Float64Array(n); this.qAvail = new Float64Array(n); this.qUsed = new Float64Array(n);
+    this.qDescK = new Int32Array(n); this.qDescOff = new Int32Array(n); this.qAvailK = new Int32Array(n);
+    this.qAvailOff = new Int32Array(n); this.qUsedK = new Int32Array(n); this.qUsedOff = new Int32Array(n);
+    this.lastAvail = new Int32Array(n); this.usedIdx = new Int32Array(n); this.take = new Int32Array(n);
+    this.reload();
+  }
+
+  /** Poll until stopped; returns the iterations made. */
+  loop(ctx: LcoreContext): number {
+    const st = this.st, plane = this.plane;
+    let iterations = 0, idleIters = 0, idleSince = -1, idle = false;
+    while (!ctx.stopRequested() && Atomics.load(st, L.G_STOP) === 0) {
+      // State first: a reset published during the pause must be seen before the rings are
+      // re-derived, or the old state would judge unmapped rings and set DEVICE_NEEDS_RESET anew.
+      const dma = plane.service();
+      if (Atomics.load(st, L.G_GEN) !== this.gen) this.reload();
+      else if (dma || this.viewsChanged()) this.rederive();
+      let work = this.kicks();
+      if (this.live) {
+        for (let p = 0; p < this.pairs && this.live; p++) if (this.qReady[2 * p + 1]) work += this.txQueue(2 * p + 1);
+        if (this.live && this.qReady[this.ctrlQ]) work += this.ctrlQueue(this.ctrlQ);
+      }
+      work += this.rxPoll();
+      iterations++;
+      if (work > 0) {
+        idleIters = 0;
+        idleSince = -1;
+        if (idle) { idle = false; Atomics.store(st, L.G_IDLE, 0); }
+      } else if (idle) {
+        plane.sleep(1); // a pause request or stop still ends it at once
+      } else if (++idleIters >= 1024) {
+        idleIters = 0;
+        const now = performance.now();
+        if (idleSince < 0) idleSince = now;
+        else if (now - idleSince > IDLE_MS) { idle = true; Atomics.store(st, L.G_IDLE, 1); }
+      }
+    }
+    return iterations;
+  }
+
+  /** An exception escaped the loop (a bug, or a backend failing): stop the queues, keep serving. */
+  crashed(e: unknown): boolean {
+    log('error', 'virtio-net', `data path: ${(e as Error).stack ?? String(e)}`);
+    this.fail(R.INTERNAL, -1);
+    return ++this.errors < 100;
+  }
+
+  // ---- state ----
+
+  /** Re-read what the control half published. */
+  private reload(): void {
+    const st = this.st;
+    this.gen = Atomics.load(st, L.G_GEN);
+    const status = st[L.G_STATUS], lo = st[L.G_FEAT_LO];
+    this.mrg = ((lo >>> V.VIRTIO_NET_F_MRG_RXBUF) & 1) === 1;
+    this.ctrlVq = ((lo >>> V.VIRTIO_NET_F_CTRL_VQ) & 1) === 1;
+    this.mq = ((lo >>> V.VIRTIO_NET_F_MQ) & 1) === 1;
+    const ap = st[L.G_ACTIVE_PAIRS];
+    this.activePairs = ap >= 1 && ap <= this.pairs ? ap : 1;
+    for (let q = 0; q < this.nq; q++) {
+      this.qSize[q] = st[L.qw(q, L.Q_SIZE)];
+      this.qEnable[q] = st[L.qw(q, L.Q_ENABLE)] !== 0 ? 1 : 0;
+      this.qVec[q] = st[L.qw(q, L.Q_VECTOR)];
+      this.qDesc[q] = addr(st, L.qw(q, L.Q_DESC_LO));
+      this.qAvail[q] = addr(st, L.qw(q, L.Q_AVAIL_LO));
+      this.qUsed[q] = addr(st, L.qw(q, L.Q_USED_LO));
+      const epoch = st[L.qw(q, L.Q_EPOCH)];
+      if (epoch !== this.qEpoch[q]) {
+        this.qEpoch[q] = epoch;
+        this.lastAvail[q] = 0;
+        this.usedIdx[q] = 0;
+        this.take[q] = 0;
+      }
+    }
+    const both = V.STATUS_DRIVER_OK | V.STATUS_FEATURES_OK;
+    this.live = (status & both) === both && (status & V.STATUS_FAILED) === 0 && st[L.G_NEEDS_RESET] === 0;
+    this.rederive();
+  }
+
+  /** Whether the plane rebuilt its views since rederive() (service() or a slow-path message). */
+  private viewsChanged(): boolean {
+    return this.plane.generation !== this.viewGen;
+  }
+
+  /** After a slow-path message: did the DMA table or the state change meanwhile? */
+  private changed(): boolean {
+    return this.viewsChanged() || Atomics.load(this.st, L.G_GEN) !== this.gen;
+  }
+
+  /** Rebuild region views and locate each enabled queue's rings in them. */
+  private rederive(): void {
+    const p = this.plane;
+    if (this.viewsChanged()) {
+      this.ru8 = p.u8.slice();
+      this.ru16 = p.u8.map((v) => new Uint16Array(v.buffer, v.byteOffset, v.byteLength >> 1));
+      this.ru32 = p.u8.map((v) => new Uint32Array(v.buffer, v.byteOffset, v.byteLength >> 2));
+      this.viewGen = p.generation;
+    }
+    this.qReady.fill(0);
+    if (!this.live) return;
+    for (let q = 0; q < this.nq; q++) {
+      if (!this.qEnable[q] || (q === this.ctrlQ && !this.ctrlVq)) continue;
+      const size = this.qSize[q];
+      // Rings must be in memory mapped by fd (at() -2 is refused too): they are read every poll.
+      const d = this.qDesc[q] < 0 ? -1 : p.at(this.qDesc[q], V.descTableSize(size), false);
+      const dk = p.hit;
+      const a = d < 0 || this.qAvail[q] < 0 ? -1 : p.at(this.qAvail[q], V.availRingSize(size), false);
+      const ak = p.hit;
+      const u = a < 0 || this.qUsed[q] < 0 ? -1 : p.at(this.qUsed[q], V.usedRingSize(size), true);
+      const uk = p.hit;
+      if (d < 0 || a < 0 || u < 0) { this.fail(R.RING_UNMAPPED, q); return; }
+      if ((d & 15) !== 0 || (a & 1) !== 0 || (u & 3) !== 0) { this.fail(R.RING_ALIGN, q); return; }
+      this.qDescK[q] = dk; this.qDescOff[q] = d;
+      this.qAvailK[q] = ak; this.qAvailOff[q] = a;
+      this.qUsedK[q] = uk; this.qUsedOff[q] = u;
+      this.qReady[q] = 1;
+      Atomics.store(this.ru16[uk], u >> 1, V.VRING_USED_F_NO_NOTIFY);
+    }
+  }
+
+  /** DEVICE_NEEDS_RESET: record why, stop the queues, raise the config interrupt. */
+  private fail(reason: number, q: number): number {
+    const st = this.st;
+    this.live = false;
+    this.qReady.fill(0);
+    if (Atomics.load(st, L.G_NEEDS_RESET) !== 0) return FATAL;
+    Atomics.store(st, L.G_ERR_QUEUE, q);
+    Atomics.store(st, L.G_NEEDS_RESET, reason);
+    this.stats[L.S_NEEDS_RESET]++;
+    Atomics.or(st, L.G_ISR, V.ISR_CONFIG);
+    const v = Atomics.load(st, L.G_CONFIG_VEC);
+    if (v !== NO_VECTOR) this.plane.irq(VFIO_PCI_MSIX_IRQ_INDEX, v);
+    else this.plane.irq(VFIO_PCI_INTX_IRQ_INDEX, 0);
+    log('warn', 'virtio-net', `queue ${q}: ${L.NEEDS_RESET_NAMES[reason]}: DEVICE_NEEDS_RESET set, queues stopped until the driver resets the device`);
+    return FATAL;
+  }
+
+  /** Used entries were published on queue q: interrupt unless the driver suppressed it. */
+  private interrupt(q: number): void {
+    const flags = Atomics.load(this.ru16[this.qAvailK[q]], this.qAvailOff[q] >> 1);
+    if ((flags & V.VRING_AVAIL_F_NO_INTERRUPT) !== 0) { this.stats[L.S_IRQS_SUPPRESSED]++; return; }
+    Atomics.or(this.st, L.G_ISR, V.ISR_QUEUE);
+    const v = this.qVec[q];
+    if (v !== NO_VECTOR) this.plane.irq(VFIO_PCI_MSIX_IRQ_INDEX, v);
+    else this.plane.irq(VFIO_PCI_INTX_IRQ_INDEX, 0);
+    this.stats[L.S_IRQS]++;
+  }
+
+  /** Commit queue q's burst: advance the indexes, publish used idx, interrupt. */
+  private commit(q: number): void {
+    const n = this.take[q];
+    if (n === 0) return;
+    this.take[q] = 0;
+    this.lastAvail[q] = (this.lastAvail[q] + n) & 0xffff;
+    this.usedIdx[q] = (this.usedIdx[q] + n) & 0xffff;
+    Atomics.store(this.ru16[this.qUsedK[q]], (this.qUsedOff[q] >> 1) + 1, this.usedIdx[q]);
+    this.interrupt(q);
+  }
+
+  /** Write used entry number take[q] of the burst (id, len) and count it. */
+  private putUsed(q: number, id: number, len: number): void {
+    const u = (this.qUsedOff[q] >> 2) + 1 + 2 * ((this.usedIdx[q] + this.take[q]) & (this.qSize[q] - 1));
+    const u32 = this.ru32[this.qUsedK[q]];
+    u32[u] = id;
+    u32[u + 1] = len;
+    this.take[q]++;
+  }
+
+  /** Avail entries the driver added beyond the burst's position (-1: more than the queue holds). */
+  private pending(q: number): number {
+    const idx = Atomics.load(this.ru16[this.qAvailK[q]], (this.qAvailOff[q] >> 1) + 1);
+    const n = (idx - this.lastAvail[q]) & 0xffff;
+    return n > this.qSize[q] ? -1 : n - this.take[q];
+  }
+
+  private headAt(q: number, i: number): number {
+    return this.ru16[this.qAvailK[q]][(this.qAvailOff[q] >> 1) + 2 + ((this.lastAvail[q] + i) & (this.qSize[q] - 1))];
+  }
+
+  private kicks(): number {
+    const nf = this.notify;
+    let n = 0;
+    for (let q = 0; q < this.nq; q++) {
+      if (nf[q] !== L.NOTIFY_IDLE) { Atomics.store(nf, q, L.NOTIFY_IDLE); n++; }
+    }
+    if (n > 0) this.stats[L.S_KICKS] += n;
+    return n;
+  }
+
+  // ---- transmit: driver -> backend ----
+
+  private txQueue(q: number): number {
+    let n = this.pending(q);
+    if (n < 0) { this.fail(R.AVAIL_JUMP, q); return 0; }
+    if (n === 0) return 0;
+    if (n > BURST) n = BURST;
+    const mb = this.mb, stats = this.stats;
+    if (!pktmbufAllocInit(this.pool, mb, n, 0, 0, this.port)) { stats[L.S_TX_NOMBUF]++; return 0; }
+    let filled = 0;
+    for (let i = 0; i < n; i++) {
+      const head = this.headAt(q, i);
+      const len = this.gatherTx(q, head, mb[filled]);
+      if (len >= 0) filled++;
+      else if (len !== DROP) { // FATAL or ABORT: nothing of the burst is committed
+        this.take[q] = 0;
+        pktmbufFreeBulk(mb, n, 0);
+        return 0;
+      }
+      this.putUsed(q, head, 0); // the device wrote nothing into a transmit buffer
+    }
+    if (filled < n) pktmbufFreeBulk(mb, n - filled, filled);
+    this.commit(q);
+    if (filled > 0) {
+      let bytes = 0;
+      for (let i = 0; i < filled; i++) bytes += this.pool.u32[(this.pool.offsetOf(mb[i]) + F_PKT_LEN) >> 2];
+      const sent = this.tx.txBurst(mb, filled, 0);
+      if (sent < filled) {
+        bytes -= pktmbufFreeBulk(mb, filled - sent, sent);
+        stats[L.S_TX_DROPPED] += filled - sent;
+      }
+      stats[L.S_TX_PACKETS] += sent;
+      stats[L.S_TX_BYTES] += bytes;
+    }
+    return n;
+  }
+
+  /** Copy a transmit chain (after its header) into mbuf m; its length, DROP, FATAL or ABORT. */
+  private gatherTx(q: number, head: number, m: number): number {
+    const size = this.qSize[q], p = this.plane, pool = this.pool;
+    if (head >= size) return this.fail(R.HEAD_RANGE, q);
+    const o = pool.offsetOf(m), dst = o + MBUF_HDR + this.headroom, room = this.room;
+    let i = head, count = 0, skip = HDR, len = 0, over = false;
+    for (;;) {
+      if (++count > size) return this.fail(R.LOOP, q);
+      const du32 = this.ru32[this.qDescK[q]], d = (this.qDescOff[q] >> 2) + 4 * i;
+      const lo = du32[d], hi = du32[d + 1], dlen = du32[d + 2], w3 = du32[d + 3];
+      if ((w3 & F_INDIRECT) !== 0) return this.fail(R.INDIRECT, q);
+      if ((w3 & F_WRITE) !== 0) return this.fail(R.DIRECTION, q);
+      if (dlen > 0) {
+        if (hi >= MAX_HI) return this.fail(R.BAD_ADDRESS, q);
+        const a = hi * TWO32 + lo;
+        const off = p.at(a, dlen, false);
+        if (off === -1) return this.fail(R.BAD_ADDRESS, q);
+        const k = p.hit;
+        const s = skip < dlen ? skip : dlen;
+        skip -= s;
+        const c = dlen - s;
+        if (c > 0) {
+          if (len + c > room) over = true;
+          else {
+            if (off >= 0) copyBytes(pool.u8, pool.u32, dst + len, this.ru8[k], this.ru32[k], off + s, c);
+            else {
+              const ok = p.messageRead(a + s, pool.u8, dst + len, c);
+              if (this.changed()) return ABORT; // judged again with fresh state
+              if (!ok) return this.fail(R.BAD_ADDRESS, q);
+            }
+            len += c;
+          }
+        }
+      }
+      if ((w3 & F_NEXT_) === 0) break;
+      const next = w3 >>> 16;
+      if (next >= size) return this.fail(R.NEXT_RANGE, q);
+      i = next;
+    }
+    // Too long for an mbuf (no segmentation offload was offered), or shorter than its header.
+    if (over || skip > 0 || len === 0) { this.stats[L.S_TX_ERRORS]++; return DROP; }
+    pool.u16[(o + F_DATA_LEN) >> 1] = len;
+    pool.u32[(o + F_PKT_LEN) >> 2] = len;
+    return len;
+  }
+
+  // ---- receive: backend -> driver ----
+
+  private rxPoll(): number {
+    const rb = this.rb, stats = this.stats;
+    const n = this.rx.rxBurst(rb, BURST);
+    if (n === 0) return 0;
+    let abort = false;
+    for (let k = 0; k < n; k++) {
+      const m = rb[k];
+      if (!this.live || abort) { stats[L.S_RX_NOBUF]++; continue; }
+      const pl = poolOf(m), o = pl.offsetOf(m);
+      const len = pl.u32[(o + F_PKT_LEN) >> 2];
+      const q = this.activePairs > 1 ? 2 * this.steer(pl.u8, o + MBUF_HDR + pl.u16[(o + F_DATA_OFF) >> 1], pl.u16[(o + F_DATA_LEN) >> 1]) : 0;
+      if (!this.qReady[q]) { stats[L.S_RX_NOBUF]++; continue; }
+      const r = this.deliver(q, m, len);
+      if (r === ABORT || r === FATAL) { abort = true; stats[L.S_RX_NOBUF]++; continue; }
+      if (r === DROP) continue;
+      stats[L.S_RX_PACKETS]++;
+      stats[L.S_RX_BYTES] += len;
+    }
+    pktmbufFreeBulk(rb, n, 0);
+    for (let p = 0; p < this.pairs; p++) {
+      if (abort || !this.live) this.take[2 * p] = 0; // interrupted: redo with fresh state
+      else this.commit(2 * p);
+    }
+    return n;
+  }
+
+  /** Flow steering over the pairs in use: a hash of the IPv4/IPv6 addresses and TCP/UDP ports. */
+  private steer(u8: Uint8Array, d: number, len: number): number {
+    let h = 0, from = 0, to = 0;
+    const et = (u8[d + 12] << 8) | u8[d + 13];
+    if (et === 0x0800 && len >= 34) {
+      from = d + 26; to = d + 34;
+      const ihl = (u8[d + 14] & 15) << 2, proto = u8[d + 23];
+      if ((proto === 6 || proto === 17) && len >= 14 + ihl + 4) { for (let i = 0; i < 4; i++) h = Math.imul(h, 31) + u8[d + 14 + ihl + i]; }
+    } else if (et === 0x86dd && len >= 54) {
+      from = d + 22; to = d + 54;
+    } else return 0;
+    for (let i = from; i < to; i++) h = Math.imul(h, 31) + u8[i];
+    h ^= h >>> 16;
+    return (h >>> 0) % this.activePairs;
+  }
+
+  /** Copy one packet into receiveq q behind its header: 1, DROP (no room), FATAL or ABORT. */
+  private deliver(q: number, m: number, len: number): number {
+    const left = this.pending(q);
+    if (left < 0) return this.fail(R.AVAIL_JUMP, q);
+    const need = HDR + len;
+    const max = this.mrg ? left : left > 0 ? 1 : 0;
+    let cap = 0, chains = 0;
+    while (cap < need && chains < max) {
+      const head = this.headAt(q, this.take[q] + chains);
+      const c = this.rxChain(q, head, false);
+      if (c < 0) return c;
+      this.heads[chains++] = head;
+      cap += c;
+    }
+    if (cap < need) {
+      // Without MRG_RXBUF a packet goes into one chain: too small a chain stays for a smaller packet.
+      this.stats[chains > 0 && !this.mrg ? L.S_RX_TOO_BIG : L.S_RX_NOBUF]++;
+      return DROP;
+    }
+    const hdr32 = this.hdr32;
+    hdr32[0] = 0; // flags, gso_type, hdr_len: no offloads
+    hdr32[1] = 0; // gso_size, csum_start
+    hdr32[2] = chains << 16; // csum_offset, num_buffers (1 without MRG_RXBUF)
+    const pl = poolOf(m), o = pl.offsetOf(m);
+    this.cHdr = 0;
+    this.cSeg = m;
+    this.cPool = pl;
+    this.cOff = o + MBUF_HDR + pl.u16[(o + F_DATA_OFF) >> 1];
+    this.cLeft = pl.u16[(o + F_DATA_LEN) >> 1];
+    this.wLeft = need;
+    const take0 = this.take[q];
+    for (let c = 0; c < chains; c++) {
+      const w = this.rxChain(q, this.heads[c], true);
+      if (w < 0) { this.take[q] = take0; return w; }
+      this.putUsed(q, this.heads[c], w);
+    }
+    if (this.wLeft > 0) return this.fail(R.CHAIN_CHANGED, q); // the driver rewrote descriptors under us
+    return 1;
+  }
+
+  /** Walk a receive chain: its capacity, or (write) copy up to wLeft bytes into it and return them. */
+  private rxChain(q: number, head: number, write: boolean): number {
+    const size = this.qSize[q], p = this.plane;
+    if (head >= size) return this.fail(R.HEAD_RANGE, q);
+    let i = head, count = 0, total = 0;
+    for (;;) {
+      if (++count > size) return this.fail(R.LOOP, q);
+      const du32 = this.ru32[this.qDescK[q]], d = (this.qDescOff[q] >> 2) + 4 * i;
+      const lo = du32[d], hi = du32[d + 1], dlen = du32[d + 2], w3 = du32[d + 3];
+      if ((w3 & F_INDIRECT) !== 0) return this.fail(R.INDIRECT, q);
+      if ((w3 & F_WRITE) === 0) return this.fail(R.DIRECTION, q);
+      if (dlen > 0) {
+        if (hi >= MAX_HI) return this.fail(R.BAD_ADDRESS, q);
+        const a = hi * TWO32 + lo;
+        const off = p.at(a, dlen, true);
+        if (off === -1) return this.fail(R.BAD_ADDRESS, q);
+        if (!write) total += dlen;
+        else if (this.wLeft > 0) {
+          const c = dlen < this.wLeft ? dlen : this.wLeft;
+          const r = this.emit(a, off, p.hit, c);
+          if (r < 0) return r;
+          this.wLeft -= c;
+          total += c;
+        }
+      }
+      if ((w3 & F_NEXT_) === 0) break;
+      const next = w3 >>> 16;
+      if (next >= size) return this.fail(R.NEXT_RANGE, q);
+      i = next;
+    }
+    return total;
+  }
+
+  /** Copy n bytes from the RX cursor (header, then mbuf segments) to guest address a (off in region k, or -2). */
+  private emit(a: number, off: number, k: number, n: number): number {
+    let done = 0;
+    while (done < n) {
+      let src8: Uint8Array, src32: Uint32Array, s: number, c: number;
+      if (this.cHdr < HDR) {
+        c = HDR - this.cHdr < n - done ? HDR - this.cHdr : n - done;
+        src8 = this.hdr; src32 = this.hdr32; s = this.cHdr;
+        this.cHdr += c;
+      } else {
+        while (this.cLeft === 0) {
+          const pl = this.cPool, nx = pl.u32[(pl.offsetOf(this.cSeg) + F_NEXT) >> 2];
+          if (nx === MBUF_NONE) { this.stats[L.S_RX_NOBUF]++; return DROP; } // pkt_len beyond the segments: a backend bug
+          const np = poolOf(nx), no = np.offsetOf(nx);
+          this.cSeg = nx; this.cPool = np;
+          this.cOff = no + MBUF_HDR + np.u16[(no + F_DATA_OFF) >> 1];
+          this.cLeft = np.u16[(no + F_DATA_LEN) >> 1];
+        }
+        c = this.cLeft < n - done ? this.cLeft : n - done;
+        src8 = this.cPool.u8; src32 = this.cPool.u32; s = this.cOff;
+        this.cOff += c; this.cLeft -= c;
+      }
+      if (off >= 0) copyBytes(this.ru8[k], this.ru32[k], off + done, src8, src32, s, c);
+      else {
+        const ok = this.plane.messageWrite(a + done, src8, s, c);
+        if (this.changed()) return ABORT;
+        if (!ok) return this.fail(R.BAD_ADDRESS, -1);
+      }
+      done += c;
+    }
+    return done;
+  }
+
+  // ---- control queue ----
+
+  private ctrlQueue(q: number): number {
+    const n = this.pending(q);
+    if (n < 0) { this.fail(R.AVAIL_JUMP, q); return 0; }
+    for (let i = 0; i < n; i++) {
+      const head = this.headAt(q, i);
+      const r = this.ctrlCommand(q, head);
+      if (r < 0) { this.take[q] = 0; return 0; }
+      this.putUsed(q, head, r);
+    }
+    this.commit(q);
+    return n;
+  }
+
+  /** Execute one control command; the bytes written (the ack: 1, or 0 without a writable buffer). */
+  private ctrlCommand(q: number, head: number): number {
+    const size = this.qSize[q], p = this.plane, buf = this.ctrlBuf;
+    if (head >= size) return this.fail(R.HEAD_RANGE, q);
+    let i = head, count = 0, got = 0, ack = -1, writing = false;
+    for (;;) {
+      if (++count > size) return this.fail(R.LOOP, q);
+      const du32 = this.ru32[this.qDescK[q]], d = (this.qDescOff[q] >> 2) + 4 * i;
+      const lo = du32[d], hi = du32[d + 1], dlen = du32[d + 2], w3 = du32[d + 3];
+      const w = (w3 & F_WRITE) !== 0;
+      if ((w3 & F_INDIRECT) !== 0) return this.fail(R.INDIRECT, q);
+      if (writing && !w) return this.fail(R.DIRECTION, q); // device-readable after device-writable
+      writing = w;
+      if (dlen > 0) {
+        if (hi >= MAX_HI) return this.fail(R.BAD_ADDRESS, q);
+        const a = hi * TWO32 + lo;
+        const off = p.at(a, dlen, w);
+        if (off === -1) return this.fail(R.BAD_ADDRESS, q);
+        if (w) { if (ack < 0) ack = a; }
+        else if (got < buf.length) {
+          const c = Math.min(dlen, buf.length - got);
+          if (off >= 0) { const u8 = this.ru8[p.hit]; for (let b = 0; b < c; b++) buf[got + b] = u8[off + b]; }
+          else {
+            const ok = p.messageRead(a, buf, got, c);
+            if (this.changed()) return ABORT;
+            if (!ok) return this.fail(R.BAD_ADDRESS, q);
+          }
+          got += c;
+        }
+      }
+      if ((w3 & F_NEXT_) === 0) break;
+      const next = w3 >>> 16;
+      if (next >= size) return this.fail(R.NEXT_RANGE, q);
+      i = next;
+    }
+    this.stats[L.S_CTRL]++;
+    let result = V.VIRTIO_NET_ERR;
+    if (got >= 4 && buf[0] === V.VIRTIO_NET_CTRL_MQ && buf[1] === V.VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET && this.mq) {
+      const pairs = buf[2] | (buf[3] << 8);
+      if (pairs >= 1 && pairs <= this.pairs) {
+        this.activePairs = pairs;
+        Atomics.store(this.st, L.G_ACTIVE_PAIRS, pairs);
+        result = V.VIRTIO_NET_OK;
+      }
+    }
+    if (ack < 0) return 0;
+    const off = p.at(ack, 1, true);
+    if (off >= 0) this.ru8[p.hit][off] = result;
+    else {
+      this.ackBuf[0] = result;
+      const ok = p.messageWrite(ack, this.ackBuf, 0, 1);
+      if (this.changed()) return ABORT;
+      if (!ok) return this.fail(R.BAD_ADDRESS, q);
+    }
+    return 1;
+  }
+}
+
+/** A 64-bit address from two state words; -1 when it cannot be a number (>= 2^53). */
+function addr(st: Int32Array, lo: number): number {
+  const hi = st[lo + 1] >>> 0;
+  return hi >= MAX_HI ? -1 : hi * TWO32 + (st[lo] >>> 0);
+}
+
+/** Interpreted and baseline code box doubles until the loop is optimized: allow it a second. */
+const WARMUP_MS = 1000;
+
+/** The device's poll loop (eal.lcores.launch(lcore, VIRTIO_NET_LOOP_MODULE, 'virtioNetLoop', arg)). */
+export async function virtioNetLoop(arg: VirtioNetLoopArg, ctx: LcoreContext): Promise<VirtioNetLoopResult> {
+  const rx = await openRxQueue(arg.backend, 0);
+  const tx = await openTxQueue(arg.backend, 0);
+  const st = new Int32Array(arg.state);
+  const plane = DataPlane.attach(arg.plane);
+  const gc = countGc();
+  const warm = performance.now() + WARMUP_MS;
+  let iterations = 0, end = 0;
+  try {
+    const eng = new Engine(arg, plane, rx, tx);
+    Atomics.store(st, L.G_RUNNING, 1);
+    for (;;) {
+      try {
+        iterations += eng.loop(ctx);
+        break;
+      } catch (e) {
+        if (!eng.crashed(e)) throw e;
+      }
+    }
+  } finally {
+    end = performance.now();
+    plane.detach();
+    Atomics.store(st, L.G_IDLE, 0);
+    Atomics.store(st, L.G_RUNNING, 0);
+    Mempool.attach(arg.backend.rxPools[0]).flushCache();
+  }
+  await gc.settle();
+  gc.stop();
+  return { iterations, gcCount: gc.count(), gcCountAfterWarmup: gc.countBetween(warm, end) };
+}

@@ -1,0 +1,312 @@
+/**
+ * virtio-net, emulated: the control half. A virtio 1.x modern PCI network device on emudev (the
+ * layout is in layout.ts). This half runs on the vfio-user server's thread: it builds config space
+ * (the virtio vendor capabilities and MSI-X), answers trapped BAR accesses (common configuration,
+ * ISR, device configuration, MSI-X table), negotiates features and resets. Everything the data half
+ * (datapath.ts, on an lcore) reads is published in shared state words inside plane.quiesce(), so the
+ * lcore never sees a half-written queue.
+ */
+import * as U from '../../../src/iommu/vfio-uapi.js';
+import { siblingModule } from '../../../src/lcore/lcores.js';
+import { EmuDevice, type EmuCapability } from '../../../lib/emudev/emudev.js';
+import type { PortData } from '../../../lib/ethdev/ethdev.js';
+import * as V from '../../../lib/virtio/virtio.js';
+import * as L from './layout.js';
+import type { VirtioNetLoopArg } from './datapath.js';
+
+/** The data half's module (for eal.lcores.launch). */
+export const VIRTIO_NET_LOOP_MODULE = siblingModule(import.meta.url, 'datapath');
+/** The data half's function name. */
+export const VIRTIO_NET_LOOP_FN = 'virtioNetLoop';
+
+const F = V.featureBit;
+const NO_VECTOR = V.VIRTIO_MSI_NO_VECTOR;
+
+/** One readable/writable field of the common configuration (64-bit fields are two 32-bit halves). */
+const COMMON_FIELDS: ReadonlyArray<readonly [number, number]> = [
+  [V.COMMON_DFSELECT, 4], [V.COMMON_DF, 4], [V.COMMON_GFSELECT, 4], [V.COMMON_GF, 4], [V.COMMON_MSIX, 2], [V.COMMON_NUMQ, 2],
+  [V.COMMON_STATUS, 1], [V.COMMON_CFGGENERATION, 1], [V.COMMON_Q_SELECT, 2], [V.COMMON_Q_SIZE, 2], [V.COMMON_Q_MSIX, 2],
+  [V.COMMON_Q_ENABLE, 2], [V.COMMON_Q_NOFF, 2], [V.COMMON_Q_DESCLO, 4], [V.COMMON_Q_DESCHI, 4], [V.COMMON_Q_AVAILLO, 4],
+  [V.COMMON_Q_AVAILHI, 4], [V.COMMON_Q_USEDLO, 4], [V.COMMON_Q_USEDHI, 4],
+];
+
+/** A virtio_pci_cap (vendor capability 0x09) body: everything after the id and next bytes. */
+function virtioCap(cfgType: number, offset: number, length: number, notifyMultiplier?: number): EmuCapability {
+  const len = notifyMultiplier === undefined ? V.CAP_SIZE : V.CAP_NOTIFY_SIZE;
+  const body = new Uint8Array(len - 2);
+  const dv = new DataView(body.buffer);
+  dv.setUint8(V.CAP_LEN - 2, len);
+  dv.setUint8(V.CAP_CFG_TYPE - 2, cfgType);
+  dv.setUint8(V.CAP_BAR - 2, L.BAR_CFG);
+  dv.setUint8(V.CAP_ID - 2, 0);
+  dv.setUint32(V.CAP_OFFSET - 2, offset, true);
+  dv.setUint32(V.CAP_LENGTH - 2, length, true);
+  if (notifyMultiplier !== undefined) dv.setUint32(V.CAP_NOTIFY_OFF_MULTIPLIER - 2, notifyMultiplier, true);
+  return { id: V.PCI_CAP_ID_VNDR, body };
+}
+
+/** The MSI-X capability: table size, table and PBA in BAR1; enable and function mask writable. */
+function msixCap(vectors: number): EmuCapability {
+  const body = new Uint8Array(10);
+  const dv = new DataView(body.buffer);
+  dv.setUint16(0, vectors - 1, true);
+  dv.setUint32(2, L.MSIX_TABLE_OFF | L.BAR_MSIX, true);
+  dv.setUint32(6, L.MSIX_PBA_OFF | L.BAR_MSIX, true);
+  const writeMask = new Uint8Array(10);
+  writeMask[1] = 0xc0;
+  return { id: V.PCI_CAP_ID_MSIX, body, writeMask };
+}
+
+/** The emulated virtio-net device's control half. */
+export class VirtioNetDevice {
+  readonly emu: EmuDevice;
+  readonly config: L.VirtioNetConfig;
+  /** shared state words (see layout.ts) */
+  readonly state: Int32Array;
+  /** shared statistics (see layout.ts STAT_NAMES) */
+  readonly stats: Float64Array;
+  /** the feature bits offered */
+  readonly offered: bigint;
+  /** queues: 2 per pair plus the control queue */
+  readonly numQueues: number;
+  /** MSI-X vectors */
+  readonly msixVectors: number;
+  private dfSelect = 0;
+  private gfSelect = 0;
+  private qSelect = 0;
+  private driverFeatures = [0, 0];
+  private readonly deviceCfg = new Uint8Array(V.NET_CFG_SIZE);
+  private readonly msixTable = new Uint8Array(L.BAR_MSIX_SIZE);
+  private readonly notify: Uint32Array;
+
+  /** Create the device (config space, BAR memory, shared state) for a configuration. */
+  constructor(config: L.VirtioNetConfig, name = 'virtio-net') {
+    this.config = config;
+    this.numQueues = 2 * config.pairs + 1;
+    this.msixVectors = 2 * config.pairs + 2;
+    this.state = new Int32Array(new SharedArrayBuffer(4 * L.stateWords(this.numQueues)));
+    this.stats = new Float64Array(new SharedArrayBuffer(8 * L.STAT_COUNT));
+    // Offer only what datapath.ts implements: no checksum or segmentation offloads, no
+    // indirect descriptors, no event index, no packed ring.
+    let f = F(V.VIRTIO_F_VERSION_1) | F(V.VIRTIO_NET_F_MAC) | F(V.VIRTIO_NET_F_STATUS) | F(V.VIRTIO_NET_F_CTRL_VQ);
+    if (config.mrg) f |= F(V.VIRTIO_NET_F_MRG_RXBUF);
+    if (config.pairs > 1) f |= F(V.VIRTIO_NET_F_MQ);
+    this.offered = f;
+    const cfg = new DataView(this.deviceCfg.buffer);
+    this.deviceCfg.set(config.mac, V.NET_CFG_MAC);
+    cfg.setUint16(V.NET_CFG_STATUS, V.VIRTIO_NET_S_LINK_UP, true);
+    cfg.setUint16(V.NET_CFG_MAX_VQ_PAIRS, config.pairs, true);
+    this.emu = new EmuDevice({
+      name,
+      pci: { vendorId: V.VIRTIO_PCI_VENDOR, deviceId: V.VIRTIO_PCI_MODERN_NET, classCode: L.PCI_CLASS_ETHERNET, revision: L.PCI_REVISION, subsystemVendorId: V.VIRTIO_PCI_VENDOR, subsystemId: L.PCI_SUBSYSTEM_ID },
+      bars: [
+        { index: L.BAR_MSIX, size: L.BAR_MSIX_SIZE, read: (off, buf) => buf.set(this.msixTable.subarray(off, off + buf.byteLength)), write: (off, data) => this.msixTable.set(data, off) },
+        { index: L.BAR_CFG, size: L.BAR_CFG_SIZE, shared: [{ offset: L.NOTIFY_OFF, size: L.NOTIFY_SIZE }], read: (off, buf) => this.barRead(off, buf), write: (off, data) => this.barWrite(off, data) },
+      ],
+      irqs: [{ index: U.VFIO_PCI_INTX_IRQ_INDEX, count: 1 }, { index: U.VFIO_PCI_MSIX_IRQ_INDEX, count: this.msixVectors }],
+      capabilities: [
+        virtioCap(V.VIRTIO_PCI_CAP_COMMON_CFG, L.COMMON_OFF, V.COMMON_CFG_SIZE),
+        virtioCap(V.VIRTIO_PCI_CAP_NOTIFY_CFG, L.NOTIFY_OFF, L.NOTIFY_SIZE, L.NOTIFY_MULTIPLIER),
+        virtioCap(V.VIRTIO_PCI_CAP_ISR_CFG, L.ISR_OFF, 1),
+        virtioCap(V.VIRTIO_PCI_CAP_DEVICE_CFG, L.DEVICE_OFF, V.NET_CFG_SIZE),
+        msixCap(this.msixVectors),
+      ],
+      onReset: () => this.pciReset(),
+    });
+    const mem = this.emu.barMemory(L.BAR_CFG);
+    this.notify = new Uint32Array(mem.buffer, mem.byteOffset + L.NOTIFY_OFF, L.NOTIFY_SIZE / 4);
+    this.pciReset();
+  }
+
+  /** The argument of the lcore loop (plain data) with the backend port's queues. */
+  loopArg(backend: PortData): VirtioNetLoopArg {
+    return {
+      name: this.emu.name, plane: this.emu.plane.desc(), state: this.state.buffer as SharedArrayBuffer, stats: this.stats.buffer as SharedArrayBuffer,
+      pairs: this.config.pairs, notifyVa: this.emu.barAddress(L.BAR_CFG) + BigInt(L.NOTIFY_OFF), backend,
+    };
+  }
+
+  /** Statistics by name. */
+  statistics(): Record<string, number> {
+    const out: Record<string, number> = {};
+    L.STAT_NAMES.forEach((n, i) => { out[n] = this.stats[i]; });
+    return out;
+  }
+
+  /** The device_status a driver reads (with DEVICE_NEEDS_RESET when the device found a bad descriptor). */
+  get deviceStatus(): number {
+    return (Atomics.load(this.state, L.G_STATUS) | (Atomics.load(this.state, L.G_NEEDS_RESET) ? V.STATUS_DEVICE_NEEDS_RESET : 0)) & 0xff;
+  }
+
+  /** Why DEVICE_NEEDS_RESET is set (a NEEDS_RESET_NAMES key), 0 when it is not. */
+  get needsResetReason(): number {
+    return Atomics.load(this.state, L.G_NEEDS_RESET);
+  }
+
+  /** Release the device (the lcore loop must have returned). */
+  close(): void {
+    this.emu.close();
+  }
+
+  /** Function-level reset: virtio state and the MSI-X table (every vector masked). */
+  private pciReset(): void {
+    this.virtioReset();
+    this.msixTable.fill(0);
+    for (let v = 0; v < this.msixVectors; v++) this.msixTable[L.MSIX_TABLE_OFF + 16 * v + 12] = 1;
+  }
+
+  /** Writing 0 to device_status: every field back to its default, the lcore restarts from scratch. */
+  private virtioReset(): void {
+    this.emu.plane.quiesce(() => {
+      const st = this.state;
+      this.dfSelect = this.gfSelect = this.qSelect = 0;
+      this.driverFeatures = [0, 0];
+      st[L.G_STATUS] = 0;
+      st[L.G_FEAT_LO] = st[L.G_FEAT_HI] = 0;
+      st[L.G_CONFIG_VEC] = NO_VECTOR;
+      st[L.G_NEEDS_RESET] = 0;
+      st[L.G_ERR_QUEUE] = 0;
+      st[L.G_ISR] = 0;
+      st[L.G_ACTIVE_PAIRS] = 1;
+      for (let q = 0; q < this.numQueues; q++) {
+        st[L.qw(q, L.Q_SIZE)] = this.config.queueSize;
+        st[L.qw(q, L.Q_ENABLE)] = 0;
+        st[L.qw(q, L.Q_VECTOR)] = NO_VECTOR;
+        for (let w = L.Q_DESC_LO; w <= L.Q_USED_HI; w++) st[L.qw(q, w)] = 0;
+        st[L.qw(q, L.Q_EPOCH)]++;
+      }
+      this.notify.fill(L.NOTIFY_IDLE);
+      Atomics.add(st, L.G_GEN, 1);
+    });
+  }
+
+  // ---- BAR4: trapped registers ----
+
+  private barRead(off: number, buf: Uint8Array): void {
+    buf.fill(0);
+    if (off < L.COMMON_OFF + V.COMMON_CFG_SIZE) {
+      for (let i = 0; i < buf.byteLength; i++) {
+        const a = off + i;
+        const f = COMMON_FIELDS.find(([o, n]) => a >= o && a < o + n);
+        if (f) buf[i] = (this.commonRead(f[0]) >>> (8 * (a - f[0]))) & 0xff;
+      }
+    } else if (off === L.ISR_OFF) {
+      buf[0] = Atomics.exchange(this.state, L.G_ISR, 0) & 0xff; // reading clears
+    } else if (off >= L.DEVICE_OFF && off < L.DEVICE_OFF + V.NET_CFG_SIZE) {
+      const o = off - L.DEVICE_OFF;
+      buf.set(this.deviceCfg.subarray(o, Math.min(o + buf.byteLength, V.NET_CFG_SIZE)));
+    }
+  }
+
+  private barWrite(off: number, data: Uint8Array): void {
+    if (off >= L.COMMON_OFF + V.COMMON_CFG_SIZE) return; // ISR and device configuration are read-only
+    // Byte-exact: each field the write touches is read, patched and written whole.
+    for (const [o, n] of COMMON_FIELDS) {
+      const lo = Math.max(o, off), hi = Math.min(o + n, off + data.byteLength);
+      if (lo >= hi) continue;
+      let v = this.commonRead(o);
+      for (let a = lo; a < hi; a++) {
+        const sh = 8 * (a - o);
+        v = ((v & ~(0xff << sh)) | (data[a - off] << sh)) >>> 0;
+      }
+      this.commonWrite(o, v);
+    }
+  }
+
+  private queueExists(): boolean {
+    return this.qSelect < this.numQueues;
+  }
+
+  private q(w: number): number {
+    return L.qw(this.qSelect, w);
+  }
+
+  private commonRead(field: number): number {
+    const st = this.state;
+    const qx = this.queueExists();
+    switch (field) {
+      case V.COMMON_DFSELECT: return this.dfSelect;
+      case V.COMMON_DF: return this.dfSelect > 1 ? 0 : Number((this.offered >> BigInt(32 * this.dfSelect)) & 0xffffffffn);
+      case V.COMMON_GFSELECT: return this.gfSelect;
+      case V.COMMON_GF: return this.gfSelect > 1 ? 0 : this.driverFeatures[this.gfSelect];
+      case V.COMMON_MSIX: return st[L.G_CONFIG_VEC];
+      case V.COMMON_NUMQ: return this.numQueues;
+      case V.COMMON_STATUS: return this.deviceStatus;
+      case V.COMMON_CFGGENERATION: return 0; // the device configuration never changes
+      case V.COMMON_Q_SELECT: return this.qSelect;
+      case V.COMMON_Q_SIZE: return qx ? st[this.q(L.Q_SIZE)] : 0;
+      case V.COMMON_Q_MSIX: return qx ? st[this.q(L.Q_VECTOR)] : NO_VECTOR;
+      case V.COMMON_Q_ENABLE: return qx ? st[this.q(L.Q_ENABLE)] : 0;
+      case V.COMMON_Q_NOFF: return qx ? this.qSelect : 0;
+      default: {
+        const w = L.Q_DESC_LO + (field - V.COMMON_Q_DESCLO) / 4; // the six address halves
+        return qx ? st[this.q(w)] >>> 0 : 0;
+      }
+    }
+  }
+
+  /** A whole-field write; whatever the worker reads changes inside quiesce. */
+  private commonWrite(field: number, v: number): void {
+    const st = this.state;
+    switch (field) {
+      case V.COMMON_DFSELECT: this.dfSelect = v; return;
+      case V.COMMON_GFSELECT: this.gfSelect = v; return;
+      case V.COMMON_GF:
+        // Features are frozen once FEATURES_OK was accepted.
+        if (this.gfSelect <= 1 && !(st[L.G_STATUS] & V.STATUS_FEATURES_OK)) this.driverFeatures[this.gfSelect] = v;
+        return;
+      case V.COMMON_Q_SELECT: this.qSelect = v; return;
+      case V.COMMON_STATUS: this.writeStatus(v); return;
+      case V.COMMON_MSIX: this.publish(() => { st[L.G_CONFIG_VEC] = this.vector(v); }); return;
+      default: break;
+    }
+    if (!this.queueExists()) return;
+    const enabled = st[this.q(L.Q_ENABLE)] !== 0;
+    switch (field) {
+      case V.COMMON_Q_SIZE:
+        // A split queue's size is a power of two up to the maximum; other values are ignored.
+        if (!enabled && v >= 1 && v <= this.config.queueSize && (v & (v - 1)) === 0) this.publish(() => { st[this.q(L.Q_SIZE)] = v; });
+        return;
+      case V.COMMON_Q_MSIX: this.publish(() => { st[this.q(L.Q_VECTOR)] = this.vector(v); }); return;
+      case V.COMMON_Q_ENABLE:
+        // 0 is not a valid write without VIRTIO_F_RING_RESET: queues stop only at device reset.
+        if (v === 1 && !enabled) this.publish(() => { st[this.q(L.Q_ENABLE)] = 1; st[this.q(L.Q_EPOCH)]++; });
+        return;
+      case V.COMMON_Q_DESCLO: case V.COMMON_Q_DESCHI: case V.COMMON_Q_AVAILLO:
+      case V.COMMON_Q_AVAILHI: case V.COMMON_Q_USEDLO: case V.COMMON_Q_USEDHI:
+        if (!enabled) this.publish(() => { st[this.q(L.Q_DESC_LO + (field - V.COMMON_Q_DESCLO) / 4)] = v | 0; });
+        return;
+      default: return; // read-only fields
+    }
+  }
+
+  /** An MSI-X vector the driver may assign: one that exists, else NO_VECTOR (the spec's "mapping failed"). */
+  private vector(v: number): number {
+    return v < this.msixVectors ? v : NO_VECTOR;
+  }
+
+  private writeStatus(v: number): void {
+    if (v === 0) { this.virtioReset(); return; }
+    const st = this.state;
+    const old = st[L.G_STATUS];
+    let s = v & ~V.STATUS_DEVICE_NEEDS_RESET & 0xff;
+    if ((s & V.STATUS_FEATURES_OK) && !(old & V.STATUS_FEATURES_OK)) {
+      const asked = (BigInt(this.driverFeatures[1] >>> 0) << 32n) | BigInt(this.driverFeatures[0] >>> 0);
+      // Refused: bits not offered, a modern device driven without VERSION_1, MQ without CTRL_VQ.
+      const ok = (asked & ~this.offered) === 0n && (asked & F(V.VIRTIO_F_VERSION_1)) !== 0n &&
+        (!(asked & F(V.VIRTIO_NET_F_MQ)) || (asked & F(V.VIRTIO_NET_F_CTRL_VQ)) !== 0n);
+      if (!ok) s &= ~V.STATUS_FEATURES_OK;
+      else this.publish(() => { st[L.G_FEAT_LO] = this.driverFeatures[0] | 0; st[L.G_FEAT_HI] = this.driverFeatures[1] | 0; });
+    }
+    this.publish(() => { st[L.G_STATUS] = s; });
+  }
+
+  /** Change state the lcore reads while it is paused, then tell it to re-read. */
+  private publish(fn: () => void): void {
+    this.emu.plane.quiesce(() => {
+      fn();
+      Atomics.add(this.state, L.G_GEN, 1);
+    });
+  }
+}
+

@@ -1,0 +1,149 @@
+/**
+ * The emulated virtio-net device's layout and the words its two halves share.
+ *
+ * PCI: 1af4:1041 rev 1, class 0x020000, subsystem 1af4:1100.
+ * BAR4 (16 KiB, memory): 0x0000 common cfg (trapped), 0x1000 ISR (trapped, read clears),
+ *   0x2000 device cfg (trapped: mac, status, max_virtqueue_pairs), 0x3000 notify (one shared page,
+ *   sparse mmap, polled by the device: notify_off_multiplier 4, queue_notify_off = queue index).
+ * BAR1 (4 KiB): MSI-X table at 0, PBA at 0x800 (trapped plain storage).
+ * IRQs: INTx (1) and MSI-X (2 * pairs + 2: one per queue, the config vector, one spare).
+ *
+ * The control half (device.ts, the server's thread) and the data half (datapath.ts, an lcore)
+ * share one Int32Array of state words (written by the control half inside plane.quiesce, except
+ * the few marked "worker") and one Float64Array of statistics (written by the worker only).
+ */
+import { UsageError } from '../../../src/options.js';
+import { parseMac } from '../../../lib/ethdev/ethdev.js';
+import { VIRTQ_MAX_SIZE } from '../../../lib/virtio/virtio.js';
+
+export const PCI_SUBSYSTEM_ID = 0x1100;
+export const PCI_REVISION = 1;
+export const PCI_CLASS_ETHERNET = 0x020000;
+
+export const BAR_CFG = 4;
+export const BAR_CFG_SIZE = 0x4000;
+export const COMMON_OFF = 0x0000;
+export const ISR_OFF = 0x1000;
+export const DEVICE_OFF = 0x2000;
+export const NOTIFY_OFF = 0x3000;
+export const NOTIFY_SIZE = 0x1000;
+export const NOTIFY_MULTIPLIER = 4;
+/** What the device stores in a notify word after reading it: a driver's write shows as a change. */
+export const NOTIFY_IDLE = 0xffffffff;
+export const BAR_MSIX = 1;
+export const BAR_MSIX_SIZE = 0x1000;
+export const MSIX_TABLE_OFF = 0;
+export const MSIX_PBA_OFF = 0x800;
+
+/** Most queue pairs (MSI-X vectors: 2 * pairs + 2, notify words: 2 * pairs + 1). */
+export const MAX_PAIRS = 64;
+
+// ---- shared state words (Int32Array indexes) ----
+
+/** bumped by the control half after every change the worker must re-read */
+export const G_GEN = 0;
+/** device_status as the driver wrote it (without DEVICE_NEEDS_RESET) */
+export const G_STATUS = 1;
+/** negotiated features, low and high 32 bits (valid once FEATURES_OK is accepted) */
+export const G_FEAT_LO = 2, G_FEAT_HI = 3;
+/** config_msix_vector */
+export const G_CONFIG_VEC = 4;
+/** worker: 0, or the NeedsReset reason that set DEVICE_NEEDS_RESET (the control half clears it at reset) */
+export const G_NEEDS_RESET = 5;
+/** worker: the queue the reason was found on */
+export const G_ERR_QUEUE = 6;
+/** worker sets, the ISR read clears */
+export const G_ISR = 7;
+/** worker (control command) and control half (reset): queue pairs in use */
+export const G_ACTIVE_PAIRS = 8;
+/** control half: ask the loop to return */
+export const G_STOP = 9;
+/** worker: 1 while the loop runs */
+export const G_RUNNING = 10;
+/** worker: 1 while backing off (idle) */
+export const G_IDLE = 11;
+export const Q_BASE = 16;
+export const Q_WORDS = 12;
+export const Q_SIZE = 0, Q_ENABLE = 1, Q_VECTOR = 2, Q_DESC_LO = 3, Q_DESC_HI = 4, Q_AVAIL_LO = 5, Q_AVAIL_HI = 6, Q_USED_LO = 7, Q_USED_HI = 8;
+/** bumped at every enable and reset: the worker restarts the queue's indices from 0 */
+export const Q_EPOCH = 9;
+
+/** State words for n queues. */
+export function stateWords(queues: number): number {
+  return Q_BASE + queues * Q_WORDS;
+}
+
+/** Index of queue q's word w. */
+export function qw(q: number, w: number): number {
+  return Q_BASE + q * Q_WORDS + w;
+}
+
+// ---- statistics (Float64Array indexes, written by the worker only) ----
+
+export const S_TX_PACKETS = 0, S_TX_BYTES = 1, S_TX_DROPPED = 2, S_TX_ERRORS = 3, S_TX_NOMBUF = 4;
+export const S_RX_PACKETS = 5, S_RX_BYTES = 6, S_RX_NOBUF = 7, S_RX_TOO_BIG = 8;
+export const S_NEEDS_RESET = 9, S_IRQS = 10, S_KICKS = 11, S_CTRL = 12, S_IRQS_SUPPRESSED = 13;
+export const STAT_NAMES = [
+  'tx_packets', 'tx_bytes', 'tx_dropped', 'tx_errors', 'tx_nombuf',
+  'rx_packets', 'rx_bytes', 'rx_nobuf_drops', 'rx_too_big_drops',
+  'needs_reset_events', 'interrupts', 'kicks', 'ctrl_commands', 'interrupts_suppressed',
+] as const;
+export const STAT_COUNT = 16;
+
+/** Why the device set DEVICE_NEEDS_RESET (G_NEEDS_RESET). */
+export const NeedsReset = {
+  LOOP: 1, NEXT_RANGE: 2, HEAD_RANGE: 3, DIRECTION: 4, INDIRECT: 5, AVAIL_JUMP: 6, BAD_ADDRESS: 7,
+  RING_UNMAPPED: 8, RING_ALIGN: 9, CHAIN_CHANGED: 10, INTERNAL: 11,
+} as const;
+/** Names of the NeedsReset reasons, by value. */
+export const NEEDS_RESET_NAMES: Record<number, string> = {
+  1: 'descriptor chain loops or is longer than the queue', 2: 'descriptor next index outside the queue',
+  3: 'avail ring head outside the queue', 4: 'descriptor of the wrong direction', 5: 'indirect descriptor (not negotiated)',
+  6: 'avail idx moved more than the queue size', 7: 'buffer outside the mapped DMA memory',
+  8: 'ring outside the DMA memory mapped by fd', 9: 'misaligned ring', 10: 'descriptor chain changed while in use',
+  11: 'internal error',
+};
+
+// ---- device arguments ----
+
+/** The device's configuration, from `virtio-net,key=value,...`. */
+export interface VirtioNetConfig {
+  mac: number[];
+  /** queue pairs (max_virtqueue_pairs) */
+  pairs: number;
+  /** EAL port id of the backend */
+  backend: number;
+  /** offer VIRTIO_NET_F_MRG_RXBUF */
+  mrg: boolean;
+  /** largest queue size (power of two) */
+  queueSize: number;
+}
+
+/** Help for the arguments. */
+export const ARGS_HELP = '                       mac=aa:bb:cc:dd:ee:ff (default 02:76:6e:65:74:01), queues=PAIRS (1), backend=PORT (0),\n                       mrg=0|1 (offer MRG_RXBUF, 1), size=MAX_QUEUE_SIZE (power of two, 256)';
+
+const KEYS = ['mac', 'queues', 'backend', 'mrg', 'size'];
+
+/** Parse and validate the device arguments; a UsageError names the key and how to fix it. */
+export function parseVirtioNetArgs(args: Record<string, string>): VirtioNetConfig {
+  for (const k of Object.keys(args)) {
+    if (!KEYS.includes(k)) throw new UsageError(`virtio-net: unknown argument "${k}"; valid: ${KEYS.map((x) => `${x}=`).join(', ')} (e.g. virtio-net,queues=2,mrg=0)`);
+  }
+  const int = (k: string, def: number, min: number, max: number): number => {
+    const s = args[k];
+    if (s === undefined) return def;
+    if (!/^\d+$/.test(s) || Number(s) < min || Number(s) > max) throw new UsageError(`virtio-net: ${k}=${s} must be an integer from ${min} to ${max}`);
+    return Number(s);
+  };
+  let mac = [0x02, 0x76, 0x6e, 0x65, 0x74, 0x01];
+  if (args.mac !== undefined) {
+    try { mac = parseMac(args.mac); } catch (e) { throw new UsageError(`virtio-net: mac=${args.mac}: ${(e as Error).message}`); }
+    if (mac[0] & 1) throw new UsageError(`virtio-net: mac=${args.mac} is a multicast address; use a unicast one such as 02:00:00:00:00:01`);
+  }
+  const pairs = int('queues', 1, 1, MAX_PAIRS);
+  const backend = int('backend', 0, 0, 1023);
+  if (args.mrg !== undefined && args.mrg !== '0' && args.mrg !== '1') throw new UsageError(`virtio-net: mrg=${args.mrg} must be 0 or 1`);
+  const queueSize = int('size', 256, 1, VIRTQ_MAX_SIZE);
+  if ((queueSize & (queueSize - 1)) !== 0) throw new UsageError(`virtio-net: size=${queueSize} must be a power of two (e.g. 256)`);
+  return { mac, pairs, backend, mrg: args.mrg !== '0', queueSize };
+}

@@ -1,0 +1,378 @@
+/**
+ * net_virtio data path: split virtqueues in DMA memory, rebuilt in the lcore that owns them.
+ *
+ * RX: every descriptor always holds one mbuf of the queue's pool, posted device-writable from
+ * 12 bytes before the mbuf's data offset, so the virtio_net_hdr lands in the headroom and the frame
+ * at data_off. A burst first counts the used entries that make up whole packets (with
+ * MRG_RXBUF a packet spans num_buffers entries), allocates that many replacements in one
+ * pktmbufAllocInit, then hands the filled mbufs out (chained when merged) and reposts the same
+ * descriptors with the replacements. No replacement, no receive: the packets wait in the ring.
+ *
+ * TX: a single-segment mbuf that owns its headroom gets a zeroed header written in front of its
+ * data and goes out as one descriptor; anything else (chains, shared mbufs, no headroom) takes a
+ * header slot of the queue's own and one descriptor per segment. Completed packets are freed from
+ * the used ring at the start of the next burst, in one pktmbufFreeBulk.
+ *
+ * Both directions set VRING_AVAIL_F_NO_INTERRUPT (control half, at start) and ring the doorbell
+ * (one 16-bit store into the mapped notify register) only when the used ring's flags lack
+ * VRING_USED_F_NO_NOTIFY, once per burst: a polling device costs no MMIO write at all.
+ */
+import { MappedBar, type BarData } from '../../../src/iommu/bar.js';
+import { viewOf } from '../../../src/os/libc.js';
+import { Mempool, poolOf } from '../../../lib/mempool/mempool.js';
+import {
+  pktmbufAllocInit, pktmbufFreeBulk, pktmbufFree, MBUF_HDR, MBUF_NONE,
+  F_BUF_IOVA, F_DATA_OFF, F_DATA_LEN, F_PKT_LEN, F_NB_SEGS, F_NEXT, F_REFCNT,
+} from '../../../lib/mempool/mbuf.js';
+import {
+  type PortData, type RxQueue, type TxQueue, rxqStatsBase, txqStatsBase,
+  RXQ_PACKETS, RXQ_BYTES, RXQ_ERRORS, RXQ_NOMBUF, TXQ_PACKETS, TXQ_BYTES, TXQ_ERRORS,
+} from '../../../lib/ethdev/ethdev.js';
+import { NET_HDR_SIZE, NET_HDR_NUM_BUFFERS, VRING_USED_F_NO_NOTIFY, VRING_DESC_F_NEXT, USED_FLAGS } from '../../../lib/virtio/virtio.js';
+import {
+  type VirtqLayout, HDR_SLOT, ST_LAST_USED, USED_ELEM_WORDS, availIdxWord, availRingWord, usedIdxWord, usedRingWord, iovaHalves,
+} from './virtqueue.js';
+
+/** Plain data for one queue (RX or TX), built by the control half at start. */
+export interface VirtioQueueData {
+  /** virtqueue index: 2k for RX queue k, 2k+1 for TX queue k */
+  vq: number;
+  layout: VirtqLayout;
+  /** the queue's memzone */
+  va: bigint;
+  len: number;
+  /** its IOVA as two 32-bit halves (no BigInt on the data path) */
+  iovaLo: number;
+  iovaHi: number;
+  /** the BAR holding the notify register, and the register's offset in it */
+  notify: BarData;
+  notifyOff: number;
+  /** VIRTIO_NET_F_MRG_RXBUF negotiated */
+  mergeable: boolean;
+  /** float64 index of this queue's doorbell counter (an xstat), or -1 */
+  kickStat: number;
+}
+
+const HDR = NET_HDR_SIZE;
+const TWO32 = 0x1_0000_0000;
+
+/** Views and indices over one queue's memzone. */
+class QueueViews {
+  readonly u8: Uint8Array;
+  readonly u16: Uint16Array;
+  readonly u32: Uint32Array;
+  readonly size: number;
+  readonly mask: number;
+  readonly vq: number;
+  readonly descW: number;
+  readonly availIdxW: number;
+  readonly availRingW: number;
+  readonly usedIdxW: number;
+  readonly usedFlagsW: number;
+  readonly usedRingW: number;
+  readonly mbufsW: number;
+  readonly chainW: number;
+  readonly stateW: number;
+  readonly bar: MappedBar;
+  readonly notifyOff: number;
+  readonly kickStat: number;
+  protected availIdx: number;
+  protected lastUsed: number;
+
+  constructor(d: VirtioQueueData) {
+    const ab = viewOf(d.va, d.len);
+    const l = d.layout;
+    this.u8 = new Uint8Array(ab);
+    this.u16 = new Uint16Array(ab);
+    this.u32 = new Uint32Array(ab);
+    this.size = l.size;
+    this.mask = l.size - 1;
+    this.vq = d.vq;
+    this.descW = l.desc >> 2;
+    this.availIdxW = availIdxWord(l);
+    this.availRingW = availRingWord(l);
+    this.usedIdxW = usedIdxWord(l);
+    this.usedFlagsW = (l.used + USED_FLAGS) >> 1;
+    this.usedRingW = usedRingWord(l);
+    this.mbufsW = l.mbufs >> 2;
+    this.chainW = l.chain >> 1;
+    this.stateW = (l.state >> 2) + ST_LAST_USED;
+    this.bar = new MappedBar(d.notify);
+    this.bar.check(d.notifyOff, 2);
+    this.notifyOff = d.notifyOff;
+    this.kickStat = d.kickStat;
+    // Resume where the last owner of the queue stopped (a queue may be reopened while started).
+    this.availIdx = this.u16[this.availIdxW];
+    this.lastUsed = this.u32[this.stateW] & 0xffff;
+  }
+
+  /** Publish the avail index, then ring the doorbell unless the device said it polls. */
+  protected publish(ai: number, stats: Float64Array): void {
+    Atomics.store(this.u16, this.availIdxW, ai);
+    // Atomics.store then Atomics.load: a full barrier between our index and the device's flags.
+    if ((Atomics.load(this.u16, this.usedFlagsW) & VRING_USED_F_NO_NOTIFY) === 0) {
+      this.bar.write16(this.notifyOff, this.vq);
+      if (this.kickStat >= 0) stats[this.kickStat]++;
+    }
+  }
+}
+
+class VirtioRx extends QueueViews implements RxQueue {
+  private readonly repl: Uint32Array;
+  /** where a descriptor starts inside an mbuf's buffer: headroom - 12 */
+  private readonly bufOff: number;
+  private readonly headroom: number;
+  private readonly room: number;
+  private readonly mergeable: boolean;
+
+  constructor(d: VirtioQueueData, private readonly pool: Mempool, private readonly port: number, private readonly stats: Float64Array, private readonly s: number) {
+    super(d);
+    this.headroom = pool.userWord(0);
+    this.room = pool.userWord(1);
+    this.bufOff = this.headroom - HDR;
+    this.mergeable = d.mergeable;
+    this.repl = new Uint32Array(d.layout.size);
+  }
+
+  /** num_buffers of the packet starting in descriptor id's mbuf (1 without MRG_RXBUF or for a bad id). */
+  private numBuffers(id: number): number {
+    if (!this.mergeable || id >= this.size) return 1;
+    const p = this.pool;
+    const x = p.offsetOf(this.u32[this.mbufsW + id]) + MBUF_HDR + this.bufOff + NET_HDR_NUM_BUFFERS;
+    const nb = p.u8[x] | (p.u8[x + 1] << 8);
+    return nb === 0 ? 1 : nb;
+  }
+
+  /** Put mbuf nm into descriptor id and offer the descriptor at avail slot ai. */
+  private repost(id: number, nm: number, ai: number): void {
+    const p = this.pool, u32 = this.u32;
+    u32[this.mbufsW + id] = nm;
+    const w = p.offsetOf(nm) >> 2;
+    const lo = p.u32[w + (F_BUF_IOVA >> 2)] + this.bufOff;
+    const dw = this.descW + (id << 2);
+    u32[dw] = lo; // a Uint32Array store wraps lo modulo 2^32; the carry goes to the high half
+    u32[dw + 1] = p.u32[w + (F_BUF_IOVA >> 2) + 1] + (lo >= TWO32 ? 1 : 0);
+    this.u16[this.availRingW + (ai & this.mask)] = id;
+  }
+
+  rxBurst(out: Uint32Array, n: number): number {
+    const u32 = this.u32, mask = this.mask;
+    const pending = (Atomics.load(this.u16, this.usedIdxW) - this.lastUsed) & 0xffff;
+    if (pending === 0 || n <= 0) return 0;
+    // Pass 1: how many used entries make up at most n whole packets.
+    let e = 0, pk = 0;
+    if (!this.mergeable) {
+      e = pk = pending < n ? pending : n;
+    } else {
+      while (pk < n && e < pending) {
+        const nb = this.numBuffers(u32[this.usedRingW + Math.imul((this.lastUsed + e) & mask, USED_ELEM_WORDS)]);
+        if (e + nb > pending) break; // the rest of this packet is not published yet
+        e += nb;
+        pk++;
+      }
+      if (e === 0) return 0;
+    }
+    const pool = this.pool, repl = this.repl;
+    if (!pktmbufAllocInit(pool, repl, e, 0, 0, this.port)) {
+      this.stats[this.s + RXQ_NOMBUF] += e;
+      return 0; // the packets stay in the ring until the pool has mbufs again
+    }
+    // Pass 2: hand the filled mbufs out and repost their descriptors with the replacements.
+    const pu16 = pool.u16, pu32 = pool.u32, size = this.size, maxLen = this.room, segOff = this.bufOff;
+    let last = this.lastUsed, ai = this.availIdx, r = 0, c = 0, got = 0, bytes = 0, errors = 0;
+    while (c < e) {
+      let w = this.usedRingW + Math.imul(last & mask, USED_ELEM_WORDS);
+      let id = u32[w];
+      let len = u32[w + 1];
+      last = (last + 1) & 0xffff;
+      c++;
+      if (id >= size) { errors++; continue; } // a device bug: no descriptor to repost
+      const nb = this.numBuffers(id);
+      const m = u32[this.mbufsW + id];
+      this.repost(id, repl[r++], ai);
+      ai = (ai + 1) & 0xffff;
+      const o = pool.offsetOf(m);
+      let bad = len < HDR || len - HDR > maxLen;
+      const plen0 = bad ? 0 : len - HDR;
+      pu16[(o + F_DATA_LEN) >> 1] = plen0;
+      let total = plen0, prev = o;
+      // Further buffers of a merged packet: pure data from the descriptor's start (no header).
+      for (let j = 1; j < nb; j++) {
+        w = this.usedRingW + Math.imul(last & mask, USED_ELEM_WORDS);
+        id = u32[w];
+        len = u32[w + 1];
+        last = (last + 1) & 0xffff;
+        c++;
+        if (id >= size) { bad = true; continue; }
+        const sm = u32[this.mbufsW + id];
+        this.repost(id, repl[r++], ai);
+        ai = (ai + 1) & 0xffff;
+        const so = pool.offsetOf(sm);
+        if (len > maxLen + HDR) { bad = true; len = 0; }
+        pu16[(so + F_DATA_OFF) >> 1] = segOff;
+        pu16[(so + F_DATA_LEN) >> 1] = len;
+        pu32[(prev + F_NEXT) >> 2] = sm;
+        pu16[(o + F_NB_SEGS) >> 1]++;
+        total += len;
+        prev = so;
+      }
+      pu32[(o + F_PKT_LEN) >> 2] = total;
+      if (bad) {
+        errors++;
+        pktmbufFree(m);
+        continue;
+      }
+      out[got++] = m;
+      bytes += total;
+    }
+    if (r < e) pool.freeBulk(repl, e - r, r); // replacements for entries with bad ids
+    this.lastUsed = last;
+    u32[this.stateW] = last;
+    if (ai !== this.availIdx) {
+      this.availIdx = ai;
+      this.publish(ai, this.stats);
+    }
+    this.stats[this.s + RXQ_PACKETS] += got;
+    this.stats[this.s + RXQ_BYTES] += bytes;
+    if (errors > 0) this.stats[this.s + RXQ_ERRORS] += errors;
+    return got;
+  }
+}
+
+class VirtioTx extends QueueViews implements TxQueue {
+  /** free descriptor ids (a stack) */
+  private readonly freeIds: Uint16Array;
+  private nfree = 0;
+  private readonly done: Uint32Array;
+  private readonly hdrLo: number;
+  private readonly hdrHi: number;
+  private readonly hdrW: number;
+
+  constructor(d: VirtioQueueData, private readonly stats: Float64Array, private readonly s: number) {
+    super(d);
+    this.freeIds = new Uint16Array(d.layout.size);
+    this.done = new Uint32Array(d.layout.size);
+    [this.hdrLo, this.hdrHi] = iovaHalves(d.iovaLo, d.iovaHi, d.layout.hdrs);
+    this.hdrW = d.layout.hdrs >> 2;
+    // Rebuild the free list: every descriptor not in a chain that is still in flight.
+    const busy = new Uint8Array(this.size);
+    for (let h = 0; h < this.size; h++) {
+      let id = h;
+      for (let k = this.u16[this.chainW + h]; k > 0; k--) {
+        busy[id] = 1;
+        id = this.u16[((this.descW + (id << 2) + 3) << 1) + 1];
+      }
+    }
+    for (let id = this.size - 1; id >= 0; id--) if (!busy[id]) this.freeIds[this.nfree++] = id;
+  }
+
+  /** Take back what the device finished: descriptors to the free list, mbufs freed in one bulk call. */
+  private reclaim(): void {
+    const usedIdx = Atomics.load(this.u16, this.usedIdxW);
+    let last = this.lastUsed;
+    if (usedIdx === last) return;
+    const u16 = this.u16, u32 = this.u32, size = this.size, done = this.done;
+    let nd = 0, errors = 0;
+    while (last !== usedIdx) {
+      const head = u32[this.usedRingW + Math.imul(last & this.mask, USED_ELEM_WORDS)];
+      last = (last + 1) & 0xffff;
+      const cnt = head < size ? u16[this.chainW + head] : 0;
+      if (cnt === 0) { errors++; continue; } // not a chain we posted: a device bug
+      let id = head;
+      for (let k = 0; k < cnt; k++) {
+        this.freeIds[this.nfree++] = id;
+        id = u16[((this.descW + (id << 2) + 3) << 1) + 1]; // desc.next
+      }
+      u16[this.chainW + head] = 0;
+      done[nd++] = u32[this.mbufsW + head];
+      u32[this.mbufsW + head] = MBUF_NONE;
+    }
+    this.lastUsed = last;
+    u32[this.stateW] = last;
+    if (nd > 0) pktmbufFreeBulk(done, nd);
+    if (errors > 0) this.stats[this.s + TXQ_ERRORS] += errors;
+  }
+
+  txBurst(pkts: Uint32Array, n: number, off = 0): number {
+    this.reclaim();
+    const u32 = this.u32, u16 = this.u16, size = this.size, freeIds = this.freeIds;
+    let k = 0, sent = 0, bytes = 0, errors = 0, ai = this.availIdx;
+    for (; k < n; k++) {
+      const m = pkts[off + k];
+      const p = poolOf(m);
+      const o = p.offsetOf(m);
+      const pu16 = p.u16, pu32 = p.u32;
+      const segs = pu16[(o + F_NB_SEGS) >> 1];
+      const doff = pu16[(o + F_DATA_OFF) >> 1];
+      const push = segs === 1 && doff >= HDR && pu16[(o + F_REFCNT) >> 1] === 1;
+      const need = push ? 1 : segs + 1;
+      if (need > size) { // can never fit this ring: dropped
+        errors++;
+        pktmbufFree(m);
+        continue;
+      }
+      if (need > this.nfree) break; // ring full: the rest stays the caller's
+      const head = freeIds[--this.nfree];
+      const hw = this.descW + (head << 2);
+      if (push) {
+        // The header goes into the headroom right before the data; all zero (no offloads).
+        const h = o + MBUF_HDR + doff - HDR;
+        if ((h & 3) === 0) {
+          pu32[h >> 2] = 0; pu32[(h >> 2) + 1] = 0; pu32[(h >> 2) + 2] = 0;
+        } else {
+          for (let i = 0; i < HDR; i++) p.u8[h + i] = 0;
+        }
+        const lo = pu32[(o + F_BUF_IOVA) >> 2] + doff - HDR;
+        u32[hw] = lo;
+        u32[hw + 1] = pu32[((o + F_BUF_IOVA) >> 2) + 1] + (lo >= TWO32 ? 1 : 0);
+        u32[hw + 2] = pu16[(o + F_DATA_LEN) >> 1] + HDR;
+        u32[hw + 3] = 0; // flags 0, next 0
+      } else {
+        // The queue's own zeroed header slot, then one descriptor per segment.
+        const lo = this.hdrLo + head * HDR_SLOT;
+        u32[hw] = lo;
+        u32[hw + 1] = this.hdrHi + (lo >= TWO32 ? 1 : 0);
+        u32[hw + 2] = HDR;
+        let pw = hw;
+        for (let seg = m; seg !== MBUF_NONE;) {
+          const sp = poolOf(seg);
+          const so = sp.offsetOf(seg);
+          const id = freeIds[--this.nfree];
+          u32[pw + 3] = VRING_DESC_F_NEXT | (id << 16);
+          const dw = this.descW + (id << 2);
+          const slo = sp.u32[(so + F_BUF_IOVA) >> 2] + sp.u16[(so + F_DATA_OFF) >> 1];
+          u32[dw] = slo;
+          u32[dw + 1] = sp.u32[((so + F_BUF_IOVA) >> 2) + 1] + (slo >= TWO32 ? 1 : 0);
+          u32[dw + 2] = sp.u16[(so + F_DATA_LEN) >> 1];
+          u32[dw + 3] = 0;
+          pw = dw;
+          seg = sp.u32[(so + F_NEXT) >> 2];
+        }
+      }
+      u16[this.chainW + head] = need;
+      u32[this.mbufsW + head] = m;
+      u16[this.availRingW + (ai & this.mask)] = head;
+      ai = (ai + 1) & 0xffff;
+      bytes += pu32[(o + F_PKT_LEN) >> 2];
+      sent++;
+    }
+    if (sent > 0) {
+      this.availIdx = ai;
+      this.publish(ai, this.stats);
+      this.stats[this.s + TXQ_PACKETS] += sent;
+      this.stats[this.s + TXQ_BYTES] += bytes;
+    }
+    if (errors > 0) this.stats[this.s + TXQ_ERRORS] += errors;
+    return k;
+  }
+}
+
+/** Rebuild RX queue q in this thread. */
+export function openRxQueue(port: PortData, q: number, stats: Float64Array): RxQueue {
+  return new VirtioRx(port.rxq[q] as VirtioQueueData, Mempool.attach(port.rxPools[q]), port.port, stats, rxqStatsBase(q));
+}
+
+/** Rebuild TX queue q in this thread. */
+export function openTxQueue(port: PortData, q: number, stats: Float64Array): TxQueue {
+  return new VirtioTx(port.txq[q] as VirtioQueueData, stats, txqStatsBase(q));
+}

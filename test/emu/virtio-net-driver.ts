@@ -1,0 +1,381 @@
+/**
+ * A small hand-written virtio 1.x split-ring driver for tests of the emulated virtio-net device
+ * (not the PMD): parses the PCI capabilities, negotiates features, sets up queues in a memfd that
+ * is DMA-mapped by fd at a fixed IOVA, sends and receives, and can write any descriptor a
+ * malicious driver would.
+ */
+import * as os from '../../src/os/libc.js';
+import * as U from '../../src/iommu/vfio-uapi.js';
+import { Bar } from '../../src/iommu/bar.js';
+import type { VfioUserClient } from '../../lib/vfio-user/client.js';
+import * as V from '../../lib/virtio/virtio.js';
+
+/** One virtio vendor capability as the driver found it. */
+export interface VirtioCap {
+  /** where it starts in config space */
+  at: number;
+  cfgType: number;
+  bar: number;
+  offset: number;
+  length: number;
+  /** the notify capability's notify_off_multiplier */
+  multiplier?: number;
+}
+
+/** The MSI-X capability as the driver found it. */
+export interface MsixCap {
+  at: number;
+  tableSize: number;
+  tableBar: number;
+  tableOffset: number;
+  pbaBar: number;
+  pbaOffset: number;
+}
+
+/** Walk the capability list of a 256-byte config space. */
+export function parseCaps(cfg: Uint8Array): { virtio: VirtioCap[]; msix: MsixCap | null; ids: number[] } {
+  const dv = new DataView(cfg.buffer, cfg.byteOffset, cfg.byteLength);
+  const virtio: VirtioCap[] = [];
+  const ids: number[] = [];
+  let msix: MsixCap | null = null;
+  if (!(dv.getUint16(6, true) & 0x10)) return { virtio, msix, ids };
+  let at = cfg[0x34] & 0xfc;
+  for (let n = 0; at !== 0 && n < 48; n++) {
+    const id = cfg[at];
+    ids.push(id);
+    if (id === V.PCI_CAP_ID_VNDR) {
+      const c: VirtioCap = { at, cfgType: cfg[at + V.CAP_CFG_TYPE], bar: cfg[at + V.CAP_BAR], offset: dv.getUint32(at + V.CAP_OFFSET, true), length: dv.getUint32(at + V.CAP_LENGTH, true) };
+      if (c.cfgType === V.VIRTIO_PCI_CAP_NOTIFY_CFG) c.multiplier = dv.getUint32(at + V.CAP_NOTIFY_OFF_MULTIPLIER, true);
+      virtio.push(c);
+    } else if (id === V.PCI_CAP_ID_MSIX) {
+      const t = dv.getUint32(at + 4, true), p = dv.getUint32(at + 8, true);
+      msix = { at, tableSize: (dv.getUint16(at + 2, true) & 0x7ff) + 1, tableBar: t & 7, tableOffset: t & ~7, pbaBar: p & 7, pbaOffset: p & ~7 };
+    }
+    at = cfg[at + 1] & 0xfc;
+  }
+  return { virtio, msix, ids };
+}
+
+/** A queue as the test driver keeps it. */
+export interface TestQueue {
+  index: number;
+  size: number;
+  /** byte offsets in the driver's memory */
+  desc: number;
+  avail: number;
+  used: number;
+  /** per descriptor: a buffer of bufSize bytes at buf + i * bufSize */
+  buf: number;
+  bufSize: number;
+  availIdx: number;
+  lastUsed: number;
+  nextDesc: number;
+}
+
+/** A received packet: header, data, and the used entries it took. */
+export interface RxPacket {
+  numBuffers: number;
+  hdr: Uint8Array;
+  data: Uint8Array;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** The test driver. */
+export class TestVirtioNet {
+  readonly client: VfioUserClient;
+  readonly bar: Bar;
+  readonly caps: ReturnType<typeof parseCaps>;
+  readonly common: number;
+  readonly isr: number;
+  readonly devcfg: number;
+  readonly notifyOff: number;
+  readonly multiplier: number;
+  /** driver memory (memfd, DMA-mapped by fd) */
+  readonly va: bigint;
+  readonly iova: number;
+  readonly len: number;
+  readonly u8: Uint8Array;
+  readonly dv: DataView;
+  readonly fd: number;
+  readonly queues = new Map<number, TestQueue>();
+  private brk = 0;
+  private mapped = false;
+  private closed = false;
+
+  /** Read config space, open BAR4 (notify page mmapped), create and DMA-map len bytes at iova. */
+  constructor(client: VfioUserClient, len = 4 << 20, iova = 0x4000_0000) {
+    this.client = client;
+    const cfg = new Uint8Array(256);
+    client.readRegion(U.VFIO_PCI_CONFIG_REGION_INDEX, 0, cfg);
+    this.caps = parseCaps(cfg);
+    const cap = (t: number): VirtioCap => {
+      const c = this.caps.virtio.find((x) => x.cfgType === t);
+      if (!c) throw new Error(`no virtio capability of type ${t}`);
+      return c;
+    };
+    this.common = cap(V.VIRTIO_PCI_CAP_COMMON_CFG).offset;
+    this.isr = cap(V.VIRTIO_PCI_CAP_ISR_CFG).offset;
+    this.devcfg = cap(V.VIRTIO_PCI_CAP_DEVICE_CFG).offset;
+    const n = cap(V.VIRTIO_PCI_CAP_NOTIFY_CFG);
+    this.notifyOff = n.offset;
+    this.multiplier = n.multiplier ?? 0;
+    this.bar = Bar.open(client, n.bar);
+    this.len = len;
+    this.iova = iova;
+    this.fd = os.memfdCreate('tsp-vnet-drv', 0);
+    os.ftruncate(this.fd, len);
+    this.va = os.mmap(0n, len, os.PROT_READ | os.PROT_WRITE, os.MAP_SHARED, this.fd, 0);
+    this.u8 = new Uint8Array(os.viewOf(this.va, len));
+    this.dv = new DataView(this.u8.buffer);
+    client.addFdMemory(this.va, len, this.fd);
+    this.map();
+  }
+
+  /** DMA-map the driver memory (by fd). */
+  map(): void {
+    this.client.dmaMap(this.va, BigInt(this.iova), this.len);
+    this.mapped = true;
+  }
+
+  /** DMA-unmap the driver memory. */
+  unmap(): void {
+    this.client.dmaUnmap(BigInt(this.iova), this.len);
+    this.mapped = false;
+  }
+
+  /** Unmap (if still connected), close the BAR and free the memory. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    try { if (this.mapped) this.unmap(); } catch { /* the connection is gone */ }
+    this.bar.close();
+    os.munmap(this.va, this.len);
+    os.close(this.fd);
+  }
+
+  // ---- registers ----
+
+  /** Read a common configuration field (1, 2 or 4 bytes). */
+  rd(off: number, width: 1 | 2 | 4): number {
+    const a = this.common + off;
+    return width === 1 ? this.bar.read8(a) : width === 2 ? this.bar.read16(a) : this.bar.read32(a);
+  }
+
+  /** Write a common configuration field. */
+  wr(off: number, width: 1 | 2 | 4, v: number): void {
+    const a = this.common + off;
+    if (width === 1) this.bar.write8(a, v);
+    else if (width === 2) this.bar.write16(a, v);
+    else this.bar.write32(a, v);
+  }
+
+  /** device_status. */
+  status(): number {
+    return this.rd(V.COMMON_STATUS, 1);
+  }
+
+  /** The 64 device feature bits. */
+  deviceFeatures(): bigint {
+    this.wr(V.COMMON_DFSELECT, 4, 0);
+    const lo = this.rd(V.COMMON_DF, 4);
+    this.wr(V.COMMON_DFSELECT, 4, 1);
+    return (BigInt(this.rd(V.COMMON_DF, 4)) << 32n) | BigInt(lo);
+  }
+
+  /** Reset (status 0, read back until 0) and forget the queues. */
+  reset(): void {
+    this.wr(V.COMMON_STATUS, 1, 0);
+    for (let i = 0; i < 1000 && this.status() !== 0; i++) { /* spec: wait for 0 */ }
+    this.queues.clear();
+    this.brk = 0;
+  }
+
+  /** ACKNOWLEDGE, DRIVER, the features, FEATURES_OK; whether the device kept FEATURES_OK. */
+  negotiate(features: bigint): boolean {
+    this.wr(V.COMMON_STATUS, 1, V.STATUS_ACKNOWLEDGE);
+    this.wr(V.COMMON_STATUS, 1, V.STATUS_ACKNOWLEDGE | V.STATUS_DRIVER);
+    this.wr(V.COMMON_GFSELECT, 4, 0);
+    this.wr(V.COMMON_GF, 4, Number(features & 0xffffffffn));
+    this.wr(V.COMMON_GFSELECT, 4, 1);
+    this.wr(V.COMMON_GF, 4, Number(features >> 32n));
+    this.wr(V.COMMON_STATUS, 1, V.STATUS_ACKNOWLEDGE | V.STATUS_DRIVER | V.STATUS_FEATURES_OK);
+    return (this.status() & V.STATUS_FEATURES_OK) !== 0;
+  }
+
+  /** Set DRIVER_OK. */
+  driverOk(): void {
+    this.wr(V.COMMON_STATUS, 1, this.status() | V.STATUS_DRIVER_OK);
+  }
+
+  /** Bytes of driver memory, 4 KiB aligned. */
+  alloc(n: number): number {
+    const at = this.brk;
+    this.brk = (this.brk + n + 4095) & ~4095;
+    if (this.brk > this.len) throw new Error('test driver memory exhausted');
+    return at;
+  }
+
+  /** Set up and enable queue q: rings and size buffers of bufSize bytes in driver memory. */
+  setupQueue(q: number, size: number, vector = V.VIRTIO_MSI_NO_VECTOR, bufSize = 2048): TestQueue {
+    this.wr(V.COMMON_Q_SELECT, 2, q);
+    this.wr(V.COMMON_Q_SIZE, 2, size);
+    const tq: TestQueue = {
+      index: q, size, desc: this.alloc(V.descTableSize(size)), avail: this.alloc(V.availRingSize(size)), used: this.alloc(V.usedRingSize(size)),
+      buf: this.alloc(size * bufSize), bufSize, availIdx: 0, lastUsed: 0, nextDesc: 0,
+    };
+    this.u8.fill(0, tq.desc, tq.desc + V.descTableSize(size));
+    this.u8.fill(0, tq.avail, tq.avail + V.availRingSize(size));
+    this.u8.fill(0, tq.used, tq.used + V.usedRingSize(size));
+    const w64 = (lo: number, a: number): void => { this.wr(lo, 4, (this.iova + a) % 2 ** 32); this.wr(lo + 4, 4, Math.floor((this.iova + a) / 2 ** 32)); };
+    w64(V.COMMON_Q_DESCLO, tq.desc);
+    w64(V.COMMON_Q_AVAILLO, tq.avail);
+    w64(V.COMMON_Q_USEDLO, tq.used);
+    this.wr(V.COMMON_Q_MSIX, 2, vector);
+    this.wr(V.COMMON_Q_ENABLE, 2, 1);
+    this.queues.set(q, tq);
+    return tq;
+  }
+
+  /** IOVA of a byte offset of driver memory. */
+  iovaOf(off: number): number {
+    return this.iova + off;
+  }
+
+  private q(q: number): TestQueue {
+    const tq = this.queues.get(q);
+    if (!tq) throw new Error(`queue ${q} is not set up`);
+    return tq;
+  }
+
+  /** Write descriptor i of queue q as given (any value: the malicious driver's tool). */
+  writeDesc(q: number, i: number, addr: number, len: number, flags: number, next: number): void {
+    const o = this.q(q).desc + V.DESC_SIZE * i;
+    this.dv.setUint32(o, addr % 2 ** 32, true);
+    this.dv.setUint32(o + 4, Math.floor(addr / 2 ** 32), true);
+    this.dv.setUint32(o + 8, len, true);
+    this.dv.setUint16(o + 12, flags, true);
+    this.dv.setUint16(o + 14, next, true);
+  }
+
+  /** Put head in the avail ring and publish idx (optionally an arbitrary idx), then kick. */
+  pushAvail(q: number, head: number, idx?: number): void {
+    const tq = this.q(q);
+    this.dv.setUint16(tq.avail + V.AVAIL_RING + 2 * (tq.availIdx % tq.size), head, true);
+    tq.availIdx = idx ?? (tq.availIdx + 1) & 0xffff;
+    Atomics.store(new Uint16Array(this.u8.buffer, tq.avail, 2), 1, tq.availIdx);
+    this.kick(q);
+  }
+
+  /** avail.flags (VRING_AVAIL_F_NO_INTERRUPT). */
+  setAvailFlags(q: number, flags: number): void {
+    this.dv.setUint16(this.q(q).avail + V.AVAIL_FLAGS, flags, true);
+  }
+
+  /** used.flags as the device wrote them. */
+  usedFlags(q: number): number {
+    return this.dv.getUint16(this.q(q).used + V.USED_FLAGS, true);
+  }
+
+  /** Write the queue index to its notify address (a store into the mmapped page). */
+  kick(q: number): void {
+    this.bar.write16(this.notifyOff + q * this.multiplier, q);
+  }
+
+  private takeDescs(tq: TestQueue, n: number): number {
+    const first = tq.nextDesc;
+    tq.nextDesc = (tq.nextDesc + n) % tq.size;
+    return first;
+  }
+
+  /**
+   * Send a frame on transmitq q behind a zero header, split over segs descriptors (the header in
+   * the first); returns the head.
+   */
+  send(q: number, frame: Uint8Array, segs = 1): number {
+    const tq = this.q(q);
+    const total = V.NET_HDR_SIZE + frame.byteLength;
+    const head = this.takeDescs(tq, segs);
+    const b = tq.buf + head * tq.bufSize;
+    if (segs > 1 && head + segs > tq.size) throw new Error('test driver: chain would wrap');
+    this.u8.fill(0, b, b + V.NET_HDR_SIZE);
+    this.u8.set(frame, b + V.NET_HDR_SIZE);
+    const per = Math.ceil(total / segs);
+    for (let s = 0; s < segs; s++) {
+      const off = s * per, len = Math.min(per, total - off);
+      this.writeDesc(q, head + s, this.iovaOf(b + off), len, s < segs - 1 ? V.VRING_DESC_F_NEXT : 0, head + s + 1);
+    }
+    this.pushAvail(q, head);
+    return head;
+  }
+
+  /** Post count receive buffers of len bytes (one writable descriptor each) on receiveq q. */
+  postRx(q: number, count: number, len = 0): void {
+    const tq = this.q(q);
+    for (let i = 0; i < count; i++) {
+      const d = this.takeDescs(tq, 1);
+      this.writeDesc(q, d, this.iovaOf(tq.buf + d * tq.bufSize), len || tq.bufSize, V.VRING_DESC_F_WRITE, 0);
+      this.pushAvail(q, d);
+    }
+  }
+
+  /** used.idx as the device published it. */
+  usedIdx(q: number): number {
+    return Atomics.load(new Uint16Array(this.u8.buffer, this.q(q).used, 2), 1);
+  }
+
+  /** New used entries since the last call. */
+  used(q: number): Array<{ id: number; len: number }> {
+    const tq = this.q(q);
+    const out: Array<{ id: number; len: number }> = [];
+    const idx = this.usedIdx(q);
+    while (tq.lastUsed !== idx) {
+      const e = tq.used + V.USED_RING + V.USED_ELEM_SIZE * (tq.lastUsed % tq.size);
+      out.push({ id: this.dv.getUint32(e, true), len: this.dv.getUint32(e + 4, true) });
+      tq.lastUsed = (tq.lastUsed + 1) & 0xffff;
+    }
+    return out;
+  }
+
+  /** Wait (without spinning) until used.idx of q reaches at least n entries beyond lastUsed. */
+  async waitUsed(q: number, n: number, ms = 10_000): Promise<boolean> {
+    const tq = this.q(q);
+    const deadline = Date.now() + ms;
+    while (((this.usedIdx(q) - tq.lastUsed) & 0xffff) < n) {
+      if (Date.now() > deadline) return false;
+      await sleep(1);
+    }
+    return true;
+  }
+
+  /** Receive packets from used entries of receiveq q (one buffer per descriptor, MRG-aware). */
+  receive(q: number, entries: Array<{ id: number; len: number }>): RxPacket[] {
+    const tq = this.q(q);
+    const out: RxPacket[] = [];
+    for (let i = 0; i < entries.length; ) {
+      const first = tq.buf + entries[i].id * tq.bufSize;
+      const hdr = this.u8.slice(first, first + V.NET_HDR_SIZE);
+      const numBuffers = hdr[10] | (hdr[11] << 8);
+      const parts: Uint8Array[] = [this.u8.slice(first + V.NET_HDR_SIZE, first + entries[i].len)];
+      for (let k = 1; k < numBuffers && i + k < entries.length; k++) {
+        const b = tq.buf + entries[i + k].id * tq.bufSize;
+        parts.push(this.u8.slice(b, b + entries[i + k].len));
+      }
+      out.push({ numBuffers, hdr, data: new Uint8Array(Buffer.concat(parts)) });
+      i += Math.max(1, numBuffers);
+    }
+    return out;
+  }
+
+  /** Read (and so clear) the ISR byte. */
+  readIsr(): number {
+    return this.bar.read8(this.isr);
+  }
+
+  /** The device configuration bytes. */
+  deviceConfig(len = V.NET_CFG_SIZE): Uint8Array {
+    const out = new Uint8Array(len);
+    for (let i = 0; i < len; i++) out[i] = this.bar.read8(this.devcfg + i);
+    return out;
+  }
+}

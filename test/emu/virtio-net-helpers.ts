@@ -1,0 +1,198 @@
+/**
+ * Test world for the emulated virtio-net device: an EAL (memfd memory, lcores 0 and 1), two
+ * net_ring ports linked back to back (the device's backend and the test's "wire"), the device and
+ * its vfio-user server in a host worker thread (virtio-net-host.ts), the device's poll loop on
+ * lcore 1, and vfio-user clients in the test's thread.
+ */
+import { Worker } from 'node:worker_threads';
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { Eal } from '../../src/eal.js';
+import { probeVdevs } from '../../drivers/bus/vdev/vdev.js';
+import { openRxQueue, openTxQueue, type EthDev, type RxQueue, type TxQueue } from '../../lib/ethdev/ethdev.js';
+import { pktmbufPoolCreate, pktmbufAllocInit, readPacket, writePacket, pktmbufFree } from '../../lib/mempool/mbuf.js';
+import type { Mempool } from '../../lib/mempool/mempool.js';
+import { VfioUserClient } from '../../lib/vfio-user/client.js';
+import { VIRTIO_NET_LOOP_MODULE, VIRTIO_NET_LOOP_FN } from '../../drivers/emu/virtio-net/device.js';
+import type { VirtioNetLoopArg, VirtioNetLoopResult } from '../../drivers/emu/virtio-net/datapath.js';
+import * as L from '../../drivers/emu/virtio-net/layout.js';
+import type { HostData } from './virtio-net-host.js';
+import * as os from '../../src/os/libc.js';
+import { CLI } from '../vfio-user/helpers.js';
+import '../../drivers/net/ring/ring.js';
+
+/** Sleep without spinning. */
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Wait for cond (polling every ms), false on timeout. */
+export async function until(cond: () => boolean, timeoutMs = 10_000): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > deadline) return false;
+    await sleep(1);
+  }
+  return true;
+}
+
+/** The test's EAL: memfd memory, the main lcore and one worker lcore (the device's). */
+export function testEal(prefix: string): Eal {
+  const cpus = os.getAffinity();
+  return new Eal({ noHuge: true, filePrefix: `${prefix}${process.pid}`, lcores: [{ id: 0, cpu: cpus[0] }, { id: 1, cpu: cpus[1] ?? cpus[0] }], mainLcore: 0 });
+}
+
+let seq = 0;
+
+/** One device served in this process, its backend, its wire and its lcore. */
+export class VnetWorld {
+  readonly eal: Eal;
+  readonly socket: string;
+  readonly state: Int32Array;
+  readonly stats: Float64Array;
+  readonly backend: EthDev;
+  readonly wire: EthDev;
+  readonly pool: Mempool;
+  private readonly host: Worker;
+  private readonly wireRx: RxQueue;
+  private readonly wireTx: TxQueue;
+  private loop: Promise<VirtioNetLoopResult> | null = null;
+  private readonly clients: VfioUserClient[] = [];
+  private readonly burst = new Uint32Array(64);
+  private closed = false;
+
+  private constructor(eal: Eal, socket: string, host: Worker, ready: { arg: VirtioNetLoopArg; state: SharedArrayBuffer; stats: SharedArrayBuffer }, backend: EthDev, wire: EthDev, pool: Mempool, rx: RxQueue, tx: TxQueue) {
+    this.eal = eal;
+    this.socket = socket;
+    this.host = host;
+    this.state = new Int32Array(ready.state);
+    this.stats = new Float64Array(ready.stats);
+    this.backend = backend;
+    this.wire = wire;
+    this.pool = pool;
+    this.wireRx = rx;
+    this.wireTx = tx;
+    this.loop = eal.lcores.launch<VirtioNetLoopResult>(1, VIRTIO_NET_LOOP_MODULE, VIRTIO_NET_LOOP_FN, ready.arg);
+  }
+
+  /** Build a world: ports, pool, host thread, poll loop (running once this resolves). */
+  static async create(eal: Eal, dir: string, config: Partial<L.VirtioNetConfig> = {}, resetOnDisconnect = true): Promise<VnetWorld> {
+    const n = seq++;
+    const [backend, wire] = await probeVdevs(eal, [`net_ring${10 + 2 * n}`, `net_ring${11 + 2 * n},peer=net_ring${10 + 2 * n}`]);
+    const pool = pktmbufPoolCreate(eal.memory, `vnt_pool${n}`, 4095, { cacheSize: 64 });
+    for (const p of [backend, wire]) {
+      p.configure({ rxQueues: 1, txQueues: 1 });
+      p.rxQueueSetup(0, 1024, pool);
+      p.txQueueSetup(0, 1024);
+      p.start();
+    }
+    const socket = join(dir, `vnet${n}.sock`);
+    const cfg: L.VirtioNetConfig = { ...L.parseVirtioNetArgs({}), ...config };
+    const data: HostData = { socket, config: cfg, backend: backend.data(), resetOnDisconnect };
+    const host = new Worker(new URL('./virtio-net-host' + (import.meta.url.endsWith('.ts') ? '.ts' : '.js'), import.meta.url), { workerData: data });
+    const ready = await new Promise<{ arg: VirtioNetLoopArg; state: SharedArrayBuffer; stats: SharedArrayBuffer }>((resolve, reject) => {
+      host.once('message', resolve);
+      host.once('error', reject);
+    });
+    const w = new VnetWorld(eal, socket, host, ready, backend, wire, pool, await openRxQueue(wire.data(), 0), await openTxQueue(wire.data(), 0));
+    if (!(await until(() => Atomics.load(w.state, L.G_RUNNING) === 1, 20_000))) throw new Error('the virtio-net poll loop did not start');
+    return w;
+  }
+
+  /** A new vfio-user client of the device (closed by close()). */
+  connect(): VfioUserClient {
+    const c = VfioUserClient.connect(this.socket, { timeoutMs: 10_000 });
+    this.clients.push(c);
+    return c;
+  }
+
+  /** Statistics by name. */
+  stat(name: (typeof L.STAT_NAMES)[number]): number {
+    return this.stats[L.STAT_NAMES.indexOf(name)];
+  }
+
+  /** Whether the poll loop still runs. */
+  get running(): boolean {
+    return Atomics.load(this.state, L.G_RUNNING) === 1;
+  }
+
+  /** Frames the device sent out its backend so far (read from the wire). */
+  receiveFromDevice(): Uint8Array[] {
+    const out: Uint8Array[] = [];
+    for (let n = this.wireRx.rxBurst(this.burst, 64); n > 0; n = this.wireRx.rxBurst(this.burst, 64)) {
+      for (let i = 0; i < n; i++) {
+        const b = new Uint8Array(16384);
+        out.push(b.slice(0, readPacket(this.burst[i], b)));
+        pktmbufFree(this.burst[i]);
+      }
+    }
+    return out;
+  }
+
+  /** Put frames on the wire: the backend receives them (into the device's RX). */
+  sendToDevice(frames: Uint8Array[]): number {
+    const b = this.burst;
+    if (!pktmbufAllocInit(this.pool, b, frames.length, 0, 0, 0)) throw new Error('wire pool empty');
+    frames.forEach((f, i) => { if (!writePacket(b[i], f)) throw new Error(`frame of ${f.byteLength} bytes does not fit an mbuf`); });
+    const sent = this.wireTx.txBurst(b, frames.length, 0);
+    for (let i = sent; i < frames.length; i++) pktmbufFree(b[i]);
+    return sent;
+  }
+
+  /** Stop the loop (its result), close the clients, the host thread and the ports. */
+  async close(): Promise<VirtioNetLoopResult | null> {
+    if (this.closed) return null;
+    this.closed = true;
+    for (const c of this.clients) c.close();
+    let r: VirtioNetLoopResult | null = null;
+    if (this.loop) {
+      Atomics.store(this.state, L.G_STOP, 1);
+      r = await this.loop;
+      this.loop = null;
+    }
+    await new Promise<void>((resolve) => {
+      this.host.on('message', (m: { op: string }) => { if (m.op === 'closed') resolve(); });
+      this.host.postMessage({ op: 'close' });
+    });
+    await this.host.terminate();
+    this.receiveFromDevice();
+    for (const p of [this.backend, this.wire]) p.close();
+    return r;
+  }
+}
+
+/** An Ethernet frame of len bytes: broadcast destination, a source, IPv4 ethertype, then a pattern seeded by seed. */
+export function frame(len: number, seed: number): Uint8Array {
+  const f = new Uint8Array(len);
+  f.fill(0xff, 0, 6);
+  f.set([0x02, 0, 0, 0, 0, seed & 0xff], 6);
+  f[12] = 0x08; f[13] = 0x00;
+  for (let i = 14; i < len; i++) f[i] = (i * 7 + seed * 13) & 0xff;
+  return f;
+}
+
+/** A `tspmd emu` child process. */
+export interface EmuChild {
+  stderr(): string;
+  /** SIGTERM, then the exit code */
+  stop(): Promise<number | null>;
+}
+
+/**
+ * Start `tspmd emu <ealArgs> -- <appArgs>` and wait for its "serving" line. The application's
+ * arguments go after "--": a device spec with key=value arguments is not recognised as a
+ * positional before it (see the report on examples/vfio-user/positional.ts).
+ */
+export function startEmuArgs(ealArgs: string[], appArgs: string[]): Promise<EmuChild> {
+  const proc = spawn(process.execPath, [...process.execArgv, CLI, 'emu', '--file-prefix', `tspvne${process.pid}`, ...ealArgs, '--', ...appArgs], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TS_NODE_TRANSPILE_ONLY: '1' } });
+  let out = '', err = '', exited = false;
+  const exit = new Promise<number | null>((resolve) => proc.on('exit', (code) => { exited = true; resolve(code); }));
+  proc.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+  const child: EmuChild = { stderr: () => err, stop: async () => { if (!exited) proc.kill('SIGTERM'); return exit; } };
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { proc.kill('SIGKILL'); reject(new Error(`tspmd emu did not start within 30 s: ${err}`)); }, 30_000);
+    proc.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('serving ')) { clearTimeout(timer); resolve(child); }
+    });
+    void exit.then((code) => { clearTimeout(timer); reject(new Error(`tspmd emu exited with ${code}: ${err}`)); });
+  });
+}
