@@ -102,6 +102,7 @@ net_initramfs() {
     case "$f" in *.xz) xz -dc "$f" > "$st/lib/$(basename "$m").ko" ;; *.zst) zstd -qdc "$f" > "$st/lib/$(basename "$m").ko" ;; *) cp "$f" "$st/lib/" ;; esac
   done
   cat > "$st/init" <<'INIT'
+#!/bin/sh
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
