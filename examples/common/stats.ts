@@ -73,7 +73,7 @@ export class StatsReporter {
     const now = performance.now();
     const dt = (now - this.lastT) / 1000;
     const lines = [`\nPort statistics (${((now - this.startT) / 1000).toFixed(1)} s)`];
-    lines.push(`${'port'.padEnd(5)}${'name'.padEnd(16)}${'RX packets'.padStart(14)}${'TX packets'.padStart(14)}${'dropped'.padStart(10)}${'missed'.padStart(10)}${'Rx-pps'.padStart(13)}${'Tx-pps'.padStart(13)}`);
+    lines.push(`${'port'.padEnd(5)}${'name'.padEnd(20)}${'RX packets'.padStart(15)}${'TX packets'.padStart(15)}${'dropped'.padStart(15)}${'missed'.padStart(12)}${'Rx-pps'.padStart(13)}${'Tx-pps'.padStart(13)}`);
     let trx = 0, ttx = 0;
     this.ports.forEach((p, i) => {
       const s = p.stats();
@@ -81,7 +81,7 @@ export class StatsReporter {
       trx += rxpps;
       ttx += txpps;
       this.last[i] = { rx: s.ipackets, tx: s.opackets };
-      lines.push(`${String(p.port).padEnd(5)}${p.name.slice(0, 15).padEnd(16)}${fmt(s.ipackets, 14)}${fmt(s.opackets, 14)}${fmt(this.drops(i), 10)}${fmt(s.imissed, 10)}${fmt(Math.round(rxpps), 13)}${fmt(Math.round(txpps), 13)}`);
+      lines.push(`${String(p.port).padEnd(5)}${shortName(p.name, 19).padEnd(20)}${fmt(s.ipackets, 15)}${fmt(s.opackets, 15)}${fmt(this.drops(i), 15)}${fmt(s.imissed, 12)}${fmt(Math.round(rxpps), 13)}${fmt(Math.round(txpps), 13)}`);
     });
     lines.push(`total: Rx-pps ${Math.round(trx).toLocaleString('en-US')}  Tx-pps ${Math.round(ttx).toLocaleString('en-US')}`);
     this.lastT = now;
@@ -120,6 +120,14 @@ export class StatsReporter {
   }
 }
 
+/** n with thousands separators, right-aligned in w columns, always after at least one space. */
 function fmt(n: number, w: number): string {
-  return n.toLocaleString('en-US').padStart(w);
+  return ' ' + n.toLocaleString('en-US').padStart(w - 1);
+}
+
+/** A port name cut to n characters, keeping its start and end ("vfio-user:/t…/virtio-net.sock"). */
+function shortName(name: string, n: number): string {
+  if (name.length <= n) return name;
+  const tail = Math.floor((n - 1) / 2);
+  return `${name.slice(0, n - 1 - tail)}…${name.slice(name.length - tail)}`;
 }
