@@ -153,6 +153,8 @@ export async function runLcoresUntilDone(eal: Eal, running: Array<Promise<unknow
   let allDone = false;
   const all = Promise.all(running.map((p) => p.catch((e: unknown) => { ctl.abort(); throw e; })));
   const settledAll = all.then(() => { allDone = true; }, () => { allDone = true; });
+  // The duration counts from when the lcores run, not from launch (a worker's start-up takes a while).
+  await Promise.race([settledAll, eal.lcores.waitStarted(), new Promise((r) => ctl.signal.addEventListener('abort', r, { once: true }))]);
   await Promise.race([settledAll, sleep(durationS > 0 ? durationS * 1000 : 2 ** 31 - 1, ctl.signal)]);
   if ((end as RunEnd) !== 'signal' && !allDone) end = 'duration';
   eal.lcores.requestStop();

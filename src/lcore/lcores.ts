@@ -90,6 +90,7 @@ export class Lcores {
       env: process.env,
     });
     Atomics.store(s.control, 0, 0);
+    Atomics.store(s.control, 1, 0);
     const task: LaunchTask = { lcore: id, cpu: s.cpu, module, fn, arg, control: s.control.buffer as SharedArrayBuffer };
     log('debug', 'lcore', `launch ${fn} on lcore ${id}`);
     const p = s.pool.run(task, { transferList: transfer as never }) as Promise<R>;
@@ -97,6 +98,16 @@ export class Lcores {
     s.running = tracked;
     tracked.catch(() => { /* surfaced through wait()/the caller's promise */ });
     return tracked;
+  }
+
+  /**
+   * Resolve once every launched function has begun running (its worker started and its module
+   * loaded) or ended, or after timeoutMs: a run's duration should count from here, not from launch.
+   */
+  async waitStarted(timeoutMs = 30_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    const pending = (): boolean => [...this.slots.values()].some((s) => s.running !== null && Atomics.load(s.control, 1) === 0);
+    while (pending() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
   }
 
   /** Whether lcore id is running a function. */

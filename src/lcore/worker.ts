@@ -21,6 +21,8 @@ export default async function runTask(task: LaunchTask): Promise<unknown> {
   const fn = mod[task.fn];
   if (typeof fn !== 'function') throw new Error(`lcore ${task.lcore}: module ${task.module} has no exported function "${task.fn}"`);
   const control = new Int32Array(task.control);
+  // [1]: the function is about to run (its module is loaded): a run's duration counts from here
+  Atomics.store(control, 1, 1);
   const ctx: LcoreContext = {
     id: lcoreId(),
     tid: gettid(),

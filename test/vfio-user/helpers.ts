@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 export const CLI = fileURLToPath(new URL('../../examples/tspmd' + (import.meta.url.endsWith('.ts') ? '.ts' : '.js'), import.meta.url));
 
 /** Children skip the loader's type check (tsc checks the tree): 2 s per spawn instead of 5. */
-const CHILD_ENV = { ...process.env, TS_NODE_TRANSPILE_ONLY: '1' };
+export const CHILD_ENV = { ...process.env, TS_NODE_TRANSPILE_ONLY: '1' };
 
 /** A temporary directory tsp-* removed at teardown. */
 export function tempDir(t: { teardown(fn: () => unknown): void }): string {
@@ -32,9 +32,15 @@ export interface EmuProcess {
   alive(): boolean;
 }
 
-/** Start `tspmd emu <device> --socket path` and wait for its "serving" line. */
-export function startEmu(path: string, device = 'dmatest', extra: string[] = []): Promise<EmuProcess> {
-  const proc = spawn(process.execPath, [...process.execArgv, CLI, 'emu', device, '--socket', path, '--file-prefix', `tspvfu${process.pid}`, ...extra], { stdio: ['ignore', 'pipe', 'pipe'], env: CHILD_ENV });
+/**
+ * Start `tspmd emu <device> --socket path` and wait for its "serving" line. wrap, if given, is a
+ * command that runs node for it (e.g. ['ip', 'netns', 'exec', NS]: the device inside a network
+ * namespace); it must exec node in place, so that signals reach the device.
+ */
+export function startEmu(path: string, device = 'dmatest', extra: string[] = [], wrap: string[] = []): Promise<EmuProcess> {
+  const argv = [process.execPath, ...process.execArgv, CLI, 'emu', device, '--socket', path, '--file-prefix', `tspvfu${process.pid}`, ...extra];
+  const cmd = [...wrap, ...argv];
+  const proc = spawn(cmd[0], cmd.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: CHILD_ENV });
   let out = '', err = '';
   let exited = false;
   const exit = new Promise<number | null>((resolve) => proc.on('exit', (code) => { exited = true; resolve(code); }));
