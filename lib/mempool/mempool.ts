@@ -91,7 +91,6 @@ export class Mempool {
   private readonly flushThresh: number;
   private readonly cacheOffset: number;
   private readonly cacheStride: number;
-  private readonly handleBase: number;
 
   private constructor(name: string, zone: Memzone) {
     const ab = viewOf(zone.va, zone.len);
@@ -107,7 +106,6 @@ export class Mempool {
     this.flushThresh = h[H_FLUSH];
     this.cacheOffset = h[H_CACHE_OFF];
     this.cacheStride = h[H_CACHE_STRIDE];
-    this.handleBase = this.id << 24;
     this.u8 = new Uint8Array(ab);
     this.u16 = new Uint16Array(ab, 0, zone.len >>> 1);
     this.u32 = new Uint32Array(ab, 0, zone.len >>> 2);

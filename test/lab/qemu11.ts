@@ -3,6 +3,7 @@
  * fetches, its environment file, and the command line of a q35 TCG guest whose RAM is a shared
  * memfd (so a vfio-user server can map it by fd) with one vfio-user-pci device.
  */
+import t, { type Test } from 'tap';
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -71,4 +72,23 @@ export function qemuCommand(env: QemuEnv, sock: string, o: { ramMb: number; init
       '-kernel', env.KERNEL, '-initrd', o.initrd, '-append', `console=ttyS0 panic=-1 quiet${o.append ? ' ' + o.append : ''}`,
     ],
   };
+}
+
+/**
+ * Run body as tap subtest `title` with QEMU 11.1 ready; skip (saying why) when it cannot run here
+ * or cannot be fetched, fail when fetching fails otherwise.
+ */
+export function withQemu11(title: string, body: (t: Test, env: QemuEnv) => Promise<void>): void {
+  const why = cannotRun();
+  if (why) {
+    t.test(title, { skip: why }, async () => undefined);
+    return;
+  }
+  const fetch = fetchQemu11();
+  if (fetch.kind === 'unavailable') t.test(title, { skip: `QEMU 11.1 cannot be fetched here: ${fetch.reason}` }, async () => undefined);
+  else if (fetch.kind === 'failed') t.fail(fetch.why, { log: fetch.log });
+  else {
+    t.pass(`QEMU 11.1 tree ready in ${fetch.secs} s (${fetch.env.QEMU11_VERSION})`);
+    t.test(title, (tt) => body(tt, fetch.env));
+  }
 }

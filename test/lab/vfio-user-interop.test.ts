@@ -16,30 +16,17 @@
  * Skips (saying why) only when it cannot run here: not root / not x86-64 Linux, TSPMD_LAB=0, or
  * no network to the Debian mirror on a cold cache (qemu-vfio-user.sh exit 3).
  */
-import t, { type Test } from 'tap';
+import type { Test } from 'tap';
 import { join } from 'node:path';
 import { runGuest } from './qemu-run.js';
-import { cannotRun, fetchQemu11, qemuCommand, type QemuEnv } from './qemu11.js';
+import { withQemu11, qemuCommand, type QemuEnv } from './qemu11.js';
 import { tempDir, startEmu, type EmuProcess } from '../vfio-user/helpers.js';
 
 const BOOT_TIMEOUT_MS = Number(process.env.TSPMD_LAB_BOOT_TIMEOUT ?? 120) * 1000;
 const DMATEST = { vendor: '0x1b36', device: '0x10f0' };
 const GUEST_RAM = 512 * 1024 * 1024;
 
-const why = cannotRun();
-if (why) {
-  t.test('vfio-user interop with QEMU 11.1', { skip: why }, async () => undefined);
-} else {
-  const fetch = fetchQemu11();
-  if (fetch.kind === 'unavailable') {
-    t.test('vfio-user interop with QEMU 11.1', { skip: `QEMU 11.1 cannot be fetched here: ${fetch.reason}` }, async () => undefined);
-  } else if (fetch.kind === 'failed') {
-    t.fail(fetch.why, { log: fetch.log });
-  } else {
-    t.pass(`QEMU 11.1 tree ready in ${fetch.secs} s (${fetch.env.QEMU11_VERSION})`);
-    t.test('QEMU 11.1 vfio-user-pci against tspmd emu dmatest', (t) => interop(t, fetch.env));
-  }
-}
+withQemu11('QEMU 11.1 vfio-user-pci against tspmd emu dmatest', interop);
 
 async function interop(t: Test, env: QemuEnv): Promise<void> {
   const dir = tempDir(t);

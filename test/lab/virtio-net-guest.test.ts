@@ -10,30 +10,18 @@
  * end, also on failure. Skips (saying why) only when it cannot run here: not root / not x86-64
  * Linux, TSPMD_LAB=0, or no network to the Debian mirror on a cold cache.
  */
-import t, { type Test } from 'tap';
+import type { Test } from 'tap';
 import { spawn, execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { runGuest } from './qemu-run.js';
-import { cannotRun, fetchQemu11, qemuCommand, type QemuEnv } from './qemu11.js';
+import { withQemu11, qemuCommand, type QemuEnv } from './qemu11.js';
 import { tempDir, CLI } from '../vfio-user/helpers.js';
 
 const BOOT_TIMEOUT_MS = Number(process.env.TSPMD_LAB_BOOT_TIMEOUT ?? 180) * 1000;
 const MAC = '02:74:73:70:76:01';
 const HOST_IP = '10.99.0.1', GUEST_IP = '10.99.0.2';
 
-const why = cannotRun();
-if (why) {
-  t.test('Linux virtio_net on the emulated virtio-net device', { skip: why }, async () => undefined);
-} else {
-  const fetch = fetchQemu11();
-  if (fetch.kind === 'unavailable') {
-    t.test('Linux virtio_net on the emulated virtio-net device', { skip: `QEMU 11.1 cannot be fetched here: ${fetch.reason}` }, async () => undefined);
-  } else if (fetch.kind === 'failed') {
-    t.fail(fetch.why, { log: fetch.log });
-  } else {
-    t.test('QEMU 11.1 guest with Linux virtio_net pings through tspmd emu virtio-net', (t) => guestPing(t, fetch.env));
-  }
-}
+withQemu11('QEMU 11.1 guest with Linux virtio_net pings through tspmd emu virtio-net', guestPing);
 
 function ip(args: string[]): string {
   return execFileSync('ip', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
