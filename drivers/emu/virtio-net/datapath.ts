@@ -67,6 +67,8 @@ const F_NEXT_ = V.VRING_DESC_F_NEXT, F_WRITE = V.VRING_DESC_F_WRITE, F_INDIRECT 
 // Results of the per-packet helpers (>= 0: a length).
 const FATAL = -1, DROP = -2, ABORT = -3;
 const R = L.NeedsReset;
+/** Regions the fast paths remember per direction (a DMA table rarely has more). */
+const WINDOWS = 8;
 
 class Engine {
   private readonly st: Int32Array;
@@ -126,6 +128,19 @@ class Engine {
   private cLeft = 0;
   /** bytes of the packet (with header) still to write */
   private wLeft = 0;
+  // Regions found by at() for the fast paths, [start, end) as IOVAs and region index, with the one
+  // hit last: writable ones (receive buffers) and readable ones (transmit buffers).
+  private readonly wWin = new Float64Array(2 * WINDOWS);
+  private readonly wK = new Int32Array(WINDOWS);
+  private wCount = 0;
+  private wLast = 0;
+  private readonly rWin = new Float64Array(2 * WINDOWS);
+  private readonly rK = new Int32Array(WINDOWS);
+  private rCount = 0;
+  private rLast = 0;
+  /** rxFast: bytes of the packets it delivered; whether it stopped for want of buffers */
+  private fastBytes = 0;
+  private fastOut = false;
 
   constructor(arg: VirtioNetLoopArg, private readonly plane: DataPlane, private readonly rx: RxQueue, private readonly tx: TxQueue) {
     this.st = new Int32Array(arg.state);
@@ -239,6 +254,7 @@ class Engine {
       this.ru16 = p.u8.map((v) => new Uint16Array(v.buffer, v.byteOffset, v.byteLength >> 1));
       this.ru32 = p.u8.map((v) => new Uint32Array(v.buffer, v.byteOffset, v.byteLength >> 2));
       this.viewGen = p.generation;
+      this.forget();
     }
     this.qReady.fill(0);
     if (!this.live) return;
@@ -260,6 +276,54 @@ class Engine {
       this.qReady[q] = 1;
       Atomics.store(this.ru16[uk], u >> 1, V.VRING_USED_F_NO_NOTIFY);
     }
+  }
+
+  /** Empty the fast paths' region windows (the views changed). */
+  private forget(): void {
+    this.wWin.fill(0); this.rWin.fill(0); // [0, 0) holds nothing
+    this.wCount = this.rCount = 0;
+    this.wLast = this.rLast = 0;
+  }
+
+  /**
+   * Find [hi:lo, +len) with at() and remember its region in win/ks (write: writable, else readable):
+   * the window index, or -1 when at() refuses it or the memory has no fd. Called with int32 halves
+   * rather than the address so the call boxes no number.
+   */
+  private learn(win: Float64Array, ks: Int32Array, write: boolean, hi: number, lo: number, len: number): number {
+    const a = hi * TWO32 + (lo >>> 0), p = this.plane;
+    const off = p.at(a, len, write);
+    if (off < 0) return -1;
+    const start = a - off, k = p.hit;
+    let j = write ? this.wCount : this.rCount;
+    for (let t = 0; t < j; t++) if (ks[t] === k) return t; // (cannot happen: the scan found no window)
+    if (j < WINDOWS) { if (write) this.wCount++; else this.rCount++; } else j = k % WINDOWS; // full: replace one
+    win[2 * j] = start;
+    win[2 * j + 1] = start + this.ru8[k].byteLength;
+    ks[j] = k;
+    return j;
+  }
+
+  /** The writable window holding [hi:lo, +len) (int32 halves: no number is boxed), or -1. */
+  private findW(hi: number, lo: number, len: number): number {
+    const a = hi * TWO32 + (lo >>> 0), win = this.wWin;
+    const j = this.wLast;
+    if (a >= win[2 * j] && a + len <= win[2 * j + 1]) return j;
+    for (let t = 0; t < this.wCount; t++) if (a >= win[2 * t] && a + len <= win[2 * t + 1]) return (this.wLast = t);
+    const t = this.learn(win, this.wK, true, hi, lo, len);
+    if (t >= 0) this.wLast = t;
+    return t;
+  }
+
+  /** The readable window holding [hi:lo, +len), or -1. */
+  private findR(hi: number, lo: number, len: number): number {
+    const a = hi * TWO32 + (lo >>> 0), win = this.rWin;
+    const j = this.rLast;
+    if (a >= win[2 * j] && a + len <= win[2 * j + 1]) return j;
+    for (let t = 0; t < this.rCount; t++) if (a >= win[2 * t] && a + len <= win[2 * t + 1]) return (this.rLast = t);
+    const t = this.learn(win, this.rK, false, hi, lo, len);
+    if (t >= 0) this.rLast = t;
+    return t;
   }
 
   /** DEVICE_NEEDS_RESET: record why, stop the queues, raise the config interrupt. */
@@ -340,11 +404,37 @@ class Engine {
     if (n > BURST) n = BURST;
     const mb = this.mb, stats = this.stats;
     if (!pktmbufAllocInit(this.pool, mb, n, 0, 0, this.port)) { stats[L.S_TX_NOMBUF]++; return 0; }
-    let filled = 0;
+    const size = this.qSize[q], mask = size - 1, room = this.room, pool = this.pool, pu8 = pool.u8, pu32 = pool.u32;
+    const du32 = this.ru32[this.qDescK[q]], dBase = this.qDescOff[q] >> 2;
+    const au16 = this.ru16[this.qAvailK[q]], aBase = (this.qAvailOff[q] >> 1) + 2, slot = this.lastAvail[q];
+    const win = this.rWin, data = MBUF_HDR + this.headroom;
+    let filled = 0, bytes = 0;
     for (let i = 0; i < n; i++) {
-      const head = this.headAt(q, i);
-      const len = this.gatherTx(q, head, mb[filled]);
-      if (len >= 0) filled++;
+      const head = au16[aBase + ((slot + i) & mask)];
+      let len = -4;
+      // The common case inline: one device-readable descriptor, header and frame, in a region
+      // mapped by fd. Anything else is gatherTx's to judge.
+      if (head < size) {
+        const d = dBase + (head << 2);
+        const dlen = du32[d + 2], hi = du32[d + 1];
+        if ((du32[d + 3] & 0xffff) === 0 && dlen > HDR && dlen - HDR <= room && hi < MAX_HI) {
+          const a = hi * TWO32 + du32[d];
+          let j = this.rLast;
+          if ((a >= win[2 * j] && a + dlen <= win[2 * j + 1]) || (j = this.findR(hi, du32[d] | 0, dlen)) >= 0) {
+            const k = this.rK[j], src = a - win[2 * j] + HDR, o = pool.offsetOf(mb[filled]), dst = o + data;
+            len = dlen - HDR;
+            if (((src | dst) & 3) === 0) {
+              const r32 = this.ru32[k], r8 = this.ru8[k], words = len >>> 2, sw = src >>> 2, dw = dst >>> 2;
+              for (let w = 0; w < words; w++) pu32[dw + w] = r32[sw + w];
+              for (let b = words << 2; b < len; b++) pu8[dst + b] = r8[src + b];
+            } else copyBytes(pu8, pu32, dst, this.ru8[k], this.ru32[k], src, len);
+            pool.u16[(o + F_DATA_LEN) >> 1] = len;
+            pu32[(o + F_PKT_LEN) >> 2] = len;
+          }
+        }
+      }
+      if (len === -4) len = this.gatherTx(q, head, mb[filled]);
+      if (len >= 0) { filled++; bytes += len; }
       else if (len !== DROP) { // FATAL or ABORT: nothing of the burst is committed
         this.take[q] = 0;
         pktmbufFreeBulk(mb, n, 0);
@@ -355,8 +445,6 @@ class Engine {
     if (filled < n) pktmbufFreeBulk(mb, n - filled, filled);
     this.commit(q);
     if (filled > 0) {
-      let bytes = 0;
-      for (let i = 0; i < filled; i++) bytes += this.pool.u32[(this.pool.offsetOf(mb[i]) + F_PKT_LEN) >> 2];
       const sent = this.tx.txBurst(mb, filled, 0);
       if (sent < filled) {
         bytes -= pktmbufFreeBulk(mb, filled - sent, sent);
@@ -382,10 +470,15 @@ class Engine {
       if ((w3 & F_WRITE) !== 0) return this.fail(R.DIRECTION, q);
       if (dlen > 0) {
         if (hi >= MAX_HI) return this.fail(R.BAD_ADDRESS, q);
-        const a = hi * TWO32 + lo;
-        const off = p.at(a, dlen, false);
-        if (off === -1) return this.fail(R.BAD_ADDRESS, q);
-        const k = p.hit;
+        // A window when the memory has an fd (no call boxes the address); at() decides the rest.
+        const j = this.findR(hi, lo | 0, dlen);
+        let off: number, k: number;
+        if (j >= 0) { k = this.rK[j]; off = hi * TWO32 + lo - this.rWin[2 * j]; }
+        else {
+          off = p.at(hi * TWO32 + lo, dlen, false);
+          if (off === -1) return this.fail(R.BAD_ADDRESS, q);
+          k = p.hit;
+        }
         const s = skip < dlen ? skip : dlen;
         skip -= s;
         const c = dlen - s;
@@ -394,7 +487,7 @@ class Engine {
           else {
             if (off >= 0) copyBytes(pool.u8, pool.u32, dst + len, this.ru8[k], this.ru32[k], off + s, c);
             else {
-              const ok = p.messageRead(a + s, pool.u8, dst + len, c);
+              const ok = p.messageRead(hi * TWO32 + lo + s, pool.u8, dst + len, c);
               if (this.changed()) return ABORT; // judged again with fresh state
               if (!ok) return this.fail(R.BAD_ADDRESS, q);
             }
@@ -420,26 +513,116 @@ class Engine {
     const rb = this.rb, stats = this.stats;
     const n = this.rx.rxBurst(rb, BURST);
     if (n === 0) return 0;
-    let abort = false;
-    for (let k = 0; k < n; k++) {
+    let abort = false, k = 0, pkts = 0, bytes = 0, nobuf = 0;
+    if (this.live && this.activePairs === 1 && this.qReady[0] && !this.viewsChanged()) {
+      k = this.rxFast(rb, n);
+      pkts = k;
+      bytes = this.fastBytes;
+      if (this.fastOut) { nobuf = n - k; k = n; } // no buffers for the rest
+    }
+    for (; k < n; k++) {
       const m = rb[k];
-      if (!this.live || abort) { stats[L.S_RX_NOBUF]++; continue; }
+      if (!this.live || abort) { nobuf++; continue; }
       const pl = poolOf(m), o = pl.offsetOf(m);
       const len = pl.u32[(o + F_PKT_LEN) >> 2];
       const q = this.activePairs > 1 ? 2 * this.steer(pl.u8, o + MBUF_HDR + pl.u16[(o + F_DATA_OFF) >> 1], pl.u16[(o + F_DATA_LEN) >> 1]) : 0;
-      if (!this.qReady[q]) { stats[L.S_RX_NOBUF]++; continue; }
+      if (!this.qReady[q]) { nobuf++; continue; }
       const r = this.deliver(q, m, len);
-      if (r === ABORT || r === FATAL) { abort = true; stats[L.S_RX_NOBUF]++; continue; }
+      if (r === ABORT || r === FATAL) { abort = true; nobuf++; continue; }
       if (r === DROP) continue;
-      stats[L.S_RX_PACKETS]++;
-      stats[L.S_RX_BYTES] += len;
+      pkts++;
+      bytes += len;
     }
     pktmbufFreeBulk(rb, n, 0);
+    if (pkts > 0) { stats[L.S_RX_PACKETS] += pkts; stats[L.S_RX_BYTES] += bytes; }
+    if (nobuf > 0) stats[L.S_RX_NOBUF] += nobuf;
     for (let p = 0; p < this.pairs; p++) {
       if (abort || !this.live) this.take[2 * p] = 0; // interrupted: redo with fresh state
       else this.commit(2 * p);
     }
     return n;
+  }
+
+  /**
+   * The common case on receiveq 0, without per-packet calls: a single-segment mbuf of the backend's
+   * pool into a one-descriptor chain that holds header and frame, in the region that held the last
+   * one. Returns how many packets of rb it delivered (their bytes in fastBytes); it stops at the
+   * first packet that needs anything else (the general path then judges that one and the rest).
+   */
+  private rxFast(rb: Uint32Array, n: number): number {
+    this.fastBytes = 0;
+    this.fastOut = false;
+    const size = this.qSize[0], mask = size - 1, take = this.take;
+    const idx = Atomics.load(this.ru16[this.qAvailK[0]], (this.qAvailOff[0] >> 1) + 1);
+    const avail = (idx - this.lastAvail[0]) & 0xffff;
+    if (avail > size) return 0; // the general path fails the queue
+    let lim = avail - take[0];
+    if (lim > n) lim = n;
+    if (lim <= 0) { this.fastOut = lim === 0; return 0; }
+    const pool = this.pool, pid = pool.id, pu8 = pool.u8, pu16 = pool.u16, pu32 = pool.u32;
+    const du32 = this.ru32[this.qDescK[0]], dBase = this.qDescOff[0] >> 2;
+    const au16 = this.ru16[this.qAvailK[0]], aBase = (this.qAvailOff[0] >> 1) + 2;
+    const uu32 = this.ru32[this.qUsedK[0]], uBase = (this.qUsedOff[0] >> 2) + 1;
+    const win = this.wWin;
+    const slot = this.lastAvail[0] + take[0], used = this.usedIdx[0] + take[0];
+    let k = 0, bytes = 0, again = false;
+    for (;; k++) {
+      if (k === lim) {
+        if (lim === n) break;
+        // Out of buffers: the driver may have posted more meanwhile (looked at once per burst).
+        if (again) { this.fastOut = true; break; }
+        again = true;
+        const more = (Atomics.load(au16, aBase - 1) - this.lastAvail[0]) & 0xffff;
+        if (more > size) break; // the general path fails the queue
+        lim = more - take[0] < n ? more - take[0] : n;
+        if (lim <= k) { this.fastOut = true; break; }
+      }
+      const m = rb[k];
+      if (m >>> 24 !== pid) break;
+      const o = pool.offsetOf(m);
+      const len = pu32[(o + F_PKT_LEN) >> 2];
+      if (pu16[(o + F_DATA_LEN) >> 1] !== len || len === 0) break; // chained (or empty): general path
+      const head = au16[aBase + ((slot + k) & mask)];
+      if (head >= size) break;
+      const d = dBase + (head << 2);
+      if ((du32[d + 3] & 0xffff) !== F_WRITE) break; // one device-writable descriptor, nothing else
+      const dlen = du32[d + 2], need = HDR + len;
+      if (dlen < need) break;
+      const hi = du32[d + 1];
+      if (hi >= MAX_HI) break;
+      const a = hi * TWO32 + du32[d];
+      // The whole descriptor inside a writable region mapped by fd: the last one's, another one
+      // found before, or (rarely) one at() finds now.
+      let j = this.wLast;
+      if (!(a >= win[2 * j] && a + dlen <= win[2 * j + 1])) {
+        if ((j = this.findW(hi, du32[d] | 0, dlen)) < 0) break; // the general path decides
+      }
+      const wk = this.wK[j], u8 = this.ru8[wk];
+      const dst = a - win[2 * j], src = o + MBUF_HDR + pu16[(o + F_DATA_OFF) >> 1];
+      if ((dst & 3) === 0) {
+        // The header, all zero but num_buffers = 1, as three word stores.
+        const u32 = this.ru32[wk], dw = dst >>> 2;
+        u32[dw] = 0;
+        u32[dw + 1] = 0;
+        u32[dw + 2] = 0x10000;
+        if ((src & 3) === 0) {
+          const words = len >>> 2, sw = src >>> 2;
+          for (let i = 0; i < words; i++) u32[dw + 3 + i] = pu32[sw + i];
+          for (let i = words << 2; i < len; i++) u8[dst + HDR + i] = pu8[src + i];
+        } else copyBytes(u8, u32, dst + HDR, pu8, pu32, src, len);
+      } else {
+        for (let i = 0; i < HDR; i++) u8[dst + i] = 0;
+        u8[dst + 10] = 1;
+        copyBytes(u8, this.ru32[wk], dst + HDR, pu8, pu32, src, len);
+      }
+      const u = uBase + 2 * ((used + k) & mask);
+      uu32[u] = head;
+      uu32[u + 1] = need;
+      bytes += len;
+    }
+    take[0] += k;
+    this.fastBytes = bytes;
+    return k;
   }
 
   /** Flow steering over the pairs in use: a hash of the IPv4/IPv6 addresses and TCP/UDP ports. */
@@ -511,13 +694,18 @@ class Engine {
       if ((w3 & F_WRITE) === 0) return this.fail(R.DIRECTION, q);
       if (dlen > 0) {
         if (hi >= MAX_HI) return this.fail(R.BAD_ADDRESS, q);
-        const a = hi * TWO32 + lo;
-        const off = p.at(a, dlen, true);
-        if (off === -1) return this.fail(R.BAD_ADDRESS, q);
+        const j = this.findW(hi, lo | 0, dlen);
+        let off = -2, k = 0;
+        if (j >= 0) { k = this.wK[j]; off = hi * TWO32 + lo - this.wWin[2 * j]; }
+        else {
+          off = p.at(hi * TWO32 + lo, dlen, true);
+          if (off === -1) return this.fail(R.BAD_ADDRESS, q);
+          k = p.hit;
+        }
         if (!write) total += dlen;
         else if (this.wLeft > 0) {
           const c = dlen < this.wLeft ? dlen : this.wLeft;
-          const r = this.emit(a, off, p.hit, c);
+          const r = this.emit(hi, lo | 0, off, k, c);
           if (r < 0) return r;
           this.wLeft -= c;
           total += c;
@@ -531,8 +719,8 @@ class Engine {
     return total;
   }
 
-  /** Copy n bytes from the RX cursor (header, then mbuf segments) to guest address a (off in region k, or -2). */
-  private emit(a: number, off: number, k: number, n: number): number {
+  /** Copy n bytes from the RX cursor (header, then mbuf segments) to guest address hi:lo (off in region k, or -2). */
+  private emit(hi: number, lo: number, off: number, k: number, n: number): number {
     let done = 0;
     while (done < n) {
       let src8: Uint8Array, src32: Uint32Array, s: number, c: number;
@@ -555,7 +743,7 @@ class Engine {
       }
       if (off >= 0) copyBytes(this.ru8[k], this.ru32[k], off + done, src8, src32, s, c);
       else {
-        const ok = this.plane.messageWrite(a + done, src8, s, c);
+        const ok = this.plane.messageWrite(hi * TWO32 + (lo >>> 0) + done, src8, s, c);
         if (this.changed()) return ABORT;
         if (!ok) return this.fail(R.BAD_ADDRESS, -1);
       }

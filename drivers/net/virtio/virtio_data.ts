@@ -164,6 +164,22 @@ class VirtioRx extends QueueViews implements RxQueue {
     if (!this.mergeable) {
       e = pk = pending < n ? pending : n;
     } else {
+      // Usually every packet is one buffer. Reading the burst's num_buffers in a loop whose loads
+      // do not depend on each other lets the CPU overlap the cache misses (the device just wrote
+      // those lines from another core); only a burst with a merged packet takes the walk below.
+      const lim = pending < n ? pending : n;
+      const p = this.pool, pu8 = p.u8, mbufsW = this.mbufsW, size = this.size, at = this.usedRingW, lu = this.lastUsed;
+      const nbOff = MBUF_HDR + this.bufOff + NET_HDR_NUM_BUFFERS;
+      let many = 0;
+      for (let i = 0; i < lim; i++) {
+        const id = u32[at + Math.imul((lu + i) & mask, USED_ELEM_WORDS)];
+        if (id >= size) continue; // counted as an error in pass 2
+        const x = p.offsetOf(u32[mbufsW + id]) + nbOff;
+        many |= pu8[x + 1] | (pu8[x] & 0xfe); // num_buffers > 1 (0 counts as 1)
+      }
+      if (many === 0) e = pk = lim;
+    }
+    if (e === 0) {
       while (pk < n && e < pending) {
         const nb = this.numBuffers(u32[this.usedRingW + Math.imul((this.lastUsed + e) & mask, USED_ELEM_WORDS)]);
         if (e + nb > pending) break; // the rest of this packet is not published yet
