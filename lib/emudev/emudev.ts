@@ -66,6 +66,20 @@ export interface EmuCapability {
   body: Uint8Array;
   /** bits of body the driver may write (default: none) */
   writeMask?: Uint8Array;
+  /**
+   * Called before a config-space read of bytes of this capability returns them, so a capability
+   * whose bytes are a window onto device state (virtio's PCI_CFG) can refresh them first. off and
+   * len: the part read, relative to the capability's first byte (its id); cap: the capability's
+   * live bytes in config space (id first), which the hook may change. body is only the value the
+   * list starts with (and gets back at every device reset).
+   */
+  onRead?: (off: number, len: number, cap: Uint8Array) => void;
+  /**
+   * Called after a config-space write touching this capability has landed (through writeMask).
+   * off: where the written part starts, relative to the capability's id; data: what the driver
+   * wrote there (before masking); cap: the capability's live bytes, as in onRead.
+   */
+  onWrite?: (off: number, data: Uint8Array, cap: Uint8Array) => void;
 }
 
 /** What a device provider declares. */
@@ -124,6 +138,8 @@ export class EmuDevice {
   private readonly irqCounts: number[] = new Array<number>(U.VFIO_PCI_NUM_IRQS).fill(0);
   /** config-space bytes (from 0x40) the driver may write, per bit */
   private readonly configWriteMask = new Uint8Array(256);
+  /** capabilities with an onRead or onWrite hook and the config-space bytes [at, end) they occupy */
+  private capHooks: Array<{ cap: EmuCapability; at: number; end: number }> = [];
   private dma: DmaRegion[] = [];
   private readonly dmaViews = new Map<DmaRegion, Uint8Array>();
   private closed = false;
@@ -221,6 +237,10 @@ export class EmuDevice {
     const o = this.checkAccess(index, off, count);
     const out = new Uint8Array(count);
     if (index === U.VFIO_PCI_CONFIG_REGION_INDEX) {
+      for (const h of this.capHooks) {
+        const lo = Math.max(o, h.at), hi = Math.min(o + count, h.end);
+        if (lo < hi && h.cap.onRead) h.cap.onRead(lo - h.at, hi - lo, this.config.subarray(h.at, h.end));
+      }
       out.set(this.config.subarray(o, o + count));
       return out;
     }
@@ -512,6 +532,7 @@ export class EmuDevice {
     const caps = this.spec.capabilities ?? [];
     this.config.fill(0, 0x40);
     this.configWriteMask.fill(0);
+    this.capHooks = [];
     this.config[0x34] = 0;
     this.config[0x06] &= ~0x10;
     let at = 0x40, prev = 0x34;
@@ -523,6 +544,7 @@ export class EmuDevice {
       this.config[at + 1] = 0;
       this.config.set(c.body, at + 2);
       if (c.writeMask) this.configWriteMask.set(c.writeMask.subarray(0, c.body.byteLength), at + 2);
+      if (c.onRead || c.onWrite) this.capHooks.push({ cap: c, at, end: at + len });
       prev = at + 1;
       at = (at + len + 3) & ~3;
     }
@@ -538,7 +560,10 @@ export class EmuDevice {
     return at;
   }
 
-  /** Config writes: command register, BAR registers (sizing), interrupt line; the rest is read-only. */
+  /**
+   * Config writes: command register, BAR registers (sizing), interrupt line, capability bits their
+   * writeMask allows; the rest is read-only. Then the onWrite hooks of the capabilities it touched.
+   */
   private configWrite(off: number, data: Uint8Array): void {
     for (let i = 0; i < data.byteLength; i++) {
       const a = off + i;
@@ -553,6 +578,12 @@ export class EmuDevice {
         const maskByte = (sizeMask >>> (8 * byte)) & 0xff & (byte === 0 ? 0xf0 : 0xff);
         this.config[a] = data[i] & maskByte;
       }
+    }
+    // After the whole write landed: a multi-byte write that sets a register and touches a data
+    // window in one go is seen by the hook with both in place.
+    for (const h of this.capHooks) {
+      const lo = Math.max(off, h.at), hi = Math.min(off + data.byteLength, h.end);
+      if (lo < hi && h.cap.onWrite) h.cap.onWrite(lo - h.at, data.subarray(lo - off, hi - off), this.config.subarray(h.at, h.end));
     }
   }
 

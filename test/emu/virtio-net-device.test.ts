@@ -21,6 +21,7 @@ import * as V from '../../lib/virtio/virtio.js';
 import * as L from '../../drivers/emu/virtio-net/layout.js';
 import { createVirtioNetEmu } from '../../drivers/emu/virtio-net/emu.js';
 import { VfioUserClient } from '../../lib/vfio-user/client.js';
+import { parseVirtioCaps } from '../../drivers/net/virtio/virtio_pci.js';
 import { TestVirtioNet } from './virtio-net-driver.js';
 import { VnetWorld, testEal, frame, until, sleep, startEmuArgs } from './virtio-net-helpers.js';
 
@@ -90,9 +91,9 @@ t.test('one world: mrg=1, 2 queue pairs', async (t) => {
     const dv = new DataView(cfg.buffer);
     t.same([dv.getUint16(0, true), dv.getUint16(2, true), cfg[8], dv.getUint32(8, true) >>> 8, dv.getUint16(0x2c, true), dv.getUint16(0x2e, true)], [0x1af4, 0x1041, 1, 0x020000, 0x1af4, 0x1100], 'ids, revision, class, subsystem');
     t.ok(dv.getUint16(6, true) & 0x10, 'capability list bit');
-    t.same(d.caps.ids, [0x09, 0x09, 0x09, 0x09, 0x11], 'four virtio vendor capabilities, then MSI-X');
-    t.same(d.caps.virtio.map((x) => [x.cfgType, x.bar, x.offset, x.length]), [[1, 4, 0, 0x38], [2, 4, 0x3000, 0x1000], [3, 4, 0x1000, 1], [4, 4, 0x2000, 12]], 'common, notify, ISR, device: BAR4 offsets and lengths');
-    t.same(d.caps.virtio.map((x) => cfg[x.at + 2]), [16, 20, 16, 16], 'cap_len (the notify cap carries notify_off_multiplier)');
+    t.same(d.caps.ids, [0x09, 0x09, 0x09, 0x09, 0x09, 0x11], 'five virtio vendor capabilities, then MSI-X');
+    t.same(d.caps.virtio.map((x) => [x.cfgType, x.bar, x.offset, x.length]), [[1, 4, 0, 0x38], [2, 4, 0x3000, 0x1000], [3, 4, 0x1000, 1], [4, 4, 0x2000, 12], [5, 0, 0, 0]], 'common, notify, ISR, device: BAR4 offsets and lengths; PCI_CFG with no window set');
+    t.same(d.caps.virtio.map((x) => cfg[x.at + 2]), [16, 20, 16, 16, 20], 'cap_len (the notify cap carries notify_off_multiplier, the PCI_CFG cap pci_cfg_data)');
     t.equal(d.multiplier, 4, 'notify_off_multiplier 4');
     t.same(d.caps.msix, { at: d.caps.msix!.at, tableSize: 6, tableBar: 1, tableOffset: 0, pbaBar: 1, pbaOffset: 0x800 }, 'MSI-X: 2*pairs+2 vectors, table and PBA in BAR1');
     const b4 = c.regionInfo(4);
@@ -106,6 +107,87 @@ t.test('one world: mrg=1, 2 queue pairs', async (t) => {
     t.same([d.rd(V.COMMON_Q_SIZE, 2), d.rd(V.COMMON_Q_NOFF, 2), d.rd(V.COMMON_Q_MSIX, 2), d.rd(V.COMMON_Q_ENABLE, 2)], [256, 3, 0xffff, 0], 'queue 3: max size, notify off = index, no vector, disabled');
     d.wr(V.COMMON_Q_SELECT, 2, 5);
     t.equal(d.rd(V.COMMON_Q_SIZE, 2), 0, 'a queue that does not exist has size 0');
+  });
+
+  t.test('PCI configuration access capability: BAR4 through config space', async (t) => {
+    const CFG = U.VFIO_PCI_CONFIG_REGION_INDEX;
+    // Walk the list as a driver without BAR access would: one config read per hop, over the client.
+    const byte = (off: number): number => { const b = new Uint8Array(1); c.readRegion(CFG, off, b); return b[0]; };
+    let at = byte(0x34) & 0xfc;
+    for (let hops = 0; at !== 0 && hops < 48; hops++, at = byte(at + 1) & 0xfc) {
+      if (byte(at) === V.PCI_CAP_ID_VNDR && byte(at + V.CAP_CFG_TYPE) === V.VIRTIO_PCI_CAP_PCI_CFG) break;
+    }
+    if (!t.ok(at, `found at 0x${at.toString(16)}`)) return;
+    t.equal(byte(at + V.CAP_LEN), L.PCI_CFG_CAP_SIZE, 'cap_len 20: virtio_pci_cap + pci_cfg_data[4]');
+    const le = (v: number, n: number): Uint8Array => Uint8Array.from({ length: n }, (_, i) => (v >>> (8 * i)) & 0xff);
+    /** Point the window: cap.bar, cap.offset, cap.length (each its own config write, as a driver does). */
+    const win = (bar: number, off: number, len: number): void => {
+      c.writeRegion(CFG, at + V.CAP_BAR, Uint8Array.of(bar));
+      c.writeRegion(CFG, at + V.CAP_OFFSET, le(off, 4));
+      c.writeRegion(CFG, at + V.CAP_LENGTH, le(len, 4));
+    };
+    const get = (n = 4): number => { const b = new Uint8Array(n); c.readRegion(CFG, at + L.PCI_CFG_DATA, b); return b.reduce((v, x, i) => v + x * 2 ** (8 * i), 0); };
+    const put = (v: number, n = 4): void => { c.writeRegion(CFG, at + L.PCI_CFG_DATA, le(v, n)); };
+    t.equal(get(), 0, 'no window yet (length 0): pci_cfg_data reads 0');
+
+    d.reset();
+    for (const sel of [0, 1]) {
+      d.wr(V.COMMON_DFSELECT, 4, sel);
+      win(4, V.COMMON_DF, 4);
+      t.equal(get() >>> 0, d.rd(V.COMMON_DF, 4) >>> 0, `device_feature (select ${sel}) through pci_cfg_data = the direct BAR read`);
+    }
+    t.equal(get(), Number(d.deviceFeatures() >> 32n), 'a read of pci_cfg_data reads the BAR anew (select 1: the high half)');
+    win(4, V.COMMON_Q_SELECT, 2);
+    put(3, 2);
+    t.equal(d.rd(V.COMMON_Q_SELECT, 2), 3, 'queue_select written through pci_cfg_data reads back directly');
+    d.wr(V.COMMON_Q_SELECT, 2, 2);
+    t.equal(get(2), 2, 'and a direct write shows through it');
+    win(4, V.COMMON_Q_SIZE, 2);
+    t.equal(get(2), 256, 'queue_size of the selected queue, 2 bytes');
+    win(4, V.COMMON_NUMQ, 2);
+    t.equal(get(), 5, 'num_queues (the two bytes after it read as 0)');
+    const mac: number[] = [];
+    for (let i = 0; i < 6; i++) { win(4, L.DEVICE_OFF + i, 1); mac.push(get(1)); }
+    t.same(mac, [2, 0x76, 0x6e, 0x65, 0x74, 1], 'the MAC, byte by byte from the device configuration');
+
+    // The notify page is shared memory: the same window reaches it, and the poll loop sees the write.
+    win(4, L.NOTIFY_OFF, 4);
+    t.equal(get() >>> 0, L.NOTIFY_IDLE, 'queue 0 notify word (shared memory) reads what the device left there');
+    const kicks = w.stat('kicks');
+    put(0);
+    t.ok(await until(() => w.stat('kicks') > kicks, 5000), 'a notify written through pci_cfg_data is a kick the poll loop counts');
+    const spare = L.NOTIFY_OFF + 4 * 6; // beyond the 5 queues: the loop never resets it
+    win(4, spare, 4);
+    put(0x12345678);
+    t.equal(d.bar.read32(spare), 0x12345678, 'a write lands in the shared page (read through the client\'s mmap)');
+    d.bar.write32(spare, 0xcafe);
+    t.equal(get(), 0xcafe, 'and a store to the mmap reads back through the window');
+    d.bar.write32(spare, 0);
+
+    d.wr(V.COMMON_Q_SELECT, 2, 1);
+    const invalid: Array<[string, number, number, number]> = [
+      ['length 3', 4, V.COMMON_Q_SELECT, 3], ['length 8', 4, V.COMMON_Q_SELECT, 8], ['misaligned (offset 0x17, length 2)', 4, V.COMMON_Q_SELECT + 1, 2],
+      ['past the common configuration', 4, V.COMMON_CFG_SIZE, 4], ['in no structure (BAR4 0x2100)', 4, L.DEVICE_OFF + 0x100, 4],
+      ['beyond the BAR', 4, 0x10000, 4], ['the MSI-X BAR', 1, 0, 4], ['BAR0 (absent)', 0, 0, 4], ['BAR 7 (reserved)', 7, 0, 4],
+    ];
+    for (const [what, bar, off, len] of invalid) {
+      win(bar, off, len);
+      t.equal(get(), 0, `${what}: reads 0`);
+      put(0xffff, 4);
+    }
+    t.equal(d.rd(V.COMMON_Q_SELECT, 2), 1, 'and none of those writes reached the device');
+    const v0 = new Uint8Array(16);
+    c.readRegion(L.BAR_MSIX, L.MSIX_TABLE_OFF, v0);
+    t.same(Array.from(v0), [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], 'MSI-X table untouched (vector 0 as reset left it: masked)');
+
+    // A driver that only reads config space (Linux, our PMD) is unaffected: ours still parses it.
+    const cfg = new Uint8Array(256);
+    c.readRegion(CFG, 0, cfg);
+    const caps = parseVirtioCaps(cfg, 'emu');
+    t.same([caps.common.offset, caps.notify.offset, caps.isr?.offset, caps.device?.offset], [0, 0x3000, 0x1000, 0x2000], 'the PMD\'s parser finds the four structures');
+    t.same(caps.all.map((x) => x.cfgType), [1, 2, 3, 4, 5], 'and lists cfg_type 5 without using it');
+    win(0, 0, 0);
+    d.reset();
   });
 
   t.test('feature negotiation: only what is offered; FEATURES_OK refused otherwise', async (t) => {

@@ -30,6 +30,27 @@ const COMMON_FIELDS: ReadonlyArray<readonly [number, number]> = [
   [V.COMMON_Q_AVAILHI, 4], [V.COMMON_Q_USEDLO, 4], [V.COMMON_Q_USEDHI, 4],
 ];
 
+/** The virtio structures in BAR4 as their capabilities announce them: cfg_type, offset, length. */
+const STRUCTURES: ReadonlyArray<readonly [number, number, number]> = [
+  [V.VIRTIO_PCI_CAP_COMMON_CFG, L.COMMON_OFF, V.COMMON_CFG_SIZE],
+  [V.VIRTIO_PCI_CAP_NOTIFY_CFG, L.NOTIFY_OFF, L.NOTIFY_SIZE],
+  [V.VIRTIO_PCI_CAP_ISR_CFG, L.ISR_OFF, 1],
+  [V.VIRTIO_PCI_CAP_DEVICE_CFG, L.DEVICE_OFF, V.NET_CFG_SIZE],
+];
+
+/**
+ * The BAR access pci_cfg_data stands for, from the live bytes of the PCI_CFG capability, or null
+ * when cap.bar/offset/length select none. The spec (4.1.4.9) only defines naturally aligned
+ * accesses of 1, 2 or 4 bytes inside a structure another virtio capability names; anything else
+ * does nothing, so config space cannot reach the MSI-X table or bytes no structure covers.
+ */
+function pciCfgWindow(cap: Uint8Array): { bar: number; off: number; len: number } | null {
+  const dv = new DataView(cap.buffer, cap.byteOffset, cap.byteLength);
+  const bar = cap[V.CAP_BAR], off = dv.getUint32(V.CAP_OFFSET, true), len = dv.getUint32(V.CAP_LENGTH, true);
+  if ((len !== 1 && len !== 2 && len !== 4) || off % len !== 0 || bar !== L.BAR_CFG) return null;
+  return STRUCTURES.some(([, o, n]) => off >= o && off + len <= o + n) ? { bar, off, len } : null;
+}
+
 /** A virtio_pci_cap (vendor capability 0x09) body: everything after the id and next bytes. */
 function virtioCap(cfgType: number, offset: number, length: number, notifyMultiplier?: number): EmuCapability {
   const len = notifyMultiplier === undefined ? V.CAP_SIZE : V.CAP_NOTIFY_SIZE;
@@ -43,6 +64,41 @@ function virtioCap(cfgType: number, offset: number, length: number, notifyMultip
   dv.setUint32(V.CAP_LENGTH - 2, length, true);
   if (notifyMultiplier !== undefined) dv.setUint32(V.CAP_NOTIFY_OFF_MULTIPLIER - 2, notifyMultiplier, true);
   return { id: V.PCI_CAP_ID_VNDR, body };
+}
+
+/**
+ * The PCI configuration access capability (struct virtio_pci_cfg_cap, 4.1.4.9), the spec's
+ * mandatory backdoor for drivers that cannot map BARs: cap.bar, cap.offset, cap.length and
+ * pci_cfg_data are writable; reading pci_cfg_data reads cap.length bytes of the BAR into it first,
+ * writing it writes its first cap.length bytes to the BAR, both through emudev's own BAR paths
+ * (trapped callbacks or shared memory) so the access has every effect a direct one has (an ISR
+ * read clears it, a notify write wakes the queue). An invalid window reads as zero. emu is a thunk:
+ * the capability is declared before the EmuDevice that will serve it exists.
+ */
+function pciCfgCap(emu: () => EmuDevice): EmuCapability {
+  const body = new Uint8Array(L.PCI_CFG_CAP_SIZE - 2);
+  body[V.CAP_LEN - 2] = L.PCI_CFG_CAP_SIZE;
+  body[V.CAP_CFG_TYPE - 2] = V.VIRTIO_PCI_CAP_PCI_CFG;
+  // bar 0, offset 0, length 0 (as QEMU starts it): no valid window until the driver sets one.
+  const writeMask = new Uint8Array(body.byteLength);
+  writeMask[V.CAP_BAR - 2] = 0xff;
+  writeMask.fill(0xff, V.CAP_OFFSET - 2, V.CAP_LENGTH + 4 - 2);
+  writeMask.fill(0xff, L.PCI_CFG_DATA - 2, L.PCI_CFG_CAP_SIZE - 2);
+  const touchesData = (off: number, len: number): boolean => off < L.PCI_CFG_CAP_SIZE && off + len > L.PCI_CFG_DATA;
+  return {
+    id: V.PCI_CAP_ID_VNDR, body, writeMask,
+    onRead: (off, len, cap) => {
+      if (!touchesData(off, len)) return;
+      cap.fill(0, L.PCI_CFG_DATA, L.PCI_CFG_CAP_SIZE);
+      const w = pciCfgWindow(cap);
+      if (w) cap.set(emu().regionRead(U.VFIO_PCI_BAR0_REGION_INDEX + w.bar, BigInt(w.off), w.len), L.PCI_CFG_DATA);
+    },
+    onWrite: (off, data, cap) => {
+      if (!touchesData(off, data.byteLength)) return;
+      const w = pciCfgWindow(cap);
+      if (w) emu().regionWrite(U.VFIO_PCI_BAR0_REGION_INDEX + w.bar, BigInt(w.off), cap.slice(L.PCI_CFG_DATA, L.PCI_CFG_DATA + w.len));
+    },
+  };
 }
 
 /** The MSI-X capability: table size, table and PBA in BAR1; enable and function mask writable. */
@@ -105,10 +161,8 @@ export class VirtioNetDevice {
       ],
       irqs: [{ index: U.VFIO_PCI_INTX_IRQ_INDEX, count: 1 }, { index: U.VFIO_PCI_MSIX_IRQ_INDEX, count: this.msixVectors }],
       capabilities: [
-        virtioCap(V.VIRTIO_PCI_CAP_COMMON_CFG, L.COMMON_OFF, V.COMMON_CFG_SIZE),
-        virtioCap(V.VIRTIO_PCI_CAP_NOTIFY_CFG, L.NOTIFY_OFF, L.NOTIFY_SIZE, L.NOTIFY_MULTIPLIER),
-        virtioCap(V.VIRTIO_PCI_CAP_ISR_CFG, L.ISR_OFF, 1),
-        virtioCap(V.VIRTIO_PCI_CAP_DEVICE_CFG, L.DEVICE_OFF, V.NET_CFG_SIZE),
+        ...STRUCTURES.map(([type, off, len]) => virtioCap(type, off, len, type === V.VIRTIO_PCI_CAP_NOTIFY_CFG ? L.NOTIFY_MULTIPLIER : undefined)),
+        pciCfgCap(() => this.emu),
         msixCap(this.msixVectors),
       ],
       onReset: () => this.pciReset(),

@@ -6,6 +6,8 @@
  *   0x2000 device cfg (trapped: mac, status, max_virtqueue_pairs), 0x3000 notify (one shared page,
  *   sparse mmap, polled by the device: notify_off_multiplier 4, queue_notify_off = queue index).
  * BAR1 (4 KiB): MSI-X table at 0, PBA at 0x800 (trapped plain storage).
+ * Config space: the four virtio capabilities (common, notify, ISR, device: all BAR4), the PCI
+ *   configuration access capability (cfg_type 5: a window onto those four), then MSI-X.
  * IRQs: INTx (1) and MSI-X (2 * pairs + 2: one per queue, the config vector, one spare).
  *
  * The control half (device.ts, the server's thread) and the data half (datapath.ts, an lcore)
@@ -34,6 +36,9 @@ export const BAR_MSIX = 1;
 export const BAR_MSIX_SIZE = 0x1000;
 export const MSIX_TABLE_OFF = 0;
 export const MSIX_PBA_OFF = 0x800;
+/** struct virtio_pci_cfg_cap: a virtio_pci_cap, then u8 pci_cfg_data[4] at 16 (20 bytes). */
+export const PCI_CFG_DATA = 16;
+export const PCI_CFG_CAP_SIZE = 20;
 
 /** Most queue pairs (MSI-X vectors: 2 * pairs + 2, notify words: 2 * pairs + 1). */
 export const MAX_PAIRS = 64;
