@@ -233,7 +233,8 @@ export function parseTestpmdStats(text: string): PortPps[][] {
   return periods.filter((p) => p.length === nPorts && p.every((s) => Number.isFinite(s.rxPps) && Number.isFinite(s.txPps)));
 }
 
-function median(xs: number[]): number {
+/** Median of xs (0 when empty). */
+export function median(xs: number[]): number {
   if (xs.length === 0) return 0;
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;

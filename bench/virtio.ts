@@ -22,16 +22,10 @@ import { probeDeviceBuses } from '../drivers/bus/probe.js';
 import '../drivers/index.js';
 import { listPorts, openRxQueue, type PortData } from '../lib/ethdev/ethdev.js';
 import { pktmbufPoolCreate, pktmbufFreeBulk } from '../lib/mempool/mbuf.js';
-import { ensureDpdk, ensureHugepages, runTestpmd, TESTPMD_HUGEPAGES } from './dpdk.js';
+import { ensureDpdk, ensureHugepages, median, runTestpmd, TESTPMD_HUGEPAGES } from './dpdk.js';
 
 const WARMUP_S = 2;
 const CLI = fileURLToPath(new URL('../examples/tspmd' + (import.meta.url.endsWith('.ts') ? '.ts' : '.js'), import.meta.url));
-
-/** Median of xs. */
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length ? (s.length % 2 ? s[(s.length - 1) >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2) : 0;
-}
 
 /** The receive loop on the PMD's lcore: take bursts and free them, until stopped. */
 export async function rxOnly(arg: { port: PortData; burst: number }, ctx: LcoreContext): Promise<number> {

@@ -40,7 +40,7 @@ export const EMU_DEVICES: Record<string, EmuDeviceKind> = {
 };
 
 /** Split "name,key=value,key=value" into the name and its arguments. */
-export function parseDeviceSpec(spec: string): { name: string; args: Record<string, string> } {
+function parseDeviceSpec(spec: string): { name: string; args: Record<string, string> } {
   const [name, ...kvs] = spec.split(',');
   const args: Record<string, string> = {};
   for (const kv of kvs) {

@@ -551,15 +551,6 @@ export class EmuDevice {
     if (caps.length) this.config[0x06] |= 0x10;
   }
 
-  /** Where capability i of the spec starts in config space. */
-  capabilityOffset(i: number): number {
-    let at = 0x40;
-    const caps = this.spec.capabilities ?? [];
-    if (i < 0 || i >= caps.length) throw new RangeError(`${this.name}: there is no capability ${i}`);
-    for (let k = 0; k < i; k++) at = (at + 2 + caps[k].body.byteLength + 3) & ~3;
-    return at;
-  }
-
   /**
    * Config writes: command register, BAR registers (sizing), interrupt line, capability bits their
    * writeMask allows; the rest is read-only. Then the onWrite hooks of the capabilities it touched.

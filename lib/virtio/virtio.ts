@@ -155,6 +155,7 @@ export const VIRTIO_NET_S_ANNOUNCE = 2;
 export function rxQueueIndex(pair: number): number {
   return 2 * pair;
 }
+/** The virtqueue index of transmitq(pair): 2 * pair + 1. */
 export function txQueueIndex(pair: number): number {
   return 2 * pair + 1;
 }

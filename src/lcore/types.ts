@@ -6,7 +6,7 @@ export interface LcoreContext {
   id: number;
   /** kernel thread id (for diagnostics) */
   tid: number;
-  /** shared control words: [0] is the stop flag */
+  /** shared control words: [0] is the stop flag, [1] is set once the function starts (Lcores.waitStarted) */
   control: Int32Array;
   /** true once stop was requested: check it every burst, return soon after */
   stopRequested: () => boolean;

@@ -64,11 +64,6 @@ export class DmatestDevice {
     return Atomics.load(this.state, S_COMPLETED) >>> 0;
   }
 
-  /** Descriptors that failed since the last reset. */
-  get errorCount(): number {
-    return Atomics.load(this.state, S_ERRORS) >>> 0;
-  }
-
   /** Whether the engine runs on an lcore (between start() and close()). */
   get started(): boolean {
     return this.run !== null && this.emu.plane.attached;

@@ -192,11 +192,6 @@ export class VirtioNetDevice {
     return (Atomics.load(this.state, L.G_STATUS) | (Atomics.load(this.state, L.G_NEEDS_RESET) ? V.STATUS_DEVICE_NEEDS_RESET : 0)) & 0xff;
   }
 
-  /** Why DEVICE_NEEDS_RESET is set (a NEEDS_RESET_NAMES key), 0 when it is not. */
-  get needsResetReason(): number {
-    return Atomics.load(this.state, L.G_NEEDS_RESET);
-  }
-
   /** Release the device (the lcore loop must have returned). */
   close(): void {
     this.emu.close();

@@ -22,7 +22,7 @@ import type { Mempool } from '../../../lib/mempool/mempool.js';
 import { pktmbufAllocInit, pktmbufFreeBulk, pktmbufHeadroom, pktmbufDataRoom, MBUF_NONE, F_BUF_IOVA } from '../../../lib/mempool/mbuf.js';
 import { registerPciDriver } from '../../bus/pci/pci.js';
 import * as V from '../../../lib/virtio/virtio.js';
-import { VirtioPci, chooseQueueSize, type FeatureChoice } from './virtio_pci.js';
+import { VirtioPci, chooseQueueSize, sleepMs, type FeatureChoice } from './virtio_pci.js';
 import { type VirtqLayout, virtqLayout, availIdxWord, availRingWord, usedIdxWord, usedRingWord, iovaHalves } from './virtqueue.js';
 import type { VirtioQueueData } from './virtio_data.js';
 
@@ -76,8 +76,6 @@ export class VirtioNetPort extends EthDev {
   readonly offered: bigint;
   /** features negotiated */
   readonly features: bigint;
-  /** the device's max_virtqueue_pairs (1 without MQ) */
-  readonly devicePairs: number;
   private readonly mac: number[];
   private readonly mtu: number;
   private readonly maxPairs: number;
@@ -96,7 +94,6 @@ export class VirtioNetPort extends EthDev {
     this.opts = opts;
     this.offered = neg.offered;
     this.features = neg.accepted;
-    this.devicePairs = cfg.maxPairs;
     this.mtu = cfg.mtu;
     this.mac = cfg.mac ?? randomMac();
     const mq = has(this.features, V.VIRTIO_NET_F_MQ);
@@ -299,7 +296,7 @@ export class VirtioNetPort extends EthDev {
     const t0 = Date.now();
     while (((Atomics.load(u16, usedIdxWord(l)) - this.ctrlUsed) & 0xffff) === 0) {
       if (Date.now() - t0 > CTRL_TIMEOUT_MS) throw new Error(`${this.name}: control queue command ${name} got no answer within ${CTRL_TIMEOUT_MS} ms`);
-      Atomics.wait(SLEEPER, 0, 0, 1);
+      sleepMs(1);
     }
     const id = u32[usedRingWord(l) + 2 * (this.ctrlUsed & (l.size - 1))];
     this.ctrlUsed = (this.ctrlUsed + 1) & 0xffff;
@@ -391,8 +388,6 @@ export class VirtioNetPort extends EthDev {
     };
   }
 }
-
-const SLEEPER = new Int32Array(new SharedArrayBuffer(4));
 
 /** A random locally administered unicast MAC, for a device without VIRTIO_NET_F_MAC. */
 function randomMac(): number[] {

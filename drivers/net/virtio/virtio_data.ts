@@ -21,7 +21,7 @@ import { MappedBar, type BarData } from '../../../src/iommu/bar.js';
 import { viewOf } from '../../../src/os/libc.js';
 import { Mempool, poolOf } from '../../../lib/mempool/mempool.js';
 import {
-  pktmbufAllocInit, pktmbufFreeBulk, pktmbufFree, MBUF_HDR, MBUF_NONE,
+  pktmbufAllocInit, pktmbufFreeBulk, pktmbufFree, pktmbufHeadroom, pktmbufDataRoom, MBUF_HDR, MBUF_NONE,
   F_BUF_IOVA, F_DATA_OFF, F_DATA_LEN, F_PKT_LEN, F_NB_SEGS, F_NEXT, F_REFCNT,
 } from '../../../lib/mempool/mbuf.js';
 import {
@@ -121,15 +121,13 @@ class VirtioRx extends QueueViews implements RxQueue {
   private readonly repl: Uint32Array;
   /** where a descriptor starts inside an mbuf's buffer: headroom - 12 */
   private readonly bufOff: number;
-  private readonly headroom: number;
   private readonly room: number;
   private readonly mergeable: boolean;
 
   constructor(d: VirtioQueueData, private readonly pool: Mempool, private readonly port: number, private readonly stats: Float64Array, private readonly s: number) {
     super(d);
-    this.headroom = pool.userWord(0);
-    this.room = pool.userWord(1);
-    this.bufOff = this.headroom - HDR;
+    this.room = pktmbufDataRoom(pool);
+    this.bufOff = pktmbufHeadroom(pool) - HDR;
     this.mergeable = d.mergeable;
     this.repl = new Uint32Array(d.layout.size);
   }

@@ -120,7 +120,7 @@ export function chooseQueueSize(requested: number, deviceMax: number, cap = V.VI
 }
 
 /** Sleep on the calling thread (control plane waits for a device; never on the data path). */
-function sleepMs(ms: number): void {
+export function sleepMs(ms: number): void {
   Atomics.wait(SLEEPER, 0, 0, ms);
 }
 const SLEEPER = new Int32Array(new SharedArrayBuffer(4));
