@@ -95,8 +95,9 @@ export const emu: App<EmuOptions> = {
     const lcore = eal.lcores.workers[0];
     if (lcore === undefined) throw new UsageError(`the device's poll loop needs a worker lcore: give two with -l, e.g. -l 0-1 (this process may use CPUs ${eal.lcores.cpuOf(eal.lcores.main)} only)`);
     const dev = await EMU_DEVICES[opts.device].create(eal, opts.args);
-    const server = new VfioUserServer(dev.emu, opts.socket, { resetOnDisconnect: !opts.noReset });
+    let server: VfioUserServer;
     try {
+      server = new VfioUserServer(dev.emu, opts.socket, { resetOnDisconnect: !opts.noReset });
       await dev.start(eal, lcore);
       server.start();
     } catch (e) {

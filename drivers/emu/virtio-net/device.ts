@@ -169,6 +169,11 @@ export class VirtioNetDevice {
     });
     const mem = this.emu.barMemory(L.BAR_CFG);
     this.notify = new Uint32Array(mem.buffer, mem.byteOffset + L.NOTIFY_OFF, L.NOTIFY_SIZE / 4);
+    // A doorbell that came as a message (REGION_WRITE, or the PCI_CFG window) wakes an idle loop at
+    // once; one written through the mapping is seen at its next poll.
+    this.emu.events.on('region-write', (index: number, off: number, len: number) => {
+      if (index === L.BAR_CFG && off < L.NOTIFY_OFF + L.NOTIFY_SIZE && off + len > L.NOTIFY_OFF) this.emu.plane.wake();
+    });
     this.pciReset();
   }
 

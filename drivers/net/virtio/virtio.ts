@@ -229,12 +229,14 @@ export class VirtioNetPort extends EthDev {
       queue.u16[layout.avail >> 1] = V.VRING_AVAIL_F_NO_INTERRUPT; // poll mode
       queue.u32.fill(MBUF_NONE, layout.mbufs >> 2, (layout.mbufs >> 2) + size);
       if (pool) this.fillRx(queue, pool, q, what);
-      queue.notifyOff = this.pci.setupQueue(vq, size, zone.iova + BigInt(layout.desc), zone.iova + BigInt(layout.avail), zone.iova + BigInt(layout.used));
-      if (q >= 0 && !this.pci.notifyMapped(queue.notifyOff)) {
-        throw new Error(`${what}: its notify register (${this.pci.notifyBarName()}+0x${queue.notifyOff.toString(16)}) is not mmap'd ` +
+      // The data path rings doorbells from the lcore through the BAR mapping: refuse before enabling.
+      const mustMap = (off: number): void => {
+        if (q < 0 || this.pci.notifyMapped(off)) return;
+        throw new Error(`${what}: its notify register (${this.pci.notifyBarName()}+0x${off.toString(16)}) is not mmap'd ` +
           `(VFIO ${this.vfio.backend} does not let that part of the BAR be mapped), and the data path rings doorbells from the lcore ` +
           'through the mapping: this device cannot be started. Serve the notification area as a (sparse) mmap area.');
-      }
+      };
+      queue.notifyOff = this.pci.setupQueue(vq, size, zone.iova + BigInt(layout.desc), zone.iova + BigInt(layout.avail), zone.iova + BigInt(layout.used), mustMap);
       return queue;
     } catch (e) {
       this.releaseQueue(queue);

@@ -138,7 +138,8 @@ class VirtioRx extends QueueViews implements RxQueue {
     const p = this.pool;
     const x = p.offsetOf(this.u32[this.mbufsW + id]) + MBUF_HDR + this.bufOff + NET_HDR_NUM_BUFFERS;
     const nb = p.u8[x] | (p.u8[x + 1] << 8);
-    return nb === 0 ? 1 : nb;
+    // More buffers than the ring has can never be published: -1 marks the packet bad (dropped, counted)
+    return nb === 0 ? 1 : nb > this.size ? -1 : nb;
   }
 
   /** Put mbuf nm into descriptor id and offer the descriptor at avail slot ai. */
@@ -179,7 +180,7 @@ class VirtioRx extends QueueViews implements RxQueue {
     }
     if (e === 0) {
       while (pk < n && e < pending) {
-        const nb = this.numBuffers(u32[this.usedRingW + Math.imul((this.lastUsed + e) & mask, USED_ELEM_WORDS)]);
+        const nb = Math.abs(this.numBuffers(u32[this.usedRingW + Math.imul((this.lastUsed + e) & mask, USED_ELEM_WORDS)]));
         if (e + nb > pending) break; // the rest of this packet is not published yet
         e += nb;
         pk++;
@@ -201,17 +202,21 @@ class VirtioRx extends QueueViews implements RxQueue {
       last = (last + 1) & 0xffff;
       c++;
       if (id >= size) { errors++; continue; } // a device bug: no descriptor to repost
-      const nb = this.numBuffers(id);
+      let nb = this.numBuffers(id);
       const m = u32[this.mbufsW + id];
       this.repost(id, repl[r++], ai);
       ai = (ai + 1) & 0xffff;
       const o = pool.offsetOf(m);
-      let bad = len < HDR || len - HDR > maxLen;
+      let bad = len < HDR || len - HDR > maxLen || nb < 0;
+      if (nb < 0) nb = 1;
       const plen0 = bad ? 0 : len - HDR;
       pu16[(o + F_DATA_LEN) >> 1] = plen0;
       let total = plen0, prev = o;
       // Further buffers of a merged packet: pure data from the descriptor's start (no header).
-      for (let j = 1; j < nb; j++) {
+      // c < e: never past what pass 1 counted (and allocated replacements for), even if the device
+      // rewrote num_buffers since; a packet cut short that way is dropped.
+      if (c + nb - 1 > e) bad = true;
+      for (let j = 1; j < nb && c < e; j++) {
         w = this.usedRingW + Math.imul(last & mask, USED_ELEM_WORDS);
         id = u32[w];
         len = u32[w + 1];

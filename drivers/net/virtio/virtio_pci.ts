@@ -273,10 +273,11 @@ export class VirtioPci {
   }
 
   /**
-   * Register virtqueue vq: size, the three parts' IOVAs, no MSI-X vector (poll mode), enable.
-   * Returns the notify register's offset in the notification BAR.
+   * Register virtqueue vq: size, the three parts' IOVAs, no MSI-X vector (poll mode), then enable
+   * it, after the notify register's offset is checked (and accepted by beforeEnable, which may
+   * throw): a queue that fails is never left enabled. Returns that offset in the notification BAR.
    */
-  setupQueue(vq: number, size: number, desc: bigint, avail: bigint, used: bigint): number {
+  setupQueue(vq: number, size: number, desc: bigint, avail: bigint, used: bigint, beforeEnable?: (notifyOff: number) => void): number {
     const b = this.common;
     const lohi = (off: number, a: bigint): void => {
       b.write32(this.c(off), Number(a & 0xffffffffn));
@@ -293,12 +294,13 @@ export class VirtioPci {
     lohi(V.COMMON_Q_AVAILLO, avail);
     lohi(V.COMMON_Q_USEDLO, used);
     const noff = b.read16(this.c(V.COMMON_Q_NOFF));
-    b.write16(this.c(V.COMMON_Q_ENABLE), 1);
     const n = this.caps.notify;
     const off = n.offset + noff * n.multiplier;
     if (off + 2 > n.offset + n.length) {
       throw new Error(`${this.dev.name}: virtqueue ${vq}: queue_notify_off ${noff} x multiplier ${n.multiplier} lies outside the notification structure (BAR${n.bar}+0x${n.offset.toString(16)}, ${n.length} bytes)`);
     }
+    beforeEnable?.(off);
+    b.write16(this.c(V.COMMON_Q_ENABLE), 1);
     return off;
   }
 
