@@ -9,7 +9,6 @@
  * Both figures are what the receiving driver counts per second, median over the periods after a
  * warm-up. The two setups run one after the other in the same invocation.
  */
-import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,6 +21,7 @@ import { probeDeviceBuses } from '../drivers/bus/probe.js';
 import '../drivers/index.js';
 import { listPorts, openRxQueue, type PortData } from '../lib/ethdev/ethdev.js';
 import { pktmbufPoolCreate, pktmbufFreeBulk } from '../lib/mempool/mbuf.js';
+import { spawnEmu, type EmuChild } from '../examples/emu/emu-process.js';
 import { ensureDpdk, ensureHugepages, median, runTestpmd, TESTPMD_HUGEPAGES } from './dpdk.js';
 
 const WARMUP_S = 2;
@@ -43,30 +43,9 @@ export async function rxOnly(arg: { port: PortData; burst: number }, ctx: LcoreC
 }
 
 /** Start `tspmd emu virtio-net` with a generating null backend; resolves once it serves. */
-function startDevice(sock: string, prefix: string): Promise<{ stop(): Promise<void> }> {
-  const argv = [...process.execArgv, CLI, 'emu', 'virtio-net', '--socket', sock, '--no-huge', '-l', '0@1,1@0', '--main-lcore', '0',
-    '--file-prefix', prefix, '--vdev', 'net_null0,size=64'];
-  const proc = spawn(process.execPath, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TS_NODE_TRANSPILE_ONLY: '1' } });
-  let out = '', err = '';
-  const exit = new Promise<number | null>((resolve) => proc.on('exit', (c) => resolve(c)));
-  proc.stderr.on('data', (d: Buffer) => { err += d.toString(); });
-  const handle = {
-    stop: async (): Promise<void> => {
-      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
-      const t = setTimeout(() => proc.kill('SIGKILL'), 5000);
-      await exit;
-      clearTimeout(t);
-    },
-  };
-  process.once('exit', () => { if (proc.exitCode === null) proc.kill('SIGKILL'); });
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => { proc.kill('SIGKILL'); reject(new Error(`tspmd emu virtio-net did not start within 30 s:\n${err}`)); }, 30_000);
-    proc.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.includes('serving ')) { clearTimeout(timer); resolve(handle); }
-    });
-    void exit.then((c) => { clearTimeout(timer); reject(new Error(`tspmd emu virtio-net exited with ${c}:\n${err}`)); });
-  });
+function startDevice(sock: string, prefix: string): Promise<EmuChild> {
+  return spawnEmu(CLI, ['virtio-net', '--socket', sock, '--no-huge', '-l', '0@1,1@0', '--main-lcore', '0', '--file-prefix', prefix, '--vdev', 'net_null0,size=64'],
+    { env: { ...process.env, TS_NODE_TRANSPILE_ONLY: '1' } });
 }
 
 /** tspmd: the PMD's receive rate (Mpps, median of 1 s periods after the warm-up). */

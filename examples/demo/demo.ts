@@ -11,7 +11,6 @@
  * generates 64-byte frames into the driver's RX queue, and the null port's frames leave through
  * the virtio TX queue into the backend. At the end the device is stopped and the directory removed.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -20,6 +19,7 @@ import { UsageError } from '../../src/options.js';
 import { closeAllPorts } from '../../lib/ethdev/ethdev.js';
 import { type App, eachOption, numberOption } from '../common/app.js';
 import { l2fwd } from '../l2fwd/l2fwd.js';
+import { spawnEmu, type EmuChild } from '../emu/emu-process.js';
 
 /** The demo's options. */
 export interface DemoOptions {
@@ -40,33 +40,9 @@ function cpuPlan(): { device: number; mine: number } {
 }
 
 /** Start the device process; resolves once it serves, rejects with its error output otherwise. */
-function startDevice(cpus: { device: number; mine: number }): Promise<ChildProcess> {
-  const argv = [...process.execArgv, process.argv[1], 'emu', `virtio-net,mac=${DEVICE_MAC}`, '--socket', SOCKET,
-    '--no-huge', '-l', `0@${cpus.mine},1@${cpus.device}`, '--main-lcore', '0', '--file-prefix', `tsp-demo-emu-${process.pid}`,
-    '--vdev', 'net_null0,copy=1'];
-  const child = spawn(process.execPath, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
-  const kill = (): void => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL'); };
-  process.once('exit', kill);
-  let out = '', err = '';
-  child.stderr!.on('data', (d: Buffer) => { err += d.toString(); });
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => { kill(); reject(new Error(`the emulated device did not start within ${START_TIMEOUT_MS / 1000} s:\n${err}`)); }, START_TIMEOUT_MS);
-    child.stdout!.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.includes('serving ')) { clearTimeout(timer); resolve(child); }
-    });
-    child.once('exit', (code, sig) => { clearTimeout(timer); reject(new Error(`the emulated device exited (${sig ?? `code ${code}`}) before serving:\n${err}`)); });
-  });
-}
-
-/** SIGTERM the device and wait for it (SIGKILL after 5 s). */
-async function stopDevice(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  child.kill('SIGTERM');
-  const t = setTimeout(() => child.kill('SIGKILL'), 5000);
-  await exited;
-  clearTimeout(t);
+function startDevice(cpus: { device: number; mine: number }): Promise<EmuChild> {
+  return spawnEmu(process.argv[1], [`virtio-net,mac=${DEVICE_MAC}`, '--socket', SOCKET, '--no-huge', '-l', `0@${cpus.mine},1@${cpus.device}`,
+    '--main-lcore', '0', '--file-prefix', `tsp-demo-emu-${process.pid}`, '--vdev', 'net_null0,copy=1'], { timeoutMs: START_TIMEOUT_MS });
 }
 
 const plan = cpuPlan();
@@ -100,7 +76,7 @@ export const demo: App<DemoOptions> = {
   async main(eal, o) {
     const info = (line: string): void => void (o.json ? process.stderr : process.stdout).write(line + '\n');
     mkdirSync(DIR, { recursive: true, mode: 0o700 });
-    let device: ChildProcess | null = null;
+    let device: EmuChild | null = null;
     try {
       info(`demo: starting the emulated virtio-net device (tspmd emu virtio-net, backend net_null0, lcore on CPU ${plan.device}) on ${SOCKET}`);
       device = await startDevice(plan);
@@ -111,10 +87,9 @@ export const demo: App<DemoOptions> = {
       // The ports reset the device (it stops DMA) while it is still there to hear it.
       closeAllPorts();
       if (device) {
-        const tail: string[] = [];
-        device.stderr!.on('data', (d: Buffer) => tail.push(d.toString()));
-        await stopDevice(device);
-        const last = tail.join('').trim().split('\n').filter((l) => l.trim()).slice(-3);
+        const before = device.stderr().length;
+        await device.stop();
+        const last = device.stderr().slice(before).trim().split('\n').filter((l) => l.trim()).slice(-3);
         for (const l of last) info(`demo: device: ${l}`);
       }
       rmSync(DIR, { recursive: true, force: true });
