@@ -63,19 +63,6 @@ const TWO32 = 0x1_0000_0000;
 const HI_LIMIT = 0x20_0000;
 const DOORBELL_W = (R.REG_DOORBELL - R.SHARED_PAGE) >> 2, CONSUMER_W = (R.REG_CONSUMER - R.SHARED_PAGE) >> 2;
 
-/** Adler-32 of b[off, off+len) (RFC 1950; the same as regs.adler32). */
-function adler(b: Uint8Array, off: number, len: number): number {
-  let a = 1, s = 0;
-  const end = off + len;
-  for (let i = off; i < end; ) {
-    const stop = Math.min(end, i + 3800);
-    for (; i < stop; i++) { a += b[i]; s += a; }
-    a %= 65521;
-    s %= 65521;
-  }
-  return ((s << 16) | a) >>> 0;
-}
-
 /** Copy len bytes from src[so] to dst[d] (different buffers) and return the source's Adler-32, in one pass. */
 function copyAdler(src: Uint8Array, so: number, dst: Uint8Array, d: number, len: number): number {
   let a = 1, s = 0;
@@ -123,7 +110,7 @@ export function dmatestLcore(arg: DmatestLcoreArg, ctx: LcoreContext): DmatestLc
       if (so >= 0 && dof >= 0) {
         if (sk === dk) { // one region: checksum first, then a memmove (the ranges may overlap)
           const m = plane.u8[sk];
-          sum = adler(m, so, len);
+          sum = R.adler32(m, so, len);
           m.copyWithin(dof, so, so + len);
         } else {
           sum = copyAdler(plane.u8[sk], so, plane.u8[dk], dof, len);
@@ -136,7 +123,7 @@ export function dmatestLcore(arg: DmatestLcoreArg, ctx: LcoreContext): DmatestLc
         if (so >= 0) scratch.set(plane.u8[sk].subarray(so, so + len));
         else ok = plane.messageRead(src, scratch, 0, len);
         if (ok) {
-          sum = adler(scratch, 0, len);
+          sum = R.adler32(scratch, 0, len);
           const again = plane.at(dst, len, true);
           if (again >= 0) plane.u8[plane.hit].set(scratch.subarray(0, len), again);
           else ok = again === -2 && plane.messageWrite(dst, scratch, 0, len);

@@ -59,15 +59,16 @@ export const DESC_STATUS_ERROR = 2;
 /** largest len of one descriptor */
 export const DESC_MAX_LEN = 1 << 20;
 
-/** Adler-32 of bytes (RFC 1950). */
-export function adler32(b: Uint8Array): number {
+/** Adler-32 (RFC 1950) of b[off, off+len), by default all of b. No allocation. */
+export function adler32(b: Uint8Array, off = 0, len = b.length - off): number {
   let a = 1, s = 0;
-  const MOD = 65521;
-  for (let i = 0; i < b.length; ) {
-    const end = Math.min(b.length, i + 3800);
-    for (; i < end; i++) { a += b[i]; s += a; }
-    a %= MOD;
-    s %= MOD;
+  const end = off + len;
+  // 3800 bytes keep s below 2^53 between reductions, far from needing a modulo per byte
+  for (let i = off; i < end; ) {
+    const stop = Math.min(end, i + 3800);
+    for (; i < stop; i++) { a += b[i]; s += a; }
+    a %= 65521;
+    s %= 65521;
   }
   return ((s << 16) | a) >>> 0;
 }
