@@ -14,6 +14,8 @@ import type { EmuDevice } from '../../lib/emudev/emudev.js';
 import { DmatestDevice } from '../../drivers/emu/dmatest/dmatest.js';
 import { createVirtioNetEmu, VIRTIO_NET_SUMMARY, VIRTIO_NET_ARGS } from '../../drivers/emu/virtio-net/emu.js';
 import { appArgv, ownFlagsWithPositionals } from '../vfio-user/positional.js';
+import { probePorts } from '../common/ports.js';
+import type { EthDev } from '../../lib/ethdev/ethdev.js';
 
 /** An emulated device the emu app can serve. */
 export interface EmuProvider {
@@ -29,8 +31,8 @@ export interface EmuDeviceKind {
   summary: string;
   /** help lines for its key=value arguments */
   args?: string;
-  /** Create the device from its key=value arguments (unknown keys: UsageError). */
-  create: (eal: Eal, args: Record<string, string>) => Promise<EmuProvider> | EmuProvider;
+  /** Create the device from its key=value arguments (unknown keys: UsageError) and the app's ports (backends). */
+  create: (eal: Eal, args: Record<string, string>, ports: readonly EthDev[]) => Promise<EmuProvider> | EmuProvider;
 }
 
 /** The devices `tspmd emu` knows, by name. */
@@ -94,7 +96,7 @@ export const emu: App<EmuOptions> = {
   async main(eal, opts): Promise<number> {
     const lcore = eal.lcores.workers[0];
     if (lcore === undefined) throw new UsageError(`the device's poll loop needs a worker lcore: give two with -l, e.g. -l 0-1 (this process may use CPUs ${eal.lcores.cpuOf(eal.lcores.main)} only)`);
-    const dev = await EMU_DEVICES[opts.device].create(eal, opts.args);
+    const dev = await EMU_DEVICES[opts.device].create(eal, opts.args, await probePorts(eal));
     let server: VfioUserServer;
     try {
       server = new VfioUserServer(dev.emu, opts.socket, { resetOnDisconnect: !opts.noReset });

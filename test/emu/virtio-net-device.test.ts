@@ -74,7 +74,8 @@ t.test('device arguments: defaults, and a UsageError naming the key', async (t) 
   t.throws(() => L.parseVirtioNetArgs({ mac: 'zz' }), /mac=zz.*not a MAC address/);
   const noPorts = testEal('tspvna');
   t.teardown(() => noPorts.close());
-  const err = await createVirtioNetEmu(noPorts, {}).then(() => null, (e: Error) => e);
+  let err: Error | null = null;
+  try { createVirtioNetEmu(noPorts, {}, []); } catch (e) { err = e as Error; }
   t.ok(err instanceof UsageError && /--vdev net_tap0,iface=tsp0/.test(err.message), `no backend port: a UsageError telling how to add one (${err?.message})`);
 });
 

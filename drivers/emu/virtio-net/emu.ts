@@ -6,10 +6,9 @@
 import type { Eal } from '../../../src/eal.js';
 import { UsageError } from '../../../src/options.js';
 import { log } from '../../../src/log.js';
-import { listPorts, type EthDev } from '../../../lib/ethdev/ethdev.js';
+import type { EthDev } from '../../../lib/ethdev/ethdev.js';
 import { pktmbufPoolCreate } from '../../../lib/mempool/mbuf.js';
 import type { EmuDevice } from '../../../lib/emudev/emudev.js';
-import { probeVdevs } from '../../bus/vdev/vdev.js';
 import { VirtioNetDevice, VIRTIO_NET_LOOP_MODULE, VIRTIO_NET_LOOP_FN } from './device.js';
 import type { VirtioNetLoopResult } from './datapath.js';
 import * as L from './layout.js';
@@ -80,11 +79,9 @@ export class VirtioNetEmu {
   }
 }
 
-/** Create the device from its arguments and the EAL's --vdev ports (`tspmd emu virtio-net,...`). */
-export async function createVirtioNetEmu(eal: Eal, args: Record<string, string>): Promise<VirtioNetEmu> {
+/** Create the device from its arguments, its backend one of the app's ports (`tspmd emu virtio-net,...`). */
+export function createVirtioNetEmu(eal: Eal, args: Record<string, string>, ports: readonly EthDev[]): VirtioNetEmu {
   const cfg = L.parseVirtioNetArgs(args);
-  await probeVdevs(eal);
-  const ports = listPorts();
   if (ports.length === 0) throw new UsageError('virtio-net needs a backend port: add one, e.g. --vdev net_tap0,iface=tsp0 (or --vdev net_ring0 for a loopback)');
   const backend = ports.find((p) => p.port === cfg.backend);
   if (!backend) throw new UsageError(`virtio-net: backend=${cfg.backend} is not a port (ports: ${ports.map((p) => `${p.port}=${p.name}`).join(', ')}); choose one of them`);
