@@ -10,7 +10,7 @@
  */
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { createTopology, type Topology } from '../examples/netns/topology.js';
+import { createTopology, type Topology } from '../lib/netns/topology.js';
 import { ensureDpdk, ensureHugepages, runTestpmd, TESTPMD_HUGEPAGES } from './dpdk.js';
 
 const WARMUP_S = 4;
@@ -38,7 +38,7 @@ function generator(topo: Topology, seconds: number): Promise<unknown> {
 
 /** tspmd l2fwd on the host ends for `seconds`. */
 function tspmdForwarder(topo: Topology, seconds: number): Promise<void> {
-  const cli = fileURLToPath(new URL('../examples/tspmd.js', import.meta.url));
+  const cli = fileURLToPath(new URL('../app/tspmd.js', import.meta.url));
   const child = spawn(process.execPath, [cli, 'l2fwd', '--no-huge', '-l', '0-1', '--main-lcore', '0', '--file-prefix', `${topo.prefix}bench`,
     '--vdev', `net_af_packet0,iface=${topo.hostA}`, '--vdev', `net_af_packet1,iface=${topo.hostB}`, '--', '--duration', String(seconds), '--json'],
   { stdio: ['ignore', 'ignore', 'inherit'] });

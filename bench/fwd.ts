@@ -9,7 +9,7 @@ import { dpdkNullMacFwd } from './dpdk.js';
 
 /** Run l2fwd as a user would (the tspmd command) and return its JSON summary. */
 export function runL2fwdNull(seconds: number): { steady_rx_mpps: number; worker_gc_count: number; total_rx_mpps: number } {
-  const cli = fileURLToPath(new URL('../examples/tspmd.js', import.meta.url));
+  const cli = fileURLToPath(new URL('../app/tspmd.js', import.meta.url));
   const out = execFileSync(process.execPath, [
     cli, 'l2fwd', '--no-huge', '-l', '0-1', '--main-lcore', '0', '--file-prefix', `tspbench${process.pid}`,
     '--vdev', 'net_null0', '--vdev', 'net_null1', '--', '--duration', String(seconds), '--json',

@@ -21,11 +21,11 @@ import { probeDeviceBuses } from '../drivers/bus/probe.js';
 import '../drivers/index.js';
 import { listPorts, openRxQueue, type PortData } from '../lib/ethdev/ethdev.js';
 import { pktmbufPoolCreate, pktmbufFreeBulk } from '../lib/mempool/mbuf.js';
-import { spawnEmu, type EmuChild } from '../examples/emu/emu-process.js';
+import { spawnEmu, type EmuChild } from '../lib/emudev/spawn.js';
 import { ensureDpdk, ensureHugepages, median, runTestpmd, TESTPMD_HUGEPAGES } from './dpdk.js';
 
 const WARMUP_S = 2;
-const CLI = fileURLToPath(new URL('../examples/tspmd' + (import.meta.url.endsWith('.ts') ? '.ts' : '.js'), import.meta.url));
+const CLI = fileURLToPath(new URL('../app/tspmd' + (import.meta.url.endsWith('.ts') ? '.ts' : '.js'), import.meta.url));
 
 /** The receive loop on the PMD's lcore: take bursts and free them, until stopped. */
 export async function rxOnly(arg: { port: PortData; burst: number }, ctx: LcoreContext): Promise<number> {

@@ -4,4 +4,4 @@ import './net/ring/ring.js';
 import './net/af_packet/af_packet.js';
 import './net/tap/tap.js';
 import './net/virtio/virtio.js';
-import './emu/dmatest/pci.js';
+import './raw/dmatest/pci.js';

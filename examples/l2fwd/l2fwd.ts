@@ -9,9 +9,9 @@ import { UsageError } from '../../src/options.js';
 import { listPorts, type EthDev } from '../../lib/ethdev/ethdev.js';
 import { pktmbufPoolCreate } from '../../lib/mempool/mbuf.js';
 import { siblingModule } from '../../src/lcore/lcores.js';
-import { probePorts } from '../common/ports.js';
-import { type App, eachOption, numberOption, runLcoresUntilDone } from '../common/app.js';
-import { StatsReporter } from '../common/stats.js';
+import { probePorts } from '../../drivers/bus/probe.js';
+import { type App, eachOption, numberOption, runLcoresUntilDone } from '../../lib/app/app.js';
+import { StatsReporter } from '../../lib/app/stats.js';
 import type { L2fwdAssignment, L2fwdLcoreArg, L2fwdLcoreResult } from './l2fwd_lcore.js';
 
 const LOOP = siblingModule(import.meta.url, 'l2fwd_lcore');

@@ -8,9 +8,9 @@ import { listPorts, parseMac, type EthDev } from '../../lib/ethdev/ethdev.js';
 import { pktmbufPoolCreate } from '../../lib/mempool/mbuf.js';
 import { buildUdpFrame, parseIpv4 } from '../../lib/net/packet.js';
 import { siblingModule } from '../../src/lcore/lcores.js';
-import { probePorts } from '../common/ports.js';
-import { type App, eachOption, numberOption, runLcoresUntilDone } from '../common/app.js';
-import { StatsReporter } from '../common/stats.js';
+import { probePorts } from '../../drivers/bus/probe.js';
+import { type App, eachOption, numberOption, runLcoresUntilDone } from '../../lib/app/app.js';
+import { StatsReporter } from '../../lib/app/stats.js';
 import type { PktgenLcoreArg } from './pktgen_lcore.js';
 
 const LOOP = siblingModule(import.meta.url, 'pktgen_lcore');

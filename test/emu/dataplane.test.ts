@@ -19,7 +19,7 @@ import { siblingModule } from '../../src/lcore/lcores.js';
 import { DataPlaneControl, type PlaneMemoryAccess, type PlaneRegion } from '../../lib/emudev/dataplane.js';
 import { EmuDevice } from '../../lib/emudev/emudev.js';
 import { DmatestDevice } from '../../drivers/emu/dmatest/dmatest.js';
-import * as R from '../../drivers/emu/dmatest/regs.js';
+import * as R from '../../lib/dmatest/regs.js';
 import * as W from './dataplane-workers.js';
 
 const WORKERS = siblingModule(import.meta.url, 'dataplane-workers');

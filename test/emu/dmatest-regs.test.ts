@@ -3,7 +3,7 @@
  * checksums with it have an oracle of their own.
  */
 import t from 'tap';
-import { adler32 } from '../../drivers/emu/dmatest/regs.js';
+import { adler32 } from '../../lib/dmatest/regs.js';
 
 t.test('Adler-32 known values and ranges', async (t) => {
   const enc = (s: string): Uint8Array => new TextEncoder().encode(s);

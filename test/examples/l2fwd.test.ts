@@ -13,14 +13,14 @@ import { probeVdevs } from '../../drivers/bus/vdev/vdev.js';
 import { openRxQueue, openTxQueue, type EthDev } from '../../lib/ethdev/ethdev.js';
 import { pktmbufPoolCreate, pktmbufAllocBulk, writePacket, readPacket, pktmbufFreeBulk } from '../../lib/mempool/mbuf.js';
 import { siblingModule } from '../../src/lcore/lcores.js';
-import { runLcoresUntilDone } from '../../examples/common/app.js';
+import { runLcoresUntilDone } from '../../lib/app/app.js';
 import { planL2fwd } from '../../examples/l2fwd/l2fwd.js';
 import { buildUdpFrame, checkUdpFrame, parseIpv4 } from '../../lib/net/packet.js';
 import type { L2fwdLcoreArg, L2fwdLcoreResult } from '../../examples/l2fwd/l2fwd_lcore.js';
 
 const LOOP = new URL(`../../examples/l2fwd/l2fwd_lcore${import.meta.url.endsWith('.ts') ? '.ts' : '.js'}`, import.meta.url).href;
 const THROWER = siblingModule(import.meta.url, 'throwing-lcore');
-const CLI = fileURLToPath(new URL('../../examples/tspmd' + (import.meta.url.endsWith('.ts') ? '.ts' : '.js'), import.meta.url));
+const CLI = fileURLToPath(new URL('../../app/tspmd' + (import.meta.url.endsWith('.ts') ? '.ts' : '.js'), import.meta.url));
 const prefix = `tspl2f${process.pid}`;
 
 /** Ports: 0<->1 and 2<->3 are linked back to back; l2fwd forwards between 1 and 3. */

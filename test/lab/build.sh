@@ -209,7 +209,7 @@ if [ $tsc = 1 ]; then
   ( cd "$root" && npx tsc -p . ) || fail "tsc -p . failed: the project does not compile"
 fi
 step "project: dist/ and runtime node_modules"
-[ -f "$root/dist/examples/tspmd.js" ] || fail "$root/dist/examples/tspmd.js is missing: run npx tsc -p . (or drop --no-tsc)"
+[ -f "$root/dist/app/tspmd.js" ] || fail "$root/dist/app/tspmd.js is missing: run npx tsc -p . (or drop --no-tsc)"
 [ -f "$root/dist/test/lab/guest.js" ] || fail "$root/dist/test/lab/guest.js is missing: run npx tsc -p ."
 runtime_mods=$(cd "$root" && npm ls --omit=dev --parseable --all 2>/dev/null | grep '/node_modules/' || true)
 grep -q '/node_modules/koffi$' <<< "$runtime_mods" || fail "koffi is not in $root/node_modules: run npm ci"

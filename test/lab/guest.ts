@@ -98,7 +98,7 @@ function dmesg(): string[] {
 
 /** `tspmd devices --vfio-mode MODE --json`, the real CLI in a child process. */
 function devicesCli(vfioMode: string = mode): Promise<{ code: number; stdout: string; stderr: string }> {
-  const cli = fileURLToPath(new URL('../../examples/tspmd.js', import.meta.url));
+  const cli = fileURLToPath(new URL('../../app/tspmd.js', import.meta.url));
   return new Promise((resolve) => {
     execFile(process.execPath, [cli, 'devices', '--vfio-mode', vfioMode, '--json'], { timeout: 120000 }, (err, stdout, stderr) => {
       resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr });

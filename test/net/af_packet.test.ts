@@ -8,14 +8,14 @@ import t from 'tap';
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import '../../drivers/index.js';
-import { createTopology, ifStat, sh, type Topology } from '../../examples/netns/topology.js';
+import { createTopology, ifStat, sh, type Topology } from '../../lib/netns/topology.js';
 import { Eal } from '../../src/eal.js';
 import { probeVdevs } from '../../drivers/bus/vdev/vdev.js';
 import { openRxQueue } from '../../lib/ethdev/ethdev.js';
 import { pktmbufPoolCreate, pktmbufFreeBulk } from '../../lib/mempool/mbuf.js';
 
 const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
-const CLI = fileURLToPath(new URL(`../../examples/tspmd${ext}`, import.meta.url));
+const CLI = fileURLToPath(new URL(`../../app/tspmd${ext}`, import.meta.url));
 const PEER = fileURLToPath(new URL('./tcp-peer.mjs', import.meta.url));
 const root = process.getuid?.() === 0;
 const needRoot = root ? false : 'needs root: network namespaces, veth pairs and AF_PACKET sockets';

@@ -11,7 +11,7 @@ import { probeVdevs } from '../../drivers/bus/vdev/vdev.js';
 import { openRxQueue, openTxQueue, formatMac } from '../../lib/ethdev/ethdev.js';
 import { pktmbufPoolCreate, pktmbufAllocBulk, writePacket, readPacket, pktmbufFreeBulk } from '../../lib/mempool/mbuf.js';
 import { buildUdpFrame } from '../../lib/net/packet.js';
-import { sh, ifStat, uniquePrefix } from '../../examples/netns/topology.js';
+import { sh, ifStat, uniquePrefix } from '../../lib/netns/topology.js';
 
 const needRoot = process.getuid?.() === 0 ? false : 'needs root: creating TAP interfaces needs CAP_NET_ADMIN';
 

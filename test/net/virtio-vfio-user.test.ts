@@ -31,8 +31,8 @@ import { pktmbufPoolCreate, pktmbufAllocBulk, writePacket, readPacket, pktmbufFr
 import type { Mempool } from '../../lib/mempool/mempool.js';
 import { buildUdpFrame, parseIpv4 } from '../../lib/net/packet.js';
 import { VirtioNetPort } from '../../drivers/net/virtio/virtio.js';
-import { probePorts } from '../../examples/common/ports.js';
-import { sh, uniquePrefix } from '../../examples/netns/topology.js';
+import { probePorts } from '../../drivers/bus/probe.js';
+import { sh, uniquePrefix } from '../../lib/netns/topology.js';
 import { startEmu, tempDir, CHILD_ENV, type EmuProcess } from '../vfio-user/helpers.js';
 
 const WIRE = fileURLToPath(siblingModule(import.meta.url, 'virtio-vfio-user-wire'));

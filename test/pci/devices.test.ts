@@ -10,12 +10,12 @@ import { execFile } from 'node:child_process';
 import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { devices, type DeviceRow } from '../../examples/devices/devices.js';
-import { moveOwnFlags as moveFlags } from '../../examples/common/app.js';
-import { runApp } from '../../examples/common/app.js';
+import { devices, type DeviceRow } from '../../app/devices/devices.js';
+import { moveOwnFlags as moveFlags } from '../../lib/app/app.js';
+import { runApp } from '../../lib/app/app.js';
 import { standardFixture } from './fixture.js';
 
-const CLI = fileURLToPath(new URL('../../examples/tspmd' + (import.meta.url.endsWith('.ts') ? '.ts' : '.js'), import.meta.url));
+const CLI = fileURLToPath(new URL('../../app/tspmd' + (import.meta.url.endsWith('.ts') ? '.ts' : '.js'), import.meta.url));
 const MTTY = '83b8f4f2-509f-382f-3c1e-e6bfe0fa1001';
 const CCW = '0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9';
 

@@ -13,7 +13,7 @@ import * as U from '../../src/iommu/vfio-uapi.js';
 import * as P from '../../lib/vfio-user/protocol.js';
 import { Channel, PeerClosedError, connectUnix } from '../../lib/vfio-user/transport.js';
 import { VfioUserClient } from '../../lib/vfio-user/client.js';
-import * as R from '../../drivers/emu/dmatest/regs.js';
+import * as R from '../../lib/dmatest/regs.js';
 import { tempDir, startEmu, type EmuProcess } from './helpers.js';
 
 const SEED = Number(process.env.TSPMD_FUZZ_SEED ?? 0x5eed1234);

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 /** The tspmd command in the same language as the test (ts under the tap loader, js built). */
-export const CLI = fileURLToPath(new URL('../../examples/tspmd' + (import.meta.url.endsWith('.ts') ? '.ts' : '.js'), import.meta.url));
+export const CLI = fileURLToPath(new URL('../../app/tspmd' + (import.meta.url.endsWith('.ts') ? '.ts' : '.js'), import.meta.url));
 
 /** Children skip the loader's type check (tsc checks the tree): 2 s per spawn instead of 5. */
 export const CHILD_ENV = { ...process.env, TS_NODE_TRANSPILE_ONLY: '1' };

@@ -9,8 +9,8 @@ import { join } from 'node:path';
 import '../../drivers/index.js';
 import { Eal } from '../../src/eal.js';
 import { probeDeviceBuses } from '../../drivers/bus/probe.js';
-import type { ProbedDmatest } from '../../drivers/emu/dmatest/pci.js';
-import { DESC_STATUS_DONE } from '../../drivers/emu/dmatest/regs.js';
+import type { ProbedDmatest } from '../../drivers/raw/dmatest/pci.js';
+import { DESC_STATUS_DONE } from '../../lib/dmatest/regs.js';
 import { viewOf } from '../../src/os/libc.js';
 import { tempDir, startEmu, runCli } from './helpers.js';
 

@@ -17,7 +17,7 @@
 import { DataPlane, type DataPlaneDesc } from '../../../lib/emudev/dataplane.js';
 import { viewOf } from '../../../src/os/libc.js';
 import type { LcoreContext } from '../../../src/lcore/types.js';
-import * as R from './regs.js';
+import * as R from '../../../lib/dmatest/regs.js';
 
 // Words of the engine state shared with the main thread (Int32Array). The main thread changes
 // status, ring and entries (and zeroes the counters) inside plane quiesce() and then bumps S_GEN;

@@ -2,7 +2,7 @@
  * Live port statistics for the apps: a periodic table (RX/TX packets, drops, Rx-pps/Tx-pps per
  * port) and the final summary, as text or as one JSON line.
  */
-import type { EthDev, PortStats } from '../../lib/ethdev/ethdev.js';
+import type { EthDev, PortStats } from '../ethdev/ethdev.js';
 
 /** One port's line of the summary (the JSON contract's fields): its totals, without per-queue lists. */
 export interface PortSummary extends Omit<PortStats, 'q_ipackets' | 'q_opackets' | 'q_ibytes' | 'q_obytes'> {

@@ -3,15 +3,15 @@
  * an EAL port as its backend (net_tap, af_packet, ring, null: --vdev), its poll loop on a worker
  * lcore. The backend's mbuf pool lives in the EAL's memory (memfd under the emu app's --no-huge).
  */
-import type { Eal } from '../../../src/eal.js';
-import { UsageError } from '../../../src/options.js';
-import { log } from '../../../src/log.js';
-import type { EthDev } from '../../../lib/ethdev/ethdev.js';
-import { pktmbufPoolCreate } from '../../../lib/mempool/mbuf.js';
-import type { EmuDevice } from '../../../lib/emudev/emudev.js';
-import { VirtioNetDevice, VIRTIO_NET_LOOP_MODULE, VIRTIO_NET_LOOP_FN } from './device.js';
-import type { VirtioNetLoopResult } from './datapath.js';
-import * as L from './layout.js';
+import type { Eal } from '../../src/eal.js';
+import { UsageError } from '../../src/options.js';
+import { log } from '../../src/log.js';
+import type { EthDev } from '../../lib/ethdev/ethdev.js';
+import { pktmbufPoolCreate } from '../../lib/mempool/mbuf.js';
+import type { EmuDevice } from '../../lib/emudev/emudev.js';
+import { VirtioNetDevice, VIRTIO_NET_LOOP_MODULE, VIRTIO_NET_LOOP_FN } from '../../drivers/emu/virtio-net/device.js';
+import type { VirtioNetLoopResult } from '../../drivers/emu/virtio-net/datapath.js';
+import * as L from '../../drivers/emu/virtio-net/layout.js';
 
 /** One line for `tspmd emu --help`. */
 export const VIRTIO_NET_SUMMARY = 'virtio 1.x modern network device (split rings, MSI-X, MQ, MRG_RXBUF) on an EAL port: --vdev <backend>';

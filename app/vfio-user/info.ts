@@ -4,7 +4,7 @@
  * sparse mmap areas) and every IRQ index (count, flags). Like lspci for a vfio-user device. It maps
  * no DMA memory and changes nothing on the device.
  */
-import { eachOption, type App } from '../common/app.js';
+import { eachOption, type App } from '../../lib/app/app.js';
 import { UsageError } from '../../src/options.js';
 import { pciIrqName, pciRegionName } from '../../src/iommu/device.js';
 import { VfioUserClient } from '../../lib/vfio-user/client.js';

@@ -6,7 +6,7 @@
  */
 import { existsSync, readdirSync } from 'node:fs';
 import { UsageError } from '../../src/options.js';
-import { createTopology, sh, uniquePrefix } from './topology.js';
+import { createTopology, sh, uniquePrefix } from '../../lib/netns/topology.js';
 
 /** Run the netns command; returns the exit code. */
 export function netnsMain(args: string[]): number {

@@ -4,9 +4,9 @@
  * the public API (examples/<app>/); this file only dispatches.
  */
 import '../drivers/index.js';
-import { runApp, type App } from './common/app.js';
-import { l2fwd } from './l2fwd/l2fwd.js';
-import { pktgen } from './pktgen/pktgen.js';
+import { runApp, type App } from '../lib/app/app.js';
+import { l2fwd } from '../examples/l2fwd/l2fwd.js';
+import { pktgen } from '../examples/pktgen/pktgen.js';
 import { devices } from './devices/devices.js';
 import { netnsMain } from './netns/netns.js';
 import { vfioUserInfo } from './vfio-user/info.js';

@@ -6,15 +6,15 @@
  *
  * Prints one line "serving <device> on <path>" when ready (scripts wait for it).
  */
-import { eachOption, type App } from '../common/app.js';
+import { eachOption, type App } from '../../lib/app/app.js';
 import { UsageError } from '../../src/options.js';
 import type { Eal } from '../../src/eal.js';
 import { VfioUserServer } from '../../lib/vfio-user/server.js';
 import type { EmuDevice } from '../../lib/emudev/emudev.js';
 import { DmatestDevice } from '../../drivers/emu/dmatest/dmatest.js';
-import { createVirtioNetEmu, VIRTIO_NET_SUMMARY, VIRTIO_NET_ARGS } from '../../drivers/emu/virtio-net/emu.js';
+import { createVirtioNetEmu, VIRTIO_NET_SUMMARY, VIRTIO_NET_ARGS } from './virtio-net.js';
 import { appArgv, ownFlagsWithPositionals } from '../vfio-user/positional.js';
-import { probePorts } from '../common/ports.js';
+import { probePorts } from '../../drivers/bus/probe.js';
 import type { EthDev } from '../../lib/ethdev/ethdev.js';
 
 /** An emulated device the emu app can serve. */

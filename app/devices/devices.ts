@@ -8,7 +8,7 @@
  * `tspmd devices --sysfs-root DIR -- --json` are the same. The sysfs and /dev roots are the EAL's
  * --sysfs-root and --dev-root.
  */
-import { eachOption, type App } from '../common/app.js';
+import { eachOption, type App } from '../../lib/app/app.js';
 import { UsageError } from '../../src/options.js';
 import { SysfsError } from '../../src/sysfs.js';
 import { PciBus, pciBusConfig, type PciDeviceStatus } from '../../drivers/bus/pci/pci.js';

@@ -8,7 +8,7 @@ import * as os from '../../../src/os/libc.js';
 import * as U from '../../../src/iommu/vfio-uapi.js';
 import { Bar } from '../../../src/iommu/bar.js';
 import type { VfioDevice } from '../../../src/iommu/device.js';
-import * as R from './regs.js';
+import * as R from '../../../lib/dmatest/regs.js';
 
 /** DMA memory the driver's ring lives in: its address here and its IOVA for the device. */
 export interface DmaBuffer {

@@ -4,8 +4,8 @@
  * descriptor ring lives in an EAL memzone. `-a ...,entries=N` sets the ring size.
  */
 import { registerPciDriver, type PciProbed } from '../../bus/pci/pci.js';
-import { DmatestDriver } from './driver.js';
-import { DMATEST_VENDOR, DMATEST_DEVICE, DESC_SIZE } from './regs.js';
+import { DmatestDriver } from './dmatest.js';
+import { DMATEST_VENDOR, DMATEST_DEVICE, DESC_SIZE } from '../../../lib/dmatest/regs.js';
 
 /** What the bus keeps for a probed dmatest device. */
 export interface ProbedDmatest extends PciProbed {

@@ -2,7 +2,7 @@
  * Example: drive an emulated dmatest device over vfio-user, the way a PMD drives hardware.
  *
  *   terminal 1:  tspmd emu dmatest --socket /tmp/dmatest.sock
- *   terminal 2:  node dist/examples/emu/dmatest-demo.js /tmp/dmatest.sock [JOBS] [--message-dma]
+ *   terminal 2:  node dist/app/emu/dmatest-demo.js /tmp/dmatest.sock [JOBS] [--message-dma]
  *
  * The client maps its EAL memory (memfd segments, --no-huge) into the device by fd, puts copy
  * descriptors in a ring, rings the doorbell with one store into the mmapped BAR page, and waits for
@@ -14,8 +14,8 @@ import { pathToFileURL } from 'node:url';
 import * as os from '../../src/os/libc.js';
 import { Eal } from '../../src/eal.js';
 import { VfioUserClient } from '../../lib/vfio-user/client.js';
-import { DmatestDriver } from '../../drivers/emu/dmatest/driver.js';
-import { adler32, DESC_SIZE, DESC_STATUS_DONE } from '../../drivers/emu/dmatest/regs.js';
+import { DmatestDriver } from '../../drivers/raw/dmatest/dmatest.js';
+import { adler32, DESC_SIZE, DESC_STATUS_DONE } from '../../lib/dmatest/regs.js';
 
 /** What one demo run did. */
 export interface DemoResult {

@@ -17,9 +17,9 @@ import { join } from 'node:path';
 import { getAffinity } from '../../src/os/libc.js';
 import { UsageError } from '../../src/options.js';
 import { closeAllPorts } from '../../lib/ethdev/ethdev.js';
-import { type App, eachOption, numberOption } from '../common/app.js';
-import { l2fwd } from '../l2fwd/l2fwd.js';
-import { spawnEmu, type EmuChild } from '../emu/emu-process.js';
+import { type App, eachOption, numberOption } from '../../lib/app/app.js';
+import { l2fwd } from '../../examples/l2fwd/l2fwd.js';
+import { spawnEmu, type EmuChild } from '../../lib/emudev/spawn.js';
 
 /** The demo's options. */
 export interface DemoOptions {

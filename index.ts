@@ -1,0 +1,57 @@
+/**
+ * tspmd: the package's one entry point (`import { ... } from 'tspmd'`). Everything an application
+ * needs is exported here, grouped like DPDK's headers; importing it also registers the built-in
+ * drivers (net_null, net_ring, net_af_packet, net_tap, net_virtio, dmatest) with their buses.
+ * Modules under dist/ are internal: their paths may change between versions, these names do not.
+ * docs/library.md walks through the API.
+ */
+import './drivers/index.js';
+
+// ---- EAL: options, environment, memory, lcores (rte_eal.h, rte_lcore.h, rte_memzone.h) ----
+export { Eal, memoryConfig } from './src/eal.js';
+export { parseEalArgs, splitArgs, defaultEalOptions, parseCoreList, UsageError, EAL_HELP, type EalOptions, type LcoreMap } from './src/options.js';
+export { EalMemory, type Memzone, type MemoryConfig } from './src/memory/memory.js';
+export type { Segment, IovaMode } from './src/memory/segment.js';
+export { Lcores, type LcoreContext, type LcoreFunction } from './src/lcore/lcores.js';
+export { lcoreId, MAX_LCORE, LCORE_ID_ANY } from './src/lcore/id.js';
+export { countGc, type GcCounter } from './src/lcore/gc.js';
+export { log, setLogLevel, type LogLevel } from './src/log.js';
+
+// ---- devices: probing and buses (rte_bus.h, rte_dev.h) ----
+export { probePorts, probeDeviceBuses, type ProbePortsOptions } from './drivers/bus/probe.js';
+export { probeVdevs, parseVdev, registerVdevDriver, type VdevDriver, type VdevSpec } from './drivers/bus/vdev/vdev.js';
+export { PciBus, probePci, registerPciDriver, pciBusConfig, type PciDriver, type PciProbed, type PciProbeContext, type PciDevice, type PciId } from './drivers/bus/pci/pci.js';
+export type { VfioDevice, DmaSpace, RegionInfo, IrqInfo, DeviceInfo } from './src/iommu/device.js';
+
+// ---- ports (rte_ethdev.h) ----
+export {
+  EthDev, listPorts, closeAllPorts, openRxQueue, openTxQueue, formatMac, parseMac, MAX_QUEUES,
+  type PortData, type PortConf, type PortStats, type LinkStatus, type DevInfo, type RxQueue, type TxQueue,
+} from './lib/ethdev/ethdev.js';
+
+// ---- mempools, mbufs, rings (rte_mempool.h, rte_mbuf.h, rte_ring.h) ----
+export { Mempool, poolOf, MEMPOOL_MAX_OBJECTS, MEMPOOL_CACHE_MAX, type MempoolDesc, type MempoolOptions, type MempoolAudit } from './lib/mempool/mempool.js';
+export {
+  pktmbufPoolCreate, pktmbufAlloc, pktmbufAllocBulk, pktmbufFree, pktmbufFreeBulk, pktmbufFreeSeg, pktmbufReset,
+  pktmbufHeadroom, pktmbufDataRoom, readPacket, writePacket, chain, refcntUpdate, append, trim, lastSeg,
+  MBUF_NONE, MBUF_HEADROOM, MBUF_DATAROOM, type PktmbufPoolOptions,
+} from './lib/mempool/mbuf.js';
+export { MbufView, macWords } from './lib/mempool/mbuf_view.js';
+export { Ring, ringBytes, type RingDesc, type RingFlags } from './lib/ring/ring.js';
+
+// ---- packets (rte_ether.h, rte_ip.h, rte_udp.h) ----
+export {
+  buildUdpFrame, checkUdpFrame, parseIpv4, ipv4Checksum, udpChecksum, ETH_HLEN, IPV4_HLEN, UDP_HLEN, ETHERTYPE_IPV4,
+  IPPROTO_UDP, type UdpFrameSpec, type UdpFrameInfo,
+} from './lib/net/packet.js';
+
+// ---- applications: `app [EAL options] -- [app options]`, one module per app ----
+export { runApp, eachOption, numberOption, runLcoresUntilDone, sleep, type App, type RunEnd } from './lib/app/app.js';
+export { StatsReporter, type Summary, type PortSummary } from './lib/app/stats.js';
+
+// ---- device providers: vfio-user and emulated PCI devices ----
+export { VfioUserServer, type ServerOptions, type ServerStats } from './lib/vfio-user/server.js';
+export { VfioUserClient, VfioUserError, type ClientOptions } from './lib/vfio-user/client.js';
+export { EmuDevice, type EmuDeviceSpec, type EmuBarSpec, type EmuIrqSpec, type EmuCapability, type PciIdentity, type DmaRegion } from './lib/emudev/emudev.js';
+export { DataPlane, type DataPlaneDesc } from './lib/emudev/dataplane.js';
+export { spawnEmu, type EmuChild } from './lib/emudev/spawn.js';
