@@ -46,7 +46,7 @@ export {
 } from './lib/net/packet.js';
 
 // ---- applications: `app [EAL options] -- [app options]`, one module per app ----
-export { runApp, eachOption, numberOption, runLcoresUntilDone, sleep, type App, type RunEnd } from './lib/app/app.js';
+export { runApp, appMain, eachOption, numberOption, runLcoresUntilDone, sleep, type App, type RunEnd } from './lib/app/app.js';
 export { StatsReporter, type Summary, type PortSummary } from './lib/app/stats.js';
 
 // ---- device providers: vfio-user and emulated PCI devices ----

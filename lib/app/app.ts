@@ -1,19 +1,27 @@
 /**
- * What every tspmd application shares: `tspmd <app> [EAL options] -- [app options]` parsing,
- * --help, exit codes (2 for bad arguments, 1 for failures), EAL set-up and teardown.
+ * What every tspmd application shares: `<app> [EAL options] -- [app options]` parsing, --help,
+ * exit codes (2 for bad arguments, 1 for failures), EAL set-up and teardown. An app is one module:
+ * it exports its App object and its lcore functions, and ends with appMain(import.meta.url, app),
+ * which runs it when the module is the program (`node l2fwd.js ...`) and does nothing when the
+ * module is imported: by the tspmd command, or by an lcore worker loading its poll function.
  */
+import { realpathSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { isMainThread } from 'node:worker_threads';
 import { Eal } from '../../src/eal.js';
 import { parseEalArgs, splitArgs, UsageError, EAL_HELP, type EalOptions } from '../../src/options.js';
 
-/** One application: its name, help text and body. */
-export interface App<O> {
+/** One application: its name, help text, option parser (required when it has options) and body. */
+export type App<O = void> = AppBody<O> & (void extends O ? { parse?(args: string[]): O } : { parse(args: string[]): O });
+
+/** The parts of an App every app has. */
+export interface AppBody<O> {
   name: string;
-  /** one line for `tspmd --help` */
-  summary: string;
+  /** one line for `--help` and `tspmd --help` */
+  summary?: string;
   /** application options' help (after "--") */
-  help: string;
-  /** parse the options after "--"; throw UsageError for bad ones */
-  parse(args: string[]): O;
+  help?: string;
   /** the app's own flags (value-taking: true) that may also stand before "--", e.g. --json */
   ownFlags?: Record<string, boolean>;
   /** EAL defaults this app prefers (the user's options win) */
@@ -31,10 +39,11 @@ export async function runApp<O>(app: App<O>, argvIn: string[]): Promise<number> 
     const [ealArgs, appArgs] = splitArgs(argv);
     ealOpts = parseEalArgs(ealArgs);
     if (ealOpts.help || appArgs.includes('--help') || appArgs.includes('-h')) {
-      console.log(`usage: tspmd ${app.name} [EAL options] -- [${app.name} options]\n\n${app.summary}\n\n${app.name} options (after "--"):\n${app.help}\n\n${EAL_HELP}`);
+      const own = app.help ? `\n\n${app.name} options (after "--"):\n${app.help}` : '';
+      console.log(`usage: ${app.name} [EAL options] -- [${app.name} options]${app.summary ? `\n\n${app.summary}` : ''}${own}\n\n${EAL_HELP}`);
       return 0;
     }
-    opts = app.parse(appArgs);
+    opts = parseAppArgs(app, appArgs);
   } catch (e) {
     if (e instanceof UsageError) {
       console.error(`tspmd ${app.name}: ${e.message}`);
@@ -61,6 +70,37 @@ export async function runApp<O>(app: App<O>, argvIn: string[]): Promise<number> 
   } finally {
     await eal.close().catch((e: unknown) => console.error(`tspmd ${app.name}: while closing: ${(e as Error).message}`));
   }
+}
+
+/** parse: the options after "--"; UsageError for bad ones (default: the app takes none). */
+function parseAppArgs<O>(app: App<O>, args: string[]): O {
+  const parse = (app as { parse?(args: string[]): O }).parse;
+  if (parse) return parse.call(app, args);
+  if (args.length > 0) throw new UsageError(`${app.name} takes no options after "--" (got "${args[0]}")`);
+  return undefined as O;
+}
+
+/**
+ * Run app as the program when moduleUrl (the caller's import.meta.url) is the process's entry
+ * point, on the main thread: parse process.argv, run, exit with the app's code. Anywhere else (the
+ * module imported by another program, or by an lcore worker for its poll function) it does nothing.
+ */
+export function appMain<O>(moduleUrl: string, app: App<O>): void {
+  if (!isMainThread || !isEntryModule(moduleUrl)) return;
+  runApp(app, process.argv.slice(2)).then((code) => process.exit(code), (e: unknown) => {
+    console.error(`${app.name}: ${e instanceof Error ? e.stack ?? e.message : String(e)}`);
+    process.exit(1);
+  });
+}
+
+/** Whether moduleUrl is the script node was started with (process.argv[1]). */
+function isEntryModule(moduleUrl: string): boolean {
+  const entry = process.argv[1];
+  if (!entry || !moduleUrl.startsWith('file:')) return false;
+  const real = (p: string): string => { try { return realpathSync(p); } catch { return p; } };
+  const self = real(fileURLToPath(moduleUrl));
+  const argv1 = resolve(entry);
+  return real(argv1) === self || real(`${argv1}.js`) === self || real(`${argv1}.ts`) === self;
 }
 
 /**

@@ -9,7 +9,7 @@ import { getAffinity, setAffinity } from '../os/libc.js';
 import { log } from '../log.js';
 import { setLcoreId, MAX_LCORE } from './id.js';
 import { UsageError, type LcoreMap } from '../options.js';
-import type { LaunchTask } from './types.js';
+import type { LaunchTask, LcoreFunction } from './types.js';
 
 export type { LcoreContext, LcoreFunction } from './types.js';
 
@@ -20,6 +20,14 @@ export function siblingModule(callerUrl: string, basename: string): string {
 }
 
 const WORKER = siblingModule(import.meta.url, 'worker');
+
+/** A worker finds fn by its export name in module: check that module exports exactly this function. */
+async function checkExport(module: string, name: string, fn: unknown): Promise<void> {
+  const mod = (await import(module)) as Record<string, unknown>;
+  if (mod[name] !== fn) {
+    throw new Error(`cannot launch ${name}: module ${module} does not export it (an lcore imports the module and calls the export by name: write "export function ${name}" there, or pass the module that exports it)`);
+  }
+}
 
 interface Slot {
   id: number;
@@ -78,22 +86,31 @@ export class Lcores {
   }
 
   /**
-   * Run module's exported fn(arg, ctx) on worker lcore id (rte_eal_remote_launch). The promise
-   * settles when it returns; a throw rejects it with the worker's error and stack.
+   * Run module's exported fn(arg, ctx) on worker lcore id (rte_eal_remote_launch). fn is the
+   * export's name, or the exported function itself (then checked here, before the worker starts:
+   * `launch(1, import.meta.url, myLoop, arg)` in a one-file app). The promise settles when it
+   * returns; a throw rejects it with the worker's error and stack.
    */
-  launch<R = unknown>(id: number, module: string, fn: string, arg: unknown = null, transfer: Transferable[] = []): Promise<R> {
+  launch<R = unknown>(id: number, module: string, fn: string, arg?: unknown, transfer?: Transferable[]): Promise<R>;
+  /** Run the exported function fn of module on worker lcore id (see above); its result type is fn's. */
+  launch<A, R>(id: number, module: string, fn: LcoreFunction<A, R>, arg: A, transfer?: Transferable[]): Promise<Awaited<R>>;
+  launch(id: number, module: string, fn: string | LcoreFunction<never, unknown>, arg?: unknown, transfer: Transferable[] = []): Promise<unknown> {
     const s = this.slot(id);
     if (s.running) throw new Error(`lcore ${id} is busy: wait for it before launching again`);
+    const name = typeof fn === 'string' ? fn : fn.name;
+    if (!name) throw new TypeError(`lcore ${id}: the function to launch has no name: pass a named, exported function of ${module}`);
     s.pool ??= new Piscina({
       filename: WORKER, minThreads: 1, maxThreads: 1, idleTimeout: Infinity, maxQueue: 0,
       concurrentTasksPerWorker: 1, atomics: 'disabled',
       env: process.env,
     });
+    const pool = s.pool;
     Atomics.store(s.control, 0, 0);
     Atomics.store(s.control, 1, 0);
-    const task: LaunchTask = { lcore: id, cpu: s.cpu, module, fn, arg, control: s.control.buffer as SharedArrayBuffer };
-    log('debug', 'lcore', `launch ${fn} on lcore ${id}`);
-    const p = s.pool.run(task, { transferList: transfer as never }) as Promise<R>;
+    const task: LaunchTask = { lcore: id, cpu: s.cpu, module, fn: name, arg: arg ?? null, control: s.control.buffer as SharedArrayBuffer };
+    log('debug', 'lcore', `launch ${name} on lcore ${id}`);
+    const checked = typeof fn === 'string' ? Promise.resolve() : checkExport(module, name, fn);
+    const p = checked.then(() => pool.run(task, { transferList: transfer as never }) as Promise<unknown>);
     const tracked = p.finally(() => { s.running = null; });
     s.running = tracked;
     tracked.catch(() => { /* surfaced through wait()/the caller's promise */ });
