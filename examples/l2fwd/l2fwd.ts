@@ -1,20 +1,19 @@
 /**
- * l2fwd: DPDK's layer-2 forwarding sample. Ports are paired 0<->1, 2<->3 (in portmask order);
- * every packet received on a port leaves through its pair with the destination MAC set to
- * 02:00:00:00:00:<destination port> and the source MAC set to the pair's own MAC (unless
- * --no-mac-updating). Each worker lcore polls up to -q ports.
+ * l2fwd: DPDK's layer-2 forwarding sample, one module written against the package's entry point.
+ * Ports are paired 0<->1, 2<->3 (in portmask order); every packet received on a port leaves
+ * through its pair with the destination MAC set to 02:00:00:00:00:<destination port> and the
+ * source MAC set to the pair's own MAC (unless --no-mac-updating). Each worker lcore polls up to
+ * -q ports. The control part (options, ports, lcores, statistics) runs on the main thread; the
+ * forwarding loop l2fwdLoop, exported from this same module, runs on the worker lcores.
+ *
+ *   node dist/examples/l2fwd/l2fwd.js --no-huge --vdev net_null0 --vdev net_null1 -- -T 1
+ *   npx tspmd l2fwd ...                     (the same app as a tspmd subcommand)
  */
-import type { Eal } from '../../src/eal.js';
-import { UsageError } from '../../src/options.js';
-import { listPorts, type EthDev } from '../../lib/ethdev/ethdev.js';
-import { pktmbufPoolCreate } from '../../lib/mempool/mbuf.js';
-import { siblingModule } from '../../src/lcore/lcores.js';
-import { probePorts } from '../../drivers/bus/probe.js';
-import { type App, eachOption, numberOption, runLcoresUntilDone } from '../../lib/app/app.js';
-import { StatsReporter } from '../../lib/app/stats.js';
-import type { L2fwdAssignment, L2fwdLcoreArg, L2fwdLcoreResult } from './l2fwd_lcore.js';
-
-const LOOP = siblingModule(import.meta.url, 'l2fwd_lcore');
+import {
+  type App, type EthDev, type LcoreContext, type PortData, type RxQueue, type TxQueue, UsageError, MbufView, Mempool,
+  appMain, countGc, eachOption, listPorts, macWords, numberOption, openRxQueue, openTxQueue, pktmbufFreeBulk,
+  pktmbufPoolCreate, probePorts, runLcoresUntilDone, StatsReporter,
+} from '../../index.js';
 
 /** l2fwd's options. */
 export interface L2fwdOptions {
@@ -114,15 +113,15 @@ export const l2fwd: App<L2fwdOptions> = {
     reporter.start(o.json ? 0 : o.periodS);
     const running = [...byLcore].map(([lcore, assignments]) => {
       const arg: L2fwdLcoreArg = { assignments, burst: o.burst, macUpdating: o.macUpdating, drops };
-      return eal.lcores.launch<L2fwdLcoreResult>(lcore, LOOP, 'l2fwdLoop', arg);
+      return eal.lcores.launch(lcore, import.meta.url, l2fwdLoop, arg);
     });
-    let results: unknown[];
+    let results: L2fwdLcoreResult[];
     try {
       ({ results } = await runLcoresUntilDone(eal, running, o.durationS));
     } finally {
       reporter.stop();
     }
-    const rs = results as L2fwdLcoreResult[];
+    const rs = results;
     const gcCount = rs.reduce((a, r) => a + r.gcCount, 0), gcSteady = rs.reduce((a, r) => a + r.gcCountAfterWarmup, 0);
     for (const p of ports) p.stop();
     const leaked = pool.inUseCount();
@@ -132,3 +131,77 @@ export const l2fwd: App<L2fwdOptions> = {
     return 0;
   },
 };
+
+// ---- the forwarding loop, on each worker lcore ----
+
+/** One RX port of an lcore and where its packets go. */
+export interface L2fwdAssignment {
+  rx: PortData;
+  tx: PortData;
+  /** destination and source MAC written into each frame */
+  dstMac: number[];
+  srcMac: number[];
+  /** index of the RX port in the drop counters */
+  dropIndex: number;
+}
+
+/** Argument of l2fwdLoop. */
+export interface L2fwdLcoreArg {
+  assignments: L2fwdAssignment[];
+  burst: number;
+  macUpdating: boolean;
+  /** Float64Array counters of packets dropped, per port */
+  drops: SharedArrayBuffer;
+}
+
+/** What an l2fwd lcore reports: garbage collections in all, and in the loop after its first second (warm-up). */
+export interface L2fwdLcoreResult {
+  gcCount: number;
+  gcCountAfterWarmup: number;
+}
+
+interface Fwd {
+  rx: RxQueue;
+  tx: TxQueue;
+  /** the 12 address bytes (destination, source) as three little-endian u32 words */
+  w0: number; w1: number; w2: number;
+  drop: number;
+}
+
+/** Interpreted and baseline code box doubles until the loop is optimized: allow it a second. */
+const WARMUP_MS = 1000;
+
+/** Forward until stopped: receive a burst per port, rewrite the MACs, send it out of the pair, free what did not fit. */
+export async function l2fwdLoop(arg: L2fwdLcoreArg, ctx: LcoreContext): Promise<L2fwdLcoreResult> {
+  const fwd: Fwd[] = [];
+  for (const a of arg.assignments) {
+    const [w0, w1, w2] = macWords(a.dstMac, a.srcMac);
+    fwd.push({ rx: await openRxQueue(a.rx, 0), tx: await openTxQueue(a.tx, 0), w0, w1, w2, drop: a.dropIndex });
+  }
+  const drops = new Float64Array(arg.drops);
+  const burst = arg.burst, mac = arg.macUpdating, nf = fwd.length;
+  const buf = new Uint32Array(burst);
+  const pkt = new MbufView();
+  const gc = countGc();
+  const warm = performance.now() + WARMUP_MS;
+  while (!ctx.stopRequested()) {
+    for (let i = 0; i < nf; i++) {
+      const f = fwd[i];
+      const n = f.rx.rxBurst(buf, burst);
+      if (n === 0) continue;
+      if (mac) for (let k = 0; k < n; k++) pkt.at(buf[k]).setMacWords(f.w0, f.w1, f.w2);
+      const sent = f.tx.txBurst(buf, n, 0);
+      if (sent < n) {
+        pktmbufFreeBulk(buf, n - sent, sent);
+        drops[f.drop] += n - sent;
+      }
+    }
+  }
+  const loopEnd = performance.now();
+  await gc.settle();
+  gc.stop();
+  for (const a of arg.assignments) for (const d of a.rx.rxPools) Mempool.attach(d).flushCache();
+  return { gcCount: gc.count(), gcCountAfterWarmup: gc.countBetween(warm, loopEnd) };
+}
+
+appMain(import.meta.url, l2fwd);

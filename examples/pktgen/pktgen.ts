@@ -1,19 +1,16 @@
 /**
- * pktgen: a packet generator. Sends Ethernet/IPv4/UDP frames with valid checksums out of one
- * port, at a rate or as fast as possible, spread over N flows (source address and UDP port vary
- * per flow), and counts what arrives on an RX port.
+ * pktgen: a packet generator, one module written against the package's entry point. Sends
+ * Ethernet/IPv4/UDP frames with valid checksums out of one port, at a rate or as fast as possible,
+ * spread over N flows (source address and UDP port vary per flow), and counts what arrives on an
+ * RX port. The generator loop pktgenLoop, exported from this module, runs on a worker lcore.
+ *
+ *   node dist/examples/pktgen/pktgen.js --no-huge --vdev net_ring0 -- --tx-port 0 --rx-port 0 --count 100000
  */
-import { UsageError } from '../../src/options.js';
-import { listPorts, parseMac, type EthDev } from '../../lib/ethdev/ethdev.js';
-import { pktmbufPoolCreate } from '../../lib/mempool/mbuf.js';
-import { buildUdpFrame, parseIpv4 } from '../../lib/net/packet.js';
-import { siblingModule } from '../../src/lcore/lcores.js';
-import { probePorts } from '../../drivers/bus/probe.js';
-import { type App, eachOption, numberOption, runLcoresUntilDone } from '../../lib/app/app.js';
-import { StatsReporter } from '../../lib/app/stats.js';
-import type { PktgenLcoreArg } from './pktgen_lcore.js';
-
-const LOOP = siblingModule(import.meta.url, 'pktgen_lcore');
+import {
+  type App, type EthDev, type LcoreContext, type MempoolDesc, type PortData, UsageError, MbufView, Mempool,
+  appMain, buildUdpFrame, countGc, eachOption, listPorts, numberOption, openRxQueue, openTxQueue, parseIpv4, parseMac,
+  pktmbufAllocBulk, pktmbufFreeBulk, pktmbufPoolCreate, probePorts, runLcoresUntilDone, StatsReporter,
+} from '../../index.js';
 
 /** pktgen's options. */
 export interface PktgenOptions {
@@ -121,21 +118,97 @@ export const pktgen: App<PktgenOptions> = {
     const reporter = new StatsReporter(ports, (i) => (ports[i] === tx ? cv[1] : 0));
     reporter.start(o.json ? 0 : o.periodS);
     const arg: PktgenLcoreArg = {
-      tx: tx.data(), rx: rx ? rx.data() : null, frames, size: o.size, flows: o.flows, rate: o.rate, count: o.count, burst: o.burst, counters,
+      tx: tx.data(), rx: rx ? rx.data() : null, pool: pool.desc, frames, size: o.size, flows: o.flows, rate: o.rate, count: o.count, burst: o.burst, counters,
     };
     if (!o.json) console.log(`pktgen: ${o.size}-byte UDP frames, ${o.flows} flow(s), ${o.rate ? o.rate + ' pps' : 'line rate'}, TX port ${tx.port} (${tx.name})${rx ? `, RX port ${rx.port} (${rx.name})` : ''} on lcore ${lcore}`);
-    let results: unknown[];
+    let results: Array<{ gcCount: number }>;
     try {
-      ({ results } = await runLcoresUntilDone(eal, [eal.lcores.launch(lcore, LOOP, 'pktgenLoop', arg)], o.durationS));
+      ({ results } = await runLcoresUntilDone(eal, [eal.lcores.launch(lcore, import.meta.url, pktgenLoop, arg)], o.durationS));
     } finally {
       reporter.stop();
     }
     for (const p of ports) p.stop();
     const summary = reporter.summary('pktgen', {
       sent: cv[0], received: cv[3], tx_dropped: cv[1], no_mbuf: cv[2],
-      worker_gc_count: (results[0] as { gcCount: number }).gcCount, mbufs_in_use_after_stop: pool.inUseCount(),
+      worker_gc_count: results[0].gcCount, mbufs_in_use_after_stop: pool.inUseCount(),
     });
     reporter.printSummary(summary, o.json);
     return 0;
   },
 };
+
+// ---- the generator loop, on a worker lcore ----
+
+/** Argument of pktgenLoop. */
+export interface PktgenLcoreArg {
+  tx: PortData;
+  rx: PortData | null;
+  /** the pool the frames are built in */
+  pool: MempoolDesc;
+  /** all flows' frames back to back, each `size` bytes */
+  frames: Uint8Array;
+  size: number;
+  flows: number;
+  /** packets per second, 0 for as fast as possible */
+  rate: number;
+  /** packets to send, 0 for no limit */
+  count: number;
+  burst: number;
+  /** Float64Array: [0] sent, [1] dropped at TX, [2] no mbuf, [3] received */
+  counters: SharedArrayBuffer;
+}
+
+/** Generate until stopped or count is sent (then drain RX until quiet); returns the GC count. */
+export async function pktgenLoop(a: PktgenLcoreArg, ctx: LcoreContext): Promise<{ gcCount: number }> {
+  const tx = await openTxQueue(a.tx, 0);
+  const rx = a.rx ? await openRxQueue(a.rx, 0) : null;
+  const pool = Mempool.attach(a.pool);
+  const tmpl: Uint8Array[] = [];
+  for (let f = 0; f < a.flows; f++) tmpl.push(a.frames.subarray(f * a.size, (f + 1) * a.size));
+  const c = new Float64Array(a.counters);
+  const buf = new Uint32Array(a.burst), rbuf = new Uint32Array(a.burst);
+  const flows = a.flows, rate = a.rate, count = a.count, burst = a.burst;
+  const pkt = new MbufView();
+  let flow = 0, sent = 0, lastRx = performance.now();
+  const t0 = performance.now();
+  const gc = countGc();
+  while (!ctx.stopRequested()) {
+    let n = burst;
+    if (count > 0 && count - sent < n) n = count - sent;
+    if (rate > 0) {
+      const allowed = Math.floor(((performance.now() - t0) * rate) / 1000) - sent;
+      if (allowed < n) n = allowed > 0 ? allowed : 0;
+    }
+    if (n > 0) {
+      if (pktmbufAllocBulk(pool, buf, n)) {
+        for (let i = 0; i < n; i++) {
+          pkt.at(buf[i]).write(tmpl[flow]);
+          if (++flow === flows) flow = 0;
+        }
+        const k = tx.txBurst(buf, n, 0);
+        if (k < n) {
+          pktmbufFreeBulk(buf, n - k, k);
+          c[1] += n - k;
+        }
+        sent += n;
+        c[0] += k;
+      } else c[2] += n;
+    }
+    if (rx !== null) {
+      const r = rx.rxBurst(rbuf, burst);
+      if (r > 0) {
+        c[3] += r;
+        pktmbufFreeBulk(rbuf, r, 0);
+        lastRx = performance.now();
+      }
+    }
+    // With a count: once all is sent, wait until RX has been quiet for 100 ms.
+    if (count > 0 && sent >= count && (rx === null || performance.now() - lastRx > 100)) break;
+  }
+  await gc.settle();
+  gc.stop();
+  pool.flushCache();
+  return { gcCount: gc.count() };
+}
+
+appMain(import.meta.url, pktgen);

@@ -179,7 +179,7 @@ export type RunEnd = 'duration' | 'signal' | 'finished';
  * function returns. Then stop all lcores and wait for them. A function that threw rejects this
  * with its error (the worker's stack included) after the others have stopped.
  */
-export async function runLcoresUntilDone(eal: Eal, running: Array<Promise<unknown>>, durationS: number): Promise<{ end: RunEnd; results: unknown[] }> {
+export async function runLcoresUntilDone<R>(eal: Eal, running: Array<Promise<R>>, durationS: number): Promise<{ end: RunEnd; results: R[] }> {
   const ctl = new AbortController();
   let end: RunEnd = 'finished';
   eal.handleSignals((sig) => {
@@ -202,5 +202,5 @@ export async function runLcoresUntilDone(eal: Eal, running: Array<Promise<unknow
   eal.handleSignals();
   const bad = settled.find((s) => s.status === 'rejected');
   if (bad) throw (bad as PromiseRejectedResult).reason;
-  return { end, results: settled.map((s) => (s as PromiseFulfilledResult<unknown>).value) };
+  return { end, results: settled.map((s) => (s as PromiseFulfilledResult<R>).value) };
 }

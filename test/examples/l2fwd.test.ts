@@ -16,9 +16,9 @@ import { siblingModule } from '../../src/lcore/lcores.js';
 import { runLcoresUntilDone } from '../../lib/app/app.js';
 import { planL2fwd } from '../../examples/l2fwd/l2fwd.js';
 import { buildUdpFrame, checkUdpFrame, parseIpv4 } from '../../lib/net/packet.js';
-import type { L2fwdLcoreArg, L2fwdLcoreResult } from '../../examples/l2fwd/l2fwd_lcore.js';
+import { l2fwdLoop, type L2fwdLcoreArg } from '../../examples/l2fwd/l2fwd.js';
 
-const LOOP = new URL(`../../examples/l2fwd/l2fwd_lcore${import.meta.url.endsWith('.ts') ? '.ts' : '.js'}`, import.meta.url).href;
+const LOOP = new URL(`../../examples/l2fwd/l2fwd${import.meta.url.endsWith('.ts') ? '.ts' : '.js'}`, import.meta.url).href;
 const THROWER = siblingModule(import.meta.url, 'throwing-lcore');
 const CLI = fileURLToPath(new URL('../../app/tspmd' + (import.meta.url.endsWith('.ts') ? '.ts' : '.js'), import.meta.url));
 const prefix = `tspl2f${process.pid}`;
@@ -89,7 +89,7 @@ t.test('l2fwd between linked net_ring ports: counts, MACs, statistics, restart, 
   const drops = new SharedArrayBuffer(16);
   const N = 5000;
   for (const round of [1, 2]) {
-    const running = eal.lcores.launch<L2fwdLcoreResult>(1, LOOP, 'l2fwdLoop', l2fwdArg(ports, true, drops));
+    const running = eal.lcores.launch(1, LOOP, l2fwdLoop, l2fwdArg(ports, true, drops));
     const got = await pushThrough(ports, pool, N);
     eal.lcores.requestStop();
     const res = await running;
@@ -121,7 +121,7 @@ t.test('l2fwd between linked net_ring ports: counts, MACs, statistics, restart, 
 t.test('--no-mac-updating leaves frames unchanged; TX full counts drops and frees', async (t) => {
   const { eal, ports, pool } = await setup(t);
   const drops = new SharedArrayBuffer(16);
-  const running = eal.lcores.launch(1, LOOP, 'l2fwdLoop', l2fwdArg(ports, false, drops));
+  const running = eal.lcores.launch(1, LOOP, l2fwdLoop, l2fwdArg(ports, false, drops));
   const got = await pushThrough(ports, pool, 300);
   eal.lcores.requestStop();
   await running;
