@@ -12,7 +12,7 @@ export { Eal, memoryConfig } from './src/eal.js';
 export { parseEalArgs, splitArgs, defaultEalOptions, parseCoreList, UsageError, EAL_HELP, type EalOptions, type LcoreMap } from './src/options.js';
 export { EalMemory, type Memzone, type MemoryConfig } from './src/memory/memory.js';
 export type { Segment, IovaMode } from './src/memory/segment.js';
-export { Lcores, type LcoreContext, type LcoreFunction } from './src/lcore/lcores.js';
+export { Lcores, siblingModule, type LcoreContext, type LcoreFunction } from './src/lcore/lcores.js';
 export { lcoreId, MAX_LCORE, LCORE_ID_ANY } from './src/lcore/id.js';
 export { countGc, type GcCounter } from './src/lcore/gc.js';
 export { log, setLogLevel, type LogLevel } from './src/log.js';

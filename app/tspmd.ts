@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 /**
- * The `tspmd` command: `tspmd <app> [EAL options] -- [app options]`. Each app is a small program on
- * the public API (examples/<app>/); this file only dispatches.
+ * The `tspmd` command: `tspmd <app> [EAL options] -- [app options]`. Its tools live beside it in
+ * app/ (devices, emu, vfio-user-info, netns, demo); l2fwd and pktgen are the one-file examples of
+ * examples/, which also run on their own. This file only dispatches.
  */
 import '../drivers/index.js';
 import { runApp, type App } from '../lib/app/app.js';

@@ -1,6 +1,5 @@
 /** Mempool benchmark: bulk alloc + free of 32 objects through the per-lcore cache, ns per object. */
-import { Eal } from '../src/eal.js';
-import { pktmbufPoolCreate } from '../lib/mempool/mbuf.js';
+import { Eal, pktmbufPoolCreate } from '../index.js';
 import { measure } from './ring.js';
 
 /** The mempool figures (see bench/run.ts for the contract). */

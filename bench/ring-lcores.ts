@@ -2,10 +2,7 @@
  * Poll functions for the ring benchmarks and tests: a producer and a consumer lcore moving a
  * numbered sequence through one ring in bursts. Both count their own garbage collections.
  */
-import { Ring, type RingDesc } from '../lib/ring/ring.js';
-import { viewOf } from '../src/os/libc.js';
-import { countGc } from '../src/lcore/gc.js';
-import type { LcoreContext } from '../src/lcore/types.js';
+import { Ring, countGc, type RingDesc, type LcoreContext } from '../index.js';
 
 /** Arguments of ringProducer/ringConsumer. */
 export interface RingPipeArg {
@@ -37,7 +34,7 @@ export interface RingPipeResult {
 
 /** Enqueue total numbered entries in bursts (value = producer index + k * producers). */
 export async function ringProducer(a: RingPipeArg, ctx: LcoreContext): Promise<RingPipeResult> {
-  const ring = Ring.attach(a.ring, viewOf);
+  const ring = Ring.attach(a.ring);
   const gc = countGc();
   const burst = new Uint32Array(a.burst);
   const step = a.producers ?? 1;
@@ -60,7 +57,7 @@ export async function ringProducer(a: RingPipeArg, ctx: LcoreContext): Promise<R
 
 /** Dequeue total entries in bursts, checking order (single producer) or recording what came. */
 export async function ringConsumer(a: RingPipeArg, ctx: LcoreContext): Promise<RingPipeResult> {
-  const ring = Ring.attach(a.ring, viewOf);
+  const ring = Ring.attach(a.ring);
   const gc = countGc();
   const burst = new Uint32Array(a.burst);
   const track = a.total <= 1 << 22 ? new Uint8Array(a.total) : null;

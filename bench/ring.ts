@@ -5,9 +5,8 @@
  *  - enqueue+dequeue in one thread, bursts of 1, 8 and 32, ns per entry.
  */
 import Benchmark from 'benchmark';
-import { Ring } from '../lib/ring/ring.js';
-import { Lcores, siblingModule } from '../src/lcore/lcores.js';
-import type { RingPipeArg, RingPipeResult } from './ring-lcores.js';
+import { Ring, Lcores, siblingModule } from '../index.js';
+import { ringConsumer, ringProducer, type RingPipeArg, type RingPipeResult } from './ring-lcores.js';
 
 const PIPE = siblingModule(import.meta.url, 'ring-lcores');
 
@@ -24,8 +23,8 @@ export function measure(name: string, fn: () => void, opts: { minSamples?: numbe
 /** Move `total` entries producer -> consumer through ring once; returns both reports. */
 async function pipeOnce(lcores: Lcores, ring: Ring, total: number, burst: number): Promise<[RingPipeResult, RingPipeResult]> {
   const arg: RingPipeArg = { ring: ring.desc, total, burst };
-  const c = lcores.launch<RingPipeResult>(2, PIPE, 'ringConsumer', arg);
-  const p = lcores.launch<RingPipeResult>(1, PIPE, 'ringProducer', arg);
+  const c = lcores.launch(2, PIPE, ringConsumer, arg);
+  const p = lcores.launch(1, PIPE, ringProducer, arg);
   return Promise.all([p, c]);
 }
 

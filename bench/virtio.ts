@@ -13,15 +13,10 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Eal } from '../src/eal.js';
-import { parseEalArgs } from '../src/options.js';
-import { siblingModule } from '../src/lcore/lcores.js';
-import type { LcoreContext } from '../src/lcore/types.js';
-import { probeDeviceBuses } from '../drivers/bus/probe.js';
-import '../drivers/index.js';
-import { listPorts, openRxQueue, type PortData } from '../lib/ethdev/ethdev.js';
-import { pktmbufPoolCreate, pktmbufFreeBulk } from '../lib/mempool/mbuf.js';
-import { spawnEmu, type EmuChild } from '../lib/emudev/spawn.js';
+import {
+  Eal, parseEalArgs, probeDeviceBuses, listPorts, openRxQueue, pktmbufPoolCreate, pktmbufFreeBulk, spawnEmu,
+  type EmuChild, type LcoreContext, type PortData,
+} from '../index.js';
 import { ensureDpdk, ensureHugepages, median, runTestpmd, TESTPMD_HUGEPAGES } from './dpdk.js';
 
 const WARMUP_S = 2;
@@ -65,7 +60,7 @@ async function tspmdRx(seconds: number): Promise<{ mpps: number; periods: number
     port.txQueueSetup(0, 256);
     port.start();
     const lcore = eal.lcores.workers[0];
-    const done = eal.lcores.launch(lcore, siblingModule(import.meta.url, 'virtio'), 'rxOnly', { port: port.data(), burst: 32 });
+    const done = eal.lcores.launch(lcore, import.meta.url, rxOnly, { port: port.data(), burst: 32 });
     const periods: number[] = [];
     let last = port.stats().ipackets, t0 = performance.now();
     for (let s = 0; s < WARMUP_S + seconds; s++) {

@@ -9,6 +9,7 @@
  * Each thread builds its own Ring object over the same memory (Ring.attach): the object also keeps
  * a thread-local copy of the opposite tail so the hot path rarely reads the other side's line.
  */
+import { viewOf } from '../../src/os/libc.js';
 
 const MAGIC = 0x72696e67; // "ring"
 const OFF_MAGIC = 0, OFF_SIZE = 1, OFF_FLAGS = 2;
@@ -107,10 +108,9 @@ export class Ring {
     return new Ring({ name, memory: va, offset: 0 }, buffer, offset, { size, flags: (flags.sp ? F_SP : 0) | (flags.sc ? F_SC : 0) });
   }
 
-  /** Rebuild a ring from its descriptor in this thread. view(va, len) maps DMA memory (viewOf). */
-  static attach(desc: RingDesc, view?: (va: bigint, len: number) => ArrayBuffer): Ring {
+  /** Rebuild a ring from its descriptor in this thread; view(va, len) maps DMA memory (default: viewOf). */
+  static attach(desc: RingDesc, view: (va: bigint, len: number) => ArrayBuffer = viewOf): Ring {
     if (typeof desc.memory === 'bigint') {
-      if (!view) throw new Error(`ring "${desc.name}" lives in DMA memory: attach it with a view function (viewOf)`);
       const head = view(desc.memory, HEADER_BYTES);
       const size = new Int32Array(head)[OFF_SIZE];
       return new Ring(desc, view(desc.memory, ringBytes(size)), 0, null);
