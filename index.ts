@@ -9,7 +9,7 @@ import './drivers/index.js';
 
 // ---- EAL: options, environment, memory, lcores (rte_eal.h, rte_lcore.h, rte_memzone.h) ----
 export { Eal, memoryConfig } from './src/eal.js';
-export { parseEalArgs, splitArgs, defaultEalOptions, parseCoreList, UsageError, EAL_HELP, type EalOptions, type LcoreMap } from './src/options.js';
+export { parseEalArgs, splitArgs, defaultEalOptions, parseCoreList, UsageError, EAL_HELP, EAL_OPTIONS, type EalOptions, type EalOptionSpec, type LcoreMap } from './src/options.js';
 export { EalMemory, type Memzone, type MemoryConfig } from './src/memory/memory.js';
 export type { Segment, IovaMode } from './src/memory/segment.js';
 export { Lcores, siblingModule, type LcoreContext, type LcoreFunction } from './src/lcore/lcores.js';
@@ -20,6 +20,7 @@ export { log, setLogLevel, type LogLevel } from './src/log.js';
 // ---- devices: probing and buses (rte_bus.h, rte_dev.h) ----
 export { probePorts, probeDeviceBuses, type ProbePortsOptions } from './drivers/bus/probe.js';
 export { probeVdevs, parseVdev, registerVdevDriver, type VdevDriver, type VdevSpec } from './drivers/bus/vdev/vdev.js';
+export { parseDevargs, devargsHelp, type DevargsSchema, type DevargSpec, type Devargs } from './lib/kvargs/kvargs.js';
 export { PciBus, probePci, registerPciDriver, pciBusConfig, type PciDriver, type PciProbed, type PciProbeContext, type PciDevice, type PciId } from './drivers/bus/pci/pci.js';
 export type { VfioDevice, DmaSpace, RegionInfo, IrqInfo, DeviceInfo } from './src/iommu/device.js';
 

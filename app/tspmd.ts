@@ -47,7 +47,7 @@ async function main(argv: string[]): Promise<number> {
     console.error(`tspmd: unknown app "${name}"\n${usage()}`);
     return 2;
   }
-  return runApp(app, rest);
+  return runApp(app, rest, `tspmd ${name}`);
 }
 
 main(process.argv.slice(2)).then((code) => process.exit(code), (e: unknown) => {

@@ -55,25 +55,66 @@ export function defaultEalOptions(): EalOptions {
   };
 }
 
+/** One EAL option: its spellings, the EalOptions field it sets, its value and its help line. */
+export interface EalOptionSpec {
+  /** spellings, short first: ['-l', '--lcores'] */
+  names: readonly string[];
+  /** the field of EalOptions it sets */
+  key: keyof EalOptions;
+  /** the value's placeholder in --help (e.g. LIST), or null for a flag */
+  value: string | null;
+  help: string;
+  /** store the value (or the flag) into o; throws UsageError naming the option */
+  apply(o: EalOptions, v: string, name: string): void;
+}
+
+const choice = <T extends string>(name: string, v: string, allowed: readonly T[]): T => {
+  if (!(allowed as readonly string[]).includes(v)) throw new UsageError(`${name} "${v}": use ${allowed.slice(0, -1).join(', ')} or ${allowed[allowed.length - 1]}`);
+  return v as T;
+};
+
+/** The EAL options (DPDK's spelling): the one table that makes the parser, --help, and the value-taking set. */
+export const EAL_OPTIONS: readonly EalOptionSpec[] = [
+  { names: ['-l', '--lcores'], key: 'lcores', value: 'LIST', help: 'lcores to use, e.g. 0-1 or 0,2; ID@CPU runs lcore ID on CPU (default: one per CPU)', apply: (o, v) => { o.lcores = parseCoreList(v); } },
+  { names: ['--main-lcore'], key: 'mainLcore', value: 'ID', help: 'the control core (default: the first of -l)', apply: (o, v, n) => { o.mainLcore = intOption(n, v, 0, 1023); } },
+  { names: ['-m', '--socket-mem'], key: 'memoryMb', value: 'MB', help: 'DMA memory to map at start-up, also the limit (default: grow on demand)', apply: (o, v, n) => { o.memoryMb = memOption(n, v); } },
+  { names: ['--huge-dir'], key: 'hugeDir', value: 'DIR', help: 'hugetlbfs mount to use (default: the first mount of the default page size)', apply: (o, v) => { o.hugeDir = v; } },
+  { names: ['--no-huge'], key: 'noHuge', value: null, help: '4 KiB pages from a memfd: no hugepages, no root needed', apply: (o) => { o.noHuge = true; } },
+  { names: ['--in-memory'], key: 'inMemory', value: null, help: 'hugepages from a memfd (MFD_HUGETLB): no files on disk', apply: (o) => { o.inMemory = true; } },
+  {
+    names: ['--file-prefix'], key: 'filePrefix', value: 'NAME', help: 'prefix of hugepage files (default: tsp)',
+    apply: (o, v, n) => {
+      if (!/^[A-Za-z0-9_-]{1,32}$/.test(v)) throw new UsageError(`${n} "${v}": use 1-32 characters from A-Z a-z 0-9 _ -`);
+      o.filePrefix = v;
+    },
+  },
+  { names: ['--iova-mode'], key: 'iovaMode', value: 'va|pa', help: 'IOVA = virtual address, or physical address (root) (default: va)', apply: (o, v, n) => { o.iovaMode = choice(n, v, ['va', 'pa']); } },
+  { names: ['--vdev'], key: 'vdevs', value: 'NAME[,k=v,...]', help: 'add a virtual device, e.g. net_null0,size=64 (repeatable)', apply: (o, v) => { o.vdevs.push(v); } },
+  { names: ['-a', '--allow'], key: 'allow', value: 'ADDR', help: 'use only these devices (repeatable)', apply: (o, v) => { o.allow.push(v); } },
+  { names: ['-b', '--block'], key: 'block', value: 'ADDR', help: 'never use these devices (repeatable)', apply: (o, v) => { o.block.push(v); } },
+  { names: ['--no-pci'], key: 'noPci', value: null, help: 'do not scan the PCI bus', apply: (o) => { o.noPci = true; } },
+  { names: ['--sysfs-root'], key: 'sysfsRoot', value: 'DIR', help: 'read sysfs from DIR (default: /sys)', apply: (o, v) => { o.sysfsRoot = v; } },
+  { names: ['--dev-root'], key: 'devRoot', value: 'DIR', help: 'find device nodes (vfio, iommu) in DIR (default: /dev)', apply: (o, v) => { o.devRoot = v; } },
+  { names: ['--vfio-mode'], key: 'vfioMode', value: 'MODE', help: 'auto|group|iommufd (default: auto)', apply: (o, v, n) => { o.vfioMode = choice(n, v, ['auto', 'group', 'iommufd']); } },
+  { names: ['--log-level'], key: 'logLevel', value: 'LEVEL', help: 'error|warn|info|debug (default: warn)', apply: (o, v, n) => { o.logLevel = choice(n, v, ['error', 'warn', 'info', 'debug']); } },
+  { names: ['-h', '--help'], key: 'help', value: null, help: 'this help', apply: (o) => { o.help = true; } },
+];
+
+const BY_NAME = new Map<string, EalOptionSpec>(EAL_OPTIONS.flatMap((s) => s.names.map((n) => [n, s] as const)));
+
+/** EAL options that take a value, by every spelling: their value is never a positional argument. */
+export const EAL_VALUE_OPTIONS: ReadonlySet<string> = new Set(EAL_OPTIONS.filter((s) => s.value !== null).flatMap((s) => s.names));
+
+/** The EalOptions field an EAL option (any spelling) sets, or undefined for a word that is no EAL option. */
+export function ealOptionKey(name: string): keyof EalOptions | undefined {
+  return BY_NAME.get(name)?.key;
+}
+
 /** The EAL options' help text. */
-export const EAL_HELP = `EAL options (before "--"):
-  -l, --lcores LIST      lcores to use, e.g. 0-1 or 0,2; ID@CPU runs lcore ID on CPU (default: one per CPU)
-  --main-lcore ID        the control core (default: the first of -l)
-  -m, --socket-mem MB    DMA memory to map at start-up, also the limit (default: grow on demand)
-  --huge-dir DIR         hugetlbfs mount to use (default: the first mount of the default page size)
-  --no-huge              4 KiB pages from a memfd: no hugepages, no root needed
-  --in-memory            hugepages from a memfd (MFD_HUGETLB): no files on disk
-  --file-prefix NAME     prefix of hugepage files (default: tsp)
-  --iova-mode va|pa      IOVA = virtual address, or physical address (root) (default: va)
-  --vdev NAME[,k=v,...]  add a virtual device, e.g. net_null0,size=64 (repeatable)
-  -a, --allow ADDR       use only these devices (repeatable)
-  -b, --block ADDR       never use these devices (repeatable)
-  --no-pci               do not scan the PCI bus
-  --sysfs-root DIR       read sysfs from DIR (default: /sys)
-  --dev-root DIR         find device nodes (vfio, iommu) in DIR (default: /dev)
-  --vfio-mode MODE       auto|group|iommufd (default: auto)
-  --log-level LEVEL      error|warn|info|debug (default: warn)
-  -h, --help             this help`;
+export const EAL_HELP = `EAL options (before "--"):\n${EAL_OPTIONS.map((s) => {
+  const left = `${s.names.join(', ')}${s.value ? ` ${s.value}` : ''}`;
+  return `  ${left.padEnd(21)}  ${s.help}`;
+}).join('\n')}`;
 
 /** Parse a core list like "0-3,6", "1" or "0@0,1@0,2@1" (lcore@cpu). */
 export function parseCoreList(s: string): LcoreMap[] {
@@ -106,53 +147,18 @@ export function parseEalArgs(argv: readonly string[]): EalOptions {
       inline = arg.slice(eq + 1);
       arg = arg.slice(0, eq);
     }
-    const value = (): string => {
-      if (inline !== undefined) return inline;
-      const v = argv[++i];
-      if (v === undefined || v === '--') throw new UsageError(`${arg} needs a value (see --help)`);
-      return v;
-    };
-    switch (arg) {
-      case '-l': case '--lcores': o.lcores = parseCoreList(value()); break;
-      case '--main-lcore': o.mainLcore = intOption(arg, value(), 0, 1023); break;
-      case '-m': case '--socket-mem': o.memoryMb = memOption(arg, value()); break;
-      case '--huge-dir': o.hugeDir = value(); break;
-      case '--no-huge': o.noHuge = true; break;
-      case '--in-memory': o.inMemory = true; break;
-      case '--file-prefix': {
-        const v = value();
-        if (!/^[A-Za-z0-9_-]{1,32}$/.test(v)) throw new UsageError(`--file-prefix "${v}": use 1-32 characters from A-Z a-z 0-9 _ -`);
-        o.filePrefix = v;
-        break;
+    const spec = BY_NAME.get(arg);
+    if (!spec) throw new UsageError(`unknown EAL option "${argv[i]}" (application options go after "--"; see --help)`);
+    let v = '';
+    if (spec.value !== null) {
+      if (inline !== undefined) v = inline;
+      else {
+        const next = argv[++i];
+        if (next === undefined || next === '--') throw new UsageError(`${arg} needs a value (see --help)`);
+        v = next;
       }
-      case '--iova-mode': {
-        const v = value();
-        if (v !== 'va' && v !== 'pa') throw new UsageError(`--iova-mode "${v}": use va or pa`);
-        o.iovaMode = v;
-        break;
-      }
-      case '--vdev': o.vdevs.push(value()); break;
-      case '-a': case '--allow': o.allow.push(value()); break;
-      case '-b': case '--block': o.block.push(value()); break;
-      case '--no-pci': o.noPci = true; break;
-      case '--sysfs-root': o.sysfsRoot = value(); break;
-      case '--dev-root': o.devRoot = value(); break;
-      case '--vfio-mode': {
-        const v = value();
-        if (v !== 'auto' && v !== 'group' && v !== 'iommufd') throw new UsageError(`--vfio-mode "${v}": use auto, group or iommufd`);
-        o.vfioMode = v;
-        break;
-      }
-      case '--log-level': {
-        const v = value();
-        if (!['error', 'warn', 'info', 'debug'].includes(v)) throw new UsageError(`--log-level "${v}": use error, warn, info or debug`);
-        o.logLevel = v;
-        break;
-      }
-      case '-h': case '--help': o.help = true; break;
-      default:
-        throw new UsageError(`unknown EAL option "${argv[i]}" (application options go after "--"; see --help)`);
-    }
+    } else if (inline !== undefined) throw new UsageError(`${arg} takes no value (got "${argv[i]}")`);
+    spec.apply(o, v, arg);
   }
   if (o.noHuge && o.inMemory) throw new UsageError('--no-huge and --in-memory exclude each other: --in-memory uses hugepages without files');
   if (o.noHuge && o.hugeDir) throw new UsageError('--no-huge and --huge-dir exclude each other');

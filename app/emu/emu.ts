@@ -12,7 +12,9 @@ import type { Eal } from '../../src/eal.js';
 import { VfioUserServer } from '../../lib/vfio-user/server.js';
 import type { EmuDevice } from '../../lib/emudev/emudev.js';
 import { DmatestDevice } from '../../drivers/emu/dmatest/dmatest.js';
-import { createVirtioNetEmu, VIRTIO_NET_SUMMARY, VIRTIO_NET_ARGS } from './virtio-net.js';
+import { createVirtioNetEmu, VIRTIO_NET_SUMMARY } from './virtio-net.js';
+import { VIRTIO_NET_ARGS } from '../../drivers/emu/virtio-net/layout.js';
+import { splitDevargs, checkDevargs, devargsHelp, type DevargsSchema } from '../../lib/kvargs/kvargs.js';
 import { appArgv, ownFlagsWithPositionals } from '../vfio-user/positional.js';
 import { probePorts } from '../../drivers/bus/probe.js';
 import type { EthDev } from '../../lib/ethdev/ethdev.js';
@@ -29,29 +31,17 @@ export interface EmuProvider {
 /** A device kind `tspmd emu` can serve. */
 export interface EmuDeviceKind {
   summary: string;
-  /** help lines for its key=value arguments */
-  args?: string;
+  /** its key=value arguments: checked when the command line is parsed, listed by --help */
+  schema: DevargsSchema;
   /** Create the device from its key=value arguments (unknown keys: UsageError) and the app's ports (backends). */
   create: (eal: Eal, args: Record<string, string>, ports: readonly EthDev[]) => Promise<EmuProvider> | EmuProvider;
 }
 
 /** The devices `tspmd emu` knows, by name. */
 export const EMU_DEVICES: Record<string, EmuDeviceKind> = {
-  dmatest: { summary: 'copy + Adler-32 DMA engine: doorbell in a sparse-mmapped BAR page, ring in client memory, MSI-X', create: () => new DmatestDevice() },
-  'virtio-net': { summary: VIRTIO_NET_SUMMARY, args: VIRTIO_NET_ARGS, create: createVirtioNetEmu },
+  dmatest: { summary: 'copy + Adler-32 DMA engine: doorbell in a sparse-mmapped BAR page, ring in client memory, MSI-X', schema: {}, create: () => new DmatestDevice() },
+  'virtio-net': { summary: VIRTIO_NET_SUMMARY, schema: VIRTIO_NET_ARGS, create: createVirtioNetEmu },
 };
-
-/** Split "name,key=value,key=value" into the name and its arguments. */
-function parseDeviceSpec(spec: string): { name: string; args: Record<string, string> } {
-  const [name, ...kvs] = spec.split(',');
-  const args: Record<string, string> = {};
-  for (const kv of kvs) {
-    const i = kv.indexOf('=');
-    if (i <= 0) throw new UsageError(`device argument "${kv}" in "${spec}" is not key=value`);
-    args[kv.slice(0, i)] = kv.slice(i + 1);
-  }
-  return { name, args };
-}
 
 /** The app's options. */
 export interface EmuOptions {
@@ -69,7 +59,7 @@ const NAMED = { '--socket': true, '--no-reset': false };
 export const emu: App<EmuOptions> = {
   name: 'emu',
   summary: 'serve an emulated device over vfio-user: tspmd emu <device> --socket PATH',
-  help: `  <device>[,k=v...]   ${Object.entries(EMU_DEVICES).map(([n, d]) => `${n}: ${d.summary}${d.args ? '\n' + d.args : ''}`).join('\n                     ')}
+  help: `  <device>[,k=v...]   ${Object.entries(EMU_DEVICES).map(([n, d]) => `${n}: ${d.summary}${Object.keys(d.schema).length > 0 ? '\n' + devargsHelp(d.schema, '                       ') : ''}`).join('\n                     ')}
   --socket PATH      unix socket to serve on (created mode 0600, removed at exit)
   --no-reset         keep device state when a client disconnects (default: reset)`,
   /** Named flags plus the positionals of this command line, so runApp moves them after "--". */
@@ -87,8 +77,9 @@ export const emu: App<EmuOptions> = {
       else throw new UsageError(`unknown emu option "${flag}" (see --help)`);
     });
     if (device === null) throw new UsageError(`name a device to emulate: ${Object.keys(EMU_DEVICES).join(', ')}`);
-    const { name, args } = parseDeviceSpec(device as string);
+    const { name, raw: args } = splitDevargs(device as string, 'device');
     if (!(name in EMU_DEVICES)) throw new UsageError(`unknown device "${name}"; known: ${Object.keys(EMU_DEVICES).join(', ')}`);
+    checkDevargs(args, EMU_DEVICES[name].schema, { where: `device "${device as string}"`, driver: name }); // mistakes show before the EAL starts
     if (socket === null) throw new UsageError('--socket PATH is required');
     return { device: name, args, socket, noReset };
   },

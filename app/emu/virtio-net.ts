@@ -15,8 +15,6 @@ import * as L from '../../drivers/emu/virtio-net/layout.js';
 
 /** One line for `tspmd emu --help`. */
 export const VIRTIO_NET_SUMMARY = 'virtio 1.x modern network device (split rings, MSI-X, MQ, MRG_RXBUF) on an EAL port: --vdev <backend>';
-/** Argument help for `tspmd emu --help`. */
-export const VIRTIO_NET_ARGS = L.ARGS_HELP;
 
 /** Descriptors of the backend's queues. */
 const BACKEND_DESC = 1024;

@@ -3,12 +3,7 @@
  * `tspmd vfio-user-info SOCKET`): runApp moves an app's own flags after "--" (App.ownFlags), so the
  * positionals are declared as own flags, found by skipping the EAL options and their values.
  */
-
-/** EAL options that take a value (src/options.ts): their value is never a positional. */
-const EAL_VALUE_OPTIONS = new Set([
-  '-l', '--lcores', '--main-lcore', '-m', '--socket-mem', '--huge-dir', '--file-prefix', '--iova-mode', '--vdev',
-  '-a', '--allow', '-b', '--block', '--sysfs-root', '--dev-root', '--vfio-mode', '--log-level',
-]);
+import { EAL_VALUE_OPTIONS } from '../../src/options.js';
 
 /**
  * Own flags for runApp: the app's named flags plus every positional found before "--" in argv

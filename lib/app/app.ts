@@ -10,7 +10,7 @@ import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isMainThread } from 'node:worker_threads';
 import { Eal } from '../../src/eal.js';
-import { parseEalArgs, splitArgs, UsageError, EAL_HELP, type EalOptions } from '../../src/options.js';
+import { parseEalArgs, splitArgs, ealOptionKey, UsageError, EAL_HELP, type EalOptions } from '../../src/options.js';
 
 /** One application: its name, help text, option parser (required when it has options) and body. */
 export type App<O = void> = AppBody<O> & (void extends O ? { parse?(args: string[]): O } : { parse(args: string[]): O });
@@ -30,8 +30,8 @@ export interface AppBody<O> {
   main(eal: Eal, opts: O): Promise<number>;
 }
 
-/** Run an app with argv (without the app name); resolves to the process exit code. */
-export async function runApp<O>(app: App<O>, argvIn: string[]): Promise<number> {
+/** Run an app with argv (without the app name); resolves to the process exit code. prog names it in messages (e.g. "tspmd l2fwd"). */
+export async function runApp<O>(app: App<O>, argvIn: string[], prog: string = app.name): Promise<number> {
   let opts: O;
   let ealOpts: EalOptions;
   const argv = app.ownFlags ? moveOwnFlags(argvIn, app.ownFlags) : argvIn;
@@ -40,13 +40,13 @@ export async function runApp<O>(app: App<O>, argvIn: string[]): Promise<number> 
     ealOpts = parseEalArgs(ealArgs);
     if (ealOpts.help || appArgs.includes('--help') || appArgs.includes('-h')) {
       const own = app.help ? `\n\n${app.name} options (after "--"):\n${app.help}` : '';
-      console.log(`usage: ${app.name} [EAL options] -- [${app.name} options]${app.summary ? `\n\n${app.summary}` : ''}${own}\n\n${EAL_HELP}`);
+      console.log(`usage: ${prog} [EAL options] -- [${app.name} options]${app.summary ? `\n\n${app.summary}` : ''}${own}\n\n${EAL_HELP}`);
       return 0;
     }
     opts = parseAppArgs(app, appArgs);
   } catch (e) {
     if (e instanceof UsageError) {
-      console.error(`tspmd ${app.name}: ${e.message}`);
+      console.error(`${prog}: ${e.message}`);
       return 2;
     }
     throw e;
@@ -55,20 +55,20 @@ export async function runApp<O>(app: App<O>, argvIn: string[]): Promise<number> 
   try {
     eal = new Eal({ ...app.ealDefaults, ...explicitOptions(ealOpts, argv) });
   } catch (e) {
-    console.error(`tspmd ${app.name}: ${(e as Error).message}`);
+    console.error(`${prog}: ${(e as Error).message}`);
     return e instanceof UsageError ? 2 : 1;
   }
   try {
     return await app.main(eal, opts);
   } catch (e) {
     if (e instanceof UsageError) {
-      console.error(`tspmd ${app.name}: ${e.message}`);
+      console.error(`${prog}: ${e.message}`);
       return 2;
     }
-    console.error(`tspmd ${app.name}: ${e instanceof Error ? e.stack ?? e.message : String(e)}`);
+    console.error(`${prog}: ${e instanceof Error ? e.stack ?? e.message : String(e)}`);
     return 1;
   } finally {
-    await eal.close().catch((e: unknown) => console.error(`tspmd ${app.name}: while closing: ${(e as Error).message}`));
+    await eal.close().catch((e: unknown) => console.error(`${prog}: while closing: ${(e as Error).message}`));
   }
 }
 
@@ -127,13 +127,10 @@ export function moveOwnFlags(argv: readonly string[], own: Record<string, boolea
 function explicitOptions(o: EalOptions, argv: string[]): Partial<EalOptions> {
   const given = new Set(splitArgs(argv)[0].filter((a) => a.startsWith('-')).map((a) => a.split('=')[0]));
   const out: Partial<EalOptions> = {};
-  const map: Record<string, keyof EalOptions> = {
-    '-l': 'lcores', '--lcores': 'lcores', '--main-lcore': 'mainLcore', '-m': 'memoryMb', '--socket-mem': 'memoryMb',
-    '--huge-dir': 'hugeDir', '--no-huge': 'noHuge', '--in-memory': 'inMemory', '--file-prefix': 'filePrefix',
-    '--iova-mode': 'iovaMode', '--vdev': 'vdevs', '-a': 'allow', '--allow': 'allow', '-b': 'block', '--block': 'block',
-    '--no-pci': 'noPci', '--sysfs-root': 'sysfsRoot', '--dev-root': 'devRoot', '--vfio-mode': 'vfioMode', '--log-level': 'logLevel',
-  };
-  for (const [flag, key] of Object.entries(map)) if (given.has(flag)) (out as Record<string, unknown>)[key] = o[key];
+  for (const flag of given) {
+    const key = ealOptionKey(flag); // src/options.ts EAL_OPTIONS: every spelling of every option
+    if (key !== undefined && key !== 'help') (out as Record<string, unknown>)[key] = o[key];
+  }
   return out;
 }
 

@@ -81,7 +81,7 @@ t.test('net_tap: interface lifecycle, TX counted by the kernel, kernel frames re
 t.test('net_tap bad input', { skip: needRoot }, async (t) => {
   const eal = new Eal({ noHuge: true, filePrefix: `tsptb${process.pid}`, lcores: [{ id: 0, cpu: 0 }], mainLcore: 0 });
   t.teardown(() => eal.close());
-  await t.rejects(probeVdevs(eal, ['net_tap0,iface=this-name-is-too-long']), /use 1-15 characters/);
-  await t.rejects(probeVdevs(eal, ['net_tap0,mac=zz']), /mac=zz: "zz" is not a MAC address/);
+  await t.rejects(probeVdevs(eal, ['net_tap0,iface=this-name-is-too-long']), /^--vdev "net_tap0,iface=this-name-is-too-long": iface=this-name-is-too-long must be 1-15 characters/);
+  await t.rejects(probeVdevs(eal, ['net_tap0,mac=zz']), /^--vdev "net_tap0,mac=zz": mac=zz must be a (unicast )?MAC address like 02:00:00:00:00:01$/);
   await t.rejects(probeVdevs(eal, ['net_tap0,colour=red']), /net_tap has no key "colour"/);
 });

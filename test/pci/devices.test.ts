@@ -6,26 +6,16 @@
  * loading); the rest call runApp in this process, which is what the command does after dispatch.
  */
 import t from 'tap';
-import { execFile } from 'node:child_process';
 import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { devices, type DeviceRow } from '../../app/devices/devices.js';
 import { moveOwnFlags as moveFlags } from '../../lib/app/app.js';
 import { runApp } from '../../lib/app/app.js';
 import { standardFixture } from './fixture.js';
+import { runCli } from '../cli.js';
 
-const CLI = fileURLToPath(new URL('../../app/tspmd' + (import.meta.url.endsWith('.ts') ? '.ts' : '.js'), import.meta.url));
 const MTTY = '83b8f4f2-509f-382f-3c1e-e6bfe0fa1001';
 const CCW = '0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9';
-
-function tspmd(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [...process.execArgv, CLI, ...args], { timeout: 60000 }, (err, stdout, stderr) => {
-      resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr });
-    });
-  });
-}
 
 /** runApp in this process, as the dispatcher calls it, with stdout/stderr captured. */
 async function inProcess(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -34,7 +24,7 @@ async function inProcess(args: string[]): Promise<{ code: number; stdout: string
   console.log = (...a: unknown[]) => { out.push(a.join(' ') + '\n'); };
   console.error = (...a: unknown[]) => { err.push(a.join(' ') + '\n'); };
   try {
-    const code = await runApp(devices, args);
+    const code = await runApp(devices, args, 'tspmd devices');
     return { code, stdout: out.join(''), stderr: err.join('') };
   } finally {
     console.log = log;
@@ -48,9 +38,9 @@ const base = ['--sysfs-root', fx.sysfs, '--dev-root', fx.dev];
 
 // the three child processes, started together
 const cli = Promise.all([
-  tspmd(['devices', ...base, '--json']),
-  tspmd(['devices', ...base]),
-  tspmd(['devices', '--sysfs-root', join(fx.dir, 'nope'), '--json']),
+  runCli(['devices', ...base, '--json']),
+  runCli(['devices', ...base]),
+  runCli(['devices', '--sysfs-root', join(fx.dir, 'nope'), '--json']),
 ]);
 
 t.test('--json: one JSON array line of the contract\'s shape', async (t) => {

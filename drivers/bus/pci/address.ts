@@ -5,6 +5,7 @@
  */
 import { resolve } from 'node:path';
 import { UsageError } from '../../../src/options.js';
+import { splitDevargs } from '../../../lib/kvargs/kvargs.js';
 
 /** A PCI address split into its parts. */
 export interface PciAddress {
@@ -58,19 +59,14 @@ export interface DeviceSpec {
   args: Record<string, string>;
 }
 
-/** Parse an -a/-b entry ("0000:01:00.0,rxq=2"); throws UsageError naming the option. */
+/** Parse an -a/-b entry ("0000:01:00.0,rxq=2"); throws UsageError naming the option; the driver checks the args against its schema. */
 export function parseDeviceSpec(option: string, s: string): DeviceSpec {
-  const [addr, ...kvs] = s.split(',');
-  const name = canonicalDeviceName(addr.trim());
+  const { name: addr, raw } = splitDevargs(s, option);
+  const name = canonicalDeviceName(addr);
   if (name === null) {
     throw new UsageError(`${option} "${s}": "${addr}" is neither a PCI address (DDDD:BB:DD.F or BB:DD.F, e.g. 0000:01:00.0), an mdev UUID, nor vfio-user:SOCKET`);
   }
-  const args: Record<string, string> = {};
-  for (const kv of kvs) {
-    const eq = kv.indexOf('=');
-    args[eq < 0 ? kv : kv.slice(0, eq)] = eq < 0 ? '' : kv.slice(eq + 1);
-  }
-  return { name, args };
+  return { name, args: raw };
 }
 
 /** The allow and block lists of the EAL options, parsed once. */

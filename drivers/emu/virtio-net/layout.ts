@@ -14,8 +14,7 @@
  * share one Int32Array of state words (written by the control half inside plane.quiesce, except
  * the few marked "worker") and one Float64Array of statistics (written by the worker only).
  */
-import { UsageError } from '../../../src/options.js';
-import { parseMac } from '../../../lib/ethdev/ethdev.js';
+import { checkDevargs, type DevargsSchema } from '../../../lib/kvargs/kvargs.js';
 import { VIRTQ_MAX_SIZE } from '../../../lib/virtio/virtio.js';
 
 export const PCI_SUBSYSTEM_ID = 0x1100;
@@ -124,31 +123,17 @@ export interface VirtioNetConfig {
   queueSize: number;
 }
 
-/** Help for the arguments. */
-export const ARGS_HELP = '                       mac=aa:bb:cc:dd:ee:ff (default 02:76:6e:65:74:01), queues=PAIRS (1), backend=PORT (0),\n                       mrg=0|1 (offer MRG_RXBUF, 1), size=MAX_QUEUE_SIZE (power of two, 256)';
+/** The device's arguments (`tspmd emu virtio-net,key=value,...`); `tspmd emu --help` lists them from here. */
+export const VIRTIO_NET_ARGS = {
+  mac: { kind: 'mac', unicast: true, default: [0x02, 0x76, 0x6e, 0x65, 0x74, 0x01], help: 'the device\'s MAC address' },
+  queues: { kind: 'int', min: 1, max: MAX_PAIRS, default: 1, placeholder: 'PAIRS', help: 'queue pairs' },
+  backend: { kind: 'int', min: 0, max: 1023, default: 0, placeholder: 'PORT', help: 'the EAL port the device sends and receives through' },
+  mrg: { kind: 'bool', default: true, help: 'offer MRG_RXBUF (VIRTIO_NET_F_MRG_RXBUF)' },
+  size: { kind: 'pow2', min: 1, max: VIRTQ_MAX_SIZE, default: 256, placeholder: 'MAX_QUEUE_SIZE', help: 'largest queue size' },
+} as const satisfies DevargsSchema;
 
-const KEYS = ['mac', 'queues', 'backend', 'mrg', 'size'];
-
-/** Parse and validate the device arguments; a UsageError names the key and how to fix it. */
-export function parseVirtioNetArgs(args: Record<string, string>): VirtioNetConfig {
-  for (const k of Object.keys(args)) {
-    if (!KEYS.includes(k)) throw new UsageError(`virtio-net: unknown argument "${k}"; valid: ${KEYS.map((x) => `${x}=`).join(', ')} (e.g. virtio-net,queues=2,mrg=0)`);
-  }
-  const int = (k: string, def: number, min: number, max: number): number => {
-    const s = args[k];
-    if (s === undefined) return def;
-    if (!/^\d+$/.test(s) || Number(s) < min || Number(s) > max) throw new UsageError(`virtio-net: ${k}=${s} must be an integer from ${min} to ${max}`);
-    return Number(s);
-  };
-  let mac = [0x02, 0x76, 0x6e, 0x65, 0x74, 0x01];
-  if (args.mac !== undefined) {
-    try { mac = parseMac(args.mac); } catch (e) { throw new UsageError(`virtio-net: mac=${args.mac}: ${(e as Error).message}`); }
-    if (mac[0] & 1) throw new UsageError(`virtio-net: mac=${args.mac} is a multicast address; use a unicast one such as 02:00:00:00:00:01`);
-  }
-  const pairs = int('queues', 1, 1, MAX_PAIRS);
-  const backend = int('backend', 0, 0, 1023);
-  if (args.mrg !== undefined && args.mrg !== '0' && args.mrg !== '1') throw new UsageError(`virtio-net: mrg=${args.mrg} must be 0 or 1`);
-  const queueSize = int('size', 256, 1, VIRTQ_MAX_SIZE);
-  if ((queueSize & (queueSize - 1)) !== 0) throw new UsageError(`virtio-net: size=${queueSize} must be a power of two (e.g. 256)`);
-  return { mac, pairs, backend, mrg: args.mrg !== '0', queueSize };
+/** Check the device arguments; a UsageError names the key, the value and what is allowed. */
+export function parseVirtioNetArgs(raw: Record<string, string>): VirtioNetConfig {
+  const a = checkDevargs(raw, VIRTIO_NET_ARGS, { where: 'virtio-net', driver: 'virtio-net' });
+  return { mac: a.mac, pairs: a.queues, backend: a.backend, mrg: a.mrg, queueSize: a.size };
 }

@@ -15,7 +15,8 @@ import { log } from '../../../src/log.js';
 import {
   EthDev, type DevInfo, type LinkStatus, type PortConf, parseMac, rxqStatsBase, RXQ_MISSED,
 } from '../../../lib/ethdev/ethdev.js';
-import { registerVdevDriver, intArg } from '../../bus/vdev/vdev.js';
+import { registerVdevDriver } from '../../bus/vdev/vdev.js';
+import { devargsError } from '../../../lib/kvargs/kvargs.js';
 import { siblingModule } from '../../../src/lcore/lcores.js';
 import * as P from './uapi.js';
 import type { AfPacketQueueData } from './af_packet_data.js';
@@ -208,25 +209,23 @@ function openPacketSocket(): number {
 registerVdevDriver({
   name: 'net_af_packet',
   description: 'a Linux interface through AF_PACKET PACKET_MMAP (TPACKET_V3) rings',
-  keys: {
-    iface: 'interface name (required)', qpairs: 'queue pairs, default 1', blocksz: 'ring block size, default 262144',
-    framesz: 'frame size, default 2048', framecnt: 'frames per ring, default 2048', qdisc_bypass: '1 (default) or 0',
-    fanout_mode: 'hash (default), lb or cpu',
+  schema: {
+    iface: { kind: 'string', required: true, placeholder: 'IFNAME', help: 'interface name' },
+    qpairs: { kind: 'int', min: 1, max: 16, default: 1, help: 'queue pairs' },
+    blocksz: { kind: 'int', min: 4096, max: 1 << 28, default: 1 << 18, help: 'ring block size in bytes, a multiple of the page size' },
+    framesz: { kind: 'int', min: 128, max: 1 << 16, default: 2048, help: 'frame size in bytes, a multiple of 16 that divides blocksz' },
+    framecnt: { kind: 'int', min: 8, max: 1 << 20, default: 2048, help: 'frames per ring' },
+    qdisc_bypass: { kind: 'bool', default: true, help: 'send past the qdisc layer (PACKET_QDISC_BYPASS)' },
+    fanout_mode: { kind: 'enum', values: ['hash', 'lb', 'cpu'], default: 'hash', help: 'how PACKET_FANOUT spreads RX over the queues' },
   },
   probe: (name, args) => {
-    if (!args.iface) throw new UsageError(`--vdev ${name}: iface=IFNAME is required`);
     const page = 4096;
-    const blockSize = intArg(name, args, 'blocksz', 1 << 18, page, 1 << 28);
-    const frameSize = intArg(name, args, 'framesz', 2048, 128, 1 << 16);
-    const frameCount = intArg(name, args, 'framecnt', 2048, 8, 1 << 20);
-    if (blockSize % page !== 0) throw new UsageError(`--vdev ${name}: blocksz=${blockSize} must be a multiple of the page size ${page}`);
-    if (frameSize % 16 !== 0 || blockSize % frameSize !== 0) throw new UsageError(`--vdev ${name}: framesz=${frameSize} must be a multiple of 16 that divides blocksz=${blockSize}`);
-    if ((frameSize * frameCount) % blockSize !== 0) throw new UsageError(`--vdev ${name}: framesz*framecnt (${frameSize * frameCount}) must be a multiple of blocksz=${blockSize}`);
-    const fanout = args.fanout_mode ?? 'hash';
-    if (!(fanout in FANOUT)) throw new UsageError(`--vdev ${name}: fanout_mode=${fanout}: use hash, lb or cpu`);
+    const blockSize = args.blocksz, frameSize = args.framesz, frameCount = args.framecnt;
+    if (blockSize % page !== 0) throw devargsError(args, 'blocksz', `must be a multiple of the page size ${page}`);
+    if (frameSize % 16 !== 0 || blockSize % frameSize !== 0) throw devargsError(args, 'framesz', `must be a multiple of 16 that divides blocksz=${blockSize}`);
+    if ((frameSize * frameCount) % blockSize !== 0) throw devargsError(args, 'framecnt', `must make framesz*framecnt (${frameSize * frameCount}) a multiple of blocksz=${blockSize}`);
     return new AfPacketPort(name, {
-      iface: args.iface, qpairs: intArg(name, args, 'qpairs', 1, 1, 16), blockSize, frameSize, frameCount,
-      qdiscBypass: intArg(name, args, 'qdisc_bypass', 1, 0, 1) === 1, fanout: fanout as keyof typeof FANOUT,
+      iface: args.iface, qpairs: args.qpairs, blockSize, frameSize, frameCount, qdiscBypass: args.qdisc_bypass, fanout: args.fanout_mode,
     });
   },
 });

@@ -4,7 +4,7 @@
  * `--vdev net_nullN[,size=64][,copy=0|1]`.
  */
 import { EthDev, type DevInfo, type LinkStatus, MAX_QUEUES } from '../../../lib/ethdev/ethdev.js';
-import { registerVdevDriver, intArg } from '../../bus/vdev/vdev.js';
+import { registerVdevDriver } from '../../bus/vdev/vdev.js';
 import { siblingModule } from '../../../src/lcore/lcores.js';
 import type { NullQueueData } from './null_data.js';
 
@@ -55,9 +55,9 @@ export class NullPort extends EthDev {
 registerVdevDriver({
   name: 'net_null',
   description: 'makes packets on RX, drops them on TX (no device)',
-  keys: { size: 'packet size in bytes, default 64', copy: '1: write/read packet bytes like a real device, default 0' },
-  probe: (name, args) => {
-    const copy = intArg(name, args, 'copy', 0, 0, 1) === 1;
-    return new NullPort(name, intArg(name, args, 'size', 64, 14, 9000), copy);
+  schema: {
+    size: { kind: 'int', min: 14, max: 9000, default: 64, help: 'packet size in bytes' },
+    copy: { kind: 'bool', default: false, help: '1: write/read packet bytes like a real device' },
   },
+  probe: (name, args) => new NullPort(name, args.size, args.copy),
 });

@@ -7,8 +7,8 @@
 import { EthDev, type DevInfo, type LinkStatus, MAX_QUEUES, listPorts } from '../../../lib/ethdev/ethdev.js';
 import { Ring, type RingDesc } from '../../../lib/ring/ring.js';
 import { pktmbufFree } from '../../../lib/mempool/mbuf.js';
-import { registerVdevDriver, intArg } from '../../bus/vdev/vdev.js';
-import { UsageError } from '../../../src/options.js';
+import { registerVdevDriver } from '../../bus/vdev/vdev.js';
+import { devargsError } from '../../../lib/kvargs/kvargs.js';
 import { siblingModule } from '../../../src/lcore/lcores.js';
 
 const DATA = siblingModule(import.meta.url, 'ring_data');
@@ -97,16 +97,17 @@ function drain(rings: Ring[]): void {
 registerVdevDriver({
   name: 'net_ring',
   description: 'shared-memory ring port: loopback, or back to back with peer=',
-  keys: { size: 'ring entries per queue (power of two), default 1024', peer: 'name of an earlier net_ring port to link with' },
+  schema: {
+    size: { kind: 'pow2', min: 1, max: 1 << 20, default: 1024, help: 'ring entries per queue' },
+    peer: { kind: 'string', placeholder: 'net_ringM', help: 'name of an earlier net_ring port to link with' },
+  },
   probe: (name, args) => {
-    const size = intArg(name, args, 'size', 1024, 1, 1 << 20);
-    if ((size & (size - 1)) !== 0) throw new UsageError(`--vdev ${name}: size=${size} must be a power of two`);
-    const port = new RingPort(name, size);
+    const port = new RingPort(name, args.size);
     if (args.peer !== undefined) {
       const peer = listPorts().find((p) => p.name === args.peer);
       if (!(peer instanceof RingPort)) {
         port.close();
-        throw new UsageError(`--vdev ${name}: peer=${args.peer} is not an earlier net_ring port (give it first, e.g. --vdev ${args.peer} --vdev ${name},peer=${args.peer})`);
+        throw devargsError(args, 'peer', `is not an earlier net_ring port (give it first, e.g. --vdev ${args.peer} --vdev ${name},peer=${args.peer})`);
       }
       RingPort.link(port, peer);
     }

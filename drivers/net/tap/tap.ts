@@ -9,7 +9,7 @@ import * as os from '../../../src/os/libc.js';
 import { OsError } from '../../../src/os/libc.js';
 import { UsageError } from '../../../src/options.js';
 import { EthDev, type DevInfo, type LinkStatus, type PortConf, parseMac } from '../../../lib/ethdev/ethdev.js';
-import { registerVdevDriver, intArg } from '../../bus/vdev/vdev.js';
+import { registerVdevDriver } from '../../bus/vdev/vdev.js';
 import { siblingModule } from '../../../src/lcore/lcores.js';
 import type { TapQueueData } from './tap_data.js';
 
@@ -155,14 +155,13 @@ export class TapPort extends EthDev {
 registerVdevDriver({
   name: 'net_tap',
   description: 'a TAP interface created by the port',
-  keys: { iface: 'interface name, default dtapN', mac: 'MAC address, default random', qpairs: 'queue pairs, default 1' },
+  schema: {
+    iface: { kind: 'string', placeholder: 'IFNAME', pattern: /^[A-Za-z0-9_.-]{1,15}$/, allowed: '1-15 characters from A-Z a-z 0-9 _ . -', help: 'interface name (default dtapN)' },
+    mac: { kind: 'mac', help: 'MAC address (default random)' },
+    qpairs: { kind: 'int', min: 1, max: 16, default: 1, help: 'queue pairs' },
+  },
   probe: (name, args) => {
     const iface = args.iface ?? `dtap${name.replace(/^\D+/, '')}`;
-    if (!/^[A-Za-z0-9_.-]{1,15}$/.test(iface)) throw new UsageError(`--vdev ${name}: iface=${iface}: use 1-15 characters from A-Z a-z 0-9 _ . -`);
-    let mac: number[] | null = null;
-    if (args.mac !== undefined) {
-      try { mac = parseMac(args.mac); } catch (e) { throw new UsageError(`--vdev ${name}: mac=${args.mac}: ${(e as Error).message}`); }
-    }
-    return new TapPort(name, iface, intArg(name, args, 'qpairs', 1, 1, 16), mac);
+    return new TapPort(name, iface, args.qpairs, args.mac ?? null);
   },
 });

@@ -11,6 +11,7 @@
  *
  * `-a ADDR[,queue_size=N][,mrg_rxbuf=0|1][,ctrl_vq=0|1]`
  */
+import { checkDevargs, type DevargsSchema } from '../../../lib/kvargs/kvargs.js';
 import type { VfioDevice } from '../../../src/iommu/device.js';
 import type { EalMemory, Memzone } from '../../../src/memory/memory.js';
 import { viewOf } from '../../../src/os/libc.js';
@@ -19,7 +20,8 @@ import { UsageError } from '../../../src/options.js';
 import { siblingModule } from '../../../src/lcore/lcores.js';
 import { EthDev, MAX_QUEUES, xstatIndex, type DevInfo, type LinkStatus, type PortConf } from '../../../lib/ethdev/ethdev.js';
 import type { Mempool } from '../../../lib/mempool/mempool.js';
-import { pktmbufAllocInit, pktmbufFreeBulk, pktmbufHeadroom, pktmbufDataRoom, MBUF_NONE, F_BUF_IOVA } from '../../../lib/mempool/mbuf.js';
+import { pktmbufAllocInit, pktmbufFreeBulk, pktmbufHeadroom, pktmbufDataRoom, MBUF_NONE } from '../../../lib/mempool/mbuf.js';
+import { MbufView } from '../../../lib/mempool/mbuf_view.js';
 import { registerPciDriver } from '../../bus/pci/pci.js';
 import * as V from '../../../lib/virtio/virtio.js';
 import { VirtioPci, chooseQueueSize, sleepMs, type FeatureChoice } from './virtio_pci.js';
@@ -255,11 +257,10 @@ export class VirtioNetPort extends EthDev {
     if (!pktmbufAllocInit(pool, ms, size, 0, 0, this.port)) {
       throw new Error(`${what}: mbuf pool "${pool.name}" has ${pool.availableCount()} free mbufs; the ring's ${size} descriptors need ${size} (make the pool larger or the ring smaller: queue_size=N)`);
     }
-    const l = queue.layout, u16 = queue.u16, u32 = queue.u32;
+    const l = queue.layout, u16 = queue.u16, u32 = queue.u32, v = new MbufView();
     for (let id = 0; id < size; id++) {
       const m = ms[id];
-      const o = pool.offsetOf(m);
-      const [lo, hi] = iovaHalves(pool.u32[(o + F_BUF_IOVA) >> 2], pool.u32[((o + F_BUF_IOVA) >> 2) + 1], headroom - HDR);
+      const [lo, hi] = iovaHalves(v.at(m).bufIovaLo, v.bufIovaHi, headroom - HDR);
       const d = (l.desc >> 2) + 4 * id;
       u32[d] = lo;
       u32[d + 1] = hi;
@@ -399,31 +400,17 @@ function randomMac(): number[] {
 }
 
 /** Devargs this driver takes (-a ADDR,key=value). */
-export const VIRTIO_ARGS: Record<string, string> = {
-  queue_size: 'largest virtqueue size to use, a power of two (default: the device maximum)',
-  mrg_rxbuf: '1 (default) or 0: accept mergeable RX buffers (VIRTIO_NET_F_MRG_RXBUF)',
-  ctrl_vq: '1 (default) or 0: use the control queue (needed for more than one queue pair and promiscuous control)',
-};
+export const VIRTIO_ARGS = {
+  queue_size: { kind: 'pow2', min: 2, max: V.VIRTQ_MAX_SIZE, help: 'largest virtqueue size to use (default: the device maximum)' },
+  mrg_rxbuf: { kind: 'bool', help: '1 (default) or 0: accept mergeable RX buffers (VIRTIO_NET_F_MRG_RXBUF)' },
+  ctrl_vq: { kind: 'bool', help: '1 (default) or 0: use the control queue (needed for more than one queue pair and promiscuous control)' },
+} as const satisfies DevargsSchema;
 
 /** Parse -a ADDR,key=value arguments; throws a UsageError naming the device and the key. */
-export function parseVirtioArgs(dev: string, args: Record<string, string>): VirtioNetOptions {
-  for (const k of Object.keys(args)) {
-    if (!(k in VIRTIO_ARGS)) throw new UsageError(`-a ${dev}: net_virtio has no key "${k}"; valid keys: ${Object.entries(VIRTIO_ARGS).map(([n, d]) => `${n} (${d})`).join(', ')}`);
-  }
-  const bool = (k: string): boolean | undefined => {
-    const v = args[k];
-    if (v === undefined) return undefined;
-    if (v !== '0' && v !== '1') throw new UsageError(`-a ${dev}: ${k}=${v} must be 0 or 1`);
-    return v === '1';
-  };
-  const o: VirtioNetOptions = { mrgRxbuf: bool('mrg_rxbuf'), ctrlVq: bool('ctrl_vq') };
-  if (args.queue_size !== undefined) {
-    const n = Number(args.queue_size);
-    if (!/^\d+$/.test(args.queue_size) || n < 2 || n > V.VIRTQ_MAX_SIZE || (n & (n - 1)) !== 0) {
-      throw new UsageError(`-a ${dev}: queue_size=${args.queue_size} must be a power of two from 2 to ${V.VIRTQ_MAX_SIZE}`);
-    }
-    o.queueSize = n;
-  }
+export function parseVirtioArgs(dev: string, raw: Record<string, string>): VirtioNetOptions {
+  const a = checkDevargs(raw, VIRTIO_ARGS, { where: `-a ${dev}`, driver: 'net_virtio' });
+  const o: VirtioNetOptions = { mrgRxbuf: a.mrg_rxbuf, ctrlVq: a.ctrl_vq };
+  if (a.queue_size !== undefined) o.queueSize = a.queue_size;
   return o;
 }
 
