@@ -22,6 +22,7 @@
 import type { EalMemory } from '../../src/memory/memory.js';
 import { iovaAt } from '../../src/memory/segment.js';
 import { Mempool, poolOf } from './mempool.js';
+import { MbufView } from './mbuf_view.js';
 
 export const MBUF_HDR = 64;
 export const MBUF_HEADROOM = 128;
@@ -209,11 +210,18 @@ export function pktmbufFreeBulk(ms: Uint32Array, n: number, off = 0): number {
   return bytes;
 }
 
+// The single-mbuf accessors below go through one cursor of this module. Created on first use:
+// mbuf_view.ts imports this module, so it may not be evaluated yet when this one is.
+let cursor: MbufView | undefined;
+
+/** This module's cursor, at m. */
+function at(m: number): MbufView {
+  return (cursor ??= new MbufView()).at(m);
+}
+
 /** Byte offset of the packet data (rte_pktmbuf_mtod) in the pool's views: poolOf(m).u8[off]. */
 export function mtod(m: number): number {
-  const p = poolOf(m);
-  const o = p.offsetOf(m);
-  return o + MBUF_HDR + p.u16[(o + F_DATA_OFF) >> 1];
+  return at(m).data;
 }
 
 /** IOVA of the packet data (rte_pktmbuf_iova). */
@@ -225,28 +233,22 @@ export function mbufDataIova(m: number): bigint {
 
 /** Data length of this segment. */
 export function dataLen(m: number): number {
-  const p = poolOf(m);
-  return p.u16[(p.offsetOf(m) + F_DATA_LEN) >> 1];
+  return at(m).dataLen;
 }
 
 /** Packet length (whole chain, first segment). */
 export function pktLen(m: number): number {
-  const p = poolOf(m);
-  return p.u32[(p.offsetOf(m) + F_PKT_LEN) >> 2];
+  return at(m).pktLen;
 }
 
 /** Set a single-segment packet's data and packet length at once. */
 export function setLen(m: number, len: number): void {
-  const p = poolOf(m);
-  const o = p.offsetOf(m);
-  p.u16[(o + F_DATA_LEN) >> 1] = len;
-  p.u32[(o + F_PKT_LEN) >> 2] = len;
+  at(m).setLen(len);
 }
 
 /** Data offset from the buffer start (headroom in use). */
 export function dataOff(m: number): number {
-  const p = poolOf(m);
-  return p.u16[(p.offsetOf(m) + F_DATA_OFF) >> 1];
+  return at(m).dataOff;
 }
 
 /** Bytes free before the data. */
@@ -256,27 +258,22 @@ export function headroom(m: number): number {
 
 /** Bytes free after the data of this segment. */
 export function tailroom(m: number): number {
-  const p = poolOf(m);
-  const o = p.offsetOf(m);
-  return p.u16[(o + F_BUF_LEN) >> 1] - p.u16[(o + F_DATA_OFF) >> 1] - p.u16[(o + F_DATA_LEN) >> 1];
+  return at(m).tailroom;
 }
 
 /** Input port of a received packet. */
 export function mbufPort(m: number): number {
-  const p = poolOf(m);
-  return p.u16[(p.offsetOf(m) + F_PORT) >> 1];
+  return at(m).port;
 }
 
 /** Set the input port. */
 export function setMbufPort(m: number, port: number): void {
-  const p = poolOf(m);
-  p.u16[(p.offsetOf(m) + F_PORT) >> 1] = port;
+  at(m).port = port;
 }
 
 /** Reference count. */
 export function refcnt(m: number): number {
-  const p = poolOf(m);
-  return p.u16[(p.offsetOf(m) + F_REFCNT) >> 1];
+  return at(m).refcnt;
 }
 
 /** Add delta to the reference count (e.g. +1 before sending one mbuf to two ports); returns the new count. */
@@ -291,14 +288,12 @@ export function refcntUpdate(m: number, delta: number): number {
 
 /** Segments in the chain. */
 export function nbSegs(m: number): number {
-  const p = poolOf(m);
-  return p.u16[(p.offsetOf(m) + F_NB_SEGS) >> 1];
+  return at(m).nbSegs;
 }
 
 /** Next segment, or MBUF_NONE. */
 export function nextSeg(m: number): number {
-  const p = poolOf(m);
-  return p.u32[(p.offsetOf(m) + F_NEXT) >> 2];
+  return at(m).next;
 }
 
 /** The last segment of a chain. */
@@ -310,76 +305,53 @@ export function lastSeg(m: number): number {
 
 /** Grow the data at the front by len bytes (rte_pktmbuf_prepend); returns the new data offset in the views, or -1. */
 export function prepend(m: number, len: number): number {
-  const p = poolOf(m);
-  const o = p.offsetOf(m);
-  const off = p.u16[(o + F_DATA_OFF) >> 1];
-  if (len < 0 || len > off) return -1;
-  p.u16[(o + F_DATA_OFF) >> 1] = off - len;
-  p.u16[(o + F_DATA_LEN) >> 1] += len;
-  p.u32[(o + F_PKT_LEN) >> 2] += len;
-  return o + MBUF_HDR + off - len;
+  return at(m).prepend(len);
 }
 
 /** Grow the data at the end of the last segment (rte_pktmbuf_append); returns the offset of the new bytes, or -1. */
 export function append(m: number, len: number): number {
-  const last = lastSeg(m);
-  if (len < 0 || len > tailroom(last)) return -1;
-  const p = poolOf(last);
-  const o = p.offsetOf(last);
-  const at = o + MBUF_HDR + p.u16[(o + F_DATA_OFF) >> 1] + p.u16[(o + F_DATA_LEN) >> 1];
-  p.u16[(o + F_DATA_LEN) >> 1] += len;
-  const hp = poolOf(m);
-  hp.u32[(hp.offsetOf(m) + F_PKT_LEN) >> 2] += len;
-  return at;
+  const v = at(lastSeg(m));
+  if (len < 0 || len > v.tailroom) return -1;
+  const end = v.data + v.dataLen;
+  v.dataLen += len;
+  at(m).pktLen += len;
+  return end;
 }
 
 /** Remove len bytes from the front of the first segment (rte_pktmbuf_adj); false if it has fewer. */
 export function adj(m: number, len: number): boolean {
-  const p = poolOf(m);
-  const o = p.offsetOf(m);
-  if (len < 0 || len > p.u16[(o + F_DATA_LEN) >> 1]) return false;
-  p.u16[(o + F_DATA_OFF) >> 1] += len;
-  p.u16[(o + F_DATA_LEN) >> 1] -= len;
-  p.u32[(o + F_PKT_LEN) >> 2] -= len;
-  return true;
+  return at(m).adj(len);
 }
 
 /** Remove len bytes from the end of the last segment (rte_pktmbuf_trim); false if it has fewer. */
 export function trim(m: number, len: number): boolean {
-  const last = lastSeg(m);
-  const p = poolOf(last);
-  const o = p.offsetOf(last);
-  if (len < 0 || len > p.u16[(o + F_DATA_LEN) >> 1]) return false;
-  p.u16[(o + F_DATA_LEN) >> 1] -= len;
-  const hp = poolOf(m);
-  hp.u32[(hp.offsetOf(m) + F_PKT_LEN) >> 2] -= len;
+  const v = at(lastSeg(m));
+  if (len < 0 || len > v.dataLen) return false;
+  v.dataLen -= len;
+  at(m).pktLen -= len;
   return true;
 }
 
 /** Append chain tail to chain head (rte_pktmbuf_chain); false if the segment count would overflow. */
 export function chain(head: number, tail: number): boolean {
-  const hp = poolOf(head);
-  const ho = hp.offsetOf(head);
-  const tp = poolOf(tail);
-  const to = tp.offsetOf(tail);
-  const segs = hp.u16[(ho + F_NB_SEGS) >> 1] + tp.u16[(to + F_NB_SEGS) >> 1];
+  let v = at(tail);
+  const tailSegs = v.nbSegs, tailLen = v.pktLen;
+  const segs = at(head).nbSegs + tailSegs;
   if (segs > MBUF_MAX_SEGS) return false;
-  const last = lastSeg(head);
-  const lp = poolOf(last);
-  lp.u32[(lp.offsetOf(last) + F_NEXT) >> 2] = tail;
-  hp.u16[(ho + F_NB_SEGS) >> 1] = segs;
-  hp.u32[(ho + F_PKT_LEN) >> 2] += tp.u32[(to + F_PKT_LEN) >> 2];
+  at(lastSeg(head)).next = tail;
+  v = at(head);
+  v.nbSegs = segs;
+  v.pktLen += tailLen;
   return true;
 }
 
 /** Copy a packet's bytes (all segments) into dst; returns the bytes copied (for tests and slow paths). */
 export function readPacket(m: number, dst: Uint8Array): number {
   let n = 0;
-  for (let s = m; s !== MBUF_NONE && n < dst.length; s = nextSeg(s)) {
-    const p = poolOf(s);
-    const off = mtod(s);
-    const len = Math.min(dataLen(s), dst.length - n);
-    dst.set(p.u8.subarray(off, off + len), n);
+  for (let s = m; s !== MBUF_NONE && n < dst.length; s = at(s).next) {
+    const v = at(s), off = v.data;
+    const len = Math.min(v.dataLen, dst.length - n);
+    dst.set(v.u8.subarray(off, off + len), n);
     n += len;
   }
   return n;
@@ -387,12 +359,5 @@ export function readPacket(m: number, dst: Uint8Array): number {
 
 /** Write bytes as a single-segment packet (data length and packet length set); false if too long. */
 export function writePacket(m: number, src: Uint8Array, len = src.length): boolean {
-  const p = poolOf(m);
-  const o = p.offsetOf(m);
-  const off = p.u16[(o + F_DATA_OFF) >> 1];
-  if (len > p.u16[(o + F_BUF_LEN) >> 1] - off) return false;
-  p.u8.set(len === src.length ? src : src.subarray(0, len), o + MBUF_HDR + off);
-  p.u16[(o + F_DATA_LEN) >> 1] = len;
-  p.u32[(o + F_PKT_LEN) >> 2] = len;
-  return true;
+  return at(m).write(src, len);
 }

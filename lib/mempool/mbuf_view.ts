@@ -182,6 +182,19 @@ export class MbufView {
     return this.u32[((this.off + F_BUF_IOVA) >> 2) + 1];
   }
 
+  /** Store buf_iova + off as two u32 words at dst[w] (low) and dst[w + 1] (high), e.g. a descriptor's address: two loads, two stores, no number boxed. */
+  storeIova(dst: Uint32Array, w: number, off: number): void {
+    const s = (this.off + F_BUF_IOVA) >> 2;
+    const lo = this.u32[s] + off;
+    dst[w] = lo; // a Uint32Array store wraps lo modulo 2^32; the carry goes to the high word
+    dst[w + 1] = this.u32[s + 1] + (lo >= TWO32 ? 1 : 0);
+  }
+
+  /** User address of the packet data as a number (pool.va + data), for system calls on it. */
+  get dataVa(): number {
+    return this.pool!.va + this.data;
+  }
+
   /** IOVA of the data as a number (IOVAs stay below 2^53) (rte_pktmbuf_iova). */
   get dataIova(): number {
     const w = (this.off + F_BUF_IOVA) >> 2;

@@ -28,8 +28,9 @@ import { log } from '../../../src/log.js';
 import type { LcoreContext } from '../../../src/lcore/types.js';
 import { DataPlane, type DataPlaneDesc } from '../../../lib/emudev/dataplane.js';
 import { openRxQueue, openTxQueue, type PortData, type RxQueue, type TxQueue } from '../../../lib/ethdev/ethdev.js';
-import { Mempool, poolOf } from '../../../lib/mempool/mempool.js';
-import { pktmbufAllocInit, pktmbufFreeBulk, pktmbufHeadroom, pktmbufDataRoom, MBUF_HDR, MBUF_NONE, F_DATA_OFF, F_DATA_LEN, F_PKT_LEN, F_NEXT } from '../../../lib/mempool/mbuf.js';
+import { Mempool } from '../../../lib/mempool/mempool.js';
+import { pktmbufAllocInit, pktmbufFreeBulk, pktmbufHeadroom, pktmbufDataRoom, MBUF_HDR, MBUF_NONE } from '../../../lib/mempool/mbuf.js';
+import { MbufView } from '../../../lib/mempool/mbuf_view.js';
 import { copyBytes } from '../../../lib/net/copy.js';
 import * as V from '../../../lib/virtio/virtio.js';
 import * as L from './layout.js';
@@ -120,10 +121,11 @@ class Engine {
   private readonly hdr32 = new Uint32Array(this.hdr.buffer);
   private readonly ctrlBuf = new Uint8Array(64);
   private readonly ackBuf = new Uint8Array(4);
-  // The RX source cursor: header bytes first, then the mbuf's segments.
+  // The mbuf cursor of both directions (they never interleave): at the mbuf being filled
+  // (transmit) or, from deliver() on, at the segment the RX source cursor below reads.
+  private readonly v = new MbufView();
+  // The RX source cursor: header bytes first, then the mbuf's segments (this.v is at the current one).
   private cHdr = 0;
-  private cSeg = 0;
-  private cPool: Mempool;
   private cOff = 0;
   private cLeft = 0;
   /** bytes of the packet (with header) still to write */
@@ -150,7 +152,6 @@ class Engine {
     this.ctrlQ = 2 * arg.pairs;
     this.notify = new Uint32Array(viewOf(arg.notifyVa, L.NOTIFY_SIZE), 0, this.nq);
     this.pool = Mempool.attach(arg.backend.rxPools[0]);
-    this.cPool = this.pool;
     this.port = arg.backend.port;
     this.headroom = pktmbufHeadroom(this.pool);
     this.room = pktmbufDataRoom(this.pool);
@@ -404,7 +405,8 @@ class Engine {
     if (n > BURST) n = BURST;
     const mb = this.mb, stats = this.stats;
     if (!pktmbufAllocInit(this.pool, mb, n, 0, 0, this.port)) { stats[L.S_TX_NOMBUF]++; return 0; }
-    const size = this.qSize[q], mask = size - 1, room = this.room, pool = this.pool, pu8 = pool.u8, pu32 = pool.u32;
+    // mb is all from this.pool: its views serve the copies, the view the header.
+    const size = this.qSize[q], mask = size - 1, room = this.room, pool = this.pool, pu8 = pool.u8, pu32 = pool.u32, v = this.v;
     const du32 = this.ru32[this.qDescK[q]], dBase = this.qDescOff[q] >> 2;
     const au16 = this.ru16[this.qAvailK[q]], aBase = (this.qAvailOff[q] >> 1) + 2, slot = this.lastAvail[q];
     const win = this.rWin, data = MBUF_HDR + this.headroom;
@@ -421,15 +423,14 @@ class Engine {
           const a = hi * TWO32 + du32[d];
           let j = this.rLast;
           if ((a >= win[2 * j] && a + dlen <= win[2 * j + 1]) || (j = this.findR(hi, du32[d] | 0, dlen)) >= 0) {
-            const k = this.rK[j], src = a - win[2 * j] + HDR, o = pool.offsetOf(mb[filled]), dst = o + data;
+            const k = this.rK[j], src = a - win[2 * j] + HDR, dst = v.at(mb[filled]).off + data;
             len = dlen - HDR;
             if (((src | dst) & 3) === 0) {
               const r32 = this.ru32[k], r8 = this.ru8[k], words = len >>> 2, sw = src >>> 2, dw = dst >>> 2;
               for (let w = 0; w < words; w++) pu32[dw + w] = r32[sw + w];
               for (let b = words << 2; b < len; b++) pu8[dst + b] = r8[src + b];
             } else copyBytes(pu8, pu32, dst, this.ru8[k], this.ru32[k], src, len);
-            pool.u16[(o + F_DATA_LEN) >> 1] = len;
-            pu32[(o + F_PKT_LEN) >> 2] = len;
+            v.setLen(len);
           }
         }
       }
@@ -458,9 +459,10 @@ class Engine {
 
   /** Copy a transmit chain (after its header) into mbuf m; its length, DROP, FATAL or ABORT. */
   private gatherTx(q: number, head: number, m: number): number {
-    const size = this.qSize[q], p = this.plane, pool = this.pool;
+    const size = this.qSize[q], p = this.plane;
     if (head >= size) return this.fail(R.HEAD_RANGE, q);
-    const o = pool.offsetOf(m), dst = o + MBUF_HDR + this.headroom, room = this.room;
+    // Nothing below moves the view: it is still at m for setLen at the end.
+    const v = this.v.at(m), dst = v.off + MBUF_HDR + this.headroom, room = this.room;
     let i = head, count = 0, skip = HDR, len = 0, over = false;
     for (;;) {
       if (++count > size) return this.fail(R.LOOP, q);
@@ -485,9 +487,9 @@ class Engine {
         if (c > 0) {
           if (len + c > room) over = true;
           else {
-            if (off >= 0) copyBytes(pool.u8, pool.u32, dst + len, this.ru8[k], this.ru32[k], off + s, c);
+            if (off >= 0) copyBytes(v.u8, v.u32, dst + len, this.ru8[k], this.ru32[k], off + s, c);
             else {
-              const ok = p.messageRead(hi * TWO32 + lo + s, pool.u8, dst + len, c);
+              const ok = p.messageRead(hi * TWO32 + lo + s, v.u8, dst + len, c);
               if (this.changed()) return ABORT; // judged again with fresh state
               if (!ok) return this.fail(R.BAD_ADDRESS, q);
             }
@@ -502,8 +504,7 @@ class Engine {
     }
     // Too long for an mbuf (no segmentation offload was offered), or shorter than its header.
     if (over || skip > 0 || len === 0) { this.stats[L.S_TX_ERRORS]++; return DROP; }
-    pool.u16[(o + F_DATA_LEN) >> 1] = len;
-    pool.u32[(o + F_PKT_LEN) >> 2] = len;
+    v.setLen(len);
     return len;
   }
 
@@ -513,6 +514,7 @@ class Engine {
     const rb = this.rb, stats = this.stats;
     const n = this.rx.rxBurst(rb, BURST);
     if (n === 0) return 0;
+    const v = this.v;
     let abort = false, k = 0, pkts = 0, bytes = 0, nobuf = 0;
     if (this.live && this.activePairs === 1 && this.qReady[0] && !this.viewsChanged()) {
       k = this.rxFast(rb, n);
@@ -523,9 +525,9 @@ class Engine {
     for (; k < n; k++) {
       const m = rb[k];
       if (!this.live || abort) { nobuf++; continue; }
-      const pl = poolOf(m), o = pl.offsetOf(m);
-      const len = pl.u32[(o + F_PKT_LEN) >> 2];
-      const q = this.activePairs > 1 ? 2 * this.steer(pl.u8, o + MBUF_HDR + pl.u16[(o + F_DATA_OFF) >> 1], pl.u16[(o + F_DATA_LEN) >> 1]) : 0;
+      v.at(m);
+      const len = v.pktLen;
+      const q = this.activePairs > 1 ? 2 * this.steer(v.u8, v.data, v.dataLen) : 0;
       if (!this.qReady[q]) { nobuf++; continue; }
       const r = this.deliver(q, m, len);
       if (r === ABORT || r === FATAL) { abort = true; nobuf++; continue; }
@@ -559,7 +561,8 @@ class Engine {
     let lim = avail - take[0];
     if (lim > n) lim = n;
     if (lim <= 0) { this.fastOut = lim === 0; return 0; }
-    const pool = this.pool, pid = pool.id, pu8 = pool.u8, pu16 = pool.u16, pu32 = pool.u32;
+    // Packets of the backend's pool only, so its views, hoisted, serve the copies.
+    const pool = this.pool, pid = pool.id, pu8 = pool.u8, pu32 = pool.u32, v = this.v;
     const du32 = this.ru32[this.qDescK[0]], dBase = this.qDescOff[0] >> 2;
     const au16 = this.ru16[this.qAvailK[0]], aBase = (this.qAvailOff[0] >> 1) + 2;
     const uu32 = this.ru32[this.qUsedK[0]], uBase = (this.qUsedOff[0] >> 2) + 1;
@@ -579,9 +582,9 @@ class Engine {
       }
       const m = rb[k];
       if (m >>> 24 !== pid) break;
-      const o = pool.offsetOf(m);
-      const len = pu32[(o + F_PKT_LEN) >> 2];
-      if (pu16[(o + F_DATA_LEN) >> 1] !== len || len === 0) break; // chained (or empty): general path
+      v.at(m);
+      const len = v.pktLen;
+      if (v.dataLen !== len || len === 0) break; // chained (or empty): general path
       const head = au16[aBase + ((slot + k) & mask)];
       if (head >= size) break;
       const d = dBase + (head << 2);
@@ -598,7 +601,7 @@ class Engine {
         if ((j = this.findW(hi, du32[d] | 0, dlen)) < 0) break; // the general path decides
       }
       const wk = this.wK[j], u8 = this.ru8[wk];
-      const dst = a - win[2 * j], src = o + MBUF_HDR + pu16[(o + F_DATA_OFF) >> 1];
+      const dst = a - win[2 * j], src = v.data;
       if ((dst & 3) === 0) {
         // The header, all zero but num_buffers = 1, as three word stores.
         const u32 = this.ru32[wk], dw = dst >>> 2;
@@ -664,12 +667,10 @@ class Engine {
     hdr32[0] = 0; // flags, gso_type, hdr_len: no offloads
     hdr32[1] = 0; // gso_size, csum_start
     hdr32[2] = chains << 16; // csum_offset, num_buffers (1 without MRG_RXBUF)
-    const pl = poolOf(m), o = pl.offsetOf(m);
+    const v = this.v.at(m); // stays at the cursor's segment until the packet is written
     this.cHdr = 0;
-    this.cSeg = m;
-    this.cPool = pl;
-    this.cOff = o + MBUF_HDR + pl.u16[(o + F_DATA_OFF) >> 1];
-    this.cLeft = pl.u16[(o + F_DATA_LEN) >> 1];
+    this.cOff = v.data;
+    this.cLeft = v.dataLen;
     this.wLeft = need;
     const take0 = this.take[q];
     for (let c = 0; c < chains; c++) {
@@ -729,16 +730,16 @@ class Engine {
         src8 = this.hdr; src32 = this.hdr32; s = this.cHdr;
         this.cHdr += c;
       } else {
+        const v = this.v;
         while (this.cLeft === 0) {
-          const pl = this.cPool, nx = pl.u32[(pl.offsetOf(this.cSeg) + F_NEXT) >> 2];
+          const nx = v.next;
           if (nx === MBUF_NONE) { this.stats[L.S_RX_NOBUF]++; return DROP; } // pkt_len beyond the segments: a backend bug
-          const np = poolOf(nx), no = np.offsetOf(nx);
-          this.cSeg = nx; this.cPool = np;
-          this.cOff = no + MBUF_HDR + np.u16[(no + F_DATA_OFF) >> 1];
-          this.cLeft = np.u16[(no + F_DATA_LEN) >> 1];
+          v.at(nx);
+          this.cOff = v.data;
+          this.cLeft = v.dataLen;
         }
         c = this.cLeft < n - done ? this.cLeft : n - done;
-        src8 = this.cPool.u8; src32 = this.cPool.u32; s = this.cOff;
+        src8 = v.u8; src32 = v.u32; s = this.cOff;
         this.cOff += c; this.cLeft -= c;
       }
       if (off >= 0) copyBytes(this.ru8[k], this.ru32[k], off + done, src8, src32, s, c);

@@ -6,8 +6,9 @@
  * rings are the kernel's memory, mbufs are ours.
  */
 import { viewOf, sendKick, MSG_DONTWAIT } from '../../../src/os/libc.js';
-import { Mempool, poolOf } from '../../../lib/mempool/mempool.js';
-import { pktmbufAllocInit, pktmbufFreeBulk, MBUF_HDR, MBUF_NONE, F_DATA_OFF, F_DATA_LEN, F_PKT_LEN, F_NEXT } from '../../../lib/mempool/mbuf.js';
+import { Mempool } from '../../../lib/mempool/mempool.js';
+import { pktmbufAllocInit, pktmbufFreeBulk, MBUF_NONE } from '../../../lib/mempool/mbuf.js';
+import { MbufView } from '../../../lib/mempool/mbuf_view.js';
 import { copyBytes } from '../../../lib/net/copy.js';
 import {
   type PortData, type RxQueue, type TxQueue, rxqStatsBase, txqStatsBase,
@@ -52,6 +53,7 @@ class AfPacketRx extends RingViews implements RxQueue {
   private readonly bs: number;
   private readonly nblocks: number;
   private readonly room: number;
+  private readonly v = new MbufView();
   private block = 0;
   private held = false;
   private left = 0;
@@ -86,7 +88,7 @@ class AfPacketRx extends RingViews implements RxQueue {
       this.stats[this.s + RXQ_NOMBUF] += n;
       return 0;
     }
-    const r8 = this.u8, r16 = this.u16, r32 = this.u32, m8 = pool.u8, m16 = pool.u16, m32 = pool.u32;
+    const r8 = this.u8, r16 = this.u16, r32 = this.u32, v = this.v;
     let got = 0, bytes = 0, errors = 0;
     while (got < n) {
       if (this.left === 0 && !this.nextBlock()) break;
@@ -99,11 +101,9 @@ class AfPacketRx extends RingViews implements RxQueue {
         errors++; // larger than an mbuf, or truncated by the ring's frame size
         continue;
       }
-      const m = out[got];
-      const o = pool.offsetOf(m);
-      m16[(o + F_DATA_LEN) >> 1] = len;
-      m32[(o + F_PKT_LEN) >> 2] = len;
-      copyBytes(m8, m32, o + MBUF_HDR + m16[(o + F_DATA_OFF) >> 1], r8, r32, h + r16[(h + H3_MAC) >> 1], len);
+      v.at(out[got]); // all from this.pool: the view resolves it once
+      v.setLen(len);
+      copyBytes(v.u8, v.u32, v.data, r8, r32, h + r16[(h + H3_MAC) >> 1], len);
       bytes += len;
       got++;
     }
@@ -120,6 +120,7 @@ class AfPacketTx extends RingViews implements TxQueue {
   private readonly base: number;
   private readonly fsize: number;
   private readonly nframes: number;
+  private readonly v = new MbufView();
   private idx = 0;
 
   constructor(q: AfPacketQueueData, private readonly fd: number, private readonly stats: Float64Array, private readonly s: number) {
@@ -130,31 +131,32 @@ class AfPacketTx extends RingViews implements TxQueue {
   }
 
   txBurst(pkts: Uint32Array, n: number, off = 0): number {
-    const r8 = this.u8, r16 = this.u16, r32 = this.u32, i32 = this.i32;
+    const r8 = this.u8, r16 = this.u16, r32 = this.u32, i32 = this.i32, v = this.v;
     let k = 0, errors = 0;
     for (; k < n; k++) {
       const f = this.base + this.idx * this.fsize;
       const st = Atomics.load(i32, (f + H3_STATUS) >> 2);
       if (st === TP_STATUS_WRONG_FORMAT) errors++; // the kernel refused that frame earlier
       else if (st !== TP_STATUS_AVAILABLE) break; // ring full: the rest stays the caller's
-      const m = pkts[off + k];
-      const p = poolOf(m);
-      const o = p.offsetOf(m);
-      const len = p.u32[(o + F_PKT_LEN) >> 2];
+      v.at(pkts[off + k]);
+      const len = v.pktLen;
       // Data offset (PACKET_TX_HAS_OFF) chosen so frame and mbuf data agree modulo 4: word copies.
-      const d0 = o + MBUF_HDR + p.u16[(o + F_DATA_OFF) >> 1];
+      const d0 = v.data;
       const doff = TPACKET3_TX_DATA + ((d0 - (f + TPACKET3_TX_DATA)) & 3);
       if (doff + len > this.fsize) {
         errors++; // does not fit a frame: dropped (freed below with the sent ones)
         Atomics.store(i32, (f + H3_STATUS) >> 2, TP_STATUS_AVAILABLE);
         continue;
       }
-      let at = f + doff;
-      for (let seg = m; seg !== MBUF_NONE; seg = p.u32[(p.offsetOf(seg) + F_NEXT) >> 2]) {
-        const so = p.offsetOf(seg);
-        const sl = p.u16[(so + F_DATA_LEN) >> 1];
-        copyBytes(r8, r32, at, p.u8, p.u32, so + MBUF_HDR + p.u16[(so + F_DATA_OFF) >> 1], sl);
+      // The first segment's data starts at d0; further ones (rare) each move the view.
+      let at = f + doff, src = d0;
+      for (;;) {
+        const sl = v.dataLen;
+        copyBytes(r8, r32, at, v.u8, v.u32, src, sl);
         at += sl;
+        const next = v.next;
+        if (next === MBUF_NONE) break;
+        src = v.at(next).data;
       }
       r32[(f + H3_NEXT_OFFSET) >> 2] = 0;
       r32[(f + H3_LEN) >> 2] = len;

@@ -4,8 +4,8 @@
  * each frame, as a device would).
  */
 import { Mempool } from '../../../lib/mempool/mempool.js';
-import { pktmbufAllocInit, pktmbufFreeBulk, MBUF_HDR, F_DATA_LEN, F_DATA_OFF } from '../../../lib/mempool/mbuf.js';
-import { poolOf } from '../../../lib/mempool/mempool.js';
+import { pktmbufAllocInit, pktmbufFreeBulk } from '../../../lib/mempool/mbuf.js';
+import { MbufView } from '../../../lib/mempool/mbuf_view.js';
 import {
   type PortData, type RxQueue, type TxQueue, rxqStatsBase, txqStatsBase,
   RXQ_PACKETS, RXQ_BYTES, RXQ_NOMBUF, TXQ_PACKETS, TXQ_BYTES,
@@ -20,6 +20,7 @@ export interface NullQueueData {
 /** RX: fresh mbufs of `size` bytes. */
 class NullRx implements RxQueue {
   private readonly template: Uint8Array;
+  private readonly v = new MbufView();
   constructor(
     private readonly pool: Mempool,
     private readonly port: number,
@@ -41,10 +42,11 @@ class NullRx implements RxQueue {
       return 0;
     }
     if (this.copy) {
-      const p = this.pool;
+      // All from this.pool: the view resolves it once.
+      const v = this.v;
       for (let i = 0; i < n; i++) {
-        const o = p.offsetOf(out[i]);
-        p.u8.set(this.template, o + MBUF_HDR + p.u16[(o + F_DATA_OFF) >> 1]);
+        v.at(out[i]);
+        v.u8.set(this.template, v.data);
       }
     }
     const size = this.size;
@@ -57,6 +59,7 @@ class NullRx implements RxQueue {
 /** TX: count and free. */
 class NullTx implements TxQueue {
   private readonly sink: Uint8Array;
+  private readonly v = new MbufView();
   constructor(private readonly copy: boolean, private readonly stats: Float64Array, private readonly s: number, size: number) {
     this.sink = new Uint8Array(Math.max(size, 9000));
   }
@@ -64,13 +67,11 @@ class NullTx implements TxQueue {
   txBurst(pkts: Uint32Array, n: number, off = 0): number {
     if (this.copy) {
       // Read each frame, as a device would.
-      const sink = this.sink;
+      const sink = this.sink, v = this.v;
       for (let i = 0; i < n; i++) {
-        const m = pkts[off + i];
-        const p = poolOf(m);
-        const o = p.offsetOf(m);
-        const d = o + MBUF_HDR + p.u16[(o + F_DATA_OFF) >> 1], u8 = p.u8;
-        for (let j = 0, l = p.u16[(o + F_DATA_LEN) >> 1]; j < l; j++) sink[j] = u8[d + j];
+        v.at(pkts[off + i]);
+        const d = v.data, u8 = v.u8;
+        for (let j = 0, l = v.dataLen; j < l; j++) sink[j] = u8[d + j];
       }
     }
     this.stats[this.s + TXQ_BYTES] += pktmbufFreeBulk(pkts, n, off);

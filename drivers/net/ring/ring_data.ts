@@ -1,7 +1,7 @@
 /** net_ring data path: RX dequeues handles from a ring, TX enqueues them (zero copy). */
 import { Ring, type RingDesc } from '../../../lib/ring/ring.js';
-import { Mempool, poolOf } from '../../../lib/mempool/mempool.js';
-import { F_PKT_LEN, F_PORT } from '../../../lib/mempool/mbuf.js';
+import { Mempool } from '../../../lib/mempool/mempool.js';
+import { MbufView } from '../../../lib/mempool/mbuf_view.js';
 import { viewOf } from '../../../src/os/libc.js';
 import {
   type PortData, type RxQueue, type TxQueue, rxqStatsBase, txqStatsBase,
@@ -9,18 +9,18 @@ import {
 } from '../../../lib/ethdev/ethdev.js';
 
 class RingRx implements RxQueue {
+  private readonly v = new MbufView();
   constructor(private readonly ring: Ring, private readonly port: number, private readonly stats: Float64Array, private readonly s: number) {}
 
   rxBurst(out: Uint32Array, n: number): number {
     const k = this.ring.dequeueBurst(out, n);
     if (k === 0) return 0;
+    const v = this.v, port = this.port;
     let bytes = 0;
     for (let i = 0; i < k; i++) {
-      const m = out[i];
-      const p = poolOf(m);
-      const o = p.offsetOf(m);
-      bytes += p.u32[(o + F_PKT_LEN) >> 2];
-      p.u16[(o + F_PORT) >> 1] = this.port;
+      v.at(out[i]);
+      bytes += v.pktLen;
+      v.port = port;
     }
     this.stats[this.s + RXQ_PACKETS] += k;
     this.stats[this.s + RXQ_BYTES] += bytes;
@@ -31,16 +31,13 @@ class RingRx implements RxQueue {
 class RingTx implements TxQueue {
   /** packet lengths of the burst, read before the enqueue: after it the mbufs belong to the peer */
   private lens = new Uint32Array(512);
+  private readonly v = new MbufView();
   constructor(private readonly ring: Ring, private readonly stats: Float64Array, private readonly s: number) {}
 
   txBurst(pkts: Uint32Array, n: number, off = 0): number {
     if (n > this.lens.length) this.lens = new Uint32Array(n); // once, for an unusually large burst
-    const lens = this.lens;
-    for (let i = 0; i < n; i++) {
-      const m = pkts[off + i];
-      const p = poolOf(m);
-      lens[i] = p.u32[(p.offsetOf(m) + F_PKT_LEN) >> 2];
-    }
+    const lens = this.lens, v = this.v;
+    for (let i = 0; i < n; i++) lens[i] = v.at(pkts[off + i]).pktLen;
     const k = this.ring.enqueueBurst(pkts, n, off);
     let bytes = 0;
     for (let i = 0; i < k; i++) bytes += lens[i];

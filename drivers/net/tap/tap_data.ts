@@ -4,8 +4,9 @@
  * system call per packet is inherent here; everything else allocates nothing).
  */
 import { readRaw, writeRaw, write as writeBuf, OsError } from '../../../src/os/libc.js';
-import { Mempool, poolOf } from '../../../lib/mempool/mempool.js';
-import { pktmbufAllocInit, pktmbufFreeBulk, MBUF_HDR, MBUF_NONE, F_DATA_OFF, F_DATA_LEN, F_PKT_LEN, F_NEXT } from '../../../lib/mempool/mbuf.js';
+import { Mempool } from '../../../lib/mempool/mempool.js';
+import { pktmbufAllocInit, pktmbufFreeBulk, MBUF_NONE } from '../../../lib/mempool/mbuf.js';
+import { MbufView } from '../../../lib/mempool/mbuf_view.js';
 import { copyBytes } from '../../../lib/net/copy.js';
 import {
   type PortData, type RxQueue, type TxQueue, rxqStatsBase, txqStatsBase,
@@ -21,6 +22,7 @@ const EAGAIN = 11;
 
 class TapRx implements RxQueue {
   private readonly room: number;
+  private readonly v = new MbufView();
   constructor(private readonly fd: number, private readonly pool: Mempool, private readonly port: number, private readonly stats: Float64Array, private readonly s: number) {
     this.room = pool.userWord(1);
   }
@@ -31,16 +33,16 @@ class TapRx implements RxQueue {
       this.stats[this.s + RXQ_NOMBUF] += n;
       return 0;
     }
+    const v = this.v;
     let got = 0, bytes = 0, errors = 0;
     while (got < n) {
-      const o = pool.offsetOf(out[got]);
-      const r = readRaw(this.fd, pool.va + o + MBUF_HDR + pool.u16[(o + F_DATA_OFF) >> 1], this.room);
+      v.at(out[got]);
+      const r = readRaw(this.fd, v.dataVa, this.room);
       if (r < 0) {
         if (r !== -EAGAIN) errors++;
         break;
       }
-      pool.u16[(o + F_DATA_LEN) >> 1] = r;
-      pool.u32[(o + F_PKT_LEN) >> 2] = r;
+      v.setLen(r);
       bytes += r;
       got++;
     }
@@ -58,19 +60,19 @@ class TapTx implements TxQueue {
   /** frames of several segments are gathered here first */
   private readonly flat = new Uint8Array(65536);
   private readonly flat32 = new Uint32Array(this.flat.buffer);
+  private readonly v = new MbufView();
   constructor(private readonly fd: number, private readonly stats: Float64Array, private readonly s: number) {}
 
   txBurst(pkts: Uint32Array, n: number, off = 0): number {
+    const v = this.v;
     let k = 0, errors = 0;
     for (; k < n; k++) {
-      const m = pkts[off + k];
-      const p = poolOf(m);
-      const o = p.offsetOf(m);
+      v.at(pkts[off + k]);
       let r: number;
-      if (p.u32[(o + F_NEXT) >> 2] === MBUF_NONE) {
-        r = writeRaw(this.fd, p.va + o + MBUF_HDR + p.u16[(o + F_DATA_OFF) >> 1], p.u16[(o + F_DATA_LEN) >> 1]);
+      if (v.next === MBUF_NONE) {
+        r = writeRaw(this.fd, v.dataVa, v.dataLen);
       } else {
-        r = this.writeChain(m);
+        r = this.writeChain();
       }
       if (r === -EAGAIN) break; // the kernel's queue is full: the rest stays the caller's
       if (r < 0) errors++; // interface down or gone: the frame is dropped and counted
@@ -82,16 +84,18 @@ class TapTx implements TxQueue {
     return k;
   }
 
-  /** A chained frame: gather the segments, then one write. Rare: the slow path. */
-  private writeChain(m: number): number {
+  /** A chained frame (the view is at its first segment): gather the segments, then one write. Rare: the slow path. */
+  private writeChain(): number {
+    const v = this.v;
     let at = 0;
-    for (let seg = m; seg !== MBUF_NONE; seg = poolOf(seg).u32[(poolOf(seg).offsetOf(seg) + F_NEXT) >> 2]) {
-      const p = poolOf(seg);
-      const o = p.offsetOf(seg);
-      const len = p.u16[(o + F_DATA_LEN) >> 1];
+    for (;;) {
+      const len = v.dataLen;
       if (at + len > this.flat.length) return -90; // EMSGSIZE
-      copyBytes(this.flat, this.flat32, at, p.u8, p.u32, o + MBUF_HDR + p.u16[(o + F_DATA_OFF) >> 1], len);
+      copyBytes(this.flat, this.flat32, at, v.u8, v.u32, v.data, len);
       at += len;
+      const next = v.next;
+      if (next === MBUF_NONE) break;
+      v.at(next);
     }
     return writeFlat(this.fd, this.flat, at);
   }

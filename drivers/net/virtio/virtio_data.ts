@@ -19,11 +19,9 @@
  */
 import { MappedBar, type BarData } from '../../../src/iommu/bar.js';
 import { viewOf } from '../../../src/os/libc.js';
-import { Mempool, poolOf } from '../../../lib/mempool/mempool.js';
-import {
-  pktmbufAllocInit, pktmbufFreeBulk, pktmbufFree, pktmbufHeadroom, pktmbufDataRoom, MBUF_HDR, MBUF_NONE,
-  F_BUF_IOVA, F_DATA_OFF, F_DATA_LEN, F_PKT_LEN, F_NB_SEGS, F_NEXT, F_REFCNT,
-} from '../../../lib/mempool/mbuf.js';
+import { Mempool } from '../../../lib/mempool/mempool.js';
+import { pktmbufAllocInit, pktmbufFreeBulk, pktmbufFree, pktmbufHeadroom, pktmbufDataRoom, MBUF_HDR, MBUF_NONE } from '../../../lib/mempool/mbuf.js';
+import { MbufView } from '../../../lib/mempool/mbuf_view.js';
 import {
   type PortData, type RxQueue, type TxQueue, rxqStatsBase, txqStatsBase,
   RXQ_PACKETS, RXQ_BYTES, RXQ_ERRORS, RXQ_NOMBUF, TXQ_PACKETS, TXQ_BYTES, TXQ_ERRORS,
@@ -123,11 +121,15 @@ class VirtioRx extends QueueViews implements RxQueue {
   private readonly bufOff: number;
   private readonly room: number;
   private readonly mergeable: boolean;
+  /** byte offset of num_buffers from an RX mbuf's start: the header sits at bufOff in the buffer */
+  private readonly nbOff: number;
+  private readonly v = new MbufView();
 
   constructor(d: VirtioQueueData, private readonly pool: Mempool, private readonly port: number, private readonly stats: Float64Array, private readonly s: number) {
     super(d);
     this.room = pktmbufDataRoom(pool);
     this.bufOff = pktmbufHeadroom(pool) - HDR;
+    this.nbOff = MBUF_HDR + this.bufOff + NET_HDR_NUM_BUFFERS;
     this.mergeable = d.mergeable;
     this.repl = new Uint32Array(d.layout.size);
   }
@@ -135,22 +137,23 @@ class VirtioRx extends QueueViews implements RxQueue {
   /** num_buffers of the packet starting in descriptor id's mbuf (1 without MRG_RXBUF or for a bad id). */
   private numBuffers(id: number): number {
     if (!this.mergeable || id >= this.size) return 1;
-    const p = this.pool;
-    const x = p.offsetOf(this.u32[this.mbufsW + id]) + MBUF_HDR + this.bufOff + NET_HDR_NUM_BUFFERS;
-    const nb = p.u8[x] | (p.u8[x + 1] << 8);
+    this.v.at(this.u32[this.mbufsW + id]);
+    return this.numBuffersHere();
+  }
+
+  /** num_buffers of the packet in the view's mbuf (mergeable only). */
+  private numBuffersHere(): number {
+    const v = this.v, x = v.off + this.nbOff;
+    const nb = v.u8[x] | (v.u8[x + 1] << 8);
     // More buffers than the ring has can never be published: -1 marks the packet bad (dropped, counted)
     return nb === 0 ? 1 : nb > this.size ? -1 : nb;
   }
 
-  /** Put mbuf nm into descriptor id and offer the descriptor at avail slot ai. */
+  /** Put mbuf nm into descriptor id and offer the descriptor at avail slot ai (moves the view to nm). */
   private repost(id: number, nm: number, ai: number): void {
-    const p = this.pool, u32 = this.u32;
+    const u32 = this.u32;
     u32[this.mbufsW + id] = nm;
-    const w = p.offsetOf(nm) >> 2;
-    const lo = p.u32[w + (F_BUF_IOVA >> 2)] + this.bufOff;
-    const dw = this.descW + (id << 2);
-    u32[dw] = lo; // a Uint32Array store wraps lo modulo 2^32; the carry goes to the high half
-    u32[dw + 1] = p.u32[w + (F_BUF_IOVA >> 2) + 1] + (lo >= TWO32 ? 1 : 0);
+    this.v.at(nm).storeIova(u32, this.descW + (id << 2), this.bufOff);
     this.u16[this.availRingW + (ai & this.mask)] = id;
   }
 
@@ -167,13 +170,13 @@ class VirtioRx extends QueueViews implements RxQueue {
       // do not depend on each other lets the CPU overlap the cache misses (the device just wrote
       // those lines from another core); only a burst with a merged packet takes the walk below.
       const lim = pending < n ? pending : n;
-      const p = this.pool, pu8 = p.u8, mbufsW = this.mbufsW, size = this.size, at = this.usedRingW, lu = this.lastUsed;
-      const nbOff = MBUF_HDR + this.bufOff + NET_HDR_NUM_BUFFERS;
+      const v = this.v, mbufsW = this.mbufsW, size = this.size, at = this.usedRingW, lu = this.lastUsed, nbOff = this.nbOff;
       let many = 0;
       for (let i = 0; i < lim; i++) {
         const id = u32[at + Math.imul((lu + i) & mask, USED_ELEM_WORDS)];
         if (id >= size) continue; // counted as an error in pass 2
-        const x = p.offsetOf(u32[mbufsW + id]) + nbOff;
+        const x = v.at(u32[mbufsW + id]).off + nbOff; // all from this.pool: the view resolves it once
+        const pu8 = v.u8;
         many |= pu8[x + 1] | (pu8[x] & 0xfe); // num_buffers > 1 (0 counts as 1)
       }
       if (many === 0) e = pk = lim;
@@ -192,8 +195,11 @@ class VirtioRx extends QueueViews implements RxQueue {
       this.stats[this.s + RXQ_NOMBUF] += e;
       return 0; // the packets stay in the ring until the pool has mbufs again
     }
-    // Pass 2: hand the filled mbufs out and repost their descriptors with the replacements.
-    const pu16 = pool.u16, pu32 = pool.u32, size = this.size, maxLen = this.room, segOff = this.bufOff;
+    // Pass 2: hand the filled mbufs out and repost their descriptors with the replacements. One
+    // view serves both: each descriptor is reposted before its mbuf is filled in, and a merged
+    // segment is linked to the previous one while the view is still there, so per entry the view
+    // moves twice (replacement, received mbuf): no more offset computations than the raw code.
+    const v = this.v, mergeable = this.mergeable, size = this.size, maxLen = this.room, segOff = this.bufOff;
     let last = this.lastUsed, ai = this.availIdx, r = 0, c = 0, got = 0, bytes = 0, errors = 0;
     while (c < e) {
       let w = this.usedRingW + Math.imul(last & mask, USED_ELEM_WORDS);
@@ -202,16 +208,16 @@ class VirtioRx extends QueueViews implements RxQueue {
       last = (last + 1) & 0xffff;
       c++;
       if (id >= size) { errors++; continue; } // a device bug: no descriptor to repost
-      let nb = this.numBuffers(id);
       const m = u32[this.mbufsW + id];
       this.repost(id, repl[r++], ai);
       ai = (ai + 1) & 0xffff;
-      const o = pool.offsetOf(m);
+      v.at(m);
+      let nb = mergeable ? this.numBuffersHere() : 1;
       let bad = len < HDR || len - HDR > maxLen || nb < 0;
       if (nb < 0) nb = 1;
       const plen0 = bad ? 0 : len - HDR;
-      pu16[(o + F_DATA_LEN) >> 1] = plen0;
-      let total = plen0, prev = o;
+      v.dataLen = plen0;
+      let total = plen0, segs = 1;
       // Further buffers of a merged packet: pure data from the descriptor's start (no header).
       // c < e: never past what pass 1 counted (and allocated replacements for), even if the device
       // rewrote num_buffers since; a packet cut short that way is dropped.
@@ -224,18 +230,19 @@ class VirtioRx extends QueueViews implements RxQueue {
         c++;
         if (id >= size) { bad = true; continue; }
         const sm = u32[this.mbufsW + id];
+        v.next = sm; // the view is at the previous segment
         this.repost(id, repl[r++], ai);
         ai = (ai + 1) & 0xffff;
-        const so = pool.offsetOf(sm);
+        v.at(sm);
         if (len > maxLen + HDR) { bad = true; len = 0; }
-        pu16[(so + F_DATA_OFF) >> 1] = segOff;
-        pu16[(so + F_DATA_LEN) >> 1] = len;
-        pu32[(prev + F_NEXT) >> 2] = sm;
-        pu16[(o + F_NB_SEGS) >> 1]++;
+        v.dataOff = segOff;
+        v.dataLen = len;
+        segs++;
         total += len;
-        prev = so;
       }
-      pu32[(o + F_PKT_LEN) >> 2] = total;
+      // nb_segs is 1 in a posted mbuf (pktmbufAllocInit): written once, not counted up per segment.
+      if (segs > 1) v.at(m).nbSegs = segs;
+      v.pktLen = total;
       if (bad) {
         errors++;
         pktmbufFree(m);
@@ -266,6 +273,7 @@ class VirtioTx extends QueueViews implements TxQueue {
   private readonly hdrLo: number;
   private readonly hdrHi: number;
   private readonly hdrW: number;
+  private readonly v = new MbufView();
 
   constructor(d: VirtioQueueData, private readonly stats: Float64Array, private readonly s: number) {
     super(d);
@@ -314,17 +322,15 @@ class VirtioTx extends QueueViews implements TxQueue {
 
   txBurst(pkts: Uint32Array, n: number, off = 0): number {
     this.reclaim();
-    const u32 = this.u32, u16 = this.u16, size = this.size, freeIds = this.freeIds;
+    const u32 = this.u32, u16 = this.u16, size = this.size, freeIds = this.freeIds, v = this.v;
     let k = 0, sent = 0, bytes = 0, errors = 0, ai = this.availIdx;
     for (; k < n; k++) {
       const m = pkts[off + k];
-      const p = poolOf(m);
-      const o = p.offsetOf(m);
-      const pu16 = p.u16, pu32 = p.u32;
-      const segs = pu16[(o + F_NB_SEGS) >> 1];
-      const doff = pu16[(o + F_DATA_OFF) >> 1];
-      const push = segs === 1 && doff >= HDR && pu16[(o + F_REFCNT) >> 1] === 1;
-      const need = push ? 1 : segs + 1;
+      v.at(m);
+      // isSimple: one segment, one reference (a single load of refcnt | nb_segs << 16).
+      const doff = v.dataOff;
+      const push = v.isSimple && doff >= HDR;
+      const need = push ? 1 : v.nbSegs + 1;
       if (need > size) { // can never fit this ring: dropped
         errors++;
         pktmbufFree(m);
@@ -333,18 +339,19 @@ class VirtioTx extends QueueViews implements TxQueue {
       if (need > this.nfree) break; // ring full: the rest stays the caller's
       const head = freeIds[--this.nfree];
       const hw = this.descW + (head << 2);
+      bytes += v.pktLen; // read now: the chain walk below moves the view
       if (push) {
         // The header goes into the headroom right before the data; all zero (no offloads).
-        const h = o + MBUF_HDR + doff - HDR;
+        const h = v.off + MBUF_HDR + doff - HDR; // = v.data - HDR, without loading data_off again
         if ((h & 3) === 0) {
+          const pu32 = v.u32;
           pu32[h >> 2] = 0; pu32[(h >> 2) + 1] = 0; pu32[(h >> 2) + 2] = 0;
         } else {
-          for (let i = 0; i < HDR; i++) p.u8[h + i] = 0;
+          const pu8 = v.u8;
+          for (let i = 0; i < HDR; i++) pu8[h + i] = 0;
         }
-        const lo = pu32[(o + F_BUF_IOVA) >> 2] + doff - HDR;
-        u32[hw] = lo;
-        u32[hw + 1] = pu32[((o + F_BUF_IOVA) >> 2) + 1] + (lo >= TWO32 ? 1 : 0);
-        u32[hw + 2] = pu16[(o + F_DATA_LEN) >> 1] + HDR;
+        v.storeIova(u32, hw, doff - HDR);
+        u32[hw + 2] = v.dataLen + HDR;
         u32[hw + 3] = 0; // flags 0, next 0
       } else {
         // The queue's own zeroed header slot, then one descriptor per segment.
@@ -352,27 +359,25 @@ class VirtioTx extends QueueViews implements TxQueue {
         u32[hw] = lo;
         u32[hw + 1] = this.hdrHi + (lo >= TWO32 ? 1 : 0);
         u32[hw + 2] = HDR;
+        // The view is at the first segment; each further one moves it.
         let pw = hw;
-        for (let seg = m; seg !== MBUF_NONE;) {
-          const sp = poolOf(seg);
-          const so = sp.offsetOf(seg);
+        for (;;) {
           const id = freeIds[--this.nfree];
           u32[pw + 3] = VRING_DESC_F_NEXT | (id << 16);
           const dw = this.descW + (id << 2);
-          const slo = sp.u32[(so + F_BUF_IOVA) >> 2] + sp.u16[(so + F_DATA_OFF) >> 1];
-          u32[dw] = slo;
-          u32[dw + 1] = sp.u32[((so + F_BUF_IOVA) >> 2) + 1] + (slo >= TWO32 ? 1 : 0);
-          u32[dw + 2] = sp.u16[(so + F_DATA_LEN) >> 1];
+          v.storeIova(u32, dw, v.dataOff);
+          u32[dw + 2] = v.dataLen;
           u32[dw + 3] = 0;
           pw = dw;
-          seg = sp.u32[(so + F_NEXT) >> 2];
+          const next = v.next;
+          if (next === MBUF_NONE) break;
+          v.at(next);
         }
       }
       u16[this.chainW + head] = need;
       u32[this.mbufsW + head] = m;
       u16[this.availRingW + (ai & this.mask)] = head;
       ai = (ai + 1) & 0xffff;
-      bytes += pu32[(o + F_PKT_LEN) >> 2];
       sent++;
     }
     if (sent > 0) {
