@@ -4,7 +4,7 @@
  * Every error names the path that could not be read or parsed.
  */
 import { existsSync, lstatSync, readFileSync, readdirSync, readlinkSync, realpathSync } from 'node:fs';
-import { basename, join, resolve } from 'node:path';
+import { basename } from 'node:path';
 
 /** A sysfs file or link that is missing, unreadable or malformed; `path` names it. */
 export class SysfsError extends Error {
@@ -21,11 +21,6 @@ export class SysfsError extends Error {
 /** Node's fs error text without the repeated path ("ENOENT: no such file or directory"). */
 function fsMessage(e: unknown): string {
   return (e as Error).message.replace(/, \w+ '[^']*'(?: -> '[^']*')?$/, '');
-}
-
-/** Join a sysfs root and path parts ("devices", "0000:00:02.0", "vendor"). */
-export function sysfsPath(root: string, ...parts: string[]): string {
-  return join(root, ...parts);
 }
 
 /** Whether path exists (following links). */
@@ -110,9 +105,4 @@ export function listDir(path: string): string[] {
 /** Entries of a directory, or [] when it does not exist. */
 export function listOptionalDir(path: string): string[] {
   return existsSync(path) ? listDir(path) : [];
-}
-
-/** Absolute form of a root given on the command line (errors then name full paths). */
-export function absoluteRoot(root: string): string {
-  return resolve(root);
 }

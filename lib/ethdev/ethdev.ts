@@ -374,13 +374,6 @@ function unregisterPort(dev: EthDev): void {
   if (ports[dev.port] === dev) ports[dev.port] = null;
 }
 
-/** The port with this id (rte_eth_devices[id]); throws when there is none. */
-export function ethDev(port: number): EthDev {
-  const d = ports[port];
-  if (!d) throw new RangeError(`port ${port} does not exist (ports: ${listPorts().map((p) => p.port).join(',') || 'none'})`);
-  return d;
-}
-
 /** All open ports, by id. */
 export function listPorts(): EthDev[] {
   return ports.filter((p): p is EthDev => p !== null);

@@ -41,11 +41,6 @@ export function parseIpv4(s: string): number {
   return parts.reduce((a, p) => a * 256 + Number(p), 0);
 }
 
-/** Format a u32 as a dotted IPv4 address. */
-export function formatIpv4(v: number): string {
-  return [v >>> 24, (v >>> 16) & 255, (v >>> 8) & 255, v & 255].join('.');
-}
-
 /** What buildUdpFrame needs. */
 export interface UdpFrameSpec {
   dstMac: number[];

@@ -59,11 +59,6 @@ export function cmdName(cmd: number): string {
   return CMD_NAMES.get(cmd) ?? `command ${cmd}`;
 }
 
-/** Whether cmd is a command number the spec defines. */
-export function isKnownCmd(cmd: number): cmd is CmdNumber {
-  return CMD_NAMES.has(cmd);
-}
-
 /** A decoded message header. */
 export interface Header {
   msgId: number;
@@ -129,11 +124,6 @@ export function encodeMessage(h: Omit<Header, 'size'>, payload: Uint8Array = new
   writeHeader(buf, { ...h, size: buf.byteLength });
   buf.set(payload, HEADER_SIZE);
   return buf;
-}
-
-/** An error reply to a command: header only, FLAG_ERROR and the errno. */
-export function encodeErrorReply(msgId: number, command: number, errno: number): Uint8Array {
-  return encodeMessage({ msgId, command, flags: TYPE_REPLY | FLAG_ERROR, error: errno });
 }
 
 // ---- field helpers ----

@@ -9,11 +9,10 @@
  * counts are checked for being non-zero only, never for a rate.
  */
 import t, { type Test as Tap } from 'tap';
-import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CLI, CHILD_ENV } from '../vfio-user/helpers.js';
+import { CHILD_ENV, runCli } from '../cli.js';
 
 /**
  * The demo runs as a user runs it: with the TypeScript loader only, without the test runner's
@@ -47,7 +46,7 @@ interface Summary {
 }
 
 interface DemoRun {
-  code: number | null;
+  code: number;
   stdout: string;
   stderr: string;
   /** the demo's pid */
@@ -57,22 +56,19 @@ interface DemoRun {
 }
 
 /** Run `tspmd demo ...args`, watching /proc for the device's process; SIGKILL after timeoutMs. */
-function runDemo(args: string[], timeoutMs = 120_000): Promise<DemoRun> {
-  const p = spawn(process.execPath, [...DEMO_EXEC_ARGV, CLI, 'demo', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: DEMO_ENV });
-  const pid = p.pid!;
-  let stdout = '', stderr = '';
-  p.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
-  p.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+async function runDemo(args: string[], timeoutMs = 120_000): Promise<DemoRun> {
+  let pid = -1;
+  let watch: NodeJS.Timeout | undefined;
   const seen = new Set<number>();
-  const watch = setInterval(() => { for (const q of processesWith(`tsp-demo-${pid}/`).keys()) seen.add(q); }, 100);
-  const kill = setTimeout(() => p.kill('SIGKILL'), timeoutMs);
-  return new Promise((resolve) => {
-    p.on('close', (code) => {
-      clearInterval(watch);
-      clearTimeout(kill);
-      resolve({ code, stdout, stderr, pid, devicePids: [...seen] });
-    });
+  const r = await runCli(['demo', ...args], {
+    timeoutMs, execArgv: DEMO_EXEC_ARGV, env: DEMO_ENV,
+    onSpawn: (p) => {
+      pid = p.pid!;
+      watch = setInterval(() => { for (const q of processesWith(`tsp-demo-${pid}/`).keys()) seen.add(q); }, 100);
+    },
   });
+  clearInterval(watch);
+  return { ...r, pid, devicePids: [...seen] };
 }
 
 /** After a run: no process of it left, no directory left (one assertion each). */

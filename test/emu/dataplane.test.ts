@@ -286,6 +286,7 @@ t.test('pause handshake: quiesce returns only while the worker is parked; timeou
 
   // A worker attaching while a change is under way parks in attach() until it is done.
   const g = new Worker(ctl, true);
+  await eal.lcores.waitStarted(); // its task is posted from the event loop: running, gated before attach()
   let state = -1, attachedInside = false;
   ctl.quiesce(() => {
     Atomics.store(g.c, W.C_GO, 1);
@@ -298,8 +299,7 @@ t.test('pause handshake: quiesce returns only while the worker is parked; timeou
   });
   t.equal(state, 1, 'the worker is inside attach() and has not returned from it during the change');
   t.ok(attachedInside, 'it registered as attached, and waits');
-  await g.attached();
-  t.pass('it returns once the change is done');
+  await t.resolves(g.attached(), 'it returns once the change is done');
   await g.exit();
 });
 
@@ -338,8 +338,9 @@ t.test('DMA_UNMAP of memory a worker reads in a tight loop never crashes the pro
   t.ok(passes > 0, `the worker read every mapped byte (1 per 64) in ${passes} passes across ${maps} maps and their unmaps in ${Date.now() - t0} ms`);
   t.ok(reloads > 10, `it rebuilt its views ${reloads} times (changes made while it was parked coalesce)`);
   t.equal(dev.dmaRegions().length, 1, 'the persistent region is left');
-  await w.exit();
-  t.pass('the process is alive');
+  const end = await w.exit();
+  t.ok(end.reloads >= reloads, `the worker answers its exit command and returns normally, ${end.reloads} reloads in all`);
+  t.notOk(dev.plane.attached, 'and has detached from the plane');
 });
 
 /** Write a 32-bit register of dmatest BAR0 as a client's REGION_WRITE would. */

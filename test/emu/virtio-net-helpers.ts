@@ -1,8 +1,9 @@
 /**
  * Test world for the emulated virtio-net device: an EAL (memfd memory, lcores 0 and 1), two
- * net_ring ports linked back to back (the device's backend and the test's "wire"), the device and
- * its vfio-user server in a host worker thread (virtio-net-host.ts), the device's poll loop on
- * lcore 1, and vfio-user clients in the test's thread.
+ * net_ring ports linked back to back (the device's backend and the test's "wire"; or, with
+ * loopback, one net_ring port that receives what it sends and no wire), the device and its
+ * vfio-user server in a host worker thread (virtio-net-host.ts), the device's poll loop on lcore 1,
+ * and vfio-user clients in the test's thread.
  */
 import { Worker } from 'node:worker_threads';
 import { spawn } from 'node:child_process';
@@ -18,7 +19,7 @@ import type { VirtioNetLoopArg, VirtioNetLoopResult } from '../../drivers/emu/vi
 import * as L from '../../drivers/emu/virtio-net/layout.js';
 import type { HostData } from './virtio-net-host.js';
 import * as os from '../../src/os/libc.js';
-import { CLI } from '../vfio-user/helpers.js';
+import { CLI, CHILD_ENV } from '../cli.js';
 import '../../drivers/net/ring/ring.js';
 
 /** Sleep without spinning. */
@@ -49,17 +50,19 @@ export class VnetWorld {
   readonly state: Int32Array;
   readonly stats: Float64Array;
   readonly backend: EthDev;
-  readonly wire: EthDev;
+  /** the backend's peer (null with a loopback backend) */
+  readonly wire: EthDev | null;
+  /** the pool of the backend's (and the wire's) RX queue */
   readonly pool: Mempool;
   private readonly host: Worker;
-  private readonly wireRx: RxQueue;
-  private readonly wireTx: TxQueue;
+  private readonly wireRx: RxQueue | null;
+  private readonly wireTx: TxQueue | null;
   private loop: Promise<VirtioNetLoopResult> | null = null;
   private readonly clients: VfioUserClient[] = [];
   private readonly burst = new Uint32Array(64);
   private closed = false;
 
-  private constructor(eal: Eal, socket: string, host: Worker, ready: { arg: VirtioNetLoopArg; state: SharedArrayBuffer; stats: SharedArrayBuffer }, backend: EthDev, wire: EthDev, pool: Mempool, rx: RxQueue, tx: TxQueue) {
+  private constructor(eal: Eal, socket: string, host: Worker, ready: { arg: VirtioNetLoopArg; state: SharedArrayBuffer; stats: SharedArrayBuffer }, backend: EthDev, wire: EthDev | null, pool: Mempool, rx: RxQueue | null, tx: TxQueue | null) {
     this.eal = eal;
     this.socket = socket;
     this.host = host;
@@ -73,12 +76,15 @@ export class VnetWorld {
     this.loop = eal.lcores.launch<VirtioNetLoopResult>(1, VIRTIO_NET_LOOP_MODULE, VIRTIO_NET_LOOP_FN, ready.arg);
   }
 
-  /** Build a world: ports, pool, host thread, poll loop (running once this resolves). */
-  static async create(eal: Eal, dir: string, config: Partial<L.VirtioNetConfig> = {}, resetOnDisconnect = true): Promise<VnetWorld> {
+  /**
+   * Build a world: ports, pool, host thread, poll loop (running once this resolves). With loopback
+   * the backend is one net_ring port without a peer: what the device sends out of it comes back in.
+   */
+  static async create(eal: Eal, dir: string, config: Partial<L.VirtioNetConfig> = {}, resetOnDisconnect = true, loopback = false): Promise<VnetWorld> {
     const n = seq++;
-    const [backend, wire] = await probeVdevs(eal, [`net_ring${10 + 2 * n}`, `net_ring${11 + 2 * n},peer=net_ring${10 + 2 * n}`]);
+    const [backend, wire = null] = await probeVdevs(eal, loopback ? [`net_ring${10 + 2 * n}`] : [`net_ring${10 + 2 * n}`, `net_ring${11 + 2 * n},peer=net_ring${10 + 2 * n}`]);
     const pool = pktmbufPoolCreate(eal.memory, `vnt_pool${n}`, 4095, { cacheSize: 64 });
-    for (const p of [backend, wire]) {
+    for (const p of wire ? [backend, wire] : [backend]) {
       p.configure({ rxQueues: 1, txQueues: 1 });
       p.rxQueueSetup(0, 1024, pool);
       p.txQueueSetup(0, 1024);
@@ -92,7 +98,7 @@ export class VnetWorld {
       host.once('message', resolve);
       host.once('error', reject);
     });
-    const w = new VnetWorld(eal, socket, host, ready, backend, wire, pool, await openRxQueue(wire.data(), 0), await openTxQueue(wire.data(), 0));
+    const w = new VnetWorld(eal, socket, host, ready, backend, wire, pool, wire && await openRxQueue(wire.data(), 0), wire && await openTxQueue(wire.data(), 0));
     if (!(await until(() => Atomics.load(w.state, L.G_RUNNING) === 1, 20_000))) throw new Error('the virtio-net poll loop did not start');
     return w;
   }
@@ -117,7 +123,9 @@ export class VnetWorld {
   /** Frames the device sent out its backend so far (read from the wire). */
   receiveFromDevice(): Uint8Array[] {
     const out: Uint8Array[] = [];
-    for (let n = this.wireRx.rxBurst(this.burst, 64); n > 0; n = this.wireRx.rxBurst(this.burst, 64)) {
+    const rx = this.wireRx;
+    if (!rx) return out;
+    for (let n = rx.rxBurst(this.burst, 64); n > 0; n = rx.rxBurst(this.burst, 64)) {
       for (let i = 0; i < n; i++) {
         const b = new Uint8Array(16384);
         out.push(b.slice(0, readPacket(this.burst[i], b)));
@@ -127,8 +135,22 @@ export class VnetWorld {
     return out;
   }
 
-  /** Put frames on the wire: the backend receives them (into the device's RX). */
+  /** Wait until n frames came out of the device (or timeout), then look once more after a pause: anything extra shows in the count. */
+  async collectFromDevice(n: number, timeoutMs = 30_000): Promise<Uint8Array[]> {
+    const out: Uint8Array[] = [];
+    const deadline = Date.now() + timeoutMs;
+    while (out.length < n && Date.now() < deadline) {
+      out.push(...this.receiveFromDevice());
+      if (out.length < n) await sleep(1);
+    }
+    await sleep(50);
+    out.push(...this.receiveFromDevice());
+    return out;
+  }
+
+  /** Put frames (at most 64) on the wire: the backend receives them (into the device's RX). */
   sendToDevice(frames: Uint8Array[]): number {
+    if (!this.wireTx) throw new Error('a loopback world has no wire');
     const b = this.burst;
     if (!pktmbufAllocInit(this.pool, b, frames.length, 0, 0, 0)) throw new Error('wire pool empty');
     frames.forEach((f, i) => { if (!writePacket(b[i], f)) throw new Error(`frame of ${f.byteLength} bytes does not fit an mbuf`); });
@@ -154,7 +176,8 @@ export class VnetWorld {
     });
     await this.host.terminate();
     this.receiveFromDevice();
-    for (const p of [this.backend, this.wire]) p.close();
+    this.backend.close();
+    this.wire?.close();
     return r;
   }
 }
@@ -182,7 +205,7 @@ export interface EmuChild {
  * positional before it (see the report on examples/vfio-user/positional.ts).
  */
 export function startEmuArgs(ealArgs: string[], appArgs: string[]): Promise<EmuChild> {
-  const proc = spawn(process.execPath, [...process.execArgv, CLI, 'emu', '--file-prefix', `tspvne${process.pid}`, ...ealArgs, '--', ...appArgs], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TS_NODE_TRANSPILE_ONLY: '1' } });
+  const proc = spawn(process.execPath, [...process.execArgv, CLI, 'emu', '--file-prefix', `tspvne${process.pid}`, ...ealArgs, '--', ...appArgs], { stdio: ['ignore', 'pipe', 'pipe'], env: CHILD_ENV });
   let out = '', err = '', exited = false;
   const exit = new Promise<number | null>((resolve) => proc.on('exit', (code) => { exited = true; resolve(code); }));
   proc.stderr.on('data', (d: Buffer) => { err += d.toString(); });

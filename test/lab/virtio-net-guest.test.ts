@@ -15,7 +15,8 @@ import { spawn, execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { runGuest } from './qemu-run.js';
 import { withQemu11, qemuCommand, type QemuEnv } from './qemu11.js';
-import { tempDir, CLI } from '../vfio-user/helpers.js';
+import { tempDir } from '../vfio-user/helpers.js';
+import { CLI, CHILD_ENV } from '../cli.js';
 
 const BOOT_TIMEOUT_MS = Number(process.env.TSPMD_LAB_BOOT_TIMEOUT ?? 180) * 1000;
 const MAC = '02:74:73:70:76:01';
@@ -31,7 +32,7 @@ function ip(args: string[]): string {
 function startDevice(t: Test, ns: string, tap: string, sock: string): Promise<{ stderr(): string; alive(): boolean; stop(): Promise<number | null> }> {
   const argv = ['netns', 'exec', ns, process.execPath, ...process.execArgv, CLI, 'emu', `virtio-net,mac=${MAC}`, '--socket', sock,
     '--file-prefix', `tspvg${process.pid}`, '--vdev', `net_tap0,iface=${tap}`, '--log-level', 'info'];
-  const proc = spawn('ip', argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TS_NODE_TRANSPILE_ONLY: '1' } });
+  const proc = spawn('ip', argv, { stdio: ['ignore', 'pipe', 'pipe'], env: CHILD_ENV });
   let out = '', err = '', exited = false;
   const exit = new Promise<number | null>((resolve) => proc.on('exit', (code) => { exited = true; resolve(code); }));
   proc.stderr.on('data', (d: Buffer) => { err += d.toString(); });

@@ -13,9 +13,8 @@ import { Eal } from '../../src/eal.js';
 import { probeVdevs } from '../../drivers/bus/vdev/vdev.js';
 import { openRxQueue } from '../../lib/ethdev/ethdev.js';
 import { pktmbufPoolCreate, pktmbufFreeBulk } from '../../lib/mempool/mbuf.js';
+import { CLI, CHILD_ENV, runCli } from '../cli.js';
 
-const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
-const CLI = fileURLToPath(new URL(`../../app/tspmd${ext}`, import.meta.url));
 const PEER = fileURLToPath(new URL('./tcp-peer.mjs', import.meta.url));
 const root = process.getuid?.() === 0;
 const needRoot = root ? false : 'needs root: network namespaces, veth pairs and AF_PACKET sockets';
@@ -30,7 +29,7 @@ function topology(t: { teardown(fn: () => void): void }): Topology {
 async function startL2fwd(topo: Topology, extra: string[] = []): Promise<{ child: ChildProcess; done: Promise<{ code: number | null; stdout: string; stderr: string }> }> {
   const child = spawn(process.execPath, [...process.execArgv, CLI, 'l2fwd', '--no-huge', '--file-prefix', `${topo.prefix}f`, '-l', '0-1',
     '--vdev', `net_af_packet0,iface=${topo.hostA}`, '--vdev', `net_af_packet1,iface=${topo.hostB}`, '--', '--no-mac-updating', '--json', ...extra],
-  { stdio: ['ignore', 'pipe', 'pipe'] });
+  { stdio: ['ignore', 'pipe', 'pipe'], env: CHILD_ENV });
   let stdout = '', stderr = '';
   child.stdout!.on('data', (d: Buffer) => { stdout += d; });
   const ready = new Promise<void>((resolve, reject) => {
@@ -46,6 +45,7 @@ async function startL2fwd(topo: Topology, extra: string[] = []): Promise<{ child
   return { child, done };
 }
 
+/** Run a command other than tspmd (ip, ping) to completion. */
 function run(cmd: string, args: string[], timeout = 60000): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => execFile(cmd, args, { timeout, encoding: 'utf8' }, (err, stdout, stderr) =>
     resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr })));
@@ -94,14 +94,14 @@ t.test('l2fwd on af_packet joins two namespaces: ping, TCP, counters', { skip: n
 });
 
 t.test('bad input: missing interface, no CAP_NET_RAW', { skip: needRoot }, async (t) => {
-  const missing = await run(process.execPath, [...process.execArgv, CLI, 'l2fwd', '--no-huge', '--file-prefix', `tspafm${process.pid}`, '--vdev', 'net_af_packet0,iface=tspnosuch0']);
+  const missing = await runCli(['l2fwd', '--no-huge', '--file-prefix', `tspafm${process.pid}`, '--vdev', 'net_af_packet0,iface=tspnosuch0']);
   t.equal(missing.code, 2);
   t.match(missing.stderr, /interface "tspnosuch0" does not exist/);
-  const noIface = await run(process.execPath, [...process.execArgv, CLI, 'l2fwd', '--no-huge', '--file-prefix', `tspafm${process.pid}`, '--vdev', 'net_af_packet0']);
+  const noIface = await runCli(['l2fwd', '--no-huge', '--file-prefix', `tspafm${process.pid}`, '--vdev', 'net_af_packet0']);
   t.equal(noIface.code, 2);
   t.match(noIface.stderr, /iface=IFNAME is required/);
-  const unpriv = await run('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', '--inh-caps=-all',
-    process.execPath, ...process.execArgv, CLI, 'l2fwd', '--no-huge', '--file-prefix', `tspafu${process.pid}`, '--vdev', 'net_af_packet0,iface=lo']);
+  const unpriv = await runCli(['l2fwd', '--no-huge', '--file-prefix', `tspafu${process.pid}`, '--vdev', 'net_af_packet0,iface=lo'],
+    { wrap: ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--inh-caps=-all'] });
   t.equal(unpriv.code, 1, 'exit 1 without CAP_NET_RAW');
   t.match(unpriv.stderr, /needs CAP_NET_RAW/);
 });
@@ -150,15 +150,15 @@ t.test('interface deleted while forwarding: l2fwd keeps running, exits cleanly o
 
 t.test('tspmd netns up/down builds and removes the topology', { skip: needRoot }, async (t) => {
   const prefix = `tsp${(process.pid % 46656).toString(36)}n`;
-  t.teardown(() => { void run(process.execPath, [...process.execArgv, CLI, 'netns', 'down', '--prefix', prefix]); });
-  const up = await run(process.execPath, [...process.execArgv, CLI, 'netns', 'up', '--prefix', prefix]);
+  t.teardown(() => { void runCli(['netns', 'down', '--prefix', prefix]); });
+  const up = await runCli(['netns', 'up', '--prefix', prefix]);
   t.equal(up.code, 0, up.stderr);
   t.match(up.stdout, new RegExp(`net_af_packet0,iface=${prefix}a1`));
   t.match(sh(['ip', 'netns', 'list']), new RegExp(`${prefix}A`));
-  const down = await run(process.execPath, [...process.execArgv, CLI, 'netns', 'down', '--prefix', prefix]);
+  const down = await runCli(['netns', 'down', '--prefix', prefix]);
   t.equal(down.code, 0);
   t.notMatch(sh(['ip', 'netns', 'list']), new RegExp(`${prefix}[AB]`));
-  const bad = await run(process.execPath, [...process.execArgv, CLI, 'netns', 'down']);
+  const bad = await runCli(['netns', 'down']);
   t.equal(bad.code, 2);
   t.match(bad.stderr, /needs --prefix/);
 });

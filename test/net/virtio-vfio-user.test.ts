@@ -20,20 +20,13 @@ import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
-import '../../drivers/index.js';
-import { Eal } from '../../src/eal.js';
-import * as os from '../../src/os/libc.js';
 import { siblingModule } from '../../src/lcore/lcores.js';
-import { openRxQueue, openTxQueue, formatMac, type RxQueue, type TxQueue, type PortStats } from '../../lib/ethdev/ethdev.js';
-import { pktmbufPoolCreate, pktmbufAllocBulk, writePacket, readPacket, pktmbufFreeBulk, nbSegs } from '../../lib/mempool/mbuf.js';
-import type { Mempool } from '../../lib/mempool/mempool.js';
-import { buildUdpFrame, parseIpv4 } from '../../lib/net/packet.js';
-import { VirtioNetPort } from '../../drivers/net/virtio/virtio.js';
-import { probePorts } from '../../drivers/bus/probe.js';
+import { formatMac, type PortStats } from '../../lib/ethdev/ethdev.js';
 import { sh, uniquePrefix } from '../../lib/netns/topology.js';
-import { startEmu, tempDir, CHILD_ENV, type EmuProcess } from '../vfio-user/helpers.js';
+import { startEmu, tempDir, type EmuProcess } from '../vfio-user/helpers.js';
+import { CHILD_ENV } from '../cli.js';
+import { openClient, startClient, pmdSend, pmdReceive, udpFrame, sameFrames, stopAndCheckPool, sleep, type Client } from './virtio-client.js';
 
 const WIRE = fileURLToPath(siblingModule(import.meta.url, 'virtio-vfio-user-wire'));
 
@@ -46,10 +39,7 @@ const skip = process.getuid?.() !== 0 ? 'needs root: a network namespace and a T
 
 const PREFIX = uniquePrefix();
 const NS = `${PREFIX}n`;
-const CPUS = os.getAffinity();
 const PEER_MAC = [0x02, 0x74, 0x73, 0x70, 0x77, 0x01];
-const RX_DESC = 256;
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 // ---- the namespace: one per run, removed at teardown and at exit, whatever happened ----
 
@@ -185,122 +175,6 @@ function deviceStats(stderr: string): Record<string, number> | null {
   return out;
 }
 
-// ---- the driver side: an EAL client of the device ----
-
-interface Client {
-  eal: Eal;
-  /** frames received as chains of more than one mbuf (MRG_RXBUF with small buffers) */
-  chained: number;
-  port: VirtioNetPort;
-  /** the RX queues' pool (its data room decides whether frames span buffers) */
-  pool: Mempool;
-  /** the pool frames to send are built in (2048-byte data room: every test frame fits one mbuf) */
-  txPool: Mempool;
-  rx: RxQueue[];
-  tx: TxQueue[];
-}
-
-let clientSeq = 0;
-
-/** An EAL with `-a vfio-user:SOCKET`, the device probed as a net_virtio port, started with `queues` pairs. */
-async function openClient(t: { teardown(fn: () => unknown): void }, socket: string, queues: number, dataRoom?: number): Promise<Client> {
-  const eal = new Eal({
-    noHuge: true, noPci: true, filePrefix: `tspvvu${process.pid}_${clientSeq++}`, allow: [`vfio-user:${socket}`],
-    lcores: [{ id: 0, cpu: CPUS[0] }], mainLcore: 0,
-  });
-  t.teardown(() => eal.close());
-  const ports = await probePorts(eal);
-  const port = ports.find((p) => p.name === `vfio-user:${socket}`);
-  if (!(port instanceof VirtioNetPort)) throw new Error(`no net_virtio port for vfio-user:${socket} (ports: ${ports.map((p) => p.name).join(', ')})`);
-  const pool = pktmbufPoolCreate(eal.memory, 'tspvvu_pool', 4095, { cacheSize: 0, dataRoom });
-  const txPool = pktmbufPoolCreate(eal.memory, 'tspvvu_txpool', 1023, { cacheSize: 0 });
-  port.configure({ rxQueues: queues, txQueues: queues });
-  for (let q = 0; q < queues; q++) {
-    port.rxQueueSetup(q, RX_DESC, pool);
-    port.txQueueSetup(q, 256);
-  }
-  const c: Client = { eal, port, pool, txPool, rx: [], tx: [], chained: 0 };
-  await startClient(c);
-  return c;
-}
-
-/** Start the port and open its queues' data halves in this thread. */
-async function startClient(c: Client): Promise<void> {
-  c.port.start();
-  const n = c.port.configuration!.rxQueues;
-  c.rx = [];
-  c.tx = [];
-  for (let q = 0; q < n; q++) {
-    c.rx.push(await openRxQueue(c.port.data(), q));
-    c.tx.push(await openTxQueue(c.port.data(), q));
-  }
-}
-
-/** Send frames out of the PMD, frame i on TX queue queueOf(i); waits for ring room, never drops. */
-async function pmdSend(c: Client, frames: Uint8Array[], queueOf: (i: number) => number): Promise<void> {
-  const m = new Uint32Array(1);
-  const deadline = Date.now() + 30_000;
-  for (let i = 0; i < frames.length; i++) {
-    if (!pktmbufAllocBulk(c.txPool, m, 1)) throw new Error(`TX pool empty at frame ${i} (in use ${c.txPool.inUseCount()})`);
-    if (!writePacket(m[0], frames[i])) throw new Error(`frame ${i} (${frames[i].length} bytes) does not fit an mbuf`);
-    while (c.tx[queueOf(i)].txBurst(m, 1, 0) !== 1) {
-      if (Date.now() > deadline) { pktmbufFreeBulk(m, 1, 0); throw new Error(`TX queue ${queueOf(i)} stayed full (frame ${i})`); }
-      await sleep(1);
-    }
-  }
-}
-
-/** Receive from every RX queue until n frames arrived (or timeout); frames by queue. */
-async function pmdReceive(c: Client, n: number, timeoutMs = 30_000): Promise<Uint8Array[][]> {
-  const out: Uint8Array[][] = c.rx.map(() => []);
-  const burst = new Uint32Array(32), buf = new Uint8Array(16384);
-  let got = 0;
-  const deadline = Date.now() + timeoutMs;
-  while (got < n && Date.now() < deadline) {
-    let k = 0;
-    for (let q = 0; q < c.rx.length; q++) {
-      const r = c.rx[q].rxBurst(burst, 32);
-      for (let i = 0; i < r; i++) {
-        if (nbSegs(burst[i]) > 1) c.chained++;
-        out[q].push(buf.slice(0, readPacket(burst[i], buf)));
-      }
-      pktmbufFreeBulk(burst, r, 0);
-      k += r;
-    }
-    got += k;
-    if (k === 0) await sleep(1);
-  }
-  return out;
-}
-
-/** Frame i of a round: an IPv4/UDP frame (flows vary, for steering) with a unique random payload. */
-function frame(dir: 'out' | 'in', round: number, i: number, deviceMac: number[]): Uint8Array {
-  const size = 60 + ((i * 97 + round * 31) % 1455); // 60..1514
-  const f = buildUdpFrame({
-    dstMac: dir === 'out' ? PEER_MAC : deviceMac, srcMac: dir === 'out' ? deviceMac : PEER_MAC,
-    srcIp: parseIpv4('10.77.0.1') + i, dstIp: parseIpv4('10.77.1.1') + (i % 7), srcPort: 1024 + i, dstPort: 4789, size,
-  });
-  f[40] = f[41] = 0; // UDP checksum 0: none (the payload below is not what it summed)
-  f[42] = dir === 'out' ? 0xaa : 0x55;
-  f[43] = round;
-  f[44] = i >> 8;
-  f[45] = i & 0xff;
-  f.set(randomBytes(size - 46), 46);
-  return f;
-}
-
-const hex = (f: Uint8Array): string => Buffer.from(f).toString('hex');
-
-/** got == want byte for byte (in order, or as multisets); one assertion, a short message on failure. */
-function sameFrames(t: Tap, got: Uint8Array[], want: Uint8Array[], ordered: boolean, what: string): void {
-  const g = got.map(hex), w = want.map(hex);
-  if (!ordered) { g.sort(); w.sort(); }
-  let bad = -1;
-  for (let i = 0; i < Math.max(g.length, w.length) && bad < 0; i++) if (g[i] !== w[i]) bad = i;
-  t.ok(bad < 0 && g.length === w.length,
-    `${what}: ${w.length} frames byte-exact${ordered ? ', in order' : ''}` + (bad >= 0 ? ` (got ${g.length}; first difference at #${bad}: got ${g[bad]?.slice(0, 96) ?? 'nothing'}..., want ${w[bad]?.slice(0, 96) ?? 'nothing'}...)` : ''));
-}
-
 /** Totals a client's port counted (kept across clients for the device's statistics). */
 interface Totals { ipackets: number; opackets: number; ibytes: number; obytes: number }
 function addStats(tot: Totals, s: PortStats): void {
@@ -318,12 +192,12 @@ function addStats(tot: Totals, s: PortStats): void {
 async function round(t: Tap, c: Client, wire: Wire, r: number, count: number): Promise<{ rxPerQueue: number[] }> {
   const mac = c.port.macAddr();
   const queues = c.tx.length;
-  const out = Array.from({ length: count }, (_, i) => frame('out', r, i, mac));
+  const out = Array.from({ length: count }, (_, i) => udpFrame(mac, PEER_MAC, 0xaa, r, i));
   await pmdSend(c, out, (i) => i % queues);
   const atTap = await wire.collect(count);
   sameFrames(t, atTap, out, queues === 1, `round ${r}: PMD TX -> device -> TAP`);
 
-  const inj = Array.from({ length: count }, (_, i) => frame('in', r, i, mac));
+  const inj = Array.from({ length: count }, (_, i) => udpFrame(PEER_MAC, mac, 0x55, r, i));
   const got: Uint8Array[] = [];
   const rxPerQueue = c.rx.map(() => 0);
   const BATCH = 64;
@@ -340,14 +214,6 @@ async function round(t: Tap, c: Client, wire: Wire, r: number, count: number): P
   (await pmdReceive(c, 1, 100)).forEach((fs, q) => { rxPerQueue[q] += fs.length; got.push(...fs); });
   sameFrames(t, got, inj, queues === 1, `round ${r}: TAP -> device -> PMD RX`);
   return { rxPerQueue };
-}
-
-/** Stop the port: every mbuf (RX ring, TX in flight, ours) must be back in the pool. */
-function stopAndCheckPool(t: Tap, c: Client, what: string): void {
-  c.port.stop();
-  c.pool.flushCache();
-  c.txPool.flushCache();
-  t.same([c.pool.inUseCount(), c.txPool.inUseCount()], [0, 0], `${what}: every mbuf back in its pool after stop (RX pool, TX pool)`);
 }
 
 /** The device's exit statistics against the ports' totals and the TAP's kernel counters. */
@@ -403,7 +269,7 @@ t.test('queues=1 mrg=1: bytes both ways, MAC and link, stop/start, a second clie
   t.ok(emu.alive(), 'the device still serves after its first client left');
   t.equal(c1.chained, 0, 'client 1 (2048-byte buffers): every frame in one buffer');
   // Client 2 posts 1024-byte buffers: frames over 1012 bytes span several of them (num_buffers > 1).
-  const c2 = await openClient(t, emu.path, 1, 1024);
+  const c2 = await openClient(t, emu.path, 1, { dataRoom: 1024 });
   t.equal(formatMac(c2.port.macAddr()), mac, 'second client: same MAC');
   t.ok(c2.port.link().up, 'second client: link up');
   await round(t, c2, wire, 3, 100);

@@ -1,17 +1,12 @@
 /**
- * Test helpers: a `tspmd emu` server in its own process, and temporary socket directories.
+ * Test helpers: a `tspmd emu` server in its own process, and temporary socket directories. The
+ * command itself (CLI, CHILD_ENV, runCli) is in test/cli.ts.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-
-/** The tspmd command in the same language as the test (ts under the tap loader, js built). */
-export const CLI = fileURLToPath(new URL('../../app/tspmd' + (import.meta.url.endsWith('.ts') ? '.ts' : '.js'), import.meta.url));
-
-/** Children skip the loader's type check (tsc checks the tree): 2 s per spawn instead of 5. */
-export const CHILD_ENV = { ...process.env, TS_NODE_TRANSPILE_ONLY: '1' };
+import { CLI, CHILD_ENV } from '../cli.js';
 
 /** A temporary directory tsp-* removed at teardown. */
 export function tempDir(t: { teardown(fn: () => unknown): void }): string {
@@ -61,16 +56,5 @@ export function startEmu(path: string, device = 'dmatest', extra: string[] = [],
       if (out.includes('serving ')) { clearTimeout(timer); resolve(ep); }
     });
     void exit.then((code) => { clearTimeout(timer); reject(new Error(`tspmd emu exited with ${code}: ${err}`)); });
-  });
-}
-
-/** Run the tspmd command; resolves with exit code and output. */
-export function runCli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, [...process.execArgv, CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: CHILD_ENV });
-    let stdout = '', stderr = '';
-    p.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
-    p.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
-    p.on('exit', (code) => resolve({ code: code ?? 1, stdout, stderr }));
   });
 }

@@ -12,7 +12,8 @@ import { probeDeviceBuses } from '../../drivers/bus/probe.js';
 import type { ProbedDmatest } from '../../drivers/raw/dmatest/pci.js';
 import { DESC_STATUS_DONE } from '../../lib/dmatest/regs.js';
 import { viewOf } from '../../src/os/libc.js';
-import { tempDir, startEmu, runCli } from './helpers.js';
+import { tempDir, startEmu } from './helpers.js';
+import { runCli } from '../cli.js';
 
 t.test('-a vfio-user:SOCKET: probed by the dmatest PCI driver, DMA copies verified', async (t) => {
   const dir = tempDir(t);
