@@ -154,6 +154,27 @@ export class MbufView {
     return this.u32[(this.off + F_REFCNT) >> 2] === 0x10001;
   }
 
+  /**
+   * Rewrite every header field a device could have changed while it held this buffer (DMA memory
+   * is the device's to write): data_off and data_len, one reference, one segment, the port and
+   * buf_len word (portBuf, from MbufView.portBufWord), no offload flags, no next segment. Bytes
+   * 12..35: six stores, no pool lookup.
+   */
+  rearm(dataOff: number, dataLen: number, portBuf: number): void {
+    const w = this.off >> 2, u32 = this.u32;
+    u32[w + 3] = (dataLen | (dataOff << 16)) >>> 0; // data_len | data_off << 16
+    u32[w + 4] = 0x10001; // refcnt 1 | nb_segs 1 << 16
+    u32[w + 5] = portBuf; // port | buf_len << 16
+    u32[w + 6] = 0; // ol_flags
+    u32[w + 7] = 0;
+    u32[w + 8] = MBUF_NONE; // next
+  }
+
+  /** The port | buf_len << 16 word rearm() writes for mbufs of pool received on port. */
+  static portBufWord(pool: Mempool, port: number): number {
+    return ((port & 0xffff) | ((pool.userWord(0) + pool.userWord(1)) << 16)) >>> 0;
+  }
+
   /** Input port of a received packet. */
   get port(): number {
     return this.u16[(this.off + F_PORT) >> 1];

@@ -31,6 +31,12 @@ export const HANDLE_INDEX_MASK = 0xffffff;
 export interface MempoolDesc {
   name: string;
   zone: Memzone;
+  /**
+   * header words 1..10 (id, count, object size and offset, cache geometry, ring offset, populated)
+   * as the creating thread wrote them. The header is DMA memory that a device may rewrite: attach
+   * refuses a header that no longer says this (desc from pool.desc carries it).
+   */
+  geometry?: readonly number[];
 }
 
 /** Options for Mempool.create. */
@@ -91,11 +97,14 @@ export class Mempool {
   private readonly flushThresh: number;
   private readonly cacheOffset: number;
   private readonly cacheStride: number;
+  private readonly geo: readonly number[];
 
-  private constructor(name: string, zone: Memzone) {
+  private constructor(name: string, zone: Memzone, geometry?: readonly number[]) {
     const ab = viewOf(zone.va, zone.len);
     const h = new Int32Array(ab, 0, HEADER_BYTES / 4);
     if (h[H_MAGIC] !== MAGIC) throw new Error(`mempool "${name}": memzone "${zone.name}" holds no mempool (bad magic)`);
+    checkHeader(name, zone, h, geometry);
+    this.geo = Array.from(h.subarray(H_ID, H_POPULATED + 1));
     this.name = name;
     this.zone = zone;
     this.id = h[H_ID];
@@ -113,7 +122,8 @@ export class Mempool {
     this.dv = new DataView(ab);
     this.va = Number(zone.va);
     this.i32 = new Int32Array(ab, 0, zone.len >>> 2);
-    this.ring = Ring.attach({ name: `${name}.ring`, memory: zone.va + BigInt(h[H_RING_OFF]), offset: 0 }, viewOf);
+    // Inside the zone's own view (bounded by it), with the size the count implies.
+    this.ring = Ring.attachIn(`${name}.ring`, zone.va + BigInt(h[H_RING_OFF]), ab, h[H_RING_OFF], nextPow2(h[H_COUNT]));
   }
 
   /** Create a pool of count objects of objSize bytes in a new memzone named after it. */
@@ -174,16 +184,22 @@ export class Mempool {
   /** Rebuild a pool in this thread (or another process mapping the same memory) from its descriptor. */
   static attach(desc: MempoolDesc): Mempool {
     const h = new Int32Array(viewOf(desc.zone.va, HEADER_BYTES));
-    const known = POOLS[h[H_ID]];
+    const id = desc.geometry ? desc.geometry[0] : h[H_ID];
+    const known = POOLS[id];
     if (known && known.zone.va === desc.zone.va) return known;
-    const pool = new Mempool(desc.name, desc.zone);
+    const pool = new Mempool(desc.name, desc.zone, desc.geometry);
     POOLS[pool.id] = pool;
     return pool;
   }
 
-  /** Plain-data descriptor for attach() in a worker. */
+  /** Plain-data descriptor for attach() in a worker (with the header as created: see MempoolDesc.geometry). */
   get desc(): MempoolDesc {
-    return { name: this.name, zone: this.zone };
+    return { name: this.name, zone: this.zone, geometry: this.geometry };
+  }
+
+  /** Header words 1..10 as this pool read them (checked at attach). */
+  private get geometry(): number[] {
+    return [...this.geo];
   }
 
   /** Header words reserved for the layer above (mbuf geometry). */
@@ -281,3 +297,25 @@ export class Mempool {
 }
 
 const ONE = new Uint32Array(1);
+
+/**
+ * Refuse a header that does not describe a pool inside its zone, or (with geometry, from the
+ * creating thread) one that says anything else than when it was created: every view and the ring
+ * are then made for the zone's bytes alone, whatever a device wrote there.
+ */
+function checkHeader(name: string, zone: Memzone, h: Int32Array, geometry: readonly number[] | undefined): void {
+  const bad = (what: string): Error => new Error(`mempool "${name}": memzone "${zone.name}" has a bad header (${what}): the memory was overwritten`);
+  if (geometry) {
+    for (let i = 0; i < geometry.length; i++) {
+      if (h[H_ID + i] !== geometry[i]) throw bad(`word ${H_ID + i} reads ${h[H_ID + i]}, it was created as ${geometry[i]}`);
+    }
+  }
+  const id = h[H_ID], count = h[H_COUNT], objSize = h[H_OBJ_SIZE], objOff = h[H_OBJ_OFF], cacheSize = h[H_CACHE_SIZE];
+  const flush = h[H_FLUSH], ringOff = h[H_RING_OFF], cacheOff = h[H_CACHE_OFF], stride = h[H_CACHE_STRIDE], populated = h[H_POPULATED];
+  if (id < 0 || id > 255) throw bad(`pool id ${id}`);
+  if (count < 1 || count >= MEMPOOL_MAX_OBJECTS || populated < 0 || populated > count) throw bad(`count ${count}, populated ${populated}`);
+  if (objSize < 4 || objSize > 2 ** 21 || objOff < 0 || objOff + count * objSize > zone.len) throw bad(`${count} objects of ${objSize} bytes at ${objOff}`);
+  if (ringOff < HEADER_BYTES || ringOff % 64 !== 0 || ringOff + ringBytes(nextPow2(count)) > cacheOff) throw bad(`ring at ${ringOff}`);
+  if (cacheSize < 0 || cacheSize > MEMPOOL_CACHE_MAX || flush < cacheSize || flush > Math.ceil(cacheSize * 1.5)) throw bad(`cache size ${cacheSize}, flush threshold ${flush}`);
+  if (cacheOff % 64 !== 0 || cacheOff > objOff || (cacheSize > 0 && (stride < 4 + 8 * flush || cacheOff + stride * MAX_LCORE > objOff))) throw bad(`caches at ${cacheOff}, stride ${stride}`);
+}

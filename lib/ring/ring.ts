@@ -34,6 +34,12 @@ export interface RingDesc {
   memory: SharedArrayBuffer | bigint;
   /** byte offset of the ring inside memory (SharedArrayBuffer only) */
   offset: number;
+  /**
+   * entries it holds. Required to attach a ring in DMA memory: another party (a device) may write
+   * that memory, so the size the view is made for comes from here and the size word in memory
+   * must agree; a SharedArrayBuffer ring may leave it out.
+   */
+  size?: number;
 }
 
 /** Bytes a ring of `size` entries occupies. */
@@ -85,6 +91,10 @@ export class Ring {
       throw new Error(`ring "${desc.name}": no ring at this memory (bad magic); was it created?`);
     }
     this.size = words[OFF_SIZE];
+    if (desc.size !== undefined && this.size !== desc.size) {
+      throw new Error(`ring "${desc.name}": its size word reads ${this.size}, its descriptor says ${desc.size} (the memory was overwritten)`);
+    }
+    checkSize(desc.name, this.size);
     this.mask = this.size - 1;
     this.sp = (words[OFF_FLAGS] & F_SP) !== 0;
     this.sc = (words[OFF_FLAGS] & F_SC) !== 0;
@@ -98,24 +108,41 @@ export class Ring {
   static create(name: string, size: number, flags: RingFlags = {}): Ring {
     checkSize(name, size);
     const sab = new SharedArrayBuffer(ringBytes(size));
-    return new Ring({ name, memory: sab, offset: 0 }, sab, 0, { size, flags: (flags.sp ? F_SP : 0) | (flags.sc ? F_SC : 0) });
+    return new Ring({ name, memory: sab, offset: 0, size }, sab, 0, { size, flags: (flags.sp ? F_SP : 0) | (flags.sc ? F_SC : 0) });
   }
 
   /** Create a ring inside DMA memory at address va (ringBytes(size) bytes, 64-byte aligned). */
   static createAt(name: string, va: bigint, buffer: ArrayBufferLike, offset: number, size: number, flags: RingFlags = {}): Ring {
     checkSize(name, size);
     if (offset % 64 !== 0) throw new RangeError(`ring "${name}": offset ${offset} must be 64-byte aligned`);
-    return new Ring({ name, memory: va, offset: 0 }, buffer, offset, { size, flags: (flags.sp ? F_SP : 0) | (flags.sc ? F_SC : 0) });
+    return new Ring({ name, memory: va, offset: 0, size }, buffer, offset, { size, flags: (flags.sp ? F_SP : 0) | (flags.sc ? F_SC : 0) });
   }
 
-  /** Rebuild a ring from its descriptor in this thread; view(va, len) maps DMA memory (default: viewOf). */
+  /**
+   * Rebuild a ring from its descriptor in this thread; view(va, len) maps DMA memory (default:
+   * viewOf). In DMA memory the view covers exactly desc.size entries, and a size word that says
+   * otherwise is refused: the memory's own word never decides how much is mapped.
+   */
   static attach(desc: RingDesc, view: (va: bigint, len: number) => ArrayBuffer = viewOf): Ring {
     if (typeof desc.memory === 'bigint') {
-      const head = view(desc.memory, HEADER_BYTES);
-      const size = new Int32Array(head)[OFF_SIZE];
-      return new Ring(desc, view(desc.memory, ringBytes(size)), 0, null);
+      const head = new Int32Array(view(desc.memory, HEADER_BYTES));
+      if (Atomics.load(head, OFF_MAGIC) !== MAGIC) throw new Error(`ring "${desc.name}": no ring at this memory (bad magic); was it created?`);
+      if (desc.size === undefined) throw new Error(`ring "${desc.name}": a ring in DMA memory is attached with its size in the descriptor (use ring.desc)`);
+      checkSize(desc.name, desc.size);
+      return new Ring(desc, view(desc.memory, ringBytes(desc.size)), 0, null);
     }
     return new Ring(desc, desc.memory, desc.offset, null);
+  }
+
+  /** Attach the ring of size entries at byte offset in buffer (DMA memory already viewed by the caller, e.g. a mempool's zone); the size word must agree. */
+  static attachIn(name: string, va: bigint, buffer: ArrayBufferLike, offset: number, size: number): Ring {
+    checkSize(name, size);
+    if (offset % 64 !== 0 || offset < 0 || offset + ringBytes(size) > buffer.byteLength) {
+      throw new RangeError(`ring "${name}": ${ringBytes(size)} bytes at offset ${offset} do not fit its memory (${buffer.byteLength} bytes, 64-byte aligned)`);
+    }
+    const words = new Int32Array(buffer, offset, HEADER_BYTES / 4);
+    if (Atomics.load(words, OFF_MAGIC) !== MAGIC) throw new Error(`ring "${name}": no ring at this memory (bad magic); was it created?`);
+    return new Ring({ name, memory: va, offset: 0, size }, buffer, offset, null);
   }
 
   /** Entries in the ring now (a snapshot). */

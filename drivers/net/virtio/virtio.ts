@@ -26,7 +26,7 @@ import { registerPciDriver } from '../../bus/pci/pci.js';
 import * as V from '../../../lib/virtio/virtio.js';
 import { VirtioPci, chooseQueueSize, sleepMs, type FeatureChoice } from './virtio_pci.js';
 import { type VirtqLayout, virtqLayout, availIdxWord, availRingWord, usedIdxWord, usedRingWord, iovaHalves } from './virtqueue.js';
-import type { VirtioQueueData } from './virtio_data.js';
+import { type VirtioQueueData, VirtqBook, RX_START_EPOCH, BK_AVAIL_IDX } from './virtio_data.js';
 
 const DATA = siblingModule(import.meta.url, 'virtio_data');
 const HDR = V.NET_HDR_SIZE;
@@ -55,6 +55,8 @@ interface Queue {
   u16: Uint16Array;
   u32: Uint32Array;
   notifyOff: number;
+  /** the mbufs the descriptors hold and the rest the driver trusts: never in DMA memory */
+  book: VirtqBook;
 }
 
 /** What the device configuration says (read once at probe; link status is read live). */
@@ -225,11 +227,10 @@ export class VirtioNetPort extends EthDev {
     const layout = virtqLayout(size);
     const zone = this.memory.reserve(`virtio${this.port}_vq${vq}`, layout.total, 4096, true);
     const ab = viewOf(zone.va, zone.len);
-    const queue: Queue = { vq, layout, zone, u8: new Uint8Array(ab), u16: new Uint16Array(ab), u32: new Uint32Array(ab), notifyOff: -1 };
+    const queue: Queue = { vq, layout, zone, u8: new Uint8Array(ab), u16: new Uint16Array(ab), u32: new Uint32Array(ab), notifyOff: -1, book: VirtqBook.create(size) };
     try {
       queue.u8.fill(0);
       queue.u16[layout.avail >> 1] = V.VRING_AVAIL_F_NO_INTERRUPT; // poll mode
-      queue.u32.fill(MBUF_NONE, layout.mbufs >> 2, (layout.mbufs >> 2) + size);
       if (pool) this.fillRx(queue, pool, q, what);
       // The data path rings doorbells from the lcore through the BAR mapping: refuse before enabling.
       const mustMap = (off: number): void => {
@@ -266,10 +267,12 @@ export class VirtioNetPort extends EthDev {
       u32[d + 1] = hi;
       u32[d + 2] = HDR + room;
       u32[d + 3] = V.VRING_DESC_F_WRITE;
-      u32[(l.mbufs >> 2) + id] = m;
+      queue.book.mbufs[id] = m;
+      queue.book.posted[id] = RX_START_EPOCH;
       u16[availRingWord(l) + id] = id;
     }
     u16[availIdxWord(l)] = size & 0xffff;
+    queue.book.state[BK_AVAIL_IDX] = size & 0xffff;
   }
 
   /** Send one control-queue command and wait for the device's ack; throws naming it when refused. */
@@ -343,14 +346,18 @@ export class VirtioNetPort extends EthDev {
     if (first) throw first;
   }
 
-  /** Free the mbufs a queue's descriptors hold, then its memzone (the device must be reset). */
+  /**
+   * Free the mbufs a queue's descriptors hold, then its memzone (the device must be reset). What
+   * they hold comes from the bookkeeping, never from memory the device could have rewritten.
+   */
   private releaseQueue(q: Queue): void {
-    const l = q.layout, held = new Uint32Array(l.size);
+    const l = q.layout, held = new Uint32Array(l.size), mbufs = q.book.mbufs;
     let n = 0;
     for (let id = 0; id < l.size; id++) {
-      const m = q.u32[(l.mbufs >> 2) + id];
+      const m = mbufs[id];
       if (m !== MBUF_NONE) held[n++] = m;
     }
+    mbufs.fill(MBUF_NONE);
     if (n > 0) pktmbufFreeBulk(held, n);
     this.memory.free(q.zone.name);
   }
@@ -388,6 +395,7 @@ export class VirtioNetPort extends EthDev {
       notify: this.pci.bar(this.pci.caps.notify).data(), notifyOff: q.notifyOff,
       mergeable: has(this.features, V.VIRTIO_NET_F_MRG_RXBUF),
       kickStat: xstat < 1 + 2 * XSTAT_QUEUES ? xstatIndex(xstat) : -1,
+      book: q.book.sab,
     };
   }
 }

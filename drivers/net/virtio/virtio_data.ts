@@ -16,6 +16,17 @@
  * Both directions set VRING_AVAIL_F_NO_INTERRUPT (control half, at start) and ring the doorbell
  * (one 16-bit store into the mapped notify register) only when the used ring's flags lack
  * VRING_USED_F_NO_NOTIFY, once per burst: a polling device costs no MMIO write at all.
+ *
+ * Distrust: the device may write any DMA memory (a vfio-user device maps all of it), so nothing
+ * the driver relies on lives there. The bookkeeping (the mbuf behind each descriptor, TX chain
+ * lengths and next links, which RX descriptors are posted, the last used index) is a
+ * SharedArrayBuffer of this process (VirtqBook); the descriptor table and the rings are only
+ * written, or read and checked: a used id must be below the queue size and name a descriptor the
+ * driver posted and has not taken back (RX: posted before this burst, so an id used twice is seen;
+ * TX: a chain head in flight), a length must fit the buffer, num_buffers must fit the ring and what
+ * was counted, the used index may not run more than the queue size ahead, and a received mbuf's
+ * header is rewritten (MbufView.rearm) before it is handed out. A lying device loses its packets
+ * (counted as errors), never a driver mbuf, and never makes the driver free one twice.
  */
 import { MappedBar, type BarData } from '../../../src/iommu/bar.js';
 import { viewOf } from '../../../src/os/libc.js';
@@ -28,8 +39,56 @@ import {
 } from '../../../lib/ethdev/ethdev.js';
 import { NET_HDR_SIZE, NET_HDR_NUM_BUFFERS, VRING_USED_F_NO_NOTIFY, VRING_DESC_F_NEXT, USED_FLAGS } from '../../../lib/virtio/virtio.js';
 import {
-  type VirtqLayout, HDR_SLOT, ST_LAST_USED, USED_ELEM_WORDS, availIdxWord, availRingWord, usedIdxWord, usedRingWord, iovaHalves,
+  type VirtqLayout, HDR_SLOT, USED_ELEM_WORDS, availIdxWord, availRingWord, usedIdxWord, usedRingWord, iovaHalves,
 } from './virtqueue.js';
+
+/** VirtqBook.state words: the last used index the data half consumed, the RX posting epoch, the avail index the driver published. */
+export const BK_LAST_USED = 0, BK_EPOCH = 1, BK_AVAIL_IDX = 2;
+const BK_STATE_BYTES = 16;
+
+/**
+ * The driver's bookkeeping of one virtqueue, in a SharedArrayBuffer that only this process's
+ * threads see (never DMA memory, which the device may rewrite): the control half creates it and
+ * frees what `mbufs` holds at stop, the lcore that owns the queue updates it.
+ */
+export class VirtqBook {
+  /** the mbuf each descriptor holds (RX: always one; TX: chain heads, else MBUF_NONE) */
+  readonly mbufs: Uint32Array;
+  /** RX: the epoch in which the descriptor was posted (0: not posted) */
+  readonly posted: Uint32Array;
+  /** TX: descriptors in the chain starting at this head (0: not a head in flight) */
+  readonly chain: Uint16Array;
+  /** TX: the driver's own copy of each descriptor's next link */
+  readonly next: Uint16Array;
+  /** [BK_LAST_USED, BK_EPOCH, BK_AVAIL_IDX] */
+  readonly state: Uint32Array;
+
+  /** Views over sab for a queue of size entries (sab from VirtqBook.create). */
+  constructor(readonly sab: SharedArrayBuffer, readonly size: number) {
+    if (sab.byteLength !== VirtqBook.bytes(size)) throw new RangeError(`virtqueue bookkeeping of ${sab.byteLength} bytes does not fit a queue of ${size}`);
+    this.state = new Uint32Array(sab, 0, BK_STATE_BYTES >> 2);
+    this.mbufs = new Uint32Array(sab, BK_STATE_BYTES, size);
+    this.posted = new Uint32Array(sab, BK_STATE_BYTES + 4 * size, size);
+    this.chain = new Uint16Array(sab, BK_STATE_BYTES + 8 * size, size);
+    this.next = new Uint16Array(sab, BK_STATE_BYTES + 10 * size, size);
+  }
+
+  /** Bytes of the bookkeeping of a queue of size entries. */
+  static bytes(size: number): number {
+    return BK_STATE_BYTES + 12 * size;
+  }
+
+  /** Fresh bookkeeping: no mbufs, nothing posted, used index 0, epoch 1 (what RX descriptors posted at start carry). */
+  static create(size: number): VirtqBook {
+    const b = new VirtqBook(new SharedArrayBuffer(VirtqBook.bytes(size)), size);
+    b.mbufs.fill(MBUF_NONE);
+    b.state[BK_EPOCH] = RX_START_EPOCH;
+    return b;
+  }
+}
+
+/** The epoch of RX descriptors posted by the control half at start. */
+export const RX_START_EPOCH = 1;
 
 /** Plain data for one queue (RX or TX), built by the control half at start. */
 export interface VirtioQueueData {
@@ -49,6 +108,8 @@ export interface VirtioQueueData {
   mergeable: boolean;
   /** float64 index of this queue's doorbell counter (an xstat), or -1 */
   kickStat: number;
+  /** the driver's bookkeeping (VirtqBook), shared with the control half, never with the device */
+  book: SharedArrayBuffer;
 }
 
 const HDR = NET_HDR_SIZE;
@@ -68,9 +129,7 @@ class QueueViews {
   readonly usedIdxW: number;
   readonly usedFlagsW: number;
   readonly usedRingW: number;
-  readonly mbufsW: number;
-  readonly chainW: number;
-  readonly stateW: number;
+  readonly book: VirtqBook;
   readonly bar: MappedBar;
   readonly notifyOff: number;
   readonly kickStat: number;
@@ -92,20 +151,19 @@ class QueueViews {
     this.usedIdxW = usedIdxWord(l);
     this.usedFlagsW = (l.used + USED_FLAGS) >> 1;
     this.usedRingW = usedRingWord(l);
-    this.mbufsW = l.mbufs >> 2;
-    this.chainW = l.chain >> 1;
-    this.stateW = (l.state >> 2) + ST_LAST_USED;
+    this.book = new VirtqBook(d.book, l.size);
     this.bar = new MappedBar(d.notify);
     this.bar.check(d.notifyOff, 2);
     this.notifyOff = d.notifyOff;
     this.kickStat = d.kickStat;
     // Resume where the last owner of the queue stopped (a queue may be reopened while started).
-    this.availIdx = this.u16[this.availIdxW];
-    this.lastUsed = this.u32[this.stateW] & 0xffff;
+    this.availIdx = this.book.state[BK_AVAIL_IDX] & 0xffff;
+    this.lastUsed = this.book.state[BK_LAST_USED] & 0xffff;
   }
 
   /** Publish the avail index, then ring the doorbell unless the device said it polls. */
   protected publish(ai: number, stats: Float64Array): void {
+    this.book.state[BK_AVAIL_IDX] = ai;
     Atomics.store(this.u16, this.availIdxW, ai);
     // Atomics.store then Atomics.load: a full barrier between our index and the device's flags.
     if ((Atomics.load(this.u16, this.usedFlagsW) & VRING_USED_F_NO_NOTIFY) === 0) {
@@ -123,6 +181,12 @@ class VirtioRx extends QueueViews implements RxQueue {
   private readonly mergeable: boolean;
   /** byte offset of num_buffers from an RX mbuf's start: the header sits at bufOff in the buffer */
   private readonly nbOff: number;
+  /** port | buf_len << 16 of a received mbuf (MbufView.rearm) */
+  private readonly portBuf: number;
+  private readonly mbufs: Uint32Array;
+  private readonly posted: Uint32Array;
+  /** the epoch of this burst's reposts: a descriptor posted in it is not in flight yet */
+  private epoch: number;
   private readonly v = new MbufView();
 
   constructor(d: VirtioQueueData, private readonly pool: Mempool, private readonly port: number, private readonly stats: Float64Array, private readonly s: number) {
@@ -132,12 +196,16 @@ class VirtioRx extends QueueViews implements RxQueue {
     this.nbOff = MBUF_HDR + this.bufOff + NET_HDR_NUM_BUFFERS;
     this.mergeable = d.mergeable;
     this.repl = new Uint32Array(d.layout.size);
+    this.portBuf = MbufView.portBufWord(pool, port);
+    this.mbufs = this.book.mbufs;
+    this.posted = this.book.posted;
+    this.epoch = this.book.state[BK_EPOCH];
   }
 
   /** num_buffers of the packet starting in descriptor id's mbuf (1 without MRG_RXBUF or for a bad id). */
   private numBuffers(id: number): number {
     if (!this.mergeable || id >= this.size) return 1;
-    this.v.at(this.u32[this.mbufsW + id]);
+    this.v.at(this.mbufs[id]);
     return this.numBuffersHere();
   }
 
@@ -150,17 +218,21 @@ class VirtioRx extends QueueViews implements RxQueue {
   }
 
   /** Put mbuf nm into descriptor id and offer the descriptor at avail slot ai (moves the view to nm). */
-  private repost(id: number, nm: number, ai: number): void {
-    const u32 = this.u32;
-    u32[this.mbufsW + id] = nm;
-    this.v.at(nm).storeIova(u32, this.descW + (id << 2), this.bufOff);
+  private repost(id: number, nm: number, ai: number, epoch: number): void {
+    this.mbufs[id] = nm;
+    this.posted[id] = epoch;
+    const u32 = this.u32, w = this.descW + (id << 2);
+    this.v.at(nm).storeIova(u32, w, this.bufOff);
     this.u16[this.availRingW + (ai & this.mask)] = id;
   }
 
   rxBurst(out: Uint32Array, n: number): number {
     const u32 = this.u32, mask = this.mask;
-    const pending = (Atomics.load(this.u16, this.usedIdxW) - this.lastUsed) & 0xffff;
+    let pending = (Atomics.load(this.u16, this.usedIdxW) - this.lastUsed) & 0xffff;
     if (pending === 0 || n <= 0) return 0;
+    // At most size entries can be in flight: a used index further ahead is a lie (the rest is read
+    // in later bursts, and fails the checks below), and e never exceeds repl's size.
+    if (pending > this.size) pending = this.size;
     // Pass 1: how many used entries make up at most n whole packets.
     let e = 0, pk = 0;
     if (!this.mergeable) {
@@ -170,12 +242,12 @@ class VirtioRx extends QueueViews implements RxQueue {
       // do not depend on each other lets the CPU overlap the cache misses (the device just wrote
       // those lines from another core); only a burst with a merged packet takes the walk below.
       const lim = pending < n ? pending : n;
-      const v = this.v, mbufsW = this.mbufsW, size = this.size, at = this.usedRingW, lu = this.lastUsed, nbOff = this.nbOff;
+      const v = this.v, mbufs = this.mbufs, size = this.size, at = this.usedRingW, lu = this.lastUsed, nbOff = this.nbOff;
       let many = 0;
       for (let i = 0; i < lim; i++) {
         const id = u32[at + Math.imul((lu + i) & mask, USED_ELEM_WORDS)];
         if (id >= size) continue; // counted as an error in pass 2
-        const x = v.at(u32[mbufsW + id]).off + nbOff; // all from this.pool: the view resolves it once
+        const x = v.at(mbufs[id]).off + nbOff; // all from this.pool: the view resolves it once
         const pu8 = v.u8;
         many |= pu8[x + 1] | (pu8[x] & 0xfe); // num_buffers > 1 (0 counts as 1)
       }
@@ -200,6 +272,13 @@ class VirtioRx extends QueueViews implements RxQueue {
     // segment is linked to the previous one while the view is still there, so per entry the view
     // moves twice (replacement, received mbuf): no more offset computations than the raw code.
     const v = this.v, mergeable = this.mergeable, size = this.size, maxLen = this.room, segOff = this.bufOff;
+    const mbufs = this.mbufs, posted = this.posted, portBuf = this.portBuf, headroom = segOff + HDR;
+    // A descriptor is in flight when posted in an earlier burst and not taken back since: reposts
+    // carry this burst's epoch (never 0), so an id the device returns twice is caught.
+    let epoch = (this.epoch + 1) >>> 0;
+    if (epoch === 0) epoch = 1;
+    this.epoch = epoch;
+    this.book.state[BK_EPOCH] = epoch;
     let last = this.lastUsed, ai = this.availIdx, r = 0, c = 0, got = 0, bytes = 0, errors = 0;
     while (c < e) {
       let w = this.usedRingW + Math.imul(last & mask, USED_ELEM_WORDS);
@@ -207,16 +286,17 @@ class VirtioRx extends QueueViews implements RxQueue {
       let len = u32[w + 1];
       last = (last + 1) & 0xffff;
       c++;
-      if (id >= size) { errors++; continue; } // a device bug: no descriptor to repost
-      const m = u32[this.mbufsW + id];
-      this.repost(id, repl[r++], ai);
+      // Out of range, or not in flight (never posted, or used twice): no descriptor to repost.
+      if (id >= size || posted[id] === 0 || posted[id] === epoch) { errors++; continue; }
+      const m = mbufs[id];
+      this.repost(id, repl[r++], ai, epoch);
       ai = (ai + 1) & 0xffff;
       v.at(m);
       let nb = mergeable ? this.numBuffersHere() : 1;
       let bad = len < HDR || len - HDR > maxLen || nb < 0;
       if (nb < 0) nb = 1;
       const plen0 = bad ? 0 : len - HDR;
-      v.dataLen = plen0;
+      v.rearm(headroom, plen0, portBuf);
       let total = plen0, segs = 1;
       // Further buffers of a merged packet: pure data from the descriptor's start (no header).
       // c < e: never past what pass 1 counted (and allocated replacements for), even if the device
@@ -228,15 +308,14 @@ class VirtioRx extends QueueViews implements RxQueue {
         len = u32[w + 1];
         last = (last + 1) & 0xffff;
         c++;
-        if (id >= size) { bad = true; continue; }
-        const sm = u32[this.mbufsW + id];
+        if (id >= size || posted[id] === 0 || posted[id] === epoch) { bad = true; continue; }
+        const sm = mbufs[id];
         v.next = sm; // the view is at the previous segment
-        this.repost(id, repl[r++], ai);
+        this.repost(id, repl[r++], ai, epoch);
         ai = (ai + 1) & 0xffff;
         v.at(sm);
         if (len > maxLen + HDR) { bad = true; len = 0; }
-        v.dataOff = segOff;
-        v.dataLen = len;
+        v.rearm(segOff, len, portBuf);
         segs++;
         total += len;
       }
@@ -253,7 +332,7 @@ class VirtioRx extends QueueViews implements RxQueue {
     }
     if (r < e) pool.freeBulk(repl, e - r, r); // replacements for entries with bad ids
     this.lastUsed = last;
-    u32[this.stateW] = last;
+    this.book.state[BK_LAST_USED] = last;
     if (ai !== this.availIdx) {
       this.availIdx = ai;
       this.publish(ai, this.stats);
@@ -272,22 +351,27 @@ class VirtioTx extends QueueViews implements TxQueue {
   private readonly done: Uint32Array;
   private readonly hdrLo: number;
   private readonly hdrHi: number;
-  private readonly hdrW: number;
   private readonly v = new MbufView();
+  private readonly mbufs: Uint32Array;
+  private readonly chain: Uint16Array;
+  private readonly next: Uint16Array;
 
   constructor(d: VirtioQueueData, private readonly stats: Float64Array, private readonly s: number) {
     super(d);
     this.freeIds = new Uint16Array(d.layout.size);
     this.done = new Uint32Array(d.layout.size);
     [this.hdrLo, this.hdrHi] = iovaHalves(d.iovaLo, d.iovaHi, d.layout.hdrs);
-    this.hdrW = d.layout.hdrs >> 2;
-    // Rebuild the free list: every descriptor not in a chain that is still in flight.
+    this.mbufs = this.book.mbufs;
+    this.chain = this.book.chain;
+    this.next = this.book.next;
+    // Rebuild the free list: every descriptor not in a chain that is still in flight (the links
+    // from the driver's own copy, not the descriptor table).
     const busy = new Uint8Array(this.size);
     for (let h = 0; h < this.size; h++) {
       let id = h;
-      for (let k = this.u16[this.chainW + h]; k > 0; k--) {
+      for (let k = this.chain[h]; k > 0; k--) {
         busy[id] = 1;
-        id = this.u16[((this.descW + (id << 2) + 3) << 1) + 1];
+        id = this.next[id];
       }
     }
     for (let id = this.size - 1; id >= 0; id--) if (!busy[id]) this.freeIds[this.nfree++] = id;
@@ -298,31 +382,33 @@ class VirtioTx extends QueueViews implements TxQueue {
     const usedIdx = Atomics.load(this.u16, this.usedIdxW);
     let last = this.lastUsed;
     if (usedIdx === last) return;
-    const u16 = this.u16, u32 = this.u32, size = this.size, done = this.done;
+    const u32 = this.u32, size = this.size, done = this.done, chain = this.chain, next = this.next, mbufs = this.mbufs;
     let nd = 0, errors = 0;
     while (last !== usedIdx) {
       const head = u32[this.usedRingW + Math.imul(last & this.mask, USED_ELEM_WORDS)];
       last = (last + 1) & 0xffff;
-      const cnt = head < size ? u16[this.chainW + head] : 0;
-      if (cnt === 0) { errors++; continue; } // not a chain we posted: a device bug
+      // Only the head of a chain in flight: out of range, not a head, or already taken back
+      // (a used id twice) is a device bug, counted; the chain is walked through our own links.
+      const cnt = head < size ? chain[head] : 0;
+      if (cnt === 0) { errors++; continue; }
       let id = head;
       for (let k = 0; k < cnt; k++) {
         this.freeIds[this.nfree++] = id;
-        id = u16[((this.descW + (id << 2) + 3) << 1) + 1]; // desc.next
+        id = next[id];
       }
-      u16[this.chainW + head] = 0;
-      done[nd++] = u32[this.mbufsW + head];
-      u32[this.mbufsW + head] = MBUF_NONE;
+      chain[head] = 0;
+      done[nd++] = mbufs[head];
+      mbufs[head] = MBUF_NONE;
     }
     this.lastUsed = last;
-    u32[this.stateW] = last;
+    this.book.state[BK_LAST_USED] = last;
     if (nd > 0) pktmbufFreeBulk(done, nd);
     if (errors > 0) this.stats[this.s + TXQ_ERRORS] += errors;
   }
 
   txBurst(pkts: Uint32Array, n: number, off = 0): number {
     this.reclaim();
-    const u32 = this.u32, u16 = this.u16, size = this.size, freeIds = this.freeIds, v = this.v;
+    const u32 = this.u32, u16 = this.u16, size = this.size, freeIds = this.freeIds, v = this.v, next = this.next;
     let k = 0, sent = 0, bytes = 0, errors = 0, ai = this.availIdx;
     for (; k < n; k++) {
       const m = pkts[off + k];
@@ -339,6 +425,7 @@ class VirtioTx extends QueueViews implements TxQueue {
       if (need > this.nfree) break; // ring full: the rest stays the caller's
       const head = freeIds[--this.nfree];
       const hw = this.descW + (head << 2);
+      let used = 1; // descriptors in this chain
       bytes += v.pktLen; // read now: the chain walk below moves the view
       if (push) {
         // The header goes into the headroom right before the data; all zero (no offloads).
@@ -360,22 +447,28 @@ class VirtioTx extends QueueViews implements TxQueue {
         u32[hw + 1] = this.hdrHi + (lo >= TWO32 ? 1 : 0);
         u32[hw + 2] = HDR;
         // The view is at the first segment; each further one moves it.
-        let pw = hw;
+        // At most need - 1 segments, whatever the links say (a header in DMA memory may have been
+        // rewritten): the free list never gives out more than was checked above.
+        let pw = hw, prev = head;
+        used = 1;
         for (;;) {
           const id = freeIds[--this.nfree];
           u32[pw + 3] = VRING_DESC_F_NEXT | (id << 16);
+          next[prev] = id; // the link as we keep it
           const dw = this.descW + (id << 2);
           v.storeIova(u32, dw, v.dataOff);
           u32[dw + 2] = v.dataLen;
           u32[dw + 3] = 0;
           pw = dw;
-          const next = v.next;
-          if (next === MBUF_NONE) break;
-          v.at(next);
+          prev = id;
+          used++;
+          const nm = v.next;
+          if (nm === MBUF_NONE || used === need) break;
+          v.at(nm);
         }
       }
-      u16[this.chainW + head] = need;
-      u32[this.mbufsW + head] = m;
+      this.chain[head] = used;
+      this.mbufs[head] = m;
       u16[this.availRingW + (ai & this.mask)] = head;
       ai = (ai + 1) & 0xffff;
       sent++;
