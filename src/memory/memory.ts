@@ -5,7 +5,7 @@
  * every memzone is one contiguous range of virtual memory that a single typed-array view covers.
  * Listeners hear about every new segment (the IOMMU layer DMA-maps it; vfio-user clients send it).
  */
-import { readdirSync, unlinkSync } from 'node:fs';
+import { constants as fsConstants, fstatSync, lstatSync, readdirSync, unlinkSync, type Stats } from 'node:fs';
 import * as os from '../os/libc.js';
 import { log } from '../log.js';
 import { createSegment, freeSegment, iovaAt, iovaContiguous, type Backing, type IovaMode, type Segment } from './segment.js';
@@ -229,8 +229,14 @@ export class EalMemory {
 }
 
 /**
- * Remove hugepage files of this prefix whose process is gone (its lock is free).
+ * Remove hugepage files of this prefix whose process is gone (its lock is free), and say so: one
+ * warning naming how many files and bytes were reclaimed (a crash or SIGKILL leaves them behind).
  * A file still locked belongs to a running process: that prefix is taken.
+ *
+ * Names are only trusted as names: each is opened with O_NOFOLLOW | O_NONBLOCK (a planted symlink
+ * is never followed, a FIFO never blocks) and must be a regular file to be locked and counted;
+ * anything else under the pattern (symlink, FIFO, socket, device) is unlinked, which removes only
+ * the name, with a warning. Returns the paths of the files reclaimed.
  */
 export function reclaimStaleFiles(dir: string, prefix: string): string[] {
   const reclaimed: string[] = [];
@@ -241,17 +247,33 @@ export function reclaimStaleFiles(dir: string, prefix: string): string[] {
     throw new Error(`--huge-dir ${dir} cannot be read: ${(e as Error).message}`);
   }
   const re = new RegExp(`^${prefix.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}map_\\d+$`);
+  let bytes = 0;
   for (const n of names) {
     if (!re.test(n)) continue;
     const path = `${dir}/${n}`;
-    const fd = os.open(path, os.O_RDWR);
+    let fd: number;
     try {
+      fd = os.open(path, os.O_RDWR | fsConstants.O_NOFOLLOW | os.O_NONBLOCK);
+    } catch (e) {
+      const st = lstatQuiet(path);
+      if (st === null) continue; // raced with another reclaimer
+      if (st.isFile()) throw e; // a regular file we cannot open: say why
+      planted(path, st.isSymbolicLink() ? 'a symbolic link' : 'not a regular file');
+      continue;
+    }
+    try {
+      const st = fstatSync(fd);
+      if (!st.isFile()) {
+        planted(path, st.isFIFO() ? 'a FIFO' : 'not a regular file');
+        continue;
+      }
       if (!os.flock(fd, os.LOCK_EX | os.LOCK_NB)) {
         throw new Error(
           `file prefix "${prefix}" is in use by another running process (its hugepage file ${path} is locked); choose another --file-prefix`,
         );
       }
       os.flock(fd, os.LOCK_UN);
+      bytes += st.size;
     } finally {
       os.close(fd);
     }
@@ -259,7 +281,25 @@ export function reclaimStaleFiles(dir: string, prefix: string): string[] {
     reclaimed.push(path);
     log('info', 'memory', `reclaimed stale hugepage file ${path} (its process is gone)`);
   }
+  if (reclaimed.length > 0) {
+    log('warn', 'memory', `reclaimed ${reclaimed.length} stale hugepage file${reclaimed.length === 1 ? '' : 's'} (${bytes} bytes) ` +
+      `of file prefix "${prefix}" in ${dir}: left by a process that is gone (crashed or killed)`);
+  }
   return reclaimed;
+}
+
+/** A name under the stale-file pattern that is no hugepage file: remove the name (never what it points to). */
+function planted(path: string, what: string): void {
+  unlinkQuiet(path);
+  log('warn', 'memory', `removed ${path}: ${what} where a stale hugepage file would be (not followed, not opened)`);
+}
+
+function lstatQuiet(path: string): Stats | null {
+  try {
+    return lstatSync(path);
+  } catch {
+    return null;
+  }
 }
 
 function unlinkQuiet(path: string): void {
