@@ -11,15 +11,28 @@
  * Nothing from the driver is trusted: head and next indexes are checked against the queue size,
  * chains longer than the queue (loops) are cut, directions and the INDIRECT flag are checked, the
  * avail idx may not run more than the queue size ahead, and every buffer is translated by
- * plane.at() (bounds and permission) before it is touched. A violation sets DEVICE_NEEDS_RESET
+ * plane.at() (bounds and permission) before it is touched. The descriptors one burst walks are
+ * bounded by the queue size (twice that on a receiveq: once to measure chains, once to fill them;
+ * each chain is measured once per burst), so chains that share descriptors cannot make a burst
+ * walk size x size of them; with MRG_RXBUF a receive buffer must hold the 12-byte header (spec
+ * 5.1.6.3.1), so zero-length buffers cannot stall it either. A violation sets DEVICE_NEEDS_RESET
  * (reason in the shared state), raises the config interrupt and stops the queues until reset.
  *
  * Progress of a burst (avail entries taken, used entries written) is committed only at its end:
  * a burst interrupted by a DMA table change in the middle (possible only on the slow path for
- * memory mapped without fd) is discarded whole and redone with fresh views.
+ * memory mapped without fd) is discarded whole and redone with fresh views. After any slow-path
+ * message the loop goes back to its top (pause requests, state and views re-derived) before it
+ * touches another queue: the message's wait may have let the main thread unmap memory.
+ *
+ * DMA regions are up to 4 GiB: offsets in a region are numbers below 2^32, never int32 (>>> for
+ * word indexes, no >> and no copyBytes, whose int32 index arithmetic stops at 2 GiB).
+ *
+ * An exception (a bug, or a backend failing) frees the mbufs the burst held, sets
+ * DEVICE_NEEDS_RESET and the loop goes on; after CRASH_BUDGET of them since the last device reset
+ * the queues are parked (pauses still honoured) until the driver resets the device.
  *
  * Hot path: no allocation per packet or burst (preallocated index arrays, a preallocated header,
- * copies with copyBytes between existing views), numbers only, no try/catch in the loop.
+ * copies with copyAt between existing views), numbers only, no try/catch in the loop.
  */
 import { viewOf } from '../../../src/os/libc.js';
 import { VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX } from '../../../src/iommu/vfio-uapi.js';
@@ -29,9 +42,9 @@ import type { LcoreContext } from '../../../src/lcore/types.js';
 import { DataPlane, type DataPlaneDesc } from '../../../lib/emudev/dataplane.js';
 import { openRxQueue, openTxQueue, type PortData, type RxQueue, type TxQueue } from '../../../lib/ethdev/ethdev.js';
 import { Mempool } from '../../../lib/mempool/mempool.js';
-import { pktmbufAllocInit, pktmbufFreeBulk, pktmbufHeadroom, pktmbufDataRoom, MBUF_HDR, MBUF_NONE } from '../../../lib/mempool/mbuf.js';
+import { poolOf } from '../../../lib/mempool/mempool.js';
+import { pktmbufAllocInit, pktmbufFreeBulk, pktmbufFreeSeg, pktmbufHeadroom, pktmbufDataRoom, MBUF_HDR, MBUF_NONE } from '../../../lib/mempool/mbuf.js';
 import { MbufView } from '../../../lib/mempool/mbuf_view.js';
-import { copyBytes } from '../../../lib/net/copy.js';
 import * as V from '../../../lib/virtio/virtio.js';
 import * as L from './layout.js';
 
@@ -46,6 +59,8 @@ export interface VirtioNetLoopArg {
   notifyVa: bigint;
   /** the backend port: its queue 0 carries every queue pair */
   backend: PortData;
+  /** the largest queue size the driver may set (the device's `size`) */
+  maxQueueSize: number;
 }
 
 /** What the loop returns. */
@@ -70,6 +85,8 @@ const FATAL = -1, DROP = -2, ABORT = -3;
 const R = L.NeedsReset;
 /** Regions the fast paths remember per direction (a DMA table rarely has more). */
 const WINDOWS = 8;
+/** Exceptions since the last device reset after which the queues are parked until the next one. */
+const CRASH_BUDGET = 100;
 
 class Engine {
   private readonly st: Int32Array;
@@ -93,8 +110,19 @@ class Engine {
   private ctrlVq = false;
   private mq = false;
   private activePairs = 1;
+  /** exceptions since the last device reset (G_RESETS as last seen) */
   private errors = 0;
-  // Per queue: configuration, derived ring locations (region index and byte offset), progress.
+  private resets = 0;
+  /** a slow-path message was sent since the loop's top: go back there before another queue */
+  private slow = false;
+  /** the loop step to go on with after a slow-path message */
+  private resume = 0;
+  /** mbufs the burst in hand owns: mb[0..mbHeld) and rb[0..rbHeld), freed by crashed() */
+  private mbHeld = 0;
+  private rbHeld = 0;
+  /** loop iterations (kept across exceptions) */
+  iterations = 0;
+  // Per queue: configuration, derived ring locations (region index and byte offset, below 2^32), progress.
   private readonly qSize: Int32Array;
   private readonly qEnable: Uint8Array;
   private readonly qReady: Uint8Array;
@@ -104,19 +132,26 @@ class Engine {
   private readonly qAvail: Float64Array;
   private readonly qUsed: Float64Array;
   private readonly qDescK: Int32Array;
-  private readonly qDescOff: Int32Array;
+  private readonly qDescOff: Float64Array;
   private readonly qAvailK: Int32Array;
-  private readonly qAvailOff: Int32Array;
+  private readonly qAvailOff: Float64Array;
   private readonly qUsedK: Int32Array;
-  private readonly qUsedOff: Int32Array;
+  private readonly qUsedOff: Float64Array;
   private readonly lastAvail: Int32Array;
   private readonly usedIdx: Int32Array;
   /** avail entries taken (= used entries written) in the burst, not yet committed */
   private readonly take: Int32Array;
+  /** descriptors the burst on each queue may still walk */
+  private readonly walkLeft: Int32Array;
+  // Receive chains measured in this burst, per receiveq (pair p at p * maxQ): slots [0, measured[q])
+  // after lastAvail have their head and capacity here, so a chain is measured once per burst.
+  private readonly maxQ: number;
+  private readonly measured: Int32Array;
+  private readonly chainHead: Uint16Array;
+  private readonly chainCap: Float64Array;
   // Preallocated burst and scratch memory.
   private readonly mb = new Uint32Array(BURST);
   private readonly rb = new Uint32Array(BURST);
-  private readonly heads = new Uint16Array(V.VIRTQ_MAX_SIZE);
   private readonly hdr = new Uint8Array(16);
   private readonly hdr32 = new Uint32Array(this.hdr.buffer);
   private readonly ctrlBuf = new Uint8Array(64);
@@ -159,29 +194,43 @@ class Engine {
     this.qSize = new Int32Array(n); this.qEnable = new Uint8Array(n); this.qReady = new Uint8Array(n);
     this.qVec = new Int32Array(n); this.qEpoch = new Int32Array(n).fill(-1);
     this.qDesc = new Float64Array(n); this.qAvail = new Float64Array(n); this.qUsed = new Float64Array(n);
-    this.qDescK = new Int32Array(n); this.qDescOff = new Int32Array(n); this.qAvailK = new Int32Array(n);
-    this.qAvailOff = new Int32Array(n); this.qUsedK = new Int32Array(n); this.qUsedOff = new Int32Array(n);
+    this.qDescK = new Int32Array(n); this.qDescOff = new Float64Array(n); this.qAvailK = new Int32Array(n);
+    this.qAvailOff = new Float64Array(n); this.qUsedK = new Int32Array(n); this.qUsedOff = new Float64Array(n);
     this.lastAvail = new Int32Array(n); this.usedIdx = new Int32Array(n); this.take = new Int32Array(n);
+    this.walkLeft = new Int32Array(n); this.measured = new Int32Array(n);
+    const maxQ = arg.maxQueueSize >= 1 && arg.maxQueueSize <= V.VIRTQ_MAX_SIZE ? arg.maxQueueSize : V.VIRTQ_MAX_SIZE;
+    this.maxQ = maxQ;
+    this.chainHead = new Uint16Array(arg.pairs * maxQ);
+    this.chainCap = new Float64Array(arg.pairs * maxQ);
+    this.resets = Atomics.load(this.st, L.G_RESETS);
     this.reload();
   }
 
-  /** Poll until stopped; returns the iterations made. */
-  loop(ctx: LcoreContext): number {
+  /** Poll until stopped (iterations counts them). */
+  loop(ctx: LcoreContext): void {
     const st = this.st, plane = this.plane;
-    let iterations = 0, idleIters = 0, idleSince = -1, idle = false;
+    let idleIters = 0, idleSince = -1, idle = false;
     while (!ctx.stopRequested() && Atomics.load(st, L.G_STOP) === 0) {
       // State first: a reset published during the pause must be seen before the rings are
       // re-derived, or the old state would judge unmapped rings and set DEVICE_NEEDS_RESET anew.
       const dma = plane.service();
       if (Atomics.load(st, L.G_GEN) !== this.gen) this.reload();
-      else if (dma || this.viewsChanged()) this.rederive();
+      else if (dma || this.slow || this.viewsChanged()) this.rederive();
+      this.slow = false;
       let work = this.kicks();
-      if (this.live) {
-        for (let p = 0; p < this.pairs && this.live; p++) if (this.qReady[2 * p + 1]) work += this.txQueue(2 * p + 1);
-        if (this.live && this.qReady[this.ctrlQ]) work += this.ctrlQueue(this.ctrlQ);
+      // Steps: each pair's transmitq, the controlq, then the backend's receive burst. After a
+      // slow-path message (its wait honours pauses: the table or the state may have changed, views
+      // may be of unmapped memory) no other queue is touched before the top; the next iteration
+      // goes on with the step after (an aborted burst is read again in the next round).
+      const steps = this.pairs + 2;
+      for (let step = this.resume; step < steps; step++) {
+        if (step < this.pairs) { if (this.live && this.qReady[2 * step + 1]) work += this.txQueue(2 * step + 1); }
+        else if (step === this.pairs) { if (this.live && this.qReady[this.ctrlQ]) work += this.ctrlQueue(this.ctrlQ); }
+        else work += this.rxPoll();
+        if (this.slow) { this.resume = step + 1 < steps ? step + 1 : 0; break; }
       }
-      work += this.rxPoll();
-      iterations++;
+      if (!this.slow) this.resume = 0;
+      this.iterations++;
       if (work > 0) {
         idleIters = 0;
         idleSince = -1;
@@ -195,14 +244,55 @@ class Engine {
         else if (now - idleSince > IDLE_MS) { idle = true; Atomics.store(st, L.G_IDLE, 1); }
       }
     }
-    return iterations;
   }
 
-  /** An exception escaped the loop (a bug, or a backend failing): stop the queues, keep serving. */
+  /**
+   * An exception escaped the loop (a bug, or a backend failing): free the mbufs the burst held,
+   * stop the queues (DEVICE_NEEDS_RESET), keep serving. False once CRASH_BUDGET exceptions
+   * happened since the last device reset (then park()).
+   */
   crashed(e: unknown): boolean {
     log('error', 'virtio-net', `data path: ${(e as Error).stack ?? String(e)}`);
+    try {
+      const lost = this.release(this.mb, this.mbHeld) + this.release(this.rb, this.rbHeld);
+      if (lost > 0) log('warn', 'virtio-net', `data path: ${lost} mbuf handle(s) of the failed burst name no pool of this thread: not freed`);
+    } catch (f) {
+      log('error', 'virtio-net', `data path: freeing the failed burst's mbufs: ${(f as Error).message}`);
+    }
+    this.mbHeld = this.rbHeld = 0;
+    this.take.fill(0);
+    this.slow = true; // re-derive everything at the top
     this.fail(R.INTERNAL, -1);
-    return ++this.errors < 100;
+    return ++this.errors < CRASH_BUDGET;
+  }
+
+  /**
+   * Out of crash budget: touch no queue and no mbuf, keep honouring pauses, until the driver
+   * resets the device (true: the loop may go on, with a new budget) or the loop is stopped (false).
+   */
+  park(ctx: LcoreContext): boolean {
+    const st = this.st;
+    log('error', 'virtio-net', `data path: ${this.errors} exceptions since the last device reset: queues parked until the driver resets the device`);
+    while (!ctx.stopRequested() && Atomics.load(st, L.G_STOP) === 0) {
+      this.plane.service();
+      if (Atomics.load(st, L.G_RESETS) !== this.resets) return true;
+      this.plane.sleep(1);
+    }
+    return false;
+  }
+
+  /** Free n packets of ms whose segments belong to pools of this thread; the handles that do not. */
+  private release(ms: Uint32Array, n: number): number {
+    let lost = 0;
+    for (let i = 0; i < n; i++) {
+      let s = ms[i];
+      while (s !== MBUF_NONE) {
+        const p = poolOf(s);
+        if (p === undefined || (s & 0xff_ffff) >= p.size) { lost++; break; }
+        s = pktmbufFreeSeg(s);
+      }
+    }
+    return lost;
   }
 
   // ---- state ----
@@ -211,6 +301,8 @@ class Engine {
   private reload(): void {
     const st = this.st;
     this.gen = Atomics.load(st, L.G_GEN);
+    const resets = Atomics.load(st, L.G_RESETS);
+    if (resets !== this.resets) { this.resets = resets; this.errors = 0; } // a device reset: a new crash budget
     const status = st[L.G_STATUS], lo = st[L.G_FEAT_LO];
     this.mrg = ((lo >>> V.VIRTIO_NET_F_MRG_RXBUF) & 1) === 1;
     this.ctrlVq = ((lo >>> V.VIRTIO_NET_F_CTRL_VQ) & 1) === 1;
@@ -218,7 +310,8 @@ class Engine {
     const ap = st[L.G_ACTIVE_PAIRS];
     this.activePairs = ap >= 1 && ap <= this.pairs ? ap : 1;
     for (let q = 0; q < this.nq; q++) {
-      this.qSize[q] = st[L.qw(q, L.Q_SIZE)];
+      const size = st[L.qw(q, L.Q_SIZE)];
+      this.qSize[q] = size >= 1 && size <= this.maxQ && (size & (size - 1)) === 0 ? size : this.maxQ; // the control half allows no other
       this.qEnable[q] = st[L.qw(q, L.Q_ENABLE)] !== 0 ? 1 : 0;
       this.qVec[q] = st[L.qw(q, L.Q_VECTOR)];
       this.qDesc[q] = addr(st, L.qw(q, L.Q_DESC_LO));
@@ -251,9 +344,10 @@ class Engine {
   private rederive(): void {
     const p = this.plane;
     if (this.viewsChanged()) {
+      // Regions reach 4 GiB: lengths as numbers (>> 1 of 2 GiB is negative, >>> 1 of 4 GiB is 0).
       this.ru8 = p.u8.slice();
-      this.ru16 = p.u8.map((v) => new Uint16Array(v.buffer, v.byteOffset, v.byteLength >> 1));
-      this.ru32 = p.u8.map((v) => new Uint32Array(v.buffer, v.byteOffset, v.byteLength >> 2));
+      this.ru16 = p.u8.map((v) => new Uint16Array(v.buffer, v.byteOffset, Math.floor(v.byteLength / 2)));
+      this.ru32 = p.u8.map((v) => new Uint32Array(v.buffer, v.byteOffset, Math.floor(v.byteLength / 4)));
       this.viewGen = p.generation;
       this.forget();
     }
@@ -275,7 +369,7 @@ class Engine {
       this.qAvailK[q] = ak; this.qAvailOff[q] = a;
       this.qUsedK[q] = uk; this.qUsedOff[q] = u;
       this.qReady[q] = 1;
-      Atomics.store(this.ru16[uk], u >> 1, V.VRING_USED_F_NO_NOTIFY);
+      Atomics.store(this.ru16[uk], u >>> 1, V.VRING_USED_F_NO_NOTIFY);
     }
   }
 
@@ -346,7 +440,7 @@ class Engine {
 
   /** Used entries were published on queue q: interrupt unless the driver suppressed it. */
   private interrupt(q: number): void {
-    const flags = Atomics.load(this.ru16[this.qAvailK[q]], this.qAvailOff[q] >> 1);
+    const flags = Atomics.load(this.ru16[this.qAvailK[q]], this.qAvailOff[q] >>> 1);
     if ((flags & V.VRING_AVAIL_F_NO_INTERRUPT) !== 0) { this.stats[L.S_IRQS_SUPPRESSED]++; return; }
     Atomics.or(this.st, L.G_ISR, V.ISR_QUEUE);
     const v = this.qVec[q];
@@ -362,13 +456,13 @@ class Engine {
     this.take[q] = 0;
     this.lastAvail[q] = (this.lastAvail[q] + n) & 0xffff;
     this.usedIdx[q] = (this.usedIdx[q] + n) & 0xffff;
-    Atomics.store(this.ru16[this.qUsedK[q]], (this.qUsedOff[q] >> 1) + 1, this.usedIdx[q]);
+    Atomics.store(this.ru16[this.qUsedK[q]], (this.qUsedOff[q] >>> 1) + 1, this.usedIdx[q]);
     this.interrupt(q);
   }
 
   /** Write used entry number take[q] of the burst (id, len) and count it. */
   private putUsed(q: number, id: number, len: number): void {
-    const u = (this.qUsedOff[q] >> 2) + 1 + 2 * ((this.usedIdx[q] + this.take[q]) & (this.qSize[q] - 1));
+    const u = (this.qUsedOff[q] >>> 2) + 1 + 2 * ((this.usedIdx[q] + this.take[q]) & (this.qSize[q] - 1));
     const u32 = this.ru32[this.qUsedK[q]];
     u32[u] = id;
     u32[u + 1] = len;
@@ -377,13 +471,13 @@ class Engine {
 
   /** Avail entries the driver added beyond the burst's position (-1: more than the queue holds). */
   private pending(q: number): number {
-    const idx = Atomics.load(this.ru16[this.qAvailK[q]], (this.qAvailOff[q] >> 1) + 1);
+    const idx = Atomics.load(this.ru16[this.qAvailK[q]], (this.qAvailOff[q] >>> 1) + 1);
     const n = (idx - this.lastAvail[q]) & 0xffff;
     return n > this.qSize[q] ? -1 : n - this.take[q];
   }
 
   private headAt(q: number, i: number): number {
-    return this.ru16[this.qAvailK[q]][(this.qAvailOff[q] >> 1) + 2 + ((this.lastAvail[q] + i) & (this.qSize[q] - 1))];
+    return this.ru16[this.qAvailK[q]][(this.qAvailOff[q] >>> 1) + 2 + ((this.lastAvail[q] + i) & (this.qSize[q] - 1))];
   }
 
   private kicks(): number {
@@ -405,10 +499,12 @@ class Engine {
     if (n > BURST) n = BURST;
     const mb = this.mb, stats = this.stats;
     if (!pktmbufAllocInit(this.pool, mb, n, 0, 0, this.port)) { stats[L.S_TX_NOMBUF]++; return 0; }
+    this.mbHeld = n;
     // mb is all from this.pool: its views serve the copies, the view the header.
     const size = this.qSize[q], mask = size - 1, room = this.room, pool = this.pool, pu8 = pool.u8, pu32 = pool.u32, v = this.v;
-    const du32 = this.ru32[this.qDescK[q]], dBase = this.qDescOff[q] >> 2;
-    const au16 = this.ru16[this.qAvailK[q]], aBase = (this.qAvailOff[q] >> 1) + 2, slot = this.lastAvail[q];
+    const du32 = this.ru32[this.qDescK[q]], dBase = this.qDescOff[q] >>> 2;
+    const au16 = this.ru16[this.qAvailK[q]], aBase = (this.qAvailOff[q] >>> 1) + 2, slot = this.lastAvail[q];
+    this.walkLeft[q] = size; // chains in flight are disjoint: a burst walks at most the whole table
     const win = this.rWin, data = MBUF_HDR + this.headroom;
     let filled = 0, bytes = 0;
     for (let i = 0; i < n; i++) {
@@ -429,7 +525,7 @@ class Engine {
               const r32 = this.ru32[k], r8 = this.ru8[k], words = len >>> 2, sw = src >>> 2, dw = dst >>> 2;
               for (let w = 0; w < words; w++) pu32[dw + w] = r32[sw + w];
               for (let b = words << 2; b < len; b++) pu8[dst + b] = r8[src + b];
-            } else copyBytes(pu8, pu32, dst, this.ru8[k], this.ru32[k], src, len);
+            } else copyAt(pu8, pu32, dst, this.ru8[k], this.ru32[k], src, len);
             v.setLen(len);
           }
         }
@@ -439,14 +535,18 @@ class Engine {
       else if (len !== DROP) { // FATAL or ABORT: nothing of the burst is committed
         this.take[q] = 0;
         pktmbufFreeBulk(mb, n, 0);
+        this.mbHeld = 0;
         return 0;
       }
       this.putUsed(q, head, 0); // the device wrote nothing into a transmit buffer
     }
     if (filled < n) pktmbufFreeBulk(mb, n - filled, filled);
+    this.mbHeld = filled;
     this.commit(q);
     if (filled > 0) {
+      // A backend that throws is taken to have kept none of them (crashed() frees them).
       const sent = this.tx.txBurst(mb, filled, 0);
+      this.mbHeld = 0;
       if (sent < filled) {
         bytes -= pktmbufFreeBulk(mb, filled - sent, sent);
         stats[L.S_TX_DROPPED] += filled - sent;
@@ -462,11 +562,12 @@ class Engine {
     const size = this.qSize[q], p = this.plane;
     if (head >= size) return this.fail(R.HEAD_RANGE, q);
     // Nothing below moves the view: it is still at m for setLen at the end.
-    const v = this.v.at(m), dst = v.off + MBUF_HDR + this.headroom, room = this.room;
+    const v = this.v.at(m), dst = v.off + MBUF_HDR + this.headroom, room = this.room, budget = this.walkLeft[q];
     let i = head, count = 0, skip = HDR, len = 0, over = false;
     for (;;) {
       if (++count > size) return this.fail(R.LOOP, q);
-      const du32 = this.ru32[this.qDescK[q]], d = (this.qDescOff[q] >> 2) + 4 * i;
+      if (count > budget) return this.fail(R.WALK, q);
+      const du32 = this.ru32[this.qDescK[q]], d = (this.qDescOff[q] >>> 2) + 4 * i;
       const lo = du32[d], hi = du32[d + 1], dlen = du32[d + 2], w3 = du32[d + 3];
       if ((w3 & F_INDIRECT) !== 0) return this.fail(R.INDIRECT, q);
       if ((w3 & F_WRITE) !== 0) return this.fail(R.DIRECTION, q);
@@ -487,8 +588,9 @@ class Engine {
         if (c > 0) {
           if (len + c > room) over = true;
           else {
-            if (off >= 0) copyBytes(v.u8, v.u32, dst + len, this.ru8[k], this.ru32[k], off + s, c);
+            if (off >= 0) copyAt(v.u8, v.u32, dst + len, this.ru8[k], this.ru32[k], off + s, c);
             else {
+              this.slow = true;
               const ok = p.messageRead(hi * TWO32 + lo + s, v.u8, dst + len, c);
               if (this.changed()) return ABORT; // judged again with fresh state
               if (!ok) return this.fail(R.BAD_ADDRESS, q);
@@ -502,6 +604,7 @@ class Engine {
       if (next >= size) return this.fail(R.NEXT_RANGE, q);
       i = next;
     }
+    this.walkLeft[q] = budget - count;
     // Too long for an mbuf (no segmentation offload was offered), or shorter than its header.
     if (over || skip > 0 || len === 0) { this.stats[L.S_TX_ERRORS]++; return DROP; }
     v.setLen(len);
@@ -514,6 +617,9 @@ class Engine {
     const rb = this.rb, stats = this.stats;
     const n = this.rx.rxBurst(rb, BURST);
     if (n === 0) return 0;
+    this.rbHeld = n;
+    // A new burst on every receiveq: no chain measured yet, the whole walk budget.
+    for (let p = 0; p < this.pairs; p++) { this.measured[2 * p] = 0; this.walkLeft[2 * p] = 2 * this.qSize[2 * p]; }
     const v = this.v;
     let abort = false, k = 0, pkts = 0, bytes = 0, nobuf = 0;
     if (this.live && this.activePairs === 1 && this.qReady[0] && !this.viewsChanged()) {
@@ -536,6 +642,7 @@ class Engine {
       bytes += len;
     }
     pktmbufFreeBulk(rb, n, 0);
+    this.rbHeld = 0;
     if (pkts > 0) { stats[L.S_RX_PACKETS] += pkts; stats[L.S_RX_BYTES] += bytes; }
     if (nobuf > 0) stats[L.S_RX_NOBUF] += nobuf;
     for (let p = 0; p < this.pairs; p++) {
@@ -555,7 +662,7 @@ class Engine {
     this.fastBytes = 0;
     this.fastOut = false;
     const size = this.qSize[0], mask = size - 1, take = this.take;
-    const idx = Atomics.load(this.ru16[this.qAvailK[0]], (this.qAvailOff[0] >> 1) + 1);
+    const idx = Atomics.load(this.ru16[this.qAvailK[0]], (this.qAvailOff[0] >>> 1) + 1);
     const avail = (idx - this.lastAvail[0]) & 0xffff;
     if (avail > size) return 0; // the general path fails the queue
     let lim = avail - take[0];
@@ -563,9 +670,9 @@ class Engine {
     if (lim <= 0) { this.fastOut = lim === 0; return 0; }
     // Packets of the backend's pool only, so its views, hoisted, serve the copies.
     const pool = this.pool, pid = pool.id, pu8 = pool.u8, pu32 = pool.u32, v = this.v;
-    const du32 = this.ru32[this.qDescK[0]], dBase = this.qDescOff[0] >> 2;
-    const au16 = this.ru16[this.qAvailK[0]], aBase = (this.qAvailOff[0] >> 1) + 2;
-    const uu32 = this.ru32[this.qUsedK[0]], uBase = (this.qUsedOff[0] >> 2) + 1;
+    const du32 = this.ru32[this.qDescK[0]], dBase = this.qDescOff[0] >>> 2;
+    const au16 = this.ru16[this.qAvailK[0]], aBase = (this.qAvailOff[0] >>> 1) + 2;
+    const uu32 = this.ru32[this.qUsedK[0]], uBase = (this.qUsedOff[0] >>> 2) + 1;
     const win = this.wWin;
     const slot = this.lastAvail[0] + take[0], used = this.usedIdx[0] + take[0];
     let k = 0, bytes = 0, again = false;
@@ -612,11 +719,11 @@ class Engine {
           const words = len >>> 2, sw = src >>> 2;
           for (let i = 0; i < words; i++) u32[dw + 3 + i] = pu32[sw + i];
           for (let i = words << 2; i < len; i++) u8[dst + HDR + i] = pu8[src + i];
-        } else copyBytes(u8, u32, dst + HDR, pu8, pu32, src, len);
+        } else copyAt(u8, u32, dst + HDR, pu8, pu32, src, len);
       } else {
         for (let i = 0; i < HDR; i++) u8[dst + i] = 0;
         u8[dst + 10] = 1;
-        copyBytes(u8, this.ru32[wk], dst + HDR, pu8, pu32, src, len);
+        copyAt(u8, this.ru32[wk], dst + HDR, pu8, pu32, src, len);
       }
       const u = uBase + 2 * ((used + k) & mask);
       uu32[u] = head;
@@ -650,13 +757,24 @@ class Engine {
     if (left < 0) return this.fail(R.AVAIL_JUMP, q);
     const need = HDR + len;
     const max = this.mrg ? left : left > 0 ? 1 : 0;
+    // Chains are measured once per burst (slots after lastAvail, cached from take on): a packet
+    // that finds too little room does not make the next one walk the same chains again.
+    const take0 = this.take[q], base = (q >>> 1) * this.maxQ, heads = this.chainHead, caps = this.chainCap;
     let cap = 0, chains = 0;
     while (cap < need && chains < max) {
-      const head = this.headAt(q, this.take[q] + chains);
-      const c = this.rxChain(q, head, false);
-      if (c < 0) return c;
-      this.heads[chains++] = head;
-      cap += c;
+      const s = take0 + chains;
+      if (s >= this.measured[q]) {
+        const head = this.headAt(q, s);
+        const c = this.rxChain(q, head, false);
+        if (c < 0) return c;
+        // With MRG_RXBUF every buffer holds at least the header (5.1.6.3.1): no empty buffers.
+        if (this.mrg && c < HDR) return this.fail(R.RX_SHORT, q);
+        heads[base + s] = head;
+        caps[base + s] = c;
+        this.measured[q] = s + 1;
+      }
+      cap += caps[base + s];
+      chains++;
     }
     if (cap < need) {
       // Without MRG_RXBUF a packet goes into one chain: too small a chain stays for a smaller packet.
@@ -672,11 +790,11 @@ class Engine {
     this.cOff = v.data;
     this.cLeft = v.dataLen;
     this.wLeft = need;
-    const take0 = this.take[q];
     for (let c = 0; c < chains; c++) {
-      const w = this.rxChain(q, this.heads[c], true);
+      const head = heads[base + take0 + c];
+      const w = this.rxChain(q, head, true);
       if (w < 0) { this.take[q] = take0; return w; }
-      this.putUsed(q, this.heads[c], w);
+      this.putUsed(q, head, w);
     }
     if (this.wLeft > 0) return this.fail(R.CHAIN_CHANGED, q); // the driver rewrote descriptors under us
     return 1;
@@ -684,12 +802,13 @@ class Engine {
 
   /** Walk a receive chain: its capacity, or (write) copy up to wLeft bytes into it and return them. */
   private rxChain(q: number, head: number, write: boolean): number {
-    const size = this.qSize[q], p = this.plane;
+    const size = this.qSize[q], p = this.plane, budget = this.walkLeft[q];
     if (head >= size) return this.fail(R.HEAD_RANGE, q);
     let i = head, count = 0, total = 0;
     for (;;) {
       if (++count > size) return this.fail(R.LOOP, q);
-      const du32 = this.ru32[this.qDescK[q]], d = (this.qDescOff[q] >> 2) + 4 * i;
+      if (count > budget) return this.fail(R.WALK, q);
+      const du32 = this.ru32[this.qDescK[q]], d = (this.qDescOff[q] >>> 2) + 4 * i;
       const lo = du32[d], hi = du32[d + 1], dlen = du32[d + 2], w3 = du32[d + 3];
       if ((w3 & F_INDIRECT) !== 0) return this.fail(R.INDIRECT, q);
       if ((w3 & F_WRITE) === 0) return this.fail(R.DIRECTION, q);
@@ -717,6 +836,7 @@ class Engine {
       if (next >= size) return this.fail(R.NEXT_RANGE, q);
       i = next;
     }
+    this.walkLeft[q] = budget - count;
     return total;
   }
 
@@ -742,8 +862,9 @@ class Engine {
         src8 = v.u8; src32 = v.u32; s = this.cOff;
         this.cOff += c; this.cLeft -= c;
       }
-      if (off >= 0) copyBytes(this.ru8[k], this.ru32[k], off + done, src8, src32, s, c);
+      if (off >= 0) copyAt(this.ru8[k], this.ru32[k], off + done, src8, src32, s, c);
       else {
+        this.slow = true;
         const ok = this.plane.messageWrite(hi * TWO32 + (lo >>> 0) + done, src8, s, c);
         if (this.changed()) return ABORT;
         if (!ok) return this.fail(R.BAD_ADDRESS, -1);
@@ -756,8 +877,10 @@ class Engine {
   // ---- control queue ----
 
   private ctrlQueue(q: number): number {
-    const n = this.pending(q);
+    let n = this.pending(q);
     if (n < 0) { this.fail(R.AVAIL_JUMP, q); return 0; }
+    if (n > BURST) n = BURST;
+    this.walkLeft[q] = this.qSize[q];
     for (let i = 0; i < n; i++) {
       const head = this.headAt(q, i);
       const r = this.ctrlCommand(q, head);
@@ -770,12 +893,13 @@ class Engine {
 
   /** Execute one control command; the bytes written (the ack: 1, or 0 without a writable buffer). */
   private ctrlCommand(q: number, head: number): number {
-    const size = this.qSize[q], p = this.plane, buf = this.ctrlBuf;
+    const size = this.qSize[q], p = this.plane, buf = this.ctrlBuf, budget = this.walkLeft[q];
     if (head >= size) return this.fail(R.HEAD_RANGE, q);
     let i = head, count = 0, got = 0, ack = -1, writing = false;
     for (;;) {
       if (++count > size) return this.fail(R.LOOP, q);
-      const du32 = this.ru32[this.qDescK[q]], d = (this.qDescOff[q] >> 2) + 4 * i;
+      if (count > budget) return this.fail(R.WALK, q);
+      const du32 = this.ru32[this.qDescK[q]], d = (this.qDescOff[q] >>> 2) + 4 * i;
       const lo = du32[d], hi = du32[d + 1], dlen = du32[d + 2], w3 = du32[d + 3];
       const w = (w3 & F_WRITE) !== 0;
       if ((w3 & F_INDIRECT) !== 0) return this.fail(R.INDIRECT, q);
@@ -791,6 +915,7 @@ class Engine {
           const c = Math.min(dlen, buf.length - got);
           if (off >= 0) { const u8 = this.ru8[p.hit]; for (let b = 0; b < c; b++) buf[got + b] = u8[off + b]; }
           else {
+            this.slow = true;
             const ok = p.messageRead(a, buf, got, c);
             if (this.changed()) return ABORT;
             if (!ok) return this.fail(R.BAD_ADDRESS, q);
@@ -803,6 +928,7 @@ class Engine {
       if (next >= size) return this.fail(R.NEXT_RANGE, q);
       i = next;
     }
+    this.walkLeft[q] = budget - count;
     this.stats[L.S_CTRL]++;
     let result = V.VIRTIO_NET_ERR;
     if (got >= 4 && buf[0] === V.VIRTIO_NET_CTRL_MQ && buf[1] === V.VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET && this.mq) {
@@ -818,12 +944,30 @@ class Engine {
     if (off >= 0) this.ru8[p.hit][off] = result;
     else {
       this.ackBuf[0] = result;
+      this.slow = true;
       const ok = p.messageWrite(ack, this.ackBuf, 0, 1);
       if (this.changed()) return ABORT;
       if (!ok) return this.fail(R.BAD_ADDRESS, q);
     }
     return 1;
   }
+}
+
+/**
+ * Copy len bytes from src[s..] to dst[d..] (*32: u32 views of the same memories), as copyBytes
+ * (lib/net/copy.ts) does, for offsets up to 4 GiB: word indexes with >>> (offsets stay below 2^32).
+ */
+function copyAt(dst: Uint8Array, dst32: Uint32Array, d: number, src: Uint8Array, src32: Uint32Array, s: number, len: number): void {
+  const end = d + len;
+  if (((d ^ s) & 3) === 0) {
+    while ((d & 3) !== 0 && d < end) dst[d++] = src[s++];
+    const words = (end - d) >>> 2;
+    const dw = d >>> 2, sw = s >>> 2;
+    for (let i = 0; i < words; i++) dst32[dw + i] = src32[sw + i];
+    d += words * 4;
+    s += words * 4;
+  }
+  while (d < end) dst[d++] = src[s++];
 }
 
 /** A 64-bit address from two state words; -1 when it cannot be a number (>= 2^53). */
@@ -847,13 +991,17 @@ export async function virtioNetLoop(arg: VirtioNetLoopArg, ctx: LcoreContext): P
   try {
     const eng = new Engine(arg, plane, rx, tx);
     Atomics.store(st, L.G_RUNNING, 1);
-    for (;;) {
-      try {
-        iterations += eng.loop(ctx);
-        break;
-      } catch (e) {
-        if (!eng.crashed(e)) throw e;
+    try {
+      for (;;) {
+        try {
+          eng.loop(ctx);
+          break;
+        } catch (e) {
+          if (!eng.crashed(e) && !eng.park(ctx)) break;
+        }
       }
+    } finally {
+      iterations = eng.iterations;
     }
   } finally {
     end = performance.now();

@@ -182,6 +182,7 @@ export class VirtioNetDevice {
     return {
       name: this.emu.name, plane: this.emu.plane.desc(), state: this.state.buffer as SharedArrayBuffer, stats: this.stats.buffer as SharedArrayBuffer,
       pairs: this.config.pairs, notifyVa: this.emu.barAddress(L.BAR_CFG) + BigInt(L.NOTIFY_OFF), backend,
+      maxQueueSize: this.config.queueSize,
     };
   }
 
@@ -230,6 +231,7 @@ export class VirtioNetDevice {
         st[L.qw(q, L.Q_EPOCH)]++;
       }
       this.notify.fill(L.NOTIFY_IDLE);
+      Atomics.add(st, L.G_RESETS, 1); // the lcore's crash budget starts again
       Atomics.add(st, L.G_GEN, 1);
     });
   }

@@ -66,6 +66,8 @@ export const G_STOP = 9;
 export const G_RUNNING = 10;
 /** worker: 1 while backing off (idle) */
 export const G_IDLE = 11;
+/** control half: bumped at every device reset; the worker's crash budget starts again from it */
+export const G_RESETS = 12;
 export const Q_BASE = 16;
 export const Q_WORDS = 12;
 export const Q_SIZE = 0, Q_ENABLE = 1, Q_VECTOR = 2, Q_DESC_LO = 3, Q_DESC_HI = 4, Q_AVAIL_LO = 5, Q_AVAIL_HI = 6, Q_USED_LO = 7, Q_USED_HI = 8;
@@ -97,7 +99,7 @@ export const STAT_COUNT = 16;
 /** Why the device set DEVICE_NEEDS_RESET (G_NEEDS_RESET). */
 export const NeedsReset = {
   LOOP: 1, NEXT_RANGE: 2, HEAD_RANGE: 3, DIRECTION: 4, INDIRECT: 5, AVAIL_JUMP: 6, BAD_ADDRESS: 7,
-  RING_UNMAPPED: 8, RING_ALIGN: 9, CHAIN_CHANGED: 10, INTERNAL: 11,
+  RING_UNMAPPED: 8, RING_ALIGN: 9, CHAIN_CHANGED: 10, INTERNAL: 11, WALK: 12, RX_SHORT: 13,
 } as const;
 /** Names of the NeedsReset reasons, by value. */
 export const NEEDS_RESET_NAMES: Record<number, string> = {
@@ -105,7 +107,8 @@ export const NEEDS_RESET_NAMES: Record<number, string> = {
   3: 'avail ring head outside the queue', 4: 'descriptor of the wrong direction', 5: 'indirect descriptor (not negotiated)',
   6: 'avail idx moved more than the queue size', 7: 'buffer outside the mapped DMA memory',
   8: 'ring outside the DMA memory mapped by fd', 9: 'misaligned ring', 10: 'descriptor chain changed while in use',
-  11: 'internal error',
+  11: 'internal error', 12: 'descriptor chains share descriptors (a burst walked more than the queue holds)',
+  13: 'receive buffer smaller than the virtio_net_hdr (MRG_RXBUF)',
 };
 
 // ---- device arguments ----
