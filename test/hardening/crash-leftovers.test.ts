@@ -2,7 +2,11 @@
  * Crash leftovers (issue 14, item 11): `tspmd l2fwd` on hugepages is SIGKILLed while it forwards
  * (its hugepage files stay behind, no exit hook runs), then started again with the same
  * --file-prefix: that start reclaims the files and says so (one warning naming how many files and
- * bytes), runs, and leaves no file of the prefix behind when it ends.
+ * bytes), runs, and leaves no file of the prefix behind when it ends. The same for `tspmd emu
+ * virtio-net` (its second start serves on a new socket path: stale sockets are another test's).
+ * tspmd emu defaults to --no-huge, and today an explicit --huge-dir does not override an app's
+ * default (lib/app/app.ts merges the two): it then runs on memfds, which die with the process, so
+ * a SIGKILL leaves nothing; the test checks exactly that, and the full reclaim once it runs on files.
  *
  * Root only (it mounts its own hugetlbfs at /tmp/tsp-crash-PID-*, adds 48 pages to the kernel's
  * 2 MB pool and takes exactly those back, unmounts at the end, even on failure). Busy threads:
@@ -10,10 +14,12 @@
  */
 import t from 'tap';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CLI, CHILD_ENV, runCli } from '../cli.js';
 import { hugePool } from '../../src/memory/hugepages.js';
+import { spawnEmu, type EmuChild } from '../../lib/emudev/spawn.js';
 
 const PAGE = 2 * 2 ** 20;
 const NR = '/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages';
@@ -60,7 +66,7 @@ if (!skip) {
   if (!skip && (hugePool(PAGE)?.available ?? 0) < 32) skip = `only ${hugePool(PAGE)?.available ?? 0} free 2 MB hugepages (needs 32)`;
 }
 
-const files = (): string[] => readdirSync(DIR).filter((n) => n.startsWith(PREFIX)).sort();
+const files = (prefix = PREFIX): string[] => readdirSync(DIR).filter((n) => n.startsWith(prefix)).sort();
 const L2FWD = ['l2fwd', '--huge-dir', DIR, '--file-prefix', PREFIX, '-l', '0-1', '--vdev', 'net_null0', '--vdev', 'net_null1', '--', '-T', '0', '--json'];
 
 /** Start l2fwd; resolves once both ports are polled (its lcore runs), rejects if it exits first. */
@@ -93,4 +99,34 @@ t.test('SIGKILLed l2fwd leaves hugepage files; the next start with its prefix re
   t.match(r.stderr, new RegExp(`reclaimed ${n} stale hugepage files? \\(${bytes} bytes\\) of file prefix "${PREFIX}" in ${DIR}`),
     `it says it reclaimed ${n} file(s), ${bytes} bytes`);
   t.same(files(), [], 'no file of the prefix remains after the second run');
+});
+
+t.test('SIGKILLed tspmd emu: the next start with its prefix reclaims its files and says so', { skip, timeout: 240_000 }, async (t) => {
+  const prefix = `${PREFIX}emu`;
+  const sockDir = mkdtempSync(join(tmpdir(), `tsp-crash-sock-${process.pid}-`));
+  const emus: EmuChild[] = [];
+  t.teardown(async () => {
+    for (const e of emus) await e.stop(2000);
+    rmSync(sockDir, { recursive: true, force: true });
+  });
+  const args = (sock: string): string[] => ['virtio-net', '--socket', join(sockDir, sock), '--huge-dir', DIR, '--file-prefix', prefix, '-l', '0-1', '--vdev', 'net_null0'];
+  const first = await spawnEmu(CLI, args('a.sock'), { timeoutMs: 90_000, env: CHILD_ENV });
+  emus.push(first);
+  const left = files(prefix);
+  const bytes = left.reduce((n, f) => n + statSync(join(DIR, f)).size, 0);
+  first.proc.kill('SIGKILL');
+  await first.stop(0);
+  t.same(files(prefix), left, `after SIGKILL what it had on disk is still there (${left.join(', ') || 'nothing: it ran on memfds'})`);
+
+  const second = await spawnEmu(CLI, args('b.sock'), { timeoutMs: 90_000, env: CHILD_ENV });
+  emus.push(second);
+  if (left.length > 0) {
+    t.match(second.stderr(), new RegExp(`reclaimed ${left.length} stale hugepage files? \\(${bytes} bytes\\) of file prefix "${prefix}"`),
+      `the second start says it reclaimed ${left.length} file(s), ${bytes} bytes`);
+  } else {
+    t.notMatch(second.stderr(), /reclaimed/, 'on memfds nothing was left and nothing is claimed to be reclaimed');
+  }
+  const code = await second.stop();
+  t.equal(code, 0, 'it stops cleanly on SIGTERM');
+  t.same(files(prefix), [], 'no file of the prefix remains after it ends');
 });
