@@ -105,10 +105,11 @@ export function readHeader(buf: Uint8Array, maxSize: number): Header {
   if (buf.byteLength < HEADER_SIZE) throw new ProtocolError(`message header: ${buf.byteLength} bytes, 16 needed`, E.EINVAL, true);
   const dv = U.view(buf);
   const h: Header = { msgId: dv.getUint16(0, true), command: dv.getUint16(2, true), size: dv.getUint32(4, true), flags: dv.getUint32(8, true), error: dv.getUint32(12, true) };
-  if (h.size < HEADER_SIZE) throw new ProtocolError(`${cmdName(h.command)} message ${h.msgId}: size ${h.size} is smaller than the 16-byte header`, E.EINVAL, true);
-  if (h.size > maxSize) throw new ProtocolError(`${cmdName(h.command)} message ${h.msgId}: size ${h.size} exceeds the limit of ${maxSize} bytes`, E.E2BIG, true);
+  // The header rides on these fatal errors so that the receiver can send an error reply before closing.
+  if (h.size < HEADER_SIZE) throw new ProtocolError(`${cmdName(h.command)} message ${h.msgId}: size ${h.size} is smaller than the 16-byte header`, E.EINVAL, true, h);
+  if (h.size > maxSize) throw new ProtocolError(`${cmdName(h.command)} message ${h.msgId}: size ${h.size} exceeds the limit of ${maxSize} bytes`, E.E2BIG, true, h);
   const type = h.flags & FLAG_TYPE_MASK;
-  if (type !== TYPE_COMMAND && type !== TYPE_REPLY) throw new ProtocolError(`${cmdName(h.command)} message ${h.msgId}: message type ${type} is neither command (0) nor reply (1)`, E.EINVAL, true);
+  if (type !== TYPE_COMMAND && type !== TYPE_REPLY) throw new ProtocolError(`${cmdName(h.command)} message ${h.msgId}: message type ${type} is neither command (0) nor reply (1)`, E.EINVAL, true, h);
   return h;
 }
 
@@ -158,6 +159,8 @@ export const DEFAULT_MAX_MSG_FDS = 1;
 export const DEFAULT_MAX_DATA_XFER_SIZE = 1048576;
 export const DEFAULT_MAX_DMA_MAPS = 65535;
 export const DEFAULT_PGSIZES = 4096;
+/** The smallest max_data_xfer_size a server accepts (libvfio-user's floor): below it a 64 KiB transfer needs thousands of round trips. */
+export const MIN_DATA_XFER_SIZE = 4096;
 
 /** The capabilities object of the VERSION JSON, as the spec defines it (absent: undefined). */
 export interface Capabilities {

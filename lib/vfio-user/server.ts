@@ -5,18 +5,30 @@
  * Flow: wait (without spinning: poll on a libuv pool thread) for a connection; the first message
  * must be VERSION; then every command is validated field by field and answered, errors as an
  * error reply (flag 0x20 + errno, header only), never a crash. Framing errors (a header size below
- * 16 or above the limit) close the connection. When the client goes away, its DMA regions are
+ * 16 or above the limit, a bad type, more pending fds than allowed) get an error reply when the
+ * header could be read, and close the connection. When the client goes away, its DMA regions are
  * unmapped, its IRQ eventfds closed, the device is reset (resetOnDisconnect, default on) and the
  * server waits for the next client. DMA_READ/WRITE to client memory mapped without fd are sent as
  * server-to-client commands on the same socket (no twin socket) and their replies awaited.
+ *
+ * The main thread never waits for the client: replies and commands go out with Channel.post();
+ * what the socket does not take is queued, no further request is read until the queue is sent, and
+ * a client whose socket stays full for sendStallMs is dropped.
+ *
+ * fd ownership: drain() owns every fd a message brings and closes it after handling, except those
+ * the device took (setIrqs replaces them by -1 in the message's array). Reply fds are never handed on.
+ *
+ * The socket path: start() refuses a path where a server accepts connections, removes (and logs)
+ * a stale socket file only when connecting to it is refused, and close() removes the file only if it
+ * is still the socket this server created.
  */
-import { existsSync, lstatSync, unlinkSync } from 'node:fs';
+import { lstatSync, unlinkSync } from 'node:fs';
 import * as os from '../../src/os/libc.js';
 import * as U from '../../src/iommu/vfio-uapi.js';
 import { log } from '../../src/log.js';
 import { EmuDevice } from '../emudev/emudev.js';
 import * as P from './protocol.js';
-import { Channel, PeerClosedError, listenUnix, connectUnix, safeClose } from './transport.js';
+import { Channel, PeerClosedError, listenUnix, safeClose } from './transport.js';
 
 /** Server options. */
 export interface ServerOptions {
@@ -30,6 +42,13 @@ export interface ServerOptions {
   resetOnDisconnect?: boolean;
   /** how long a DMA_READ/WRITE waits for the client's reply (ms), default 5000 */
   dmaTimeoutMs?: number;
+  /** drop a client whose socket takes no byte of a queued message for this long (ms), default 2000 */
+  sendStallMs?: number;
+}
+
+/** The largest message the server accepts for a max_data_xfer_size (a REGION_WRITE of that many bytes, plus slack). */
+export function serverMaxMsgSize(maxDataXferSize: number = P.DEFAULT_MAX_DATA_XFER_SIZE): number {
+  return P.HEADER_SIZE + P.REGION_ACCESS_SIZE + maxDataXferSize + 4096;
 }
 
 /** Counters of one server. */
@@ -56,7 +75,10 @@ export class VfioUserServer {
   private readonly maxMsgFds: number;
   private readonly resetOnDisconnect: boolean;
   private readonly dmaTimeoutMs: number;
+  private readonly sendStallMs: number;
   private listenFd = -1;
+  /** device and inode of the socket file this server bound (close() removes only that file) */
+  private sockId: { dev: number; ino: number } | null = null;
   private wakeFd = -1;
   private conn: Channel | null = null;
   private peer: P.Negotiated | null = null;
@@ -70,9 +92,13 @@ export class VfioUserServer {
     this.device = device;
     this.path = path;
     this.maxDataXferSize = opts.maxDataXferSize ?? P.DEFAULT_MAX_DATA_XFER_SIZE;
+    if (!Number.isSafeInteger(this.maxDataXferSize) || this.maxDataXferSize < P.MIN_DATA_XFER_SIZE) {
+      throw new RangeError(`vfio-user server ${path}: maxDataXferSize ${this.maxDataXferSize} is below the minimum of ${P.MIN_DATA_XFER_SIZE} bytes`);
+    }
     this.maxMsgFds = opts.maxMsgFds ?? 16;
     this.resetOnDisconnect = opts.resetOnDisconnect ?? true;
     this.dmaTimeoutMs = opts.dmaTimeoutMs ?? 5000;
+    this.sendStallMs = opts.sendStallMs ?? 2000;
     device.maxDmaMaps = opts.maxDmaMaps ?? 1024;
   }
 
@@ -82,20 +108,24 @@ export class VfioUserServer {
   }
 
   /**
-   * Create the socket (mode 0600) and start serving in the background. A stale socket file (no
-   * listener) is replaced; a live one is an error naming the path.
+   * Create the socket (mode 0600) and start serving in the background. A stale socket file (a
+   * connect() to it is refused) is removed with a log line; a live one (the connect succeeds or
+   * its backlog is full) or one whose state cannot be told is an error naming the path.
    */
   start(): void {
     if (this.listenFd >= 0) throw new Error(`vfio-user server ${this.path}: already started`);
-    if (existsSync(this.path)) {
-      if (!lstatSync(this.path).isSocket()) throw new Error(`vfio-user server: ${this.path} exists and is not a socket; remove it or choose another --socket path`);
-      let live = false;
-      try { safeClose(connectUnix(this.path)); live = true; } catch { /* refused: stale */ }
-      if (live) throw new Error(`vfio-user server: ${this.path} is in use by a running server; stop it or choose another --socket path`);
-      unlinkSync(this.path);
-    }
+    removeStaleSocket(this.path);
     this.listenFd = listenUnix(this.path);
-    this.wakeFd = os.eventfd(0, os.EFD_NONBLOCK);
+    try {
+      const st = lstatSync(this.path);
+      this.sockId = { dev: st.dev, ino: st.ino };
+      this.wakeFd = os.eventfd(0, os.EFD_NONBLOCK);
+    } catch (e) {
+      safeClose(this.listenFd);
+      this.listenFd = -1;
+      this.unlinkOwnSocket();
+      throw e;
+    }
     log('info', 'vfio-user', `serving ${this.device.name} on ${this.path}`);
     this.loopDone = this.loop().catch((e: unknown) => {
       log('error', 'vfio-user', `server ${this.path} stopped: ${(e as Error).stack ?? String(e)}`);
@@ -118,8 +148,23 @@ export class VfioUserServer {
     this.listenFd = -1;
     safeClose(this.wakeFd);
     this.wakeFd = -1;
-    try { unlinkSync(this.path); } catch { /* gone */ }
+    this.unlinkOwnSocket();
     log('info', 'vfio-user', `server ${this.path} closed`);
+  }
+
+  /** Remove the socket file if it is still the one this server bound (another server may own the path now). */
+  private unlinkOwnSocket(): void {
+    const id = this.sockId;
+    this.sockId = null;
+    if (!id) return;
+    try {
+      const st = lstatSync(this.path);
+      if (st.dev !== id.dev || st.ino !== id.ino) {
+        log('warn', 'vfio-user', `${this.path} is no longer this server's socket (replaced by another); leaving it in place`);
+        return;
+      }
+      unlinkSync(this.path);
+    } catch { /* gone */ }
   }
 
   private async loop(): Promise<void> {
@@ -131,12 +176,16 @@ export class VfioUserServer {
         const fd = os.accept(this.listenFd, os.SOCK_NONBLOCK);
         if (fd < 0) continue;
         this.stats.connections++;
-        this.conn = new Channel(fd, { maxMsgSize: P.HEADER_SIZE + P.REGION_ACCESS_SIZE + this.maxDataXferSize + 4096, maxMsgFds: this.maxMsgFds, name: `vfio-user server ${this.path}` });
+        this.conn = new Channel(fd, { maxMsgSize: serverMaxMsgSize(this.maxDataXferSize), maxMsgFds: this.maxMsgFds, name: `vfio-user server ${this.path}` });
         this.peer = null;
         log('info', 'vfio-user', `${this.path}: client connected`);
         continue;
       }
       const conn = this.conn;
+      if (conn.outBytes > 0) {
+        await this.sendQueued(conn);
+        continue;
+      }
       const readable = await conn.waitReadable();
       if (this.closing) break;
       if (!readable || this.conn !== conn) continue;
@@ -144,20 +193,44 @@ export class VfioUserServer {
     }
   }
 
-  /** Handle every whole message that can be read now. */
+  /** Send what the client's socket did not take, waiting (in bounded slices) while it stays full; drop a client that stalls. */
+  private async sendQueued(conn: Channel): Promise<void> {
+    for (;;) {
+      try {
+        if (conn.flush()) return;
+      } catch (e) {
+        this.dropClient(e instanceof PeerClosedError ? 'client disconnected' : `dropped: ${(e as Error).message}`);
+        return;
+      }
+      const stalled = Date.now() - conn.outProgressAt;
+      if (stalled >= this.sendStallMs) {
+        this.stats.dropped++;
+        this.dropClient(`dropped: the client has read nothing for ${stalled} ms while ${conn.outBytes} bytes of replies wait (limit ${this.sendStallMs} ms)`);
+        return;
+      }
+      // A slice, so that close() is never held up for long (the wake eventfd cannot share a POLLOUT poll).
+      await conn.waitWritable(Math.min(50, this.sendStallMs - stalled));
+      if (this.closing || this.conn !== conn) return;
+    }
+  }
+
+  /** Send an error reply to a command that wants one (best effort: the connection may be failing). */
+  private errorReply(conn: Channel, h: P.Header, errno: number): void {
+    this.stats.errorReplies++;
+    if ((h.flags & P.FLAG_TYPE_MASK) !== P.TYPE_COMMAND || (h.flags & P.FLAG_NO_REPLY) !== 0) return;
+    try { conn.post({ msgId: h.msgId, command: h.command, flags: P.TYPE_REPLY | P.FLAG_ERROR, error: errno }); } catch { /* closing */ }
+  }
+
+  /** Handle every whole message that can be read now (stopping while replies wait to be sent). */
   private drain(conn: Channel): void {
     for (;;) {
       let m: P.Message | null;
       try {
         m = conn.receive();
       } catch (e) {
-        if (e instanceof P.ProtocolError && !e.fatal && e.header) {
-          this.stats.errorReplies++;
-          const h = e.header;
-          if ((h.flags & P.FLAG_TYPE_MASK) === P.TYPE_COMMAND && (h.flags & P.FLAG_NO_REPLY) === 0) {
-            try { conn.send({ msgId: h.msgId, command: h.command, flags: P.TYPE_REPLY | P.FLAG_ERROR, error: e.errno }); } catch { /* closing */ }
-          }
-          continue;
+        if (e instanceof P.ProtocolError && e.header) {
+          this.errorReply(conn, e.header, e.errno);
+          if (!e.fatal) continue;
         }
         this.dropClient(e instanceof PeerClosedError ? 'client disconnected' : `dropped: ${(e as Error).message}`);
         if (!(e instanceof PeerClosedError)) this.stats.dropped++;
@@ -168,13 +241,17 @@ export class VfioUserServer {
       try {
         this.handle(conn, m);
       } catch (e) {
-        this.stats.dropped++;
-        this.dropClient(`dropped: ${(e as Error).message}`);
+        if (e instanceof PeerClosedError) this.dropClient('client disconnected');
+        else {
+          this.stats.dropped++;
+          this.dropClient(`dropped: ${(e as Error).message}`);
+        }
         return;
       } finally {
+        // the one owner of received fds: whatever the device did not take (-1) is closed here
         for (const fd of m.fds) safeClose(fd);
       }
-      if (this.conn !== conn) return;
+      if (this.conn !== conn || conn.outBytes > 0) return;
     }
   }
 
@@ -205,13 +282,15 @@ export class VfioUserServer {
       if (!p) { log('debug', 'vfio-user', `${this.path}: unexpected reply ${m.msgId} (${P.cmdName(m.command)}) ignored`); return; }
       this.pending.delete(m.msgId);
       clearTimeout(p.timer);
-      p.resolve(m);
+      // No DMA reply carries fds; any that came stay with drain(), which closes them. The waiter
+      // gets none, so nothing can close a number that a later message's fd has reused.
+      if (m.fds.length) log('debug', 'vfio-user', `${this.path}: reply ${m.msgId} (${P.cmdName(m.command)}) carried ${m.fds.length} fds; closed`);
+      p.resolve({ ...m, fds: [] });
       return;
     }
     const noReply = (m.flags & P.FLAG_NO_REPLY) !== 0;
     if (!this.peer && m.command !== P.Cmd.VERSION) {
-      this.stats.errorReplies++;
-      if (!noReply) conn.send({ msgId: m.msgId, command: m.command, flags: P.TYPE_REPLY | P.FLAG_ERROR, error: os.E.EINVAL });
+      this.errorReply(conn, m, os.E.EINVAL);
       return;
     }
     let reply: { payload: Uint8Array; fds: number[] };
@@ -221,12 +300,11 @@ export class VfioUserServer {
       if (e instanceof P.ProtocolError && e.fatal) throw e;
       const errno = e instanceof P.ProtocolError || e instanceof os.OsError ? e.errno : os.E.EINVAL;
       log('debug', 'vfio-user', `${this.path}: ${P.cmdName(m.command)} message ${m.msgId}: ${(e as Error).message}`);
-      this.stats.errorReplies++;
-      if (!noReply) conn.send({ msgId: m.msgId, command: m.command, flags: P.TYPE_REPLY | P.FLAG_ERROR, error: errno });
+      this.errorReply(conn, m, errno);
       if (m.command === P.Cmd.VERSION) throw new Error(`version negotiation failed: ${(e as Error).message}`);
       return;
     }
-    if (!noReply) conn.send({ msgId: m.msgId, command: m.command, flags: P.TYPE_REPLY, error: 0 }, reply.payload, reply.fds);
+    if (!noReply) conn.post({ msgId: m.msgId, command: m.command, flags: P.TYPE_REPLY, error: 0 }, reply.payload, reply.fds);
   }
 
   private execute(conn: Channel, m: P.Message): { payload: Uint8Array; fds: number[] } {
@@ -240,6 +318,9 @@ export class VfioUserServer {
         if (this.peer) throw new P.ProtocolError('VFIO_USER_VERSION sent twice on one connection');
         const v = P.decodeVersion(p);
         if (v.major !== P.VERSION_MAJOR) throw new P.ProtocolError(`client proposes major version ${v.major}; this server speaks ${P.VERSION_MAJOR}`, os.E.ENOTSUP);
+        if (v.caps.max_data_xfer_size !== undefined && v.caps.max_data_xfer_size < P.MIN_DATA_XFER_SIZE) {
+          throw new P.ProtocolError(`client's max_data_xfer_size ${v.caps.max_data_xfer_size} is below the minimum of ${P.MIN_DATA_XFER_SIZE} bytes`, os.E.EINVAL);
+        }
         const minor = Math.min(v.minor, P.VERSION_MINOR);
         // The reply's capabilities are a subset of the proposed ones, with this server's values.
         const mine: P.Capabilities = { other: {} };
@@ -357,23 +438,28 @@ export class VfioUserServer {
       }, this.dmaTimeoutMs);
       this.pending.set(msgId, { resolve, reject, timer });
       try {
-        conn.send({ msgId, command: cmd, flags: P.TYPE_COMMAND, error: 0 }, payload);
+        conn.post({ msgId, command: cmd, flags: P.TYPE_COMMAND, error: 0 }, payload);
+        if (conn.outBytes > 0) conn.wake(); // the loop waits for input: make it send the queue first
       } catch (e) {
         clearTimeout(timer);
         this.pending.delete(msgId);
         reject(e as Error);
       }
     }).then((m) => {
-      for (const fd of m.fds) safeClose(fd);
       if (m.flags & P.FLAG_ERROR) throw new Error(`${this.path}: the client refused ${P.cmdName(cmd)}: ${os.errnoName(m.error)} (errno ${m.error})`);
       return m;
     });
   }
 
+  /** Bytes per DMA_READ/WRITE: the client's max_data_xfer_size (at least 4 KiB, refused below), at most this server's (its replies must fit). */
+  private dmaChunk(): number {
+    return Math.min(this.peer?.maxDataXferSize ?? P.DEFAULT_MAX_DATA_XFER_SIZE, this.maxDataXferSize);
+  }
+
   /** DMA_READ of client memory mapped without fd, in chunks of the client's max_data_xfer_size. */
   private async remoteDmaRead(iova: bigint, len: number): Promise<Uint8Array> {
     const out = new Uint8Array(len);
-    const chunk = this.peer?.maxDataXferSize ?? P.DEFAULT_MAX_DATA_XFER_SIZE;
+    const chunk = this.dmaChunk();
     for (let off = 0; off < len; off += chunk) {
       const n = Math.min(chunk, len - off);
       const r = await this.request(P.Cmd.DMA_READ, P.encodeDmaAccess(iova + BigInt(off), n));
@@ -386,11 +472,47 @@ export class VfioUserServer {
 
   /** DMA_WRITE of client memory mapped without fd. */
   private async remoteDmaWrite(iova: bigint, data: Uint8Array): Promise<void> {
-    const chunk = this.peer?.maxDataXferSize ?? P.DEFAULT_MAX_DATA_XFER_SIZE;
+    const chunk = this.dmaChunk();
     for (let off = 0; off < data.byteLength; off += chunk) {
       const part = data.subarray(off, Math.min(off + chunk, data.byteLength));
       const r = await this.request(P.Cmd.DMA_WRITE, P.encodeDmaAccess(iova + BigInt(off), part.byteLength, part));
       P.decodeDmaAccess(r.payload, false, chunk, 'VFIO_USER_DMA_WRITE reply', true);
     }
   }
+}
+
+/**
+ * Make way for a server socket at path: nothing there is fine; a socket file that refuses
+ * connections (ECONNREFUSED: its server is gone) is removed, with a log line saying so. A file that
+ * is not a socket, a socket that accepts (or whose backlog is full: EAGAIN), or any other connect
+ * error is an error naming the path: a live server's socket is never removed.
+ */
+function removeStaleSocket(path: string): void {
+  let isSocket: boolean;
+  try {
+    isSocket = lstatSync(path).isSocket();
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw new Error(`vfio-user server: cannot check ${path}: ${(e as Error).message}`);
+  }
+  if (!isSocket) throw new Error(`vfio-user server: ${path} exists and is not a socket; remove it or choose another --socket path`);
+  // Non-blocking: a live server whose backlog is full answers EAGAIN instead of blocking this thread.
+  const fd = os.socket(os.AF_UNIX, os.SOCK_STREAM | os.SOCK_NONBLOCK, 0);
+  let code = 'connected';
+  try {
+    os.connect(fd, os.sockaddrUn(path), `"${path}"`);
+  } catch (e) {
+    if (!(e instanceof os.OsError)) throw e;
+    code = e.code;
+  } finally {
+    safeClose(fd);
+  }
+  if (code === 'connected' || code === 'EAGAIN' || code === 'EINPROGRESS') {
+    throw new Error(`vfio-user server: ${path} is in use by a running server; stop it or choose another --socket path`);
+  }
+  if (code !== 'ECONNREFUSED') {
+    throw new Error(`vfio-user server: cannot tell whether a server uses ${path} (connect failed with ${code}); remove it if none does, or choose another --socket path`);
+  }
+  unlinkSync(path);
+  log('warn', 'vfio-user', `removed stale socket ${path}: connecting to it was refused (ECONNREFUSED), so no server serves it`);
 }

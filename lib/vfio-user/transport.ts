@@ -12,7 +12,15 @@
  * carrying fds. So fds that came with a read belong to the LAST message that starts inside that
  * read's byte range; each read's fds are recorded with its range and claimed by that message.
  * A header whose size is below 16 or above the channel's limit is a fatal ProtocolError: the stream
- * cannot be resynchronised and the connection must be closed.
+ * cannot be resynchronised and the connection must be closed. Received fds waiting for their message
+ * are capped (maxPendingFds, default 2 x maxMsgFds: the fds of an incomplete message plus those of
+ * the next one, which may arrive in the same read): a peer that sends more is a fatal ProtocolError,
+ * so a stream of fd-carrying pieces of a never-completed message cannot exhaust the process's fds.
+ *
+ * Two ways to send: send()/sendRaw() wait (poll, bounded by sendTimeoutMs) for room in the socket
+ * buffer, for a synchronous client; post() never waits: what the socket does not take now is queued
+ * (outbox, at most maxOutBytes) and flush() sends it when the socket is writable again, for a
+ * server whose main thread must not stall on a client that stopped reading.
  *
  * Waiting without spinning: waitReadable() polls on a libuv pool thread (os.pollAsync) together
  * with a wake eventfd, so an idle peer costs nothing and close() ends the wait at once.
@@ -40,6 +48,25 @@ export interface ChannelOptions {
   name: string;
   /** how long send() waits for room in the socket buffer (ms) */
   sendTimeoutMs?: number;
+  /** most received fds held for messages not complete yet (default 2 x maxMsgFds, at least 2) */
+  maxPendingFds?: number;
+  /** most bytes post() queues while the peer does not read (default 4 x maxMsgSize) */
+  maxOutBytes?: number;
+}
+
+/** post() could not queue a message: the peer has not read maxOutBytes of earlier messages. */
+export class SendBacklogError extends Error {
+  constructor(what: string, queued: number, size: number, max: number) {
+    super(`${what}: the peer does not read: ${queued} bytes are queued and a ${size}-byte message would exceed the limit of ${max}`);
+    this.name = 'SendBacklogError';
+  }
+}
+
+/** A message post() could not send at once: its bytes from off on, and its fds if none went out yet. */
+interface Outgoing {
+  data: Uint8Array;
+  off: number;
+  fds: readonly number[];
 }
 
 const READ_CHUNK = 256 * 1024;
@@ -50,12 +77,17 @@ export class Channel {
   readonly name: string;
   readonly maxMsgSize: number;
   readonly maxMsgFds: number;
+  readonly maxPendingFds: number;
+  readonly maxOutBytes: number;
   private readonly sendTimeoutMs: number;
   private buf = new Uint8Array(64 * 1024);
   private len = 0;
   /** absolute stream position of buf[0] */
   private base = 0;
   private fds: Array<{ start: number; end: number; fd: number }> = [];
+  private out: Outgoing[] = [];
+  private outQueued = 0;
+  private outProgress = 0;
   private wakeFd: number;
   private closedFlag = false;
 
@@ -66,6 +98,8 @@ export class Channel {
     this.maxMsgSize = opts.maxMsgSize;
     this.maxMsgFds = opts.maxMsgFds;
     this.sendTimeoutMs = opts.sendTimeoutMs ?? 5000;
+    this.maxPendingFds = opts.maxPendingFds ?? Math.max(2, 2 * opts.maxMsgFds);
+    this.maxOutBytes = opts.maxOutBytes ?? 4 * opts.maxMsgSize;
     this.wakeFd = os.eventfd(0, os.EFD_NONBLOCK);
   }
 
@@ -104,6 +138,79 @@ export class Channel {
       first = false;
       off += n;
     }
+  }
+
+  /**
+   * Send one message without ever waiting: what the socket does not take now is queued behind
+   * earlier queued messages and goes out with flush(). The fds must stay open until then (a
+   * server sends only fds its device owns). Throws PeerClosedError when the peer is gone and
+   * SendBacklogError when the queue would exceed maxOutBytes.
+   */
+  post(h: Omit<Header, 'size'>, payload: Uint8Array = new Uint8Array(0), fds: readonly number[] = []): void {
+    if (this.closedFlag) throw new Error(`${this.name}: the connection is closed`);
+    const msg = new Uint8Array(HEADER_SIZE + payload.byteLength);
+    writeHeader(msg, { ...h, size: msg.byteLength });
+    msg.set(payload, HEADER_SIZE);
+    if (this.out.length > 0) {
+      this.queue(msg, 0, fds);
+      return;
+    }
+    const n = this.trySend(msg, 0, fds);
+    if (n < msg.byteLength) this.queue(msg, n, n > 0 ? [] : fds);
+  }
+
+  /** Bytes post() queued that the socket has not taken yet. */
+  get outBytes(): number {
+    return this.outQueued;
+  }
+
+  /** Date.now() when the socket last took queued bytes (or when the queue started). */
+  get outProgressAt(): number {
+    return this.outProgress;
+  }
+
+  /**
+   * Send queued messages until the socket is full (never waits); true when the queue is empty.
+   * Throws PeerClosedError when the peer is gone.
+   */
+  flush(): boolean {
+    while (this.out.length > 0) {
+      const o = this.out[0];
+      const n = this.trySend(o.data, o.off, o.fds);
+      if (n === 0) return false;
+      this.outProgress = Date.now();
+      this.outQueued -= n;
+      o.off += n;
+      o.fds = [];
+      if (o.off < o.data.byteLength) return false;
+      this.out.shift();
+    }
+    return true;
+  }
+
+  private queue(msg: Uint8Array, off: number, fds: readonly number[]): void {
+    const size = msg.byteLength - off;
+    if (this.outQueued + size > this.maxOutBytes) throw new SendBacklogError(this.name, this.outQueued, size, this.maxOutBytes);
+    if (this.out.length === 0) this.outProgress = Date.now();
+    this.out.push({ data: msg, off, fds });
+    this.outQueued += size;
+  }
+
+  /** One non-blocking sendmsg of msg from off (fds only with the first byte); bytes taken, 0 when full. */
+  private trySend(msg: Uint8Array, off: number, fds: readonly number[]): number {
+    try {
+      return os.sendmsg(this.fd, off === 0 ? msg : msg.subarray(off), fds, os.MSG_NOSIGNAL | os.MSG_DONTWAIT);
+    } catch (e) {
+      if (e instanceof os.OsError && (e.code === 'EAGAIN' || e.code === 'EWOULDBLOCK')) return 0;
+      if (e instanceof os.OsError && (e.code === 'EPIPE' || e.code === 'ECONNRESET')) throw new PeerClosedError(this.name);
+      throw e;
+    }
+  }
+
+  /** Resolve when the socket has room for more bytes, or after timeoutMs (pool-thread poll, no spin). */
+  async waitWritable(timeoutMs: number): Promise<void> {
+    if (this.closedFlag) return;
+    await os.pollAsync([this.fd], os.POLLOUT, Math.max(0, timeoutMs));
   }
 
   /**
@@ -167,6 +274,8 @@ export class Channel {
     this.closedFlag = true;
     for (const f of this.fds) safeClose(f.fd);
     this.fds = [];
+    this.out = [];
+    this.outQueued = 0;
     safeClose(this.fd);
     // The wake eventfd may still be polled by a pool thread: close it after that poll returned.
     const w = this.wakeFd;
@@ -187,6 +296,10 @@ export class Channel {
     const start = this.base + this.len, end = start + r.data.byteLength;
     for (const fd of r.fds) this.fds.push({ start, end, fd });
     if (r.truncated) throw new ProtocolError(`${this.name}: a message's data or descriptors were truncated by the kernel (more than 253 fds?)`, os.E.EINVAL, true);
+    // Every fd received is in this.fds now, so close() releases them all after this fatal error.
+    if (this.fds.length > this.maxPendingFds) {
+      throw new ProtocolError(`${this.name}: ${this.fds.length} received fds wait for messages that are not complete; the limit is ${this.maxPendingFds} (at most ${this.maxMsgFds} per message, sent with its first byte)`, os.E.EINVAL, true, this.headerInBuffer(r.data));
+    }
     if (this.len + r.data.byteLength > this.buf.byteLength) {
       const nb = new Uint8Array(Math.max(this.buf.byteLength * 2, this.len + r.data.byteLength));
       nb.set(this.buf.subarray(0, this.len));
@@ -195,6 +308,17 @@ export class Channel {
     this.buf.set(r.data, this.len);
     this.len += r.data.byteLength;
     return true;
+  }
+
+  /** The header at the start of the buffer (after data is appended), unvalidated, or null if not 16 bytes yet. */
+  private headerInBuffer(data: Uint8Array): Header | null {
+    const have = this.len + data.byteLength;
+    if (have < HEADER_SIZE) return null;
+    const h = new Uint8Array(HEADER_SIZE);
+    h.set(this.buf.subarray(0, Math.min(this.len, HEADER_SIZE)));
+    if (this.len < HEADER_SIZE) h.set(data.subarray(0, HEADER_SIZE - this.len), this.len);
+    const dv = new DataView(h.buffer);
+    return { msgId: dv.getUint16(0, true), command: dv.getUint16(2, true), size: dv.getUint32(4, true), flags: dv.getUint32(8, true), error: dv.getUint32(12, true) };
   }
 
   /** Take one whole message from the buffer, with the fds that arrived inside its bytes. */
