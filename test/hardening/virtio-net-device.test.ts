@@ -9,9 +9,10 @@
  *       ways, byte for byte. A device reset restores the crash budget; once the budget is spent the
  *       queues park (DEVICE_NEEDS_RESET) until a reset instead of the loop ending.
  *   2   A transmit buffer (or a control ack) in memory mapped without fd, so the device waits in
- *       the mailbox for the server's DMA_READ/WRITE; meanwhile the rings' region is unmapped, or the
- *       client goes away: the process survives, nothing of the burst is committed or sent, and the
- *       device works again after a re-map (or with the next client).
+ *       the mailbox for the server's DMA_READ/WRITE; meanwhile the rings' region is unmapped, the
+ *       client goes away or the driver resets the device: the process survives, nothing of the
+ *       burst is committed or sent, no other queue is served from the old state, and the device
+ *       works again after a re-map (or with the next client).
  *   9b  Descriptor walks are bounded per burst: receive chains that share descriptors, zero-length
  *       receive buffers with MRG_RXBUF, control and transmit chains that share descriptors, with
  *       16384-entry queues: DEVICE_NEEDS_RESET at once (the lcore still pauses for the control
@@ -311,6 +312,34 @@ t.test('item 2: the mailbox waits while the rings are unmapped or the client lea
     t.teardown(() => { d2.close(); c2.close(); });
     bringUp(d2, MRG, 64);
     await traffic(t, w, d2, 'the next client');
+  });
+
+  await t.test('a device reset while the device waits for a DMA_READ: the old queues are not touched after it', async (t) => {
+    const { c, d, mem } = open(t);
+    w.receiveFromDevice();
+    txNoFd(d, mem, frame(300, 8));
+    t.ok(mailboxWaits(c), 'the device waits in the mailbox in the middle of a transmit burst');
+    // A control command published now (the lcore is inside the transmit burst: it cannot have seen it).
+    const cq = d.queues.get(2)!;
+    d.u8.set([V.VIRTIO_NET_CTRL_RX, 0, 1], cq.buf);
+    d.u8[cq.buf + 128] = 0xee;
+    d.writeDesc(2, 0, d.iovaOf(cq.buf), 3, V.VRING_DESC_F_NEXT, 1);
+    d.writeDesc(2, 1, d.iovaOf(cq.buf + 128), 1, V.VRING_DESC_F_WRITE, 0);
+    d.pushAvail(2, 0);
+    d.wr(V.COMMON_STATUS, 1, 0); // reset: the client answers the DMA_READ while it waits for this reply
+    t.ok(await until(() => Atomics.load(w.state, L.G_STATUS) === 0, 5000), 'reset');
+    // A doorbell is counted at the top of the loop: once it is, the interrupted iteration is over.
+    const kicks = w.stat('kicks');
+    d.kick(0);
+    t.ok(await until(() => w.stat('kicks') > kicks, 10_000), 'the loop is back at its top (the DMA_READ was answered)');
+    t.equal(d.usedIdx(2), 0, 'the command in the old control queue was not executed after the reset');
+    t.equal(d.u8[cq.buf + 128], 0xee, 'its ack byte is untouched');
+    t.equal(d.usedIdx(1), 0, 'the transmit burst was not committed');
+    t.same(w.receiveFromDevice(), [], 'nor sent');
+    t.ok(w.running, 'the lcore lives');
+    bringUp(d, MRG | CTRL, 64, { ctrl: true });
+    c.startService();
+    await traffic(t, w, d, 'after the reset');
   });
 
   await t.test('DMA_UNMAP of the rings while the device waits for a control ack\'s DMA_WRITE', async (t) => {
