@@ -8,9 +8,13 @@
  * queue keeps working, and when the port stops every mbuf is back in its pool exactly once
  * (inUseCount 0: a lost mbuf leaves it above 0, a double free below).
  *
+ * The mempool header check runs where it matters, in another thread (this file is also that
+ * worker's module: there, tap is not loaded and the t.test calls are no-ops).
+ *
  * No root needed (--no-huge memory). Nothing here runs a busy thread.
  */
-import t, { type Test } from 'tap';
+import type { Test } from 'tap';
+import { isMainThread, parentPort, workerData, Worker } from 'node:worker_threads';
 import '../../drivers/index.js';
 import * as os from '../../src/os/libc.js';
 import * as U from '../../src/iommu/vfio-uapi.js';
@@ -21,8 +25,30 @@ import { virtqLayout } from '../../drivers/net/virtio/virtqueue.js';
 import { VirtioNetPort } from '../../drivers/net/virtio/virtio.js';
 import { openRxQueue, openTxQueue, type RxQueue, type TxQueue } from '../../lib/ethdev/ethdev.js';
 import { pktmbufPoolCreate, pktmbufAlloc, pktmbufFree, writePacket, readPacket, chain, nbSegs } from '../../lib/mempool/mbuf.js';
-import type { Mempool } from '../../lib/mempool/mempool.js';
+import { Mempool, type MempoolDesc } from '../../lib/mempool/mempool.js';
 import { Ring, ringBytes } from '../../lib/ring/ring.js';
+
+type Tap = typeof import('tap').default;
+const t: Tap = isMainThread ? (await import('tap')).default : ({ test: () => undefined } as unknown as Tap);
+
+// In the worker: attach the pool from its descriptor, answer 'attached' or the error.
+if (!isMainThread) {
+  try {
+    Mempool.attach((workerData as { desc: MempoolDesc }).desc);
+    parentPort!.postMessage('attached');
+  } catch (e) {
+    parentPort!.postMessage((e as Error).message);
+  }
+}
+
+/** Mempool.attach(desc) in a new worker thread (where the pool is not known yet); its answer. */
+function attachInWorker(desc: MempoolDesc): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const w = new Worker(new URL(import.meta.url), { workerData: { desc } });
+    w.once('message', (m: string) => { resolve(m); void w.terminate(); });
+    w.once('error', reject);
+  });
+}
 
 const fb = V.featureBit;
 const BAR = 4, BAR_SIZE = 0x5000, NOTIFY = 0x3000, MAC = [0x02, 0x74, 0x73, 0x70, 0x6c, 0x01];
@@ -559,4 +585,18 @@ t.test('Ring.attach in DMA memory: a rewritten size word is refused, the mapping
   t.ok(asked.every((n) => n <= ringBytes(64)), `no view beyond the ring was made (asked ${asked.join(', ')} bytes)`);
   words[1] = 64;
   e.memory.free(zone.name);
+});
+
+t.test('Mempool.attach in another thread refuses a header the device rewrote', { timeout: 60_000 }, async (t) => {
+  const e = eal(t);
+  const pool = pktmbufPoolCreate(e.memory, `tsp_hdr${process.pid}`, 255, { cacheSize: 0 });
+  const h = new Int32Array(os.viewOf(pool.zone.va, 128));
+  t.equal(await attachInWorker(pool.desc), 'attached', 'an honest header attaches');
+  for (const [word, lie] of [[1, 200], [3, 1 << 20], [7, 1 << 20]]) {
+    const honest = h[word];
+    h[word] = lie;
+    const answer = await attachInWorker(pool.desc);
+    h[word] = honest;
+    t.match(answer, new RegExp(`bad header \\(word ${word} reads ${lie}, it was created as ${honest}\\)`), `header word ${word} rewritten: refused`);
+  }
 });
