@@ -389,6 +389,23 @@ t.test('item 9b: descriptor walks bounded per burst (16384-entry queues)', async
     t.ok(ms < 2000, `and the lcore pauses for a reset (${ms.toFixed(1)} ms)`);
   });
 
+  await t.test('receive without MRG_RXBUF: the same zero-length chain is a buffer too small, dropped and counted', async (t) => {
+    d.reset();
+    if (!d.negotiate(BASE | CTRL)) throw new Error('FEATURES_OK refused');
+    d.setupQueue(0, SIZE);
+    d.setupQueue(1, SIZE);
+    d.driverOk();
+    chainOf(d, 0, SIZE, d.iovaOf(q(0).buf), 0, V.VRING_DESC_F_WRITE);
+    availAll(d, 0, 0, SIZE);
+    const drops = w.stat('rx_too_big_drops');
+    w.sendToDevice(Array.from({ length: 32 }, (_, i) => frame(60, i)));
+    t.ok(await until(() => w.stat('rx_too_big_drops') >= drops + 32, 3000), `32 frames dropped as too big within 3 s (${w.stat('rx_too_big_drops') - drops})`);
+    t.equal(w.needsReset, 0, 'no DEVICE_NEEDS_RESET (a small buffer is allowed without MRG_RXBUF)');
+    t.equal(d.usedIdx(0), 0, 'the chain stays with the device');
+    const ms = resetTime();
+    t.ok(ms < 2000, `reset (${ms.toFixed(1)} ms)`);
+  });
+
   await t.test('receive: every avail entry names one chain (16383 empty descriptors, then 12 bytes)', async (t) => {
     up();
     chainOf(d, 0, SIZE, d.iovaOf(q(0).buf), 0, V.VRING_DESC_F_WRITE, V.NET_HDR_SIZE);
