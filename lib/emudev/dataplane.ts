@@ -27,16 +27,25 @@
  * 2^53 cannot be expressed and are treated as unmapped.
  */
 import * as os from '../../src/os/libc.js';
+import { log } from '../../src/log.js';
 
 // Control words (Int32 indexes).
 const ATTACHED = 0, PAUSE_REQ = 1, PAUSE_ACK = 2, DMA_GEN = 3, DMA_COUNT = 4;
 const MAIL_OP = 5, MAIL_DONE = 6, MAIL_LEN = 7, MAIL_IOVA_LO = 8, MAIL_IOVA_HI = 9;
+/** set when an eventfd write met EAGAIN: some unmasked vector holds a pending interrupt to retry */
+const IRQ_RETRY = 10;
 const HEADER_WORDS = 16;
 // Mailbox operations and states (OP_ABANDONED: the worker timed out, the main thread still works on it).
 const OP_NONE = 0, OP_READ = 1, OP_WRITE = 2, OP_ABANDONED = 3;
 const DONE_PENDING = 0, DONE_OK = 1, DONE_FAILED = 2;
 // IRQ vector words: eventfd, masked, pending.
 const IRQ_FD = 0, IRQ_MASKED = 1, IRQ_PENDING = 2, IRQ_WORDS = 3;
+/**
+ * The masked word is a set of reasons, the vector is masked while any is set: SET_IRQS MASK (and
+ * INTx's automask), the vector's mask bit in an MSI-X table, the MSI-X function mask.
+ */
+export const MASK_IRQ = 1, MASK_VECTOR = 2, MASK_FUNCTION = 4;
+const EAGAIN = os.E.EAGAIN;
 // DMA table entry words: iova lo/hi, length, flags, va lo/hi.
 const DMA_WORDS = 6;
 /** Size of the mailbox's bounce buffer; larger transfers go in pieces. */
@@ -90,6 +99,8 @@ export class DataPlaneControl {
   private epoch = 0;
   private serving = false;
   private closed = false;
+  /** releases (munmap, close) that wait for the worker's next acknowledged pause */
+  private deferred: Array<() => void> = [];
   /** how long quiesce() waits for the worker to acknowledge a pause (ms) */
   pauseTimeoutMs = PAUSE_TIMEOUT_MS;
 
@@ -149,11 +160,45 @@ export class DataPlaneControl {
     }
     this.pauseDepth++;
     try {
+      this.runDeferred();
       return fn();
     } finally {
       this.pauseDepth--;
       Atomics.store(this.ctl, PAUSE_REQ, 0);
       Atomics.notify(this.ctl, PAUSE_REQ);
+    }
+  }
+
+  /**
+   * Run fn as if the worker were paused when it does not acknowledge (a wedged poll loop): quiesce()
+   * calls inside run at once. Only for changes that must happen regardless (disconnect, reset): the
+   * tables fn publishes are picked up at the worker's next service(); memory and fds the worker
+   * may still use must be released with deferRelease(), never inside fn.
+   */
+  force<T>(fn: () => T): T {
+    this.pauseDepth++;
+    try { return fn(); } finally { this.pauseDepth--; }
+  }
+
+  /**
+   * Release something the worker may still use (unmap, close) once it is known not to: after the
+   * next pause it acknowledges, or at once when no worker is attached.
+   */
+  deferRelease(fn: () => void): void {
+    this.deferred.push(fn);
+    if (!this.attached && this.pauseDepth === 0) this.runDeferred();
+  }
+
+  /** Releases still waiting for the worker (deferRelease). */
+  get deferredReleases(): number {
+    return this.deferred.length;
+  }
+
+  /** Run the deferred releases (each one's error is reported, the others still run). */
+  private runDeferred(): void {
+    while (this.deferred.length) {
+      const fn = this.deferred.shift()!;
+      try { fn(); } catch (e) { log('warn', 'emudev', `${this.name}: deferred release failed: ${(e as Error).message}`); }
     }
   }
 
@@ -183,38 +228,79 @@ export class DataPlaneControl {
     return Atomics.load(this.ctl, this.vec(index, vector) + IRQ_FD);
   }
 
-  /** Set a vector's eventfd (-1: none), clearing its mask and pending bits. Call inside quiesce. */
+  /**
+   * Set a vector's eventfd (-1: none), clearing its pending bit and its SET_IRQS mask (MSI-X table
+   * and function masks stay: they are device state). Call inside quiesce.
+   */
   setIrqFd(index: number, vector: number, fd: number): void {
     const o = this.vec(index, vector);
     Atomics.store(this.ctl, o + IRQ_FD, fd);
-    Atomics.store(this.ctl, o + IRQ_MASKED, 0);
+    Atomics.and(this.ctl, o + IRQ_MASKED, ~MASK_IRQ);
     Atomics.store(this.ctl, o + IRQ_PENDING, 0);
   }
 
   /**
-   * Mask or unmask a vector; returns whether an interrupt was pending when unmasked (and clears it:
-   * the caller delivers it with triggerIrq). Safe against a worker raising the vector meanwhile.
+   * Mask or unmask a vector (SET_IRQS MASK/UNMASK); returns whether an interrupt was pending when
+   * it became unmasked (and clears it: the caller delivers it with triggerIrq). Safe against a
+   * worker raising the vector meanwhile.
    */
   setIrqMasked(index: number, vector: number, masked: boolean): boolean {
+    return this.setIrqMaskBits(index, vector, MASK_IRQ, masked);
+  }
+
+  /**
+   * Set or clear mask reasons (MASK_IRQ, MASK_VECTOR, MASK_FUNCTION) of a vector; returns whether
+   * the vector became unmasked with an interrupt pending (cleared: deliver it with triggerIrq).
+   */
+  setIrqMaskBits(index: number, vector: number, bits: number, masked: boolean): boolean {
     const o = this.vec(index, vector);
-    Atomics.store(this.ctl, o + IRQ_MASKED, masked ? 1 : 0);
-    return !masked && Atomics.exchange(this.ctl, o + IRQ_PENDING, 0) !== 0;
+    if (masked) { Atomics.or(this.ctl, o + IRQ_MASKED, bits); return false; }
+    const left = Atomics.and(this.ctl, o + IRQ_MASKED, ~bits) & ~bits;
+    return left === 0 && Atomics.exchange(this.ctl, o + IRQ_PENDING, 0) !== 0;
+  }
+
+  /** Whether a vector is masked (for any reason). */
+  irqMasked(index: number, vector: number): boolean {
+    return Atomics.load(this.ctl, this.vec(index, vector) + IRQ_MASKED) !== 0;
+  }
+
+  /** Whether a vector holds an interrupt (masked meanwhile, or its eventfd was full). */
+  irqPending(index: number, vector: number): boolean {
+    return Atomics.load(this.ctl, this.vec(index, vector) + IRQ_PENDING) !== 0;
   }
 
   /** Clear every mask and pending bit. */
   clearIrqMasks(): void {
-    for (let i = 0; i < this.irqCount.length; i++) for (let v = 0; v < this.irqCount[i]; v++) this.setIrqMasked(i, v, false);
+    for (let i = 0; i < this.irqCount.length; i++) {
+      for (let v = 0; v < this.irqCount[i]; v++) {
+        const o = this.vec(i, v);
+        Atomics.store(this.ctl, o + IRQ_MASKED, 0);
+        Atomics.store(this.ctl, o + IRQ_PENDING, 0);
+      }
+    }
   }
 
-  /** Raise a vector from the main thread (held pending while masked); returns whether it was signalled. */
+  /**
+   * Raise a vector from the main thread (held pending while masked, or while its eventfd is full);
+   * returns whether it was signalled. Interrupts left pending by a full eventfd are retried first.
+   */
   triggerIrq(index: number, vector: number): boolean {
-    return signal(this.ctl, this.vec(index, vector));
+    const o = this.vec(index, vector);
+    if (Atomics.load(this.ctl, IRQ_RETRY) !== 0) retryIrqs(this.ctl, this.irqBase, this.irqCount);
+    return signal(this.ctl, o);
+  }
+
+  /** Retry the interrupts an eventfd refused (EAGAIN); the worker does this in service(). */
+  retryPendingIrqs(): void {
+    if (Atomics.load(this.ctl, IRQ_RETRY) !== 0) retryIrqs(this.ctl, this.irqBase, this.irqCount);
   }
 
   /** Stop serving the mailbox. */
   close(): void {
     this.closed = true;
     Atomics.notify(this.ctl, MAIL_OP);
+    if (!this.attached) this.runDeferred();
+    else if (this.deferred.length) log('warn', 'emudev', `${this.name}: closed while its lcore is still attached: ${this.deferred.length} client mappings or fds are left as they are`);
   }
 
   private vec(index: number, vector: number): number {
@@ -279,8 +365,10 @@ function oneAddress(): number {
 }
 
 /**
- * Signal the vector at word o of ctl (pending while masked). No allocation, no throw. An unmask
- * racing with it (setIrqMasked exchanges the pending bit) delivers the interrupt exactly once.
+ * Signal the vector at word o of ctl (pending while masked). No allocation, no throw, never
+ * blocks: eventfds are O_NONBLOCK (EmuDevice.setIrqs makes them so), and one whose counter is full
+ * (EAGAIN) keeps the interrupt pending and raises IRQ_RETRY, so service() delivers it later. An
+ * unmask racing with it (setIrqMaskBits exchanges the pending bit) delivers the interrupt exactly once.
  */
 function signal(ctl: Int32Array, o: number): boolean {
   const fd = Atomics.load(ctl, o + IRQ_FD);
@@ -289,7 +377,27 @@ function signal(ctl: Int32Array, o: number): boolean {
     Atomics.store(ctl, o + IRQ_PENDING, 1);
     if (Atomics.load(ctl, o + IRQ_MASKED) !== 0 || Atomics.exchange(ctl, o + IRQ_PENDING, 0) === 0) return false;
   }
-  return os.writeRaw(fd, ONE === 0 ? oneAddress() : ONE, 8) === 8;
+  const r = os.writeRaw(fd, ONE === 0 ? oneAddress() : ONE, 8);
+  if (r === 8) return true;
+  if (r === -EAGAIN) {
+    // The counter is at its maximum: the reader has an interrupt it has not consumed. Keep this one
+    // pending; IRQ_RETRY makes the next service() (or main-thread trigger) try again.
+    Atomics.store(ctl, o + IRQ_PENDING, 1);
+    Atomics.store(ctl, IRQ_RETRY, 1);
+  }
+  return false;
+}
+
+/** Deliver the pending interrupts of unmasked vectors (after EAGAIN). No allocation. */
+function retryIrqs(ctl: Int32Array, irqBase: readonly number[], irqCount: readonly number[]): void {
+  Atomics.store(ctl, IRQ_RETRY, 0);
+  for (let i = 0; i < irqCount.length; i++) {
+    for (let v = 0; v < irqCount[i]; v++) {
+      const o = irqBase[i] + v * IRQ_WORDS;
+      if (Atomics.load(ctl, o + IRQ_FD) < 0 || Atomics.load(ctl, o + IRQ_MASKED) !== 0) continue;
+      if (Atomics.exchange(ctl, o + IRQ_PENDING, 0) !== 0) signal(ctl, o);
+    }
+  }
 }
 
 /**
@@ -350,6 +458,7 @@ export class DataPlane {
    */
   service(): boolean {
     if (Atomics.load(this.ctl, PAUSE_REQ) !== 0) this.pause();
+    if (Atomics.load(this.ctl, IRQ_RETRY) !== 0) retryIrqs(this.ctl, this.desc.irqBase, this.desc.irqCount);
     if (Atomics.load(this.ctl, DMA_GEN) === this.gen) return false;
     this.reload();
     return true;
@@ -399,7 +508,7 @@ export class DataPlane {
     if (index < 0 || index >= this.desc.irqCount.length || vector < 0 || vector >= this.desc.irqCount[index]) return false;
     const o = this.desc.irqBase[index] + vector * IRQ_WORDS;
     const ok = signal(this.ctl, o);
-    if (ok && index === INTX_INDEX) Atomics.store(this.ctl, o + IRQ_MASKED, 1);
+    if (ok && index === INTX_INDEX) Atomics.or(this.ctl, o + IRQ_MASKED, MASK_IRQ);
     return ok;
   }
 

@@ -17,12 +17,13 @@
  * 'reset', 'connect', 'disconnect', 'region-write' (index, offset, length).
  */
 import { EventEmitter } from 'node:events';
-import { fstatSync } from 'node:fs';
+import { fstatSync, readlinkSync } from 'node:fs';
 import * as os from '../../src/os/libc.js';
 import * as U from '../../src/iommu/vfio-uapi.js';
+import { log } from '../../src/log.js';
 import type { SparseArea } from '../../src/iommu/device.js';
 import { ProtocolError, DMA_FLAG_READ, DMA_FLAG_WRITE, type IrqSet, type RegionDescription } from '../vfio-user/protocol.js';
-import { DataPlaneControl } from './dataplane.js';
+import { DataPlaneControl, MASK_VECTOR, MASK_FUNCTION } from './dataplane.js';
 
 const PAGE = 4096;
 const E = os.E;
@@ -82,6 +83,34 @@ export interface EmuCapability {
   onWrite?: (off: number, data: Uint8Array, cap: Uint8Array) => void;
 }
 
+/**
+ * An MSI-X table and PBA that emudev emulates in a BAR (trapped, outside shared areas): the
+ * per-vector mask bits and the function mask (from the MSI-X capability in config space, when
+ * the device declares one) hold interrupts pending, the PBA shows them, unmasking delivers them.
+ * Vectors: the MSI-X IRQ index's count. At reset every vector is masked, as PCI says. A client
+ * that emulates the table itself (QEMU's vfio-pci does, and never writes the device's) would keep
+ * every vector masked: declare this only for clients that program the device's table.
+ */
+export interface EmuMsixSpec {
+  /** the BAR index (0..5) holding table and PBA */
+  bar: number;
+  /** offset of the table (16 bytes per vector, 8-byte aligned) */
+  tableOffset: number;
+  /** offset of the PBA (a bit per vector, in 64-bit words, 8-byte aligned) */
+  pbaOffset: number;
+}
+
+/**
+ * What dmaMap does with client memory (sent by fd) whose size cannot be sealed: hugetlbfs and other
+ * files (F_GET_SEALS: EINVAL), memfds without F_SEAL_SHRINK made without MFD_ALLOW_SEALING or
+ * carrying F_SEAL_SEAL. The client could shrink such a file under the mapping, and the next device
+ * access would kill this process with SIGBUS.
+ *   - 'map': map it anyway (trust the client; a warning is logged once per device)
+ *   - 'message': do not map it: reach it through DMA_READ/WRITE messages, slower but safe
+ *   - 'refuse': fail DMA_MAP with EPERM, naming the fix
+ */
+export type UnsealedDmaPolicy = 'map' | 'message' | 'refuse';
+
 /** What a device provider declares. */
 export interface EmuDeviceSpec {
   name: string;
@@ -92,6 +121,8 @@ export interface EmuDeviceSpec {
   capabilities?: EmuCapability[];
   /** called by reset() (device-level reset: registers back to their defaults) */
   onReset?: () => void;
+  /** an MSI-X table and PBA emudev emulates (mask bits honoured); absent: none */
+  msix?: EmuMsixSpec;
 }
 
 /** One entry of the client's DMA memory table. */
@@ -120,6 +151,28 @@ interface BarState {
 
 /** BAR register type bits: 32-bit memory, not prefetchable */
 const BAR_MEM32 = 0;
+/** PCI capability id of MSI-X */
+const PCI_CAP_ID_MSIX = 0x11;
+
+/**
+ * Accept fd as an interrupt eventfd: it must be one (a pipe or socket could be full and block the
+ * thread that signals it; /proc/self/fd/N names an eventfd 'anon_inode:[eventfd]'), and it is made
+ * O_NONBLOCK, so an eventfd whose counter is at its maximum answers EAGAIN instead of blocking.
+ */
+function checkEventfd(fd: number, what: string): void {
+  let link: string;
+  try {
+    link = readlinkSync(`/proc/self/fd/${fd}`);
+  } catch (e) {
+    throw new ProtocolError(`${what} (fd ${fd}) cannot be inspected: ${(e as Error).message}`, E.EBADF);
+  }
+  if (link !== 'anon_inode:[eventfd]') throw new ProtocolError(`${what} is not an eventfd (it is ${link}): interrupts are delivered through eventfds only; send one made with eventfd(2)`, E.EINVAL);
+  try {
+    os.setNonblock(fd);
+  } catch (e) {
+    throw new ProtocolError(`${what}: making the eventfd non-blocking failed: ${(e as Error).message}`, E.EINVAL);
+  }
+}
 
 /** An emulated PCI device: config space, BARs, IRQs, DMA table. */
 export class EmuDevice {
@@ -142,7 +195,19 @@ export class EmuDevice {
   private capHooks: Array<{ cap: EmuCapability; at: number; end: number }> = [];
   private dma: DmaRegion[] = [];
   private readonly dmaViews = new Map<DmaRegion, Uint8Array>();
+  /** the length actually mapped per region: its size rounded up to the file's page size */
+  private readonly mapLens = new Map<DmaRegion, number>();
   private closed = false;
+  private warnedUnsealed = false;
+  /** the emulated MSI-X table (16 bytes per vector), null without spec.msix */
+  private readonly msixTable: Uint8Array | null = null;
+  /** config-space offset of the MSI-X capability (0: none) */
+  private msixCapAt = 0;
+  /**
+   * Client memory whose size cannot be sealed (see UnsealedDmaPolicy). Default 'map', the
+   * behaviour before sealing was checked; a server facing untrusted clients should set 'message'.
+   */
+  unsealedDma: UnsealedDmaPolicy = 'map';
 
   /** The largest number of DMA regions accepted at once (at most 1024, the data plane's table). */
   get maxDmaMaps(): number {
@@ -172,13 +237,17 @@ export class EmuDevice {
       if (i.index < 0 || i.index >= U.VFIO_PCI_NUM_IRQS || i.count < 0 || i.count > 2048) throw new RangeError(`${spec.name}: IRQ index ${i.index} count ${i.count} is out of range`);
       this.irqCounts[i.index] = i.count;
     }
+    if (spec.msix) this.msixTable = this.checkMsix(spec.msix);
     this.plane = new DataPlaneControl(spec.name, this.irqCounts, this.maxMaps, { read: (iova, len) => this.dmaRead(iova, len), write: (iova, data) => this.dmaWrite(iova, data) });
     try {
       for (const st of this.bars.values()) {
         const shared = st.spec.shared ?? [];
         if (shared.length === 0) continue;
-        st.memfd = os.memfdCreate(`tspmd-emu-${spec.name}-bar${st.spec.index}`, 0);
+        st.memfd = os.memfdCreate(`tspmd-emu-${spec.name}-bar${st.spec.index}`, os.MFD_ALLOW_SEALING);
         os.ftruncate(st.memfd, st.spec.size);
+        // The client gets this fd O_RDWR: sealed, it cannot shrink the file under our mapping
+        // (SIGBUS at the next doorbell read), grow it, or lift the seals.
+        os.addSeals(st.memfd, os.F_SEAL_SHRINK | os.F_SEAL_GROW | os.F_SEAL_SEAL);
         st.va = os.mmap(0n, st.spec.size, os.PROT_READ | os.PROT_WRITE, os.MAP_SHARED, st.memfd, 0);
         st.mem = new Uint8Array(os.viewOf(st.va, st.spec.size));
         st.whole = shared.length === 1 && shared[0].offset === 0 && shared[0].size === st.spec.size;
@@ -188,6 +257,7 @@ export class EmuDevice {
       throw e;
     }
     this.initConfig();
+    this.resetMsix();
   }
 
   /** The shared memory of a BAR (the whole BAR's bytes; only the shared areas are visible to the client's mmap). */
@@ -247,7 +317,7 @@ export class EmuDevice {
     const st = this.bars.get(index)!;
     this.pieces(st, o, count, (start, len, shared) => {
       if (shared) out.set(st.mem!.subarray(start, start + len), start - o);
-      else if (st.spec.read) st.spec.read(start, out.subarray(start - o, start - o + len));
+      else this.trappedRead(st, start, out.subarray(start - o, start - o + len));
       // no callback: reads as zero
     });
     return out;
@@ -264,7 +334,7 @@ export class EmuDevice {
     this.pieces(st, o, data.byteLength, (start, len, shared) => {
       const part = data.subarray(start - o, start - o + len);
       if (shared) st.mem!.set(part, start);
-      else if (st.spec.write) st.spec.write(start, part);
+      else this.trappedWrite(st, start, part);
     });
     this.events.emit('region-write', index, o, data.byteLength);
   }
@@ -285,27 +355,48 @@ export class EmuDevice {
     }
     if (this.dma.length >= this.maxDmaMaps) throw new ProtocolError(`${what}: ${this.maxDmaMaps} regions are mapped already (max_dma_maps)`, E.ENOSPC);
     let va = 0n;
+    let mapLen = len;
     if (fd >= 0) {
-      if (fileOffset % BigInt(PAGE) !== 0n) throw new ProtocolError(`${what}: file offset 0x${fileOffset.toString(16)} is not page-aligned`, E.EINVAL);
-      // A file shorter than the mapping would turn device accesses past its end into SIGBUS.
-      let fileSize: bigint;
+      // A file shorter than the mapping would turn device accesses past its end into SIGBUS. The
+      // size is checked here, once; that it stays so is what the seal check below is about.
+      let fileSize: bigint, pageSize: number;
       try {
         const st = fstatSync(fd, { bigint: true });
         if (!st.isFile()) throw new ProtocolError(`${what}: the fd is not a memory file (memfd or hugetlbfs)`, E.EINVAL);
         fileSize = st.size;
+        // hugetlbfs reports its page size as the block size; the kernel maps whole pages of it
+        pageSize = Math.max(PAGE, Number(st.blksize));
       } catch (e) {
         if (e instanceof ProtocolError) throw e;
         throw new ProtocolError(`${what}: fstat of the client's fd failed: ${(e as Error).message}`, E.EBADF);
       }
+      if (pageSize > 0x4000_0000 || (pageSize & (pageSize - 1)) !== 0) pageSize = PAGE;
+      if (fileOffset % BigInt(pageSize) !== 0n) throw new ProtocolError(`${what}: file offset 0x${fileOffset.toString(16)} is not aligned to the file's ${pageSize}-byte pages`, E.EINVAL);
       if (fileOffset + size > fileSize) throw new ProtocolError(`${what}: file offset 0x${fileOffset.toString(16)} + size exceeds the ${fileSize}-byte file`, E.EINVAL);
+      // mmap and munmap of a hugetlbfs file work in whole huge pages: map (and later unmap) the
+      // size rounded up to them, so the unmap covers exactly what was mapped.
+      mapLen = Math.ceil(len / pageSize) * pageSize;
+      if (!this.sizeSealed(fd, what)) {
+        if (this.unsealedDma === 'refuse') {
+          throw new ProtocolError(`${what}: the memory's size is not sealed, so it could shrink under the device (SIGBUS): send a memfd created with MFD_ALLOW_SEALING and sealed with F_SEAL_SHRINK (fcntl F_ADD_SEALS), or map it without fd`, E.EPERM);
+        }
+        if (this.unsealedDma === 'message') fd = -1;
+        else if (!this.warnedUnsealed) {
+          this.warnedUnsealed = true;
+          log('warn', 'emudev', `${what}: the client's memory cannot be sealed against shrinking (not a memfd with F_SEAL_SHRINK); mapped anyway (unsealedDma 'map'): a client that shrinks it kills this process with SIGBUS`);
+        }
+      }
+    }
+    if (fd >= 0) {
       const prot = ((flags & DMA_FLAG_READ) ? os.PROT_READ : 0) | ((flags & DMA_FLAG_WRITE) ? os.PROT_WRITE : 0);
       try {
-        va = os.mmap(0n, len, prot === 0 ? os.PROT_NONE : prot, os.MAP_SHARED, fd, fileOffset);
+        va = os.mmap(0n, mapLen, prot === 0 ? os.PROT_NONE : prot, os.MAP_SHARED, fd, fileOffset);
       } catch (e) {
         throw new ProtocolError(`${what}: mmap of the client's fd failed: ${(e as Error).message}`, e instanceof os.OsError ? e.errno : E.EINVAL);
       }
     }
     const r: DmaRegion = { iova, len, flags, va };
+    if (va !== 0n) this.mapLens.set(r, mapLen);
     try {
       this.plane.quiesce(() => {
         this.dma.push(r);
@@ -315,7 +406,8 @@ export class EmuDevice {
     } catch (e) {
       // the lcore did not pause: the table is unchanged, so the new mapping is unused and can go
       if (this.dma.includes(r)) this.dma.splice(this.dma.indexOf(r), 1);
-      if (va !== 0n) os.munmap(va, len);
+      this.mapLens.delete(r);
+      if (va !== 0n) os.munmap(va, mapLen);
       throw new ProtocolError(`${what}: ${(e as Error).message}`, E.EBUSY);
     }
     this.events.emit('dma-map', r);
@@ -331,10 +423,49 @@ export class EmuDevice {
     this.plane.quiesce(() => {
       this.dma.splice(i, 1);
       this.plane.publishDma(this.dma);
-      this.events.emit('dma-unmap', r);
       this.dmaViews.delete(r);
-      if (r.va !== 0n) os.munmap(r.va, r.len);
+      this.safeEmit('dma-unmap', r);
+      this.unmapRegion(r);
     });
+  }
+
+  /** munmap a region's local mapping (the length it was mapped with). */
+  private unmapRegion(r: DmaRegion): void {
+    const mapLen = this.mapLens.get(r) ?? r.len;
+    this.mapLens.delete(r);
+    if (r.va !== 0n) os.munmap(r.va, mapLen);
+  }
+
+  /**
+   * Whether a client's DMA file can never shrink: a memfd with F_SEAL_SHRINK, or one that accepts
+   * the seal now (the seal is added to the client's memfd: it only forbids shrinking, which a
+   * client must not do to memory it mapped for DMA anyway). False for files that cannot be sealed.
+   */
+  private sizeSealed(fd: number, what: string): boolean {
+    let seals: number;
+    try {
+      seals = os.getSeals(fd);
+    } catch (e) {
+      if (e instanceof os.OsError && e.errno === E.EINVAL) return false; // not a memfd: hugetlbfs or another file
+      throw new ProtocolError(`${what}: F_GET_SEALS on the client's fd failed: ${(e as Error).message}`, E.EBADF);
+    }
+    if ((seals & os.F_SEAL_SHRINK) !== 0) return true;
+    if ((seals & os.F_SEAL_SEAL) !== 0) return false; // made without MFD_ALLOW_SEALING, or sealed for good
+    try {
+      os.addSeals(fd, os.F_SEAL_SHRINK);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Emit an event; a listener's error is logged, never thrown into teardown or protocol paths. */
+  private safeEmit(event: string, ...args: unknown[]): void {
+    try {
+      this.events.emit(event, ...args);
+    } catch (e) {
+      log('warn', 'emudev', `${this.name}: a '${event}' listener failed: ${(e as Error).message}`);
+    }
   }
 
   /** The client's DMA memory table (copies). */
@@ -402,7 +533,9 @@ export class EmuDevice {
 
   /**
    * Apply a SET_IRQS request. fds are the eventfds that came with it; those taken are replaced by
-   * -1 in the array (the caller closes the rest).
+   * -1 in the array (the caller closes the rest). Only eventfds are accepted (anything else could
+   * block the thread that signals it), and they are made O_NONBLOCK: the flag is on the open file
+   * description, so the client's copy becomes non-blocking too (read it after poll(2)).
    */
   setIrqs(s: IrqSet, fds: number[]): void {
     const what = `${this.name}: SET_IRQS index ${s.index}`;
@@ -411,6 +544,7 @@ export class EmuDevice {
     const action = s.flags & (U.VFIO_IRQ_SET_ACTION_MASK | U.VFIO_IRQ_SET_ACTION_UNMASK | U.VFIO_IRQ_SET_ACTION_TRIGGER);
     if (data === U.VFIO_IRQ_SET_DATA_EVENTFD && fds.length !== 0 && fds.length !== s.count) throw new ProtocolError(`${what}: ${fds.length} eventfds for count ${s.count}`, E.EINVAL);
     if (data !== U.VFIO_IRQ_SET_DATA_EVENTFD && fds.length !== 0) throw new ProtocolError(`${what}: fds sent without DATA_EVENTFD`, E.EINVAL);
+    for (let i = 0; i < fds.length; i++) if (fds[i] >= 0) checkEventfd(fds[i], `${what}: fd ${i + 1} of ${fds.length}`);
     // count 0 (and start 0) with DATA_NONE + TRIGGER disables every vector of the index
     if (s.count === 0) {
       if (data === U.VFIO_IRQ_SET_DATA_NONE && action === U.VFIO_IRQ_SET_ACTION_TRIGGER && s.start === 0) {
@@ -441,11 +575,19 @@ export class EmuDevice {
     this.events.emit('irqs', s.index);
   }
 
-  /** Raise vector of an IRQ index: signal its eventfd (held pending while masked). Returns whether it was signalled. */
+  /**
+   * Raise vector of an IRQ index: signal its eventfd (held pending while masked, or while the
+   * eventfd's counter is full). Returns whether it was signalled. Never blocks.
+   */
   triggerIrq(index: number, vector: number): boolean {
     const ok = this.plane.triggerIrq(index, vector);
     if (index === U.VFIO_PCI_INTX_IRQ_INDEX && ok) this.plane.setIrqMasked(index, vector, true); // automasked
     return ok;
+  }
+
+  /** Whether a vector holds an interrupt not yet delivered (masked, or its eventfd was full). */
+  irqPending(index: number, vector: number): boolean {
+    return this.plane.irqPending(index, vector);
   }
 
   /** Whether a vector has an eventfd assigned. */
@@ -462,16 +604,29 @@ export class EmuDevice {
 
   // ---- lifecycle ----
 
-  /** Device reset: the provider's onReset, then config command register and IRQ masks. */
+  /**
+   * Device reset: the provider's onReset, then config command register, capabilities, IRQ masks
+   * and the MSI-X table. Every step runs even when one fails (the first error is thrown after);
+   * when the lcore does not pause, the reset is done anyway (plane.force) and that is reported.
+   */
   reset(): void {
-    this.plane.quiesce(() => {
-      this.spec.onReset?.();
+    const errors: string[] = [];
+    const body = (): void => {
+      try { this.spec.onReset?.(); } catch (e) { errors.push(`onReset: ${(e as Error).message}`); }
       this.config[4] = 0;
       this.config[5] = 0;
-      this.resetCapabilities();
+      try { this.resetCapabilities(); } catch (e) { errors.push((e as Error).message); }
       this.plane.clearIrqMasks();
-    });
-    this.events.emit('reset');
+      this.resetMsix();
+    };
+    try {
+      this.plane.quiesce(body);
+    } catch (e) {
+      errors.push(`${(e as Error).message}; reset without the pause`);
+      this.plane.force(body);
+    }
+    this.safeEmit('reset');
+    if (errors.length) throw new Error(`${this.name}: reset: ${errors.join('; ')}`);
   }
 
   /** A client connected (the transport calls this). */
@@ -480,14 +635,58 @@ export class EmuDevice {
     this.events.emit('connect');
   }
 
-  /** The client went away: unmap its memory and close its IRQ eventfds (device state is kept). */
-  disconnected(): void {
+  /**
+   * The client went away: unmap its memory and close its IRQ eventfds, and with reset: true reset
+   * the device (the server does so unless --no-reset). Never throws and never stops half way: an
+   * error on one region, fd or listener is logged and the rest goes on; the tables are emptied
+   * even when the lcore does not pause (it picks them up at its next service()), and then what it
+   * may still touch is unmapped and closed only after it next acknowledges a pause (or at close).
+   * Returns the errors met (also logged), empty when all went well.
+   */
+  disconnected(opts: { reset?: boolean } = {}): string[] {
     this.messagePath = null;
-    this.plane.quiesce(() => {
-      for (const r of [...this.dma]) this.dmaUnmap(r.iova, BigInt(r.len));
-      this.irqCounts.forEach((n, index) => { for (let v = 0; v < n; v++) this.setVectorFd(index, v, -1); });
-    });
-    this.events.emit('disconnect');
+    const errors: string[] = [];
+    const regions = this.dma;
+    const fds: number[] = [];
+    // Empty the tables (nothing here throws), then release what they held.
+    const clear = (): void => {
+      this.dma = [];
+      this.dmaViews.clear();
+      this.plane.publishDma(this.dma);
+      this.irqCounts.forEach((n, index) => {
+        for (let v = 0; v < n; v++) {
+          const fd = this.plane.irqFd(index, v);
+          if (fd >= 0) fds.push(fd);
+          this.plane.setIrqFd(index, v, -1);
+        }
+      });
+    };
+    const release = (): void => {
+      for (const r of regions) {
+        this.safeEmit('dma-unmap', r);
+        try { this.unmapRegion(r); } catch (e) { errors.push(`unmapping [0x${r.iova.toString(16)}, +0x${r.len.toString(16)}): ${(e as Error).message}`); }
+      }
+      for (const fd of fds) {
+        try { os.close(fd); } catch (e) { errors.push(`closing IRQ eventfd ${fd}: ${(e as Error).message}`); }
+      }
+    };
+    try {
+      this.plane.quiesce(() => { clear(); release(); });
+    } catch (e) {
+      errors.push(`${(e as Error).message}; the client's memory and eventfds are released once it pauses`);
+      this.plane.force(clear);
+      this.plane.deferRelease(() => {
+        const from = errors.length;
+        release();
+        for (const m of errors.slice(from)) log('warn', 'emudev', `${this.name}: client teardown (deferred): ${m}`);
+      });
+    }
+    if (opts.reset) {
+      try { this.reset(); } catch (e) { errors.push((e as Error).message); }
+    }
+    this.safeEmit('disconnect');
+    for (const e of errors) log('warn', 'emudev', `${this.name}: client teardown: ${e}`);
+    return errors;
   }
 
   /** Release everything: client state, BAR memory and memfds. */
@@ -536,6 +735,7 @@ export class EmuDevice {
     this.config[0x34] = 0;
     this.config[0x06] &= ~0x10;
     let at = 0x40, prev = 0x34;
+    this.msixCapAt = 0;
     for (const c of caps) {
       const len = 2 + c.body.byteLength;
       if (at + len > 256) throw new RangeError(`${this.name}: PCI capabilities do not fit in the 256-byte config space (capability 0x${c.id.toString(16)} at 0x${at.toString(16)})`);
@@ -545,6 +745,7 @@ export class EmuDevice {
       this.config.set(c.body, at + 2);
       if (c.writeMask) this.configWriteMask.set(c.writeMask.subarray(0, c.body.byteLength), at + 2);
       if (c.onRead || c.onWrite) this.capHooks.push({ cap: c, at, end: at + len });
+      if (c.id === PCI_CAP_ID_MSIX && this.msixCapAt === 0) this.msixCapAt = at;
       prev = at + 1;
       at = (at + len + 3) & ~3;
     }
@@ -576,6 +777,99 @@ export class EmuDevice {
       const lo = Math.max(off, h.at), hi = Math.min(off + data.byteLength, h.end);
       if (lo < hi && h.cap.onWrite) h.cap.onWrite(lo - h.at, data.subarray(lo - off, hi - off), this.config.subarray(h.at, h.end));
     }
+    // MSI-X message control's high byte holds the function mask (bit 14)
+    if (this.msixTable && this.msixCapAt !== 0 && off <= this.msixCapAt + 3 && off + data.byteLength > this.msixCapAt + 3) this.applyFunctionMask();
+  }
+
+  // ---- MSI-X table (spec.msix) ----
+
+  /** Validate spec.msix against the BARs and the MSI-X vector count; returns the table's storage. */
+  private checkMsix(m: EmuMsixSpec): Uint8Array {
+    const n = this.irqCounts[U.VFIO_PCI_MSIX_IRQ_INDEX];
+    const what = `${this.name}: MSI-X table in BAR${m.bar}`;
+    const st = this.bars.get(m.bar);
+    if (!st) throw new RangeError(`${what}: the device declares no BAR${m.bar}`);
+    if (n === 0) throw new RangeError(`${what}: the device declares no MSI-X vectors (irqs index ${U.VFIO_PCI_MSIX_IRQ_INDEX})`);
+    const ranges: Array<[string, number, number]> = [['table', m.tableOffset, m.tableOffset + 16 * n], ['PBA', m.pbaOffset, m.pbaOffset + 8 * Math.ceil(n / 64)]];
+    for (const [name, lo, hi] of ranges) {
+      if (!Number.isInteger(lo) || lo < 0 || lo % 8 !== 0 || hi > st.spec.size) throw new RangeError(`${what}: the ${name} [0x${lo.toString(16)}, 0x${hi.toString(16)}) must be 8-byte aligned and inside the ${st.spec.size}-byte BAR`);
+      for (const a of st.spec.shared ?? []) if (lo < a.offset + a.size && a.offset < hi) throw new RangeError(`${what}: the ${name} overlaps a shared area (it must be trapped)`);
+    }
+    if (ranges[0][1] < ranges[1][2] && ranges[1][1] < ranges[0][2]) throw new RangeError(`${what}: table and PBA overlap`);
+    return new Uint8Array(16 * n);
+  }
+
+  /** MSI-X reset: table cleared with every vector masked, the function mask as config space says. */
+  private resetMsix(): void {
+    const t = this.msixTable;
+    if (!t) return;
+    t.fill(0);
+    for (let v = 0; v < t.byteLength / 16; v++) {
+      t[16 * v + 12] = 1;
+      this.plane.setIrqMaskBits(U.VFIO_PCI_MSIX_IRQ_INDEX, v, MASK_VECTOR, true);
+    }
+    this.applyFunctionMask();
+  }
+
+  /** Fold the MSI-X function mask into every vector's mask; unmasking delivers what was held. */
+  private applyFunctionMask(): void {
+    const n = this.msixTable ? this.msixTable.byteLength / 16 : 0;
+    const masked = this.msixCapAt !== 0 && (this.config[this.msixCapAt + 3] & 0x40) !== 0;
+    for (let v = 0; v < n; v++) {
+      if (this.plane.setIrqMaskBits(U.VFIO_PCI_MSIX_IRQ_INDEX, v, MASK_FUNCTION, masked)) this.plane.triggerIrq(U.VFIO_PCI_MSIX_IRQ_INDEX, v);
+    }
+  }
+
+  /** Call fn for the pieces of [start, +len) of a BAR: 'table', 'pba' (emulated here) or 'device'. */
+  private msixPieces(bar: number, start: number, len: number, fn: (s: number, l: number, kind: 'table' | 'pba' | 'device') => void): void {
+    const m = this.spec.msix;
+    if (!m || !this.msixTable || m.bar !== bar) { fn(start, len, 'device'); return; }
+    const n = this.msixTable.byteLength / 16;
+    const ranges: Array<[number, number, 'table' | 'pba']> = [[m.tableOffset, m.tableOffset + 16 * n, 'table'], [m.pbaOffset, m.pbaOffset + 8 * Math.ceil(n / 64), 'pba']];
+    const end = start + len;
+    let p = start;
+    while (p < end) {
+      let kind: 'table' | 'pba' | 'device' = 'device', e = end;
+      for (const [lo, hi, k] of ranges) {
+        if (p >= lo && p < hi) { kind = k; e = Math.min(end, hi); break; }
+        if (lo > p) e = Math.min(e, lo);
+      }
+      fn(p, e - p, kind);
+      p = e;
+    }
+  }
+
+  /** A trapped BAR read: the MSI-X table and PBA here, the device's read callback elsewhere. */
+  private trappedRead(st: BarState, start: number, buf: Uint8Array): void {
+    this.msixPieces(st.spec.index, start, buf.byteLength, (p, l, kind) => {
+      const part = buf.subarray(p - start, p - start + l);
+      const m = this.spec.msix!;
+      if (kind === 'table') part.set(this.msixTable!.subarray(p - m.tableOffset, p - m.tableOffset + l));
+      else if (kind === 'pba') {
+        const n = this.msixTable!.byteLength / 16;
+        for (let i = 0; i < l; i++) {
+          const first = 8 * (p + i - m.pbaOffset);
+          let b = 0;
+          for (let k = 0; k < 8 && first + k < n; k++) if (this.plane.irqPending(U.VFIO_PCI_MSIX_IRQ_INDEX, first + k)) b |= 1 << k;
+          part[i] = b;
+        }
+      } else if (st.spec.read) st.spec.read(p, part);
+    });
+  }
+
+  /** A trapped BAR write: MSI-X table entries here (a vector's mask bit applies at once), the PBA is read-only. */
+  private trappedWrite(st: BarState, start: number, data: Uint8Array): void {
+    this.msixPieces(st.spec.index, start, data.byteLength, (p, l, kind) => {
+      const part = data.subarray(p - start, p - start + l);
+      if (kind === 'device') { if (st.spec.write) st.spec.write(p, part); return; }
+      if (kind === 'pba') return;
+      const o = p - this.spec.msix!.tableOffset;
+      this.msixTable!.set(part, o);
+      for (let v = Math.floor(o / 16); v <= Math.floor((o + l - 1) / 16); v++) {
+        const masked = (this.msixTable![16 * v + 12] & 1) !== 0;
+        if (this.plane.setIrqMaskBits(U.VFIO_PCI_MSIX_IRQ_INDEX, v, MASK_VECTOR, masked)) this.plane.triggerIrq(U.VFIO_PCI_MSIX_IRQ_INDEX, v);
+      }
+    });
   }
 
   // ---- helpers ----

@@ -50,12 +50,13 @@ export function createSegment(id: number, len: number, pageSize: number, backing
     os.flock(fd, os.LOCK_SH);
   } else {
     const hugeFlags = backing.huge ? os.MFD_HUGETLB | (Math.log2(pageSize) << os.MFD_HUGE_SHIFT) : 0;
-    fd = os.memfdCreate(`${backing.prefix}seg_${id}`, hugeFlags);
+    fd = os.memfdCreate(`${backing.prefix}seg_${id}`, hugeFlags | os.MFD_ALLOW_SEALING);
   }
   let va = 0n;
   try {
     os.ftruncate(fd, len);
     if (backing.kind === 'hugetlbfs' || backing.huge) reserveHugePages(fd, len, pageSize, backing.kind === 'hugetlbfs' ? backing.dir : null);
+    if (backing.kind === 'memfd') sealSize(fd, id);
     va = os.mmap(0n, len, os.PROT_READ | os.PROT_WRITE, os.MAP_SHARED | os.MAP_POPULATE, fd, 0);
     try {
       os.mlock(va, len);
@@ -70,6 +71,21 @@ export function createSegment(id: number, len: number, pageSize: number, backing
     os.close(fd);
     if (path) unlinkSync(path);
     throw e;
+  }
+}
+
+/**
+ * Seal a memfd segment's size (F_SEAL_SHRINK | F_SEAL_GROW) before its fd can reach a device: a
+ * device process that maps it (vfio-user DMA_MAP) can then rely on it never shrinking under its
+ * mapping (SIGBUS), and no holder of the fd can grow it. Segments never change size once created
+ * (the EAL grows by adding segments), so this costs nothing. Not F_SEAL_SEAL: more seals may follow.
+ * hugetlbfs files (the other backing) cannot be sealed at all.
+ */
+function sealSize(fd: number, id: number): void {
+  try {
+    os.addSeals(fd, os.F_SEAL_SHRINK | os.F_SEAL_GROW);
+  } catch (e) {
+    throw new Error(`segment ${id}: sealing its memfd against resizing failed (${(e as Error).message}); a device given this memory could be made to fault`);
   }
 }
 

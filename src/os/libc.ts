@@ -80,6 +80,10 @@ export const LOCK_SH = 1, LOCK_EX = 2, LOCK_NB = 4, LOCK_UN = 8;
 export const FALLOC_FL_KEEP_SIZE = 1;
 export const PR_SET_NAME = 15;
 export const SYS_gettid = 186;
+/** fcntl commands: file status flags and memfd seals */
+export const F_GETFL = 3, F_SETFL = 4, F_ADD_SEALS = 1033, F_GET_SEALS = 1034;
+/** memfd seals (F_ADD_SEALS / F_GET_SEALS) */
+export const F_SEAL_SEAL = 1, F_SEAL_SHRINK = 2, F_SEAL_GROW = 4, F_SEAL_WRITE = 8;
 
 // ---- prototypes ----
 const fnOpen = libc.func('int open(const char *path, int flags, uint32_t mode)');
@@ -123,6 +127,8 @@ const fnKill = libc.func('int kill(int pid, int sig)');
 const fnReadRaw = libc.func('read', 'intptr_t', ['int', 'uintptr_t', 'size_t']);
 const fnWriteRaw = libc.func('write', 'intptr_t', ['int', 'uintptr_t', 'size_t']);
 const fnSendKick = libc.func('send', 'intptr_t', ['int', 'uintptr_t', 'size_t', 'int']);
+const fnFcntl = libc.func('int fcntl(int fd, int cmd, ...)');
+const fnPipe2 = libc.func('int pipe2(_Out_ int *fds, int flags)');
 
 // ---- files ----
 
@@ -174,6 +180,34 @@ export function ftruncate(fd: number, len: number | bigint): void {
 /** fallocate(2): reserves backing store (hugetlbfs pages) up front so shortage is an error, not SIGBUS. */
 export function fallocate(fd: number, mode: number, off: number, len: number): void {
   check(fnFallocate(fd, mode, off, len) as number, 'fallocate', () => `fd ${fd}, off ${off}, len ${len}`);
+}
+
+/** fcntl(2) with an int argument (F_GETFL, F_SETFL, F_GET_SEALS, F_ADD_SEALS, ...); returns its result. */
+export function fcntl(fd: number, cmd: number, arg = 0): number {
+  return check(fnFcntl(fd, cmd, 'int', arg) as number, 'fcntl', () => `fd ${fd}, cmd ${cmd}, ${arg}`);
+}
+
+/** The seals of a memfd (F_GET_SEALS); throws OsError EINVAL for a file that has no seals (not a memfd). */
+export function getSeals(fd: number): number {
+  return fcntl(fd, F_GET_SEALS);
+}
+
+/** Add seals to a memfd (F_ADD_SEALS); EPERM when it carries F_SEAL_SEAL or was made without MFD_ALLOW_SEALING. */
+export function addSeals(fd: number, seals: number): void {
+  fcntl(fd, F_ADD_SEALS, seals);
+}
+
+/** pipe2(2); returns [read end, write end], always close-on-exec. */
+export function pipe(flags = 0): [number, number] {
+  const fds = [0, 0];
+  check(fnPipe2(fds, flags | O_CLOEXEC) as number, 'pipe2', () => `0x${flags.toString(16)}`);
+  return [fds[0], fds[1]];
+}
+
+/** Set O_NONBLOCK on fd's open file description (shared with every process holding it). */
+export function setNonblock(fd: number): void {
+  const fl = fcntl(fd, F_GETFL);
+  if ((fl & O_NONBLOCK) === 0) fcntl(fd, F_SETFL, fl | O_NONBLOCK);
 }
 
 /** flock(2); with LOCK_NB returns false when the lock is held elsewhere. */
