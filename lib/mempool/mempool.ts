@@ -2,12 +2,14 @@
  * Mempool: fixed-size objects in one memzone of DMA memory, handed out as u32 handles.
  *
  * A handle is (pool id << 24) | object index, so any thread can find an object's pool and address
- * from the handle alone (as DPDK finds m->pool). The free list is a ring in the same memzone, in
- * front of which every lcore has a cache (also in the memzone, so audit() can count it from any
- * thread). Everything lives in the memzone: another thread, or another process that maps the same
- * memory, rebuilds the pool with Mempool.attach(desc).
+ * from the handle alone (as DPDK finds m->pool). The objects are DMA memory; the pool's own state
+ * is not: its header, its free list (a ring) and one cache per lcore in front of it live in a
+ * SharedArrayBuffer of this process ("meta", so audit() can count the caches from any thread).
+ * DMA memory is handed to devices (a vfio-user device maps all of it): a device that writes there
+ * can spoil packet bytes and mbuf headers, never which objects are free. Another thread rebuilds
+ * the pool with Mempool.attach(desc) (the descriptor carries the zone and the meta buffer).
  *
- * Layout: header (128 B) | ring | one cache per lcore | objects.
+ * Layout: meta = header (128 B) | ring | one cache per lcore; zone = objects.
  */
 import { viewOf } from '../../src/os/libc.js';
 import { lcoreId, MAX_LCORE } from '../../src/lcore/id.js';
@@ -31,12 +33,8 @@ export const HANDLE_INDEX_MASK = 0xffffff;
 export interface MempoolDesc {
   name: string;
   zone: Memzone;
-  /**
-   * header words 1..10 (id, count, object size and offset, cache geometry, ring offset, populated)
-   * as the creating thread wrote them. The header is DMA memory that a device may rewrite: attach
-   * refuses a header that no longer says this (desc from pool.desc carries it).
-   */
-  geometry?: readonly number[];
+  /** header, free ring and lcore caches (process memory, never DMA memory); pool.desc carries it */
+  meta?: SharedArrayBuffer;
 }
 
 /** Options for Mempool.create. */
@@ -92,19 +90,24 @@ export class Mempool {
   readonly dv: DataView;
   /** the zone's address as a number (user addresses fit in 2^53), for system calls on mbuf data */
   readonly va: number;
+  /** header, ring and caches (see the file comment) */
+  readonly meta: SharedArrayBuffer;
   private readonly ring: Ring;
+  /** the meta buffer as words: header and caches */
   private readonly i32: Int32Array;
+  private readonly mu32: Uint32Array;
   private readonly flushThresh: number;
   private readonly cacheOffset: number;
   private readonly cacheStride: number;
-  private readonly geo: readonly number[];
 
-  private constructor(name: string, zone: Memzone, geometry?: readonly number[]) {
+  private constructor(name: string, zone: Memzone, meta: SharedArrayBuffer | undefined) {
+    if (meta === undefined || meta.byteLength < HEADER_BYTES || new Int32Array(meta, 0, 1)[H_MAGIC] !== MAGIC) {
+      throw new Error(`mempool "${name}": memzone "${zone.name}" holds no mempool (bad magic)`);
+    }
+    const h = new Int32Array(meta, 0, HEADER_BYTES / 4);
+    checkHeader(name, zone, meta, h);
     const ab = viewOf(zone.va, zone.len);
-    const h = new Int32Array(ab, 0, HEADER_BYTES / 4);
-    if (h[H_MAGIC] !== MAGIC) throw new Error(`mempool "${name}": memzone "${zone.name}" holds no mempool (bad magic)`);
-    checkHeader(name, zone, h, geometry);
-    this.geo = Array.from(h.subarray(H_ID, H_POPULATED + 1));
+    this.meta = meta;
     this.name = name;
     this.zone = zone;
     this.id = h[H_ID];
@@ -121,9 +124,9 @@ export class Mempool {
     this.f64 = new Float64Array(ab, 0, zone.len >>> 3);
     this.dv = new DataView(ab);
     this.va = Number(zone.va);
-    this.i32 = new Int32Array(ab, 0, zone.len >>> 2);
-    // Inside the zone's own view (bounded by it), with the size the count implies.
-    this.ring = Ring.attachIn(`${name}.ring`, zone.va + BigInt(h[H_RING_OFF]), ab, h[H_RING_OFF], nextPow2(h[H_COUNT]));
+    this.i32 = new Int32Array(meta);
+    this.mu32 = new Uint32Array(meta);
+    this.ring = Ring.attach({ name: `${name}.ring`, memory: meta, offset: h[H_RING_OFF], size: nextPow2(h[H_COUNT]) });
   }
 
   /** Create a pool of count objects of objSize bytes in a new memzone named after it. */
@@ -146,19 +149,19 @@ export class Mempool {
     const ringOff = HEADER_BYTES;
     const cacheOff = Math.ceil((ringOff + ringBytes(ringSize)) / 64) * 64;
     const stride = Math.ceil((4 + 8 * flush) / 64) * 64; // len word + room for 2*flush entries
-    const objOff = Math.ceil((cacheOff + (cacheSize > 0 ? stride * MAX_LCORE : 0)) / align) * align;
+    const metaBytes = cacheOff + (cacheSize > 0 ? stride * MAX_LCORE : 0);
+    const objOff = 0; // the zone holds the objects only
     if (objOff + count * size >= 2 ** 31) {
       throw new RangeError(`mempool "${name}": ${count} objects of ${size} bytes need ${Math.ceil((objOff + count * size) / 2 ** 20)} MB; a pool holds less than 2 GiB (make several pools)`);
     }
     const zone = memory.reserve(`mp_${name}`, objOff + count * size, Math.max(align, 64));
     try {
-      const ab = viewOf(zone.va, zone.len);
-      const h = new Int32Array(ab, 0, HEADER_BYTES / 4);
+      const meta = new SharedArrayBuffer(metaBytes);
+      const h = new Int32Array(meta, 0, HEADER_BYTES / 4);
       const id = nextId++;
       h.set([0, id, count, size, objOff, cacheSize, flush, ringOff, cacheOff, stride, 0]);
       if (opts.user) h.set(opts.user, H_USER);
-      new Uint8Array(ab, cacheOff, objOff - cacheOff).fill(0);
-      const ring = Ring.createAt(`${name}.ring`, zone.va + BigInt(ringOff), ab, ringOff, ringSize);
+      const ring = Ring.createIn(`${name}.ring`, meta, ringOff, ringSize);
       // Populate: in pa mode skip objects whose DMA range crosses non-adjacent physical pages.
       const seg = memory.segment(zone.segment);
       const from = opts.contiguousFrom ?? 0;
@@ -170,7 +173,7 @@ export class Mempool {
       }
       h[H_POPULATED] = n;
       Atomics.store(h, H_MAGIC, MAGIC);
-      const pool = new Mempool(name, zone);
+      const pool = new Mempool(name, zone, meta);
       POOLS[id] = pool;
       if (opts.init) for (let k = 0; k < n; k++) opts.init(pool, handles[k], pool.offsetOf(handles[k]));
       ring.enqueueBulk(handles, n);
@@ -181,25 +184,18 @@ export class Mempool {
     }
   }
 
-  /** Rebuild a pool in this thread (or another process mapping the same memory) from its descriptor. */
+  /** Rebuild a pool in this thread from its descriptor (pool.desc, posted: the meta buffer is shared). */
   static attach(desc: MempoolDesc): Mempool {
-    const h = new Int32Array(viewOf(desc.zone.va, HEADER_BYTES));
-    const id = desc.geometry ? desc.geometry[0] : h[H_ID];
-    const known = POOLS[id];
-    if (known && known.zone.va === desc.zone.va) return known;
-    const pool = new Mempool(desc.name, desc.zone, desc.geometry);
+    const known = desc.meta && desc.meta.byteLength >= HEADER_BYTES ? POOLS[new Int32Array(desc.meta, 0, HEADER_BYTES / 4)[H_ID]] : undefined;
+    if (known && known.meta === desc.meta) return known;
+    const pool = new Mempool(desc.name, desc.zone, desc.meta);
     POOLS[pool.id] = pool;
     return pool;
   }
 
-  /** Plain-data descriptor for attach() in a worker (with the header as created: see MempoolDesc.geometry). */
+  /** Plain-data descriptor for attach() in a worker. */
   get desc(): MempoolDesc {
-    return { name: this.name, zone: this.zone, geometry: this.geometry };
-  }
-
-  /** Header words 1..10 as this pool read them (checked at attach). */
-  private get geometry(): number[] {
-    return [...this.geo];
+    return { name: this.name, zone: this.zone, meta: this.meta };
   }
 
   /** Header words reserved for the layer above (mbuf geometry). */
@@ -224,14 +220,14 @@ export class Mempool {
     if (len < n) {
       // Refill the cache up to cacheSize beyond the request, straight into the cache array.
       const want = this.cacheSize + n - len;
-      const got = this.ring.dequeueBulk(this.u32, want, c + 1 + len);
+      const got = this.ring.dequeueBulk(this.mu32, want, c + 1 + len);
       if (got === 0) {
         // Not enough for a full refill: serve the request from the ring alone.
         return this.ring.dequeueBulk(out, n, off) === n;
       }
       len += got;
     }
-    const u32 = this.u32;
+    const u32 = this.mu32;
     for (let i = 0; i < n; i++) out[off + i] = u32[c + len - i];
     i32[c] = len - n;
     return true;
@@ -244,13 +240,13 @@ export class Mempool {
       this.ring.enqueueBulk(objs, n, off);
       return;
     }
-    const i32 = this.i32, u32 = this.u32;
+    const i32 = this.i32, u32 = this.mu32;
     const c = (this.cacheOffset + lc * this.cacheStride) >> 2;
     let len = i32[c];
     for (let i = 0; i < n; i++) u32[c + 1 + len + i] = objs[off + i];
     len += n;
     if (len >= this.flushThresh) {
-      this.ring.enqueueBulk(this.u32, len - this.cacheSize, c + 1 + this.cacheSize);
+      this.ring.enqueueBulk(u32, len - this.cacheSize, c + 1 + this.cacheSize);
       len = this.cacheSize;
     }
     i32[c] = len;
@@ -273,7 +269,7 @@ export class Mempool {
     if (this.cacheSize === 0 || lc < 0) return;
     const c = (this.cacheOffset + lc * this.cacheStride) >> 2;
     const len = this.i32[c];
-    if (len > 0) this.ring.enqueueBulk(this.u32, len, c + 1);
+    if (len > 0) this.ring.enqueueBulk(this.mu32, len, c + 1);
     this.i32[c] = 0;
   }
 
@@ -299,17 +295,11 @@ export class Mempool {
 const ONE = new Uint32Array(1);
 
 /**
- * Refuse a header that does not describe a pool inside its zone, or (with geometry, from the
- * creating thread) one that says anything else than when it was created: every view and the ring
- * are then made for the zone's bytes alone, whatever a device wrote there.
+ * Refuse a header that does not describe a pool whose objects fit its zone and whose ring and
+ * caches fit its meta buffer: every view is then made for the bytes that are there.
  */
-function checkHeader(name: string, zone: Memzone, h: Int32Array, geometry: readonly number[] | undefined): void {
-  const bad = (what: string): Error => new Error(`mempool "${name}": memzone "${zone.name}" has a bad header (${what}): the memory was overwritten`);
-  if (geometry) {
-    for (let i = 0; i < geometry.length; i++) {
-      if (h[H_ID + i] !== geometry[i]) throw bad(`word ${H_ID + i} reads ${h[H_ID + i]}, it was created as ${geometry[i]}`);
-    }
-  }
+function checkHeader(name: string, zone: Memzone, meta: SharedArrayBuffer, h: Int32Array): void {
+  const bad = (what: string): Error => new Error(`mempool "${name}": memzone "${zone.name}": bad header (${what})`);
   const id = h[H_ID], count = h[H_COUNT], objSize = h[H_OBJ_SIZE], objOff = h[H_OBJ_OFF], cacheSize = h[H_CACHE_SIZE];
   const flush = h[H_FLUSH], ringOff = h[H_RING_OFF], cacheOff = h[H_CACHE_OFF], stride = h[H_CACHE_STRIDE], populated = h[H_POPULATED];
   if (id < 0 || id > 255) throw bad(`pool id ${id}`);
@@ -317,5 +307,5 @@ function checkHeader(name: string, zone: Memzone, h: Int32Array, geometry: reado
   if (objSize < 4 || objSize > 2 ** 21 || objOff < 0 || objOff + count * objSize > zone.len) throw bad(`${count} objects of ${objSize} bytes at ${objOff}`);
   if (ringOff < HEADER_BYTES || ringOff % 64 !== 0 || ringOff + ringBytes(nextPow2(count)) > cacheOff) throw bad(`ring at ${ringOff}`);
   if (cacheSize < 0 || cacheSize > MEMPOOL_CACHE_MAX || flush < cacheSize || flush > Math.ceil(cacheSize * 1.5)) throw bad(`cache size ${cacheSize}, flush threshold ${flush}`);
-  if (cacheOff % 64 !== 0 || cacheOff > objOff || (cacheSize > 0 && (stride < 4 + 8 * flush || cacheOff + stride * MAX_LCORE > objOff))) throw bad(`caches at ${cacheOff}, stride ${stride}`);
+  if (cacheOff % 64 !== 0 || cacheOff > meta.byteLength || (cacheSize > 0 && (stride < 4 + 8 * flush || cacheOff + stride * MAX_LCORE > meta.byteLength))) throw bad(`caches at ${cacheOff}, stride ${stride}`);
 }

@@ -134,15 +134,13 @@ export class Ring {
     return new Ring(desc, desc.memory, desc.offset, null);
   }
 
-  /** Attach the ring of size entries at byte offset in buffer (DMA memory already viewed by the caller, e.g. a mempool's zone); the size word must agree. */
-  static attachIn(name: string, va: bigint, buffer: ArrayBufferLike, offset: number, size: number): Ring {
+  /** Create a ring at byte offset (64-byte aligned) of a SharedArrayBuffer that holds other things too (e.g. a mempool's meta buffer). */
+  static createIn(name: string, sab: SharedArrayBuffer, offset: number, size: number, flags: RingFlags = {}): Ring {
     checkSize(name, size);
-    if (offset % 64 !== 0 || offset < 0 || offset + ringBytes(size) > buffer.byteLength) {
-      throw new RangeError(`ring "${name}": ${ringBytes(size)} bytes at offset ${offset} do not fit its memory (${buffer.byteLength} bytes, 64-byte aligned)`);
+    if (offset % 64 !== 0 || offset < 0 || offset + ringBytes(size) > sab.byteLength) {
+      throw new RangeError(`ring "${name}": ${ringBytes(size)} bytes at offset ${offset} do not fit its buffer (${sab.byteLength} bytes, 64-byte aligned)`);
     }
-    const words = new Int32Array(buffer, offset, HEADER_BYTES / 4);
-    if (Atomics.load(words, OFF_MAGIC) !== MAGIC) throw new Error(`ring "${name}": no ring at this memory (bad magic); was it created?`);
-    return new Ring({ name, memory: va, offset: 0, size }, buffer, offset, null);
+    return new Ring({ name, memory: sab, offset, size }, sab, offset, { size, flags: (flags.sp ? F_SP : 0) | (flags.sc ? F_SC : 0) });
   }
 
   /** Entries in the ring now (a snapshot). */
