@@ -534,14 +534,14 @@ class Engine {
       if (len >= 0) { filled++; bytes += len; }
       else if (len !== DROP) { // FATAL or ABORT: nothing of the burst is committed
         this.take[q] = 0;
+        this.mbHeld = 0; // before the free: one that fails half-way must not be freed again by crashed()
         pktmbufFreeBulk(mb, n, 0);
-        this.mbHeld = 0;
         return 0;
       }
       this.putUsed(q, head, 0); // the device wrote nothing into a transmit buffer
     }
-    if (filled < n) pktmbufFreeBulk(mb, n - filled, filled);
     this.mbHeld = filled;
+    if (filled < n) pktmbufFreeBulk(mb, n - filled, filled);
     this.commit(q);
     if (filled > 0) {
       // A backend that throws is taken to have kept none of them (crashed() frees them).
@@ -641,8 +641,8 @@ class Engine {
       pkts++;
       bytes += len;
     }
+    this.rbHeld = 0; // before the free: a handle it fails on must not make crashed() free the others again
     pktmbufFreeBulk(rb, n, 0);
-    this.rbHeld = 0;
     if (pkts > 0) { stats[L.S_RX_PACKETS] += pkts; stats[L.S_RX_BYTES] += bytes; }
     if (nobuf > 0) stats[L.S_RX_NOBUF] += nobuf;
     for (let p = 0; p < this.pairs; p++) {
