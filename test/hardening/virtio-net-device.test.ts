@@ -16,7 +16,8 @@
  *   9b  Descriptor walks are bounded per burst: receive chains that share descriptors, zero-length
  *       receive buffers with MRG_RXBUF, control and transmit chains that share descriptors, with
  *       16384-entry queues: DEVICE_NEEDS_RESET at once (the lcore still pauses for the control
- *       half), legitimate traffic on the same queues unaffected.
+ *       half); without MRG_RXBUF a zero-length chain is a buffer too small (dropped and counted,
+ *       measured once per burst); legitimate traffic on the same queues unaffected.
  *   10c Exceptions in the middle of a burst (a backend that throws from txBurst, or hands over an
  *       mbuf handle the device cannot resolve) return every mbuf of that burst to its pool.
  *
