@@ -98,8 +98,9 @@ export function pktmbufReset(m: number): void {
 
 /**
  * Allocate n mbufs into out[off..] (all or none) initialized as single-segment packets of len
- * bytes from port: rte_pktmbuf_alloc_bulk plus a driver's "rearm" in one pass. Free mbufs keep
- * next = MBUF_NONE (every free path restores it), so bytes 8..39 are all that need writing.
+ * bytes from port: rte_pktmbuf_alloc_bulk plus a driver's "rearm" in one pass: bytes 8..39, next
+ * included (every free path restores next = MBUF_NONE, but a free mbuf is DMA memory that a device
+ * may have written since; next and packet_type go in one 8-byte store, so it costs nothing).
  */
 export function pktmbufAllocInit(pool: Mempool, out: Uint32Array, n: number, off: number, len: number, port: number): boolean {
   if (!pool.allocBulk(out, n, off)) return false;
@@ -120,7 +121,7 @@ export function pktmbufAllocInit(pool: Mempool, out: Uint32Array, n: number, off
       f64[x + 1] = a; // pkt_len, data_len, data_off
       f64[x + 2] = b; // refcnt, nb_segs, port, buf_len
       f64[x + 3] = 0; // ol_flags
-      u32[(x << 1) + 9] = 0; // packet_type
+      f64[x + 4] = NEXT_NONE_PTYPE_0; // next, packet_type
     }
     return true;
   }
@@ -133,6 +134,7 @@ export function pktmbufAllocInit(pool: Mempool, out: Uint32Array, n: number, off
     u32[w + 5] = portBuf;
     u32[w + 6] = 0;
     u32[w + 7] = 0;
+    u32[w + 8] = MBUF_NONE;
     u32[w + 9] = 0;
   }
   return true;
@@ -140,6 +142,9 @@ export function pktmbufAllocInit(pool: Mempool, out: Uint32Array, n: number, off
 
 const BITS_F64 = new Float64Array(1);
 const BITS = new Uint32Array(BITS_F64.buffer);
+// next = MBUF_NONE (low word), packet_type = 0 (high word): a denormal, never a NaN, so the bits survive a float64 store.
+BITS[0] = MBUF_NONE; BITS[1] = 0;
+const NEXT_NONE_PTYPE_0 = BITS_F64[0];
 
 /** Allocate n reset mbufs into out[off..], all or none (rte_pktmbuf_alloc_bulk). */
 export function pktmbufAllocBulk(pool: Mempool, out: Uint32Array, n: number, off = 0): boolean {

@@ -170,6 +170,17 @@ export class MbufView {
     u32[w + 8] = MBUF_NONE; // next
   }
 
+  /**
+   * Make this mbuf a lone segment with one reference again (refcnt 1, nb_segs 1, no next): for a
+   * driver taking back a single-segment mbuf it was given as sole owner, whose header a device
+   * could have rewritten meanwhile, right before freeing it. Two stores.
+   */
+  sole(): void {
+    const w = this.off >> 2, u32 = this.u32;
+    u32[w + 4] = 0x10001;
+    u32[w + 8] = MBUF_NONE;
+  }
+
   /** The port | buf_len << 16 word rearm() writes for mbufs of pool received on port. */
   static portBufWord(pool: Mempool, port: number): number {
     return ((port & 0xffff) | ((pool.userWord(0) + pool.userWord(1)) << 16)) >>> 0;

@@ -24,7 +24,8 @@ import * as V from '../../lib/virtio/virtio.js';
 import { virtqLayout } from '../../drivers/net/virtio/virtqueue.js';
 import { VirtioNetPort } from '../../drivers/net/virtio/virtio.js';
 import { openRxQueue, openTxQueue, type RxQueue, type TxQueue } from '../../lib/ethdev/ethdev.js';
-import { pktmbufPoolCreate, pktmbufAlloc, pktmbufFree, writePacket, readPacket, chain, nbSegs } from '../../lib/mempool/mbuf.js';
+import { pktmbufPoolCreate, pktmbufAlloc, pktmbufAllocInit, pktmbufFree, pktmbufFreeBulk, writePacket, readPacket, chain, nbSegs, MBUF_NONE } from '../../lib/mempool/mbuf.js';
+import { MbufView } from '../../lib/mempool/mbuf_view.js';
 import { Mempool, type MempoolDesc } from '../../lib/mempool/mempool.js';
 import { Ring, ringBytes } from '../../lib/ring/ring.js';
 
@@ -492,6 +493,33 @@ t.test('RX: a header the device scribbled on (next, refcnt, nb_segs, data_off) i
   t.equal(r.pool.audit().inUse, 1 + 64, 'freeing it freed only it, not the application\'s mbuf it was made to point to');
   pktmbufFree(victim);
   closeAndAudit(t, r, 'a scribbled header');
+});
+
+t.test('TX: a lone mbuf whose header the device rewrote in flight is freed alone; a free mbuf\'s next is reset at allocation', async (t) => {
+  const r = await rig(t, 'txhdr', { txSize: 8 });
+  const victim = pktmbufAlloc(r.pool); // an mbuf the application holds
+  const m = pktmbufAlloc(r.pool);
+  writePacket(m, frame(64, 11));
+  t.equal(r.tx.txBurst(new Uint32Array([m]), 1), 1);
+  const head = r.dev.takeAvail(1);
+  // one descriptor from 12 bytes before the data (headroom 128): the header is 116 + 64 bytes before it
+  const hdr = r.dev.desc(1, head).addr - (128 - V.NET_HDR_SIZE) - 64;
+  r.dev.setU32(hdr + 32, victim); // next: the application's mbuf
+  r.dev.setU32(hdr + 16, 0x20001); // refcnt 1, nb_segs 2
+  r.dev.pushUsed(1, [[head, 0]]);
+  r.tx.txBurst(new Uint32Array(0), 0); // reclaim
+  t.equal(r.pool.audit().inUse, 64 + 1, 'the sent mbuf went back alone; the application\'s mbuf is still held');
+  pktmbufFree(victim);
+  // a free mbuf (DMA memory) whose next the device set: allocation resets it
+  const v = new MbufView();
+  const raw = r.pool.alloc();
+  v.at(raw).next = victim;
+  r.pool.free(raw);
+  const n = r.pool.availableCount(), all = new Uint32Array(n);
+  t.ok(pktmbufAllocInit(r.pool, all, n, 0, 0, 0));
+  t.equal([...all].filter((x) => v.at(x).next !== MBUF_NONE).length, 0, 'every allocated mbuf has no next segment');
+  pktmbufFreeBulk(all, n);
+  closeAndAudit(t, r, 'a TX header rewritten in flight');
 });
 
 t.test('RX and TX: bookkeeping the device rewrites in the queue memzone is not the driver\'s', async (t) => {

@@ -397,7 +397,11 @@ class VirtioTx extends QueueViews implements TxQueue {
         id = next[id];
       }
       chain[head] = 0;
-      done[nd++] = mbufs[head];
+      const m = mbufs[head];
+      // One descriptor: a lone segment we were given as sole owner. Its header is DMA memory the
+      // device could have rewritten meanwhile: make it one again before the free follows it.
+      if (cnt === 1) this.v.at(m).sole();
+      done[nd++] = m;
       mbufs[head] = MBUF_NONE;
     }
     this.lastUsed = last;
