@@ -22,7 +22,7 @@
  * a stale socket file only when connecting to it is refused, and close() removes the file only if it
  * is still the socket this server created.
  */
-import { lstatSync, unlinkSync } from 'node:fs';
+import { lstatSync, unlinkSync, type Stats } from 'node:fs';
 import * as os from '../../src/os/libc.js';
 import * as U from '../../src/iommu/vfio-uapi.js';
 import { log } from '../../src/log.js';
@@ -50,6 +50,9 @@ export interface ServerOptions {
 export function serverMaxMsgSize(maxDataXferSize: number = P.DEFAULT_MAX_DATA_XFER_SIZE): number {
   return P.HEADER_SIZE + P.REGION_ACCESS_SIZE + maxDataXferSize + 4096;
 }
+
+/** Messages handled in one go before the server lets the event loop run. */
+const DRAIN_BATCH = 128;
 
 /** Counters of one server. */
 export interface ServerStats {
@@ -189,7 +192,9 @@ export class VfioUserServer {
       const readable = await conn.waitReadable();
       if (this.closing) break;
       if (!readable || this.conn !== conn) continue;
-      this.drain(conn);
+      // A batch at a time, then a turn of the event loop: a client that never stops sending (with
+      // or without reading the replies) cannot hold the main thread (timers, signals, the mailbox).
+      if (this.drain(conn)) await new Promise<void>((resolve) => setImmediate(resolve));
     }
   }
 
@@ -221,22 +226,28 @@ export class VfioUserServer {
     try { conn.post({ msgId: h.msgId, command: h.command, flags: P.TYPE_REPLY | P.FLAG_ERROR, error: errno }); } catch { /* closing */ }
   }
 
-  /** Handle every whole message that can be read now (stopping while replies wait to be sent). */
-  private drain(conn: Channel): void {
-    for (;;) {
+  /**
+   * Handle the whole messages that can be read now, at most DRAIN_BATCH of them (stopping early
+   * while replies wait to be sent); true when the batch was full (more may be waiting).
+   */
+  private drain(conn: Channel): boolean {
+    for (let n = 0; n < DRAIN_BATCH; n++) {
       let m: P.Message | null;
       try {
         m = conn.receive();
       } catch (e) {
         if (e instanceof P.ProtocolError && e.header) {
           this.errorReply(conn, e.header, e.errno);
-          if (!e.fatal) continue;
+          if (!e.fatal) {
+            if (conn.outBytes > 0) return false;
+            continue;
+          }
         }
         this.dropClient(e instanceof PeerClosedError ? 'client disconnected' : `dropped: ${(e as Error).message}`);
         if (!(e instanceof PeerClosedError)) this.stats.dropped++;
-        return;
+        return false;
       }
-      if (!m) return;
+      if (!m) return false;
       this.stats.messages++;
       try {
         this.handle(conn, m);
@@ -246,13 +257,14 @@ export class VfioUserServer {
           this.stats.dropped++;
           this.dropClient(`dropped: ${(e as Error).message}`);
         }
-        return;
+        return false;
       } finally {
         // the one owner of received fds: whatever the device did not take (-1) is closed here
         for (const fd of m.fds) safeClose(fd);
       }
-      if (this.conn !== conn || conn.outBytes > 0) return;
+      if (this.conn !== conn || conn.outBytes > 0) return false;
     }
+    return true;
   }
 
   private dropClient(why: string): void {
@@ -488,14 +500,14 @@ export class VfioUserServer {
  * error is an error naming the path: a live server's socket is never removed.
  */
 function removeStaleSocket(path: string): void {
-  let isSocket: boolean;
+  let st: Stats;
   try {
-    isSocket = lstatSync(path).isSocket();
+    st = lstatSync(path);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
     throw new Error(`vfio-user server: cannot check ${path}: ${(e as Error).message}`);
   }
-  if (!isSocket) throw new Error(`vfio-user server: ${path} exists and is not a socket; remove it or choose another --socket path`);
+  if (!st.isSocket()) throw new Error(`vfio-user server: ${path} exists and is not a socket; remove it or choose another --socket path`);
   // Non-blocking: a live server whose backlog is full answers EAGAIN instead of blocking this thread.
   const fd = os.socket(os.AF_UNIX, os.SOCK_STREAM | os.SOCK_NONBLOCK, 0);
   let code = 'connected';
@@ -512,6 +524,13 @@ function removeStaleSocket(path: string): void {
   }
   if (code !== 'ECONNREFUSED') {
     throw new Error(`vfio-user server: cannot tell whether a server uses ${path} (connect failed with ${code}); remove it if none does, or choose another --socket path`);
+  }
+  // Only the file that was probed: one a server bound meanwhile is left alone (bind() then fails, naming the path).
+  try {
+    const now = lstatSync(path);
+    if (now.dev !== st.dev || now.ino !== st.ino) return;
+  } catch {
+    return; // removed meanwhile
   }
   unlinkSync(path);
   log('warn', 'vfio-user', `removed stale socket ${path}: connecting to it was refused (ECONNREFUSED), so no server serves it`);

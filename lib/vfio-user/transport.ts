@@ -81,8 +81,10 @@ export class Channel {
   readonly maxOutBytes: number;
   private readonly sendTimeoutMs: number;
   private buf = new Uint8Array(64 * 1024);
+  /** unconsumed bytes are buf[head, head + len): taking a message moves head, no copy per message */
+  private head = 0;
   private len = 0;
-  /** absolute stream position of buf[0] */
+  /** absolute stream position of buf[head] */
   private base = 0;
   private fds: Array<{ start: number; end: number; fd: number }> = [];
   private out: Outgoing[] = [];
@@ -255,7 +257,7 @@ export class Channel {
   /** Whether a whole message is buffered (or the buffered header is bad, which receive() reports). */
   private hasWholeMessage(): boolean {
     if (this.len < HEADER_SIZE) return false;
-    const size = new DataView(this.buf.buffer, this.buf.byteOffset, 8).getUint32(4, true);
+    const size = new DataView(this.buf.buffer, this.buf.byteOffset + this.head, 8).getUint32(4, true);
     return size < HEADER_SIZE || size > this.maxMsgSize || this.len >= size;
   }
 
@@ -300,12 +302,16 @@ export class Channel {
     if (this.fds.length > this.maxPendingFds) {
       throw new ProtocolError(`${this.name}: ${this.fds.length} received fds wait for messages that are not complete; the limit is ${this.maxPendingFds} (at most ${this.maxMsgFds} per message, sent with its first byte)`, os.E.EINVAL, true, this.headerInBuffer(r.data));
     }
-    if (this.len + r.data.byteLength > this.buf.byteLength) {
-      const nb = new Uint8Array(Math.max(this.buf.byteLength * 2, this.len + r.data.byteLength));
-      nb.set(this.buf.subarray(0, this.len));
-      this.buf = nb;
+    if (this.head + this.len + r.data.byteLength > this.buf.byteLength) {
+      // move the unconsumed bytes to the front (once per read, not once per message), grow if needed
+      if (this.len + r.data.byteLength > this.buf.byteLength) {
+        const nb = new Uint8Array(Math.max(this.buf.byteLength * 2, this.len + r.data.byteLength));
+        nb.set(this.buf.subarray(this.head, this.head + this.len));
+        this.buf = nb;
+      } else this.buf.copyWithin(0, this.head, this.head + this.len);
+      this.head = 0;
     }
-    this.buf.set(r.data, this.len);
+    this.buf.set(r.data, this.head + this.len);
     this.len += r.data.byteLength;
     return true;
   }
@@ -315,7 +321,7 @@ export class Channel {
     const have = this.len + data.byteLength;
     if (have < HEADER_SIZE) return null;
     const h = new Uint8Array(HEADER_SIZE);
-    h.set(this.buf.subarray(0, Math.min(this.len, HEADER_SIZE)));
+    h.set(this.buf.subarray(this.head, this.head + Math.min(this.len, HEADER_SIZE)));
     if (this.len < HEADER_SIZE) h.set(data.subarray(0, HEADER_SIZE - this.len), this.len);
     const dv = new DataView(h.buffer);
     return { msgId: dv.getUint16(0, true), command: dv.getUint16(2, true), size: dv.getUint32(4, true), flags: dv.getUint32(8, true), error: dv.getUint32(12, true) };
@@ -324,17 +330,21 @@ export class Channel {
   /** Take one whole message from the buffer, with the fds that arrived inside its bytes. */
   private extract(): Message | null {
     if (this.len < HEADER_SIZE) return null;
-    const h = readHeader(this.buf.subarray(0, HEADER_SIZE), this.maxMsgSize);
+    const h = readHeader(this.buf.subarray(this.head, this.head + HEADER_SIZE), this.maxMsgSize);
     if (this.len < h.size) return null;
     const start = this.base, end = this.base + h.size;
-    // fds of a read belong to the last message starting inside it: this one if the next starts after the read
-    const mine = this.fds.filter((f) => f.start <= start && start < f.end && end >= f.end).map((f) => f.fd);
-    const rest = this.fds.filter((f) => !(f.start <= start && start < f.end && end >= f.end));
-    for (const f of rest) if (f.end <= end) safeClose(f.fd); // a read no message starts in: cannot happen with one sendmsg per message
-    this.fds = rest.filter((f) => f.end > end);
-    const payload = this.buf.slice(HEADER_SIZE, h.size);
-    this.buf.copyWithin(0, h.size, this.len);
+    let mine: number[] = [];
+    if (this.fds.length > 0) {
+      // fds of a read belong to the last message starting inside it: this one if the next starts after the read
+      mine = this.fds.filter((f) => f.start <= start && start < f.end && end >= f.end).map((f) => f.fd);
+      const rest = this.fds.filter((f) => !(f.start <= start && start < f.end && end >= f.end));
+      for (const f of rest) if (f.end <= end) safeClose(f.fd); // a read no message starts in: cannot happen with one sendmsg per message
+      this.fds = rest.filter((f) => f.end > end);
+    }
+    const payload = this.buf.slice(this.head + HEADER_SIZE, this.head + h.size);
+    this.head += h.size;
     this.len -= h.size;
+    if (this.len === 0) this.head = 0;
     this.base = end;
     if (mine.length > this.maxMsgFds) {
       for (const fd of mine) safeClose(fd);
