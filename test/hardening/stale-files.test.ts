@@ -7,14 +7,20 @@
  * the warning, and a file of a live process (locked) still refuses the prefix.
  *
  * Runs in a private temporary directory (the function reads any directory), no root needed.
+ *
+ * Also `tspmd demo` (item 10a) against a directory planted at the predictable name it used to
+ * take, /tmp/tsp-demo-PID: a shell plants it for its own pid, then execs the demo (same pid). The
+ * demo must serve from a directory of its own and leave the planted one as it was. Busy threads
+ * while it runs: the device's lcore and the demo's forwarding lcore (2).
  */
 import t from 'tap';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, lstatSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import * as os from '../../src/os/libc.js';
 import { reclaimStaleFiles } from '../../src/memory/memory.js';
+import { CLI, CHILD_ENV } from '../cli.js';
 
 const DIR = mkdtempSync(join(tmpdir(), `tsp-stale-${process.pid}-`));
 t.teardown(() => rmSync(DIR, { recursive: true, force: true }));
@@ -88,4 +94,28 @@ t.test('a locked regular file still means the prefix is in use', async (t) => {
   t.ok(os.flock(fd, os.LOCK_SH | os.LOCK_NB));
   t.throws(() => reclaimStaleFiles(DIR, `${prefix}x`), /file prefix "tsp\d+stx" is in use by another running process/);
   t.ok(existsSync(path), 'the live file is kept');
+});
+
+t.test('tspmd demo does not use a planted /tmp/tsp-demo-PID directory', { timeout: 180_000 }, async (t) => {
+  // the demo as a user runs it: no test-runner instrumentation (see test/app/demo.test.ts)
+  const execArgv = process.execArgv.filter((a) => !/@tapjs[\\/](mock|processinfo)/.test(a));
+  const env = Object.fromEntries(Object.entries(CHILD_ENV).filter(([k]) => k !== 'NODE_OPTIONS' && !k.startsWith('_TAPJS_') && !k.startsWith('TAP')));
+  const quote = (a: string): string => `'${a.replace(/'/g, "'\\''")}'`;
+  const demo = [process.execPath, ...execArgv, CLI, 'demo', '--duration', '1', '-T', '0', '--json'].map(quote).join(' ');
+  // $$ is the shell's pid, which exec hands to the demo
+  const script = `d=${quote(tmpdir())}/tsp-demo-$$; mkdir -m 0777 "$d" && echo planted > "$d/tsp-planted" && echo "$d" && exec ${demo}`;
+  const child = spawn('/bin/sh', ['-c', script], { stdio: ['ignore', 'pipe', 'pipe'], env });
+  let out = '', err = '';
+  child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+  child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+  const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+  const planted = out.split('\n')[0];
+  t.teardown(() => { if (planted.startsWith(join(tmpdir(), 'tsp-demo-'))) rmSync(planted, { recursive: true, force: true }); });
+  t.equal(code, 0, `the demo ran${code === 0 ? '' : `: ${err}`}`);
+  t.match(planted, /\/tsp-demo-\d+$/, `the shell planted ${planted}`);
+  const sock = /starting the emulated virtio-net device .* on (\S+)/.exec(err)?.[1] ?? '';
+  t.ok(sock !== '' && !sock.startsWith(`${planted}/`), `the device served from its own directory (${sock || 'not found in: ' + err.slice(0, 300)})`);
+  t.same(existsSync(planted) ? readdirSync(planted) : null, ['tsp-planted'], 'the planted directory is left as it was');
+  const own = dirname(dirname(sock)); // <mkdtemp dir>/tsp-demo-PID/virtio-net.sock
+  t.notOk(sock !== '' && existsSync(own), `the demo's own directory (${own}) is removed at the end`);
 });
