@@ -1,15 +1,14 @@
 /**
  * Split virtqueue geometry (virtio 1.2, 2.7) for this driver: where the descriptor table, the
- * avail ring, the used ring and the driver's own bookkeeping live inside one IOVA-contiguous
- * memzone per queue, plus the index arithmetic both halves share. Pure: no I/O, no control-plane
+ * avail ring, the used ring and the header slots live inside one IOVA-contiguous memzone per
+ * queue, plus the index arithmetic both halves share. The device may write all of this memory, so
+ * the driver's own bookkeeping (which mbuf each descriptor holds, chain lengths and links, indices)
+ * is not here: it lives in a SharedArrayBuffer (VirtqBook, virtio_data.ts). Pure: no I/O, no control-plane
  * imports, so the data half may import it.
  *
  *   0        descriptor table     16 x size (16-byte aligned)
  *   avail    avail ring           flags, idx, ring[size], used_event (2-byte aligned)
  *   used     used ring            flags, idx, ring[size] of {id, len}, avail_event (page aligned)
- *   mbufs    u32 x size           the mbuf each descriptor holds (RX: always one; TX: chain heads, else MBUF_NONE)
- *   chain    u16 x size           TX: descriptors in the chain starting at this head (0: not a head)
- *   state    64 bytes             u32 [0] last used index seen by the data half
  *   hdrs     16 x size            TX: a zeroed virtio_net_hdr per head for packets whose headroom
  *                                 cannot take one; control queue: command, data and ack buffers
  */
@@ -21,9 +20,6 @@ export interface VirtqLayout {
   desc: number;
   avail: number;
   used: number;
-  mbufs: number;
-  chain: number;
-  state: number;
   hdrs: number;
   /** bytes the memzone needs */
   total: number;
@@ -31,8 +27,6 @@ export interface VirtqLayout {
 
 /** Bytes per slot of the header area. */
 export const HDR_SLOT = 16;
-/** state words (u32 index inside the state block) */
-export const ST_LAST_USED = 0;
 
 const align = (n: number, a: number): number => Math.ceil(n / a) * a;
 
@@ -44,12 +38,9 @@ export function virtqLayout(size: number): VirtqLayout {
   const desc = 0;
   const avail = desc + DESC_SIZE * size;
   const used = align(avail + availRingSize(size), 4096);
-  const mbufs = align(used + usedRingSize(size), 64);
-  const chain = align(mbufs + 4 * size, 64);
-  const state = align(chain + 2 * size, 64);
-  const hdrs = state + 64;
+  const hdrs = align(used + usedRingSize(size), 64);
   const total = align(hdrs + HDR_SLOT * size, 4096);
-  return { size, desc, avail, used, mbufs, chain, state, hdrs, total };
+  return { size, desc, avail, used, hdrs, total };
 }
 
 /** u16 index (in a Uint16Array over the memzone) of the avail ring's idx. */
