@@ -5,16 +5,16 @@
  * copy could canonicalize NaN patterns in packet data); otherwise byte by byte.
  */
 
-/** Copy len bytes from src[s..] to dst[d..]; *32 are u32 views over the same buffers. */
+/** Copy len bytes from src[s..] to dst[d..] (offsets below 4 GiB); *32 are u32 views over the same buffers. */
 export function copyBytes(dst: Uint8Array, dst32: Uint32Array, d: number, src: Uint8Array, src32: Uint32Array, s: number, len: number): void {
   const end = d + len;
   if (((d ^ s) & 3) === 0) {
     while ((d & 3) !== 0 && d < end) dst[d++] = src[s++];
-    const words = (end - d) >> 2;
-    const dw = d >> 2, sw = s >> 2;
+    const words = (end - d) >>> 2;
+    const dw = d >>> 2, sw = s >>> 2; // >>>: offsets of 2 GiB and more, in views of up to 4 GiB
     for (let i = 0; i < words; i++) dst32[dw + i] = src32[sw + i];
-    d += words << 2;
-    s += words << 2;
+    d += words * 4;
+    s += words * 4;
   }
   while (d < end) dst[d++] = src[s++];
 }

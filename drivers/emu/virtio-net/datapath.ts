@@ -25,14 +25,14 @@
  * touches another queue: the message's wait may have let the main thread unmap memory.
  *
  * DMA regions are up to 4 GiB: offsets in a region are numbers below 2^32, never int32 (>>> for
- * word indexes, no >> and no copyBytes, whose int32 index arithmetic stops at 2 GiB).
+ * word indexes, never >>; lib/net/copy.ts copyBytes works up to 4 GiB the same way).
  *
  * An exception (a bug, or a backend failing) frees the mbufs the burst held, sets
  * DEVICE_NEEDS_RESET and the loop goes on; after CRASH_BUDGET of them since the last device reset
  * the queues are parked (pauses still honoured) until the driver resets the device.
  *
  * Hot path: no allocation per packet or burst (preallocated index arrays, a preallocated header,
- * copies with copyAt between existing views), numbers only, no try/catch in the loop.
+ * copies with copyBytes between existing views), numbers only, no try/catch in the loop.
  */
 import { viewOf } from '../../../src/os/libc.js';
 import { VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX } from '../../../src/iommu/vfio-uapi.js';
@@ -45,6 +45,7 @@ import { Mempool } from '../../../lib/mempool/mempool.js';
 import { poolOf } from '../../../lib/mempool/mempool.js';
 import { pktmbufAllocInit, pktmbufFreeBulk, pktmbufFreeSeg, pktmbufHeadroom, pktmbufDataRoom, MBUF_HDR, MBUF_NONE } from '../../../lib/mempool/mbuf.js';
 import { MbufView } from '../../../lib/mempool/mbuf_view.js';
+import { copyBytes } from '../../../lib/net/copy.js';
 import * as V from '../../../lib/virtio/virtio.js';
 import * as L from './layout.js';
 
@@ -525,7 +526,7 @@ class Engine {
               const r32 = this.ru32[k], r8 = this.ru8[k], words = len >>> 2, sw = src >>> 2, dw = dst >>> 2;
               for (let w = 0; w < words; w++) pu32[dw + w] = r32[sw + w];
               for (let b = words << 2; b < len; b++) pu8[dst + b] = r8[src + b];
-            } else copyAt(pu8, pu32, dst, this.ru8[k], this.ru32[k], src, len);
+            } else copyBytes(pu8, pu32, dst, this.ru8[k], this.ru32[k], src, len);
             v.setLen(len);
           }
         }
@@ -588,7 +589,7 @@ class Engine {
         if (c > 0) {
           if (len + c > room) over = true;
           else {
-            if (off >= 0) copyAt(v.u8, v.u32, dst + len, this.ru8[k], this.ru32[k], off + s, c);
+            if (off >= 0) copyBytes(v.u8, v.u32, dst + len, this.ru8[k], this.ru32[k], off + s, c);
             else {
               this.slow = true;
               const ok = p.messageRead(hi * TWO32 + lo + s, v.u8, dst + len, c);
@@ -719,11 +720,11 @@ class Engine {
           const words = len >>> 2, sw = src >>> 2;
           for (let i = 0; i < words; i++) u32[dw + 3 + i] = pu32[sw + i];
           for (let i = words << 2; i < len; i++) u8[dst + HDR + i] = pu8[src + i];
-        } else copyAt(u8, u32, dst + HDR, pu8, pu32, src, len);
+        } else copyBytes(u8, u32, dst + HDR, pu8, pu32, src, len);
       } else {
         for (let i = 0; i < HDR; i++) u8[dst + i] = 0;
         u8[dst + 10] = 1;
-        copyAt(u8, this.ru32[wk], dst + HDR, pu8, pu32, src, len);
+        copyBytes(u8, this.ru32[wk], dst + HDR, pu8, pu32, src, len);
       }
       const u = uBase + 2 * ((used + k) & mask);
       uu32[u] = head;
@@ -862,7 +863,7 @@ class Engine {
         src8 = v.u8; src32 = v.u32; s = this.cOff;
         this.cOff += c; this.cLeft -= c;
       }
-      if (off >= 0) copyAt(this.ru8[k], this.ru32[k], off + done, src8, src32, s, c);
+      if (off >= 0) copyBytes(this.ru8[k], this.ru32[k], off + done, src8, src32, s, c);
       else {
         this.slow = true;
         const ok = this.plane.messageWrite(hi * TWO32 + (lo >>> 0) + done, src8, s, c);
@@ -951,23 +952,6 @@ class Engine {
     }
     return 1;
   }
-}
-
-/**
- * Copy len bytes from src[s..] to dst[d..] (*32: u32 views of the same memories), as copyBytes
- * (lib/net/copy.ts) does, for offsets up to 4 GiB: word indexes with >>> (offsets stay below 2^32).
- */
-function copyAt(dst: Uint8Array, dst32: Uint32Array, d: number, src: Uint8Array, src32: Uint32Array, s: number, len: number): void {
-  const end = d + len;
-  if (((d ^ s) & 3) === 0) {
-    while ((d & 3) !== 0 && d < end) dst[d++] = src[s++];
-    const words = (end - d) >>> 2;
-    const dw = d >>> 2, sw = s >>> 2;
-    for (let i = 0; i < words; i++) dst32[dw + i] = src32[sw + i];
-    d += words * 4;
-    s += words * 4;
-  }
-  while (d < end) dst[d++] = src[s++];
 }
 
 /** A 64-bit address from two state words; -1 when it cannot be a number (>= 2^53). */
