@@ -53,7 +53,11 @@ export async function runApp<O>(app: App<O>, argvIn: string[], prog: string = ap
   }
   let eal: Eal;
   try {
-    eal = new Eal({ ...app.ealDefaults, ...explicitOptions(ealOpts, argv) });
+    const explicit = explicitOptions(ealOpts, argv);
+    const defaults = { ...app.ealDefaults };
+    // An app's --no-huge default yields to memory the user asked for (--huge-dir, --in-memory).
+    if (explicit.hugeDir !== undefined || explicit.inMemory) delete defaults.noHuge;
+    eal = new Eal({ ...defaults, ...explicit });
   } catch (e) {
     console.error(`${prog}: ${(e as Error).message}`);
     return e instanceof UsageError ? 2 : 1;

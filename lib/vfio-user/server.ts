@@ -279,12 +279,8 @@ export class VfioUserServer {
     }
     this.pending.clear();
     conn.close();
-    try {
-      this.device.disconnected();
-      if (this.resetOnDisconnect) this.device.reset();
-    } catch (e) {
-      log('warn', 'vfio-user', `${this.path}: cleaning up after the client: ${(e as Error).message}`);
-    }
+    // Never throws, never stops half way, and resets even when a step failed (errors are logged).
+    this.device.disconnected({ reset: this.resetOnDisconnect });
   }
 
   /** One message: route a reply, or execute a command and reply (errors as error replies). */
