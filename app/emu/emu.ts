@@ -10,7 +10,7 @@ import { eachOption, type App } from '../../lib/app/app.js';
 import { UsageError } from '../../src/options.js';
 import type { Eal } from '../../src/eal.js';
 import { VfioUserServer } from '../../lib/vfio-user/server.js';
-import type { EmuDevice } from '../../lib/emudev/emudev.js';
+import type { EmuDevice, UnsealedDmaPolicy } from '../../lib/emudev/emudev.js';
 import { DmatestDevice } from '../../drivers/emu/dmatest/dmatest.js';
 import { createVirtioNetEmu, VIRTIO_NET_SUMMARY } from './virtio-net.js';
 import { VIRTIO_NET_ARGS } from '../../drivers/emu/virtio-net/layout.js';
@@ -51,9 +51,13 @@ export interface EmuOptions {
   socket: string;
   /** keep the device state when a client leaves (default: reset it) */
   noReset: boolean;
+  /** client memory that cannot be sealed against shrinking: map it, reach it by message, or refuse it */
+  unsealedDma: UnsealedDmaPolicy;
 }
 
-const NAMED = { '--socket': true, '--no-reset': false };
+const UNSEALED_DMA: readonly UnsealedDmaPolicy[] = ['map', 'message', 'refuse'];
+
+const NAMED = { '--socket': true, '--no-reset': false, '--unsealed-dma': true };
 
 /** The emu app. */
 export const emu: App<EmuOptions> = {
@@ -61,18 +65,27 @@ export const emu: App<EmuOptions> = {
   summary: 'serve an emulated device over vfio-user: tspmd emu <device> --socket PATH',
   help: `  <device>[,k=v...]   ${Object.entries(EMU_DEVICES).map(([n, d]) => `${n}: ${d.summary}${Object.keys(d.schema).length > 0 ? '\n' + devargsHelp(d.schema, '                       ') : ''}`).join('\n                     ')}
   --socket PATH      unix socket to serve on (created mode 0600, removed at exit)
-  --no-reset         keep device state when a client disconnects (default: reset)`,
+  --no-reset         keep device state when a client disconnects (default: reset)
+  --unsealed-dma map|message|refuse
+                     client memory that cannot be sealed against shrinking (hugetlbfs or tmpfs
+                     files): map it (default; a client that truncates it can kill this process
+                     with SIGBUS), reach it with DMA_READ/WRITE messages, or refuse the DMA_MAP`,
   /** Named flags plus the positionals of this command line, so runApp moves them after "--". */
   get ownFlags(): Record<string, boolean> {
     return ownFlagsWithPositionals(appArgv(), NAMED);
   },
   ealDefaults: { noHuge: true },
-  /** <device> --socket PATH [--no-reset]. */
+  /** <device> --socket PATH [--no-reset] [--unsealed-dma POLICY]. */
   parse(argv: string[]): EmuOptions {
-    let device: string | null = null, socket: string | null = null, noReset = false;
+    let device: string | null = null, socket: string | null = null, noReset = false, unsealedDma: UnsealedDmaPolicy = 'map';
     eachOption(argv, (flag, value) => {
       if (flag === '--socket') socket = value();
       else if (flag === '--no-reset') noReset = true;
+      else if (flag === '--unsealed-dma') {
+        const v = value();
+        if (!(UNSEALED_DMA as readonly string[]).includes(v)) throw new UsageError(`--unsealed-dma "${v}": use ${UNSEALED_DMA.join(', ')}`);
+        unsealedDma = v as UnsealedDmaPolicy;
+      }
       else if (!flag.startsWith('-') && device === null) device = flag;
       else throw new UsageError(`unknown emu option "${flag}" (see --help)`);
     });
@@ -81,13 +94,14 @@ export const emu: App<EmuOptions> = {
     if (!(name in EMU_DEVICES)) throw new UsageError(`unknown device "${name}"; known: ${Object.keys(EMU_DEVICES).join(', ')}`);
     checkDevargs(args, EMU_DEVICES[name].schema, { where: `device "${device as string}"`, driver: name }); // mistakes show before the EAL starts
     if (socket === null) throw new UsageError('--socket PATH is required');
-    return { device: name, args, socket, noReset };
+    return { device: name, args, socket, noReset, unsealedDma };
   },
   /** Serve until SIGINT/SIGTERM. */
   async main(eal, opts): Promise<number> {
     const lcore = eal.lcores.workers[0];
     if (lcore === undefined) throw new UsageError(`the device's poll loop needs a worker lcore: give two with -l, e.g. -l 0-1 (this process may use CPUs ${eal.lcores.cpuOf(eal.lcores.main)} only)`);
     const dev = await EMU_DEVICES[opts.device].create(eal, opts.args, await probePorts(eal));
+    dev.emu.unsealedDma = opts.unsealedDma;
     let server: VfioUserServer;
     try {
       server = new VfioUserServer(dev.emu, opts.socket, { resetOnDisconnect: !opts.noReset });

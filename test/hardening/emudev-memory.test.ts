@@ -19,6 +19,7 @@ import * as os from '../../src/os/libc.js';
 import { EmuDevice, type DmaMessagePath } from '../../lib/emudev/emudev.js';
 import { DMA_FLAG_READ, DMA_FLAG_WRITE, ProtocolError } from '../../lib/vfio-user/protocol.js';
 import { createSegment, freeSegment } from '../../src/memory/segment.js';
+import { runCli } from '../cli.js';
 
 const RW = DMA_FLAG_READ | DMA_FLAG_WRITE;
 const SIZE = 64 * 1024;
@@ -205,3 +206,11 @@ if (CHILD) {
     t.ok(e instanceof ProtocolError, 'a ProtocolError (the server turns it into an error reply)');
   });
 }
+
+t.test('tspmd emu --unsealed-dma: the policy is an option; a bad value is refused before the EAL starts', async (t) => {
+  const bad = await runCli(['emu', 'dmatest', '--socket', join(tmpdir(), `tsp-unsealed-${process.pid}.sock`), '--unsealed-dma', 'sometimes']);
+  t.equal(bad.code, 2, 'exit 2');
+  t.match(bad.stderr, /tspmd emu: --unsealed-dma "sometimes": use map, message, refuse/);
+  const help = await runCli(['emu', '--help']);
+  t.match(help.stdout, /--unsealed-dma map\|message\|refuse/, '--help lists it');
+});
