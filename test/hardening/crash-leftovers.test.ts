@@ -14,34 +14,23 @@
  */
 import t from 'tap';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CLI, CHILD_ENV, runCli } from '../cli.js';
 import { hugePool } from '../../src/memory/hugepages.js';
 import { spawnEmu, type EmuChild } from '../../lib/emudev/spawn.js';
+import { NR_HUGEPAGES_2M, readNrHugepages, unmountAndRemove } from '../hugetlbfs.js';
 
 const PAGE = 2 * 2 ** 20;
-const NR = '/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages';
 const PAGES = 48;
 const DIR = `/tmp/tsp-crash-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
 const PREFIX = `tsp${process.pid}crash`;
 
 let skip: string | false = process.getuid?.() !== 0 ? 'needs root (mounts hugetlbfs, raises nr_hugepages)'
-  : !existsSync(NR) ? 'the kernel has no 2 MB hugepages' : false;
+  : !existsSync(NR_HUGEPAGES_2M) ? 'the kernel has no 2 MB hugepages' : false;
 const children = new Set<ChildProcess>();
 let added = 0;
-const readNr = (): number => Number(readFileSync(NR, 'utf8').trim());
-
-function unmount(dir: string): void {
-  if (!existsSync(dir)) return;
-  try {
-    execFileSync('umount', [dir], { stdio: 'pipe' });
-  } catch {
-    try { execFileSync('umount', ['-l', dir], { stdio: 'pipe' }); } catch { /* not mounted */ }
-  }
-  try { rmdirSync(dir); } catch { /* gone */ }
-}
 
 if (!skip) {
   t.teardown(async () => {
@@ -51,15 +40,15 @@ if (!skip) {
         await new Promise((r) => c.once('exit', r));
       }
     }
-    unmount(DIR); // removes whatever files are left with the mount
-    if (added > 0) writeFileSync(NR, String(Math.max(0, readNr() - added)));
+    unmountAndRemove(DIR); // removes whatever files are left with the mount
+    if (added > 0) writeFileSync(NR_HUGEPAGES_2M, String(Math.max(0, readNrHugepages() - added)));
   });
   try {
     mkdirSync(DIR, { mode: 0o700 });
     execFileSync('mount', ['-t', 'hugetlbfs', '-o', 'pagesize=2M', 'nodev', DIR], { stdio: 'pipe' });
-    const before = readNr();
-    writeFileSync(NR, String(before + PAGES));
-    added = readNr() - before;
+    const before = readNrHugepages();
+    writeFileSync(NR_HUGEPAGES_2M, String(before + PAGES));
+    added = readNrHugepages() - before;
   } catch (e) {
     skip = `cannot mount hugetlbfs or raise the pool here: ${(e as Error).message.split('\n')[0]}`;
   }

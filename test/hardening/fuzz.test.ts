@@ -23,7 +23,7 @@ import { serverMaxMsgSize } from '../../lib/vfio-user/server.js';
 import { Channel, PeerClosedError, connectUnix } from '../../lib/vfio-user/transport.js';
 import { VfioUserClient } from '../../lib/vfio-user/client.js';
 import { startEmu, type EmuProcess } from '../vfio-user/helpers.js';
-import { tempDir } from './server-helpers.js';
+import { tempDir, awaitReply as awaitReplyOrEnd } from './server-helpers.js';
 
 const TOTAL = Number(process.env.TSPMD_FUZZ_MESSAGES ?? 10000);
 const SEED = process.env.TSPMD_FUZZ_SEED !== undefined ? Number(process.env.TSPMD_FUZZ_SEED) >>> 0 : (Date.now() ^ (process.pid << 16)) >>> 0;
@@ -57,24 +57,8 @@ type Outcome = { kind: 'reply'; m: P.Message } | { kind: 'closed' } | { kind: 's
  * process's event loop keeps reading the server's output.
  */
 async function awaitReply(ch: Channel, msgId: number, ms: number): Promise<Outcome> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    let m: P.Message | null;
-    try {
-      m = ch.receive();
-    } catch (e) {
-      if (e instanceof PeerClosedError) return { kind: 'closed' };
-      throw e;
-    }
-    if (m) {
-      for (const fd of m.fds) os.close(fd);
-      if ((m.flags & P.FLAG_TYPE_MASK) === P.TYPE_REPLY && m.msgId === msgId) return { kind: 'reply', m };
-      continue;
-    }
-    const left = deadline - Date.now();
-    if (left <= 0) return { kind: 'silent' };
-    await os.pollAsync([ch.fd], os.POLLIN, Math.min(left, 100));
-  }
+  const r = await awaitReplyOrEnd(ch, msgId, ms);
+  return r === 'closed' ? { kind: 'closed' } : r === 'timeout' ? { kind: 'silent' } : { kind: 'reply', m: r };
 }
 
 /** Wait up to ms for the server to close the connection (replies meanwhile are skipped). */

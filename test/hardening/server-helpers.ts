@@ -77,8 +77,9 @@ export async function nextMessage(ch: Channel, ms: number): Promise<P.Message | 
       for (const fd of m.fds) os.close(fd);
       return m;
     }
-    if (Date.now() >= deadline) return 'timeout';
-    await sleep(2);
+    const left = deadline - Date.now();
+    if (left <= 0) return 'timeout';
+    await os.pollAsync([ch.fd], os.POLLIN, Math.min(left, 100)); // on a pool thread: the event loop runs meanwhile
   }
 }
 

@@ -9,7 +9,7 @@
  */
 import t from 'tap';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -19,16 +19,16 @@ import { reclaimStaleFiles } from '../../src/memory/memory.js';
 import { hugePool, hugeMounts } from '../../src/memory/hugepages.js';
 import { iovaAt } from '../../src/memory/segment.js';
 import { siblingModule } from '../../src/lcore/lcores.js';
+import { NR_HUGEPAGES_2M, readNrHugepages, unmountAndRemove } from '../hugetlbfs.js';
 
 const MB = 2 ** 20;
 const PAGE = 2 * MB;
-const NR = '/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages';
 const rand = () => Math.random().toString(36).slice(2, 8);
 const uniq = () => `tsp${process.pid}x${rand()}`;
 
 let skip: string | false =
   process.getuid?.() !== 0 ? 'needs root (mount, nr_hugepages, pagemap)'
-    : !existsSync(NR) ? 'kernel has no 2 MB hugepages'
+    : !existsSync(NR_HUGEPAGES_2M) ? 'kernel has no 2 MB hugepages'
       : false;
 
 const DIR = `/tmp/tsp-huge-${process.pid}-${rand()}`;
@@ -37,17 +37,6 @@ const SMALL = `${DIR}-small`;
 const children = new Set<ChildProcess>();
 let added = 0;
 
-const readNr = (): number => Number(readFileSync(NR, 'utf8').trim());
-
-function unmount(dir: string): void {
-  if (!existsSync(dir)) return;
-  try {
-    execFileSync('umount', [dir], { stdio: 'pipe' });
-  } catch {
-    try { execFileSync('umount', ['-l', dir], { stdio: 'pipe' }); } catch { /* not mounted */ }
-  }
-  try { rmdirSync(dir); } catch { /* gone or still busy */ }
-}
 
 if (!skip) {
   // Everything below is undone in this teardown, whatever fails in between.
@@ -58,9 +47,9 @@ if (!skip) {
         await new Promise((r) => c.once('exit', r));
       }
     }
-    unmount(DIR);
-    unmount(SMALL);
-    if (added > 0) writeFileSync(NR, String(Math.max(0, readNr() - added)));
+    unmountAndRemove(DIR);
+    unmountAndRemove(SMALL);
+    if (added > 0) writeFileSync(NR_HUGEPAGES_2M, String(Math.max(0, readNrHugepages() - added)));
   });
   try {
     mkdirSync(DIR);
@@ -72,9 +61,9 @@ if (!skip) {
   }
   if (!skip) {
     try {
-      const before = readNr();
-      writeFileSync(NR, String(before + 16));
-      added = readNr() - before;
+      const before = readNrHugepages();
+      writeFileSync(NR_HUGEPAGES_2M, String(before + 16));
+      added = readNrHugepages() - before;
     } catch {
       /* cannot raise the pool (read-only sysfs): tests needing pages skip on their own */
     }

@@ -10,8 +10,9 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as os from '../../src/os/libc.js';
 import * as P from '../../lib/vfio-user/protocol.js';
-import { Channel, PeerClosedError, connectUnix } from '../../lib/vfio-user/transport.js';
+import { Channel, connectUnix } from '../../lib/vfio-user/transport.js';
 import { tempDir, startEmu, type EmuProcess } from './helpers.js';
+import { awaitReply as awaitReplyOrEnd } from '../hardening/server-helpers.js';
 
 const dir = tempDir(t);
 const sock = join(dir, 'fuzz.sock');
@@ -26,26 +27,11 @@ function open(): Channel {
   return new Channel(connectUnix(sock), { maxMsgSize: 1 << 22, maxMsgFds: 16, name: 'fuzz client' });
 }
 
-/** Wait up to ms for the reply to msgId; 'reply', 'closed' or 'silent'. Server commands are ignored. */
+/** Wait up to ms for the reply to msgId (its command must match too); 'reply', 'closed' or 'silent'. Server commands are ignored. */
 async function awaitReply(ch: Channel, msgId: number, command: number, ms: number): Promise<{ kind: 'reply' | 'closed' | 'silent'; m?: P.Message }> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    let m: P.Message | null;
-    try {
-      m = ch.receive();
-    } catch (e) {
-      if (e instanceof PeerClosedError) return { kind: 'closed' };
-      throw e;
-    }
-    if (m) {
-      for (const fd of m.fds) os.close(fd);
-      if ((m.flags & P.FLAG_TYPE_MASK) === P.TYPE_REPLY && m.msgId === msgId && m.command === command) return { kind: 'reply', m };
-      continue;
-    }
-    const left = deadline - Date.now();
-    if (left <= 0) return { kind: 'silent' };
-    os.pollOne(ch.fd, os.POLLIN, Math.min(left, 20));
-  }
+  const r = await awaitReplyOrEnd(ch, msgId, ms);
+  if (r === 'closed') return { kind: 'closed' };
+  return r === 'timeout' || r.command !== command ? { kind: 'silent' } : { kind: 'reply', m: r };
 }
 
 function versionMsg(id: number): Uint8Array {

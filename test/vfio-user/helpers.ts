@@ -50,7 +50,8 @@ export function startEmu(path: string, device = 'dmatest', extra: string[] = [],
     },
   };
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => { proc.kill('SIGKILL'); reject(new Error(`tspmd emu did not start within 20 s: ${err}`)); }, 20000);
+    // Generous: a TypeScript child takes 2-5 s on an idle machine, many times that on a loaded one.
+    const timer = setTimeout(() => { proc.kill('SIGKILL'); reject(new Error(`tspmd emu did not start within 60 s: ${err}`)); }, 60_000);
     proc.stdout!.on('data', (d: Buffer) => {
       out += d.toString();
       if (out.includes('serving ')) { clearTimeout(timer); resolve(ep); }
