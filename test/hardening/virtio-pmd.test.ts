@@ -1,10 +1,10 @@
 /**
  * net_virtio against a lying device (issue 14, item 8). A vfio-user device maps all EAL memory, so
  * it may write anything there: the rings, the descriptor table, the mbufs and whatever else sits in
- * the queue's memzone. LyingVirtioNet below is an in-process VfioDevice (the pattern of
- * FakeVirtioNet in test/net/virtio.test.ts: trapped common configuration, a real shared notify
- * page, iova = va) whose data side is driven by hand, so each test can publish exactly the lie it
- * is about. Checked each time: the lie costs at most the packets involved (counted as errors), the
+ * the queue's memzone. LyingVirtioNet below is an in-process VfioDevice (FakeVirtioNetBase of
+ * test/net/fake-virtio-net.ts, as FakeVirtioNet in test/net/virtio.test.ts: trapped common
+ * configuration, a real shared notify page, iova = va) whose data side is driven by hand, so each
+ * test can publish exactly the lie it is about. Checked each time: the lie costs at most the packets involved (counted as errors), the
  * queue keeps working, and when the port stops every mbuf is back in its pool exactly once
  * (inUseCount 0: a lost mbuf leaves it above 0, a double free below).
  *
@@ -17,9 +17,7 @@ import type { Test } from 'tap';
 import { isMainThread, parentPort, workerData, Worker } from 'node:worker_threads';
 import '../../drivers/index.js';
 import * as os from '../../src/os/libc.js';
-import * as U from '../../src/iommu/vfio-uapi.js';
 import { Eal } from '../../src/eal.js';
-import type { DeviceInfo, IrqInfo, MmapOptions, RegionInfo, VfioDevice } from '../../src/iommu/device.js';
 import * as V from '../../lib/virtio/virtio.js';
 import { virtqLayout } from '../../drivers/net/virtio/virtqueue.js';
 import { VirtioNetPort } from '../../drivers/net/virtio/virtio.js';
@@ -28,6 +26,7 @@ import { pktmbufPoolCreate, pktmbufAlloc, pktmbufAllocInit, pktmbufFree, pktmbuf
 import { MbufView } from '../../lib/mempool/mbuf_view.js';
 import { Mempool, type MempoolDesc } from '../../lib/mempool/mempool.js';
 import { Ring, ringBytes } from '../../lib/ring/ring.js';
+import { FakeVirtioNetBase, patternFrame, type DmaMemory } from '../net/fake-virtio-net.js';
 
 type Tap = typeof import('tap').default;
 const t: Tap = isMainThread ? (await import('tap')).default : ({ test: () => undefined } as unknown as Tap);
@@ -52,206 +51,21 @@ function attachInWorker(desc: MempoolDesc): Promise<string> {
 }
 
 const fb = V.featureBit;
-const BAR = 4, BAR_SIZE = 0x5000, NOTIFY = 0x3000, MAC = [0x02, 0x74, 0x73, 0x70, 0x6c, 0x01];
-
-/** One vendor capability (struct virtio_pci_cap after id/next). */
-function vcap(cfgType: number, offset: number, length: number, multiplier?: number): number[] {
-  const n = multiplier === undefined ? V.CAP_SIZE : V.CAP_NOTIFY_SIZE;
-  const b = new Uint8Array(n);
-  const dv = new DataView(b.buffer);
-  b[V.CAP_LEN] = n;
-  b[V.CAP_CFG_TYPE] = cfgType;
-  b[V.CAP_BAR] = BAR;
-  dv.setUint32(V.CAP_OFFSET, offset, true);
-  dv.setUint32(V.CAP_LENGTH, length, true);
-  if (multiplier !== undefined) dv.setUint32(V.CAP_NOTIFY_OFF_MULTIPLIER, multiplier, true);
-  return [...b.subarray(2)];
-}
-
-/** Config space: vendor/device ids and the four virtio capabilities chained from 0x40. */
-function configSpace(): Uint8Array {
-  const c = new Uint8Array(256);
-  const dv = new DataView(c.buffer);
-  dv.setUint16(0, V.VIRTIO_PCI_VENDOR, true);
-  dv.setUint16(2, V.VIRTIO_PCI_MODERN_NET, true);
-  dv.setUint16(6, 0x10, true);
-  const caps = [vcap(V.VIRTIO_PCI_CAP_COMMON_CFG, 0, 0x1000), vcap(V.VIRTIO_PCI_CAP_ISR_CFG, 0x1000, 0x1000),
-    vcap(V.VIRTIO_PCI_CAP_DEVICE_CFG, 0x2000, 0x1000), vcap(V.VIRTIO_PCI_CAP_NOTIFY_CFG, NOTIFY, 0x1000, 4)];
-  let at = 0x40;
-  c[0x34] = at;
-  caps.forEach((bytes, i) => {
-    const len = Math.ceil((2 + bytes.length) / 4) * 4;
-    c[at] = V.PCI_CAP_ID_VNDR;
-    c[at + 1] = i + 1 < caps.length ? at + len : 0;
-    c.set(bytes, at + 2);
-    at += len;
-  });
-  return c;
-}
-
-interface LyingQueue { size: number; max: number; enable: number; desc: number; avail: number; used: number; lastAvail: number }
+const MAC = [0x02, 0x74, 0x73, 0x70, 0x6c, 0x01];
 
 /**
  * A virtio-net device (receiveq 0, transmitq 1, no control queue) whose data side the test drives:
  * take avail entries, write frames, publish used entries, and lie (any DMA memory is its to write).
+ * Its configuration side is FakeVirtioNetBase's, honest.
  */
-class LyingVirtioNet implements VfioDevice {
-  readonly name: string;
-  readonly backend = 'lying';
-  readonly cfg = configSpace();
-  status = 0;
-  private driverFeatures = 0n;
-  private readonly features: bigint;
-  private dfsel = 0;
-  private gfsel = 0;
-  private qsel = 0;
-  readonly queues: LyingQueue[] = [0, 1].map(() => ({ size: 256, max: 256, enable: 0, desc: 0, avail: 0, used: 0, lastAvail: 0 }));
-  private readonly fd: number;
-  private readonly notifyPage: bigint;
-  private readonly views = new Map<bigint, DataView>();
-
-  constructor(name: string, private readonly memory: { segments: Array<{ va: bigint; iova: bigint; len: number }> }, mrg = true) {
-    this.name = name;
-    this.features = [V.VIRTIO_F_VERSION_1, V.VIRTIO_F_ACCESS_PLATFORM, V.VIRTIO_NET_F_MAC, ...(mrg ? [V.VIRTIO_NET_F_MRG_RXBUF] : [])].reduce((m, b) => m | fb(b), 0n);
-    this.fd = os.memfdCreate('tsplying-virtio-notify', 0);
-    os.ftruncate(this.fd, 4096n);
-    this.notifyPage = os.mmap(0n, 4096, os.PROT_READ | os.PROT_WRITE, os.MAP_SHARED, this.fd, 0);
-  }
-
-  info(): DeviceInfo {
-    return { flags: U.VFIO_DEVICE_FLAGS_PCI, numRegions: 9, numIrqs: 5, isPci: true, canReset: false };
-  }
-
-  regionInfo(index: number): RegionInfo {
-    const base = { index, flags: 0, offset: 0n, sparse: null, type: null, msixMappable: false, capIds: [] };
-    if (index === U.VFIO_PCI_CONFIG_REGION_INDEX) return { ...base, size: 256, readable: true, writable: true, mappable: false };
-    if (index === BAR) return { ...base, size: BAR_SIZE, readable: true, writable: true, mappable: true, sparse: [{ offset: NOTIFY, size: 0x1000 }] };
-    return { ...base, size: 0, readable: false, writable: false, mappable: false };
-  }
-
-  mmapRegion(index: number, off: number, len: number, opts: MmapOptions = {}): bigint {
-    if (index !== BAR || off !== NOTIFY || len !== 0x1000) throw new Error(`lying device: mmap of region ${index} [${off}, +${len}) is not allowed`);
-    return os.mmap(opts.fixedAt ?? 0n, len, os.PROT_READ | os.PROT_WRITE, os.MAP_SHARED | (opts.fixedAt !== undefined ? os.MAP_FIXED : 0), this.fd, 0);
-  }
-
-  readRegion(index: number, off: number, buf: Uint8Array, len = buf.byteLength): number {
-    if (index === U.VFIO_PCI_CONFIG_REGION_INDEX) {
-      buf.set(this.cfg.subarray(off, off + len));
-      return len;
-    }
-    const v = this.readReg(off, len);
-    for (let i = 0; i < len; i++) buf[i] = Number((BigInt(v) >> BigInt(8 * i)) & 0xffn);
-    return len;
-  }
-
-  writeRegion(index: number, off: number, buf: Uint8Array, len = buf.byteLength): number {
-    if (index === U.VFIO_PCI_CONFIG_REGION_INDEX) {
-      this.cfg.set(buf.subarray(0, len), off);
-      return len;
-    }
-    let v = 0;
-    for (let i = len - 1; i >= 0; i--) v = v * 256 + buf[i];
-    this.writeReg(off, v);
-    return len;
-  }
-
-  private sel(): LyingQueue {
-    return this.queues[this.qsel] ?? { size: 0, max: 0, enable: 0, desc: 0, avail: 0, used: 0, lastAvail: 0 };
-  }
-
-  private readReg(off: number, w: number): number {
-    const q = this.sel();
-    if (off >= 0x2000 && off < 0x3000) {
-      const d = new Uint8Array(V.NET_CFG_SIZE);
-      d.set(MAC, 0);
-      let v = 0;
-      for (let i = w - 1; i >= 0; i--) v = v * 256 + (d[off - 0x2000 + i] ?? 0);
-      return v;
-    }
-    switch (off) {
-      case V.COMMON_DF: return Number((this.features >> BigInt(32 * this.dfsel)) & 0xffffffffn);
-      case V.COMMON_NUMQ: return this.queues.length;
-      case V.COMMON_STATUS: return this.status;
-      case V.COMMON_Q_SIZE: return q.size;
-      case V.COMMON_Q_ENABLE: return q.enable;
-      case V.COMMON_Q_NOFF: return this.qsel;
-      default: return 0;
-    }
-  }
-
-  private writeReg(off: number, v: number): void {
-    const q = this.sel();
-    const lohi = (cur: number, hi: boolean): number => hi ? (cur % 2 ** 32) + v * 2 ** 32 : cur - (cur % 2 ** 32) + v;
-    switch (off) {
-      case V.COMMON_DFSELECT: this.dfsel = v; break;
-      case V.COMMON_GFSELECT: this.gfsel = v; break;
-      case V.COMMON_GF: {
-        const shift = BigInt(32 * this.gfsel);
-        this.driverFeatures = (this.driverFeatures & ~(0xffffffffn << shift)) | (BigInt(v) << shift);
-        break;
-      }
-      case V.COMMON_STATUS:
-        if (v === 0) {
-          this.status = 0;
-          this.driverFeatures = 0n;
-          for (const x of this.queues) Object.assign(x, { size: x.max, enable: 0, desc: 0, avail: 0, used: 0, lastAvail: 0 });
-        } else this.status = v;
-        break;
-      case V.COMMON_Q_SELECT: this.qsel = v; break;
-      case V.COMMON_Q_SIZE: q.size = v; break;
-      case V.COMMON_Q_ENABLE: q.enable = v; break;
-      case V.COMMON_Q_DESCLO: q.desc = lohi(q.desc, false); break;
-      case V.COMMON_Q_DESCHI: q.desc = lohi(q.desc, true); break;
-      case V.COMMON_Q_AVAILLO: q.avail = lohi(q.avail, false); break;
-      case V.COMMON_Q_AVAILHI: q.avail = lohi(q.avail, true); break;
-      case V.COMMON_Q_USEDLO: q.used = lohi(q.used, false); break;
-      case V.COMMON_Q_USEDHI: q.used = lohi(q.used, true); break;
-      default: break;
-    }
-  }
-
-  /** A DataView and offset at an IOVA (iova = va), through the EAL segment that holds it. */
-  mem(iova: number): { dv: DataView; off: number } {
-    for (const s of this.memory.segments) {
-      const base = Number(s.iova);
-      if (iova >= base && iova < base + s.len) {
-        let dv = this.views.get(s.va);
-        if (!dv) this.views.set(s.va, dv = new DataView(os.viewOf(s.va, s.len)));
-        return { dv, off: iova - base };
-      }
-    }
-    throw new Error(`lying device: iova 0x${iova.toString(16)} is outside EAL memory`);
-  }
-
-  u16(a: number): number { const m = this.mem(a); return m.dv.getUint16(m.off, true); }
-  setU16(a: number, v: number): void { const m = this.mem(a); m.dv.setUint16(m.off, v, true); }
-  u32(a: number): number { const m = this.mem(a); return m.dv.getUint32(m.off, true); }
-  setU32(a: number, v: number): void { const m = this.mem(a); m.dv.setUint32(m.off, v, true); }
-
-  /** Descriptor id of queue vq. */
-  desc(vq: number, id: number): { addr: number; len: number; flags: number; next: number } {
-    const d = this.queues[vq].desc + 16 * id;
-    return { addr: this.u32(d) + this.u32(d + 4) * 2 ** 32, len: this.u32(d + 8), flags: this.u16(d + 12), next: this.u16(d + 14) };
-  }
-
-  /** The next avail entry of vq (consumed), or -1. */
-  takeAvail(vq: number): number {
-    const q = this.queues[vq];
-    if (q.lastAvail === this.u16(q.avail + 2)) return -1;
-    const id = this.u16(q.avail + 4 + 2 * (q.lastAvail % q.size));
-    q.lastAvail = (q.lastAvail + 1) & 0xffff;
-    return id;
-  }
-
-  /** Write used entries [id, len] of vq and publish them with one index update. */
-  pushUsed(vq: number, entries: Array<[number, number]>): void {
-    const q = this.queues[vq];
-    const idx = this.u16(q.used + 2);
-    entries.forEach(([id, len], i) => {
-      this.setU32(q.used + 4 + 8 * ((idx + i) % q.size), id >>> 0);
-      this.setU32(q.used + 8 + 8 * ((idx + i) % q.size), len >>> 0);
+class LyingVirtioNet extends FakeVirtioNetBase {
+  constructor(name: string, memory: DmaMemory, mrg = true) {
+    super(name, memory, {
+      backend: 'lying',
+      mac: MAC,
+      features: [V.VIRTIO_F_VERSION_1, V.VIRTIO_F_ACCESS_PLATFORM, V.VIRTIO_NET_F_MAC, ...(mrg ? [V.VIRTIO_NET_F_MRG_RXBUF] : [])].reduce((m, b) => m | fb(b), 0n),
+      queueSizes: [256, 256],
     });
-    this.setU16(q.used + 2, (idx + entries.length) & 0xffff);
   }
 
   /** The used index of vq. */
@@ -266,9 +80,7 @@ class LyingVirtioNet implements VfioDevice {
 
   /** Write a virtio_net_hdr with num_buffers nb, then frame, into RX descriptor id; returns the used length. */
   fillRx(id: number, f: Uint8Array, nb = 1): number {
-    const d = this.desc(0, id);
-    const m = this.mem(d.addr);
-    const b = new Uint8Array(m.dv.buffer, m.off, V.NET_HDR_SIZE + f.length);
+    const b = this.bytes(this.desc(0, id).addr, V.NET_HDR_SIZE + f.length);
     b.fill(0, 0, V.NET_HDR_SIZE);
     b[V.NET_HDR_NUM_BUFFERS] = nb & 0xff;
     b[V.NET_HDR_NUM_BUFFERS + 1] = nb >> 8;
@@ -283,20 +95,6 @@ class LyingVirtioNet implements VfioDevice {
     if (heads.length) this.pushUsed(1, heads.map((h) => [h, 0]));
     return heads;
   }
-
-  irqInfo(index: number): IrqInfo {
-    return { index, flags: 0, count: 0, eventfd: false, maskable: false, automasked: false, noresize: false };
-  }
-  setIrqs(): void { throw new Error('lying device: no interrupts'); }
-  disableIrqs(): void {}
-  unmaskIrq(): void {}
-  reset(): void {}
-  dmaMap(): void {}
-  dmaUnmap(): void {}
-  close(): void {
-    os.munmap(this.notifyPage, 4096);
-    os.close(this.fd);
-  }
 }
 
 let seq = 0;
@@ -310,12 +108,7 @@ function eal(t: Test): Eal {
 
 /** A 64-byte-plus frame with a pattern. */
 function frame(len: number, tag: number): Uint8Array {
-  const f = new Uint8Array(len);
-  f.fill(0xff, 0, 6);
-  f.set(MAC, 6);
-  f.set([0x88, 0xb5], 12);
-  for (let i = 14; i < len; i++) f[i] = (tag + i) & 0xff;
-  return f;
+  return patternFrame(MAC, len, tag);
 }
 
 interface Rig {

@@ -1,18 +1,16 @@
 /**
  * net_virtio without a real device: capability parsing on synthetic config spaces, feature
  * negotiation, queue sizes, ring geometry and index arithmetic, devargs; then the whole PMD against
- * a small in-process loopback device (FakeVirtioNet below: a VfioDevice whose common and device
- * configuration are trapped register handlers, whose notify page is real shared memory mapped
- * into the BAR, and whose "device" step moves TX frames back into the RX queue through the rings in
- * EAL memory, iova = va). The real-device proof is the lab (test/lab, checks virtio-*).
+ * a small in-process loopback device (FakeVirtioNet below, on FakeVirtioNetBase of
+ * ./fake-virtio-net.ts: a VfioDevice whose common and device configuration are trapped register
+ * handlers, whose notify page is real shared memory mapped into the BAR, and whose "device" step
+ * moves TX frames back into the RX queue through the rings in EAL memory, iova = va). The
+ * real-device proof is the lab (test/lab, checks virtio-*).
  */
 import type { Test } from 'tap';
 import { isMainThread } from 'node:worker_threads';
 import '../../drivers/index.js';
-import * as os from '../../src/os/libc.js';
-import * as U from '../../src/iommu/vfio-uapi.js';
 import { Eal } from '../../src/eal.js';
-import type { DeviceInfo, IrqInfo, MmapOptions, RegionInfo, VfioDevice } from '../../src/iommu/device.js';
 import * as V from '../../lib/virtio/virtio.js';
 import { parseVirtioCaps, negotiateFeatures, chooseQueueSize, DRIVER_FEATURES } from '../../drivers/net/virtio/virtio_pci.js';
 import { virtqLayout, usedPending, iovaHalves } from '../../drivers/net/virtio/virtqueue.js';
@@ -23,6 +21,7 @@ import { Mempool } from '../../lib/mempool/mempool.js';
 import type { PortData } from '../../lib/ethdev/ethdev.js';
 import type { LcoreContext } from '../../src/lcore/types.js';
 import { countGc } from '../../src/lcore/gc.js';
+import { FakeVirtioNetBase, NOTIFY, configSpace, vcap, patternFrame, type DmaMemory } from './fake-virtio-net.js';
 
 // This file is also the worker lcore's module (virtioWorkerLoop below): there, tap is not loaded
 // and the t.test calls are no-ops.
@@ -31,40 +30,7 @@ const t: Tap = isMainThread ? (await import('tap')).default : ({ test: () => und
 
 const fb = V.featureBit;
 
-// ---- synthetic config spaces ----
-
-/** A 256-byte config space with the given capabilities chained from 0x40 in order. */
-function configSpace(caps: Array<{ id: number; bytes: number[] }>, capList = true): Uint8Array {
-  const c = new Uint8Array(256);
-  const dv = new DataView(c.buffer);
-  dv.setUint16(0, V.VIRTIO_PCI_VENDOR, true);
-  dv.setUint16(2, V.VIRTIO_PCI_MODERN_NET, true);
-  if (capList) dv.setUint16(6, 0x10, true);
-  let at = 0x40;
-  c[0x34] = caps.length ? at : 0;
-  caps.forEach((cap, i) => {
-    const len = 2 + cap.bytes.length;
-    c[at] = cap.id;
-    c[at + 1] = i + 1 < caps.length ? at + Math.ceil(len / 4) * 4 : 0;
-    c.set(cap.bytes, at + 2);
-    at += Math.ceil(len / 4) * 4;
-  });
-  return c;
-}
-
-/** The bytes after id/next of a struct virtio_pci_cap (cap_len, cfg_type, bar, id, pad, offset, length[, multiplier]). */
-function vcap(cfgType: number, bar: number, offset: number, length: number, multiplier?: number): { id: number; bytes: number[] } {
-  const n = multiplier === undefined ? V.CAP_SIZE : V.CAP_NOTIFY_SIZE;
-  const b = new Uint8Array(n);
-  const dv = new DataView(b.buffer);
-  b[V.CAP_LEN] = n;
-  b[V.CAP_CFG_TYPE] = cfgType;
-  b[V.CAP_BAR] = bar;
-  dv.setUint32(V.CAP_OFFSET, offset, true);
-  dv.setUint32(V.CAP_LENGTH, length, true);
-  if (multiplier !== undefined) dv.setUint32(V.CAP_NOTIFY_OFF_MULTIPLIER, multiplier, true);
-  return { id: V.PCI_CAP_ID_VNDR, bytes: [...b.subarray(2)] };
-}
+// ---- synthetic config spaces (configSpace, vcap: ./fake-virtio-net.ts) ----
 
 const QEMU_LIKE = [
   vcap(V.VIRTIO_PCI_CAP_PCI_CFG, 0, 0, 0),
@@ -160,17 +126,7 @@ t.test('devargs', async (t) => {
 
 // ---- a loopback virtio-net device in this process ----
 
-const BAR = 4, BAR_SIZE = 0x5000, NOTIFY = 0x3000, NOTIFY_LEN = 0x2000, MAC = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
-
-interface FakeQueue {
-  size: number;
-  max: number;
-  enable: number;
-  desc: number;
-  avail: number;
-  used: number;
-  lastAvail: number;
-}
+const MAC = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
 
 /**
  * A virtio-net device: common configuration and device configuration by register handlers
@@ -178,15 +134,7 @@ interface FakeQueue {
  * 0..1023 notify there, multiplier 4), the control queue's notify register beyond it (trapped, so
  * commands are answered synchronously). step() loops TX frames back into RX queue 0.
  */
-class FakeVirtioNet implements VfioDevice {
-  readonly name: string;
-  readonly backend = 'fake';
-  readonly cfg: Uint8Array;
-  readonly notifyPage: bigint;
-  readonly notifyWords: Uint32Array;
-  status = 0;
-  driverFeatures = 0n;
-  features: bigint;
+class FakeVirtioNet extends FakeVirtioNetBase {
   linkUp = true;
   usedFlags = V.VRING_USED_F_NO_NOTIFY;
   ctrlLog: number[][] = [];
@@ -194,185 +142,57 @@ class FakeVirtioNet implements VfioDevice {
   dropped = 0;
   /** frames looped back */
   moved = 0;
-  private dfsel = 0;
-  private gfsel = 0;
-  private qsel = 0;
-  private readonly queues: FakeQueue[];
-  private readonly memory: { segments: Array<{ va: bigint; iova: bigint; len: number }> };
-  private readonly views = new Map<bigint, DataView>();
 
   /** queue pairs (max_virtqueue_pairs; MQ is offered when more than one) */
   readonly pairs: number;
 
-  constructor(name: string, memory: { segments: Array<{ va: bigint; iova: bigint; len: number }> }, opts: { features?: bigint; mapNotify?: boolean; pairs?: number } = {}) {
-    this.name = name;
-    this.memory = memory;
-    this.features = opts.features ?? [V.VIRTIO_F_VERSION_1, V.VIRTIO_F_ACCESS_PLATFORM, V.VIRTIO_NET_F_MAC, V.VIRTIO_NET_F_STATUS, V.VIRTIO_NET_F_MRG_RXBUF,
-      V.VIRTIO_NET_F_CTRL_VQ, V.VIRTIO_NET_F_CTRL_RX, V.VIRTIO_F_RING_EVENT_IDX].reduce((m, b) => m | fb(b), 0n) | ((opts.pairs ?? 1) > 1 ? fb(V.VIRTIO_NET_F_MQ) : 0n);
-    this.pairs = opts.pairs ?? 1;
-    this.mapNotify = opts.mapNotify ?? true;
-    this.cfg = configSpace([
-      vcap(V.VIRTIO_PCI_CAP_COMMON_CFG, BAR, 0, 0x1000), vcap(V.VIRTIO_PCI_CAP_ISR_CFG, BAR, 0x1000, 0x1000),
-      vcap(V.VIRTIO_PCI_CAP_DEVICE_CFG, BAR, 0x2000, 0x1000), vcap(V.VIRTIO_PCI_CAP_NOTIFY_CFG, BAR, NOTIFY, NOTIFY_LEN, 4),
-    ]);
-    const sizes = [...Array.from({ length: 2 * this.pairs }, () => 256), 64]; // receiveq/transmitq pairs, then controlq
-    this.queues = sizes.map((max) => ({ size: max, max, enable: 0, desc: 0, avail: 0, used: 0, lastAvail: 0 }));
-    // the notify page is a memfd: the device's view here, the driver's mapping inside its BAR
-    this.fd = os.memfdCreate('tspfake-virtio-notify', 0);
-    os.ftruncate(this.fd, 4096n);
-    this.notifyPage = os.mmap(0n, 4096, os.PROT_READ | os.PROT_WRITE, os.MAP_SHARED, this.fd, 0);
-    this.notifyWords = new Uint32Array(os.viewOf(this.notifyPage, 4096));
+  constructor(name: string, memory: DmaMemory, opts: { features?: bigint; mapNotify?: boolean; pairs?: number } = {}) {
+    const pairs = opts.pairs ?? 1;
+    super(name, memory, {
+      backend: 'fake',
+      mac: MAC,
+      features: opts.features ?? [V.VIRTIO_F_VERSION_1, V.VIRTIO_F_ACCESS_PLATFORM, V.VIRTIO_NET_F_MAC, V.VIRTIO_NET_F_STATUS, V.VIRTIO_NET_F_MRG_RXBUF,
+        V.VIRTIO_NET_F_CTRL_VQ, V.VIRTIO_NET_F_CTRL_RX, V.VIRTIO_F_RING_EVENT_IDX].reduce((m, b) => m | fb(b), 0n) | (pairs > 1 ? fb(V.VIRTIO_NET_F_MQ) : 0n),
+      queueSizes: [...Array.from({ length: 2 * pairs }, () => 256), 64], // receiveq/transmitq pairs, then controlq
+      notifyLength: 0x2000,
+      mapNotify: opts.mapNotify ?? true,
+    });
+    this.pairs = pairs;
     this.notifyWords.fill(0xffffffff);
   }
 
-  private readonly mapNotify: boolean;
-  private readonly fd: number;
-
-  info(): DeviceInfo {
-    return { flags: U.VFIO_DEVICE_FLAGS_PCI, numRegions: 9, numIrqs: 5, isPci: true, canReset: false };
+  /** The MAC, the link status and max_virtqueue_pairs. */
+  protected override netConfig(): Uint8Array {
+    const d = super.netConfig();
+    d[V.NET_CFG_STATUS] = this.linkUp ? V.VIRTIO_NET_S_LINK_UP : 0;
+    d[V.NET_CFG_MAX_VQ_PAIRS] = this.pairs;
+    return d;
   }
 
-  regionInfo(index: number): RegionInfo {
-    const base = { index, flags: 0, offset: 0n, sparse: null, type: null, msixMappable: false, capIds: [] };
-    if (index === U.VFIO_PCI_CONFIG_REGION_INDEX) return { ...base, size: 256, readable: true, writable: true, mappable: false };
-    if (index === BAR) return { ...base, size: BAR_SIZE, readable: true, writable: true, mappable: this.mapNotify, sparse: this.mapNotify ? [{ offset: NOTIFY, size: 0x1000 }] : null };
-    return { ...base, size: 0, readable: false, writable: false, mappable: false };
+  /** The control queue's register is past the mapped page. */
+  protected override queueNotifyOff(qsel: number): number {
+    return qsel === this.queues.length - 1 ? 1024 : qsel;
   }
 
-  mmapRegion(index: number, off: number, len: number, opts: MmapOptions = {}): bigint {
-    if (index !== BAR || off !== NOTIFY || len !== 0x1000) throw new Error(`fake: mmap of region ${index} [${off}, +${len}) is not allowed`);
-    return os.mmap(opts.fixedAt ?? 0n, len, os.PROT_READ | os.PROT_WRITE, os.MAP_SHARED | (opts.fixedAt !== undefined ? os.MAP_FIXED : 0), this.fd, 0);
-  }
-
-  readRegion(index: number, off: number, buf: Uint8Array, len = buf.byteLength): number {
-    if (index === U.VFIO_PCI_CONFIG_REGION_INDEX) {
-      buf.set(this.cfg.subarray(off, off + len));
-      return len;
-    }
-    const v = this.readReg(off, len);
-    for (let i = 0; i < len; i++) buf[i] = Number((BigInt(v) >> BigInt(8 * i)) & 0xffn);
-    return len;
-  }
-
-  writeRegion(index: number, off: number, buf: Uint8Array, len = buf.byteLength): number {
-    if (index === U.VFIO_PCI_CONFIG_REGION_INDEX) {
-      this.cfg.set(buf.subarray(0, len), off);
-      return len;
-    }
-    let v = 0;
-    for (let i = len - 1; i >= 0; i--) v = v * 256 + buf[i];
-    this.writeReg(off, len, v);
-    return len;
-  }
-
-  private q(): FakeQueue {
-    return this.queues[this.qsel] ?? { size: 0, max: 0, enable: 0, desc: 0, avail: 0, used: 0, lastAvail: 0 };
-  }
-
-  private readReg(off: number, w: number): number {
-    const q = this.q();
-    if (off >= 0x2000 && off < 0x3000) {
-      const d = new Uint8Array(V.NET_CFG_SIZE);
-      d.set(MAC, 0);
-      d[V.NET_CFG_STATUS] = this.linkUp ? V.VIRTIO_NET_S_LINK_UP : 0;
-      d[V.NET_CFG_MAX_VQ_PAIRS] = this.pairs;
-      const o = off - 0x2000;
-      let v = 0;
-      for (let i = w - 1; i >= 0; i--) v = v * 256 + (d[o + i] ?? 0);
-      return v;
-    }
-    switch (off) {
-      case V.COMMON_DF: return Number((this.features >> BigInt(32 * this.dfsel)) & 0xffffffffn);
-      case V.COMMON_NUMQ: return this.queues.length;
-      case V.COMMON_STATUS: return this.status;
-      case V.COMMON_CFGGENERATION: return 0;
-      case V.COMMON_Q_SIZE: return q.size;
-      case V.COMMON_Q_ENABLE: return q.enable;
-      case V.COMMON_Q_NOFF: return this.qsel === this.queues.length - 1 ? 1024 : this.qsel; // the control queue's register is past the mapped page
-      default: return 0;
-    }
-  }
-
-  private writeReg(off: number, _w: number, v: number): void {
-    const q = this.q();
-    switch (off) {
-      case V.COMMON_DFSELECT: this.dfsel = v; break;
-      case V.COMMON_GFSELECT: this.gfsel = v; break;
-      case V.COMMON_GF: {
-        const shift = BigInt(32 * this.gfsel);
-        this.driverFeatures = (this.driverFeatures & ~(0xffffffffn << shift)) | (BigInt(v) << shift);
-        break;
-      }
-      case V.COMMON_STATUS:
-        if (v === 0) {
-          this.status = 0;
-          this.driverFeatures = 0n;
-          for (const x of this.queues) Object.assign(x, { size: x.max, enable: 0, desc: 0, avail: 0, used: 0, lastAvail: 0 });
-        } else if ((v & V.STATUS_FEATURES_OK) && (this.driverFeatures & ~this.features) !== 0n) this.status = v & ~V.STATUS_FEATURES_OK;
-        else this.status = v;
-        break;
-      case V.COMMON_Q_SELECT: this.qsel = v; break;
-      case V.COMMON_Q_SIZE: q.size = v; break;
-      case V.COMMON_Q_ENABLE: q.enable = v; break;
-      case V.COMMON_Q_DESCLO: q.desc = (q.desc - (q.desc % 2 ** 32)) + v; break;
-      case V.COMMON_Q_DESCHI: q.desc = (q.desc % 2 ** 32) + v * 2 ** 32; break;
-      case V.COMMON_Q_AVAILLO: q.avail = (q.avail - (q.avail % 2 ** 32)) + v; break;
-      case V.COMMON_Q_AVAILHI: q.avail = (q.avail % 2 ** 32) + v * 2 ** 32; break;
-      case V.COMMON_Q_USEDLO: q.used = (q.used - (q.used % 2 ** 32)) + v; break;
-      case V.COMMON_Q_USEDHI: q.used = (q.used % 2 ** 32) + v * 2 ** 32; break;
-      case NOTIFY + 1024 * 4: this.serveCtrl(); break;
-      default: break;
-    }
-  }
-
-  /** A DataView at an IOVA (iova = va here), through the segment that holds it. */
-  private mem(iova: number): { dv: DataView; off: number } {
-    for (const s of this.memory.segments) {
-      const base = Number(s.iova);
-      if (iova >= base && iova < base + s.len) {
-        let dv = this.views.get(s.va);
-        if (!dv) this.views.set(s.va, dv = new DataView(os.viewOf(s.va, s.len)));
-        return { dv, off: iova - base };
-      }
-    }
-    throw new Error(`fake device: DMA to iova 0x${iova.toString(16)} outside EAL memory`);
-  }
-
-  private u16(a: number): number { const m = this.mem(a); return m.dv.getUint16(m.off, true); }
-  private setU16(a: number, v: number): void { const m = this.mem(a); m.dv.setUint16(m.off, v, true); }
-  private u32(a: number): number { const m = this.mem(a); return m.dv.getUint32(m.off, true); }
-  private setU32(a: number, v: number): void { const m = this.mem(a); m.dv.setUint32(m.off, v, true); }
-  private desc(q: FakeQueue, id: number): { addr: number; len: number; flags: number; next: number } {
-    const d = q.desc + 16 * id;
-    return { addr: this.u32(d) + this.u32(d + 4) * 2 ** 32, len: this.u32(d + 8), flags: this.u16(d + 12), next: this.u16(d + 14) };
-  }
-  private bytes(addr: number, len: number): Uint8Array {
-    const m = this.mem(addr);
-    return new Uint8Array(m.dv.buffer, m.off, len);
-  }
-  private pushUsed(q: FakeQueue, id: number, len: number): void {
-    const idx = this.u16(q.used + 2);
-    this.setU32(q.used + 4 + 8 * (idx % q.size), id);
-    this.setU32(q.used + 8 + 8 * (idx % q.size), len);
-    this.setU16(q.used + 2, (idx + 1) & 0xffff);
+  /** The control queue's notify register: answer its commands at once. */
+  protected override writeOther(off: number): void {
+    if (off === NOTIFY + 1024 * 4) this.serveCtrl();
   }
 
   private serveCtrl(): void {
-    const q = this.queues[this.queues.length - 1];
-    while (q.lastAvail !== this.u16(q.avail + 2)) {
-      const head = this.u16(q.avail + 4 + 2 * (q.lastAvail % q.size));
-      q.lastAvail = (q.lastAvail + 1) & 0xffff;
+    const cq = this.queues.length - 1;
+    for (let head = this.takeAvail(cq); head >= 0; head = this.takeAvail(cq)) {
       const parts: number[] = [];
-      let d = this.desc(q, head), ackAddr = 0;
+      let d = this.desc(cq, head), ackAddr = 0;
       for (;;) {
         if (d.flags & V.VRING_DESC_F_WRITE) ackAddr = d.addr;
         else parts.push(...this.bytes(d.addr, d.len));
         if (!(d.flags & V.VRING_DESC_F_NEXT)) break;
-        d = this.desc(q, d.next);
+        d = this.desc(cq, d.next);
       }
       this.ctrlLog.push(parts);
       this.bytes(ackAddr, 1)[0] = V.VIRTIO_NET_OK;
-      this.pushUsed(q, head, 1);
+      this.pushUsed(cq, [[head, 1]]);
     }
   }
 
@@ -390,32 +210,31 @@ class FakeVirtioNet implements VfioDevice {
   step(): number {
     if (!(this.status & V.STATUS_DRIVER_OK)) return 0;
     let moved = 0;
-    for (let p = 0; p < this.pairs; p++) if (this.queues[2 * p].enable && this.queues[2 * p + 1].enable) moved += this.stepPair(this.queues[2 * p], this.queues[2 * p + 1]);
+    for (let p = 0; p < this.pairs; p++) if (this.queues[2 * p].enable && this.queues[2 * p + 1].enable) moved += this.stepPair(2 * p, 2 * p + 1);
     return moved;
   }
 
-  private stepPair(rx: FakeQueue, tx: FakeQueue): number {
-    for (const q of [rx, tx]) this.setU16(q.used, this.usedFlags);
+  private stepPair(rxq: number, txq: number): number {
+    const rx = this.queues[rxq];
+    for (const vq of [rxq, txq]) this.setU16(this.queues[vq].used, this.usedFlags);
     const mrg = (this.driverFeatures & fb(V.VIRTIO_NET_F_MRG_RXBUF)) !== 0n;
     let moved = 0;
-    while (tx.lastAvail !== this.u16(tx.avail + 2)) {
-      const head = this.u16(tx.avail + 4 + 2 * (tx.lastAvail % tx.size));
-      tx.lastAvail = (tx.lastAvail + 1) & 0xffff;
+    for (let head = this.takeAvail(txq); head >= 0; head = this.takeAvail(txq)) {
       const chunks: Uint8Array[] = [];
-      for (let d = this.desc(tx, head); ; d = this.desc(tx, d.next)) {
+      for (let d = this.desc(txq, head); ; d = this.desc(txq, d.next)) {
         chunks.push(this.bytes(d.addr, d.len));
         if (!(d.flags & V.VRING_DESC_F_NEXT)) break;
       }
       const all = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
       chunks.reduce((o, c) => (all.set(c, o), o + c.length), 0);
       const frame = all.subarray(V.NET_HDR_SIZE);
-      this.pushUsed(tx, head, 0);
+      this.pushUsed(txq, [[head, 0]]);
       // deliver: header + frame over as many RX buffers as it takes
       const bufs: Array<{ id: number; addr: number; len: number }> = [];
       let need = V.NET_HDR_SIZE + frame.length, avail = (this.u16(rx.avail + 2) - rx.lastAvail) & 0xffff, la = rx.lastAvail;
       while (need > 0 && avail > 0) {
         const id = this.u16(rx.avail + 4 + 2 * (la % rx.size));
-        const d = this.desc(rx, id);
+        const d = this.desc(rxq, id);
         bufs.push({ id, addr: d.addr, len: d.len });
         need -= d.len;
         la = (la + 1) & 0xffff;
@@ -438,30 +257,11 @@ class FakeVirtioNet implements VfioDevice {
         o += n;
       }
       // publish all buffers of the frame at once, as a device does (one used.idx update)
-      const idx = this.u16(rx.used + 2);
-      bufs.forEach((b, i) => {
-        this.setU32(rx.used + 4 + 8 * ((idx + i) % rx.size), b.id);
-        this.setU32(rx.used + 8 + 8 * ((idx + i) % rx.size), lens[i]);
-      });
-      this.setU16(rx.used + 2, (idx + bufs.length) & 0xffff);
+      this.pushUsed(rxq, bufs.map((b, i) => [b.id, lens[i]]));
       moved++;
       this.moved++;
     }
     return moved;
-  }
-
-  irqInfo(index: number): IrqInfo {
-    return { index, flags: 0, count: 0, eventfd: false, maskable: false, automasked: false, noresize: false };
-  }
-  setIrqs(): void { throw new Error('fake: no interrupts'); }
-  disableIrqs(): void {}
-  unmaskIrq(): void {}
-  reset(): void {}
-  dmaMap(): void {}
-  dmaUnmap(): void {}
-  close(): void {
-    os.munmap(this.notifyPage, 4096);
-    os.close(this.fd);
   }
 }
 
@@ -473,12 +273,7 @@ function eal(t: Test): Eal {
 
 /** A frame of len bytes: broadcast, source MAC, an experimental ethertype, then the sequence number pattern. */
 function frame(len: number, seq: number): Uint8Array {
-  const f = new Uint8Array(len);
-  f.fill(0xff, 0, 6);
-  f.set(MAC, 6);
-  f.set([0x88, 0xb5], 12);
-  for (let i = 14; i < len; i++) f[i] = (seq + i) & 0xff;
-  return f;
+  return patternFrame(MAC, len, seq);
 }
 
 t.test('net_virtio on a loopback device: probe, start, bursts across the 16-bit index wrap, stop, restart, close', async (t) => {
