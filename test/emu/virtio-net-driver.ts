@@ -72,6 +72,14 @@ export interface TestQueue {
   nextDesc: number;
 }
 
+/** Where setupQueue puts a queue's rings and buffers instead of allocating them (byte offsets in driver memory). */
+export interface QueuePlace {
+  desc: number;
+  avail: number;
+  used: number;
+  buf: number;
+}
+
 /** A received packet: header, data, and the used entries it took. */
 export interface RxPacket {
   numBuffers: number;
@@ -216,14 +224,15 @@ export class TestVirtioNet {
     return at;
   }
 
-  /** Set up and enable queue q: rings and size buffers of bufSize bytes in driver memory. */
-  setupQueue(q: number, size: number, vector = V.VIRTIO_MSI_NO_VECTOR, bufSize = 2048): TestQueue {
+  /**
+   * Set up and enable queue q: rings and size buffers of bufSize bytes in driver memory, allocated
+   * from its bottom or put at the offsets given (anywhere, e.g. beyond 2 GiB into it).
+   */
+  setupQueue(q: number, size: number, vector = V.VIRTIO_MSI_NO_VECTOR, bufSize = 2048, at?: QueuePlace): TestQueue {
     this.wr(V.COMMON_Q_SELECT, 2, q);
     this.wr(V.COMMON_Q_SIZE, 2, size);
-    const tq: TestQueue = {
-      index: q, size, desc: this.alloc(V.descTableSize(size)), avail: this.alloc(V.availRingSize(size)), used: this.alloc(V.usedRingSize(size)),
-      buf: this.alloc(size * bufSize), bufSize, availIdx: 0, lastUsed: 0, nextDesc: 0,
-    };
+    const p: QueuePlace = at ?? { desc: this.alloc(V.descTableSize(size)), avail: this.alloc(V.availRingSize(size)), used: this.alloc(V.usedRingSize(size)), buf: this.alloc(size * bufSize) };
+    const tq: TestQueue = { index: q, size, desc: p.desc, avail: p.avail, used: p.used, buf: p.buf, bufSize, availIdx: 0, lastUsed: 0, nextDesc: 0 };
     this.u8.fill(0, tq.desc, tq.desc + V.descTableSize(size));
     this.u8.fill(0, tq.avail, tq.avail + V.availRingSize(size));
     this.u8.fill(0, tq.used, tq.used + V.usedRingSize(size));

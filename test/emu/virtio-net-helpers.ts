@@ -3,14 +3,16 @@
  * net_ring ports linked back to back (the device's backend and the test's "wire"; or, with
  * loopback, one net_ring port that receives what it sends and no wire), the device and its
  * vfio-user server in a host worker thread (virtio-net-host.ts), the device's poll loop on lcore 1,
- * and vfio-user clients in the test's thread.
+ * and vfio-user clients in the test's thread. The loop's end is recorded (result or error): close()
+ * throws the error, shutdown() returns it. The device may see its backend's port data through a
+ * wrapper (e.g. a data module with injectable faults: test/hardening/virtio-net-hardening-helpers.ts).
  */
 import { Worker } from 'node:worker_threads';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { Eal } from '../../src/eal.js';
 import { probeVdevs } from '../../drivers/bus/vdev/vdev.js';
-import { openRxQueue, openTxQueue, type EthDev, type RxQueue, type TxQueue } from '../../lib/ethdev/ethdev.js';
+import { openRxQueue, openTxQueue, type EthDev, type PortData, type RxQueue, type TxQueue } from '../../lib/ethdev/ethdev.js';
 import { pktmbufPoolCreate, pktmbufAllocInit, readPacket, writePacket, pktmbufFree } from '../../lib/mempool/mbuf.js';
 import type { Mempool } from '../../lib/mempool/mempool.js';
 import { VfioUserClient } from '../../lib/vfio-user/client.js';
@@ -41,6 +43,12 @@ export function testEal(prefix: string): Eal {
   return new Eal({ noHuge: true, filePrefix: `${prefix}${process.pid}`, lcores: [{ id: 0, cpu: cpus[0] }, { id: 1, cpu: cpus[1] ?? cpus[0] }], mainLcore: 0 });
 }
 
+/** How the device's poll loop ended. */
+export interface LoopEnd {
+  result: VirtioNetLoopResult | null;
+  error: Error | null;
+}
+
 let seq = 0;
 
 /** One device served in this process, its backend, its wire and its lcore. */
@@ -57,7 +65,8 @@ export class VnetWorld {
   private readonly host: Worker;
   private readonly wireRx: RxQueue | null;
   private readonly wireTx: TxQueue | null;
-  private loop: Promise<VirtioNetLoopResult> | null = null;
+  private readonly loop: Promise<LoopEnd>;
+  private ended: LoopEnd | null = null;
   private readonly clients: VfioUserClient[] = [];
   private readonly burst = new Uint32Array(64);
   private closed = false;
@@ -73,14 +82,18 @@ export class VnetWorld {
     this.pool = pool;
     this.wireRx = rx;
     this.wireTx = tx;
-    this.loop = eal.lcores.launch<VirtioNetLoopResult>(1, VIRTIO_NET_LOOP_MODULE, VIRTIO_NET_LOOP_FN, ready.arg);
+    this.loop = eal.lcores.launch<VirtioNetLoopResult>(1, VIRTIO_NET_LOOP_MODULE, VIRTIO_NET_LOOP_FN, ready.arg).then(
+      (result) => (this.ended = { result, error: null }),
+      (e: unknown) => (this.ended = { result: null, error: e instanceof Error ? e : new Error(String(e)) }),
+    );
   }
 
   /**
    * Build a world: ports, pool, host thread, poll loop (running once this resolves). With loopback
    * the backend is one net_ring port without a peer: what the device sends out of it comes back in.
+   * The device gets backendData(the backend's port data) as its backend (default: that data as is).
    */
-  static async create(eal: Eal, dir: string, config: Partial<L.VirtioNetConfig> = {}, resetOnDisconnect = true, loopback = false): Promise<VnetWorld> {
+  static async create(eal: Eal, dir: string, config: Partial<L.VirtioNetConfig> = {}, resetOnDisconnect = true, loopback = false, backendData: (data: PortData) => PortData = (d) => d): Promise<VnetWorld> {
     const n = seq++;
     const [backend, wire = null] = await probeVdevs(eal, loopback ? [`net_ring${10 + 2 * n}`] : [`net_ring${10 + 2 * n}`, `net_ring${11 + 2 * n},peer=net_ring${10 + 2 * n}`]);
     const pool = pktmbufPoolCreate(eal.memory, `vnt_pool${n}`, 4095, { cacheSize: 64 });
@@ -92,14 +105,14 @@ export class VnetWorld {
     }
     const socket = join(dir, `vnet${n}.sock`);
     const cfg: L.VirtioNetConfig = { ...L.parseVirtioNetArgs({}), ...config };
-    const data: HostData = { socket, config: cfg, backend: backend.data(), resetOnDisconnect };
+    const data: HostData = { socket, config: cfg, backend: backendData(backend.data()), resetOnDisconnect };
     const host = new Worker(new URL('./virtio-net-host' + (import.meta.url.endsWith('.ts') ? '.ts' : '.js'), import.meta.url), { workerData: data });
     const ready = await new Promise<{ arg: VirtioNetLoopArg; state: SharedArrayBuffer; stats: SharedArrayBuffer }>((resolve, reject) => {
       host.once('message', resolve);
       host.once('error', reject);
     });
     const w = new VnetWorld(eal, socket, host, ready, backend, wire, pool, wire && await openRxQueue(wire.data(), 0), wire && await openTxQueue(wire.data(), 0));
-    if (!(await until(() => Atomics.load(w.state, L.G_RUNNING) === 1, 20_000))) throw new Error('the virtio-net poll loop did not start');
+    if (!(await until(() => Atomics.load(w.state, L.G_RUNNING) === 1 || w.ended !== null, 20_000))) throw new Error('the virtio-net poll loop did not start');
     return w;
   }
 
@@ -115,9 +128,19 @@ export class VnetWorld {
     return this.stats[L.STAT_NAMES.indexOf(name)];
   }
 
-  /** Whether the poll loop still runs. */
+  /** Whether the poll loop still runs (the lcore function has not returned). */
   get running(): boolean {
-    return Atomics.load(this.state, L.G_RUNNING) === 1;
+    return this.ended === null && Atomics.load(this.state, L.G_RUNNING) === 1;
+  }
+
+  /** How the loop ended (null while it runs). */
+  get end(): LoopEnd | null {
+    return this.ended;
+  }
+
+  /** The DEVICE_NEEDS_RESET reason the device recorded (0: none). */
+  get needsReset(): number {
+    return Atomics.load(this.state, L.G_NEEDS_RESET);
   }
 
   /** Frames the device sent out its backend so far (read from the wire). */
@@ -159,17 +182,20 @@ export class VnetWorld {
     return sent;
   }
 
-  /** Stop the loop (its result), close the clients, the host thread and the ports. */
+  /** Stop the loop (its result; its error thrown once all is closed), close the clients, the host thread and the ports. */
   async close(): Promise<VirtioNetLoopResult | null> {
+    const end = await this.shutdown();
+    if (end?.error) throw end.error;
+    return end?.result ?? null;
+  }
+
+  /** Like close(), but how the loop ended, its error returned instead of thrown (null once closed). */
+  async shutdown(): Promise<LoopEnd | null> {
     if (this.closed) return null;
     this.closed = true;
     for (const c of this.clients) c.close();
-    let r: VirtioNetLoopResult | null = null;
-    if (this.loop) {
-      Atomics.store(this.state, L.G_STOP, 1);
-      r = await this.loop;
-      this.loop = null;
-    }
+    Atomics.store(this.state, L.G_STOP, 1);
+    const end = await this.loop;
     await new Promise<void>((resolve) => {
       this.host.on('message', (m: { op: string }) => { if (m.op === 'closed') resolve(); });
       this.host.postMessage({ op: 'close' });
@@ -178,7 +204,7 @@ export class VnetWorld {
     this.receiveFromDevice();
     this.backend.close();
     this.wire?.close();
-    return r;
+    return end;
   }
 }
 

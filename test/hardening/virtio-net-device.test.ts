@@ -32,14 +32,12 @@ import type { VfioUserClient } from '../../lib/vfio-user/client.js';
 import * as V from '../../lib/virtio/virtio.js';
 import * as L from '../../drivers/emu/virtio-net/layout.js';
 import { TestVirtioNet, type TestQueue } from '../emu/virtio-net-driver.js';
-import {
-  HardWorld, hardEal, frame, until, sleep, setupQueueAt, bringUp, clientSocketFd, NoFdMemory,
-  FAULT_RX_THROW, FAULT_RX_BOGUS, FAULT_TX_THROW,
-} from './virtio-net-hardening-helpers.js';
+import { VnetWorld, testEal, frame, until, sleep } from '../emu/virtio-net-helpers.js';
+import { faultyWorld, bringUp, clientSocketFd, NoFdMemory, FAULT_RX_THROW, FAULT_RX_BOGUS, FAULT_TX_THROW } from './virtio-net-hardening-helpers.js';
 
 const dir = mkdtempSync(join(tmpdir(), `tsp-hvn-${process.pid}-`));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-const eal = hardEal('tsphvn');
+const eal = testEal('tsphvn');
 t.teardown(() => eal.close());
 
 const F = V.featureBit;
@@ -83,7 +81,7 @@ function chainOf(d: TestVirtioNet, q: number, n: number, addr: number, len: numb
 }
 
 /** Traffic both ways through pair 0 of a driver brought up with MRG_RXBUF: frames equal. */
-async function traffic(t: Tap, w: HardWorld, d: TestVirtioNet, what: string): Promise<void> {
+async function traffic(t: Tap, w: VnetWorld, d: TestVirtioNet, what: string): Promise<void> {
   w.receiveFromDevice();
   const out = [frame(60, 1), frame(1514, 2), frame(333, 3)];
   out.forEach((f) => d.send(1, f));
@@ -98,9 +96,9 @@ async function traffic(t: Tap, w: HardWorld, d: TestVirtioNet, what: string): Pr
 }
 
 t.test('item 1: DMA regions of 2 GiB and 4 GiB above 4 GiB IOVA, rings beyond 2 GiB into them', async (t) => {
-  const w = await HardWorld.create(eal, dir, { config: { queueSize: 256 } });
+  const w = await VnetWorld.create(eal, dir, { queueSize: 256 });
   let closed = false;
-  t.teardown(() => (closed ? undefined : w.close()));
+  t.teardown(() => (closed ? undefined : w.shutdown()));
   const c = w.connect();
   const cases = [
     { name: '2 GiB region at IOVA 4 GiB', len: 2 * GiB, iova: 4 * GiB },
@@ -115,8 +113,8 @@ t.test('item 1: DMA regions of 2 GiB and 4 GiB above 4 GiB IOVA, rings beyond 2 
       // Rings and buffers in the region's last 64 MiB: beyond 2 GiB into the 4 GiB region.
       const top = k.len - 64 * 2 ** 20;
       const size = 256;
-      setupQueueAt(d, 0, size, { desc: top, avail: top + 0x1_0000, used: top + 0x2_0000, buf: top + 0x10_0000, bufSize: 2048 });
-      const tq = setupQueueAt(d, 1, size, { desc: top + 0x4_0000, avail: top + 0x5_0000, used: top + 0x6_0000, buf: top + 0x100_0000, bufSize: 2048 });
+      d.setupQueue(0, size, V.VIRTIO_MSI_NO_VECTOR, 2048, { desc: top, avail: top + 0x1_0000, used: top + 0x2_0000, buf: top + 0x10_0000 });
+      const tq = d.setupQueue(1, size, V.VIRTIO_MSI_NO_VECTOR, 2048, { desc: top + 0x4_0000, avail: top + 0x5_0000, used: top + 0x6_0000, buf: top + 0x100_0000 });
       d.driverOk();
       await sleep(50);
       t.ok(w.running, `the lcore runs (${w.end?.error?.message ?? 'no error'})`);
@@ -169,7 +167,7 @@ t.test('item 1: DMA regions of 2 GiB and 4 GiB above 4 GiB IOVA, rings beyond 2 
       d.reset();
     });
   }
-  const end = await w.close();
+  const end = await w.shutdown();
   closed = true;
   t.equal(end?.error ?? null, null, 'the loop ended without an error');
   t.equal(end?.result?.gcCountAfterWarmup, 0, `no garbage collection in the loop after warm-up (${end?.result?.iterations} iterations)`);
@@ -178,9 +176,8 @@ t.test('item 1: DMA regions of 2 GiB and 4 GiB above 4 GiB IOVA, rings beyond 2 
 });
 
 t.test('item 1: a device reset restores the crash budget; a spent budget parks the queues until a reset', async (t) => {
-  const w = await HardWorld.create(eal, dir, { faulty: true });
-  t.teardown(() => w.close());
-  const f = w.fault!;
+  const { w, fault: f } = await faultyWorld(eal, dir);
+  t.teardown(() => w.shutdown());
   const c = w.connect();
   const d = new TestVirtioNet(c);
   t.teardown(() => d.close());
@@ -212,9 +209,8 @@ t.test('item 1: a device reset restores the crash budget; a spent budget parks t
 });
 
 t.test('item 10c: a burst that crashes gives its mbufs back', async (t) => {
-  const w = await HardWorld.create(eal, dir, { faulty: true });
-  t.teardown(() => w.close());
-  const f = w.fault!;
+  const { w, fault: f } = await faultyWorld(eal, dir);
+  t.teardown(() => w.shutdown());
   const c = w.connect();
   const d = new TestVirtioNet(c);
   t.teardown(() => d.close());
@@ -246,8 +242,8 @@ t.test('item 10c: a burst that crashes gives its mbufs back', async (t) => {
 });
 
 t.test('item 2: the mailbox waits while the rings are unmapped or the client leaves', async (t) => {
-  const w = await HardWorld.create(eal, dir, {});
-  t.teardown(() => w.close());
+  const w = await VnetWorld.create(eal, dir);
+  t.teardown(() => w.shutdown());
   const NOFD = 0x9000_0000;
   const CTRL = F(V.VIRTIO_NET_F_CTRL_VQ);
 
@@ -368,8 +364,8 @@ t.test('item 2: the mailbox waits while the rings are unmapped or the client lea
 
 t.test('item 9b: descriptor walks bounded per burst (16384-entry queues)', async (t) => {
   const SIZE = 16384;
-  const w = await HardWorld.create(eal, dir, { config: { queueSize: SIZE } });
-  t.teardown(() => w.close());
+  const w = await VnetWorld.create(eal, dir, { queueSize: SIZE });
+  t.teardown(() => w.shutdown());
   const c = w.connect();
   const d = new TestVirtioNet(c, 128 * 2 ** 20); // sparse: rings and a few buffers are touched
   t.teardown(() => d.close());
