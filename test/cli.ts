@@ -54,3 +54,13 @@ export function runCli(args: string[], opts: RunCliOptions = {}): Promise<CliRes
     opts.onSpawn?.(p);
   });
 }
+
+/** SIGKILL every child of the set that is still running and wait for each to exit (test teardowns). */
+export async function killChildren(children: Iterable<ChildProcess>): Promise<void> {
+  for (const c of children) {
+    if (c.exitCode === null && c.signalCode === null) {
+      c.kill('SIGKILL');
+      await new Promise((r) => c.once('exit', r));
+    }
+  }
+}

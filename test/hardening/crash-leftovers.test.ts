@@ -17,7 +17,7 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CLI, CHILD_ENV, runCli } from '../cli.js';
+import { CLI, CHILD_ENV, runCli, killChildren } from '../cli.js';
 import { hugePool } from '../../src/memory/hugepages.js';
 import { spawnEmu, type EmuChild } from '../../lib/emudev/spawn.js';
 import { NR_HUGEPAGES_2M, readNrHugepages, unmountAndRemove } from '../hugetlbfs.js';
@@ -34,12 +34,7 @@ let added = 0;
 
 if (!skip) {
   t.teardown(async () => {
-    for (const c of children) {
-      if (c.exitCode === null && c.signalCode === null) {
-        c.kill('SIGKILL');
-        await new Promise((r) => c.once('exit', r));
-      }
-    }
+    await killChildren(children);
     unmountAndRemove(DIR); // removes whatever files are left with the mount
     if (added > 0) writeFileSync(NR_HUGEPAGES_2M, String(Math.max(0, readNrHugepages() - added)));
   });

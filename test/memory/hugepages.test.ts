@@ -20,6 +20,7 @@ import { hugePool, hugeMounts } from '../../src/memory/hugepages.js';
 import { iovaAt } from '../../src/memory/segment.js';
 import { siblingModule } from '../../src/lcore/lcores.js';
 import { NR_HUGEPAGES_2M, readNrHugepages, unmountAndRemove } from '../hugetlbfs.js';
+import { killChildren } from '../cli.js';
 
 const MB = 2 ** 20;
 const PAGE = 2 * MB;
@@ -37,16 +38,10 @@ const SMALL = `${DIR}-small`;
 const children = new Set<ChildProcess>();
 let added = 0;
 
-
 if (!skip) {
   // Everything below is undone in this teardown, whatever fails in between.
   t.teardown(async () => {
-    for (const c of children) {
-      if (c.exitCode === null && c.signalCode === null) {
-        c.kill('SIGKILL');
-        await new Promise((r) => c.once('exit', r));
-      }
-    }
+    await killChildren(children);
     unmountAndRemove(DIR);
     unmountAndRemove(SMALL);
     if (added > 0) writeFileSync(NR_HUGEPAGES_2M, String(Math.max(0, readNrHugepages() - added)));
