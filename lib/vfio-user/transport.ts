@@ -217,9 +217,11 @@ export class Channel {
 
   /**
    * The next whole message if one is buffered or can be read without blocking; null otherwise.
-   * Throws PeerClosedError at EOF and a fatal ProtocolError for broken framing.
+   * Throws PeerClosedError at EOF or after close() and a fatal ProtocolError for broken framing.
    */
   receive(): Message | null {
+    // After close() the fd number may already belong to another socket: never read it again.
+    if (this.closedFlag) throw new PeerClosedError(`${this.name} (closed by this side)`);
     for (;;) {
       const m = this.extract();
       if (m) return m;
