@@ -14,6 +14,8 @@ export const MAX_QUEUES = 64;
 
 // Per-RX-queue counters (float64 index inside the queue's block).
 export const RXQ_PACKETS = 0, RXQ_BYTES = 1, RXQ_ERRORS = 2, RXQ_MISSED = 3, RXQ_NOMBUF = 4;
+/** Per-RX-queue: interrupts the queue delivered while armed (counted by its RxInterrupt.disable()). */
+export const RXQ_INTERRUPTS = 5;
 const RXQ_STRIDE = 8;
 // Per-TX-queue counters.
 export const TXQ_PACKETS = 0, TXQ_BYTES = 1, TXQ_ERRORS = 2;
@@ -59,6 +61,8 @@ export interface PortConf {
   txQueues: number;
   mtu?: number;
   promiscuous?: boolean;
+  /** interrupts wanted (rte_eth_conf.intr_conf): per-RX-queue interrupts, link-state-change events */
+  intr?: { rxq?: boolean; lsc?: boolean };
 }
 
 /** Link state (rte_eth_link). */
@@ -88,6 +92,25 @@ export interface PortStats {
 export interface RxQueue {
   /** Receive up to n packets into out[0..]; returns how many (mbuf handles). */
   rxBurst(out: Uint32Array, n: number): number;
+  /** The queue's Rx interrupt, when the port was configured with intr.rxq and the driver has one. */
+  readonly intr?: RxInterrupt;
+}
+
+/**
+ * An RX queue's interrupt, used from the lcore that owns the queue (rte_eth_dev_rx_intr_enable /
+ * _disable + epoll, as in DPDK's l3fwd-power): arm it, sleep in poll(2) on fd, disarm, poll again.
+ */
+export interface RxInterrupt {
+  /** the fd that turns readable (POLLIN) when a packet arrives while the interrupt is armed */
+  readonly fd: number;
+  /**
+   * Arm the interrupt (rte_eth_dev_rx_intr_enable). Returns false when packets are already
+   * waiting (the caller polls instead of sleeping): arming and checking close the race with a
+   * packet that arrived just before.
+   */
+  enable(): boolean;
+  /** Disarm it and consume what fd signalled, counting it in RXQ_INTERRUPTS (rte_eth_dev_rx_intr_disable). */
+  disable(): void;
 }
 
 /** Data half of a TX queue. */
@@ -131,6 +154,7 @@ export abstract class EthDev {
   protected readonly rxDesc: number[] = [];
   protected readonly txDesc: number[] = [];
   private state: State = 'probed';
+  private readonly linkListeners = new Set<(link: LinkStatus) => void>();
   private baseline = new Float64Array(STATS_WORDS);
   private promisc = false;
 
@@ -162,6 +186,23 @@ export abstract class EthDev {
   protected onPromiscuous(_on: boolean): void {}
   /** Refresh counters that come from outside the data path (e.g. kernel drops) before reading. */
   protected refreshStats(): void {}
+
+  /**
+   * Call fn with the new link state on every link-state change the device signals
+   * (RTE_ETH_EVENT_INTR_LSC; needs intr.lsc in the configuration and a driver with the
+   * "lsc-interrupt" capability). Returns a function that removes fn.
+   */
+  onLinkChange(fn: (link: LinkStatus) => void): () => void {
+    this.linkListeners.add(fn);
+    return () => { this.linkListeners.delete(fn); };
+  }
+
+  /** Drivers call this from their link-state-change interrupt handler (main thread). */
+  protected linkChanged(): void {
+    if (this.linkListeners.size === 0) return;
+    const l = this.link();
+    for (const fn of [...this.linkListeners]) fn(l);
+  }
 
   /** Current state: probed, configured, started, stopped or closed. */
   get status(): State {
@@ -313,7 +354,11 @@ export abstract class EthDev {
       rx_good_packets: s.ipackets, tx_good_packets: s.opackets, rx_good_bytes: s.ibytes, tx_good_bytes: s.obytes,
       rx_missed_errors: s.imissed, rx_errors: s.ierrors, tx_errors: s.oerrors, rx_mbuf_allocation_errors: s.rx_nombuf,
     };
-    s.q_ipackets.forEach((n, q) => { out[`rx_q${q}_packets`] = n; out[`rx_q${q}_bytes`] = s.q_ibytes[q]; });
+    s.q_ipackets.forEach((n, q) => {
+      out[`rx_q${q}_packets`] = n;
+      out[`rx_q${q}_bytes`] = s.q_ibytes[q];
+      if (this.conf?.intr?.rxq) out[`rx_q${q}_interrupts`] = this.counters[rxqStatsBase(q) + RXQ_INTERRUPTS] - this.baseline[rxqStatsBase(q) + RXQ_INTERRUPTS];
+    });
     s.q_opackets.forEach((n, q) => { out[`tx_q${q}_packets`] = n; out[`tx_q${q}_bytes`] = s.q_obytes[q]; });
     this.xstatNames().forEach((name, i) => { out[name] = this.counters[xstatIndex(i)] - this.baseline[xstatIndex(i)]; });
     return out;
