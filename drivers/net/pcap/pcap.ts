@@ -1,0 +1,290 @@
+/**
+ * net_pcap: a port whose RX reads packets from a capture file or a kernel interface and whose TX
+ * writes them to a capture file or a kernel interface, like DPDK's net_pcap (without libpcap: the
+ * file formats are lib/pcap's, the interfaces are plain AF_PACKET sockets).
+ *
+ * `--vdev net_pcapN[,rx_pcap=FILE][,tx_pcap=FILE][,rx_iface=IF][,tx_iface=IF][,iface=IF][,infinite_rx=0|1]`
+ *
+ * - rx_pcap: a pcap (either byte order, micro- or nanosecond) or pcapng file, read whole at probe
+ *   into shared memory; RX hands its packets out in file order, once (at the end of the file RX
+ *   returns 0 for ever, as DPDK's does), or round and round with infinite_rx=1.
+ * - tx_pcap: created (or truncated) at the first start; classic pcap, nanosecond timestamps
+ *   (magic a1b23c4d), snaplen 65535, LINKTYPE_ETHERNET; written through a 1 MiB buffer, flushed
+ *   at stop and closed at close. A restarted port appends to the same file.
+ * - iface / rx_iface / tx_iface: an AF_PACKET socket on the interface (one syscall per packet, as
+ *   libpcap's live capture); RX sees the frames the interface receives (not the ones it sends).
+ * - Without an RX source the port receives nothing; without a TX sink it drops what it is given
+ *   (counted as sent), like DPDK's net_pcap with rx_pcap only.
+ */
+import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
+import * as os from '../../../src/os/libc.js';
+import { OsError } from '../../../src/os/libc.js';
+import { UsageError } from '../../../src/options.js';
+import { log } from '../../../src/log.js';
+import { EthDev, type DevInfo, type LinkStatus, parseMac } from '../../../lib/ethdev/ethdev.js';
+import { registerVdevDriver } from '../../bus/vdev/vdev.js';
+import { devargsError } from '../../../lib/kvargs/kvargs.js';
+import { siblingModule } from '../../../src/lcore/lcores.js';
+import { LINKTYPE_ETHERNET, PcapFormatError, pcapFileHeader, readCaptureFile } from '../../../lib/pcap/pcap.js';
+import { TX_FILL, TX_CTL_WORDS, type PcapRxData, type PcapTxData } from './pcap_data.js';
+
+const DATA = siblingModule(import.meta.url, 'pcap_data');
+const SOL_PACKET = 263, PACKET_ADD_MEMBERSHIP = 1, PACKET_MR_PROMISC = 1, PACKET_IGNORE_OUTGOING = 23;
+const ETH_P_ALL_BE = 0x0300; // htons(ETH_P_ALL)
+/** TX snap length: frames longer are cut in the file (their original length is kept). */
+export const PCAP_TX_SNAPLEN = 65535;
+const TX_BUFFER = 1 << 20;
+
+/** Where a port's packets come from and go to. */
+export interface PcapOptions {
+  rxPcap?: string;
+  txPcap?: string;
+  rxIface?: string;
+  txIface?: string;
+  infiniteRx: boolean;
+}
+
+/** A capture file's packets laid out for the data path: bytes, and (offset, length) pairs. */
+interface RxFile {
+  bytes: SharedArrayBuffer;
+  index: SharedArrayBuffer;
+  count: number;
+  pos: SharedArrayBuffer;
+}
+
+/** Read an interface's sysfs attribute, or null. */
+function netAttr(iface: string, attr: string): string | null {
+  try {
+    return readFileSync(`/sys/class/net/${iface}/${attr}`, 'utf8').trim();
+  } catch {
+    return null;
+  }
+}
+
+/** Load a capture file for RX: every packet must be an Ethernet frame. */
+function loadRxFile(name: string, path: string): RxFile {
+  let ix;
+  try {
+    ix = readCaptureFile(path);
+  } catch (e) {
+    if (e instanceof PcapFormatError) throw new UsageError(`--vdev ${name}: rx_pcap=${e.message}`);
+    throw e;
+  }
+  let total = 0;
+  for (let i = 0; i < ix.count; i++) {
+    if (ix.linktype[i] !== LINKTYPE_ETHERNET) {
+      throw new UsageError(`--vdev ${name}: rx_pcap=${path}: packet ${i + 1} has link type ${ix.linktype[i]}; net_pcap receives Ethernet frames only (link type 1): capture on an Ethernet interface, not "any"`);
+    }
+    total += (ix.capLen[i] + 7) & ~7;
+  }
+  // Each packet starts 8-byte aligned, as mbuf data does: copies then move u32 words.
+  const bytes = new SharedArrayBuffer(Math.max(total, 8));
+  const u8 = new Uint8Array(bytes);
+  const index = new SharedArrayBuffer(Math.max(ix.count, 1) * 8);
+  const idx = new Uint32Array(index);
+  let at = 0;
+  for (let i = 0; i < ix.count; i++) {
+    const off = ix.offset[i], len = ix.capLen[i];
+    u8.set(ix.bytes.subarray(off, off + len), at);
+    idx[2 * i] = at;
+    idx[2 * i + 1] = len;
+    at += (len + 7) & ~7;
+  }
+  return { bytes, index, count: ix.count, pos: new SharedArrayBuffer(8) };
+}
+
+/** A non-blocking AF_PACKET raw socket bound to ifindex (protocol 0: a TX-only socket receives nothing). */
+function packetSocket(ifindex: number, protocol: number): number {
+  let fd: number;
+  try {
+    fd = os.socket(os.AF_PACKET, os.SOCK_RAW | os.SOCK_NONBLOCK, protocol);
+  } catch (e) {
+    if (e instanceof OsError && (e.code === 'EPERM' || e.code === 'EACCES')) {
+      throw new Error('net_pcap iface= needs CAP_NET_RAW to open AF_PACKET sockets: run as root, or use rx_pcap=/tx_pcap= files');
+    }
+    throw e;
+  }
+  try {
+    const sll = new Uint8Array(20);
+    const dv = new DataView(sll.buffer);
+    dv.setUint16(0, os.AF_PACKET, true);
+    dv.setUint16(2, protocol, true); // already in network order
+    dv.setInt32(4, ifindex, true);
+    os.bind(fd, sll, `ifindex ${ifindex}`);
+    return fd;
+  } catch (e) {
+    os.close(fd);
+    throw e;
+  }
+}
+
+/** Control half of a net_pcap port. */
+export class PcapPort extends EthDev {
+  readonly opts: PcapOptions;
+  private readonly rxFile: RxFile | null;
+  private readonly rxIfindex: number;
+  private readonly txIfindex: number;
+  private rxFd = -1;
+  private txFd = -1;
+  /** the TX file: its fd (open from the first start to close), buffer and fill word */
+  private txFileFd = -1;
+  private readonly txBuf: SharedArrayBuffer | null;
+  private readonly txCtl: SharedArrayBuffer | null;
+
+  constructor(name: string, opts: PcapOptions) {
+    super(name);
+    this.opts = opts;
+    try {
+      const ifindex = (iface: string | undefined, key: string): number => {
+        if (iface === undefined) return -1;
+        try {
+          return os.ifNameToIndex(iface);
+        } catch {
+          throw new UsageError(`--vdev ${name}: ${key}=${iface}: no such interface (ip link show lists the interfaces)`);
+        }
+      };
+      this.rxIfindex = ifindex(opts.rxIface, 'rx_iface');
+      this.txIfindex = ifindex(opts.txIface, 'tx_iface');
+      this.rxFile = opts.rxPcap !== undefined ? loadRxFile(name, opts.rxPcap) : null;
+      this.txBuf = opts.txPcap !== undefined ? new SharedArrayBuffer(TX_BUFFER) : null;
+      this.txCtl = opts.txPcap !== undefined ? new SharedArrayBuffer(TX_CTL_WORDS * 4) : null;
+    } catch (e) {
+      this.close();
+      throw e;
+    }
+    if (this.rxFile) log('info', name, `rx_pcap ${opts.rxPcap}: ${this.rxFile.count} packets${opts.infiniteRx ? ', replayed for ever (infinite_rx)' : ''}`);
+  }
+
+  /** Driver facts: one queue pair (one file or interface per direction). */
+  info(): DevInfo {
+    return {
+      driverName: 'net_pcap', maxRxQueues: 1, maxTxQueues: 1, minMtu: 68, maxMtu: 9000,
+      minDesc: 1, maxDesc: 65536, capabilities: ['promiscuous'],
+    };
+  }
+
+  /** The RX interface's MAC with an interface, else a locally administered one ending in the port id. */
+  macAddr(): number[] {
+    const iface = this.opts.rxIface ?? this.opts.txIface;
+    const a = iface !== undefined ? netAttr(iface, 'address') : null;
+    return a ? parseMac(a) : [0x02, 0x70, 0x63, 0x61, 0x70, this.port & 0xff];
+  }
+
+  /** Up while started. */
+  link(): LinkStatus {
+    return { up: this.status === 'started', speedMbps: 10000, fullDuplex: true };
+  }
+
+  protected override onStart(): void {
+    try {
+      if (this.opts.txPcap !== undefined && this.txFileFd < 0) {
+        try {
+          this.txFileFd = openSync(this.opts.txPcap, 'w');
+        } catch (e) {
+          throw new Error(`port ${this.port} (${this.name}): cannot create tx_pcap=${this.opts.txPcap}: ${(e as Error).message} (check that the directory exists and is writable)`);
+        }
+        writeSync(this.txFileFd, pcapFileHeader(PCAP_TX_SNAPLEN, LINKTYPE_ETHERNET, true));
+        Atomics.store(new Int32Array(this.txCtl!), TX_FILL, 0);
+      }
+      if (this.rxIfindex >= 0) {
+        this.rxFd = packetSocket(this.rxIfindex, ETH_P_ALL_BE);
+        os.setsockoptInt(this.rxFd, SOL_PACKET, PACKET_IGNORE_OUTGOING, 1);
+        if (this.isPromiscuous) this.joinPromisc(this.rxFd, this.rxIfindex);
+      }
+      if (this.txIfindex >= 0) this.txFd = packetSocket(this.txIfindex, 0);
+    } catch (e) {
+      this.closeSockets();
+      throw e;
+    }
+  }
+
+  private joinPromisc(fd: number, ifindex: number): void {
+    const mreq = new Uint8Array(16);
+    const dv = new DataView(mreq.buffer);
+    dv.setInt32(0, ifindex, true);
+    dv.setUint16(4, PACKET_MR_PROMISC, true);
+    os.setsockopt(fd, SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq);
+  }
+
+  protected override onPromiscuous(on: boolean): void {
+    if (on && this.rxFd >= 0) this.joinPromisc(this.rxFd, this.rxIfindex);
+  }
+
+  /** Write what the TX queue buffered to the file (the lcores have stopped). */
+  private flushTx(): void {
+    if (this.txFileFd < 0) return;
+    const ctl = new Int32Array(this.txCtl!);
+    const fill = Atomics.load(ctl, TX_FILL);
+    const u8 = new Uint8Array(this.txBuf!);
+    for (let done = 0; done < fill;) done += writeSync(this.txFileFd, u8, done, fill - done);
+    Atomics.store(ctl, TX_FILL, 0);
+  }
+
+  protected override onStop(): void {
+    try {
+      this.flushTx();
+    } finally {
+      this.closeSockets();
+    }
+  }
+
+  protected override onClose(): void {
+    if (this.txFileFd < 0) return;
+    try {
+      this.flushTx();
+    } finally {
+      closeSync(this.txFileFd);
+      this.txFileFd = -1;
+    }
+  }
+
+  private closeSockets(): void {
+    if (this.rxFd >= 0) os.close(this.rxFd);
+    if (this.txFd >= 0) os.close(this.txFd);
+    this.rxFd = this.txFd = -1;
+  }
+
+  /** Packets RX has handed out of the file so far (all passes with infinite_rx). */
+  get rxFilePosition(): number {
+    return this.rxFile ? Atomics.load(new Int32Array(this.rxFile.pos), 0) : 0;
+  }
+
+  protected dataModule(): string {
+    return DATA;
+  }
+
+  protected rxqData(): PcapRxData {
+    const f = this.rxFile;
+    if (f) return { kind: 'file', bytes: f.bytes, index: f.index, count: f.count, pos: f.pos, infinite: this.opts.infiniteRx, fd: -1 };
+    return { kind: this.rxFd >= 0 ? 'iface' : 'none', count: 0, infinite: false, fd: this.rxFd };
+  }
+
+  protected txqData(): PcapTxData {
+    if (this.txBuf) return { kind: 'file', fd: this.txFileFd, buf: this.txBuf, ctl: this.txCtl!, snaplen: PCAP_TX_SNAPLEN };
+    return { kind: this.txFd >= 0 ? 'iface' : 'drop', fd: this.txFd, snaplen: PCAP_TX_SNAPLEN };
+  }
+}
+
+registerVdevDriver({
+  name: 'net_pcap',
+  description: 'RX from a pcap/pcapng file or an interface, TX to a pcap file or an interface',
+  schema: {
+    rx_pcap: { kind: 'string', placeholder: 'FILE', help: 'pcap or pcapng file whose packets RX delivers' },
+    tx_pcap: { kind: 'string', placeholder: 'FILE', help: 'pcap file TX writes (created or truncated)' },
+    rx_iface: { kind: 'string', placeholder: 'IFNAME', help: 'interface RX receives from (AF_PACKET)' },
+    tx_iface: { kind: 'string', placeholder: 'IFNAME', help: 'interface TX sends to (AF_PACKET)' },
+    iface: { kind: 'string', placeholder: 'IFNAME', help: 'interface for both RX and TX' },
+    infinite_rx: { kind: 'bool', default: false, help: '1: replay rx_pcap for ever instead of stopping at its end' },
+  },
+  probe: (name, args) => {
+    if (args.iface !== undefined && (args.rx_iface !== undefined || args.tx_iface !== undefined)) {
+      throw devargsError(args, 'iface', 'cannot be combined with rx_iface= or tx_iface= (iface= is both)');
+    }
+    const rxIface = args.rx_iface ?? args.iface, txIface = args.tx_iface ?? args.iface;
+    if (args.rx_pcap !== undefined && rxIface !== undefined) throw devargsError(args, 'rx_pcap', `and ${args.iface !== undefined ? 'iface' : 'rx_iface'}= both give RX a source: choose one`);
+    if (args.tx_pcap !== undefined && txIface !== undefined) throw devargsError(args, 'tx_pcap', `and ${args.iface !== undefined ? 'iface' : 'tx_iface'}= both give TX a sink: choose one`);
+    if (args.infinite_rx && args.rx_pcap === undefined) throw devargsError(args, 'infinite_rx', 'needs rx_pcap=FILE (it replays a file)');
+    if (args.rx_pcap === '' || args.tx_pcap === '') throw devargsError(args, args.rx_pcap === '' ? 'rx_pcap' : 'tx_pcap', 'needs a file name');
+    return new PcapPort(name, { rxPcap: args.rx_pcap, txPcap: args.tx_pcap, rxIface, txIface, infiniteRx: args.infinite_rx });
+  },
+});
