@@ -2,6 +2,7 @@
  * EAL command-line options in DPDK's spelling. `tspmd <app> [EAL options] -- [app options]`:
  * everything before "--" is parsed here, everything after it belongs to the application.
  */
+import { isIP } from 'node:net';
 import { parseSize } from './memory/hugepages.js';
 
 /** A command-line mistake: the message says what is wrong and how to fix it; apps exit with code 2. */
@@ -37,6 +38,12 @@ export interface EalOptions {
   devRoot: string;
   vfioMode: 'auto' | 'group' | 'iommufd';
   logLevel: string | null;
+  /** --no-telemetry: no DPDK telemetry v2 socket (runApp starts one by default) */
+  noTelemetry: boolean;
+  /** --metrics-port: serve Prometheus metrics over HTTP on this port (null: no metrics server) */
+  metricsPort: number | null;
+  /** --metrics-host: the address the metrics server listens on (default 127.0.0.1) */
+  metricsHost: string;
   help: boolean;
 }
 
@@ -51,7 +58,8 @@ export function defaultEalOptions(): EalOptions {
   return {
     lcores: null, mainLcore: null, memoryMb: 0, hugeDir: null, noHuge: false, inMemory: false,
     filePrefix: 'tsp', iovaMode: 'va', vdevs: [], allow: [], block: [], noPci: false,
-    sysfsRoot: '/sys', devRoot: '/dev', vfioMode: 'auto', logLevel: null, help: false,
+    sysfsRoot: '/sys', devRoot: '/dev', vfioMode: 'auto', logLevel: null,
+    noTelemetry: false, metricsPort: null, metricsHost: '127.0.0.1', help: false,
   };
 }
 
@@ -97,6 +105,16 @@ export const EAL_OPTIONS: readonly EalOptionSpec[] = [
   { names: ['--dev-root'], key: 'devRoot', value: 'DIR', help: 'find device nodes (vfio, iommu) in DIR (default: /dev)', apply: (o, v) => { o.devRoot = v; } },
   { names: ['--vfio-mode'], key: 'vfioMode', value: 'MODE', help: 'auto|group|iommufd (default: auto)', apply: (o, v, n) => { o.vfioMode = choice(n, v, ['auto', 'group', 'iommufd']); } },
   { names: ['--log-level'], key: 'logLevel', value: 'LEVEL', help: 'error|warn|info|debug (default: warn)', apply: (o, v, n) => { o.logLevel = choice(n, v, ['error', 'warn', 'info', 'debug']); } },
+  { names: ['--no-telemetry'], key: 'noTelemetry', value: null, help: 'no DPDK telemetry socket (default: <run dir>/dpdk/PREFIX/dpdk_telemetry.v2)', apply: (o) => { o.noTelemetry = true; } },
+  { names: ['--telemetry'], key: 'noTelemetry', value: null, help: 'serve the telemetry socket (the default; undoes --no-telemetry)', apply: (o) => { o.noTelemetry = false; } },
+  { names: ['--metrics-port'], key: 'metricsPort', value: 'PORT', help: 'serve Prometheus metrics at http://HOST:PORT/metrics (0: any free port)', apply: (o, v, n) => { o.metricsPort = intOption(n, v, 0, 65535); } },
+  {
+    names: ['--metrics-host'], key: 'metricsHost', value: 'ADDR', help: 'address of the metrics server (default: 127.0.0.1)',
+    apply: (o, v, n) => {
+      if (isIP(v) === 0 && v !== 'localhost') throw new UsageError(`${n} "${v}": expected an IP address such as 127.0.0.1 or ::1`);
+      o.metricsHost = v;
+    },
+  },
   { names: ['-h', '--help'], key: 'help', value: null, help: 'this help', apply: (o) => { o.help = true; } },
 ];
 
@@ -162,6 +180,7 @@ export function parseEalArgs(argv: readonly string[]): EalOptions {
   }
   if (o.noHuge && o.inMemory) throw new UsageError('--no-huge and --in-memory exclude each other: --in-memory uses hugepages without files');
   if (o.noHuge && o.hugeDir) throw new UsageError('--no-huge and --huge-dir exclude each other');
+  if (o.metricsHost !== '127.0.0.1' && o.metricsPort === null) throw new UsageError('--metrics-host needs --metrics-port PORT (the metrics server is off without a port)');
   if (o.mainLcore !== null && o.lcores !== null && !o.lcores.some((l) => l.id === o.mainLcore)) {
     throw new UsageError(`--main-lcore ${o.mainLcore} is not in the -l list ${o.lcores.map((l) => l.id).join(',')}`);
   }

@@ -1,6 +1,8 @@
 /**
  * What every tspmd application shares: `<app> [EAL options] -- [app options]` parsing, --help,
- * exit codes (2 for bad arguments, 1 for failures), EAL set-up and teardown. An app is one module:
+ * exit codes (2 for bad arguments, 1 for failures), EAL set-up and teardown, and the EAL's telemetry
+ * (the DPDK telemetry v2 socket unless --no-telemetry, Prometheus metrics with --metrics-port;
+ * docs/telemetry.md). An app is one module:
  * it exports its App object and its lcore functions, and ends with appMain(import.meta.url, app),
  * which runs it when the module is the program (`node l2fwd.js ...`) and does nothing when the
  * module is imported: by the tspmd command, or by an lcore worker loading its poll function.
@@ -11,6 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { isMainThread } from 'node:worker_threads';
 import { Eal } from '../../src/eal.js';
 import { parseEalArgs, splitArgs, ealOptionKey, UsageError, EAL_HELP, type EalOptions } from '../../src/options.js';
+import { startTelemetry } from '../telemetry/start.js';
 
 /** One application: its name, help text, option parser (required when it has options) and body. */
 export type App<O = void> = AppBody<O> & (void extends O ? { parse?(args: string[]): O } : { parse(args: string[]): O });
@@ -35,8 +38,8 @@ export async function runApp<O>(app: App<O>, argvIn: string[], prog: string = ap
   let opts: O;
   let ealOpts: EalOptions;
   const argv = app.ownFlags ? moveOwnFlags(argvIn, app.ownFlags) : argvIn;
+  const [ealArgs, appArgs] = splitArgs(argv);
   try {
-    const [ealArgs, appArgs] = splitArgs(argv);
     ealOpts = parseEalArgs(ealArgs);
     if (ealOpts.help || appArgs.includes('--help') || appArgs.includes('-h')) {
       const own = app.help ? `\n\n${app.name} options (after "--"):\n${app.help}` : '';
@@ -61,6 +64,14 @@ export async function runApp<O>(app: App<O>, argvIn: string[], prog: string = ap
   } catch (e) {
     console.error(`${prog}: ${(e as Error).message}`);
     return e instanceof UsageError ? 2 : 1;
+  }
+  try {
+    // DPDK's rte_eal_init starts telemetry too; a failure here names the fix (--no-telemetry, another prefix or port).
+    await startTelemetry(eal, { prog, ealArgs, appArgs });
+  } catch (e) {
+    console.error(`${prog}: ${(e as Error).message}`);
+    await eal.close().catch((e2: unknown) => console.error(`${prog}: while closing: ${(e2 as Error).message}`));
+    return 1;
   }
   try {
     return await app.main(eal, opts);
