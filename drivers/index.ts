@@ -5,4 +5,5 @@ import './net/af_packet/af_packet.js';
 import './net/tap/tap.js';
 import './net/pcap/pcap.js';
 import './net/virtio/virtio.js';
+import './net/igb/igb.js';
 import './raw/dmatest/pci.js';

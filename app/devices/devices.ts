@@ -31,6 +31,8 @@ export interface DeviceRow {
   kernel_driver: string | null;
   vfio_mode: 'group' | 'iommufd' | null;
   device_api?: string;
+  /** the tspmd driver whose id table matches (it probes the device unless skip_reason says why not), or null */
+  driver: string | null;
   skip_reason: string | null;
 }
 
@@ -44,7 +46,7 @@ export function deviceRows(pci: PciDeviceStatus[], mdevs: MdevStatus[], vfioUser
     if (s.dev.bus !== 'pci') continue;
     rows.push({
       bus: 'pci', addr: s.dev.addr, vendor: hex(s.dev.id.vendor, 4), device: hex(s.dev.id.device, 4), class: hex(s.dev.id.classCode, 6),
-      iommu_group: s.dev.iommuGroup, kernel_driver: s.dev.kernelDriver, vfio_mode: s.vfioMode, skip_reason: s.skipReason,
+      iommu_group: s.dev.iommuGroup, kernel_driver: s.dev.kernelDriver, vfio_mode: s.vfioMode, driver: s.driver?.name ?? null, skip_reason: s.skipReason,
     });
   }
   for (const v of vfioUser) {
@@ -52,7 +54,7 @@ export function deviceRows(pci: PciDeviceStatus[], mdevs: MdevStatus[], vfioUser
     rows.push({
       bus: 'vfio-user', addr: v.addr,
       vendor: p ? hex(p.dev.id.vendor, 4) : null, device: p ? hex(p.dev.id.device, 4) : null, class: p ? hex(p.dev.id.classCode, 6) : null,
-      iommu_group: null, kernel_driver: null, vfio_mode: null, skip_reason: p ? p.skipReason : v.skipReason,
+      iommu_group: null, kernel_driver: null, vfio_mode: null, driver: p?.driver?.name ?? null, skip_reason: p ? p.skipReason : v.skipReason,
     });
   }
   for (const m of mdevs) {
@@ -61,7 +63,7 @@ export function deviceRows(pci: PciDeviceStatus[], mdevs: MdevStatus[], vfioUser
       bus: 'mdev', addr: m.dev.uuid,
       vendor: p ? hex(p.dev.id.vendor, 4) : null, device: p ? hex(p.dev.id.device, 4) : null, class: p ? hex(p.dev.id.classCode, 6) : null,
       iommu_group: m.dev.iommuGroup, kernel_driver: m.dev.kernelDriver, vfio_mode: p ? p.vfioMode ?? m.vfioMode : m.vfioMode,
-      device_api: m.dev.deviceApi, skip_reason: p ? p.skipReason : m.skipReason,
+      device_api: m.dev.deviceApi, driver: p?.driver?.name ?? null, skip_reason: p ? p.skipReason : m.skipReason,
     });
   }
   return rows;
@@ -75,7 +77,7 @@ export function formatTable(rows: DeviceRow[]): string {
     r.bus, r.addr + (r.device_api ? ` (${r.device_api})` : ''),
     r.vendor && r.device ? `${r.vendor.slice(2)}:${r.device.slice(2)}` : '-', r.class ?? '-',
     r.iommu_group === null ? '-' : String(r.iommu_group), r.kernel_driver ?? '-', r.vfio_mode ?? '-',
-    r.skip_reason === null ? 'will be probed' : `skipped: ${r.skip_reason}`,
+    r.skip_reason === null ? `will be probed${r.driver ? ` by ${r.driver}` : ''}` : `skipped: ${r.skip_reason}`,
   ]);
   const widths = head.map((h, i) => Math.max(h.length, ...cells.map((c) => (i === head.length - 1 ? 0 : c[i].length))));
   const line = (c: string[]) => c.map((x, i) => (i === c.length - 1 ? x : x.padEnd(widths[i]))).join('  ');

@@ -50,16 +50,16 @@ t.test('--json: one JSON array line of the contract\'s shape', async (t) => {
   t.equal(lines.length, 1, 'one line');
   const rows = JSON.parse(lines[0]) as DeviceRow[];
   t.ok(Array.isArray(rows));
-  const keys = ['bus', 'addr', 'vendor', 'device', 'class', 'iommu_group', 'kernel_driver', 'vfio_mode', 'skip_reason'];
+  const keys = ['bus', 'addr', 'vendor', 'device', 'class', 'iommu_group', 'kernel_driver', 'vfio_mode', 'driver', 'skip_reason'];
   for (const row of rows) t.same(Object.keys(row).sort(), (row.bus === 'mdev' ? [...keys, 'device_api'] : keys).sort(), `${row.addr}: keys`);
   const by = new Map(rows.map((x) => [x.addr, x]));
   t.same(by.get('0000:01:00.0'), {
     bus: 'pci', addr: '0000:01:00.0', vendor: '0x8086', device: '0x10fb', class: '0x020000', iommu_group: 12,
-    kernel_driver: 'vfio-pci', vfio_mode: 'iommufd', skip_reason: 'no tspmd driver for 8086:10fb (class 0x020000)',
+    kernel_driver: 'vfio-pci', vfio_mode: 'iommufd', driver: null, skip_reason: 'no tspmd driver for 8086:10fb (class 0x020000)',
   });
   t.same(by.get('0000:01:00.1'), {
     bus: 'pci', addr: '0000:01:00.1', vendor: '0x8086', device: '0x10fb', class: '0x020000', iommu_group: 13,
-    kernel_driver: 'ixgbe', vfio_mode: null,
+    kernel_driver: 'ixgbe', vfio_mode: null, driver: null,
     skip_reason: `bound to ixgbe; bind it to vfio-pci: modprobe vfio-pci; echo vfio-pci > ${fx.sysfs}/bus/pci/devices/0000:01:00.1/driver_override; ` +
       `echo 0000:01:00.1 > ${fx.sysfs}/bus/pci/drivers/ixgbe/unbind; echo 0000:01:00.1 > ${fx.sysfs}/bus/pci/drivers_probe`,
   });

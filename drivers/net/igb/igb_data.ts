@@ -1,0 +1,309 @@
+/**
+ * net_igb data path: rxBurst and txBurst on the 82576's advanced descriptor rings, rebuilt in the
+ * lcore that owns a queue (read top-down, like ixy's ixgbe driver).
+ *
+ * RX: every descriptor holds one mbuf of the queue's pool, posted with its packet address at the
+ * mbuf's data offset (header address 0, so the status word reads 0 until the NIC writes the
+ * descriptor back). A burst counts the descriptors with DD set, allocates that many replacements
+ * in one pktmbufAllocInit, hands the filled mbufs out, reposts the descriptors with the
+ * replacements and moves the tail (RDT) once. No replacement, no receive: packets wait in the ring.
+ *
+ * TX: one advanced data descriptor per segment, report-status on every descriptor, the mbuf kept
+ * at the packet's last descriptor; the tail (TDT) is written once per burst. Completed descriptors
+ * (DD written back) are cleaned at the start of the next burst, their mbufs freed in one
+ * pktmbufFreeBulk.
+ *
+ * Distrust: the NIC writes descriptors in DMA memory, so what the driver relies on lives in
+ * SharedArrayBuffers of this process: the mbuf behind each descriptor and the ring indices. A
+ * length larger than the buffer, an error bit or a descriptor without EOP (frames never span
+ * buffers: the buffer size covers the MTU) drops the frame and reposts its mbuf (counted as an
+ * error), never hands out a buffer the NIC did not fill.
+ *
+ * Faults: a TX ring that stops completing is checked against the NIC's head register (one MMIO
+ * read, only after STALL_BURSTS bursts without progress): when the head has passed descriptors
+ * whose write-back never arrived, the NIC's DMA failed (e.g. an IOMMU fault) and the queue is
+ * marked broken (IgbQueueState.BROKEN): bursts return 0 at once instead of spinning, and the
+ * control half reports the port as broken.
+ */
+import { MappedBar, type BarData } from '../../../src/iommu/bar.js';
+import { viewOf, readRaw, mmap, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS } from '../../../src/os/libc.js';
+import { Mempool } from '../../../lib/mempool/mempool.js';
+import { pktmbufAllocInit, pktmbufFreeBulk, pktmbufHeadroom, MBUF_NONE } from '../../../lib/mempool/mbuf.js';
+import { MbufView } from '../../../lib/mempool/mbuf_view.js';
+import {
+  type PortData, type RxQueue, type TxQueue, type RxInterrupt, rxqStatsBase, txqStatsBase,
+  RXQ_PACKETS, RXQ_BYTES, RXQ_ERRORS, RXQ_NOMBUF, RXQ_INTERRUPTS, TXQ_PACKETS, TXQ_BYTES, TXQ_ERRORS,
+} from '../../../lib/ethdev/ethdev.js';
+import * as R from './igb_regs.js';
+
+/** Words of a queue's state SharedArrayBuffer (Int32Array). */
+export const ST_NEXT = 0, ST_CLEAN = 1, ST_BROKEN = 2, ST_WORDS = 4;
+/** Bursts without TX progress before the head register is checked. */
+const STALL_BURSTS = 4096;
+
+/** What the control half hands a worker for one queue. */
+export interface IgbQueueData {
+  q: number;
+  /** ring memory: address, IOVA halves unused here, descriptor count */
+  va: bigint;
+  size: number;
+  /** BAR0 (the tail and interrupt registers are written through its mapping) */
+  bar: BarData;
+  /** the mbuf behind each descriptor (Uint32Array over it) */
+  mbufs: SharedArrayBuffer;
+  /** ST_* words */
+  state: SharedArrayBuffer;
+  /** RX: data bytes a buffer holds (SRRCTL's packet buffer size) */
+  bufLen: number;
+  /** RX: MSI-X vector bit and eventfd, when the port was configured with intr.rxq */
+  intr: { fd: number; bit: number } | null;
+  /** xstat slot counting DMA faults (TX), or -1 */
+  faultStat: number;
+}
+
+/** One view over a ring: descriptor words. */
+function ringWords(d: IgbQueueData): Uint32Array {
+  return new Uint32Array(viewOf(d.va, d.size * R.DESC_BYTES));
+}
+
+class IgbRx implements RxQueue {
+  readonly intr?: RxInterrupt;
+  private readonly ring: Uint32Array;
+  private readonly mbufs: Uint32Array;
+  private readonly state: Int32Array;
+  private readonly bar: MappedBar;
+  private readonly rdt: number;
+  private readonly mask: number;
+  private readonly size: number;
+  private readonly headroom: number;
+  private readonly portBuf: number;
+  private readonly dataRoom: number;
+  private readonly fresh: Uint32Array;
+  private readonly spare: Uint32Array;
+  private readonly v = new MbufView();
+  private next: number;
+
+  constructor(d: IgbQueueData, private readonly pool: Mempool, private readonly port: number, private readonly stats: Float64Array, private readonly s: number) {
+    this.ring = ringWords(d);
+    this.mbufs = new Uint32Array(d.mbufs);
+    this.state = new Int32Array(d.state);
+    this.bar = new MappedBar(d.bar);
+    this.rdt = R.rdt(d.q);
+    this.bar.check(this.rdt, 4);
+    this.size = d.size;
+    this.mask = d.size - 1;
+    this.headroom = pktmbufHeadroom(pool);
+    this.portBuf = MbufView.portBufWord(pool, port);
+    this.dataRoom = Math.min(d.bufLen, pool.userWord(1));
+    this.fresh = new Uint32Array(d.size);
+    this.spare = new Uint32Array(d.size);
+    this.next = Atomics.load(this.state, ST_NEXT);
+    if (d.intr) this.intr = new IgbRxInterrupt(d, this.bar, this.ring, this.state, stats, s);
+  }
+
+  rxBurst(out: Uint32Array, n: number): number {
+    const ring = this.ring, mask = this.mask;
+    // 1. how many descriptors are done (the NIC writes DD last)
+    let ready = 0;
+    for (let i = this.next; ready < n; i = (i + 1) & mask) {
+      if ((Atomics.load(ring, 4 * i + 2) & R.RXD_STAT_DD) === 0) break;
+      ready++;
+    }
+    if (ready === 0) return 0;
+    // 2. replacements first: without them the packets stay in the ring
+    if (!pktmbufAllocInit(this.pool, this.fresh, ready, 0, 0, this.port)) {
+      this.stats[this.s + RXQ_NOMBUF] += ready;
+      return 0;
+    }
+    const v = this.v, mbufs = this.mbufs, fresh = this.fresh, spare = this.spare, room = this.headroom, dataRoom = this.dataRoom;
+    let got = 0, bytes = 0, errors = 0, i = this.next;
+    for (let k = 0; k < ready; k++, i = (i + 1) & mask) {
+      const w = 4 * i;
+      const status = ring[w + 2], len = ring[w + 3] & 0xffff, m = mbufs[i];
+      if ((status & R.RXD_STAT_EOP) === 0 || (status & R.RXD_ERR_MASK) !== 0 || len === 0 || len > dataRoom) {
+        // drop: the same mbuf is posted again, its replacement goes back to the pool
+        spare[errors++] = fresh[k];
+      } else {
+        v.at(m).rearm(room, len, this.portBuf);
+        v.pktLen = len;
+        v.hash = ring[w + 1];
+        out[got++] = m;
+        bytes += len;
+        mbufs[i] = fresh[k];
+      }
+      // repost: packet address at the data offset, header address 0 (clears the status word)
+      v.at(mbufs[i]).storeIova(ring, w, room);
+      ring[w + 2] = 0;
+      ring[w + 3] = 0;
+    }
+    if (errors > 0) {
+      this.pool.freeBulk(spare, errors, 0);
+      this.stats[this.s + RXQ_ERRORS] += errors;
+    }
+    this.next = i;
+    Atomics.store(this.state, ST_NEXT, i);
+    // the tail is the last descriptor the NIC may fill: one behind the next one we will read
+    this.bar.write32(this.rdt, (i + this.size - 1) & mask);
+    if (got > 0) {
+      this.stats[this.s + RXQ_PACKETS] += got;
+      this.stats[this.s + RXQ_BYTES] += bytes;
+    }
+    return got;
+  }
+
+}
+
+/**
+ * An RX queue's MSI-X interrupt: EICR and EIMS/EIMC are write-one registers, so lcores arming
+ * different queues never race on a read-modify-write. Arming clears a stale cause first (a cause
+ * set while masked would fire at once), then unmasks, then looks at the next descriptor: a packet
+ * written back before the unmask is reported instead of slept on.
+ */
+class IgbRxInterrupt implements RxInterrupt {
+  readonly fd: number;
+  private readonly bit: number;
+  private readonly scratch: number;
+  private readonly scratchU32: Uint32Array;
+
+  constructor(d: IgbQueueData, private readonly bar: MappedBar, private readonly ring: Uint32Array, private readonly state: Int32Array, private readonly stats: Float64Array, private readonly s: number) {
+    this.fd = d.intr!.fd;
+    this.bit = d.intr!.bit;
+    bar.check(R.EICR, 4);
+    bar.check(R.EIMS, 4);
+    bar.check(R.EIMC, 4);
+    // eventfd reads land in a page of our own (the data path does not allocate)
+    this.scratch = Number(mmap(0n, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+    this.scratchU32 = new Uint32Array(viewOf(BigInt(this.scratch), 8));
+  }
+
+  enable(): boolean {
+    this.bar.write32(R.EICR, this.bit);
+    this.bar.write32(R.EIMS, this.bit);
+    const next = Atomics.load(this.state, ST_NEXT);
+    return (Atomics.load(this.ring, 4 * next + 2) & R.RXD_STAT_DD) === 0;
+  }
+
+  disable(): void {
+    this.bar.write32(R.EIMC, this.bit);
+    if (readRaw(this.fd, this.scratch, 8) === 8) this.stats[this.s + RXQ_INTERRUPTS] += this.scratchU32[0];
+  }
+}
+
+class IgbTx implements TxQueue {
+  private readonly ring: Uint32Array;
+  private readonly mbufs: Uint32Array;
+  private readonly state: Int32Array;
+  private readonly bar: MappedBar;
+  private readonly tdt: number;
+  private readonly tdh: number;
+  private readonly mask: number;
+  private readonly done: Uint32Array;
+  private readonly v = new MbufView();
+  private readonly faultStat: number;
+  private next: number;
+  private clean: number;
+  private stalled = 0;
+
+  constructor(d: IgbQueueData, private readonly stats: Float64Array, private readonly s: number) {
+    this.ring = ringWords(d);
+    this.mbufs = new Uint32Array(d.mbufs);
+    this.state = new Int32Array(d.state);
+    this.bar = new MappedBar(d.bar);
+    this.tdt = R.tdt(d.q);
+    this.tdh = R.tdh(d.q);
+    this.bar.check(this.tdt, 4);
+    this.bar.check(this.tdh, 4);
+    this.mask = d.size - 1;
+    this.done = new Uint32Array(d.size);
+    this.faultStat = d.faultStat;
+    this.next = Atomics.load(this.state, ST_NEXT);
+    this.clean = Atomics.load(this.state, ST_CLEAN);
+  }
+
+  txBurst(pkts: Uint32Array, n: number, off = 0): number {
+    if (this.state[ST_BROKEN] !== 0) return 0;
+    const cleaned = this.cleanDone();
+    const ring = this.ring, mask = this.mask, v = this.v;
+    // one slot stays empty: head == tail means an empty ring to the NIC
+    let free = (this.clean - this.next - 1) & mask;
+    let i = this.next, k = 0, bytes = 0;
+    for (; k < n; k++) {
+      const m = pkts[off + k];
+      const segs = v.at(m).nbSegs;
+      if (segs > free) break;
+      const total = v.pktLen;
+      let seg = m;
+      for (let j = 0; j < segs; j++) {
+        v.at(seg);
+        const w = 4 * i, last = j === segs - 1;
+        v.storeIova(ring, w, v.dataOff);
+        ring[w + 2] = (v.dataLen | R.TXD_DTYP_DATA | R.TXD_CMD_DEXT | R.TXD_CMD_IFCS | R.TXD_CMD_RS | (last ? R.TXD_CMD_EOP : 0)) >>> 0;
+        ring[w + 3] = j === 0 ? total << R.TXD_PAYLEN_SHIFT : 0;
+        // the packet's mbuf rides on its last descriptor: it is freed once that one is done
+        this.mbufs[i] = last ? m : MBUF_NONE;
+        seg = v.next;
+        i = (i + 1) & mask;
+      }
+      free -= segs;
+      bytes += total;
+    }
+    if (k > 0) {
+      this.next = i;
+      Atomics.store(this.state, ST_NEXT, i);
+      this.bar.write32(this.tdt, i);
+      this.stats[this.s + TXQ_PACKETS] += k;
+      this.stats[this.s + TXQ_BYTES] += bytes;
+      this.stalled = 0;
+    } else if (cleaned === 0 && this.clean !== this.next && ++this.stalled >= STALL_BURSTS) {
+      this.stalled = 0;
+      this.checkFault();
+    }
+    return k;
+  }
+
+  /** Free the mbufs of descriptors the NIC has completed; returns how many descriptors were cleaned. */
+  private cleanDone(): number {
+    const ring = this.ring, mask = this.mask, mbufs = this.mbufs, done = this.done;
+    let c = this.clean, nfree = 0, count = 0;
+    while (c !== this.next && (Atomics.load(ring, 4 * c + 3) & R.TXD_STAT_DD) !== 0) {
+      const m = mbufs[c];
+      if (m !== MBUF_NONE) {
+        done[nfree++] = m;
+        mbufs[c] = MBUF_NONE;
+      }
+      c = (c + 1) & mask;
+      count++;
+    }
+    if (count === 0) return 0;
+    if (nfree > 0) pktmbufFreeBulk(done, nfree, 0);
+    this.clean = c;
+    Atomics.store(this.state, ST_CLEAN, c);
+    return count;
+  }
+
+  /**
+   * The ring made no progress for a while: if the NIC's head has moved past the oldest pending
+   * descriptor while its write-back never came, the NIC's DMA is failing: mark the queue broken.
+   */
+  private checkFault(): void {
+    const head = this.bar.read32(this.tdh) & 0xffff;
+    const pending = (this.next - this.clean) & this.mask;
+    const consumed = (head - this.clean) & this.mask;
+    if (consumed === 0 || consumed > pending) return;
+    if ((Atomics.load(this.ring, 4 * this.clean + 3) & R.TXD_STAT_DD) !== 0) return;
+    Atomics.store(this.state, ST_BROKEN, 1);
+    this.stats[this.s + TXQ_ERRORS] += pending;
+    if (this.faultStat >= 0) this.stats[this.faultStat] += 1;
+  }
+}
+
+/** Rebuild RX queue q in this lcore. */
+export function openRxQueue(port: PortData, q: number, stats: Float64Array): RxQueue {
+  const d = port.rxq[q] as IgbQueueData;
+  return new IgbRx(d, Mempool.attach(port.rxPools[q]), port.port, stats, rxqStatsBase(q));
+}
+
+/** Rebuild TX queue q in this lcore. */
+export function openTxQueue(port: PortData, q: number, stats: Float64Array): TxQueue {
+  return new IgbTx(port.txq[q] as IgbQueueData, stats, txqStatsBase(q));
+}
