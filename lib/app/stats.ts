@@ -1,6 +1,8 @@
 /**
- * Live port statistics for the apps: a periodic table (RX/TX packets, drops, Rx-pps/Tx-pps per
- * port) and the final summary, as text or as one JSON line.
+ * Live port statistics for the apps: a periodic table like testpmd's port statistics (RX/TX
+ * packets, RX-missed, RX-errors, TX-errors, not sent, Rx-pps/Tx-pps per port), redrawn in place
+ * on a terminal and printed as plain lines otherwise, and the final summary, as text or as one
+ * JSON line (whose fields are a contract: tests and benchmarks parse them).
  */
 import type { EthDev, PortStats } from '../ethdev/ethdev.js';
 
@@ -35,9 +37,19 @@ export class StatsReporter {
   private seconds: number[] = [];
   private sampler: NodeJS.Timeout | null = null;
   private lastSample = { t: 0, rx: 0 };
+  /** whether out is a terminal: the table is then redrawn in place */
+  private readonly tty: boolean;
+  /** lines of the table on screen (TTY only), to move back over */
+  private shownLines = 0;
 
-  /** drops(i) reads the app's drop counter for ports[i]. */
-  constructor(private readonly ports: EthDev[], private readonly drops: (i: number) => number, private readonly out: NodeJS.WritableStream = process.stdout) {}
+  /**
+   * drops(i) reads the app's counter of packets it had to free for ports[i] because a TX queue was
+   * full (shown as "not sent"; the summary's "dropped"). out is where the table goes; a TTY (isTTY)
+   * gets it redrawn in place.
+   */
+  constructor(private readonly ports: EthDev[], private readonly drops: (i: number) => number, private readonly out: NodeJS.WritableStream = process.stdout) {
+    this.tty = (out as { isTTY?: boolean }).isTTY === true;
+  }
 
   /** Mark the start of forwarding (zeroes port statistics) and print every periodS seconds (0: never). */
   start(periodS: number): void {
@@ -68,24 +80,30 @@ export class StatsReporter {
     this.timer = this.sampler = null;
   }
 
-  /** Print the live table once. */
+  /** Print the live table once: in place on a TTY (the previous table is redrawn), as new lines otherwise. */
   print(): void {
     const now = performance.now();
-    const dt = (now - this.lastT) / 1000;
-    const lines = [`\nPort statistics (${((now - this.startT) / 1000).toFixed(1)} s)`];
-    lines.push(`${'port'.padEnd(5)}${'name'.padEnd(20)}${'RX packets'.padStart(15)}${'TX packets'.padStart(15)}${'dropped'.padStart(15)}${'missed'.padStart(12)}${'Rx-pps'.padStart(13)}${'Tx-pps'.padStart(13)}`);
-    let trx = 0, ttx = 0;
-    this.ports.forEach((p, i) => {
+    const dt = Math.max(1e-3, (now - this.lastT) / 1000);
+    const rows: LiveRow[] = this.ports.map((p, i) => {
       const s = p.stats();
-      const rxpps = (s.ipackets - this.last[i].rx) / dt, txpps = (s.opackets - this.last[i].tx) / dt;
-      trx += rxpps;
-      ttx += txpps;
+      const row: LiveRow = {
+        port: p.port, name: p.name, rxPackets: s.ipackets, rxMissed: s.imissed, rxErrors: s.ierrors, txPackets: s.opackets,
+        txErrors: s.oerrors, notSent: this.drops(i), rxPps: (s.ipackets - this.last[i].rx) / dt, txPps: (s.opackets - this.last[i].tx) / dt,
+      };
       this.last[i] = { rx: s.ipackets, tx: s.opackets };
-      lines.push(`${String(p.port).padEnd(5)}${shortName(p.name, 19).padEnd(20)}${fmt(s.ipackets, 15)}${fmt(s.opackets, 15)}${fmt(this.drops(i), 15)}${fmt(s.imissed, 12)}${fmt(Math.round(rxpps), 13)}${fmt(Math.round(txpps), 13)}`);
+      return row;
     });
-    lines.push(`total: Rx-pps ${Math.round(trx).toLocaleString('en-US')}  Tx-pps ${Math.round(ttx).toLocaleString('en-US')}`);
     this.lastT = now;
-    this.out.write(lines.join('\n') + '\n');
+    const columns = this.tty ? (this.out as { columns?: number }).columns ?? 80 : Infinity;
+    const lines = formatLiveTable(rows, (now - this.startT) / 1000, columns);
+    if (this.tty) {
+      // Back to the first line of the previous table, clear to the end of the screen, draw again.
+      const up = this.shownLines > 0 ? `\x1b[${this.shownLines}F\x1b[J` : '';
+      this.out.write(up + lines.join('\n') + '\n');
+      this.shownLines = lines.length;
+      return;
+    }
+    this.out.write('\n' + lines.join('\n') + '\n');
   }
 
   /** The summary of the whole run. */
@@ -114,10 +132,66 @@ export class StatsReporter {
     }
     const lines = [`\n${s.app} summary: ${s.elapsed_s} s, RX ${s.total_rx_mpps} Mpps, TX ${s.total_tx_mpps} Mpps`];
     for (const p of s.ports) {
-      lines.push(`  port ${p.port} (${p.name}): RX ${p.ipackets} pkts / ${p.ibytes} B, TX ${p.opackets} pkts / ${p.obytes} B, dropped ${p.dropped}, missed ${p.imissed}, rx errors ${p.ierrors}, tx errors ${p.oerrors}, no mbuf ${p.rx_nombuf}`);
+      lines.push(`  port ${p.port} (${p.name}): RX ${p.ipackets} pkts / ${p.ibytes} B, TX ${p.opackets} pkts / ${p.obytes} B, not sent ${p.dropped} (TX full), missed ${p.imissed}, rx errors ${p.ierrors}, tx errors ${p.oerrors}, no mbuf ${p.rx_nombuf}`);
     }
     this.out.write(lines.join('\n') + '\n');
   }
+}
+
+/** One port's line of the live table. */
+export interface LiveRow {
+  port: number;
+  name: string;
+  rxPackets: number;
+  rxMissed: number;
+  rxErrors: number;
+  txPackets: number;
+  txErrors: number;
+  /** packets the app freed because a TX queue was full (the summary's "dropped") */
+  notSent: number;
+  rxPps: number;
+  txPps: number;
+}
+
+/** What "not sent" means, printed under the live table. */
+export const NOT_SENT_LEGEND = 'not sent: freed because a TX queue was full (l2fwd: counted on the RX port)';
+
+/** Width of the one-line-per-port table; narrower terminals get two lines per port. */
+export const WIDE_TABLE_COLUMNS = 128;
+
+/**
+ * The live table's lines, like testpmd's port statistics: per port the RX and TX totals, RX-missed
+ * (the device had no room), RX-errors, TX-errors, not sent (TX queue full), and the Rx-pps/Tx-pps
+ * of the last period; then the totals and the legend. With columns (a terminal's width) below
+ * WIDE_TABLE_COLUMNS each port takes two lines (RX, then TX) that fit 80 columns.
+ */
+export function formatLiveTable(rows: readonly LiveRow[], elapsedS: number, columns = Infinity): string[] {
+  const lines = [`Port statistics (${elapsedS.toFixed(1)} s)`];
+  const wide = columns >= WIDE_TABLE_COLUMNS;
+  if (wide) {
+    lines.push(`${'port'.padEnd(5)}${'name'.padEnd(20)}${'RX-packets'.padStart(15)}${'RX-missed'.padStart(11)}${'RX-errors'.padStart(11)}` +
+      `${'TX-packets'.padStart(15)}${'TX-errors'.padStart(11)}${'not sent'.padStart(14)}${'Rx-pps'.padStart(13)}${'Tx-pps'.padStart(13)}`);
+  } else {
+    lines.push(`${'port'.padEnd(5)}${'name'.padEnd(20)}${'RX-packets'.padStart(15)}${'RX-missed'.padStart(11)}${'RX-errors'.padStart(11)}${'Rx-pps'.padStart(13)}`);
+    lines.push(`${''.padEnd(25)}${'TX-packets'.padStart(15)}${'TX-errors'.padStart(11)}${'not sent'.padStart(11)}${'Tx-pps'.padStart(13)}`);
+  }
+  let trx = 0, ttx = 0;
+  for (const r of rows) {
+    trx += r.rxPps;
+    ttx += r.txPps;
+    const head = `${String(r.port).padEnd(5)}${shortName(r.name, 19).padEnd(20)}`;
+    if (wide) {
+      lines.push(`${head}${fmt(r.rxPackets, 15)}${fmt(r.rxMissed, 11)}${fmt(r.rxErrors, 11)}` +
+        `${fmt(r.txPackets, 15)}${fmt(r.txErrors, 11)}${fmt(r.notSent, 14)}${fmt(Math.round(r.rxPps), 13)}${fmt(Math.round(r.txPps), 13)}`);
+    } else {
+      lines.push(`${head}${fmt(r.rxPackets, 15)}${fmt(r.rxMissed, 11)}${fmt(r.rxErrors, 11)}${fmt(Math.round(r.rxPps), 13)}`);
+      lines.push(`${''.padEnd(25)}${fmt(r.txPackets, 15)}${fmt(r.txErrors, 11)}${fmt(r.notSent, 11)}${fmt(Math.round(r.txPps), 13)}`);
+    }
+  }
+  lines.push(`total: Rx-pps ${Math.round(trx).toLocaleString('en-US')}  Tx-pps ${Math.round(ttx).toLocaleString('en-US')}`);
+  lines.push(NOT_SENT_LEGEND);
+  // Never wider than the terminal: a wrapped line would throw off the in-place redraw.
+  return Number.isFinite(columns) ? lines.map((l) => (l.length >= columns ? l.slice(0, Math.max(1, columns - 1)) : l)) : lines;
 }
 
 /** n with thousands separators, right-aligned in w columns, always after at least one space. */
