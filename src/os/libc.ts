@@ -540,3 +540,29 @@ export function processAlive(pid: number): boolean {
   if ((fnKill(pid, 0) as number) === 0) return true;
   return koffi.errno() === E.EPERM;
 }
+
+// ---- calls that report errors as -errno instead of throwing (allocation-free, for lcore loops) ----
+
+/** send(2) of buf's first len bytes with flags: bytes sent, or -errno; never throws or allocates. */
+export function sendNoThrow(fd: number, buf: Uint8Array, len: number, flags: number): number {
+  const r = Number(fnSend(fd, buf, len, flags));
+  return r < 0 ? -koffi.errno() : r;
+}
+
+/** pwrite(2) of buf's first len bytes at file offset off: bytes written, or -errno; never throws. */
+export function pwriteNoThrow(fd: number, buf: Uint8Array, len: number, off: bigint): number {
+  const r = Number(fnPwrite(fd, buf, len, off));
+  return r < 0 ? -koffi.errno() : r;
+}
+
+/** pread(2) of len bytes into buf at file offset off: bytes read, or -errno; never throws. */
+export function preadNoThrow(fd: number, buf: Uint8Array, len: number, off: bigint): number {
+  const r = Number(fnPread(fd, buf, len, off));
+  return r < 0 ? -koffi.errno() : r;
+}
+
+/** read(2) of up to len bytes into buf: bytes read, or -errno (EAGAIN on an empty non-blocking eventfd); never throws. */
+export function readNoThrow(fd: number, buf: Uint8Array, len: number): number {
+  const r = Number(fnRead(fd, buf, len));
+  return r < 0 ? -koffi.errno() : r;
+}
