@@ -18,6 +18,7 @@ import * as os from '../../src/os/libc.js';
 import * as U from '../../src/iommu/vfio-uapi.js';
 import { parseDeviceInfo, parseIrqInfo, parseRegionInfo, pciRegionName, type DeviceInfo, type IrqInfo, type MmapOptions, type RegionInfo, type VfioDevice } from '../../src/iommu/device.js';
 import { DmaMemoryMap } from '../../src/iommu/dma.js';
+import { SendLock, type BarIo, type WorkerIoSource } from '../../src/iommu/bar.js';
 import type { EalMemory } from '../../src/memory/memory.js';
 import * as P from './protocol.js';
 import { Channel, connectUnix, safeClose } from './transport.js';
@@ -60,8 +61,16 @@ interface MsgRegion {
   flags: number;
 }
 
+/**
+ * Message ids: the client's own requests use 1..0x7fff; register writes from other threads
+ * (BarIo 'vfio-user', no reply) carry ids from WORKER_MSG_ID, so an error reply a server might
+ * still send for one of them can never be taken for the answer to a request.
+ */
+const MAX_REQUEST_ID = 0x7fff;
+const WORKER_MSG_ID = 0x8000;
+
 /** A vfio-user device seen from the client side. */
-export class VfioUserClient implements VfioDevice {
+export class VfioUserClient implements VfioDevice, WorkerIoSource {
   readonly name: string;
   readonly backend = 'vfio-user';
   readonly path: string;
@@ -79,6 +88,8 @@ export class VfioUserClient implements VfioDevice {
   private readonly msgRegions: MsgRegion[] = [];
   private serving = false;
   private closed = false;
+  /** taken around every send on the socket, here and in workers writing registers (BarIo) */
+  private readonly sendLock = SendLock.create();
 
   private constructor(path: string, fd: number, opts: ClientOptions) {
     this.path = path;
@@ -116,8 +127,8 @@ export class VfioUserClient implements VfioDevice {
   request(cmd: number, payload: Uint8Array, fds: readonly number[], what: string): P.Message {
     if (this.closed) throw new Error(`${this.name}: the device is closed`);
     const msgId = this.nextId;
-    this.nextId = (this.nextId + 1) & 0xffff;
-    this.ch.send({ msgId, command: cmd, flags: P.TYPE_COMMAND, error: 0 }, payload, fds);
+    this.nextId = this.nextId >= MAX_REQUEST_ID ? 1 : this.nextId + 1;
+    this.send({ msgId, command: cmd, flags: P.TYPE_COMMAND, error: 0 }, payload, fds);
     const deadline = Date.now() + this.timeoutMs;
     for (;;) {
       const m = this.ch.receiveBlocking(Math.max(1, deadline - Date.now()), `${P.cmdName(cmd)} (${what})`);
@@ -129,6 +140,30 @@ export class VfioUserClient implements VfioDevice {
       }
       return m;
     }
+  }
+
+  /** One message on the socket under the send lock (workers may be sending register writes). */
+  private send(h: Omit<P.Header, 'size'>, payload?: Uint8Array, fds?: readonly number[]): void {
+    this.sendLock.acquire();
+    try {
+      this.ch.send(h, payload, fds);
+    } finally {
+      this.sendLock.release();
+    }
+  }
+
+  /**
+   * How other threads write region index where it is not mapped: a no-reply REGION_WRITE on this
+   * socket under the shared send lock (null for a region that is not writable). Reads need a reply
+   * and stay on this thread.
+   */
+  workerIo(index: number): BarIo | null {
+    if (this.closed) throw new Error(`${this.name}: the device is closed`);
+    if (!this.regionInfo(index).writable) return null;
+    return {
+      kind: 'vfio-user', fd: this.ch.fd, region: index, lock: this.sendLock.sab,
+      msgId: WORKER_MSG_ID, command: P.Cmd.REGION_WRITE, flags: P.TYPE_COMMAND | P.FLAG_NO_REPLY,
+    };
   }
 
   /** Device info (VFIO_USER_DEVICE_GET_INFO). */
@@ -344,7 +379,7 @@ export class VfioUserClient implements VfioDevice {
   private serveCommand(m: P.Message): void {
     for (const f of m.fds) safeClose(f);
     const noReply = (m.flags & P.FLAG_NO_REPLY) !== 0;
-    const fail = (errno: number): void => { if (!noReply) this.ch.send({ msgId: m.msgId, command: m.command, flags: P.TYPE_REPLY | P.FLAG_ERROR, error: errno }); };
+    const fail = (errno: number): void => { if (!noReply) this.send({ msgId: m.msgId, command: m.command, flags: P.TYPE_REPLY | P.FLAG_ERROR, error: errno }); };
     try {
       if (m.command === P.Cmd.DMA_READ || m.command === P.Cmd.DMA_WRITE) {
         const write = m.command === P.Cmd.DMA_WRITE;
@@ -354,8 +389,8 @@ export class VfioUserClient implements VfioDevice {
         const v = new Uint8Array(os.viewOf(r.va + (a.address - r.iova), a.count));
         if (write) {
           v.set(a.data);
-          if (!noReply) this.ch.send({ msgId: m.msgId, command: m.command, flags: P.TYPE_REPLY, error: 0 }, P.encodeDmaAccess(a.address, a.count));
-        } else if (!noReply) this.ch.send({ msgId: m.msgId, command: m.command, flags: P.TYPE_REPLY, error: 0 }, P.encodeDmaAccess(a.address, a.count, v));
+          if (!noReply) this.send({ msgId: m.msgId, command: m.command, flags: P.TYPE_REPLY, error: 0 }, P.encodeDmaAccess(a.address, a.count));
+        } else if (!noReply) this.send({ msgId: m.msgId, command: m.command, flags: P.TYPE_REPLY, error: 0 }, P.encodeDmaAccess(a.address, a.count, v));
         return;
       }
       fail(os.E.EINVAL);

@@ -7,6 +7,12 @@
  * where it exists (one load or store of exactly the access width, through Atomics so it is never
  * merged, split or elided) and pread/pwrite on the device at the region offset elsewhere.
  * isMapped(off, len) lets a driver keep a fast path on mapped doorbells.
+ *
+ * Other threads (a PMD's data half on an lcore) rebuild a MappedBar from Bar.data(): plain data
+ * with the address of the mapping and a BarIo saying how to reach what is not mapped (pwrite/pread
+ * on the kernel VFIO device fd, or a no-reply REGION_WRITE on the vfio-user socket). A driver asks
+ * it for one MmioReg per register at set-up (reg(off, width)): a load/store on the mapping where
+ * the register is mapped, the fallback elsewhere, decided once, so no access looks anything up.
  */
 import * as os from '../os/libc.js';
 import { pciRegionName, type SparseArea, type VfioDevice } from './device.js';
@@ -159,9 +165,14 @@ export class Bar {
     this.dev.writeRegion(this.index, off, this.scratch, 8);
   }
 
-  /** Plain data for a worker thread's MappedBar (the mapping is process-wide; only its address travels). */
+  /**
+   * Plain data for a worker thread's MappedBar: the mapping is process-wide, so only its address
+   * travels, with how the device reaches the unmapped parts from any thread (null when its back end
+   * offers no such path).
+   */
   data(): BarData {
-    return { name: `${this.dev.name} ${pciRegionName(this.index)}`, va: this.va, size: this.size, mapped: this.mapped.map((a) => ({ ...a })) };
+    const io = hasWorkerIo(this.dev) ? this.dev.workerIo(this.index) : null;
+    return { name: `${this.dev.name} ${pciRegionName(this.index)}`, va: this.va, size: this.size, mapped: this.mapped.map((a) => ({ ...a })), io };
   }
 
   /** Unmap the BAR (the whole reservation, mapped areas included). Views over it must be gone. */
@@ -191,19 +202,185 @@ export function mergeAreas(areas: readonly SparseArea[]): SparseArea[] {
   return out;
 }
 
-/** What a worker needs to reach the mapped parts of a BAR (see Bar.data()). */
+/**
+ * How any thread of this process reaches the parts of a region that are not mapped: plain data,
+ * structured-cloneable. fd numbers are process-wide, so a worker uses the same fd as the main thread.
+ *
+ * - `file`: kernel VFIO. pread/pwrite on the device fd at `offset` (the region's offset in the fd's
+ *   offset space) + the register's offset; thread-safe by construction (no file position).
+ * - `vfio-user`: writes only. A VFIO_USER_REGION_WRITE command with the No_reply flag, sent on the
+ *   client's socket under `lock` (a send lock every sender of that socket takes, so a message is
+ *   never interleaved with another thread's), with message ids from `msgId` up (a range the main
+ *   thread's requests never use). No reply comes (the spec: a command with No_reply is not
+ *   answered; the server executes commands in order), so no thread other than the main one ever
+ *   reads the socket. Reads need a reply and are refused at set-up.
+ */
+export type BarIo =
+  | { kind: 'file'; fd: number; offset: bigint; readable: boolean; writable: boolean }
+  | { kind: 'vfio-user'; fd: number; region: number; lock: SharedArrayBuffer; msgId: number; command: number; flags: number };
+
+/** A VfioDevice that can describe its unmapped-region path for other threads (kernel VFIO, vfio-user client). */
+export interface WorkerIoSource {
+  /** How other threads reach region index where it is not mapped (null: they cannot). */
+  workerIo(index: number): BarIo | null;
+}
+
+/** Whether dev offers workerIo(). */
+function hasWorkerIo(dev: VfioDevice): dev is VfioDevice & WorkerIoSource {
+  return typeof (dev as Partial<WorkerIoSource>).workerIo === 'function';
+}
+
+/** What a worker needs to reach a BAR (see Bar.data()). */
 export interface BarData {
   /** for messages, e.g. "0000:01:00.0 BAR0" */
   name: string;
   va: bigint;
   size: number;
   mapped: SparseArea[];
+  /** how the unmapped parts are reached (absent or null: not from a worker) */
+  io?: BarIo | null;
 }
 
 /**
- * The mapped parts of a BAR, rebuilt from BarData in any thread (a PMD's data half ringing
- * doorbells). Only mapped offsets are accessible: the constructor checks each offset the driver
- * names with `check`, so the accessors themselves do no lookup.
+ * A lock in shared memory around the sends of one socket, taken by the main thread's vfio-user
+ * client and by every worker that writes registers through it: one message's bytes are never
+ * interleaved with another's, whatever the socket does with a large or partial send.
+ */
+export class SendLock {
+  private readonly w: Int32Array;
+
+  /** The lock over sab (from SendLock.create, or BarIo.lock). */
+  constructor(readonly sab: SharedArrayBuffer) {
+    this.w = new Int32Array(sab, 0, 1);
+  }
+
+  /** A fresh, free lock. */
+  static create(): SendLock {
+    return new SendLock(new SharedArrayBuffer(4));
+  }
+
+  /** Take the lock, waiting (Atomics.wait, 1 ms slices) while another thread holds it. */
+  acquire(): void {
+    const w = this.w;
+    while (Atomics.compareExchange(w, 0, 0, 1) !== 0) Atomics.wait(w, 0, 1, 1);
+  }
+
+  /** Release the lock and wake one waiter. */
+  release(): void {
+    Atomics.store(this.w, 0, 0);
+    Atomics.notify(this.w, 0, 1);
+  }
+}
+
+/** One device register as the data path uses it: read() and write() of its width, nothing looked up per access. */
+export interface MmioReg {
+  /** whether accesses are loads/stores on the mapping (false: the pread/pwrite or message fallback) */
+  readonly mapped: boolean;
+  /** Read the register (little endian). */
+  read(): number;
+  /** Write the register (little endian; v is truncated to the width). */
+  write(v: number): void;
+}
+
+class MemReg8 implements MmioReg {
+  readonly mapped = true;
+  constructor(private readonly u8: Uint8Array, private readonly i: number) {}
+  read(): number { return Atomics.load(this.u8, this.i); }
+  write(v: number): void { Atomics.store(this.u8, this.i, v); }
+}
+
+class MemReg16 implements MmioReg {
+  readonly mapped = true;
+  constructor(private readonly u16: Uint16Array, private readonly i: number) {}
+  read(): number { return Atomics.load(this.u16, this.i); }
+  write(v: number): void { Atomics.store(this.u16, this.i, v); }
+}
+
+class MemReg32 implements MmioReg {
+  readonly mapped = true;
+  constructor(private readonly u32: Uint32Array, private readonly i: number) {}
+  read(): number { return Atomics.load(this.u32, this.i); }
+  write(v: number): void { Atomics.store(this.u32, this.i, v); }
+}
+
+/** Little-endian put/get of width bytes at at (no DataView per access). */
+function putLe(b: Uint8Array, at: number, width: number, v: number): void {
+  b[at] = v;
+  if (width > 1) b[at + 1] = v >>> 8;
+  if (width > 2) { b[at + 2] = v >>> 16; b[at + 3] = v >>> 24; }
+}
+function getLe(b: Uint8Array, width: number): number {
+  return width === 1 ? b[0] : width === 2 ? b[0] | (b[1] << 8) : (b[0] | (b[1] << 8) | (b[2] << 16) | (b[3] << 24)) >>> 0;
+}
+
+/** A register reached with pwrite/pread on the kernel VFIO device fd (offset precomputed). */
+class FileReg implements MmioReg {
+  readonly mapped = false;
+  private readonly buf: Uint8Array;
+  constructor(private readonly what: string, private readonly fd: number, private readonly at: bigint, private readonly width: number) {
+    this.buf = new Uint8Array(width);
+  }
+  read(): number {
+    const n = os.preadNoThrow(this.fd, this.buf, this.width, this.at);
+    if (n !== this.width) throw new Error(`${this.what}: pread of the register failed (${n < 0 ? os.errnoName(-n) : `${n} of ${this.width} bytes`}); is the device still open?`);
+    return getLe(this.buf, this.width);
+  }
+  write(v: number): void {
+    putLe(this.buf, 0, this.width, v);
+    const n = os.pwriteNoThrow(this.fd, this.buf, this.width, this.at);
+    if (n !== this.width) throw new Error(`${this.what}: pwrite of the register failed (${n < 0 ? os.errnoName(-n) : `${n} of ${this.width} bytes`}); is the device still open?`);
+  }
+}
+
+/** vfio-user REGION_WRITE layout: header 16, then u64 offset, u32 region, u32 count, data. */
+const VU_HDR = 16, VU_ACCESS = 16;
+/** How long a worker's register write may wait for room in the socket before it fails. */
+const VU_SEND_TIMEOUT_MS = 5000;
+
+/** A register written with a no-reply VFIO_USER_REGION_WRITE on the client's socket (prebuilt message). */
+class UserReg implements MmioReg {
+  readonly mapped = false;
+  private readonly msg: Uint8Array;
+  private readonly lock: SendLock;
+  private readonly dataAt = VU_HDR + VU_ACCESS;
+  constructor(private readonly what: string, private readonly fd: number, io: Extract<BarIo, { kind: 'vfio-user' }>, off: number, private readonly width: number) {
+    this.lock = new SendLock(io.lock);
+    this.msg = new Uint8Array(VU_HDR + VU_ACCESS + width);
+    const dv = new DataView(this.msg.buffer);
+    dv.setUint16(0, io.msgId, true);
+    dv.setUint16(2, io.command, true);
+    dv.setUint32(4, this.msg.byteLength, true);
+    dv.setUint32(8, io.flags, true);
+    dv.setUint32(12, 0, true);
+    dv.setBigUint64(VU_HDR, BigInt(off), true);
+    dv.setUint32(VU_HDR + 8, io.region, true);
+    dv.setUint32(VU_HDR + 12, width, true);
+  }
+  read(): number {
+    throw new Error(`${this.what}: a vfio-user register that is not mapped cannot be read from a worker (the reply would arrive on the main thread's socket); read it with Bar.readN on the main thread`);
+  }
+  write(v: number): void {
+    putLe(this.msg, this.dataAt, this.width, v);
+    const msg = this.msg, len = msg.byteLength;
+    this.lock.acquire();
+    try {
+      let off = 0, waited = 0;
+      while (off < len) {
+        const n = os.sendNoThrow(this.fd, off === 0 ? msg : msg.subarray(off), len - off, os.MSG_DONTWAIT | os.MSG_NOSIGNAL);
+        if (n > 0) { off += n; continue; }
+        if (n === -os.E.EAGAIN && waited < VU_SEND_TIMEOUT_MS) { os.pollOne(this.fd, os.POLLOUT, 10); waited += 10; continue; }
+        throw new Error(`${this.what}: sending VFIO_USER_REGION_WRITE failed (${n < 0 ? os.errnoName(-n) : 'no progress'}${off > 0 ? `, after ${off} of ${len} bytes: the connection is now unusable` : ''}); is the vfio-user server still there?`);
+      }
+    } finally {
+      this.lock.release();
+    }
+  }
+}
+
+/**
+ * A BAR rebuilt from BarData in any thread (a PMD's data half ringing doorbells). reg(off, width)
+ * gives one register, mapped or through BarData.io, decided once at set-up. The older
+ * check()/readN()/writeN() reach mapped offsets only (check them once, then access without lookup).
  */
 export class MappedBar {
   readonly name: string;
@@ -211,22 +388,54 @@ export class MappedBar {
   private readonly u16: Uint16Array;
   private readonly u8: Uint8Array;
   private readonly mapped: readonly SparseArea[];
+  private readonly size: number;
+  private readonly io: BarIo | null;
 
   /** Views over the BAR's reservation (nothing is mapped here: the BAR must stay open). */
   constructor(d: BarData) {
-    if (d.va === 0n || d.mapped.length === 0) throw new Error(`${d.name}: nothing of the BAR is mapped; use the Bar's read/write methods on the main thread`);
-    const buf = os.viewOf(d.va, Math.ceil(d.size / PAGE) * PAGE);
+    this.io = d.io ?? null;
+    if ((d.va === 0n || d.mapped.length === 0) && !this.io) throw new Error(`${d.name}: nothing of the BAR is mapped and its VFIO back end gives no other path from a worker; use the Bar's read/write methods on the main thread`);
+    const buf = d.va !== 0n && d.mapped.length > 0 ? os.viewOf(d.va, Math.ceil(d.size / PAGE) * PAGE) : new ArrayBuffer(8);
     this.name = d.name;
+    this.size = d.size;
     this.u8 = new Uint8Array(buf);
     this.u16 = new Uint16Array(buf, 0, buf.byteLength >> 1);
     this.u32 = new Uint32Array(buf, 0, buf.byteLength >> 2);
-    this.mapped = d.mapped;
+    this.mapped = d.va !== 0n ? d.mapped : [];
+  }
+
+  /** Whether [off, off+len) is inside one mapped area. */
+  isMapped(off: number, len: number): boolean {
+    return this.mapped.some((a) => off >= a.offset && off + len <= a.offset + a.size);
+  }
+
+  /**
+   * The register of width bytes (1, 2 or 4) at off: a load/store on the mapping when mapped, else
+   * the BarIo fallback. Throws naming the register when neither can reach it (or, with needRead,
+   * when it cannot be read from here: vfio-user registers that are not mapped are write-only).
+   */
+  reg(off: number, width: 1 | 2 | 4, needRead = false): MmioReg {
+    const what = `${this.name}+0x${off.toString(16)}`;
+    if (!(off >= 0 && off + width <= this.size) || off % width !== 0) {
+      throw new RangeError(`${what}: a ${width * 8}-bit register ${off % width !== 0 ? 'must be aligned' : `lies outside the BAR (size 0x${this.size.toString(16)})`}`);
+    }
+    if (this.isMapped(off, width)) {
+      return width === 1 ? new MemReg8(this.u8, off) : width === 2 ? new MemReg16(this.u16, off >> 1) : new MemReg32(this.u32, off >> 2);
+    }
+    const io = this.io;
+    if (!io) throw new Error(`${what} is not mapped and the VFIO back end offers no path from a worker; map it, or access it on the main thread`);
+    if (io.kind === 'file') {
+      if (!io.writable || (needRead && !io.readable)) throw new Error(`${what}: the region is not ${io.writable ? 'readable' : 'writable'}`);
+      return new FileReg(what, io.fd, io.offset + BigInt(off), width);
+    }
+    if (needRead) throw new Error(`${what} is not mapped, and vfio-user registers are reached from a worker by no-reply REGION_WRITE only: it cannot be read here (serve it as a sparse mmap area, or read it on the main thread)`);
+    return new UserReg(what, io.fd, io, off, width);
   }
 
   /** Throw unless [off, off+len) is mapped: call once per register at set-up, not per access. */
   check(off: number, len: number): void {
-    if (!this.mapped.some((a) => off >= a.offset && off + len <= a.offset + a.size)) {
-      throw new RangeError(`${this.name}: [0x${off.toString(16)}, +${len}) is not mapped; it needs the pread/pwrite path (Bar on the main thread)`);
+    if (!this.isMapped(off, len)) {
+      throw new RangeError(`${this.name}: [0x${off.toString(16)}, +${len}) is not mapped; reach it through reg(off, width), which falls back to pread/pwrite or messages`);
     }
   }
 

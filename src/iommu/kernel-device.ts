@@ -11,11 +11,12 @@ import {
   type DeviceInfo, type DmaSpace, type IrqInfo, type MmapOptions, type RegionInfo, type VfioDevice,
   encodeIrqSetEventfds, encodeIrqSetNone, parseDeviceInfo, parseIrqInfo, parseRegionInfo, pciIrqName, pciRegionName,
 } from './device.js';
+import type { BarIo, WorkerIoSource } from './bar.js';
 
 const PAGE = 4096;
 
 /** The kernel VFIO device: one fd, region offsets from VFIO_DEVICE_GET_REGION_INFO. */
-export class KernelVfioDevice implements VfioDevice {
+export class KernelVfioDevice implements VfioDevice, WorkerIoSource {
   readonly name: string;
   readonly backend: string;
   /** the device fd (for a vfio-user server or a debugger; drivers use the methods) */
@@ -113,6 +114,13 @@ export class KernelVfioDevice implements VfioDevice {
     }
     if (n !== len) throw new Error(`${this.name}: short write to ${pciRegionName(index)}+0x${off.toString(16)}: ${n} of ${len} bytes`);
     return n;
+  }
+
+  /** Other threads reach a region with pread/pwrite on this fd at the region's offset (the fd is process-wide). */
+  workerIo(index: number): BarIo | null {
+    const r = this.regionInfo(index);
+    if (!r.readable && !r.writable) return null;
+    return { kind: 'file', fd: this.fd, offset: r.offset, readable: r.readable, writable: r.writable };
   }
 
   /** IRQ info (VFIO_DEVICE_GET_IRQ_INFO). */
