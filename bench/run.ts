@@ -12,6 +12,7 @@ const BENCHES: Record<string, string> = {
   fwd: 'l2fwd on two net_null ports beside DPDK testpmd mac forwarding (Mpps, ratio)',
   afpacket: 'l2fwd on af_packet ports between two namespaces beside DPDK testpmd (Mpps, ratio; root)',
   virtio: 'emulated virtio-net device generating -> virtio PMD receiving, two processes, beside DPDK vhost/virtio_user (Mpps, ratio)',
+  kick: 'virtio doorbell write: mapped store vs vfio-user REGION_WRITE fallback vs pwrite floor (ns per kick)',
 };
 
 /** What every benchmark module exports. */

@@ -47,6 +47,12 @@ export interface EmuBarSpec {
   size: number;
   /** page-aligned areas backed by shared memory that the client may mmap (whole BAR: one area) */
   shared?: SparseArea[];
+  /**
+   * false: the shared areas stay device memory (polled by the device, written by REGION_WRITE) but
+   * are not offered for mmap (no MMAP flag, no sparse areas, no fd): a client must reach them by
+   * messages (default true)
+   */
+  mmap?: boolean;
   /** read len bytes at off (outside shared areas) into buf */
   read?: (off: number, buf: Uint8Array) => void;
   /** write data at off (outside shared areas) */
@@ -293,7 +299,7 @@ export class EmuDevice {
     const st = this.bars.get(index);
     if (!st) return { index, flags: 0, size: 0, offset: 0n, sparse: null };
     const rw = U.VFIO_REGION_INFO_FLAG_READ | U.VFIO_REGION_INFO_FLAG_WRITE;
-    if (!st.mem) return { index, flags: rw, size: st.spec.size, offset: 0n, sparse: null };
+    if (!st.mem || st.spec.mmap === false) return { index, flags: rw, size: st.spec.size, offset: 0n, sparse: null };
     return { index, flags: rw | U.VFIO_REGION_INFO_FLAG_MMAP, size: st.spec.size, offset: 0n, sparse: st.whole ? null : (st.spec.shared ?? []).map((a) => ({ ...a })) };
   }
 

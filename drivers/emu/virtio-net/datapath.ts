@@ -62,6 +62,8 @@ export interface VirtioNetLoopArg {
   backend: PortData;
   /** the largest queue size the driver may set (the device's `size`) */
   maxQueueSize: number;
+  /** true: leave VRING_USED_F_NO_NOTIFY clear, so the driver rings a doorbell per burst (the device still polls) */
+  wantKicks?: boolean;
 }
 
 /** What the loop returns. */
@@ -116,6 +118,10 @@ class Engine {
   private resets = 0;
   /** a slow-path message was sent since the loop's top: go back there before another queue */
   private slow = false;
+  /** the used rings' flags: VRING_USED_F_NO_NOTIFY, or 0 when doorbells are wanted (wantKicks) */
+  private readonly usedFlags: number;
+  /** the G_LINK_DOWN this loop last signalled */
+  private linkDown = 0;
   /** the loop step to go on with after a slow-path message */
   private resume = 0;
   /** mbufs the burst in hand owns: mb[0..mbHeld) and rb[0..rbHeld), freed by crashed() */
@@ -201,6 +207,7 @@ class Engine {
     this.walkLeft = new Int32Array(n); this.measured = new Int32Array(n);
     const maxQ = arg.maxQueueSize >= 1 && arg.maxQueueSize <= V.VIRTQ_MAX_SIZE ? arg.maxQueueSize : V.VIRTQ_MAX_SIZE;
     this.maxQ = maxQ;
+    this.usedFlags = arg.wantKicks === true ? 0 : V.VRING_USED_F_NO_NOTIFY;
     this.chainHead = new Uint16Array(arg.pairs * maxQ);
     this.chainCap = new Float64Array(arg.pairs * maxQ);
     this.resets = Atomics.load(this.st, L.G_RESETS);
@@ -218,6 +225,7 @@ class Engine {
       if (Atomics.load(st, L.G_GEN) !== this.gen) this.reload();
       else if (dma || this.slow || this.viewsChanged()) this.rederive();
       this.slow = false;
+      if (Atomics.load(st, L.G_LINK_DOWN) !== this.linkDown) this.linkChange();
       let work = this.kicks();
       // Steps: each pair's transmitq, the controlq, then the backend's receive burst. After a
       // slow-path message (its wait honours pauses: the table or the state may have changed, views
@@ -370,7 +378,7 @@ class Engine {
       this.qAvailK[q] = ak; this.qAvailOff[q] = a;
       this.qUsedK[q] = uk; this.qUsedOff[q] = u;
       this.qReady[q] = 1;
-      Atomics.store(this.ru16[uk], u >>> 1, V.VRING_USED_F_NO_NOTIFY);
+      Atomics.store(this.ru16[uk], u >>> 1, this.usedFlags);
     }
   }
 
@@ -437,6 +445,17 @@ class Engine {
     else this.plane.irq(VFIO_PCI_INTX_IRQ_INDEX, 0);
     log('warn', 'virtio-net', `queue ${q}: ${L.NEEDS_RESET_NAMES[reason]}: DEVICE_NEEDS_RESET set, queues stopped until the driver resets the device`);
     return FATAL;
+  }
+
+  /** The link went up or down (G_LINK_DOWN): a configuration-change interrupt, once the driver is up. */
+  private linkChange(): void {
+    this.linkDown = Atomics.load(this.st, L.G_LINK_DOWN);
+    if ((Atomics.load(this.st, L.G_STATUS) & V.STATUS_DRIVER_OK) === 0) return;
+    Atomics.or(this.st, L.G_ISR, V.ISR_CONFIG);
+    const v = Atomics.load(this.st, L.G_CONFIG_VEC);
+    if (v !== NO_VECTOR) this.plane.irq(VFIO_PCI_MSIX_IRQ_INDEX, v);
+    else this.plane.irq(VFIO_PCI_INTX_IRQ_INDEX, 0);
+    this.stats[L.S_IRQS]++;
   }
 
   /** Used entries were published on queue q: interrupt unless the driver suppressed it. */

@@ -157,7 +157,7 @@ export class VirtioNetDevice {
       pci: { vendorId: V.VIRTIO_PCI_VENDOR, deviceId: V.VIRTIO_PCI_MODERN_NET, classCode: L.PCI_CLASS_ETHERNET, revision: L.PCI_REVISION, subsystemVendorId: V.VIRTIO_PCI_VENDOR, subsystemId: L.PCI_SUBSYSTEM_ID },
       bars: [
         { index: L.BAR_MSIX, size: L.BAR_MSIX_SIZE, read: (off, buf) => buf.set(this.msixTable.subarray(off, off + buf.byteLength)), write: (off, data) => this.msixTable.set(data, off) },
-        { index: L.BAR_CFG, size: L.BAR_CFG_SIZE, shared: [{ offset: L.NOTIFY_OFF, size: L.NOTIFY_SIZE }], read: (off, buf) => this.barRead(off, buf), write: (off, data) => this.barWrite(off, data) },
+        { index: L.BAR_CFG, size: L.BAR_CFG_SIZE, shared: [{ offset: L.NOTIFY_OFF, size: L.NOTIFY_SIZE }], mmap: config.mapNotify !== false, read: (off, buf) => this.barRead(off, buf), write: (off, data) => this.barWrite(off, data) },
       ],
       irqs: [{ index: U.VFIO_PCI_INTX_IRQ_INDEX, count: 1 }, { index: U.VFIO_PCI_MSIX_IRQ_INDEX, count: this.msixVectors }],
       capabilities: [
@@ -182,7 +182,7 @@ export class VirtioNetDevice {
     return {
       name: this.emu.name, plane: this.emu.plane.desc(), state: this.state.buffer as SharedArrayBuffer, stats: this.stats.buffer as SharedArrayBuffer,
       pairs: this.config.pairs, notifyVa: this.emu.barAddress(L.BAR_CFG) + BigInt(L.NOTIFY_OFF), backend,
-      maxQueueSize: this.config.queueSize,
+      maxQueueSize: this.config.queueSize, wantKicks: this.config.wantKicks === true,
     };
   }
 
@@ -191,6 +191,11 @@ export class VirtioNetDevice {
     const out: Record<string, number> = {};
     L.STAT_NAMES.forEach((n, i) => { out[n] = this.stats[i]; });
     return out;
+  }
+
+  /** Link up or down (VIRTIO_NET_S_LINK_UP in the status field); a change raises the configuration-change interrupt. */
+  setLink(up: boolean): void {
+    L.setLinkState(this.state, up);
   }
 
   /** The device_status a driver reads (with DEVICE_NEEDS_RESET when the device found a bad descriptor). */
@@ -250,6 +255,7 @@ export class VirtioNetDevice {
       buf[0] = Atomics.exchange(this.state, L.G_ISR, 0) & 0xff; // reading clears
     } else if (off >= L.DEVICE_OFF && off < L.DEVICE_OFF + V.NET_CFG_SIZE) {
       const o = off - L.DEVICE_OFF;
+      this.deviceCfg[V.NET_CFG_STATUS] = Atomics.load(this.state, L.G_LINK_DOWN) ? 0 : V.VIRTIO_NET_S_LINK_UP;
       buf.set(this.deviceCfg.subarray(o, Math.min(o + buf.byteLength, V.NET_CFG_SIZE)));
     }
   }

@@ -68,11 +68,22 @@ export const G_RUNNING = 10;
 export const G_IDLE = 11;
 /** control half: bumped at every device reset; the worker's crash budget starts again from it */
 export const G_RESETS = 12;
+/** anyone (setLinkState): 1 while the link is down (status without VIRTIO_NET_S_LINK_UP); the worker raises the config interrupt on a change */
+export const G_LINK_DOWN = 13;
 export const Q_BASE = 16;
 export const Q_WORDS = 12;
 export const Q_SIZE = 0, Q_ENABLE = 1, Q_VECTOR = 2, Q_DESC_LO = 3, Q_DESC_HI = 4, Q_AVAIL_LO = 5, Q_AVAIL_HI = 6, Q_USED_LO = 7, Q_USED_HI = 8;
 /** bumped at every enable and reset: the worker restarts the queue's indices from 0 */
 export const Q_EPOCH = 9;
+
+/**
+ * Take the device's link down or up, from any thread that holds its state (VirtioNetDevice.state,
+ * or the SharedArrayBuffer a test got): the status field follows at once, and the device's lcore
+ * raises the configuration-change interrupt when it sees the change.
+ */
+export function setLinkState(state: Int32Array, up: boolean): void {
+  Atomics.store(state, G_LINK_DOWN, up ? 0 : 1);
+}
 
 /** State words for n queues. */
 export function stateWords(queues: number): number {
@@ -124,6 +135,10 @@ export interface VirtioNetConfig {
   mrg: boolean;
   /** largest queue size (power of two) */
   queueSize: number;
+  /** offer the notify page as a sparse mmap area (false: doorbells come as REGION_WRITE messages; default true) */
+  mapNotify?: boolean;
+  /** ask the driver for doorbells (VRING_USED_F_NO_NOTIFY left clear; default false: the device only polls) */
+  wantKicks?: boolean;
 }
 
 /** The device's arguments (`tspmd emu virtio-net,key=value,...`); `tspmd emu --help` lists them from here. */
@@ -133,10 +148,12 @@ export const VIRTIO_NET_ARGS = {
   backend: { kind: 'int', min: 0, max: 1023, default: 0, placeholder: 'PORT', help: 'the EAL port the device sends and receives through' },
   mrg: { kind: 'bool', default: true, help: 'offer MRG_RXBUF (VIRTIO_NET_F_MRG_RXBUF)' },
   size: { kind: 'pow2', min: 1, max: VIRTQ_MAX_SIZE, default: 256, placeholder: 'MAX_QUEUE_SIZE', help: 'largest queue size' },
+  notify_mmap: { kind: 'bool', default: true, help: '1 (default): offer the notify page for mmap; 0: the driver must ring doorbells with REGION_WRITE' },
+  kicks: { kind: 'bool', default: false, help: '1: ask the driver for a doorbell per burst (VRING_USED_F_NO_NOTIFY clear); 0 (default): the device only polls' },
 } as const satisfies DevargsSchema;
 
 /** Check the device arguments; a UsageError names the key, the value and what is allowed. */
 export function parseVirtioNetArgs(raw: Record<string, string>): VirtioNetConfig {
   const a = checkDevargs(raw, VIRTIO_NET_ARGS, { where: 'virtio-net', driver: 'virtio-net' });
-  return { mac: a.mac, pairs: a.queues, backend: a.backend, mrg: a.mrg, queueSize: a.size };
+  return { mac: a.mac, pairs: a.queues, backend: a.backend, mrg: a.mrg, queueSize: a.size, mapNotify: a.notify_mmap, wantKicks: a.kicks };
 }

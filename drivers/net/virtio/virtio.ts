@@ -9,12 +9,18 @@
  * (reset: the device stops DMA, then every mbuf the rings hold goes back to its pool), close.
  * Data half: virtio_data.ts. Transport: virtio_pci.ts. Ring geometry: virtqueue.ts.
  *
+ * Interrupts (PortConf.intr): MSI-X through VfioDevice.setIrqs, one eventfd per RX queue (vector
+ * 1 + q with lsc, q without), the configuration-change vector 0 with lsc, watched from the main
+ * thread (a 20 ms timer, non-blocking read) and turned into onLinkChange events when the link
+ * status changed.
+ *
  * `-a ADDR[,queue_size=N][,mrg_rxbuf=0|1][,ctrl_vq=0|1]`
  */
 import { checkDevargs, type DevargsSchema } from '../../../lib/kvargs/kvargs.js';
 import type { VfioDevice } from '../../../src/iommu/device.js';
 import type { EalMemory, Memzone } from '../../../src/memory/memory.js';
-import { viewOf } from '../../../src/os/libc.js';
+import { viewOf, eventfd, close as closeFd, readNoThrow, EFD_NONBLOCK } from '../../../src/os/libc.js';
+import { VFIO_PCI_MSIX_IRQ_INDEX } from '../../../src/iommu/vfio-uapi.js';
 import { log } from '../../../src/log.js';
 import { UsageError } from '../../../src/options.js';
 import { siblingModule } from '../../../src/lcore/lcores.js';
@@ -37,6 +43,8 @@ const CTRL_TIMEOUT_MS = 5000;
 /** xstats: [0] control commands, then per queue pair q < 31: [1 + 2q] RX doorbells, [2 + 2q] TX doorbells. */
 const XSTAT_CTRL = 0;
 const XSTAT_QUEUES = 31;
+/** How often the main thread looks at the configuration-change eventfd (intr.lsc). */
+const LSC_POLL_MS = 20;
 
 /** Driver options (devargs, or given directly to VirtioNetPort.open). */
 export interface VirtioNetOptions extends FeatureChoice {
@@ -89,6 +97,13 @@ export class VirtioNetPort extends EthDev {
   private ctrl: Queue | null = null;
   private ctrlUsed = 0;
   private live = false;
+  /** MSI-X vectors the device offers through VFIO (0: no MSI-X, no interrupts) */
+  private readonly msixVectors: number;
+  /** RX queue q's interrupt eventfd (intr.rxq), and the configuration-change one (intr.lsc) */
+  private rxIntrFds: number[] = [];
+  private lscFd = -1;
+  private lscTimer: NodeJS.Timeout | null = null;
+  private lastLinkUp = false;
 
   private constructor(vfio: VfioDevice, pci: VirtioPci, memory: EalMemory, opts: VirtioNetOptions, neg: { offered: bigint; accepted: bigint }, cfg: NetConfig) {
     super(opts.name ?? vfio.name);
@@ -104,6 +119,14 @@ export class VirtioNetPort extends EthDev {
     this.maxPairs = mq ? Math.max(1, Math.min(cfg.maxPairs, MAX_QUEUES, Math.floor((cfg.numQueues - 1) / 2))) : 1;
     // controlq follows the device's N queue pairs (5.1.2), whatever number of them we use
     this.ctrlVq = has(this.features, V.VIRTIO_NET_F_CTRL_VQ) ? 2 * (mq ? cfg.maxPairs : 1) : -1;
+    let vectors = 0;
+    try {
+      const irq = vfio.irqInfo(VFIO_PCI_MSIX_IRQ_INDEX);
+      if (irq.eventfd) vectors = irq.count;
+    } catch (e) {
+      log('debug', 'net_virtio', `${vfio.name}: no MSI-X (${(e as Error).message}): poll mode only`);
+    }
+    this.msixVectors = vectors;
   }
 
   /**
@@ -144,6 +167,8 @@ export class VirtioNetPort extends EthDev {
     if (this.maxPairs > 1) caps.push('multi-queue');
     if (has(this.features, V.VIRTIO_NET_F_CTRL_RX)) caps.push('promiscuous');
     if (has(this.features, V.VIRTIO_NET_F_MRG_RXBUF)) caps.push('mergeable-rx', 'scatter-tx');
+    if (this.msixVectors >= 1) caps.push('rx-interrupt');
+    if (this.msixVectors >= 2 && has(this.features, V.VIRTIO_NET_F_STATUS)) caps.push('lsc-interrupt');
     const maxMtu = has(this.features, V.VIRTIO_NET_F_MTU) ? this.mtu : has(this.features, V.VIRTIO_NET_F_MRG_RXBUF) ? 9000 : 1500;
     return {
       driverName: 'net_virtio', maxRxQueues: this.maxPairs, maxTxQueues: this.maxPairs, minMtu: 68, maxMtu,
@@ -184,6 +209,14 @@ export class VirtioNetPort extends EthDev {
     if (conf.rxQueues !== conf.txQueues) {
       throw new RangeError(`port ${this.port} (${this.name}): virtio queues come in pairs: ${conf.rxQueues} RX and ${conf.txQueues} TX queues requested`);
     }
+    const want = (conf.intr?.rxq ? conf.rxQueues : 0) + (conf.intr?.lsc ? 1 : 0);
+    if (want > 0 && want > this.msixVectors) {
+      throw new RangeError(`port ${this.port} (${this.name}): intr ${JSON.stringify(conf.intr)} needs ${want} MSI-X vector(s) (one per RX queue, one for link changes); ` +
+        `the device offers ${this.msixVectors} through VFIO ${this.vfio.backend}: configure fewer queues or no interrupts`);
+    }
+    if (conf.intr?.lsc && !has(this.features, V.VIRTIO_NET_F_STATUS)) {
+      throw new RangeError(`port ${this.port} (${this.name}): intr.lsc needs VIRTIO_NET_F_STATUS (link status in the device configuration), which the device did not offer`);
+    }
   }
 
   protected override onStart(): void {
@@ -191,8 +224,9 @@ export class VirtioNetPort extends EthDev {
     try {
       const neg = this.pci.negotiate(this.opts);
       if (neg.accepted !== this.features) throw new Error(`${this.name}: the device now negotiates ${V.featureNames(neg.accepted)}, at probe it was ${V.featureNames(this.features)}`);
+      const rxBase = this.setupInterrupts();
       for (let q = 0; q < pairs; q++) {
-        this.rxq.push(this.setupQueue(V.rxQueueIndex(q), this.rxDesc[q], this.rxPools[q]!, q));
+        this.rxq.push(this.setupQueue(V.rxQueueIndex(q), this.rxDesc[q], this.rxPools[q]!, q, rxBase < 0 ? V.VIRTIO_MSI_NO_VECTOR : rxBase + q));
         this.txq.push(this.setupQueue(V.txQueueIndex(q), this.txDesc[q], null, q));
       }
       if (this.ctrlVq >= 0) this.ctrl = this.setupQueue(this.ctrlVq, CTRL_QUEUE_SIZE, null, -1);
@@ -206,6 +240,7 @@ export class VirtioNetPort extends EthDev {
       if (has(this.features, V.VIRTIO_NET_F_CTRL_RX)) this.ctrlCommand(V.VIRTIO_NET_CTRL_RX, V.VIRTIO_NET_CTRL_RX_PROMISC, [this.isPromiscuous ? 1 : 0], 'RX_PROMISC');
       // A device that ran out of RX buffers waits for a kick; ours were posted before DRIVER_OK.
       for (const q of this.rxq) this.pci.notify(q.notifyOff, q.vq);
+      if (this.lscFd >= 0) this.watchLink();
     } catch (e) {
       this.teardown();
       throw e;
@@ -214,10 +249,73 @@ export class VirtioNetPort extends EthDev {
   }
 
   /**
-   * One virtqueue: memzone, rings initialised (no interrupts wanted), RX descriptors filled from
-   * pool, registered with the device. q is the queue pair (for messages and the RX port id).
+   * With PortConf.intr: eventfds routed to MSI-X vectors (SET_IRQS), the configuration vector set
+   * for lsc. Returns the first RX queue's vector, or -1 without Rx interrupts.
    */
-  private setupQueue(vq: number, requested: number, pool: Mempool | null, q: number): Queue {
+  private setupInterrupts(): number {
+    const intr = this.configuration!.intr;
+    if (!intr?.rxq && !intr?.lsc) return -1;
+    const fds: number[] = [];
+    if (intr.lsc) {
+      this.lscFd = eventfd(0, EFD_NONBLOCK);
+      fds.push(this.lscFd);
+    }
+    if (intr.rxq) {
+      for (let q = 0; q < this.configuration!.rxQueues; q++) {
+        const fd = eventfd(0, EFD_NONBLOCK);
+        this.rxIntrFds.push(fd);
+        fds.push(fd);
+      }
+    }
+    this.vfio.setIrqs(VFIO_PCI_MSIX_IRQ_INDEX, 0, fds);
+    if (intr.lsc) this.pci.setConfigVector(0);
+    log('debug', 'net_virtio', `${this.name}: MSI-X: ${intr.lsc ? 'vector 0 link changes, ' : ''}${intr.rxq ? `RX queues from vector ${intr.lsc ? 1 : 0}` : ''}`);
+    return intr.rxq ? (intr.lsc ? 1 : 0) : -1;
+  }
+
+  /** Watch the configuration-change eventfd from the main thread; a changed link status calls linkChanged(). */
+  private watchLink(): void {
+    this.lastLinkUp = this.link().up;
+    const buf = new Uint8Array(8);
+    this.lscTimer = setInterval(() => {
+      if (this.lscFd < 0 || readNoThrow(this.lscFd, buf, 8) !== 8) return;
+      let up: boolean;
+      try {
+        up = this.link().up;
+      } catch (e) {
+        log('warn', 'net_virtio', `${this.name}: reading the link status after a configuration interrupt failed: ${(e as Error).message}`);
+        return;
+      }
+      if (up === this.lastLinkUp) return;
+      this.lastLinkUp = up;
+      log('info', 'net_virtio', `${this.name}: link ${up ? 'up' : 'down'}`);
+      this.linkChanged();
+    }, LSC_POLL_MS);
+    this.lscTimer.unref();
+  }
+
+  /** Undo setupInterrupts (the device is reset: it signals nothing any more). */
+  private releaseInterrupts(): void {
+    if (this.lscTimer) clearInterval(this.lscTimer);
+    this.lscTimer = null;
+    if (this.rxIntrFds.length === 0 && this.lscFd < 0) return;
+    try {
+      this.vfio.disableIrqs(VFIO_PCI_MSIX_IRQ_INDEX);
+    } catch (e) {
+      log('warn', 'net_virtio', `${this.name}: disabling MSI-X failed: ${(e as Error).message}`);
+    }
+    for (const fd of this.rxIntrFds) closeFd(fd);
+    if (this.lscFd >= 0) closeFd(this.lscFd);
+    this.rxIntrFds = [];
+    this.lscFd = -1;
+  }
+
+  /**
+   * One virtqueue: memzone, rings initialised (no interrupts wanted), RX descriptors filled from
+   * pool, registered with the device. q is the queue pair (for messages and the RX port id);
+   * vector the MSI-X vector of its interrupt (NO_VECTOR: none).
+   */
+  private setupQueue(vq: number, requested: number, pool: Mempool | null, q: number, vector = V.VIRTIO_MSI_NO_VECTOR): Queue {
     const what = q < 0 ? `${this.name}: control queue (virtqueue ${vq})` : `${this.name}: ${pool ? 'RX' : 'TX'} queue ${q} (virtqueue ${vq})`;
     const max = this.pci.queueMaxSize(vq);
     if (max === 0) throw new Error(`${what}: the device has no such virtqueue (num_queues ${this.pci.numQueues()})`);
@@ -232,14 +330,18 @@ export class VirtioNetPort extends EthDev {
       queue.u8.fill(0);
       queue.u16[layout.avail >> 1] = V.VRING_AVAIL_F_NO_INTERRUPT; // poll mode
       if (pool) this.fillRx(queue, pool, q, what);
-      // The data path rings doorbells from the lcore through the BAR mapping: refuse before enabling.
-      const mustMap = (off: number): void => {
-        if (q < 0 || this.pci.notifyMapped(off)) return;
-        throw new Error(`${what}: its notify register (${this.pci.notifyBarName()}+0x${off.toString(16)}) is not mmap'd ` +
-          `(VFIO ${this.vfio.backend} does not let that part of the BAR be mapped), and the data path rings doorbells from the lcore ` +
-          'through the mapping: this device cannot be started. Serve the notification area as a (sparse) mmap area.');
+      // The lcore rings doorbells through the mapping, or through the BAR's fallback (pwrite on the
+      // VFIO fd, a no-reply REGION_WRITE over vfio-user) when the notify area is not mmap'd.
+      const noteFallback = (off: number): void => {
+        if (q >= 0 && !this.pci.notifyMapped(off)) {
+          if (!this.pci.bar(this.pci.caps.notify).data().io) {
+            throw new Error(`${what}: its notify register (${this.pci.notifyBarName()}+0x${off.toString(16)}) is not mmap'd, and VFIO ${this.vfio.backend} ` +
+              'offers no other way to write it from an lcore (no pread/pwrite or message path): this device cannot be started. Serve the notification area as a (sparse) mmap area.');
+          }
+          log('info', 'net_virtio', `${what}: notify register ${this.pci.notifyBarName()}+0x${off.toString(16)} is not mmap'd: doorbells go through ${this.vfio.backend === 'vfio-user' ? 'REGION_WRITE messages' : 'pwrite on the device fd'}`);
+        }
       };
-      queue.notifyOff = this.pci.setupQueue(vq, size, zone.iova + BigInt(layout.desc), zone.iova + BigInt(layout.avail), zone.iova + BigInt(layout.used), mustMap);
+      queue.notifyOff = this.pci.setupQueue(vq, size, zone.iova + BigInt(layout.desc), zone.iova + BigInt(layout.avail), zone.iova + BigInt(layout.used), noteFallback, vector);
       return queue;
     } catch (e) {
       this.releaseQueue(queue);
@@ -326,8 +428,11 @@ export class VirtioNetPort extends EthDev {
    */
   private teardown(): void {
     this.live = false;
+    if (this.lscTimer) clearInterval(this.lscTimer);
+    this.lscTimer = null;
     try {
       this.pci.reset();
+      this.releaseInterrupts();
     } catch (e) {
       // A device that did not reset may still DMA: its rings and buffers stay allocated (the EAL
       // unmaps them at exit, behind the IOMMU) rather than being handed out again.
@@ -381,7 +486,7 @@ export class VirtioNetPort extends EthDev {
   }
 
   protected rxqData(q: number): VirtioQueueData {
-    return this.queueData(this.rxq[q], 1 + 2 * q);
+    return { ...this.queueData(this.rxq[q], 1 + 2 * q), intrFd: this.rxIntrFds[q] ?? -1 };
   }
 
   protected txqData(q: number): VirtioQueueData {
@@ -393,6 +498,7 @@ export class VirtioNetPort extends EthDev {
       vq: q.vq, layout: { ...q.layout }, va: q.zone.va, len: q.zone.len,
       iovaLo: Number(q.zone.iova & 0xffffffffn), iovaHi: Number(q.zone.iova >> 32n),
       notify: this.pci.bar(this.pci.caps.notify).data(), notifyOff: q.notifyOff,
+      intrFd: -1,
       mergeable: has(this.features, V.VIRTIO_NET_F_MRG_RXBUF),
       kickStat: xstat < 1 + 2 * XSTAT_QUEUES ? xstatIndex(xstat) : -1,
       book: q.book.sab,

@@ -14,8 +14,15 @@
  * the used ring at the start of the next burst, in one pktmbufFreeBulk.
  *
  * Both directions set VRING_AVAIL_F_NO_INTERRUPT (control half, at start) and ring the doorbell
- * (one 16-bit store into the mapped notify register) only when the used ring's flags lack
- * VRING_USED_F_NO_NOTIFY, once per burst: a polling device costs no MMIO write at all.
+ * only when the used ring's flags lack VRING_USED_F_NO_NOTIFY, once per burst: a polling device
+ * costs no MMIO write at all. The doorbell is an MmioReg chosen at set-up: a 16-bit store into the
+ * mapped notify register, or (notify area not mmap'd) pwrite on the kernel VFIO fd or a no-reply
+ * REGION_WRITE on the vfio-user socket.
+ *
+ * Rx interrupts (the port configured with intr.rxq): the control half routes the queue's MSI-X
+ * vector to an eventfd; enable() clears VRING_AVAIL_F_NO_INTERRUPT and re-reads the used index
+ * (seq-cst store then load against the device's used-index store then flags load: one of the two
+ * sides sees the other), disable() sets the flag again and drains the eventfd into RXQ_INTERRUPTS.
  *
  * Distrust: the device may write any DMA memory (a vfio-user device maps all of it), so nothing
  * the driver relies on lives there. The bookkeeping (the mbuf behind each descriptor, TX chain
@@ -28,16 +35,16 @@
  * header is rewritten (MbufView.rearm) before it is handed out. A lying device loses its packets
  * (counted as errors), never a driver mbuf, and never makes the driver free one twice.
  */
-import { MappedBar, type BarData } from '../../../src/iommu/bar.js';
-import { viewOf } from '../../../src/os/libc.js';
+import { MappedBar, type BarData, type MmioReg } from '../../../src/iommu/bar.js';
+import { viewOf, readNoThrow, E } from '../../../src/os/libc.js';
 import { Mempool } from '../../../lib/mempool/mempool.js';
 import { pktmbufAllocInit, pktmbufFreeBulk, pktmbufFree, pktmbufHeadroom, pktmbufDataRoom, MBUF_HDR, MBUF_NONE } from '../../../lib/mempool/mbuf.js';
 import { MbufView } from '../../../lib/mempool/mbuf_view.js';
 import {
-  type PortData, type RxQueue, type TxQueue, rxqStatsBase, txqStatsBase,
-  RXQ_PACKETS, RXQ_BYTES, RXQ_ERRORS, RXQ_NOMBUF, TXQ_PACKETS, TXQ_BYTES, TXQ_ERRORS,
+  type PortData, type RxQueue, type RxInterrupt, type TxQueue, rxqStatsBase, txqStatsBase,
+  RXQ_INTERRUPTS, RXQ_PACKETS, RXQ_BYTES, RXQ_ERRORS, RXQ_NOMBUF, TXQ_PACKETS, TXQ_BYTES, TXQ_ERRORS,
 } from '../../../lib/ethdev/ethdev.js';
-import { NET_HDR_SIZE, NET_HDR_NUM_BUFFERS, VRING_USED_F_NO_NOTIFY, VRING_DESC_F_NEXT, USED_FLAGS } from '../../../lib/virtio/virtio.js';
+import { NET_HDR_SIZE, NET_HDR_NUM_BUFFERS, VRING_USED_F_NO_NOTIFY, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_NEXT, USED_FLAGS } from '../../../lib/virtio/virtio.js';
 import {
   type VirtqLayout, HDR_SLOT, USED_ELEM_WORDS, availIdxWord, availRingWord, usedIdxWord, usedRingWord, iovaHalves,
 } from './virtqueue.js';
@@ -108,6 +115,8 @@ export interface VirtioQueueData {
   mergeable: boolean;
   /** float64 index of this queue's doorbell counter (an xstat), or -1 */
   kickStat: number;
+  /** RX: the eventfd the queue's MSI-X vector signals (Rx interrupt), or -1 (poll mode only) */
+  intrFd: number;
   /** the driver's bookkeeping (VirtqBook), shared with the control half, never with the device */
   book: SharedArrayBuffer;
 }
@@ -130,7 +139,8 @@ class QueueViews {
   readonly usedFlagsW: number;
   readonly usedRingW: number;
   readonly book: VirtqBook;
-  readonly bar: MappedBar;
+  /** the doorbell: mapped store or fallback, chosen once here */
+  readonly kick: MmioReg;
   readonly notifyOff: number;
   readonly kickStat: number;
   protected availIdx: number;
@@ -152,8 +162,7 @@ class QueueViews {
     this.usedFlagsW = (l.used + USED_FLAGS) >> 1;
     this.usedRingW = usedRingWord(l);
     this.book = new VirtqBook(d.book, l.size);
-    this.bar = new MappedBar(d.notify);
-    this.bar.check(d.notifyOff, 2);
+    this.kick = new MappedBar(d.notify).reg(d.notifyOff, 2);
     this.notifyOff = d.notifyOff;
     this.kickStat = d.kickStat;
     // Resume where the last owner of the queue stopped (a queue may be reopened while started).
@@ -167,7 +176,7 @@ class QueueViews {
     Atomics.store(this.u16, this.availIdxW, ai);
     // Atomics.store then Atomics.load: a full barrier between our index and the device's flags.
     if ((Atomics.load(this.u16, this.usedFlagsW) & VRING_USED_F_NO_NOTIFY) === 0) {
-      this.bar.write16(this.notifyOff, this.vq);
+      this.kick.write(this.vq);
       if (this.kickStat >= 0) stats[this.kickStat]++;
     }
   }
@@ -189,8 +198,12 @@ class VirtioRx extends QueueViews implements RxQueue {
   private epoch: number;
   private readonly v = new MbufView();
 
+  /** the Rx interrupt (the port was configured with intr.rxq) */
+  readonly intr?: RxInterrupt;
+
   constructor(d: VirtioQueueData, private readonly pool: Mempool, private readonly port: number, private readonly stats: Float64Array, private readonly s: number) {
     super(d);
+    if (d.intrFd >= 0) this.intr = new VirtioRxInterrupt(d.intrFd, this.u16, d.layout.avail >> 1, this.usedIdxW, this, stats, s + RXQ_INTERRUPTS);
     this.room = pktmbufDataRoom(pool);
     this.bufOff = pktmbufHeadroom(pool) - HDR;
     this.nbOff = MBUF_HDR + this.bufOff + NET_HDR_NUM_BUFFERS;
@@ -200,6 +213,11 @@ class VirtioRx extends QueueViews implements RxQueue {
     this.mbufs = this.book.mbufs;
     this.posted = this.book.posted;
     this.epoch = this.book.state[BK_EPOCH];
+  }
+
+  /** The used index the next burst starts from. */
+  get consumed(): number {
+    return this.lastUsed;
   }
 
   /** num_buffers of the packet starting in descriptor id's mbuf (1 without MRG_RXBUF or for a bad id). */
@@ -341,6 +359,37 @@ class VirtioRx extends QueueViews implements RxQueue {
     this.stats[this.s + RXQ_BYTES] += bytes;
     if (errors > 0) this.stats[this.s + RXQ_ERRORS] += errors;
     return got;
+  }
+}
+
+/**
+ * An RX queue's interrupt: VRING_AVAIL_F_NO_INTERRUPT cleared while armed, the MSI-X vector's
+ * eventfd (non-blocking) drained at disarm. EVENT_IDX is not negotiated, so the flag is the only
+ * suppression.
+ */
+class VirtioRxInterrupt implements RxInterrupt {
+  private readonly buf = new Uint8Array(8);
+  private readonly dv = new DataView(this.buf.buffer);
+
+  constructor(readonly fd: number, private readonly u16: Uint16Array, private readonly flagsW: number, private readonly usedIdxW: number,
+    private readonly q: { readonly consumed: number }, private readonly stats: Float64Array, private readonly stat: number) {}
+
+  enable(): boolean {
+    Atomics.store(this.u16, this.flagsW, 0);
+    // seq-cst store, then load: the device stores its used index, then loads our flags; one of
+    // the two sides sees the other's write, so a packet is never left without an interrupt.
+    if (Atomics.load(this.u16, this.usedIdxW) !== this.q.consumed) {
+      Atomics.store(this.u16, this.flagsW, VRING_AVAIL_F_NO_INTERRUPT);
+      return false;
+    }
+    return true;
+  }
+
+  disable(): void {
+    Atomics.store(this.u16, this.flagsW, VRING_AVAIL_F_NO_INTERRUPT);
+    const n = readNoThrow(this.fd, this.buf, 8);
+    if (n === 8) this.stats[this.stat] += this.dv.getUint32(0, true) + this.dv.getUint32(4, true) * 0x1_0000_0000;
+    else if (n !== -E.EAGAIN) throw new Error(`Rx interrupt eventfd ${this.fd}: read failed (${n < 0 ? `errno ${-n}` : `${n} bytes`}); was the port stopped under the lcore?`);
   }
 }
 

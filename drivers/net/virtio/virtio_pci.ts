@@ -261,6 +261,13 @@ export class VirtioPci {
     return { offered, accepted };
   }
 
+  /** Route configuration-change interrupts to MSI-X vector v (NO_VECTOR: none); throws when the device refuses it. */
+  setConfigVector(v: number): void {
+    this.common.write16(this.c(V.COMMON_MSIX), v);
+    const got = this.common.read16(this.c(V.COMMON_MSIX));
+    if (got !== v) throw new Error(`${this.dev.name}: the device refused MSI-X vector ${v} for configuration changes (config_msix_vector reads back 0x${got.toString(16)})`);
+  }
+
   /** num_queues: how many virtqueues the device has. */
   numQueues(): number {
     return this.common.read16(this.c(V.COMMON_NUMQ));
@@ -277,7 +284,7 @@ export class VirtioPci {
    * it, after the notify register's offset is checked (and accepted by beforeEnable, which may
    * throw): a queue that fails is never left enabled. Returns that offset in the notification BAR.
    */
-  setupQueue(vq: number, size: number, desc: bigint, avail: bigint, used: bigint, beforeEnable?: (notifyOff: number) => void): number {
+  setupQueue(vq: number, size: number, desc: bigint, avail: bigint, used: bigint, beforeEnable?: (notifyOff: number) => void, vector = V.VIRTIO_MSI_NO_VECTOR): number {
     const b = this.common;
     const lohi = (off: number, a: bigint): void => {
       b.write32(this.c(off), Number(a & 0xffffffffn));
@@ -289,7 +296,10 @@ export class VirtioPci {
     if (size > max) throw new Error(`${this.dev.name}: virtqueue ${vq}: size ${size} is above the device's maximum ${max}`);
     if (b.read16(this.c(V.COMMON_Q_ENABLE)) !== 0) throw new Error(`${this.dev.name}: virtqueue ${vq} is already enabled (the device was not reset)`);
     b.write16(this.c(V.COMMON_Q_SIZE), size);
-    b.write16(this.c(V.COMMON_Q_MSIX), V.VIRTIO_MSI_NO_VECTOR);
+    b.write16(this.c(V.COMMON_Q_MSIX), vector);
+    if (vector !== V.VIRTIO_MSI_NO_VECTOR && b.read16(this.c(V.COMMON_Q_MSIX)) !== vector) {
+      throw new Error(`${this.dev.name}: virtqueue ${vq}: the device refused MSI-X vector ${vector} (queue_msix_vector reads back 0x${b.read16(this.c(V.COMMON_Q_MSIX)).toString(16)}); it has too few vectors for one per RX queue, or MSI-X is not enabled`);
+    }
     lohi(V.COMMON_Q_DESCLO, desc);
     lohi(V.COMMON_Q_AVAILLO, avail);
     lohi(V.COMMON_Q_USEDLO, used);

@@ -1,0 +1,188 @@
+/**
+ * net_virtio against tspmd's emulated virtio-net device over vfio-user (no root), for two things
+ * the other virtio tests do not cover:
+ *
+ * - the unmapped-notify fallback: a device started with notify_mmap=0 (no sparse mmap area over the
+ *   notify page) and kicks=1 (VRING_USED_F_NO_NOTIFY clear, so the data half rings a doorbell per
+ *   burst): the port starts, frames go both ways byte-exact, and the data half's doorbells reach the
+ *   device as no-reply REGION_WRITE messages (the device counts them), from this thread and from a
+ *   worker lcore, while the main thread's own requests keep getting their replies;
+ * - Rx interrupts and link-state-change events: intr { rxq, lsc }: MSI-X vectors routed to
+ *   eventfds; an armed, idle queue gets no interrupt; frames arriving wake the eventfd, the
+ *   interrupt is counted (rx_q0_interrupts) and the frames are received; taking the emulated link
+ *   down and up reaches onLinkChange.
+ */
+import t from 'tap';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import '../../drivers/index.js';
+import { Eal } from '../../src/eal.js';
+import { probePorts } from '../../drivers/bus/probe.js';
+import { openRxQueue, openTxQueue, type LinkStatus } from '../../lib/ethdev/ethdev.js';
+import { pktmbufPoolCreate } from '../../lib/mempool/mbuf.js';
+import { VirtioNetPort } from '../../drivers/net/virtio/virtio.js';
+import { MappedBar } from '../../src/iommu/bar.js';
+import * as L from '../../drivers/emu/virtio-net/layout.js';
+import * as os from '../../src/os/libc.js';
+import { VnetWorld, testEal, until } from '../emu/virtio-net-helpers.js';
+import { siblingModule } from '../../src/lcore/lcores.js';
+import { fallbackKickLoop } from './virtio-intr-worker.js';
+import { pmdSend, pmdReceive, udpFrame, sameFrames, stopAndCheckPool, sleep, type Client } from './virtio-client.js';
+
+const PEER_MAC = [0x02, 0x74, 0x73, 0x70, 0x77, 0x09];
+const CPUS = os.getAffinity();
+const WORKER = siblingModule(import.meta.url, 'virtio-intr-worker');
+
+const dir = mkdtempSync(join(tmpdir(), 'tsp-vintr-'));
+t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+const devEal = testEal('tspvintr');
+t.teardown(() => devEal.close());
+
+let seq = 0;
+
+/** A PMD EAL on the device's socket, the port configured with conf.intr and started, queues opened here. */
+async function open(tt: { teardown(fn: () => unknown): void }, socket: string, intr?: { rxq?: boolean; lsc?: boolean }, workers: number[] = []): Promise<Client> {
+  const eal = new Eal({
+    noHuge: true, noPci: true, filePrefix: `tspvintr${process.pid}_${seq++}`, allow: [`vfio-user:${socket}`],
+    lcores: [{ id: 0, cpu: CPUS[0] }, ...workers.map((id) => ({ id, cpu: CPUS[0] }))], mainLcore: 0,
+  });
+  tt.teardown(() => eal.close());
+  const port = (await probePorts(eal)).find((p) => p.name === `vfio-user:${socket}`);
+  if (!(port instanceof VirtioNetPort)) throw new Error(`no net_virtio port for vfio-user:${socket}`);
+  const pool = pktmbufPoolCreate(eal.memory, 'tspvintr_pool', 2047, { cacheSize: 0 });
+  const txPool = pktmbufPoolCreate(eal.memory, 'tspvintr_txpool', 1023, { cacheSize: 0 });
+  port.configure({ rxQueues: 1, txQueues: 1, intr });
+  port.rxQueueSetup(0, 256, pool);
+  port.txQueueSetup(0, 256);
+  port.start();
+  return { eal, port, pool, txPool, rx: [await openRxQueue(port.data(), 0)], tx: [await openTxQueue(port.data(), 0)], chained: 0 };
+}
+
+t.test('notify page not mmap-able: the port starts, doorbells go as REGION_WRITE messages, frames both ways', async (t) => {
+  const w = await VnetWorld.create(devEal, dir, { mapNotify: false, wantKicks: true });
+  t.teardown(() => w.close());
+  const c = await open(t, w.socket);
+  const bar = c.port.pci.bar(c.port.pci.caps.notify);
+  t.same(bar.mapped, [], 'the notify BAR has no mapped area (the device offered none)');
+  t.equal(bar.data().io?.kind, 'vfio-user', 'its BarData says how a worker reaches it: vfio-user REGION_WRITE');
+  const mac = c.port.macAddr();
+  const kicks0 = w.stat('kicks');
+  const out = Array.from({ length: 200 }, (_, i) => udpFrame(mac, PEER_MAC, 0xaa, 1, i));
+  await pmdSend(c, out);
+  sameFrames(t, await w.collectFromDevice(out.length), out, true, 'PMD TX -> device -> backend');
+  const inj = Array.from({ length: 100 }, (_, i) => udpFrame(PEER_MAC, mac, 0x55, 1, i));
+  t.equal(w.sendToDevice(inj.slice(0, 50)) + w.sendToDevice(inj.slice(50)), inj.length, 'frames put into the backend (50 at a time)');
+  sameFrames(t, (await pmdReceive(c, inj.length))[0], inj, true, 'backend -> device -> PMD RX');
+  const x = c.port.xstats();
+  t.ok(x.tx_q0_kicks > 0 && x.rx_q0_kicks > 0, `the data half rang doorbells (TX ${x.tx_q0_kicks}, RX ${x.rx_q0_kicks})`);
+  t.ok(await until(() => w.stat('kicks') - kicks0 >= 1, 2000), `the device saw them (${w.stat('kicks') - kicks0} kicks)`);
+  // The main thread's requests still get their own replies after the no-reply messages.
+  t.equal(c.port.link().up, true, 'a register read on the main thread after the doorbell messages works');
+  t.equal(c.port.stats().oerrors + c.port.stats().ierrors, 0, 'no errors');
+  stopAndCheckPool(t, c, 'fallback');
+  await c.eal.close();
+});
+
+t.test('notify fallback from a worker lcore: doorbells while the main thread makes requests', async (t) => {
+  const w = await VnetWorld.create(devEal, dir, { mapNotify: false, wantKicks: true });
+  t.teardown(() => w.close());
+  const c = await open(t, w.socket, undefined, [1]);
+  const before = w.stat('kicks');
+  // The lcore sends frames (each burst rings the TX doorbell by message) while this thread keeps
+  // the socket busy with register reads: no reply may get lost or mixed up.
+  const done = c.eal.lcores.launch(1, WORKER, fallbackKickLoop, { port: c.port.data(), txPool: c.txPool.desc, frames: 3000 });
+  let reads = 0;
+  const collected: Uint8Array[] = [];
+  let finished = false;
+  void done.then(() => { finished = true; }, () => { finished = true; });
+  while (!finished) {
+    if (c.port.link().up) reads++;
+    collected.push(...w.receiveFromDevice());
+    await sleep(0);
+  }
+  const sent = await done;
+  collected.push(...await w.collectFromDevice(Math.max(0, sent - collected.length), 10_000));
+  t.equal(sent, 3000, 'the lcore sent every frame');
+  t.equal(collected.length, sent, `and every frame came out of the backend (device tx_dropped ${w.stat('tx_dropped')})`);
+  t.ok(reads > 10, `the main thread made ${reads} REGION_READ requests meanwhile, each answered`);
+  t.ok(w.stat('kicks') - before > 0, `the device counted ${w.stat('kicks') - before} doorbells from the lcore`);
+  stopAndCheckPool(t, c, 'worker fallback');
+  await c.eal.close();
+});
+
+t.test('Rx interrupt: none while idle and armed, one when frames arrive, frames received; link changes reach onLinkChange', async (t) => {
+  const w = await VnetWorld.create(devEal, dir, {});
+  t.teardown(() => w.close());
+  const c = await open(t, w.socket, { rxq: true, lsc: true });
+  const caps = c.port.info().capabilities;
+  t.ok(caps.includes('rx-interrupt') && caps.includes('lsc-interrupt'), `capabilities: ${caps.join(', ')}`);
+  const rx = c.rx[0];
+  const intr = rx.intr;
+  if (!intr) { t.fail('the RX queue has no interrupt'); return; }
+  t.ok(intr.fd >= 0, `RX queue 0 interrupt eventfd ${intr.fd}`);
+
+  t.equal(intr.enable(), true, 'armed on an idle queue');
+  t.equal(os.pollOne(intr.fd, os.POLLIN, 300), 0, 'no interrupt in 300 ms of idleness');
+  intr.disable();
+  t.equal(c.port.xstats().rx_q0_interrupts, 0, 'rx_q0_interrupts 0 while idle');
+
+  const mac = c.port.macAddr();
+  for (let round = 0; round < 3; round++) {
+    t.equal(intr.enable(), true, `round ${round}: armed`);
+    const inj = Array.from({ length: 20 }, (_, i) => udpFrame(PEER_MAC, mac, 0x55, 10 + round, i));
+    const t0 = performance.now();
+    w.sendToDevice(inj);
+    const [ev] = await os.pollAsync([intr.fd], os.POLLIN, 5000);
+    const woke = performance.now() - t0;
+    t.ok((ev & os.POLLIN) !== 0, `round ${round}: the eventfd turned readable (${woke.toFixed(1)} ms)`);
+    intr.disable();
+    sameFrames(t, (await pmdReceive(c, inj.length))[0], inj, true, `round ${round}: the frames after the wake-up`);
+  }
+  const n = c.port.xstats().rx_q0_interrupts;
+  t.ok(n >= 3, `rx_q0_interrupts ${n} after three wake-ups`);
+
+  // Frames already waiting: enable() says so instead of arming.
+  const inj = [udpFrame(PEER_MAC, mac, 0x66, 20, 0)];
+  w.sendToDevice(inj);
+  t.ok(await until(() => w.stat('rx_packets') >= 61, 5000), 'the device delivered the frame');
+  t.equal(intr.enable(), false, 'enable() returns false when packets are already in the ring');
+  intr.disable();
+  t.equal((await pmdReceive(c, 1))[0].length, 1, 'the waiting frame is received');
+
+  // Link-state changes.
+  const events: LinkStatus[] = [];
+  const off = c.port.onLinkChange((l) => events.push(l));
+  L.setLinkState(w.state, false);
+  t.ok(await until(() => events.length >= 1, 3000), 'link down reached onLinkChange');
+  t.equal(events[0]?.up, false, 'with up: false');
+  t.equal(c.port.link().up, false, 'link() says down');
+  L.setLinkState(w.state, true);
+  t.ok(await until(() => events.length >= 2, 3000), 'link up reached onLinkChange');
+  t.equal(events[1]?.up, true, 'with up: true');
+  off();
+  stopAndCheckPool(t, c, 'interrupts');
+  await c.eal.close();
+});
+
+t.test('MappedBar.reg: mapped or fallback decided per register; the file path reads and writes; clear refusals', async (t) => {
+  const fd = os.memfdCreate('tsp-vintr-bar', 0);
+  t.teardown(() => os.close(fd));
+  os.ftruncate(fd, 8192);
+  const io = { kind: 'file' as const, fd, offset: 4096n, readable: true, writable: true };
+  const mb = new MappedBar({ name: 'memfd BAR0', va: 0n, size: 4096, mapped: [], io });
+  const r16 = mb.reg(0x10, 2), r32 = mb.reg(0x20, 4), r8 = mb.reg(0x31, 1);
+  t.same([r16.mapped, r32.mapped, r8.mapped], [false, false, false], 'nothing mapped: every register takes the fallback');
+  r16.write(0xbeef); r32.write(0xdeadbeef); r8.write(0x5a);
+  const back = new Uint8Array(4);
+  os.pread(fd, back, 2, 4096n + 0x10n);
+  t.same([...back.subarray(0, 2)], [0xef, 0xbe], 'pwrite landed at the region offset + the register offset, little endian');
+  t.same([r16.read(), r32.read(), r8.read()], [0xbeef, 0xdeadbeef, 0x5a], 'pread reads them back');
+  t.throws(() => mb.reg(0x11, 2), /memfd BAR0\+0x11: a 16-bit register must be aligned/);
+  t.throws(() => mb.reg(0x1000, 4), /lies outside the BAR/);
+  t.throws(() => new MappedBar({ name: 'x BAR2', va: 0n, size: 4096, mapped: [] }), /x BAR2: nothing of the BAR is mapped and its VFIO back end gives no other path/);
+  const user = new MappedBar({ name: 'vu BAR4', va: 0n, size: 4096, mapped: [], io: { kind: 'vfio-user', fd: -1, region: 4, lock: new SharedArrayBuffer(4), msgId: 0x8000, command: 10, flags: 0x10 } });
+  t.throws(() => user.reg(0x100, 2, true), /vu BAR4\+0x100 is not mapped, and vfio-user registers are reached from a worker by no-reply REGION_WRITE only/);
+  const w = user.reg(0x100, 2);
+  t.throws(() => w.write(1), /vu BAR4\+0x100: sending VFIO_USER_REGION_WRITE failed \(EBADF\)/, 'a write on a dead socket names the register and the error');
+});
