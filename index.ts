@@ -29,6 +29,7 @@ export {
   EthDev, listPorts, closeAllPorts, openRxQueue, openTxQueue, formatMac, parseMac, MAX_QUEUES,
   type PortData, type PortConf, type PortStats, type LinkStatus, type DevInfo, type RxQueue, type TxQueue,
 } from './lib/ethdev/ethdev.js';
+export { RxIdleSleeper, FdRxInterrupt, type RxInterrupt, type RxIdleQueue, type RxIdleSleeperOptions, type RxIdleStats } from './lib/ethdev/rx_intr.js';
 
 // ---- mempools, mbufs, rings (rte_mempool.h, rte_mbuf.h, rte_ring.h) ----
 export { Mempool, poolOf, MEMPOOL_MAX_OBJECTS, MEMPOOL_CACHE_MAX, type MempoolDesc, type MempoolOptions, type MempoolAudit } from './lib/mempool/mempool.js';

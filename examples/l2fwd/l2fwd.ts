@@ -5,6 +5,8 @@
  * source MAC set to the pair's own MAC (unless --no-mac-updating). Each worker lcore polls up to
  * -q ports. The control part (options, ports, lcores, statistics) runs on the main thread; the
  * forwarding loop l2fwdLoop, exported from this same module, runs on the worker lcores.
+ * With --rx-mode interrupt or adaptive, an lcore whose ports go quiet sleeps on their Rx
+ * interrupts (RxIdleSleeper, as DPDK's l3fwd-power) instead of spinning.
  *
  *   node dist/examples/l2fwd/l2fwd.js --no-huge --vdev net_null0 --vdev net_null1 -- -T 1
  *   npx tspmd l2fwd ...                     (the same app as a tspmd subcommand)
@@ -12,8 +14,13 @@
 import {
   type App, type EthDev, type LcoreContext, type PortData, type RxQueue, type TxQueue, UsageError, MbufView, Mempool,
   appMain, countGc, eachOption, listPorts, macWords, numberOption, openRxQueue, openTxQueue, pktmbufFreeBulk,
-  pktmbufPoolCreate, probePorts, runLcoresUntilDone, StatsReporter,
+  pktmbufPoolCreate, probePorts, runLcoresUntilDone, StatsReporter, RxIdleSleeper, type RxIdleQueue,
 } from '../../index.js';
+
+/** How lcores wait for packets: always polling, sleeping whenever a round finds nothing, or after --idle-polls empty rounds. */
+export type RxMode = 'poll' | 'interrupt' | 'adaptive';
+/** Longest sleep of an idle lcore: it sees its stop flag at least this often. */
+const MAX_SLEEP_MS = 100;
 
 /** l2fwd's options. */
 export interface L2fwdOptions {
@@ -27,6 +34,9 @@ export interface L2fwdOptions {
   burst: number;
   rxDesc: number;
   txDesc: number;
+  rxMode: RxMode;
+  /** empty polling rounds before an lcore sleeps (adaptive mode) */
+  idlePolls: number;
 }
 
 /** Which lcore polls which RX port, and each port's destination. */
@@ -53,9 +63,15 @@ export const l2fwd: App<L2fwdOptions> = {
   --burst N           packets per burst (default 32)
   --rxd N / --txd N   descriptors per RX / TX queue (default 1024)
   --duration SEC      stop by itself after SEC seconds (default: until SIGINT)
+  --rx-mode MODE      poll: lcores spin on their ports (the default, lowest latency, 100 % of a core);
+                      interrupt: an lcore sleeps on its ports' Rx interrupts whenever a round finds
+                      nothing; adaptive: it sleeps after --idle-polls empty rounds in a row, so a busy
+                      lcore forwards at the polling rate and an idle one costs almost no CPU.
+                      interrupt and adaptive need drivers with Rx interrupts (net_af_packet, net_tap)
+  --idle-polls N      empty rounds before sleeping in adaptive mode (default 300)
   --json              print the final summary as one JSON line`,
   parse(args) {
-    const o: L2fwdOptions = { portmask: null, queuesPerLcore: null, periodS: 10, macUpdating: true, durationS: 0, json: false, burst: 32, rxDesc: 1024, txDesc: 1024 };
+    const o: L2fwdOptions = { portmask: null, queuesPerLcore: null, periodS: 10, macUpdating: true, durationS: 0, json: false, burst: 32, rxDesc: 1024, txDesc: 1024, rxMode: 'poll', idlePolls: 300 };
     eachOption(args, (flag, value) => {
       switch (flag) {
         case '-p': {
@@ -72,6 +88,13 @@ export const l2fwd: App<L2fwdOptions> = {
         case '--rxd': o.rxDesc = numberOption('--rxd', value(), 1, 65536); break;
         case '--txd': o.txDesc = numberOption('--txd', value(), 1, 65536); break;
         case '--duration': o.durationS = numberOption('--duration', value(), 0, 1e7); break;
+        case '--rx-mode': {
+          const v = value();
+          if (v !== 'poll' && v !== 'interrupt' && v !== 'adaptive') throw new UsageError(`--rx-mode ${v}: expected poll, interrupt or adaptive`);
+          o.rxMode = v;
+          break;
+        }
+        case '--idle-polls': o.idlePolls = numberOption('--idle-polls', value(), 1, 1e9); break;
         case '--json': o.json = true; break;
         default: throw new UsageError(`unknown l2fwd option "${flag}" (see --help)`);
       }
@@ -91,9 +114,18 @@ export const l2fwd: App<L2fwdOptions> = {
     const plan = planL2fwd(ports, eal.lcores.workers, perLcore);
     const lcoresUsed = new Set(plan.map((a) => a.lcore)).size;
     const nbMbufs = Math.max(8191, ports.length * (o.rxDesc + o.txDesc + o.burst) + lcoresUsed * 512 - 1);
+    const sleeping = o.rxMode !== 'poll';
+    if (sleeping) {
+      for (const p of ports) {
+        const di = p.info();
+        if (!di.capabilities.includes('rx-interrupt')) {
+          throw new UsageError(`--rx-mode ${o.rxMode}: port ${p.port} (${p.name}) uses driver ${di.driverName}, which has no Rx interrupt: use --rx-mode poll, leave the port out with -p, or use a driver that has one (net_af_packet, net_tap)`);
+        }
+      }
+    }
     const pool = pktmbufPoolCreate(eal.memory, 'l2fwd_pool', nbMbufs, { cacheSize: 256 });
     for (const p of ports) {
-      p.configure({ rxQueues: 1, txQueues: 1, promiscuous: true });
+      p.configure({ rxQueues: 1, txQueues: 1, promiscuous: true, ...(sleeping ? { intr: { rxq: true } } : {}) });
       p.rxQueueSetup(0, o.rxDesc, pool);
       p.txQueueSetup(0, o.txDesc);
       p.start();
@@ -112,7 +144,10 @@ export const l2fwd: App<L2fwdOptions> = {
     const reporter = new StatsReporter(ports, (i) => dropView[i]);
     reporter.start(o.json ? 0 : o.periodS);
     const running = [...byLcore].map(([lcore, assignments]) => {
-      const arg: L2fwdLcoreArg = { assignments, burst: o.burst, macUpdating: o.macUpdating, drops };
+      const arg: L2fwdLcoreArg = {
+        assignments, burst: o.burst, macUpdating: o.macUpdating, drops,
+        idlePolls: o.rxMode === 'poll' ? 0 : o.rxMode === 'interrupt' ? 1 : o.idlePolls,
+      };
       return eal.lcores.launch(lcore, import.meta.url, l2fwdLoop, arg);
     });
     let results: L2fwdLcoreResult[];
@@ -123,10 +158,21 @@ export const l2fwd: App<L2fwdOptions> = {
     }
     const rs = results;
     const gcCount = rs.reduce((a, r) => a + r.gcCount, 0), gcSteady = rs.reduce((a, r) => a + r.gcCountAfterWarmup, 0);
+    const sum = (k: 'sleeps' | 'wakeups' | 'timeouts' | 'raced' | 'sleptMs'): number => rs.reduce((a, r) => a + r[k], 0);
+    // Interrupts each port's RX queue delivered (its rx_q0_interrupts xstat), read before stop.
+    const intrs = ports.map((p) => p.xstats()['rx_q0_interrupts'] ?? 0);
     for (const p of ports) p.stop();
     const leaked = pool.inUseCount();
-    const summary = reporter.summary('l2fwd', { worker_gc_count: gcSteady, worker_gc_count_with_warmup: gcCount, mbufs_in_use_after_stop: leaked });
+    const summary = reporter.summary('l2fwd', {
+      worker_gc_count: gcSteady, worker_gc_count_with_warmup: gcCount, mbufs_in_use_after_stop: leaked,
+      rx_mode: o.rxMode, rx_interrupts: intrs.reduce((a, b) => a + b, 0), rx_interrupts_per_port: intrs,
+      lcore_sleeps: sum('sleeps'), lcore_wakeups: sum('wakeups'), lcore_sleep_timeouts: sum('timeouts'), lcore_sleeps_raced: sum('raced'),
+      lcore_asleep_s: Math.round(sum('sleptMs')) / 1000,
+    });
     reporter.printSummary(summary, o.json);
+    if (sleeping && !o.json) {
+      info(`  rx-mode ${o.rxMode}: ${summary.rx_interrupts} Rx interrupts, ${summary.lcore_sleeps} sleeps (${summary.lcore_wakeups} woken by packets, ${summary.lcore_sleep_timeouts} timed out, ${summary.lcore_sleeps_raced} abandoned for packets that raced in), ${summary.lcore_asleep_s} s asleep`);
+    }
     if (leaked !== 0) console.error(`tspmd l2fwd: warning: ${leaked} mbufs were not returned to the pool`);
     return 0;
   },
@@ -152,12 +198,20 @@ export interface L2fwdLcoreArg {
   macUpdating: boolean;
   /** Float64Array counters of packets dropped, per port */
   drops: SharedArrayBuffer;
+  /** 0: poll without sleeping; n: sleep on the RX queues' interrupts after n empty rounds (ports need intr.rxq) */
+  idlePolls?: number;
 }
 
 /** What an l2fwd lcore reports: garbage collections in all, and in the loop after its first second (warm-up). */
 export interface L2fwdLcoreResult {
   gcCount: number;
   gcCountAfterWarmup: number;
+  /** the lcore's RxIdleSleeper counts (all 0 in poll mode) */
+  sleeps: number;
+  wakeups: number;
+  timeouts: number;
+  raced: number;
+  sleptMs: number;
 }
 
 interface Fwd {
@@ -174,10 +228,15 @@ const WARMUP_MS = 1000;
 /** Forward until stopped: receive a burst per port, rewrite the MACs, send it out of the pair, free what did not fit. */
 export async function l2fwdLoop(arg: L2fwdLcoreArg, ctx: LcoreContext): Promise<L2fwdLcoreResult> {
   const fwd: Fwd[] = [];
+  const idleQueues: RxIdleQueue[] = [];
   for (const a of arg.assignments) {
     const [w0, w1, w2] = macWords(a.dstMac, a.srcMac);
-    fwd.push({ rx: await openRxQueue(a.rx, 0), tx: await openTxQueue(a.tx, 0), w0, w1, w2, drop: a.dropIndex });
+    const rx = await openRxQueue(a.rx, 0);
+    fwd.push({ rx, tx: await openTxQueue(a.tx, 0), w0, w1, w2, drop: a.dropIndex });
+    idleQueues.push({ rxq: rx, port: a.rx.port, name: a.rx.name, queue: 0 });
   }
+  const idlePolls = arg.idlePolls ?? 0;
+  const sleeper = idlePolls > 0 ? new RxIdleSleeper(idleQueues, { idlePolls, maxSleepMs: MAX_SLEEP_MS, stopRequested: ctx.stopRequested }) : null;
   const drops = new Float64Array(arg.drops);
   const burst = arg.burst, mac = arg.macUpdating, nf = fwd.length;
   const buf = new Uint32Array(burst);
@@ -185,10 +244,12 @@ export async function l2fwdLoop(arg: L2fwdLcoreArg, ctx: LcoreContext): Promise<
   const gc = countGc();
   const warm = performance.now() + WARMUP_MS;
   while (!ctx.stopRequested()) {
+    let got = 0;
     for (let i = 0; i < nf; i++) {
       const f = fwd[i];
       const n = f.rx.rxBurst(buf, burst);
       if (n === 0) continue;
+      got += n;
       if (mac) for (let k = 0; k < n; k++) pkt.at(buf[k]).setMacWords(f.w0, f.w1, f.w2);
       const sent = f.tx.txBurst(buf, n, 0);
       if (sent < n) {
@@ -196,12 +257,14 @@ export async function l2fwdLoop(arg: L2fwdLcoreArg, ctx: LcoreContext): Promise<
         drops[f.drop] += n - sent;
       }
     }
+    if (sleeper !== null) sleeper.round(got);
   }
   const loopEnd = performance.now();
   await gc.settle();
   gc.stop();
   for (const a of arg.assignments) for (const d of a.rx.rxPools) Mempool.attach(d).flushCache();
-  return { gcCount: gc.count(), gcCountAfterWarmup: gc.countBetween(warm, loopEnd) };
+  const st = sleeper?.stats ?? { sleeps: 0, wakeups: 0, timeouts: 0, raced: 0, sleptMs: 0 };
+  return { gcCount: gc.count(), gcCountAfterWarmup: gc.countBetween(warm, loopEnd), ...st };
 }
 
 appMain(import.meta.url, l2fwd);

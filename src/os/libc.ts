@@ -116,6 +116,8 @@ const fnSend = libc.func('intptr_t send(int fd, const uint8_t *buf, size_t len, 
 const fnSetsockopt = libc.func('int setsockopt(int fd, int level, int name, const uint8_t *val, uint32_t len)');
 const fnGetsockopt = libc.func('int getsockopt(int fd, int level, int name, _Out_ uint8_t *val, _Inout_ uint32_t *len)');
 const fnPoll = libc.func('int poll(_Inout_ uint8_t *fds, unsigned long nfds, int timeout)');
+// The same call with the pollfd array passed in place (koffi hands a TypedArray's memory over as is).
+const fnPollInPlace = libc.func('poll', 'int', ['uint8_t *', 'unsigned long', 'int']);
 const fnSchedSetaffinity = libc.func('int sched_setaffinity(int pid, size_t size, const uint8_t *mask)');
 const fnSchedGetaffinity = libc.func('int sched_getaffinity(int pid, size_t size, _Out_ uint8_t *mask)');
 const fnSyscall0 = libc.func('long syscall(long nr)');
@@ -365,6 +367,19 @@ export function pollOne(fd: number, events: number, timeoutMs: number): number {
     throw new OsError('poll', e, `fd ${fd}`);
   }
   return r === 0 ? 0 : pfd.readUInt16LE(6);
+}
+
+/** Size of one struct pollfd (int fd, short events, short revents) in a pollFds array. */
+export const SIZEOF_POLLFD = 8;
+
+/**
+ * poll(2) on nfds struct pollfd entries that the caller laid out in pfds (fd at 8i, events at 8i+4;
+ * the kernel writes revents at 8i+6): blocks the calling thread up to timeoutMs. Returns how many
+ * fds are ready (0 on timeout) or -errno (-EINTR included); allocates nothing: for lcore loops.
+ */
+export function pollFds(pfds: Uint8Array, nfds: number, timeoutMs: number): number {
+  const r = fnPollInPlace(pfds, nfds, timeoutMs) as number;
+  return r < 0 ? -koffi.errno() : r;
 }
 
 /**

@@ -81,7 +81,7 @@ export class AfPacketPort extends EthDev {
     const room = this.opts.frameSize - P.SIZEOF_TPACKET3_HDR - 32;
     return {
       driverName: 'net_af_packet', maxRxQueues: this.opts.qpairs, maxTxQueues: this.opts.qpairs, minMtu: 68, maxMtu: Math.max(mtu, room - 14),
-      minDesc: 1, maxDesc: 1 << 20, capabilities: ['promiscuous', 'multi-queue', 'qdisc-bypass', 'link-state'],
+      minDesc: 1, maxDesc: 1 << 20, capabilities: ['promiscuous', 'multi-queue', 'qdisc-bypass', 'link-state', 'rx-interrupt'],
     };
   }
 
@@ -186,7 +186,10 @@ export class AfPacketPort extends EthDev {
   protected rxqData(q: number): AfPacketQueueData {
     const o = this.opts, s = this.socks[q];
     const blocks = (o.frameSize * o.frameCount) / o.blockSize;
-    return { fd: s.fd, va: s.va, len: s.len, blockSize: o.blockSize, blockCount: blocks, frameSize: o.frameSize, frameCount: o.frameCount, txOffset: blocks * o.blockSize };
+    return {
+      fd: s.fd, va: s.va, len: s.len, blockSize: o.blockSize, blockCount: blocks, frameSize: o.frameSize, frameCount: o.frameCount, txOffset: blocks * o.blockSize,
+      intr: this.configuration?.intr?.rxq === true,
+    };
   }
 
   protected txqData(q: number): AfPacketQueueData {

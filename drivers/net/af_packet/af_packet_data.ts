@@ -11,9 +11,10 @@ import { pktmbufAllocInit, pktmbufFreeBulk, MBUF_NONE } from '../../../lib/mempo
 import { MbufView } from '../../../lib/mempool/mbuf_view.js';
 import { copyBytes } from '../../../lib/net/copy.js';
 import {
-  type PortData, type RxQueue, type TxQueue, rxqStatsBase, txqStatsBase,
-  RXQ_PACKETS, RXQ_BYTES, RXQ_ERRORS, RXQ_NOMBUF, TXQ_PACKETS, TXQ_BYTES, TXQ_ERRORS,
+  type PortData, type RxQueue, type TxQueue, type RxInterrupt, rxqStatsBase, txqStatsBase,
+  RXQ_PACKETS, RXQ_BYTES, RXQ_ERRORS, RXQ_NOMBUF, RXQ_INTERRUPTS, TXQ_PACKETS, TXQ_BYTES, TXQ_ERRORS,
 } from '../../../lib/ethdev/ethdev.js';
+import { FdRxInterrupt } from '../../../lib/ethdev/rx_intr.js';
 import {
   BD_BLOCK_STATUS, BD_NUM_PKTS, BD_OFFSET_TO_FIRST_PKT, H3_NEXT_OFFSET, H3_SNAPLEN, H3_LEN, H3_STATUS, H3_MAC,
   TP_STATUS_USER, TP_STATUS_KERNEL, TP_STATUS_AVAILABLE, TP_STATUS_SEND_REQUEST, TP_STATUS_WRONG_FORMAT, TPACKET3_TX_DATA,
@@ -30,6 +31,8 @@ export interface AfPacketQueueData {
   frameCount: number;
   /** byte offset of the TX ring in the mapping (after the RX ring) */
   txOffset: number;
+  /** give the RX queue an Rx interrupt (the port was configured with intr.rxq) */
+  intr?: boolean;
 }
 
 const EAGAIN = 11, ENOBUFS = 105;
@@ -58,12 +61,25 @@ class AfPacketRx extends RingViews implements RxQueue {
   private held = false;
   private left = 0;
   private pkt = 0;
+  /**
+   * The socket fd as Rx interrupt: it polls readable (level) once the kernel retires a block to
+   * us (full, or after the ring's block timeout), the moment rxBurst would see it too.
+   */
+  readonly intr?: RxInterrupt;
 
   constructor(q: AfPacketQueueData, private readonly pool: Mempool, private readonly port: number, private readonly stats: Float64Array, private readonly s: number) {
     super(q);
     this.bs = q.blockSize;
     this.nblocks = q.blockCount;
     this.room = pool.userWord(1);
+    if (q.intr === true) this.intr = new FdRxInterrupt(q.fd, stats, s + RXQ_INTERRUPTS, () => this.pending());
+  }
+
+  /** Frames are waiting: some left in the held block, or the next block is already ours. No system call. */
+  private pending(): boolean {
+    if (this.left > 0) return true;
+    const next = this.held ? (this.block + 1 === this.nblocks ? 0 : this.block + 1) : this.block;
+    return (Atomics.load(this.i32, (next * this.bs + BD_BLOCK_STATUS) >> 2) & TP_STATUS_USER) !== 0;
   }
 
   /** Take the next block if the kernel has handed it over; gives the finished one back first. */

@@ -99,7 +99,7 @@ export class TapPort extends EthDev {
   info(): DevInfo {
     return {
       driverName: 'net_tap', maxRxQueues: this.qpairs, maxTxQueues: this.qpairs, minMtu: 68, maxMtu: 9000,
-      minDesc: 1, maxDesc: 65536, capabilities: ['promiscuous', 'multi-queue', 'link-state'],
+      minDesc: 1, maxDesc: 65536, capabilities: ['promiscuous', 'multi-queue', 'link-state', 'rx-interrupt'],
     };
   }
 
@@ -144,7 +144,7 @@ export class TapPort extends EthDev {
   }
 
   protected rxqData(q: number): TapQueueData {
-    return { fd: this.fds[q] };
+    return { fd: this.fds[q], intr: this.configuration?.intr?.rxq === true };
   }
 
   protected txqData(q: number): TapQueueData {

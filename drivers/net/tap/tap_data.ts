@@ -9,13 +9,16 @@ import { pktmbufAllocInit, pktmbufFreeBulk, MBUF_NONE } from '../../../lib/mempo
 import { MbufView } from '../../../lib/mempool/mbuf_view.js';
 import { copyBytes } from '../../../lib/net/copy.js';
 import {
-  type PortData, type RxQueue, type TxQueue, rxqStatsBase, txqStatsBase,
-  RXQ_PACKETS, RXQ_BYTES, RXQ_ERRORS, RXQ_NOMBUF, TXQ_PACKETS, TXQ_BYTES, TXQ_ERRORS,
+  type PortData, type RxQueue, type TxQueue, type RxInterrupt, rxqStatsBase, txqStatsBase,
+  RXQ_PACKETS, RXQ_BYTES, RXQ_ERRORS, RXQ_NOMBUF, RXQ_INTERRUPTS, TXQ_PACKETS, TXQ_BYTES, TXQ_ERRORS,
 } from '../../../lib/ethdev/ethdev.js';
+import { FdRxInterrupt } from '../../../lib/ethdev/rx_intr.js';
 
 /** Per-queue plain data. */
 export interface TapQueueData {
   fd: number;
+  /** give the RX queue an Rx interrupt (the port was configured with intr.rxq) */
+  intr?: boolean;
 }
 
 const EAGAIN = 11;
@@ -23,8 +26,11 @@ const EAGAIN = 11;
 class TapRx implements RxQueue {
   private readonly room: number;
   private readonly v = new MbufView();
-  constructor(private readonly fd: number, private readonly pool: Mempool, private readonly port: number, private readonly stats: Float64Array, private readonly s: number) {
+  /** The TAP fd as Rx interrupt: readable (level) while a frame waits, so arming needs no re-check. */
+  readonly intr?: RxInterrupt;
+  constructor(private readonly fd: number, private readonly pool: Mempool, private readonly port: number, private readonly stats: Float64Array, private readonly s: number, intr: boolean) {
     this.room = pool.userWord(1);
+    if (intr) this.intr = new FdRxInterrupt(fd, stats, s + RXQ_INTERRUPTS);
   }
 
   rxBurst(out: Uint32Array, n: number): number {
@@ -112,7 +118,8 @@ function writeFlat(fd: number, b: Uint8Array, len: number): number {
 
 /** Rebuild RX queue q in this thread. */
 export function openRxQueue(port: PortData, q: number, stats: Float64Array): RxQueue {
-  return new TapRx((port.rxq[q] as TapQueueData).fd, Mempool.attach(port.rxPools[q]), port.port, stats, rxqStatsBase(q));
+  const d = port.rxq[q] as TapQueueData;
+  return new TapRx(d.fd, Mempool.attach(port.rxPools[q]), port.port, stats, rxqStatsBase(q), d.intr === true);
 }
 
 /** Rebuild TX queue q in this thread. */
