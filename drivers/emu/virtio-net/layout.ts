@@ -155,5 +155,9 @@ export const VIRTIO_NET_ARGS = {
 /** Check the device arguments; a UsageError names the key, the value and what is allowed. */
 export function parseVirtioNetArgs(raw: Record<string, string>): VirtioNetConfig {
   const a = checkDevargs(raw, VIRTIO_NET_ARGS, { where: 'virtio-net', driver: 'virtio-net' });
-  return { mac: a.mac, pairs: a.queues, backend: a.backend, mrg: a.mrg, queueSize: a.size, mapNotify: a.notify_mmap, wantKicks: a.kicks };
+  const c: VirtioNetConfig = { mac: a.mac, pairs: a.queues, backend: a.backend, mrg: a.mrg, queueSize: a.size };
+  // Only the non-default choices appear (a default configuration keeps its plain shape).
+  if (!a.notify_mmap) c.mapNotify = false;
+  if (a.kicks) c.wantKicks = true;
+  return c;
 }
