@@ -175,9 +175,12 @@ export function eachOption(args: string[], on: (flag: string, value: () => strin
   }
 }
 
-/** Sleep ms, or until the signal fires. */
+/** Sleep ms, or until the signal fires (at once if it already has). */
 export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
+    // An abort that came before the call fires no event: without this check a SIGINT/SIGTERM
+    // during the lcores' start-up left runLcoresUntilDone sleeping for the whole --duration (forever with none).
+    if (signal?.aborted) { resolve(); return; }
     const t = setTimeout(resolve, ms);
     signal?.addEventListener('abort', () => { clearTimeout(t); resolve(); }, { once: true });
   });
