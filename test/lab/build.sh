@@ -246,6 +246,8 @@ need_mod() {
   for dep in $("$cache/busybox" strings "$stage/lib/modules/$kver/$rel" | sed -n 's/^depends=//p' | tr ',' ' '); do need_mod "$dep"; done
 }
 for m in vfio vfio_iommu_type1 irqbypass vfio_pci_core vfio_pci; do need_mod $m; done
+# the igb guest's kernel-owned NICs (e1000e) and the peer side of net_af_packet
+need_mod e1000e
 cp "$moddir"/modules.order "$moddir"/modules.builtin* "$stage/lib/modules/$kver/" 2>/dev/null || true
 "$cache/busybox" depmod -b "$stage" "$kver" || fail "depmod -b failed"
 echo "lab build:   modules: ${!want[*]}"
@@ -264,6 +266,19 @@ done
 interp=$("$cache/busybox" strings "$node" | grep -m1 '^/lib.*ld-linux' || true)
 [ -n "$interp" ] && [ ! -e "$stage$interp" ] && { mkdir -p "$stage$(dirname "$interp")"; cp -L "$interp" "$stage$interp"; }
 # koffi's and @napi-rs's native parts need only libc, libstdc++, libgcc_s: node's set covers them.
+# iproute2 (ip netns) and ethtool for the igb guest's namespaces and offload settings, with their libraries
+# (busybox's ip has no netns).
+for tool in ip ethtool; do
+  bin=$(readlink -f "$(command -v $tool || true)")
+  [ -x "$bin" ] || fail "$tool is missing on the host: apt-get install iproute2 ethtool"
+  cp "$bin" "$stage/usr/bin/$tool-host"
+  for lib in $(ldd "$bin" | grep -oE '(/[^ ]+)'); do
+    [ -f "$lib" ] || continue
+    [ -e "$stage$lib" ] && continue
+    mkdir -p "$stage$(dirname "$lib")"
+    cp -L "$lib" "$stage$lib"
+  done
+done
 
 # The project: package.json, dist/, runtime node_modules.
 mkdir -p "$stage/tspmd/node_modules"

@@ -26,8 +26,11 @@ export interface GuestRun {
   tail(bytes: number): string;
 }
 
-/** Run QEMU (file, args) until it exits or timeoutMs passes; teardown registers a kill for early test ends. */
-export async function runGuest(file: string, args: string[], timeoutMs: number, teardown: (fn: () => void) => void): Promise<GuestRun> {
+/**
+ * Run QEMU (file, args) until it exits or timeoutMs passes; teardown registers a kill for early
+ * test ends; onLine (optional) sees every console line as it arrives (a guest asking the host to act).
+ */
+export async function runGuest(file: string, args: string[], timeoutMs: number, teardown: (fn: () => void) => void, onLine?: (line: string) => void): Promise<GuestRun> {
   const started = Date.now();
   const q = spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   teardown(() => { if (q.exitCode === null && q.signalCode === null) q.kill('SIGKILL'); });
@@ -41,6 +44,7 @@ export async function runGuest(file: string, args: string[], timeoutMs: number, 
     while ((nl = pending.indexOf('\n')) >= 0) {
       const line = pending.slice(0, nl);
       pending = pending.slice(nl + 1);
+      onLine?.(line);
       const i = line.indexOf('TSPLAB {');
       if (i < 0) continue;
       try {
