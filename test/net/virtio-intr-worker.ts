@@ -1,13 +1,15 @@
 /**
- * The worker lcore of virtio-intr.test.ts's fallback test: net_virtio's TX data half on its own
- * thread, against a device whose notify page is not mapped and which wants doorbells, so every
- * burst's doorbell is a no-reply REGION_WRITE sent from this thread on the vfio-user socket the
- * main thread uses for its own requests at the same time.
+ * The worker lcores of virtio-intr.test.ts: (1) net_virtio's TX data half on its own thread,
+ * against a device whose notify page is not mapped and which wants doorbells, so every burst's
+ * doorbell is a no-reply REGION_WRITE sent from this thread on the vfio-user socket the main thread
+ * uses for its own requests at the same time; (2) an RX loop in Rx interrupt mode (RxIdleSleeper
+ * on the queue's MSI-X eventfd).
  */
 import type { LcoreContext } from '../../src/lcore/types.js';
-import { openTxQueue, type PortData } from '../../lib/ethdev/ethdev.js';
+import { openRxQueue, openTxQueue, type PortData } from '../../lib/ethdev/ethdev.js';
+import { RxIdleSleeper } from '../../lib/ethdev/rx_intr.js';
 import { Mempool, type MempoolDesc } from '../../lib/mempool/mempool.js';
-import { pktmbufAllocInit, MBUF_HDR, F_DATA_OFF, F_DATA_LEN, F_PKT_LEN } from '../../lib/mempool/mbuf.js';
+import { pktmbufAllocInit, pktmbufFreeBulk, MBUF_HDR, F_DATA_OFF, F_DATA_LEN, F_PKT_LEN } from '../../lib/mempool/mbuf.js';
 
 /** What the loop gets. */
 export interface FallbackKickArg {
@@ -40,4 +42,47 @@ export async function fallbackKickLoop(a: FallbackKickArg, ctx: LcoreContext): P
     if ((sent & 31) === 0) await new Promise((r) => setTimeout(r, 2));
   }
   return sent;
+}
+
+/** What the interrupt-mode loop gets. */
+export interface IntrLoopArg {
+  port: PortData;
+  /** frames to receive before returning */
+  frames: number;
+  /** give up after this long (ms) */
+  timeoutMs: number;
+  /** Float64Array [received, sleeps] the loop keeps up to date, for the test to pace itself */
+  progress: SharedArrayBuffer;
+}
+
+/** What it reports: frames received and what the sleeper did. */
+export interface IntrLoopResult {
+  received: number;
+  sleeps: number;
+  wakeups: number;
+  timeouts: number;
+  raced: number;
+  sleptMs: number;
+}
+
+/**
+ * Receive in Rx interrupt mode on this lcore (RxIdleSleeper, lib/ethdev/rx_intr.ts): poll, and
+ * after 64 empty rounds sleep in poll(2) on the queue's MSI-X eventfd (at most 100 ms at a time).
+ */
+export async function intrRxLoop(a: IntrLoopArg, ctx: LcoreContext): Promise<IntrLoopResult> {
+  const rx = await openRxQueue(a.port, 0);
+  const sleeper = new RxIdleSleeper([{ rxq: rx, port: a.port.port, name: a.port.name, queue: 0 }], { idlePolls: 64, maxSleepMs: 100, stopRequested: () => ctx.stopRequested() });
+  const b = new Uint32Array(32), progress = new Float64Array(a.progress);
+  let received = 0;
+  const deadline = performance.now() + a.timeoutMs;
+  while (received < a.frames && !ctx.stopRequested() && performance.now() < deadline) {
+    const n = rx.rxBurst(b, 32);
+    if (n > 0) pktmbufFreeBulk(b, n);
+    received += n;
+    progress[0] = received;
+    // Counted before it sleeps: the test sends once it sees the lcore about to sleep.
+    if (n === 0) progress[1] = sleeper.stats.sleeps + 1;
+    sleeper.round(n);
+  }
+  return { received, ...sleeper.stats };
 }

@@ -10,7 +10,10 @@
  * - Rx interrupts and link-state-change events: intr { rxq, lsc }: MSI-X vectors routed to
  *   eventfds; an armed, idle queue gets no interrupt; frames arriving wake the eventfd, the
  *   interrupt is counted (rx_q0_interrupts) and the frames are received; taking the emulated link
- *   down and up reaches onLinkChange.
+ *   down and up reaches onLinkChange; a worker lcore in Rx interrupt mode (RxIdleSleeper) sleeps
+ *   on the eventfd while idle and is woken once per batch of frames;
+ * - MappedBar.reg on the pread/pwrite path (a memfd standing in for a kernel VFIO device fd) and
+ *   its refusals.
  */
 import t from 'tap';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -27,7 +30,7 @@ import * as L from '../../drivers/emu/virtio-net/layout.js';
 import * as os from '../../src/os/libc.js';
 import { VnetWorld, testEal, until } from '../emu/virtio-net-helpers.js';
 import { siblingModule } from '../../src/lcore/lcores.js';
-import { fallbackKickLoop } from './virtio-intr-worker.js';
+import { fallbackKickLoop, intrRxLoop } from './virtio-intr-worker.js';
 import { pmdSend, pmdReceive, udpFrame, sameFrames, stopAndCheckPool, sleep, type Client } from './virtio-client.js';
 
 const PEER_MAC = [0x02, 0x74, 0x73, 0x70, 0x77, 0x09];
@@ -162,6 +165,33 @@ t.test('Rx interrupt: none while idle and armed, one when frames arrive, frames 
   t.equal(events[1]?.up, true, 'with up: true');
   off();
   stopAndCheckPool(t, c, 'interrupts');
+  await c.eal.close();
+});
+
+t.test('Rx interrupt mode on a worker lcore (RxIdleSleeper): it sleeps while idle and wakes for each batch', async (t) => {
+  const w = await VnetWorld.create(devEal, dir, {});
+  t.teardown(() => w.close());
+  const c = await open(t, w.socket, { rxq: true }, [1]);
+  const mac = c.port.macAddr();
+  const progress = new Float64Array(new SharedArrayBuffer(16));
+  const done = c.eal.lcores.launch(1, WORKER, intrRxLoop, { port: c.port.data(), frames: 60, timeoutMs: 30_000, progress: progress.buffer as SharedArrayBuffer });
+  // The lcore starts (a new thread loads its modules), polls, then sleeps on the eventfd.
+  t.ok(await until(() => progress[1] >= 3, 20_000), 'the lcore went to sleep');
+  await sleep(300);
+  const idleInterrupts = c.port.xstats().rx_q0_interrupts;
+  for (let b = 0; b < 3; b++) {
+    const asleep = progress[1];
+    w.sendToDevice(Array.from({ length: 20 }, (_, i) => udpFrame(PEER_MAC, mac, 0x77, 30 + b, i)));
+    await until(() => progress[0] >= 20 * (b + 1), 5000);
+    await until(() => progress[1] > asleep + 1, 5000); // asleep again
+  }
+  const r = await done;
+  t.equal(r.received, 60, 'the lcore received all 60 frames');
+  t.equal(idleInterrupts, 0, 'no interrupt while idle');
+  t.ok(r.wakeups >= 1, `it slept ${r.sleeps} times (${r.sleptMs.toFixed(0)} ms), woken by a packet ${r.wakeups} times, ${r.timeouts} timeouts, ${r.raced} races`);
+  t.ok(r.sleptMs > 250, `the idle time was spent asleep (${r.sleptMs.toFixed(0)} ms), not polling`);
+  t.ok(c.port.xstats().rx_q0_interrupts >= 1, `rx_q0_interrupts ${c.port.xstats().rx_q0_interrupts}`);
+  stopAndCheckPool(t, c, 'interrupt mode');
   await c.eal.close();
 });
 
