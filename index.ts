@@ -50,6 +50,7 @@ export {
 // ---- applications: `app [EAL options] -- [app options]`, one module per app ----
 export { runApp, appMain, eachOption, numberOption, runLcoresUntilDone, sleep, type App, type RunEnd } from './lib/app/app.js';
 export { StatsReporter, type Summary, type PortSummary } from './lib/app/stats.js';
+export * from './lib/telemetry/index.js'; // telemetry: DPDK's telemetry v2 socket, Prometheus metrics (rte_telemetry.h)
 
 // ---- device providers: vfio-user and emulated PCI devices ----
 export { VfioUserServer, type ServerOptions, type ServerStats } from './lib/vfio-user/server.js';
