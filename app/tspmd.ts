@@ -13,6 +13,7 @@ import { netnsMain } from './netns/netns.js';
 import { vfioUserInfo } from './vfio-user/info.js';
 import { emu } from './emu/emu.js';
 import { demo } from './demo/demo.js';
+import { pdump } from './pdump/pdump.js';
 import { UsageError } from '../src/options.js';
 
 const APPS: Record<string, App<never>> = {
@@ -22,6 +23,7 @@ const APPS: Record<string, App<never>> = {
   devices: devices as App<never>,
   'vfio-user-info': vfioUserInfo as App<never>,
   emu: emu as App<never>,
+  pdump: pdump as App<never>,
 };
 
 function usage(): string {

@@ -433,7 +433,9 @@ export function closeAllPorts(): void {
 export async function openRxQueue(data: PortData, q: number): Promise<RxQueue> {
   const mod = (await import(data.module)) as DataModule;
   if (q < 0 || q >= data.rxq.length) throw new RangeError(`port ${data.port} (${data.name}): RX queue ${q} does not exist (configured: ${data.rxq.length})`);
-  return mod.openRxQueue(data, q, new Float64Array(data.stats));
+  // pdump: the queue comes wrapped so a capture can be switched on while it runs (lib/pcap/capture.ts)
+  const { wrapRxQueue } = await import('../pcap/capture.js');
+  return wrapRxQueue(data.port, q, mod.openRxQueue(data, q, new Float64Array(data.stats)));
 }
 
 /** Rebuild TX queue q of a port in this thread (an lcore), which then owns it. */
@@ -442,5 +444,6 @@ export async function openTxQueue(data: PortData, q: number): Promise<TxQueue> {
   if (q < 0 || q >= data.txq.length) throw new RangeError(`port ${data.port} (${data.name}): TX queue ${q} does not exist (configured: ${data.txq.length})`);
   // TX frees mbufs: the pools they come from must be known in this thread.
   for (const p of data.rxPools) Mempool.attach(p);
-  return mod.openTxQueue(data, q, new Float64Array(data.stats));
+  const { wrapTxQueue } = await import('../pcap/capture.js');
+  return wrapTxQueue(data.port, q, mod.openTxQueue(data, q, new Float64Array(data.stats)));
 }
