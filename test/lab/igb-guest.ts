@@ -343,7 +343,7 @@ async function main(): Promise<void> {
 async function runApps(net: { a: string; b: string; c: string }): Promise<void> {
   const ealArgs = ['--vfio-mode', mode, '-m', '96', '--huge-dir', '/dev/hugepages', '-l', '0-1', '-a', bdf];
   const a0 = counters('tspA', net.a);
-  const pg = await cli(['pktgen', ...ealArgs, '--file-prefix', 'tsplabpg', '--', '--tx-port', '0', '--duration', '3', '--dst-mac', 'ff:ff:ff:ff:ff:ff', '--json'], 180000);
+  const pg = await cli(['pktgen', ...ealArgs, '--file-prefix', 'tsplabpg', '--', '--tx-port', '0', '--count', '20000', '--duration', '60', '--dst-mac', 'ff:ff:ff:ff:ff:ff', '--json'], 180000);
   const a1 = counters('tspA', net.a);
   let sum: Record<string, unknown> = {};
   try { sum = JSON.parse(pg.out.trim().split('\n').pop() ?? '{}') as Record<string, unknown>; } catch { /* reported below */ }
