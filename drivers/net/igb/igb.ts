@@ -39,7 +39,7 @@ import { pktmbufAllocInit, pktmbufFreeBulk, pktmbufHeadroom, pktmbufDataRoom, MB
 import { MbufView } from '../../../lib/mempool/mbuf_view.js';
 import { registerPciDriver } from '../../bus/pci/pci.js';
 import * as R from './igb_regs.js';
-import { type IgbQueueData, ST_NEXT, ST_CLEAN, ST_BROKEN, ST_WORDS } from './igb_data.js';
+import { type IgbQueueData, ST_BROKEN, ST_WORDS } from './igb_data.js';
 
 const DATA = siblingModule(import.meta.url, 'igb_data');
 export const IGB_VENDOR = 0x8086, IGB_DEVICE_82576 = 0x10c9;
