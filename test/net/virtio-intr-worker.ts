@@ -16,13 +16,15 @@ export interface FallbackKickArg {
   port: PortData;
   txPool: MempoolDesc;
   frames: number;
+  /** Int32Array [frames the test has drained from the wire, spare]: the loop stays at most 512 ahead */
+  drained: SharedArrayBuffer;
 }
 
 /** Send `frames` 60-byte broadcast frames in bursts of up to 16; returns how many were sent. */
 export async function fallbackKickLoop(a: FallbackKickArg, ctx: LcoreContext): Promise<number> {
   const tx = await openTxQueue(a.port, 0);
   const pool = Mempool.attach(a.txPool);
-  const b = new Uint32Array(16), u8 = pool.u8, u16 = pool.u16, u32 = pool.u32;
+  const b = new Uint32Array(16), u8 = pool.u8, u16 = pool.u16, u32 = pool.u32, drained = new Int32Array(a.drained);
   let sent = 0;
   const deadline = performance.now() + 30_000;
   while (sent < a.frames && !ctx.stopRequested() && performance.now() < deadline) {
@@ -38,8 +40,9 @@ export async function fallbackKickLoop(a: FallbackKickArg, ctx: LcoreContext): P
     let k = 0;
     while (k < n && performance.now() < deadline) k += tx.txBurst(b, n - k, k);
     sent += k;
-    // Not faster than the test's thread drains the wire (a 1024-frame ring): 32 frames per 2 ms.
-    if ((sent & 31) === 0) await new Promise((r) => setTimeout(r, 2));
+    // Never more than 512 frames ahead of what the test's thread drained from the wire (a
+    // 1024-frame ring): a slow main thread slows this loop instead of dropping frames.
+    while (sent - Atomics.load(drained, 0) >= 512 && performance.now() < deadline) Atomics.wait(drained, 1, 0, 1);
   }
   return sent;
 }

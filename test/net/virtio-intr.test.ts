@@ -96,7 +96,8 @@ t.test('notify fallback from a worker lcore: doorbells while the main thread mak
   const before = w.stat('kicks');
   // The lcore sends frames (each burst rings the TX doorbell by message) while this thread keeps
   // the socket busy with register reads: no reply may get lost or mixed up.
-  const done = c.eal.lcores.launch(1, WORKER, fallbackKickLoop, { port: c.port.data(), txPool: c.txPool.desc, frames: 3000 });
+  const drained = new Int32Array(new SharedArrayBuffer(8));
+  const done = c.eal.lcores.launch(1, WORKER, fallbackKickLoop, { port: c.port.data(), txPool: c.txPool.desc, frames: 3000, drained: drained.buffer as SharedArrayBuffer });
   let reads = 0;
   const collected: Uint8Array[] = [];
   let finished = false;
@@ -104,6 +105,7 @@ t.test('notify fallback from a worker lcore: doorbells while the main thread mak
   while (!finished) {
     if (c.port.link().up) reads++;
     collected.push(...w.receiveFromDevice());
+    Atomics.store(drained, 0, collected.length);
     await sleep(0);
   }
   const sent = await done;
