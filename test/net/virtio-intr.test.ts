@@ -14,7 +14,8 @@
  *   on the eventfd while idle and is woken once per batch of frames;
  * - MappedBar.reg on the pread/pwrite path (a memfd standing in for a kernel VFIO device fd) and
  *   its refusals; both fallbacks allocate nothing per write (no GC over 100000 writes each), and a
- *   message write is exactly one 34-byte no-reply REGION_WRITE.
+ *   message write is exactly one 34-byte no-reply REGION_WRITE; a kernel VFIO device (memfd
+ *   stand-in) gives BarData.io = pread/pwrite on its fd at the region offset.
  */
 import t from 'tap';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -26,7 +27,8 @@ import { probePorts } from '../../drivers/bus/probe.js';
 import { openRxQueue, openTxQueue, type LinkStatus } from '../../lib/ethdev/ethdev.js';
 import { pktmbufPoolCreate } from '../../lib/mempool/mbuf.js';
 import { VirtioNetPort } from '../../drivers/net/virtio/virtio.js';
-import { MappedBar } from '../../src/iommu/bar.js';
+import { Bar, MappedBar } from '../../src/iommu/bar.js';
+import { MemfdVfioDevice, REGION_SHIFT, RWM } from '../pci/fake-vfio.js';
 import { countGc } from '../../src/lcore/gc.js';
 import * as L from '../../drivers/emu/virtio-net/layout.js';
 import * as os from '../../src/os/libc.js';
@@ -252,4 +254,23 @@ t.test('the fallback writes allocate nothing: no garbage collection over 100000 
   const dv = new DataView(last.buffer);
   t.same([dv.getUint16(0, true), dv.getUint16(2, true), dv.getUint32(4, true), dv.getUint32(8, true), Number(dv.getBigUint64(16, true)), dv.getUint32(24, true), dv.getUint32(28, true), dv.getUint16(32, true)],
     [0x8000, 10, 34, 0x10, 0x40, 4, 2, 0x1234], 'header (id 0x8000, REGION_WRITE, size 34, command | No_reply), offset 0x40, region 4, count 2, data');
+});
+
+t.test('kernel VFIO: Bar.data().io is pread/pwrite on the device fd at the region offset, from plain data', async (t) => {
+  // A memfd stands in for the device fd (regions at index << 40, test/pci/fake-vfio.ts); BAR2 has
+  // its first page mappable, the rest only through pread/pwrite (like a kernel's MSI-X table).
+  const dev = new MemfdVfioDevice('0000:00:0f.0', [{ index: 2, size: 0x4000, flags: RWM, sparse: [{ offset: 0, size: 0x1000 }] }]);
+  t.teardown(() => dev.close());
+  const bar = Bar.open(dev, 2);
+  t.teardown(() => bar.close());
+  const data = structuredClone(bar.data()); // what a worker gets
+  t.same(data.io, { kind: 'file', fd: dev.fd, offset: 2n << REGION_SHIFT, readable: true, writable: true }, 'io: the device fd and the region offset');
+  const mb = new MappedBar(data);
+  const mapped = mb.reg(0x100, 4), unmapped = mb.reg(0x2008, 4);
+  t.same([mapped.mapped, unmapped.mapped], [true, false], 'page 0 mapped, 0x2008 through the fd');
+  mapped.write(0x11223344);
+  unmapped.write(0xcafef00d);
+  const peek = (off: number): number => { const b = new Uint8Array(4); os.pread(dev.fd, b, 4, (2n << REGION_SHIFT) + BigInt(off)); return new DataView(b.buffer).getUint32(0, true); };
+  t.same([peek(0x100), peek(0x2008)], [0x11223344, 0xcafef00d], 'both writes reached the device at their offsets');
+  t.same([bar.read32(0x2008), unmapped.read()], [0xcafef00d, 0xcafef00d], 'the main thread\'s Bar and the worker\'s register read the same');
 });
