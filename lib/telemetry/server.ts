@@ -11,7 +11,8 @@
  * (clients: -i 1), as DPDK 22.11 does; a socket file left by a killed process is replaced.
  *
  * Everything runs on the main thread: the sockets are non-blocking, one poll(2) on a libuv pool
- * thread (os.pollAsync) waits for connections and requests, and close() wakes it with an eventfd.
+ * thread (os.pollAsync, in slices of half a second) waits for connections and requests, and
+ * close() wakes it with an eventfd.
  * The data path never sees any of it: handlers read the counters the lcores share.
  */
 import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, rmdirSync, unlinkSync, type Stats } from 'node:fs';
@@ -47,6 +48,8 @@ export const MAX_CMD_LEN = 56;
 const MAX_REQUEST = 1024;
 /** Requests handled per client per wake-up, so one busy client cannot hold the main thread. */
 const BATCH = 16;
+/** Longest wait in one poll(2) before the loop polls again (an idle server wakes twice a second). */
+const POLL_SLICE_MS = 500;
 /** Instances tried on one prefix (dpdk_telemetry.v2, :1, :2, ...). */
 const MAX_INSTANCES = 64;
 
@@ -287,7 +290,9 @@ export class TelemetryServer {
   private async loop(): Promise<void> {
     while (!this.closing) {
       const fds = [this.listenFd, this.wakeFd, ...this.clients];
-      const ev = await os.pollAsync(fds, os.POLLIN, -1);
+      // A finite wait: the poll occupies one of libuv's (by default 4) pool threads, which the
+      // vfio-user transport and fs calls share; it hands the thread back twice a second.
+      const ev = await os.pollAsync(fds, os.POLLIN, POLL_SLICE_MS);
       if (this.closing) break;
       if (ev[0] !== 0) this.acceptAll();
       for (let i = 2; i < fds.length; i++) if (ev[i] !== 0) this.serve(fds[i], ev[i]);
