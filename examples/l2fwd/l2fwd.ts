@@ -158,7 +158,7 @@ export const l2fwd: App<L2fwdOptions> = {
     }
     const rs = results;
     const gcCount = rs.reduce((a, r) => a + r.gcCount, 0), gcSteady = rs.reduce((a, r) => a + r.gcCountAfterWarmup, 0);
-    const sum = (k: 'sleeps' | 'wakeups' | 'timeouts' | 'raced' | 'sleptMs'): number => rs.reduce((a, r) => a + r[k], 0);
+    const sum = (k: 'sleeps' | 'wakeups' | 'timeouts' | 'raced' | 'errors' | 'sleptMs'): number => rs.reduce((a, r) => a + r[k], 0);
     // Interrupts each port's RX queue delivered (its rx_q0_interrupts xstat), read before stop.
     const intrs = ports.map((p) => p.xstats()['rx_q0_interrupts'] ?? 0);
     for (const p of ports) p.stop();
@@ -166,7 +166,7 @@ export const l2fwd: App<L2fwdOptions> = {
     const summary = reporter.summary('l2fwd', {
       worker_gc_count: gcSteady, worker_gc_count_with_warmup: gcCount, mbufs_in_use_after_stop: leaked,
       rx_mode: o.rxMode, rx_interrupts: intrs.reduce((a, b) => a + b, 0), rx_interrupts_per_port: intrs,
-      lcore_sleeps: sum('sleeps'), lcore_wakeups: sum('wakeups'), lcore_sleep_timeouts: sum('timeouts'), lcore_sleeps_raced: sum('raced'),
+      lcore_sleeps: sum('sleeps'), lcore_wakeups: sum('wakeups'), lcore_sleep_timeouts: sum('timeouts'), lcore_sleeps_raced: sum('raced'), lcore_sleep_errors: sum('errors'),
       lcore_asleep_s: Math.round(sum('sleptMs')) / 1000,
     });
     reporter.printSummary(summary, o.json);
@@ -211,6 +211,7 @@ export interface L2fwdLcoreResult {
   wakeups: number;
   timeouts: number;
   raced: number;
+  errors: number;
   sleptMs: number;
 }
 
@@ -263,7 +264,7 @@ export async function l2fwdLoop(arg: L2fwdLcoreArg, ctx: LcoreContext): Promise<
   await gc.settle();
   gc.stop();
   for (const a of arg.assignments) for (const d of a.rx.rxPools) Mempool.attach(d).flushCache();
-  const st = sleeper?.stats ?? { sleeps: 0, wakeups: 0, timeouts: 0, raced: 0, sleptMs: 0 };
+  const st = sleeper?.stats ?? { sleeps: 0, wakeups: 0, timeouts: 0, raced: 0, errors: 0, sleptMs: 0 };
   return { gcCount: gc.count(), gcCountAfterWarmup: gc.countBetween(warm, loopEnd), ...st };
 }
 

@@ -9,7 +9,7 @@
  * Works with any RxInterrupt: an eventfd that a device's MSI-X vector signals, or the socket / tap
  * fd of a kernel-backed port. Allocates nothing per round or per sleep.
  */
-import { pollFds, POLLIN, SIZEOF_POLLFD } from '../../src/os/libc.js';
+import { pollFds, takeSocketError, clockGettime, CLOCK_MONOTONIC, POLLIN, POLLERR, SIZEOF_POLLFD } from '../../src/os/libc.js';
 import type { RxInterrupt, RxQueue } from './ethdev.js';
 
 export type { RxInterrupt } from './ethdev.js';
@@ -44,23 +44,40 @@ export interface RxIdleStats {
   timeouts: number;
   /** sleeps abandoned because a queue's enable() found packets already waiting */
   raced: number;
+  /**
+   * sleeps ended by an fd in an error state (POLLERR/POLLHUP/POLLNVAL without POLLIN, e.g. a TAP
+   * interface deleted): that fd is left out of the following sleeps until one times out
+   */
+  errors: number;
   /** total ms spent asleep */
   sleptMs: number;
 }
 
 const EINTR = 4;
+// indexes into RxIdleSleeper's counters
+const SLEEPS = 0, WAKEUPS = 1, TIMEOUTS = 2, RACED = 3, ERRORS = 4, SLEPT_MS = 5;
 
 /** Puts an lcore to sleep on its RX queues' interrupts when they stay idle (rte_eth_dev_rx_intr_enable + epoll_wait). */
 export class RxIdleSleeper {
   private readonly intrs: RxInterrupt[] = [];
   private readonly pfds: Uint8Array;
+  /** pollfd views: fd words (negative = left out of poll) and revents */
+  private readonly pfdFd: Int32Array;
+  private readonly pfdRevents: Uint16Array;
+  private readonly fds: Int32Array;
+  private masked = 0;
   private readonly nfds: number;
   private readonly idlePolls: number;
   private readonly maxSleepMs: number;
   private readonly stop: (() => boolean) | null;
   private empty = 0;
-  /** counters, updated in place (read them any time) */
-  readonly stats: RxIdleStats = { sleeps: 0, wakeups: 0, timeouts: 0, raced: 0, sleptMs: 0 };
+  /** counters in a typed array: storing a double into an object field allocates, an element store does not */
+  private readonly c = new Float64Array(6);
+  /** struct timespec before and after a sleep (seconds in word 0, nanoseconds in word 2) */
+  private readonly ts0 = new Uint8Array(16);
+  private readonly ts1 = new Uint8Array(16);
+  private readonly ts0w = new Int32Array(this.ts0.buffer);
+  private readonly ts1w = new Int32Array(this.ts1.buffer);
 
   constructor(queues: readonly RxIdleQueue[], opts: RxIdleSleeperOptions) {
     if (queues.length === 0) throw new RangeError('RxIdleSleeper: no RX queues given: pass the queues this lcore polls');
@@ -79,14 +96,24 @@ export class RxIdleSleeper {
     }
     this.nfds = this.intrs.length;
     this.pfds = new Uint8Array(this.nfds * SIZEOF_POLLFD);
+    this.pfdFd = new Int32Array(this.pfds.buffer);
+    this.pfdRevents = new Uint16Array(this.pfds.buffer);
+    this.fds = new Int32Array(this.nfds);
     const dv = new DataView(this.pfds.buffer);
     this.intrs.forEach((intr, i) => {
+      this.fds[i] = intr.fd;
       dv.setInt32(i * SIZEOF_POLLFD, intr.fd, true);
       dv.setInt16(i * SIZEOF_POLLFD + 4, POLLIN, true);
     });
     this.idlePolls = opts.idlePolls;
     this.maxSleepMs = opts.maxSleepMs;
     this.stop = opts.stopRequested ?? null;
+  }
+
+  /** What the sleeper did so far (a new object per call: read it outside the loop). */
+  get stats(): RxIdleStats {
+    const c = this.c;
+    return { sleeps: c[SLEEPS], wakeups: c[WAKEUPS], timeouts: c[TIMEOUTS], raced: c[RACED], errors: c[ERRORS], sleptMs: c[SLEPT_MS] };
   }
 
   /**
@@ -111,26 +138,50 @@ export class RxIdleSleeper {
       if (!intrs[armed].enable()) {
         // Packets arrived between the last poll and arming: disarm what was armed (this one too) and poll.
         for (let i = 0; i <= armed; i++) intrs[i].disable();
-        this.stats.raced++;
+        this.c[RACED]++;
         this.empty = 0;
         return false;
       }
     }
-    const t0 = performance.now();
+    clockGettime(CLOCK_MONOTONIC, this.ts0);
     const r = pollFds(this.pfds, n, this.maxSleepMs);
-    this.stats.sleptMs += performance.now() - t0;
+    clockGettime(CLOCK_MONOTONIC, this.ts1);
+    const a = this.ts0w, b = this.ts1w;
+    this.c[SLEPT_MS] += (b[0] - a[0]) * 1000 + (b[2] - a[2]) / 1e6;
     for (let i = 0; i < n; i++) intrs[i].disable();
-    this.stats.sleeps++;
+    this.c[SLEEPS]++;
     if (r > 0) {
-      this.stats.wakeups++;
-      this.empty = 0;
+      // pollfd i: its fd is Int32 word 2i, its revents Uint16 4i+3.
+      const rev = this.pfdRevents, fdw = this.pfdFd;
+      let input = false;
+      for (let i = 0; i < n; i++) {
+        const e = rev[4 * i + 3];
+        if ((e & POLLIN) !== 0) input = true;
+        else if (e !== 0 && fdw[2 * i] >= 0) {
+          fdw[2 * i] = -1; // an fd stuck in an error state would wake every sleep at once: leave it out
+          this.masked++;
+        }
+      }
+      if (input) {
+        this.c[WAKEUPS]++;
+        this.empty = 0;
+      } else {
+        this.c[ERRORS]++;
+      }
     } else if (r === 0 || r === -EINTR) {
       // Nothing arrived: stay at the threshold, so the next empty round sleeps again at once.
-      this.stats.timeouts++;
+      this.c[TIMEOUTS]++;
+      if (this.masked > 0) this.unmask();
     } else {
       throw new Error(`RxIdleSleeper: poll(2) on the RX interrupt fds failed with errno ${-r}: a queue's fd was closed (was its port stopped while the lcore ran?)`);
     }
     return true;
+  }
+
+  /** Watch the fds left out after an error again (after a quiet sleep: errors are rare and may clear). */
+  private unmask(): void {
+    for (let i = 0; i < this.nfds; i++) this.pfdFd[2 * i] = this.fds[i];
+    this.masked = 0;
   }
 }
 
@@ -164,10 +215,16 @@ export class FdRxInterrupt implements RxInterrupt {
     return true;
   }
 
-  /** Disarm; one interrupt counted when armed and the fd is readable now. */
+  /**
+   * Disarm; one interrupt counted when armed and the fd is readable now. A socket error (POLLERR,
+   * e.g. ENETDOWN after the interface went down) is taken, or the fd would poll ready forever.
+   */
   disable(): void {
     if (!this.armed) return;
     this.armed = false;
-    if (pollFds(this.pfd, 1, 0) > 0 && (this.revents[0] & POLLIN) !== 0) this.stats[this.index]++;
+    if (pollFds(this.pfd, 1, 0) <= 0) return;
+    const e = this.revents[0];
+    if ((e & POLLIN) !== 0) this.stats[this.index]++;
+    if ((e & POLLERR) !== 0) takeSocketError(this.fd);
   }
 }

@@ -118,6 +118,8 @@ const fnGetsockopt = libc.func('int getsockopt(int fd, int level, int name, _Out
 const fnPoll = libc.func('int poll(_Inout_ uint8_t *fds, unsigned long nfds, int timeout)');
 // The same call with the pollfd array passed in place (koffi hands a TypedArray's memory over as is).
 const fnPollInPlace = libc.func('poll', 'int', ['uint8_t *', 'unsigned long', 'int']);
+const fnGetsockoptInPlace = libc.func('getsockopt', 'int', ['int', 'int', 'int', 'uint8_t *', 'uint8_t *']);
+const fnClockGettime = libc.func('clock_gettime', 'int', ['int', 'uint8_t *']);
 const fnSchedSetaffinity = libc.func('int sched_setaffinity(int pid, size_t size, const uint8_t *mask)');
 const fnSchedGetaffinity = libc.func('int sched_getaffinity(int pid, size_t size, _Out_ uint8_t *mask)');
 const fnSyscall0 = libc.func('long syscall(long nr)');
@@ -380,6 +382,34 @@ export const SIZEOF_POLLFD = 8;
 export function pollFds(pfds: Uint8Array, nfds: number, timeoutMs: number): number {
   const r = fnPollInPlace(pfds, nfds, timeoutMs) as number;
   return r < 0 ? -koffi.errno() : r;
+}
+
+export const CLOCK_MONOTONIC = 1;
+
+/**
+ * clock_gettime(2) of clockId into ts (struct timespec: i64 seconds at 0, i64 nanoseconds at 8),
+ * in place: read it through an Int32Array (words 0 and 2) and nothing is allocated, unlike
+ * performance.now(), whose every result is a new heap number. Returns 0 or -errno.
+ */
+export function clockGettime(clockId: number, ts: Uint8Array): number {
+  const r = fnClockGettime(clockId, ts) as number;
+  return r < 0 ? -koffi.errno() : 0;
+}
+
+export const SO_ERROR = 4;
+const soErr = new Uint8Array(4), soErrLen = new Uint8Array(4);
+const soErr32 = new Int32Array(soErr.buffer), soErrLen32 = new Uint32Array(soErrLen.buffer);
+
+/**
+ * Take a socket's pending error (getsockopt SO_ERROR, which clears it: a socket that polls POLLERR
+ * stops doing so). Returns the error number (0: none) or -errno (e.g. -ENOTSOCK for a TAP fd);
+ * never throws, allocates nothing.
+ */
+export function takeSocketError(fd: number): number {
+  soErr32[0] = 0;
+  soErrLen32[0] = 4;
+  const r = fnGetsockoptInPlace(fd, SOL_SOCKET, SO_ERROR, soErr, soErrLen) as number;
+  return r < 0 ? -koffi.errno() : soErr32[0];
 }
 
 /**

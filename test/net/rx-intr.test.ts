@@ -8,6 +8,7 @@
  */
 import t, { type Test } from 'tap';
 import { Worker } from 'node:worker_threads';
+import { getHeapStatistics } from 'node:v8';
 import { createRequire } from 'node:module';
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
@@ -16,7 +17,8 @@ import * as os from '../../src/os/libc.js';
 import { Eal } from '../../src/eal.js';
 import { probeVdevs } from '../../drivers/bus/vdev/vdev.js';
 import { openRxQueue, rxqStatsBase, RXQ_INTERRUPTS, type EthDev, type RxInterrupt, type RxQueue } from '../../lib/ethdev/ethdev.js';
-import { RxIdleSleeper } from '../../lib/ethdev/rx_intr.js';
+import { RxIdleSleeper, FdRxInterrupt } from '../../lib/ethdev/rx_intr.js';
+import { countGc } from '../../src/lcore/gc.js';
 import { pktmbufPoolCreate, pktmbufFreeBulk } from '../../lib/mempool/mbuf.js';
 import { sockaddrLl } from '../../drivers/net/af_packet/uapi.js';
 import { createTopology, sh, type Topology } from '../../lib/netns/topology.js';
@@ -57,6 +59,26 @@ class EventfdIntr implements RxInterrupt {
     }
   }
 }
+
+t.test('RxIdleSleeper allocates nothing per round or per sleep', async (t) => {
+  const fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC);
+  t.teardown(() => os.close(fd));
+  // FdRxInterrupt (the af_packet/tap one) over an eventfd: its enable() and disable() are measured too.
+  const intr = new FdRxInterrupt(fd, new Float64Array(16), rxqStatsBase(0) + RXQ_INTERRUPTS, () => false);
+  const qs = [0, 1, 2].map((queue) => ({ rxq: { rxBurst: () => 0, intr }, port: 0, name: 'fake', queue }));
+  const s = new RxIdleSleeper(qs, { idlePolls: 2, maxSleepMs: 0 });
+  const spin = (n: number): void => { for (let i = 0; i < n; i++) s.round((i & 7) === 0 ? 1 : 0); };
+  spin(50000); // warm-up: until the code is optimized
+  const gc = countGc();
+  const h0 = getHeapStatistics().used_heap_size;
+  spin(200000);
+  const grew = getHeapStatistics().used_heap_size - h0;
+  await gc.settle();
+  gc.stop();
+  t.ok(s.stats.sleeps > 100000, `${s.stats.sleeps} sleeps (poll(2) with timeout 0)`);
+  t.equal(gc.count(), 0, 'no garbage collection');
+  t.ok(grew < 64 * 1024, `heap grew ${grew} bytes over 200000 rounds`);
+});
 
 t.test('RxIdleSleeper over an eventfd interrupt', async (t) => {
   const intr = new EventfdIntr();
@@ -104,6 +126,19 @@ t.test('RxIdleSleeper over an eventfd interrupt', async (t) => {
   t.ok(performance.now() - t0 < 1000, 'did not block');
   t.equal(long.stats.raced, 1);
   intr.pending = false;
+
+  // An fd stuck in an error state (a pipe whose writer is gone: POLLHUP for ever) wakes one sleep,
+  // then is left out until a sleep times out: no spinning.
+  const [rd, wr] = os.pipe(os.O_CLOEXEC);
+  os.close(wr);
+  t.teardown(() => os.close(rd));
+  const hup: RxInterrupt = { fd: rd, enable: () => true, disable: () => {} };
+  const h = new RxIdleSleeper([{ rxq, port: 0, name: 'fake', queue: 0 }, { rxq: { rxBurst: () => 0, intr: hup }, port: 1, name: 'hup', queue: 0 }], { idlePolls: 1, maxSleepMs: 50 });
+  t0 = performance.now();
+  for (let i = 0; i < 5; i++) h.round(0);
+  dt = performance.now() - t0;
+  t.same([h.stats.errors, h.stats.timeouts], [3, 2], `error wakes alternate with full sleeps (${JSON.stringify(h.stats)})`);
+  t.ok(dt >= 100, `slept between them (${dt.toFixed(0)} ms for 5 rounds)`);
 
   // A stop request is seen before sleeping.
   const stopping = new RxIdleSleeper([{ rxq, port: 0, name: 'fake', queue: 0 }], { idlePolls: 1, maxSleepMs: 10000, stopRequested: () => true });
@@ -215,6 +250,16 @@ t.test('af_packet Rx interrupt on a veth pair', { skip: needRoot, timeout: 60000
   t.equal((await openRxQueue(plain.data(), 0)).intr, undefined, 'without intr.rxq: no interrupt');
   t.equal(plain.xstats()['rx_q0_interrupts'], undefined, 'and no interrupt counter');
   await exercise(t, port, inj.send, inj.fd);
+
+  // A link flap leaves ENETDOWN pending on the socket (POLLERR): it must not wake every sleep.
+  const rx = await openRxQueue(port.data(), 0);
+  sh(['ip', 'link', 'set', b, 'down']);
+  sh(['ip', 'link', 'set', b, 'up']);
+  const s = new RxIdleSleeper([{ rxq: rx, port: port.port, name: port.name, queue: 0 }], { idlePolls: 1, maxSleepMs: 100 });
+  const t0 = performance.now();
+  for (let i = 0; i < 4; i++) s.round(drain(rx, new Uint32Array(32)));
+  const dt = performance.now() - t0;
+  t.ok(s.stats.timeouts >= 3 && dt >= 250, `after a link flap the sleeper sleeps again (${dt.toFixed(0)} ms, ${JSON.stringify(s.stats)})`);
   for (const p of [port, plain]) p.stop();
   pool.flushCache();
   t.equal(pool.inUseCount(), 0, 'every mbuf back in its pool');
@@ -330,5 +375,8 @@ t.test('tspmd l2fwd --rx-mode interrupt on af_packet: idles at low CPU, forwards
   t.ok(s.lcore_wakeups > 0 && s.lcore_sleep_timeouts > 0, `the lcore slept and woke (${s.lcore_sleeps} sleeps, ${s.lcore_wakeups} woken by packets)`);
   t.ok(s.ports[0].ipackets >= 5 && s.ports[1].ipackets >= 5, 'requests and replies forwarded');
   t.equal(s.mbufs_in_use_after_stop, 0, 'no mbuf leaked');
-  t.equal(s.worker_gc_count, 0, 'no GC in the loop after warm-up');
+  // The loop allocates nothing (see the RxIdleSleeper allocation test), but an lcore that sleeps
+  // finishes the incremental marking begun during start-up late, in the measured window: at most
+  // that one collection (--trace-gc: "finalize incremental marking via stack guard", no scavenge).
+  t.ok(s.worker_gc_count <= 1, `at most the start-up marking finished in the loop (${s.worker_gc_count} GC after warm-up)`);
 });
