@@ -29,7 +29,9 @@
  *               10.0.2.2 leaves through QEMU's slirp backend and slirp's reply from
  *               52:55:0a:00:02:02 comes back through the RX ring), virtio-stats (port and
  *               per-queue counters, control-queue commands), virtio-restart (stop resets the device
- *               and returns every mbuf; started again, a second exchange works), virtio-close (close
+ *               and returns every mbuf; started again, a second exchange works), virtio-intr (with
+ *               intr.rxq the lcore sleeps in poll(2) on the queue's MSI-X eventfd, set up through the
+ *               kernel's VFIO_DEVICE_SET_IRQS, and slirp's ARP reply wakes it), virtio-close (close
  *               resets the device, the EAL closes, no DMAR fault was logged)
  *
  * Each result is one line on stdout: `TSPLAB {"nic":..,"mode":..,"check":..,"ok":..,...}`.
@@ -411,6 +413,53 @@ export async function virtioArpLcore(a: { port: PortData; timeoutMs: number }, c
   return { sent, reply, others, ms: Date.now() - t0 };
 }
 
+/** What virtioIntrLcore saw. */
+export interface IntrExchange {
+  sent: number;
+  reply: boolean;
+  sleeps: number;
+  wakeups: number;
+  ms: number;
+}
+
+/**
+ * The ARP exchange again, woken by the RX queue's MSI-X interrupt: the lcore arms the queue
+ * (RxInterrupt.enable: VRING_AVAIL_F_NO_INTERRUPT cleared), sends the request and sleeps in poll(2)
+ * on the queue's eventfd. Slirp answers while QEMU handles the kick, so the reply's interrupt has
+ * to be what ends the sleep (armed before the send, nothing can slip past it).
+ */
+export async function virtioIntrLcore(a: { port: PortData; timeoutMs: number }, ctx: LcoreContext): Promise<IntrExchange> {
+  const rx = await openRxQueue(a.port, 0);
+  const tx = await openTxQueue(a.port, 0);
+  const pool = Mempool.attach(a.port.rxPools[0]);
+  const intr = rx.intr;
+  const frame = arpRequest(a.port.mac);
+  const burst = new Uint32Array(32), one = new Uint32Array(1), bytes = new Uint8Array(2048);
+  const t0 = Date.now();
+  let sent = 0, reply = false, sleeps = 0, wakeups = 0;
+  while (intr && !ctx.stopRequested() && !reply && Date.now() - t0 < a.timeoutMs) {
+    if (intr.enable()) {
+      const m = pktmbufAlloc(pool);
+      if (m >= 0 && writePacket(m, frame)) {
+        one[0] = m;
+        if (tx.txBurst(one, 1) === 1) sent++;
+        else pktmbufFree(m);
+      }
+      sleeps++;
+      if (os.pollOne(intr.fd, 1 /* POLLIN */, 3000) !== 0) wakeups++;
+    }
+    intr.disable();
+    const n = rx.rxBurst(burst, burst.length);
+    for (let i = 0; i < n; i++) {
+      const len = readPacket(burst[i], bytes);
+      if (len >= 42 && bytes[12] === 0x08 && bytes[13] === 0x06 && bytes[21] === 2 && bytes.subarray(28, 32).join('.') === '10.0.2.2') reply = true;
+      pktmbufFree(burst[i]);
+    }
+  }
+  for (const end = Date.now() + 50; Date.now() < end;) tx.txBurst(burst, 0);
+  return { sent, reply, sleeps, wakeups, ms: Date.now() - t0 };
+}
+
 const PING_PAYLOAD = 400;
 
 /** An ICMP echo request 10.0.2.15 -> 10.0.2.2 with a 400-byte patterned payload (442-byte frame). */
@@ -562,6 +611,18 @@ async function checkVirtioPmd(): Promise<void> {
       st2.ierrors === 0 && st2.oerrors === 0 && pool.inUseCount() === 0 && smallPool.inUseCount() === 0, {
       sent: pg.sent, ms: pg.ms, others: pg.others, reply: pg.reply, stats: st2,
       mbufsInUse: { tx: pool.inUseCount(), rx: smallPool.inUseCount() },
+    });
+
+    // Rx interrupts over the kernel's VFIO: MSI-X through SET_IRQS, the lcore asleep in poll(2)
+    port.configure({ rxQueues: 1, txQueues: 1, promiscuous: false, intr: { rxq: true } });
+    port.rxQueueSetup(0, 256, pool);
+    port.txQueueSetup(0, 256);
+    port.start();
+    const ix = await eal.lcores.launch<IntrExchange>(1, LOOP, 'virtioIntrLcore', { port: port.data(), timeoutMs: 20000 });
+    const ixs = port.xstats();
+    port.stop();
+    report('virtio-intr', port.info().capabilities.includes('rx-interrupt') && ix.reply && ix.wakeups > 0 && (ixs.rx_q0_interrupts ?? 0) > 0 && pool.inUseCount() === 0, {
+      ...ix, rx_q0_interrupts: ixs.rx_q0_interrupts ?? null, mbufsInUse: pool.inUseCount(),
     });
 
     port.close();

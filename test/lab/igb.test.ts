@@ -91,7 +91,7 @@ function qemuArgs(q: QemuEnv, initrd: string, k: Kernel, monitor: string): { fil
       '-device', 'e1000e,id=tspkc,netdev=hb1,addr=06.0,romfile=,mac=52:54:00:74:73:06',
       '-monitor', `unix:${monitor},server=on,wait=off`,
       '-kernel', k.kernel, '-initrd', initrd,
-      '-append', `console=ttyS0 intel_iommu=on iommu=pt panic=-1 quiet tsplab.bdf=${BDF} tsplab.mode=${k.mode} tsplab.prog=igb tsplab.igbmac=${IGB_MAC}`,
+      '-append', `console=ttyS0 intel_iommu=on iommu=pt panic=-1 quiet no_timer_check tsplab.bdf=${BDF} tsplab.mode=${k.mode} tsplab.prog=igb tsplab.igbmac=${IGB_MAC}`,
     ],
   };
 }
