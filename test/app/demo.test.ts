@@ -102,7 +102,7 @@ t.test(`tspmd demo --duration ${DURATION} -T 0 --json: packets both ways through
   checkCleanedUp(t, r);
 });
 
-t.test('tspmd demo --bogus: exit 2 and a message naming the option', { timeout: 60_000 }, async (t) => {
+t.test('tspmd demo --bogus: exit 2 and a message naming the option', { timeout: 180_000 }, async (t) => {
   for (const args of [['--bogus'], ['--', '--bogus']]) {
     const r = await runDemo(args);
     t.equal(r.code, 2, `tspmd demo ${args.join(' ')}: exit 2`);
