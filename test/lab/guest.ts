@@ -31,7 +31,8 @@
  *               per-queue counters, control-queue commands), virtio-restart (stop resets the device
  *               and returns every mbuf; started again, a second exchange works), virtio-intr (with
  *               intr.rxq the lcore sleeps in poll(2) on the queue's MSI-X eventfd, set up through the
- *               kernel's VFIO_DEVICE_SET_IRQS, and slirp's ARP reply wakes it), virtio-close (close
+ *               kernel's VFIO_DEVICE_SET_IRQS, and slirp's ARP reply wakes it), virtio-pwrite (with
+ *               bar_mmap=0 the lcore's doorbells are pwrites on the VFIO device fd), virtio-close (close
  *               resets the device, the EAL closes, no DMAR fault was logged)
  *
  * Each result is one line on stdout: `TSPLAB {"nic":..,"mode":..,"check":..,"ok":..,...}`.
@@ -635,6 +636,40 @@ async function checkVirtioPmd(): Promise<void> {
     report('virtio-pmd', false, { error: e instanceof Error ? e.stack ?? e.message : String(e) });
   } finally {
     if (eal) await eal.close().catch((e: unknown) => report('virtio-close', false, { error: errorOf(e) }));
+  }
+  await checkVirtioPwrite();
+}
+
+/**
+ * virtio-pwrite: the same ARP exchange with `-a BDF,bar_mmap=0`: no BAR is mapped, so the lcore
+ * rings its doorbells with pwrite on the VFIO device fd at the notify region's offset (the
+ * worker-side fallback), on the real kernel's VFIO.
+ */
+async function checkVirtioPwrite(): Promise<void> {
+  let eal: Eal | null = null;
+  try {
+    eal = new Eal(parseEalArgs(['--vfio-mode', mode, '-m', '64', '--huge-dir', '/dev/hugepages', '-l', '0-1', '--file-prefix', 'tsplabvp', '-a', `${bdf},bar_mmap=0`]));
+    const virtio = await import('../../drivers/net/virtio/virtio.js');
+    await probePci(eal);
+    const port = listPorts().find((x): x is VirtioNetPort => x instanceof virtio.VirtioNetPort);
+    if (!port) throw new Error('net_virtio did not probe the device with bar_mmap=0');
+    const pool = pktmbufPoolCreate(eal.memory, 'labvp_pool', 1023, { cacheSize: 32 });
+    port.configure({ rxQueues: 1, txQueues: 1, promiscuous: false });
+    port.rxQueueSetup(0, 256, pool);
+    port.txQueueSetup(0, 256);
+    port.start();
+    const mapped = port.pci.notifyMapped(0);
+    const ex = await eal.lcores.launch<ArpExchange>(1, siblingModule(import.meta.url, 'guest'), 'virtioArpLcore', { port: port.data(), timeoutMs: 20000 });
+    const xs = port.xstats();
+    port.stop();
+    report('virtio-pwrite', !mapped && ex.reply !== null && (xs.tx_q0_kicks ?? 0) > 0 && pool.inUseCount() === 0, {
+      notifyMapped: mapped, sent: ex.sent, ms: ex.ms, reply: ex.reply !== null, txKicks: xs.tx_q0_kicks ?? null, rxKicks: xs.rx_q0_kicks ?? null,
+    });
+    port.close();
+  } catch (e) {
+    report('virtio-pwrite', false, { error: e instanceof Error ? e.stack ?? e.message : String(e) });
+  } finally {
+    if (eal) await eal.close().catch((e: unknown) => report('virtio-pwrite', false, { error: errorOf(e) }));
   }
 }
 

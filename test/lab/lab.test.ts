@@ -42,7 +42,7 @@ const COMMON = ['modules', 'bind', 'guest', 'devices', 'devices-auto', 'eal', 'p
 const DMA = ['dma-tx', 'dma-blocked', 'dma-remap'];
 const MDEV = ['mdev-create', 'mdev-devices', 'mdev-probe', 'mdev-config', 'mdev-bar'];
 /** the virtio PMD (drivers/net/virtio) on QEMU's virtio-net-pci, packets through slirp */
-const VIRTIO_PMD = ['virtio-probe', 'virtio-config', 'virtio-arp', 'virtio-stats', 'virtio-restart', 'virtio-mrg', 'virtio-intr', 'virtio-close'];
+const VIRTIO_PMD = ['virtio-probe', 'virtio-config', 'virtio-arp', 'virtio-stats', 'virtio-restart', 'virtio-mrg', 'virtio-intr', 'virtio-close', 'virtio-pwrite'];
 const E1000E = 'e1000e', VIRTIO = 'virtio-net-pci,disable-legacy=on,iommu_platform=on';
 const GUESTS: Guest[] = [
   { kernel: 'debian', nic: 'e1000e', device: E1000E, mode: 'group', checks: [...COMMON, ...DMA] },

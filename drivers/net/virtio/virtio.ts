@@ -14,7 +14,7 @@
  * thread (a 20 ms timer, non-blocking read) and turned into onLinkChange events when the link
  * status changed.
  *
- * `-a ADDR[,queue_size=N][,mrg_rxbuf=0|1][,ctrl_vq=0|1]`
+ * `-a ADDR[,queue_size=N][,mrg_rxbuf=0|1][,ctrl_vq=0|1][,bar_mmap=0|1]`
  */
 import { checkDevargs, type DevargsSchema } from '../../../lib/kvargs/kvargs.js';
 import type { VfioDevice } from '../../../src/iommu/device.js';
@@ -52,6 +52,8 @@ export interface VirtioNetOptions extends FeatureChoice {
   queueSize?: number;
   /** the port's name (default: the device's name) */
   name?: string;
+  /** false: never mmap the BARs; every register access, doorbells included, goes through pread/pwrite or REGION_READ/WRITE */
+  barMmap?: boolean;
 }
 
 /** A virtqueue as the control half keeps it. */
@@ -135,7 +137,7 @@ export class VirtioNetPort extends EthDev {
    * registered (it has a port id) once this returns.
    */
   static open(vfio: VfioDevice, memory: EalMemory, opts: VirtioNetOptions = {}): VirtioNetPort {
-    const pci = VirtioPci.open(vfio);
+    const pci = VirtioPci.open(vfio, { mmap: opts.barMmap });
     try {
       const neg = pci.negotiate(opts);
       const f = neg.accepted;
@@ -518,6 +520,7 @@ export const VIRTIO_ARGS = {
   queue_size: { kind: 'pow2', min: 2, max: V.VIRTQ_MAX_SIZE, help: 'largest virtqueue size to use (default: the device maximum)' },
   mrg_rxbuf: { kind: 'bool', help: '1 (default) or 0: accept mergeable RX buffers (VIRTIO_NET_F_MRG_RXBUF)' },
   ctrl_vq: { kind: 'bool', help: '1 (default) or 0: use the control queue (needed for more than one queue pair and promiscuous control)' },
+  bar_mmap: { kind: 'bool', help: '1 (default) or 0: never mmap the BARs, reach every register (doorbells from the lcores too) with pread/pwrite or vfio-user messages' },
 } as const satisfies DevargsSchema;
 
 /** Parse -a ADDR,key=value arguments; throws a UsageError naming the device and the key. */
@@ -525,6 +528,7 @@ export function parseVirtioArgs(dev: string, raw: Record<string, string>): Virti
   const a = checkDevargs(raw, VIRTIO_ARGS, { where: `-a ${dev}`, driver: 'net_virtio' });
   const o: VirtioNetOptions = { mrgRxbuf: a.mrg_rxbuf, ctrlVq: a.ctrl_vq };
   if (a.queue_size !== undefined) o.queueSize = a.queue_size;
+  if (a.bar_mmap !== undefined) o.barMmap = a.bar_mmap;
   return o;
 }
 
