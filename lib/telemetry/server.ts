@@ -15,8 +15,8 @@
  * close() wakes it with an eventfd.
  * The data path never sees any of it: handlers read the counters the lcores share.
  */
-import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, rmdirSync, unlinkSync, type Stats } from 'node:fs';
-import { join } from 'node:path';
+import { chmodSync, lstatSync, mkdirSync, readFileSync, rmdirSync, unlinkSync, type Stats } from 'node:fs';
+import { dirname, join } from 'node:path';
 import * as os from '../../src/os/libc.js';
 import { log } from '../../src/log.js';
 
@@ -63,16 +63,17 @@ export function runtimeDir(filePrefix: string, env: NodeJS.ProcessEnv = process.
   return join(base, 'dpdk', filePrefix);
 }
 
-/** Socket paths of live servers in this process, removed by the exit hook if close() never ran. */
-const liveSockets = new Set<string>();
+/** Live servers' socket paths and the directories to try removing, for the exit hook if close() never ran. */
+const liveSockets = new Map<string, string[]>();
 let exitHookInstalled = false;
 
 function installExitHook(): void {
   if (exitHookInstalled) return;
   exitHookInstalled = true;
   process.on('exit', () => {
-    for (const p of liveSockets) {
+    for (const [p, dirs] of liveSockets) {
       try { unlinkSync(p); } catch { /* gone */ }
+      removeEmptyDirs(dirs);
     }
   });
 }
@@ -98,7 +99,8 @@ export class TelemetryServer {
   private wakeFd = -1;
   private readonly clients = new Set<number>();
   private sockId: { dev: number; ino: number } | null = null;
-  private madeDir = false;
+  /** the runtime directory and, if start() made it, its parent: removed at close when empty */
+  private dirsToRemove: string[] = [];
   private closing = false;
   private loopDone: Promise<void> = Promise.resolve();
   private readonly greeting: Uint8Array;
@@ -193,14 +195,16 @@ export class TelemetryServer {
    */
   start(): void {
     if (this.listenFd >= 0) throw new Error(`telemetry server ${this.path}: already started`);
-    const existed = existsSync(this.dir);
+    let made: string | undefined;
     try {
-      mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+      made = mkdirSync(this.dir, { recursive: true, mode: 0o700 });
     } catch (e) {
       throw new Error(`telemetry: cannot create the runtime directory ${this.dir}: ${(e as Error).message}; ` +
         'run as root, set RUNTIME_DIRECTORY to a writable directory, or turn telemetry off with --no-telemetry');
     }
-    this.madeDir = !existed;
+    // The prefix's directory goes when empty (whoever made it: a killed run may have left it); its
+    // parent (<run dir>/dpdk) only if this server made it.
+    this.dirsToRemove = made !== undefined && made !== this.dir ? [this.dir, dirname(this.dir)] : [this.dir];
     const base = join(this.dir, TELEMETRY_SOCKET);
     const busy: string[] = [];
     for (let i = 0; i < MAX_INSTANCES && this.listenFd < 0; i++) {
@@ -231,7 +235,7 @@ export class TelemetryServer {
     }
     const st = lstatSync(this.path);
     this.sockId = { dev: st.dev, ino: st.ino };
-    liveSockets.add(this.path);
+    liveSockets.set(this.path, this.dirsToRemove);
     installExitHook();
     this.wakeFd = os.eventfd(0, os.EFD_NONBLOCK);
     if (busy.length > 0) {
@@ -270,9 +274,8 @@ export class TelemetryServer {
   }
 
   private removeDir(): void {
-    if (!this.madeDir) return;
-    this.madeDir = false;
-    try { rmdirSync(this.dir); } catch { /* not empty: another app of this prefix uses it */ }
+    removeEmptyDirs(this.dirsToRemove);
+    this.dirsToRemove = [];
   }
 
   /** Remove the socket file if it is still the one this server bound. */
@@ -417,6 +420,13 @@ function processName(pid: number): string {
     return `, ${readFileSync(`/proc/${pid}/comm`, 'utf8').trim()}`;
   } catch {
     return '';
+  }
+}
+
+/** rmdir each directory, in order, that is empty (one in use by another app of the prefix stays). */
+function removeEmptyDirs(dirs: readonly string[]): void {
+  for (const d of dirs) {
+    try { rmdirSync(d); } catch { return; /* not empty, or gone */ }
   }
 }
 

@@ -18,7 +18,7 @@
  */
 import t from 'tap';
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, rmSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import '../../drivers/index.js';
@@ -172,7 +172,7 @@ t.test('clients: several at once, a bounded number, a stale socket replaced, a s
   t.notOk(existsSync(`${path}:1`), 'its socket removed');
   t.ok(existsSync(path), 'the first one\'s left alone');
   await s.close();
-  t.same(readdirSync(dir), [], 'nothing left in the directory');
+  t.notOk(existsSync(dir), 'nothing left: the emptied directory is removed too (a killed run may have made it)');
 });
 
 t.test('ethdev and EAL commands read the ports\' own counters', async (t) => {
