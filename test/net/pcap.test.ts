@@ -376,3 +376,21 @@ function execFileAsync(cmd: string, args: string[]): Promise<void> {
     }, reject);
   });
 }
+
+t.test('l2fwd over net_pcap: no worker GC after warm-up, no mbuf left in use (infinite_rx into a TX file)', { timeout: 240000 }, async (t) => {
+  const src = join(dir, 'gc.pcap'), out = join(dir, 'gc-out.pcap');
+  const frames = sampleFrames();
+  const w = new PcapWriter(src);
+  for (const f of frames.slice(0, 2)) w.write(f, 0, f.length, 1, 0);
+  w.close();
+  // TX into a file too: net_pcap1's TX writes what port 0 replays (small frames, a few hundred MB, removed after).
+  const r = await runCli(['l2fwd', '--no-huge', '--file-prefix', `${tag}g`, '--vdev', `net_pcap0,rx_pcap=${src},infinite_rx=1`, '--vdev', `net_pcap1,tx_pcap=${out}`, '--', '-p', '0x3', '--duration', '3', '--json'], { timeoutMs: 120_000 });
+  t.equal(r.code, 0, r.stderr);
+  const s = JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}') as { worker_gc_count?: number; mbufs_in_use_after_stop?: number };
+  t.equal(s.worker_gc_count, 0, 'no GC in the worker after the first second');
+  t.equal(s.mbufs_in_use_after_stop, 0, 'every mbuf back in the pool');
+  const ix = readCaptureFile(out);
+  t.ok(ix.count > 10000, `${ix.count} frames written, all flushed and readable`);
+  t.equal(hex(capturedPacket(ix, ix.count - 1)).length > 0, true);
+  rmSync(out, { force: true });
+});
