@@ -94,7 +94,9 @@ export class StatsReporter {
       return row;
     });
     this.lastT = now;
-    const columns = this.tty ? (this.out as { columns?: number }).columns ?? 80 : Infinity;
+    // A pseudo-terminal with no size (e.g. under script(1)) reports 0 columns: take 80.
+    const cols = (this.out as { columns?: number }).columns;
+    const columns = !this.tty ? Infinity : cols !== undefined && cols > 0 ? cols : 80;
     const lines = formatLiveTable(rows, (now - this.startT) / 1000, columns);
     if (this.tty) {
       // Back to the first line of the previous table, clear to the end of the screen, draw again.
