@@ -31,14 +31,19 @@ import type { RxQueue, RxInterrupt, TxQueue } from '../ethdev/ethdev.js';
 
 /** The memfd's name (shown as /memfd:tspmd-pdump in /proc/PID/fd). */
 export const CAPTURE_MEMFD = 'tspmd-pdump';
+/** The region's first word once it is initialized, and its layout version. */
 export const CAPTURE_MAGIC = 0x70647570, CAPTURE_VERSION = 1;
 /** Ports and queues a region covers. */
 export const CAPTURE_MAX_PORTS = 32, CAPTURE_MAX_QUEUES = 16;
+/** Header words: magic, version, the capturing pdump's pid, the snap length. */
 export const W_MAGIC = 0, W_VERSION = 1, W_OWNER = 2, W_SNAPLEN = 3;
+/** First queue-mask word (port*2 + dir follow). */
 export const MASK_BASE = 16;
+/** First ring-slot word (4 per slot). */
 export const SLOT_WORDS = MASK_BASE + CAPTURE_MAX_PORTS * 2;
 /** Per-slot words: bytes produced, bytes consumed, frames dropped (ring full), frames captured. */
 export const S_HEAD = 0, S_TAIL = 1, S_DROPS = 2, S_PACKETS = 3;
+/** Byte offset of the first ring, bytes per ring, and the region's size. */
 export const RING_BASE = 4096;
 export const RING_SLOT = 1 << 21;
 export const CAPTURE_REGION = RING_BASE + 2 * CAPTURE_MAX_QUEUES * RING_SLOT;
