@@ -54,8 +54,6 @@ export interface RxIdleStats {
 }
 
 const EINTR = 4;
-// indexes into RxIdleSleeper's counters
-const SLEEPS = 0, WAKEUPS = 1, TIMEOUTS = 2, RACED = 3, ERRORS = 4, SLEPT_MS = 5;
 
 /** Puts an lcore to sleep on its RX queues' interrupts when they stay idle (rte_eth_dev_rx_intr_enable + epoll_wait). */
 export class RxIdleSleeper {
@@ -71,8 +69,13 @@ export class RxIdleSleeper {
   private readonly maxSleepMs: number;
   private readonly stop: (() => boolean) | null;
   private empty = 0;
-  /** counters in a typed array: storing a double into an object field allocates, an element store does not */
-  private readonly c = new Float64Array(6);
+  /**
+   * What the sleeper did so far: a live object, read it any time (the counts are small integers,
+   * so updating and reading them allocates nothing; sleptMs is a getter over a Float64Array,
+   * because storing a double into an object field allocates and an element store does not).
+   */
+  readonly stats: RxIdleStats;
+  private readonly slept = new Float64Array(1);
   /** struct timespec before and after a sleep (seconds in word 0, nanoseconds in word 2) */
   private readonly ts0 = new Uint8Array(16);
   private readonly ts1 = new Uint8Array(16);
@@ -108,12 +111,8 @@ export class RxIdleSleeper {
     this.idlePolls = opts.idlePolls;
     this.maxSleepMs = opts.maxSleepMs;
     this.stop = opts.stopRequested ?? null;
-  }
-
-  /** What the sleeper did so far (a new object per call: read it outside the loop). */
-  get stats(): RxIdleStats {
-    const c = this.c;
-    return { sleeps: c[SLEEPS], wakeups: c[WAKEUPS], timeouts: c[TIMEOUTS], raced: c[RACED], errors: c[ERRORS], sleptMs: c[SLEPT_MS] };
+    const slept = this.slept;
+    this.stats = { sleeps: 0, wakeups: 0, timeouts: 0, raced: 0, errors: 0, get sleptMs(): number { return slept[0]; } };
   }
 
   /**
@@ -138,7 +137,7 @@ export class RxIdleSleeper {
       if (!intrs[armed].enable()) {
         // Packets arrived between the last poll and arming: disarm what was armed (this one too) and poll.
         for (let i = 0; i <= armed; i++) intrs[i].disable();
-        this.c[RACED]++;
+        this.stats.raced++;
         this.empty = 0;
         return false;
       }
@@ -147,9 +146,9 @@ export class RxIdleSleeper {
     const r = pollFds(this.pfds, n, this.maxSleepMs);
     clockGettime(CLOCK_MONOTONIC, this.ts1);
     const a = this.ts0w, b = this.ts1w;
-    this.c[SLEPT_MS] += (b[0] - a[0]) * 1000 + (b[2] - a[2]) / 1e6;
+    this.slept[0] += (b[0] - a[0]) * 1000 + (b[2] - a[2]) / 1e6;
     for (let i = 0; i < n; i++) intrs[i].disable();
-    this.c[SLEEPS]++;
+    this.stats.sleeps++;
     if (r > 0) {
       // pollfd i: its fd is Int32 word 2i, its revents Uint16 4i+3.
       const rev = this.pfdRevents, fdw = this.pfdFd;
@@ -163,14 +162,14 @@ export class RxIdleSleeper {
         }
       }
       if (input) {
-        this.c[WAKEUPS]++;
+        this.stats.wakeups++;
         this.empty = 0;
       } else {
-        this.c[ERRORS]++;
+        this.stats.errors++;
       }
     } else if (r === 0 || r === -EINTR) {
       // Nothing arrived: stay at the threshold, so the next empty round sleeps again at once.
-      this.c[TIMEOUTS]++;
+      this.stats.timeouts++;
       if (this.masked > 0) this.unmask();
     } else {
       throw new Error(`RxIdleSleeper: poll(2) on the RX interrupt fds failed with errno ${-r}: a queue's fd was closed (was its port stopped while the lcore ran?)`);
