@@ -5,7 +5,9 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { constants } from 'node:os';
+import { rmSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { runtimeDir } from '../lib/telemetry/server.js';
 
 /** The tspmd command in the same language as the test: app/tspmd.ts under tap's loader, dist/app/tspmd.js when built. */
 export const CLI = fileURLToPath(new URL('../app/tspmd' + (import.meta.url.endsWith('.ts') ? '.ts' : '.js'), import.meta.url));
@@ -49,10 +51,21 @@ export function runCli(args: string[], opts: RunCliOptions = {}): Promise<CliRes
     p.on('close', (code, signal) => {
       clearTimeout(timer);
       if (timedOut) stderr += `runCli: tspmd ${args.join(' ')}: killed after ${timeoutMs} ms\n`;
+      if (signal) removeRunDir(args);
       resolve({ code: code ?? (signal ? 128 + constants.signals[signal] : 1), stdout, stderr });
     });
     opts.onSpawn?.(p);
   });
+}
+
+/**
+ * An app killed by a signal leaves its run directory (the telemetry socket under
+ * <run dir>/dpdk/PREFIX, see runtimeDir): remove it for the --file-prefix in args (tests use their own prefixes).
+ */
+export function removeRunDir(args: readonly string[]): void {
+  const i = args.indexOf('--file-prefix');
+  const prefix = i >= 0 ? args[i + 1] : undefined;
+  if (prefix && /^tsp[\w.-]*$/.test(prefix)) rmSync(runtimeDir(prefix), { recursive: true, force: true });
 }
 
 /** SIGKILL every child of the set that is still running and wait for each to exit (test teardowns). */
