@@ -61,16 +61,13 @@ import type { LcoreContext } from '../../src/lcore/types.js';
 import type { VirtioNetPort } from '../../drivers/net/virtio/virtio.js';
 import { probePciAndMdev, type MdevStatus } from '../../drivers/bus/mdev/mdev.js';
 
+import { guestArg } from './guest-args.js';
+
 type Detail = Record<string, unknown>;
 
-const args = process.argv.slice(2);
-const arg = (name: string, def: string): string => {
-  const i = args.indexOf(name);
-  return i >= 0 && i + 1 < args.length ? args[i + 1] : def;
-};
-const bdf = arg('--bdf', '0000:00:03.0');
-const mode = arg('--mode', 'group');
-const mdevUuid = arg('--mdev', '');
+const bdf = guestArg('--bdf', '0000:00:03.0');
+const mode = guestArg('--mode', 'group');
+const mdevUuid = guestArg('--mdev', '');
 // the mtty sample's PCI ids (samples/vfio-mdev/mtty.c config space)
 const MTTY_VENDOR = 0x4348, MTTY_DEVICE = 0x3253;
 const sysDev = `/sys/bus/pci/devices/${bdf}`;

@@ -40,14 +40,11 @@ import { pktmbufPoolCreate, pktmbufFreeBulk, pktmbufAllocInit } from '../../lib/
 import { MbufView } from '../../lib/mempool/mbuf_view.js';
 import type { IgbPort } from '../../drivers/net/igb/igb.js';
 
+import { guestArg } from './guest-args.js';
+
 type Detail = Record<string, unknown>;
-const args = process.argv.slice(2);
-const arg = (name: string, def: string): string => {
-  const i = args.indexOf(name);
-  return i >= 0 && i + 1 < args.length ? args[i + 1] : def;
-};
-const bdf = arg('--bdf', '0000:00:03.0');
-const mode = arg('--mode', 'group');
+const bdf = guestArg('--bdf', '0000:00:03.0');
+const mode = guestArg('--mode', 'group');
 const IP = '/usr/bin/ip-host', ETHTOOL = '/usr/bin/ethtool-host';
 const A_IP = '10.77.0.1', B_IP = '10.77.0.2';
 /** PCI addresses of the kernel's NICs (test/lab/igb.test.ts places them) */
