@@ -162,7 +162,10 @@ t.test('EAL_OPTIONS makes EAL_HELP, the value set and the key map', async (t) =>
 const SAMPLE: Record<string, string> = {
   lcores: '0-1', mainLcore: '0', memoryMb: '64', hugeDir: '/dev/hugepages', filePrefix: 'tspk', iovaMode: 'pa', vdevs: 'net_null0',
   allow: '0000:00:03.0', block: '0000:00:04.0', sysfsRoot: '/tmp/sys', devRoot: '/tmp/dev', vfioMode: 'group', logLevel: 'debug',
+  metricsPort: '9100', metricsHost: '0.0.0.0',
 };
+/** Options that only make sense with another one. */
+const NEEDS: Record<string, string[]> = { metricsHost: ['--metrics-port', '9100'] };
 
 t.test('parseEalArgs accepts every spelling of every option, with its value apart and after "="', async (t) => {
   const base = defaultEalOptions();
@@ -170,16 +173,23 @@ t.test('parseEalArgs accepts every spelling of every option, with its value apar
     for (const name of o.names) {
       if (o.value === null) {
         const got = parseEalArgs([name]);
-        t.not(got[o.key], base[o.key], `${name} sets ${o.key}`);
+        const undoes = EAL_OPTIONS.find((x) => x !== o && x.key === o.key && x.value === null);
+        if (got[o.key] === base[o.key] && undoes) {
+          // a flag that restores the default (--telemetry): it undoes the one that changes it
+          t.equal(parseEalArgs([undoes.names[0], name])[o.key], base[o.key], `${name} undoes ${undoes.names[0]}`);
+        } else {
+          t.not(got[o.key], base[o.key], `${name} sets ${o.key}`);
+        }
         if (name.startsWith('--')) t.throws(() => parseEalArgs([`${name}=1`]), { message: `${name} takes no value (got "${name}=1")` });
         continue;
       }
       const v = SAMPLE[o.key];
       t.ok(v !== undefined, `a sample value for ${o.key}`);
-      const apart = parseEalArgs([name, v]);
+      const pre = NEEDS[o.key] ?? [];
+      const apart = parseEalArgs([...pre, name, v]);
       t.notSame(apart[o.key], base[o.key], `${name} ${v} sets ${o.key}`);
-      if (name.startsWith('--')) t.same(parseEalArgs([`${name}=${v}`])[o.key], apart[o.key], `${name}=${v}`);
-      t.throws(() => parseEalArgs([name]), { name: 'UsageError', message: `${name} needs a value (see --help)` });
+      if (name.startsWith('--')) t.same(parseEalArgs([...pre, `${name}=${v}`])[o.key], apart[o.key], `${name}=${v}`);
+      t.throws(() => parseEalArgs([...pre, name]), { name: 'UsageError', message: `${name} needs a value (see --help)` });
     }
   }
   t.throws(() => parseEalArgs(['--lcore', '1']), { message: 'unknown EAL option "--lcore" (application options go after "--"; see --help)' });
