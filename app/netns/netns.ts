@@ -32,7 +32,12 @@ export function netnsMain(args: string[]): number {
     for (const ns of existsSync('/run/netns') ? readdirSync('/run/netns') : []) {
       if (ns === `${prefix}A` || ns === `${prefix}B`) { sh(['ip', 'netns', 'del', ns]); removed++; }
     }
-    for (const i of [`${prefix}a1`, `${prefix}b1`]) if (existsSync(`/sys/class/net/${i}`)) { sh(['ip', 'link', 'del', i]); removed++; }
+    for (const i of [`${prefix}a1`, `${prefix}b1`]) {
+      if (!existsSync(`/sys/class/net/${i}`)) continue;
+      // deleting a namespace takes its veth peers with it, asynchronously: the end may vanish meanwhile
+      try { sh(['ip', 'link', 'del', i]); } catch (e) { if (existsSync(`/sys/class/net/${i}`)) throw e; }
+      removed++;
+    }
     console.log(removed ? `removed ${prefix}` : `nothing named ${prefix} to remove`);
     return 0;
   }
