@@ -263,7 +263,8 @@ t.test('gettid and setThreadName in a worker thread', async (t) => {
  */
 const FAMILIES = ['O_', 'PROT_', 'MAP_', 'MFD_', 'MADV_', 'EFD_', 'AF_', 'SOCK_', 'SOL_', 'SCM_', 'SO_', 'MSG_', 'POLL', 'LOCK_', 'FALLOC_', 'PR_', 'SYS_'];
 const constants = Object.entries(os).filter(
-  ([k, v]) => (typeof v === 'number' || typeof v === 'bigint') && /^[A-Z][A-Z0-9]*_[A-Za-z0-9_]+$|^POLL[A-Z]+$/.test(k),
+  // SIZEOF_* are struct sizes, checked with the layouts below
+  ([k, v]) => (typeof v === 'number' || typeof v === 'bigint') && /^[A-Z][A-Z0-9]*_[A-Za-z0-9_]+$|^POLL[A-Z]+$/.test(k) && !k.startsWith('SIZEOF_'),
 ) as Array<[string, number | bigint]>;
 
 const hasCc = spawnSync('cc', ['--version']).status === 0;
@@ -299,6 +300,7 @@ t.test('constants and struct layouts match the system headers', { skip: hasCc ? 
     ['cmsg_space_1fd', 'CMSG_SPACE(sizeof(int))', 24],
     ['cmsg_len_1fd', 'CMSG_LEN(sizeof(int))', 20],
     ['sizeof_pollfd', 'sizeof(struct pollfd)', 8],
+    ['SIZEOF_POLLFD', 'sizeof(struct pollfd)', os.SIZEOF_POLLFD],
     ['off_pollfd_events', 'offsetof(struct pollfd, events)', 4],
     ['off_pollfd_revents', 'offsetof(struct pollfd, revents)', 6],
     ['sizeof_sockaddr_un', 'sizeof(struct sockaddr_un)', 110],
@@ -323,6 +325,7 @@ t.test('constants and struct layouts match the system headers', { skip: hasCc ? 
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/ioctl.h>
+#include <time.h>
 #include <linux/falloc.h>
 #include <linux/memfd.h>
 #include <linux/if_ether.h>
