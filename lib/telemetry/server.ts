@@ -207,6 +207,7 @@ export class TelemetryServer {
     this.dirsToRemove = made !== undefined && made !== this.dir ? [this.dir, dirname(this.dir)] : [this.dir];
     const base = join(this.dir, TELEMETRY_SOCKET);
     const busy: string[] = [];
+    let recreated = 0;
     for (let i = 0; i < MAX_INSTANCES && this.listenFd < 0; i++) {
       const path = i === 0 ? base : `${base}:${i}`;
       const holder = probeSocket(path);
@@ -222,6 +223,12 @@ export class TelemetryServer {
       } catch (e) {
         safeClose(fd);
         if (e instanceof os.OsError && e.code === 'EADDRINUSE') { busy.push(`${path} (bound meanwhile)`); continue; } // another process won the race
+        if (e instanceof os.OsError && e.code === 'ENOENT' && recreated++ < 5) {
+          // the other process on this prefix exited meanwhile and removed the (then empty) directory
+          mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+          i--;
+          continue;
+        }
         this.removeDir();
         throw new Error(`telemetry: cannot listen on ${path}: ${(e as Error).message}; turn telemetry off with --no-telemetry or use another --file-prefix`);
       }
