@@ -57,6 +57,10 @@ t.test('l2fwd on af_packet joins two namespaces: ping, TCP, counters', { skip: n
   const { child, done } = await startL2fwd(topo);
   t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
 
+  // "lcore N: RX port" is printed before the worker has loaded its modules: wait until the path answers
+  for (const t0 = Date.now(); Date.now() - t0 < 60000;) {
+    if ((await run('ip', ['netns', 'exec', topo.nsA, 'ping', '-c', '1', '-W', '1', topo.ipB])).code === 0) break;
+  }
   const ping = await run('ip', ['netns', 'exec', topo.nsA, 'ping', '-c', '5', '-i', '0.2', '-W', '2', topo.ipB]);
   t.equal(ping.code, 0, 'ping from A to B through the forwarder');
   t.match(ping.stdout, /5 packets transmitted, 5 received/);
