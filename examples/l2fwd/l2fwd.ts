@@ -14,7 +14,7 @@
 import {
   type App, type EthDev, type LcoreContext, type PortData, type RxQueue, type TxQueue, UsageError, MbufView, Mempool,
   appMain, countGc, eachOption, listPorts, macWords, numberOption, openRxQueue, openTxQueue, pktmbufFreeBulk,
-  pktmbufPoolCreate, probePorts, runLcoresUntilDone, StatsReporter, RxIdleSleeper, type RxIdleQueue,
+  pktmbufPoolCreate, probePorts, runLcoresUntilDone, StatsReporter, RxIdleSleeper, type RxIdleQueue, type RxIdleStats,
 } from '../../index.js';
 
 /** How lcores wait for packets: always polling, sleeping whenever a round finds nothing, or after --idle-polls empty rounds. */
@@ -202,17 +202,13 @@ export interface L2fwdLcoreArg {
   idlePolls?: number;
 }
 
-/** What an l2fwd lcore reports: garbage collections in all, and in the loop after its first second (warm-up). */
-export interface L2fwdLcoreResult {
+/**
+ * What an l2fwd lcore reports: garbage collections in all, and in the loop after its first second
+ * (warm-up), and its RxIdleSleeper's counts (all 0 in poll mode).
+ */
+export interface L2fwdLcoreResult extends RxIdleStats {
   gcCount: number;
   gcCountAfterWarmup: number;
-  /** the lcore's RxIdleSleeper counts (all 0 in poll mode) */
-  sleeps: number;
-  wakeups: number;
-  timeouts: number;
-  raced: number;
-  errors: number;
-  sleptMs: number;
 }
 
 interface Fwd {
