@@ -10,6 +10,7 @@ const BENCHES: Record<string, string> = {
   ring: 'ring buffer: two pinned workers SP/SC burst 32 (M entries/s), one-thread enqueue+dequeue (ns/entry)',
   mempool: 'mempool bulk alloc+free with per-lcore cache (ns/object)',
   fwd: 'l2fwd on two net_null ports beside DPDK testpmd mac forwarding (Mpps, ratio)',
+  'fwd-parts': 'per-packet cost of the forwarding path\'s parts on one lcore: alloc/free, mbuf init, net_null rx/tx, capture hook, loop, MAC rewrite (ns/packet)',
   afpacket: 'l2fwd on af_packet ports between two namespaces beside DPDK testpmd (Mpps, ratio; root)',
   virtio: 'emulated virtio-net device generating -> virtio PMD receiving, two processes, beside DPDK vhost/virtio_user (Mpps, ratio)',
   kick: 'virtio doorbell write: mapped store vs vfio-user REGION_WRITE fallback vs pwrite floor (ns per kick)',
@@ -17,7 +18,7 @@ const BENCHES: Record<string, string> = {
 
 /** What every benchmark module exports. */
 export interface BenchModule {
-  run(args: string[]): Promise<Record<string, number | string | boolean>>;
+  run(args: string[]): Promise<Record<string, number | string | boolean | number[]>>;
 }
 
 function usage(): string {

@@ -52,7 +52,9 @@ export class MbufView {
 
   /** Byte offset of the packet data in u8 (rte_pktmbuf_mtod). */
   get data(): number {
-    return this.off + MBUF_HDR + this.u16[(this.off + F_DATA_OFF) >> 1];
+    // 64 = MBUF_HDR, 14 = F_DATA_OFF: imported constants are read through cells with a TDZ check.
+    const o = this.off;
+    return o + 64 + this.u16[(o + 14) >> 1];
   }
 
   /** Where the data starts, from the buffer start (the headroom in use). */

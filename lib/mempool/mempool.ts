@@ -72,33 +72,36 @@ export function poolOf(handle: number): Mempool {
 
 /** A pool of fixed-size objects with per-lcore caches. */
 export class Mempool {
-  readonly name: string;
-  readonly zone: Memzone;
-  readonly id: number;
+  // Fields are `declare`d and assigned in the constructor: a class field would first be defined as
+  // undefined, and V8 would then tag-check every number and map-check every view read from it in
+  // the hot loops (docs/performance.md).
+  declare readonly name: string;
+  declare readonly zone: Memzone;
+  declare readonly id: number;
   /** objects it holds */
-  readonly size: number;
-  readonly objSize: number;
+  declare readonly size: number;
+  declare readonly objSize: number;
   /** byte offset of object 0 in the zone */
-  readonly objOffset: number;
-  readonly cacheSize: number;
+  declare readonly objOffset: number;
+  declare readonly cacheSize: number;
   /** views over the whole memzone, for object access at byte offsets */
-  readonly u8: Uint8Array;
-  readonly u16: Uint16Array;
-  readonly u32: Uint32Array;
+  declare readonly u8: Uint8Array;
+  declare readonly u16: Uint16Array;
+  declare readonly u32: Uint32Array;
   /** 8-byte stores of prepared bit patterns (see pktmbufAllocInit) */
-  readonly f64: Float64Array;
-  readonly dv: DataView;
+  declare readonly f64: Float64Array;
+  declare readonly dv: DataView;
   /** the zone's address as a number (user addresses fit in 2^53), for system calls on mbuf data */
-  readonly va: number;
+  declare readonly va: number;
   /** header, ring and caches (see the file comment) */
-  readonly meta: SharedArrayBuffer;
-  private readonly ring: Ring;
+  declare readonly meta: SharedArrayBuffer;
+  private declare readonly ring: Ring;
   /** the meta buffer as words: header and caches */
-  private readonly i32: Int32Array;
-  private readonly mu32: Uint32Array;
-  private readonly flushThresh: number;
-  private readonly cacheOffset: number;
-  private readonly cacheStride: number;
+  private declare readonly i32: Int32Array;
+  private declare readonly mu32: Uint32Array;
+  private declare readonly flushThresh: number;
+  private declare readonly cacheOffset: number;
+  private declare readonly cacheStride: number;
 
   private constructor(name: string, zone: Memzone, meta: SharedArrayBuffer | undefined) {
     if (meta === undefined || meta.byteLength < HEADER_BYTES || new Int32Array(meta, 0, 1)[H_MAGIC] !== MAGIC) {
@@ -207,7 +210,8 @@ export class Mempool {
   offsetOf(handle: number): number {
     // Math.imul keeps the arithmetic in int32 (a plain * may leave it as a float64 in JIT code);
     // create() keeps every pool below 2 GiB so the result is exact and non-negative.
-    return this.objOffset + Math.imul(handle & HANDLE_INDEX_MASK, this.objSize);
+    // 0xffffff is HANDLE_INDEX_MASK: an exported const is read through a cell with a TDZ check.
+    return this.objOffset + Math.imul(handle & 0xffffff, this.objSize);
   }
 
   /** Take n objects into out[off..], all or none; returns true on success. */
@@ -228,7 +232,13 @@ export class Mempool {
       len += got;
     }
     const u32 = this.mu32;
-    for (let i = 0; i < n; i++) out[off + i] = u32[c + len - i];
+    // The cache's top n entries, top first (LIFO: the most recently freed are warmest), four at a time.
+    let i = 0;
+    for (; i + 4 <= n; i += 4) {
+      const t = c + len - i;
+      out[off + i] = u32[t]; out[off + i + 1] = u32[t - 1]; out[off + i + 2] = u32[t - 2]; out[off + i + 3] = u32[t - 3];
+    }
+    for (; i < n; i++) out[off + i] = u32[c + len - i];
     i32[c] = len - n;
     return true;
   }
@@ -243,7 +253,12 @@ export class Mempool {
     const i32 = this.i32, u32 = this.mu32;
     const c = (this.cacheOffset + lc * this.cacheStride) >> 2;
     let len = i32[c];
-    for (let i = 0; i < n; i++) u32[c + 1 + len + i] = objs[off + i];
+    const b = c + 1 + len;
+    let i = 0;
+    for (; i + 4 <= n; i += 4) {
+      u32[b + i] = objs[off + i]; u32[b + i + 1] = objs[off + i + 1]; u32[b + i + 2] = objs[off + i + 2]; u32[b + i + 3] = objs[off + i + 3];
+    }
+    for (; i < n; i++) u32[b + i] = objs[off + i];
     len += n;
     if (len >= this.flushThresh) {
       this.ring.enqueueBulk(u32, len - this.cacheSize, c + 1 + this.cacheSize);

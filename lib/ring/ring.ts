@@ -62,21 +62,24 @@ export function nextPow2(n: number): number {
 
 /** A lock-free FIFO of u32 values on shared memory. */
 export class Ring {
-  readonly name: string;
+  // Fields are `declare`d and assigned in the constructor: a class field would first be defined as
+  // undefined, and V8 would then tag-check every number and map-check every view read from it in
+  // the hot loops (docs/performance.md).
+  declare readonly name: string;
   /** number of entries it can hold */
-  readonly size: number;
-  readonly sp: boolean;
-  readonly sc: boolean;
+  declare readonly size: number;
+  declare readonly sp: boolean;
+  declare readonly sc: boolean;
   /** where it lives, for attach() in other threads */
-  readonly desc: RingDesc;
+  declare readonly desc: RingDesc;
   /** free entries after the last enqueue, used entries after the last dequeue (like DPDK's out args) */
   lastFree = 0;
   lastAvailable = 0;
-  private readonly i32: Int32Array;
-  private readonly u32: Uint32Array;
-  private readonly mask: number;
-  private cachedConsTail: number;
-  private cachedProdTail: number;
+  private declare readonly i32: Int32Array;
+  private declare readonly u32: Uint32Array;
+  private declare readonly mask: number;
+  private declare cachedConsTail: number;
+  private declare cachedProdTail: number;
 
   private constructor(desc: RingDesc, buffer: ArrayBufferLike, offset: number, init: { size: number; flags: number } | null) {
     this.name = desc.name;

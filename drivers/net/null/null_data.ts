@@ -19,16 +19,24 @@ export interface NullQueueData {
 
 /** RX: fresh mbufs of `size` bytes. */
 class NullRx implements RxQueue {
-  private readonly template: Uint8Array;
-  private readonly v = new MbufView();
-  constructor(
-    private readonly pool: Mempool,
-    private readonly port: number,
-    private readonly size: number,
-    private readonly copy: boolean,
-    private readonly stats: Float64Array,
-    private readonly s: number,
-  ) {
+  // declare: no class-field definition to undefined first, which would make every field a
+  // generic tagged one (numbers boxed or tag-checked, views map-checked) in optimized code.
+  private declare readonly pool: Mempool;
+  private declare readonly port: number;
+  private declare readonly size: number;
+  private declare readonly copy: boolean;
+  private declare readonly stats: Float64Array;
+  private declare readonly s: number;
+  private declare readonly template: Uint8Array;
+  private declare readonly v: MbufView;
+  constructor(pool: Mempool, port: number, size: number, copy: boolean, stats: Float64Array, s: number) {
+    this.pool = pool;
+    this.port = port;
+    this.size = size;
+    this.copy = copy;
+    this.stats = stats;
+    this.s = s;
+    this.v = new MbufView();
     // A broadcast Ethernet frame with an IPv4 ethertype and a zero payload.
     this.template = new Uint8Array(size);
     this.template.fill(0xff, 0, 6);
@@ -58,10 +66,17 @@ class NullRx implements RxQueue {
 
 /** TX: count and free. */
 class NullTx implements TxQueue {
-  private readonly sink: Uint8Array;
-  private readonly v = new MbufView();
-  constructor(private readonly copy: boolean, private readonly stats: Float64Array, private readonly s: number, size: number) {
+  private declare readonly copy: boolean;
+  private declare readonly stats: Float64Array;
+  private declare readonly s: number;
+  private declare readonly sink: Uint8Array;
+  private declare readonly v: MbufView;
+  constructor(copy: boolean, stats: Float64Array, s: number, size: number) {
+    this.copy = copy;
+    this.stats = stats;
+    this.s = s;
     this.sink = new Uint8Array(Math.max(size, 9000));
+    this.v = new MbufView();
   }
 
   txBurst(pkts: Uint32Array, n: number, off = 0): number {
