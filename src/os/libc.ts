@@ -606,6 +606,12 @@ export function preadNoThrow(fd: number, buf: Uint8Array, len: number, off: bigi
   return r < 0 ? -koffi.errno() : r;
 }
 
+/** write(2) of buf's first len bytes: bytes written, or -errno; never throws, allocates nothing. */
+export function writeNoThrow(fd: number, buf: Uint8Array, len: number): number {
+  const r = Number(fnWrite(fd, buf, len));
+  return r < 0 ? -koffi.errno() : r;
+}
+
 /** read(2) of up to len bytes into buf: bytes read, or -errno (EAGAIN on an empty non-blocking eventfd); never throws. */
 export function readNoThrow(fd: number, buf: Uint8Array, len: number): number {
   const r = Number(fnRead(fd, buf, len));

@@ -7,7 +7,7 @@
  * Nothing is allocated per packet or per burst.
  */
 import { writeSync } from 'node:fs';
-import { readRaw, writeRaw } from '../../../src/os/libc.js';
+import { readRaw, writeRaw, writeNoThrow } from '../../../src/os/libc.js';
 import { Mempool } from '../../../lib/mempool/mempool.js';
 import { pktmbufAllocInit, pktmbufFreeBulk, MBUF_NONE } from '../../../lib/mempool/mbuf.js';
 import { MbufView } from '../../../lib/mempool/mbuf_view.js';
@@ -178,8 +178,11 @@ class FileTx implements TxQueue {
 
   /** Write the buffer's fill to the file; false (and the bytes dropped) when the file refuses. */
   private flush(fill: number): boolean {
+    // one write(2) of the whole fill, no allocation; a short write (rare: a full disk) finishes with writeSync
+    const r = writeNoThrow(this.fd, this.u8, fill);
+    if (r === fill) return true;
     try {
-      for (let done = 0; done < fill;) done += writeSync(this.fd, this.u8, done, fill - done);
+      for (let done = r > 0 ? r : 0; done < fill;) done += writeSync(this.fd, this.u8, done, fill - done);
       return true;
     } catch {
       return false;
