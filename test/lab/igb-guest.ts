@@ -157,6 +157,10 @@ function setupNetwork(): { a: string; b: string; c: string } {
     inNs(ns, ['sysctl', '-w', 'net.ipv6.conf.all.disable_ipv6=1']);
     inNs(ns, ['sysctl', '-w', `net.ipv6.conf.${ifc}.disable_ipv6=1`]);
     inNs(ns, [IP, 'addr', 'add', `${ip}/24`, 'dev', ifc]);
+    // QEMU's igb accepts a frame while any RX queue has buffers and silently drops it when the
+    // queue RSS picks is full (no MPC/RQDPC count): a TCP window capped at 256 KiB keeps at most
+    // ~180 frames in flight, fewer than one 512-descriptor ring, so the counters can be compared
+    inNs(ns, ['sysctl', '-w', 'net.ipv4.tcp_rmem=4096 65536 262144']);
     // the kernel counts a TSO/GSO super-frame as one packet; the wire (and tspmd) sees its segments
     try { inNs(ns, [ETHTOOL, '-K', ifc, 'tso', 'off', 'gso', 'off']); } catch { /* fixed on this NIC */ }
     inNs(ns, [IP, 'link', 'set', ifc, 'promisc', 'on', 'up']);
@@ -291,10 +295,15 @@ async function main(): Promise<void> {
   // counters, once traffic has settled
   await sleep(1000);
   const a1 = counters('tspA', net.a);
-  const st = igb.stats();
-  report('igb-counters', st.ipackets === a1.tx - a0.tx && st.opackets === a1.rx - a0.rx && st.ipackets > 0, {
-    port: { ipackets: st.ipackets, opackets: st.opackets, imissed: st.imissed, ierrors: st.ierrors }, kernelA: { tx: a1.tx - a0.tx, rx: a1.rx - a0.rx },
-    hw: Object.fromEntries(Object.entries(igb.xstats()).filter(([k]) => k.startsWith('hw_'))),
+  const st = igb.stats(), x = igb.xstats();
+  const kA = { tx: a1.tx - a0.tx, rx: a1.rx - a0.rx };
+  // RX: the driver's count, the NIC's GPRC and kA's tx agree. TX: what the NIC sent (GPTC) is what
+  // kA received; the driver's count of posted frames may exceed it only by frames QEMU's model
+  // dropped at its own DMA/parse step without counting them (seen twice in 6000, in one CI run)
+  report('igb-counters', st.ipackets > 0 && st.ipackets === kA.tx && x.hw_rx_good_packets === kA.tx &&
+    x.hw_tx_good_packets === kA.rx && st.opackets >= kA.rx && st.opackets - kA.rx <= 2, {
+    port: { ipackets: st.ipackets, opackets: st.opackets, imissed: st.imissed, ierrors: st.ierrors }, kernelA: kA,
+    hw: Object.fromEntries(Object.entries(x).filter(([k]) => k.startsWith('hw_') && x[k] !== 0)),
   });
   report('igb-rss', st.q_ipackets.length === 2 && st.q_ipackets[0] > 0 && st.q_ipackets[1] > 0, { perQueue: st.q_ipackets });
 
