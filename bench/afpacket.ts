@@ -3,87 +3,136 @@
  *
  *   generator in ns A  ->  A-side veth  ->  forwarder (af_packet ports)  ->  B-side veth  ->  ns B
  *
- * The same generator (DPDK testpmd txonly, 64-byte frames, ~2 Mpps offered, on CPU 0) feeds each
- * forwarder in turn: tspmd l2fwd on net_af_packet ports, then DPDK testpmd mac forwarding on
- * DPDK's net_af_packet ports, both forwarding on CPU 1. The figure is what the kernel counted
- * arriving in namespace B (rx_packets of B's veth) per second, after a warm-up.
+ * Each generator feeds each forwarder in turn: tspmd l2fwd on net_af_packet ports, then DPDK
+ * testpmd mac forwarding on DPDK's net_af_packet ports, both forwarding on CPU 1. The figure is
+ * what the kernel counted arriving in namespace B (rx_packets of B's veth) per second, after a
+ * warm-up. Two generators, both 64-byte frames on CPU 0:
+ *  - `tspmd pktgen` on net_af_packet (the headline figures): it leaves the kernel's delivery into
+ *    the forwarder's RX ring, which runs on the generator's CPU, enough room to show what each
+ *    forwarder's sockets cost;
+ *  - DPDK testpmd txonly on DPDK's net_af_packet (the `dpdkgen_*` figures): its socket also takes
+ *    a copy of every frame it sends (no PACKET_IGNORE_OUTGOING), so on 2 vCPUs it saturates CPU 0
+ *    by itself and caps both forwarders near its own rate.
+ * The kernel-side cost: CPU 0's softirq share (delivery into the forwarder's RX ring and the
+ * generator's own frames) while each forwarder runs, from /proc/stat over the measured window.
  */
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { createTopology, type Topology } from '../lib/netns/topology.js';
 import { ensureDpdk, ensureHugepages, runTestpmd, TESTPMD_HUGEPAGES } from './dpdk.js';
 
 const WARMUP_S = 4;
+const CLI = fileURLToPath(new URL('../app/tspmd.js', import.meta.url));
+type Generator = 'tspmd' | 'dpdk';
+type Forwarder = 'tspmd' | 'dpdk';
 
 function rxB(topo: Topology): number {
   return Number(topo.exec(topo.nsB, ['cat', `/sys/class/net/${topo.ifB}/statistics/rx_packets`]).trim());
 }
 
-/** Kernel-counted packets per second into namespace B over `seconds`, after the warm-up. */
-async function measureB(topo: Topology, seconds: number): Promise<number> {
-  await new Promise((r) => setTimeout(r, WARMUP_S * 1000));
-  const a = rxB(topo), t0 = performance.now();
-  await new Promise((r) => setTimeout(r, seconds * 1000));
-  return (rxB(topo) - a) / ((performance.now() - t0) / 1000) / 1e6;
+/** Per-CPU jiffies: [busy except softirq, softirq, total] for each CPU line of /proc/stat. */
+function cpuTimes(): number[][] {
+  return readFileSync('/proc/stat', 'utf8').split('\n').filter((l) => /^cpu\d/.test(l)).map((l) => {
+    const f = l.split(/\s+/).slice(1, 9).map(Number); // user nice system idle iowait irq softirq steal
+    const total = f.reduce((a, b) => a + b, 0);
+    return [total - f[3] - f[4] - f[6], f[6], total];
+  });
 }
 
-/** The DPDK txonly generator in namespace A, addressed to B, for `seconds` in total. */
-function generator(topo: Topology, seconds: number): Promise<unknown> {
+/** Kernel-counted packets per second into namespace B over `seconds` after the warm-up, and CPU 0's softirq share (%). */
+async function measureB(topo: Topology, seconds: number): Promise<{ mpps: number; cpu0SoftirqPct: number }> {
+  await new Promise((r) => setTimeout(r, WARMUP_S * 1000));
+  const a = rxB(topo), c0 = cpuTimes(), t0 = performance.now();
+  await new Promise((r) => setTimeout(r, seconds * 1000));
+  const b = rxB(topo), c1 = cpuTimes();
+  const soft = c1[0][1] - c0[0][1], total = c1[0][2] - c0[0][2];
+  return { mpps: (b - a) / ((performance.now() - t0) / 1000) / 1e6, cpu0SoftirqPct: total > 0 ? (100 * soft) / total : 0 };
+}
+
+/** Run the tspmd command; resolves when it exits 0. */
+function tspmdApp(argv: string[], netns?: string): Promise<void> {
+  const cmd = netns ? 'ip' : process.execPath;
+  const full = netns ? ['netns', 'exec', netns, process.execPath, CLI, ...argv] : [CLI, ...argv];
+  const child = spawn(cmd, full, { stdio: ['ignore', 'ignore', 'inherit'] });
+  return new Promise((resolve, reject) => child.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`tspmd ${argv[0]} exited with ${code}`)))));
+}
+
+/** A generator in namespace A addressed to B, 64-byte frames on CPU 0, for `seconds` in total. */
+function generator(kind: Generator, topo: Topology, seconds: number): Promise<unknown> {
   const macB = topo.exec(topo.nsB, ['cat', `/sys/class/net/${topo.ifB}/address`]).trim();
+  if (kind === 'tspmd') {
+    // lcore 0 (CPU 0) sends; the main lcore 1 only waits
+    return tspmdApp(['pktgen', '--no-huge', '-l', '1,0', '--main-lcore', '1', '--file-prefix', `${topo.prefix}gen`,
+      '--vdev', `net_af_packet0,iface=${topo.ifA}`, '--', '--duration', String(seconds), '--size', '64', '--dst-mac', macB, '-T', '0'], topo.nsA);
+  }
   return runTestpmd({
     vdevs: [`net_af_packet0,iface=${topo.ifA}`], forwardMode: 'txonly', seconds, netns: topo.nsA,
     lcores: '0,1', mainLcore: 1, extraApp: ['--txpkts=64', `--eth-peer=0,${macB}`],
   });
 }
 
-/** tspmd l2fwd on the host ends for `seconds`. */
-function tspmdForwarder(topo: Topology, seconds: number): Promise<void> {
-  const cli = fileURLToPath(new URL('../app/tspmd.js', import.meta.url));
-  const child = spawn(process.execPath, [cli, 'l2fwd', '--no-huge', '-l', '0-1', '--main-lcore', '0', '--file-prefix', `${topo.prefix}bench`,
-    '--vdev', `net_af_packet0,iface=${topo.hostA}`, '--vdev', `net_af_packet1,iface=${topo.hostB}`, '--', '--duration', String(seconds), '--json'],
-  { stdio: ['ignore', 'ignore', 'inherit'] });
-  return new Promise((resolve, reject) => child.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`tspmd l2fwd exited with ${code}`)))));
-}
-
-/** DPDK testpmd mac forwarding on its af_packet PMD on the host ends for `seconds`. */
-function dpdkForwarder(topo: Topology, seconds: number): Promise<unknown> {
+/** A forwarder on the host ends for `seconds`: tspmd l2fwd or DPDK testpmd mac, forwarding on CPU 1. */
+function forwarder(kind: Forwarder, topo: Topology, seconds: number): Promise<unknown> {
+  if (kind === 'tspmd') {
+    return tspmdApp(['l2fwd', '--no-huge', '-l', '0-1', '--main-lcore', '0', '--file-prefix', `${topo.prefix}bench`,
+      '--vdev', `net_af_packet0,iface=${topo.hostA}`, '--vdev', `net_af_packet1,iface=${topo.hostB}`, '--', '--duration', String(seconds), '-T', '0']);
+  }
   return runTestpmd({ vdevs: [`net_af_packet0,iface=${topo.hostA}`, `net_af_packet1,iface=${topo.hostB}`], forwardMode: 'mac', seconds, lcores: '0-1', mainLcore: 0 });
 }
 
+/** One measurement: generator and forwarder started together, the rate into B after the warm-up. */
+async function once(gen: Generator, fwd: Forwarder, topo: Topology, seconds: number): Promise<{ mpps: number; cpu0SoftirqPct: number }> {
+  const total = WARMUP_S + seconds + 4;
+  const g = generator(gen, topo, total + 2);
+  const f = forwarder(fwd, topo, total);
+  const m = await measureB(topo, seconds);
+  await Promise.all([f, g]);
+  console.log(`  ${gen} generator -> ${fwd} forwarder: ${m.mpps.toFixed(3)} Mpps into namespace B (CPU 0 softirq ${m.cpu0SoftirqPct.toFixed(0)} %)`);
+  return m;
+}
+
+const mean = (x: number[]): number => x.reduce((a, b) => a + b, 0) / x.length;
+const r3 = (x: number): number => Number(x.toFixed(3));
+
 /** The afpacket figures (see bench/run.ts for the contract). */
-export async function run(args: string[]): Promise<Record<string, number>> {
+export async function run(args: string[]): Promise<Record<string, number | string>> {
   if (process.getuid?.() !== 0) throw new Error('the afpacket benchmark needs root (network namespaces, veth, AF_PACKET)');
-  const seconds = args.includes('--quick') ? 5 : 10;
+  const quick = args.includes('--quick');
+  const seconds = quick ? 5 : 10;
   ensureDpdk();
   const restore = ensureHugepages(2 * TESTPMD_HUGEPAGES);
   const topo = createTopology();
   try {
-    const total = WARMUP_S + seconds + 4;
-    // Alternate the forwarders, twice each (once with --quick): the kernel-bound figures vary.
-    const rounds = args.includes('--quick') ? 1 : 2;
-    const t: number[] = [], d: number[] = [];
-    for (let r = 0; r < rounds; r++) {
-      console.log(`tspmd l2fwd (net_af_packet) between veths, DPDK txonly generator in ns A, ${seconds} s ...`);
-      const g1 = generator(topo, total + 2);
-      const f1 = tspmdForwarder(topo, total);
-      t.push(await measureB(topo, seconds));
-      await Promise.all([f1, g1]);
-      console.log(`  tspmd: ${t[r].toFixed(3)} Mpps into namespace B`);
-      console.log(`DPDK testpmd mac (net_af_packet) between the same veths, same generator, ${seconds} s ...`);
-      const g2 = generator(topo, total + 2);
-      const f2 = dpdkForwarder(topo, total);
-      d.push(await measureB(topo, seconds));
-      await Promise.all([f2, g2]);
-      console.log(`  dpdk: ${d[r].toFixed(3)} Mpps into namespace B`);
+    // Alternate the forwarders, twice each per generator (once with --quick): kernel-bound figures vary.
+    const rounds = quick ? 1 : 2;
+    const res: Record<string, { mpps: number[]; soft: number[] }> = {};
+    for (const gen of ['tspmd', 'dpdk'] as const) {
+      console.log(`${gen} generator in namespace A (64-byte frames, CPU 0), forwarders on CPU 1, ${seconds} s each after ${WARMUP_S} s:`);
+      for (let r = 0; r < rounds; r++) {
+        for (const fwd of ['tspmd', 'dpdk'] as const) {
+          const m = await once(gen, fwd, topo, seconds);
+          const k = `${gen}/${fwd}`;
+          res[k] ??= { mpps: [], soft: [] };
+          res[k].mpps.push(m.mpps);
+          res[k].soft.push(m.cpu0SoftirqPct);
+        }
+      }
     }
-    const mean = (x: number[]): number => x.reduce((a, b) => a + b, 0) / x.length;
-    const tspmd = mean(t), dpdk = mean(d);
-    const ratio = tspmd / dpdk;
-    console.log(`tspmd ${tspmd.toFixed(3)} Mpps, dpdk ${dpdk.toFixed(3)} Mpps (mean of ${rounds}), ratio tspmd/dpdk: ${ratio.toFixed(2)}`);
-    return { tspmd_mpps: Number(tspmd.toFixed(3)), dpdk_mpps: Number(dpdk.toFixed(3)), ratio: Number(ratio.toFixed(3)) };
+    const fig = (k: string): number => mean(res[k].mpps);
+    const soft = (k: string): number => Number(mean(res[k].soft).toFixed(1));
+    const ratio = fig('tspmd/tspmd') / fig('tspmd/dpdk'), ratioD = fig('dpdk/tspmd') / fig('dpdk/dpdk');
+    console.log(`tspmd generator: tspmd ${fig('tspmd/tspmd').toFixed(3)} Mpps, dpdk ${fig('tspmd/dpdk').toFixed(3)} Mpps (mean of ${rounds}), ratio tspmd/dpdk: ${ratio.toFixed(2)}`);
+    console.log(`dpdk generator:  tspmd ${fig('dpdk/tspmd').toFixed(3)} Mpps, dpdk ${fig('dpdk/dpdk').toFixed(3)} Mpps (mean of ${rounds}), ratio tspmd/dpdk: ${ratioD.toFixed(2)}`);
+    return {
+      generator: 'tspmd pktgen',
+      tspmd_mpps: r3(fig('tspmd/tspmd')), dpdk_mpps: r3(fig('tspmd/dpdk')), ratio: r3(ratio),
+      cpu0_softirq_pct_tspmd: soft('tspmd/tspmd'), cpu0_softirq_pct_dpdk: soft('tspmd/dpdk'),
+      dpdkgen_tspmd_mpps: r3(fig('dpdk/tspmd')), dpdkgen_dpdk_mpps: r3(fig('dpdk/dpdk')), dpdkgen_ratio: r3(ratioD),
+      dpdkgen_cpu0_softirq_pct_tspmd: soft('dpdk/tspmd'), dpdkgen_cpu0_softirq_pct_dpdk: soft('dpdk/dpdk'),
+    };
   } finally {
     topo.destroy();
     restore();
   }
 }
-

@@ -5,7 +5,7 @@
  * interface's traffic through PACKET_FANOUT.
  *
  * `--vdev net_af_packetN,iface=IF[,qpairs=1][,blocksz=262144][,framesz=2048][,framecnt=2048]
- *  [,qdisc_bypass=1][,fanout_mode=hash|lb|cpu]`
+ *  [,qdisc_bypass=1][,fanout_mode=hash|lb|cpu][,linear_tx=1]`
  */
 import { readFileSync } from 'node:fs';
 import * as os from '../../../src/os/libc.js';
@@ -33,6 +33,8 @@ export interface AfPacketOptions {
   frameCount: number;
   qdiscBypass: boolean;
   fanout: keyof typeof FANOUT;
+  /** PACKET_VNET_HDR: small TX frames ask the kernel to copy them into a linear skb */
+  linearTx: boolean;
 }
 
 interface Sock {
@@ -129,6 +131,7 @@ export class AfPacketPort extends EthDev {
       int(P.PACKET_TX_HAS_OFF, 1);
       int(P.PACKET_LOSS, 1);
       if (o.qdiscBypass) int(P.PACKET_QDISC_BYPASS, 1);
+      if (o.linearTx) int(P.PACKET_VNET_HDR, 1);
       int(P.PACKET_IGNORE_OUTGOING, 1);
       const blocks = (o.frameSize * o.frameCount) / o.blockSize;
       os.setsockopt(fd, P.SOL_PACKET, P.PACKET_RX_RING, P.tpacketReq3(o.blockSize, blocks, o.frameSize, o.frameCount, 1));
@@ -188,7 +191,7 @@ export class AfPacketPort extends EthDev {
     const blocks = (o.frameSize * o.frameCount) / o.blockSize;
     return {
       fd: s.fd, va: s.va, len: s.len, blockSize: o.blockSize, blockCount: blocks, frameSize: o.frameSize, frameCount: o.frameCount, txOffset: blocks * o.blockSize,
-      intr: this.configuration?.intr?.rxq === true,
+      intr: this.configuration?.intr?.rxq === true, vnetHdr: o.linearTx,
     };
   }
 
@@ -220,6 +223,7 @@ registerVdevDriver({
     framecnt: { kind: 'int', min: 8, max: 1 << 20, default: 2048, help: 'frames per ring' },
     qdisc_bypass: { kind: 'bool', default: true, help: 'send past the qdisc layer (PACKET_QDISC_BYPASS)' },
     fanout_mode: { kind: 'enum', values: ['hash', 'lb', 'cpu'], default: 'hash', help: 'how PACKET_FANOUT spreads RX over the queues' },
+    linear_tx: { kind: 'bool', default: true, help: 'the kernel copies TX frames under 256 bytes into one linear skb (PACKET_VNET_HDR) instead of mapping ring pages that a local receiver copies again' },
   },
   probe: (name, args) => {
     const page = 4096;
@@ -228,7 +232,7 @@ registerVdevDriver({
     if (frameSize % 16 !== 0 || blockSize % frameSize !== 0) throw devargsError(args, 'framesz', `must be a multiple of 16 that divides blocksz=${blockSize}`);
     if ((frameSize * frameCount) % blockSize !== 0) throw devargsError(args, 'framecnt', `must make framesz*framecnt (${frameSize * frameCount}) a multiple of blocksz=${blockSize}`);
     return new AfPacketPort(name, {
-      iface: args.iface, qpairs: args.qpairs, blockSize, frameSize, frameCount, qdiscBypass: args.qdisc_bypass, fanout: args.fanout_mode,
+      iface: args.iface, qpairs: args.qpairs, blockSize, frameSize, frameCount, qdiscBypass: args.qdisc_bypass, fanout: args.fanout_mode, linearTx: args.linear_tx,
     });
   },
 });

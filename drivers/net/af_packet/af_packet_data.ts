@@ -18,6 +18,7 @@ import { FdRxInterrupt } from '../../../lib/ethdev/rx_intr.js';
 import {
   BD_BLOCK_STATUS, BD_NUM_PKTS, BD_OFFSET_TO_FIRST_PKT, H3_NEXT_OFFSET, H3_SNAPLEN, H3_LEN, H3_STATUS, H3_MAC,
   TP_STATUS_USER, TP_STATUS_KERNEL, TP_STATUS_AVAILABLE, TP_STATUS_SEND_REQUEST, TP_STATUS_WRONG_FORMAT, TPACKET3_TX_DATA,
+  SIZEOF_VIRTIO_NET_HDR, VNET_HDR_LEN,
 } from './uapi.js';
 
 /** Per-queue plain data: the socket and where its rings are mapped. */
@@ -33,9 +34,13 @@ export interface AfPacketQueueData {
   txOffset: number;
   /** give the RX queue an Rx interrupt (the port was configured with intr.rxq) */
   intr?: boolean;
+  /** the socket has PACKET_VNET_HDR: TX frames start with a virtio_net_hdr */
+  vnetHdr?: boolean;
 }
 
 const EAGAIN = 11, ENOBUFS = 105;
+/** TX frames up to this size are copied into a linear skb by the kernel (with PACKET_VNET_HDR). */
+const LINEAR_MAX = 255;
 
 /** Typed views over a queue's mapped rings (one mapping: RX ring, then TX ring). */
 class RingViews {
@@ -136,6 +141,8 @@ class AfPacketTx extends RingViews implements TxQueue {
   private readonly base: number;
   private readonly fsize: number;
   private readonly nframes: number;
+  /** bytes of virtio_net_hdr before each frame's data: 0, or 10 with PACKET_VNET_HDR */
+  private readonly vh: number;
   private readonly v = new MbufView();
   private idx = 0;
 
@@ -144,6 +151,7 @@ class AfPacketTx extends RingViews implements TxQueue {
     this.base = q.txOffset;
     this.fsize = q.frameSize;
     this.nframes = q.frameCount;
+    this.vh = q.vnetHdr === true ? SIZEOF_VIRTIO_NET_HDR : 0;
   }
 
   txBurst(pkts: Uint32Array, n: number, off = 0): number {
@@ -157,15 +165,27 @@ class AfPacketTx extends RingViews implements TxQueue {
       v.at(pkts[off + k]);
       const len = v.pktLen;
       // Data offset (PACKET_TX_HAS_OFF) chosen so frame and mbuf data agree modulo 4: word copies.
-      const d0 = v.data;
-      const doff = TPACKET3_TX_DATA + ((d0 - (f + TPACKET3_TX_DATA)) & 3);
-      if (doff + len > this.fsize) {
+      // With PACKET_VNET_HDR a virtio_net_hdr comes first. For a small frame its hdr_len is the
+      // whole frame: the kernel copies it into one linear skb instead of mapping the ring's page
+      // as a zero-copy fragment, which a local receiver (veth, a tap) must copy out again
+      // (skb_copy_ubufs: a page allocation per frame). Larger frames keep the zero-copy path.
+      const d0 = v.data, vh = this.vh;
+      const doff = TPACKET3_TX_DATA + ((d0 - (f + TPACKET3_TX_DATA + vh)) & 3);
+      if (doff + vh + len > this.fsize) {
         errors++; // does not fit a frame: dropped (freed below with the sent ones)
         Atomics.store(i32, (f + H3_STATUS) >> 2, TP_STATUS_AVAILABLE);
         continue;
       }
+      if (vh !== 0) {
+        const h = f + doff; // flags 0, gso_type 0 (none), hdr_len = len (LE), the rest 0
+        for (let b = 0; b < vh; b++) r8[h + b] = 0;
+        if (len <= LINEAR_MAX) {
+          r8[h + VNET_HDR_LEN] = len;
+          r8[h + VNET_HDR_LEN + 1] = 0;
+        }
+      }
       // The first segment's data starts at d0; further ones (rare) each move the view.
-      let at = f + doff, src = d0;
+      let at = f + doff + vh, src = d0;
       for (;;) {
         const sl = v.dataLen;
         copyBytes(r8, r32, at, v.u8, v.u32, src, sl);
@@ -175,8 +195,8 @@ class AfPacketTx extends RingViews implements TxQueue {
         src = v.at(next).data;
       }
       r32[(f + H3_NEXT_OFFSET) >> 2] = 0;
-      r32[(f + H3_LEN) >> 2] = len;
-      r32[(f + H3_SNAPLEN) >> 2] = len;
+      r32[(f + H3_LEN) >> 2] = len + vh;
+      r32[(f + H3_SNAPLEN) >> 2] = len + vh;
       r16[(f + H3_MAC) >> 1] = doff;
       Atomics.store(i32, (f + H3_STATUS) >> 2, TP_STATUS_SEND_REQUEST);
       this.idx = this.idx + 1 === this.nframes ? 0 : this.idx + 1;

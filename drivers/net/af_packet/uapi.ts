@@ -6,7 +6,9 @@ export const SOL_PACKET = 263;
 export const ETH_P_ALL = 0x0003;
 export const PACKET_ADD_MEMBERSHIP = 1, PACKET_RX_RING = 5, PACKET_STATISTICS = 6, PACKET_VERSION = 10;
 export const PACKET_RESERVE = 12, PACKET_TX_RING = 13, PACKET_LOSS = 14, PACKET_FANOUT = 18, PACKET_TX_HAS_OFF = 19;
-export const PACKET_QDISC_BYPASS = 20, PACKET_IGNORE_OUTGOING = 23;
+export const PACKET_VNET_HDR = 15, PACKET_QDISC_BYPASS = 20, PACKET_IGNORE_OUTGOING = 23;
+/** struct virtio_net_hdr (flags, gso_type, hdr_len, gso_size, csum_start, csum_offset) */
+export const SIZEOF_VIRTIO_NET_HDR = 10, VNET_HDR_LEN = 2;
 export const PACKET_MR_PROMISC = 1;
 export const TPACKET_V3 = 2;
 export const PACKET_FANOUT_HASH = 0, PACKET_FANOUT_LB = 1, PACKET_FANOUT_CPU = 2;
