@@ -13,7 +13,12 @@
  * packet bytes itself: the data starts at `u8[v.data]`.
  */
 import { Mempool, poolOf } from './mempool.js';
-import { MBUF_HDR, MBUF_NONE, F_BUF_IOVA, F_PKT_LEN, F_DATA_LEN, F_DATA_OFF, F_REFCNT, F_NB_SEGS, F_PORT, F_BUF_LEN, F_NEXT, F_HASH } from './mbuf.js';
+import { MBUF_NONE } from './mbuf.js';
+
+// Header field offsets are written as literals (mbuf.ts names them: F_PKT_LEN 8, F_DATA_LEN 12,
+// F_DATA_OFF 14, F_REFCNT 16, F_NB_SEGS 18, F_PORT 20, F_BUF_LEN 22, F_NEXT 32, F_HASH 40, data
+// after the 64-byte header): an imported constant is read through its module cell with a TDZ
+// check on every use, and these accessors run per packet. test/mempool checks them against mbuf.ts.
 
 const TWO32 = 2 ** 32;
 
@@ -52,47 +57,46 @@ export class MbufView {
 
   /** Byte offset of the packet data in u8 (rte_pktmbuf_mtod). */
   get data(): number {
-    // 64 = MBUF_HDR, 14 = F_DATA_OFF: imported constants are read through cells with a TDZ check.
     const o = this.off;
     return o + 64 + this.u16[(o + 14) >> 1];
   }
 
   /** Where the data starts, from the buffer start (the headroom in use). */
   get dataOff(): number {
-    return this.u16[(this.off + F_DATA_OFF) >> 1];
+    return this.u16[(this.off + 14) >> 1];
   }
 
   set dataOff(v: number) {
-    this.u16[(this.off + F_DATA_OFF) >> 1] = v;
+    this.u16[(this.off + 14) >> 1] = v;
   }
 
   /** Bytes of data in this segment. */
   get dataLen(): number {
-    return this.u16[(this.off + F_DATA_LEN) >> 1];
+    return this.u16[(this.off + 12) >> 1];
   }
 
   set dataLen(v: number) {
-    this.u16[(this.off + F_DATA_LEN) >> 1] = v;
+    this.u16[(this.off + 12) >> 1] = v;
   }
 
   /** Bytes in the whole chain (meaningful on the first segment). */
   get pktLen(): number {
-    return this.u32[(this.off + F_PKT_LEN) >> 2];
+    return this.u32[(this.off + 8) >> 2];
   }
 
   set pktLen(v: number) {
-    this.u32[(this.off + F_PKT_LEN) >> 2] = v;
+    this.u32[(this.off + 8) >> 2] = v;
   }
 
   /** Set a single-segment packet's data length and packet length at once. */
   setLen(len: number): void {
-    this.u16[(this.off + F_DATA_LEN) >> 1] = len;
-    this.u32[(this.off + F_PKT_LEN) >> 2] = len;
+    this.u16[(this.off + 12) >> 1] = len;
+    this.u32[(this.off + 8) >> 2] = len;
   }
 
   /** Headroom + data room of the buffer. */
   get bufLen(): number {
-    return this.u16[(this.off + F_BUF_LEN) >> 1];
+    return this.u16[(this.off + 22) >> 1];
   }
 
   /** Bytes free before the data. */
@@ -103,57 +107,57 @@ export class MbufView {
   /** Bytes free after this segment's data. */
   get tailroom(): number {
     const o = this.off, u16 = this.u16;
-    return u16[(o + F_BUF_LEN) >> 1] - u16[(o + F_DATA_OFF) >> 1] - u16[(o + F_DATA_LEN) >> 1];
+    return u16[(o + 22) >> 1] - u16[(o + 14) >> 1] - u16[(o + 12) >> 1];
   }
 
   /** Grow the data at the front by len bytes (rte_pktmbuf_prepend); the new data offset in u8, or -1 without room. */
   prepend(len: number): number {
     const o = this.off, u16 = this.u16;
-    const d = u16[(o + F_DATA_OFF) >> 1];
+    const d = u16[(o + 14) >> 1];
     if (len < 0 || len > d) return -1;
-    u16[(o + F_DATA_OFF) >> 1] = d - len;
-    u16[(o + F_DATA_LEN) >> 1] += len;
-    this.u32[(o + F_PKT_LEN) >> 2] += len;
-    return o + MBUF_HDR + d - len;
+    u16[(o + 14) >> 1] = d - len;
+    u16[(o + 12) >> 1] += len;
+    this.u32[(o + 8) >> 2] += len;
+    return o + 64 + d - len;
   }
 
   /** Remove len bytes from the front of this segment (rte_pktmbuf_adj); false if it has fewer. */
   adj(len: number): boolean {
     const o = this.off, u16 = this.u16;
-    if (len < 0 || len > u16[(o + F_DATA_LEN) >> 1]) return false;
-    u16[(o + F_DATA_OFF) >> 1] += len;
-    u16[(o + F_DATA_LEN) >> 1] -= len;
-    this.u32[(o + F_PKT_LEN) >> 2] -= len;
+    if (len < 0 || len > u16[(o + 12) >> 1]) return false;
+    u16[(o + 14) >> 1] += len;
+    u16[(o + 12) >> 1] -= len;
+    this.u32[(o + 8) >> 2] -= len;
     return true;
   }
 
   /** The next segment's handle, or MBUF_NONE. */
   get next(): number {
-    return this.u32[(this.off + F_NEXT) >> 2];
+    return this.u32[(this.off + 32) >> 2];
   }
 
   set next(m: number) {
-    this.u32[(this.off + F_NEXT) >> 2] = m;
+    this.u32[(this.off + 32) >> 2] = m;
   }
 
   /** Segments in the chain (first segment). */
   get nbSegs(): number {
-    return this.u16[(this.off + F_NB_SEGS) >> 1];
+    return this.u16[(this.off + 18) >> 1];
   }
 
   set nbSegs(v: number) {
-    this.u16[(this.off + F_NB_SEGS) >> 1] = v;
+    this.u16[(this.off + 18) >> 1] = v;
   }
 
   /** Reference count. */
   get refcnt(): number {
-    return this.u16[(this.off + F_REFCNT) >> 1];
+    return this.u16[(this.off + 16) >> 1];
   }
 
   /** True for a lone segment with one owner: the common case fast paths test for. */
   get isSimple(): boolean {
-    // the u32 at F_REFCNT holds refcnt | nb_segs << 16
-    return this.u32[(this.off + F_REFCNT) >> 2] === 0x10001;
+    // the u32 at 16 holds refcnt | nb_segs << 16
+    return this.u32[(this.off + 16) >> 2] === 0x10001;
   }
 
   /**
@@ -169,7 +173,7 @@ export class MbufView {
     u32[w + 5] = portBuf; // port | buf_len << 16
     u32[w + 6] = 0; // ol_flags
     u32[w + 7] = 0;
-    u32[w + 8] = MBUF_NONE; // next
+    u32[w + 8] = 0xffffffff; // next: MBUF_NONE
   }
 
   /**
@@ -180,7 +184,7 @@ export class MbufView {
   sole(): void {
     const w = this.off >> 2, u32 = this.u32;
     u32[w + 4] = 0x10001;
-    u32[w + 8] = MBUF_NONE;
+    u32[w + 8] = 0xffffffff; // MBUF_NONE
   }
 
   /** The port | buf_len << 16 word rearm() writes for mbufs of pool received on port. */
@@ -190,35 +194,35 @@ export class MbufView {
 
   /** Input port of a received packet. */
   get port(): number {
-    return this.u16[(this.off + F_PORT) >> 1];
+    return this.u16[(this.off + 20) >> 1];
   }
 
   set port(v: number) {
-    this.u16[(this.off + F_PORT) >> 1] = v;
+    this.u16[(this.off + 20) >> 1] = v;
   }
 
   /** RSS hash. */
   get hash(): number {
-    return this.u32[(this.off + F_HASH) >> 2];
+    return this.u32[(this.off + 40) >> 2];
   }
 
   set hash(v: number) {
-    this.u32[(this.off + F_HASH) >> 2] = v;
+    this.u32[(this.off + 40) >> 2] = v;
   }
 
   /** Low 32 bits of the buffer's IOVA (headroom start). */
   get bufIovaLo(): number {
-    return this.u32[(this.off + F_BUF_IOVA) >> 2];
+    return this.u32[this.off >> 2];
   }
 
   /** High 32 bits of the buffer's IOVA. */
   get bufIovaHi(): number {
-    return this.u32[((this.off + F_BUF_IOVA) >> 2) + 1];
+    return this.u32[(this.off >> 2) + 1];
   }
 
   /** Store buf_iova + off as two u32 words at dst[w] (low) and dst[w + 1] (high), e.g. a descriptor's address: two loads, two stores, no number boxed. */
   storeIova(dst: Uint32Array, w: number, off: number): void {
-    const s = (this.off + F_BUF_IOVA) >> 2;
+    const s = this.off >> 2;
     const lo = this.u32[s] + off;
     dst[w] = lo; // a Uint32Array store wraps lo modulo 2^32; the carry goes to the high word
     dst[w + 1] = this.u32[s + 1] + (lo >= TWO32 ? 1 : 0);
@@ -231,15 +235,15 @@ export class MbufView {
 
   /** IOVA of the data as a number (IOVAs stay below 2^53) (rte_pktmbuf_iova). */
   get dataIova(): number {
-    const w = (this.off + F_BUF_IOVA) >> 2;
-    return this.u32[w + 1] * TWO32 + this.u32[w] + this.u16[(this.off + F_DATA_OFF) >> 1];
+    const w = this.off >> 2;
+    return this.u32[w + 1] * TWO32 + this.u32[w] + this.u16[(this.off + 14) >> 1];
   }
 
   /** Copy len bytes of src (default all) into this segment at the data start and set the lengths; false if they do not fit. */
   write(src: Uint8Array, len = src.length): boolean {
-    const o = this.off, d = this.u16[(o + F_DATA_OFF) >> 1];
-    if (len > this.u16[(o + F_BUF_LEN) >> 1] - d) return false;
-    this.u8.set(len === src.length ? src : src.subarray(0, len), o + MBUF_HDR + d);
+    const o = this.off, d = this.u16[(o + 14) >> 1];
+    if (len > this.u16[(o + 22) >> 1] - d) return false;
+    this.u8.set(len === src.length ? src : src.subarray(0, len), o + 64 + d);
     this.setLen(len);
     return true;
   }

@@ -209,8 +209,9 @@ export class Ring {
         if (bulk || free === 0) { this.lastFree = free; return 0; }
         n = free;
       }
-      const end = (head + n) | 0;
-      copyIn(this.u32, ENTRIES + (head & this.mask), size, objs, off, n);
+      const end = (head + n) | 0, at = head & this.mask, a = size - at < n ? size - at : n;
+      copyWords(this.u32, ENTRIES + at, objs, off, a); // up to the end of the slots,
+      if (a < n) copyWords(this.u32, ENTRIES, objs, off + a, n - a); // then from the first
       // Publish: the tail first, then the head (the same cache line, ours by then). On a TSO CPU a
       // plain store is already a release (the entries' stores are seen first), like DPDK's
       // store-release there; Atomics.store would add a full fence that waits for the line.
@@ -252,8 +253,9 @@ export class Ring {
         if (bulk || avail === 0) { this.lastAvailable = avail; return 0; }
         n = avail;
       }
-      const end = (head + n) | 0;
-      copyOut(this.u32, ENTRIES + (head & this.mask), this.size, objs, off, n);
+      const end = (head + n) | 0, size = this.size, at = head & this.mask, a = size - at < n ? size - at : n;
+      copyWords(objs, off, this.u32, ENTRIES + at, a);
+      if (a < n) copyWords(objs, off + a, this.u32, ENTRIES, n - a);
       if (this.plainPublish) i32[CONS_TAIL] = end;
       else Atomics.store(i32, CONS_TAIL, end);
       i32[CONS_HEAD] = end;
@@ -281,32 +283,14 @@ export class Ring {
 
 const ONE = new Uint32Array(1);
 
-/** Copy n entries from objs[off..] into the ring's slots from word `at` on, wrapping after `size` slots. */
-function copyIn(u32: Uint32Array, at: number, size: number, objs: Uint32Array, off: number, n: number): void {
-  const first = ENTRIES + size - at; // slots before the wrap
-  const a = n < first ? n : first;
+/** Copy n words src[s..] to dst[d..], four at a time. */
+function copyWords(dst: Uint32Array, d: number, src: Uint32Array, s: number, n: number): void {
   let i = 0;
-  for (; i + 4 <= a; i += 4) {
-    u32[at + i] = objs[off + i];
-    u32[at + i + 1] = objs[off + i + 1];
-    u32[at + i + 2] = objs[off + i + 2];
-    u32[at + i + 3] = objs[off + i + 3];
+  for (; i + 4 <= n; i += 4) {
+    dst[d + i] = src[s + i];
+    dst[d + i + 1] = src[s + i + 1];
+    dst[d + i + 2] = src[s + i + 2];
+    dst[d + i + 3] = src[s + i + 3];
   }
-  for (; i < a; i++) u32[at + i] = objs[off + i];
-  for (let j = 0; i < n; i++, j++) u32[ENTRIES + j] = objs[off + i];
-}
-
-/** Copy n entries out of the ring's slots from word `at` on (wrapping after `size` slots) into objs[off..]. */
-function copyOut(u32: Uint32Array, at: number, size: number, objs: Uint32Array, off: number, n: number): void {
-  const first = ENTRIES + size - at;
-  const a = n < first ? n : first;
-  let i = 0;
-  for (; i + 4 <= a; i += 4) {
-    objs[off + i] = u32[at + i];
-    objs[off + i + 1] = u32[at + i + 1];
-    objs[off + i + 2] = u32[at + i + 2];
-    objs[off + i + 3] = u32[at + i + 3];
-  }
-  for (; i < a; i++) objs[off + i] = u32[at + i];
-  for (let j = 0; i < n; i++, j++) objs[off + i] = u32[ENTRIES + j];
+  for (; i < n; i++) dst[d + i] = src[s + i];
 }

@@ -11,6 +11,7 @@ import { siblingModule } from '../../src/lcore/lcores.js';
 import { Mempool, poolOf, HANDLE_INDEX_MASK, MEMPOOL_MAX_OBJECTS } from '../../lib/mempool/mempool.js';
 import * as mb from '../../lib/mempool/mbuf.js';
 import { Ring } from '../../lib/ring/ring.js';
+import { MbufView } from '../../lib/mempool/mbuf_view.js';
 import type { HotPathArg, HotPathResult } from './mempool-workers.js';
 
 const WORKERS = siblingModule(import.meta.url, 'mempool-workers');
@@ -174,6 +175,38 @@ poolTest('exhausted cached pool: failures take nothing', async (t, track) => {
   t.same(mp.audit(), { size: 16, available: 0, inUse: 16 });
   for (const m of ms) mb.pktmbufFree(m);
   t.same(mp.audit(), { size: 16, available: 16, inUse: 0 });
+});
+
+poolTest('MbufView reads and writes the header fields mbuf.ts defines (its offsets are literals)', async (t, track) => {
+  const pool = track(mb.pktmbufPoolCreate(mem, pname('view'), 16, { cacheSize: 0 }));
+  const m = mb.pktmbufAlloc(pool);
+  const v = new MbufView().at(m);
+  const o = v.off, u16 = v.u16, u32 = v.u32;
+  t.equal(o, pool.offsetOf(m), 'off is the pool offset of the handle');
+  // raw writes at mbuf.ts offsets, read back through the view
+  u32[(o + mb.F_PKT_LEN) >> 2] = 1111;
+  u16[(o + mb.F_DATA_LEN) >> 1] = 222;
+  u16[(o + mb.F_DATA_OFF) >> 1] = 100;
+  u16[(o + mb.F_NB_SEGS) >> 1] = 3;
+  u16[(o + mb.F_REFCNT) >> 1] = 2;
+  u16[(o + mb.F_PORT) >> 1] = 7;
+  u32[(o + mb.F_NEXT) >> 2] = 0x01000005;
+  u32[(o + mb.F_HASH) >> 2] = 0xdeadbeef;
+  t.same([v.pktLen, v.dataLen, v.dataOff, v.nbSegs, v.refcnt, v.port, v.next, v.hash], [1111, 222, 100, 3, 2, 7, 0x01000005, 0xdeadbeef]);
+  t.equal(v.data, o + mb.MBUF_HDR + 100, 'data = header + data offset');
+  t.equal(v.bufLen, u16[(o + mb.F_BUF_LEN) >> 1], 'bufLen');
+  t.equal(v.bufIovaLo, u32[(o + mb.F_BUF_IOVA) >> 2], 'IOVA low word');
+  // writes through the view land at mbuf.ts offsets
+  v.setLen(60);
+  v.dataOff = 128;
+  v.port = 9;
+  v.next = mb.MBUF_NONE;
+  v.nbSegs = 1;
+  v.hash = 42;
+  t.same([u32[(o + mb.F_PKT_LEN) >> 2], u16[(o + mb.F_DATA_LEN) >> 1], u16[(o + mb.F_DATA_OFF) >> 1], u16[(o + mb.F_PORT) >> 1], u32[(o + mb.F_NEXT) >> 2], u16[(o + mb.F_NB_SEGS) >> 1], u32[(o + mb.F_HASH) >> 2]],
+    [60, 60, 128, 9, mb.MBUF_NONE, 1, 42]);
+  u16[(o + mb.F_REFCNT) >> 1] = 1;
+  mb.pktmbufFree(m);
 });
 
 poolTest('bad counts, sizes and cache sizes', async (t, track) => {
