@@ -297,11 +297,11 @@ async function main(): Promise<void> {
   const a1 = counters('tspA', net.a);
   const st = igb.stats(), x = igb.xstats();
   const kA = { tx: a1.tx - a0.tx, rx: a1.rx - a0.rx };
-  // RX: the driver's count, the NIC's GPRC and kA's tx agree. TX: what the NIC sent (GPTC) is what
-  // kA received; the driver's count of posted frames may exceed it only by frames QEMU's model
-  // dropped at its own DMA/parse step without counting them (seen twice in 6000, in one CI run)
+  // The driver's counts, the NIC's GPRC/GPTC and kA's kernel counters all agree (before net_igb
+  // split TX buffers at page edges, QEMU dropped the odd frame whose buffer crossed into a
+  // guest-physically distant hugepage, uncounted: 2 and 5 in two CI runs)
   report('igb-counters', st.ipackets > 0 && st.ipackets === kA.tx && x.hw_rx_good_packets === kA.tx &&
-    x.hw_tx_good_packets === kA.rx && st.opackets >= kA.rx && st.opackets - kA.rx <= 2, {
+    st.opackets === kA.rx && x.hw_tx_good_packets === kA.rx, {
     port: { ipackets: st.ipackets, opackets: st.opackets, imissed: st.imissed, ierrors: st.ierrors }, kernelA: kA,
     hw: Object.fromEntries(Object.entries(x).filter(([k]) => k.startsWith('hw_') && x[k] !== 0)),
   });

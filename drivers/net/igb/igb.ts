@@ -410,7 +410,7 @@ export class IgbPort extends EthDev {
   private queueData(r: Ring, q: number, faultStat: number): IgbQueueData {
     return {
       q, va: r.zone.va, size: r.size, bar: this.bar.data(), mbufs: r.mbufs.buffer as SharedArrayBuffer, state: r.state.buffer as SharedArrayBuffer,
-      bufLen: r.bufLen, intr: r.eventfd >= 0 ? { fd: r.eventfd, bit: 1 << q } : null, faultStat,
+      bufLen: r.bufLen, intr: r.eventfd >= 0 ? { fd: r.eventfd, bit: 1 << q } : null, faultStat, pageSize: this.memory.config.pageSize,
     };
   }
 }

@@ -59,6 +59,8 @@ export interface IgbQueueData {
   intr: { fd: number; bit: number } | null;
   /** xstat slot counting DMA faults (TX), or -1 */
   faultStat: number;
+  /** TX: the EAL's page size (a power of two): no descriptor's buffer crosses a page */
+  pageSize: number;
 }
 
 /** One view over a ring: descriptor words. */
@@ -200,11 +202,16 @@ class IgbTx implements TxQueue {
   private readonly done: Uint32Array;
   private readonly v = new MbufView();
   private readonly faultStat: number;
+  /** page size - 1, and log2 of the page size */
+  private readonly pmask: number;
+  private readonly pshift: number;
   private next: number;
   private clean: number;
   private stalled = 0;
 
   constructor(d: IgbQueueData, private readonly stats: Float64Array, private readonly s: number) {
+    this.pmask = d.pageSize - 1;
+    this.pshift = 31 - Math.clz32(d.pageSize);
     this.ring = ringWords(d);
     this.mbufs = new Uint32Array(d.mbufs);
     this.state = new Int32Array(d.state);
@@ -227,24 +234,45 @@ class IgbTx implements TxQueue {
     // one slot stays empty: head == tail means an empty ring to the NIC
     let free = (this.clean - this.next - 1) & mask;
     let i = this.next, k = 0, bytes = 0;
+    const pmask = this.pmask, pshift = this.pshift;
     for (; k < n; k++) {
       const m = pkts[off + k];
       const segs = v.at(m).nbSegs;
-      if (segs > free) break;
-      const total = v.pktLen;
-      let seg = m;
+      // A segment that crosses a page of DMA memory takes one descriptor per page: the pages are
+      // IOVA-contiguous, but a device model may map each buffer in one piece from guest-physical
+      // memory, where they are not (QEMU's igb then drops the frame uncounted), and the kernel's
+      // own drivers never hand a NIC such a buffer either.
+      let need = 0, seg = m;
       for (let j = 0; j < segs; j++) {
         v.at(seg);
-        const w = 4 * i, last = j === segs - 1;
-        v.storeIova(ring, w, v.dataOff);
-        ring[w + 2] = (v.dataLen | R.TXD_DTYP_DATA | R.TXD_CMD_DEXT | R.TXD_CMD_IFCS | R.TXD_CMD_RS | (last ? R.TXD_CMD_EOP : 0)) >>> 0;
-        ring[w + 3] = j === 0 ? total << R.TXD_PAYLEN_SHIFT : 0;
-        // the packet's mbuf rides on its last descriptor: it is freed once that one is done
-        this.mbufs[i] = last ? m : MBUF_NONE;
+        const len = v.dataLen, inPage = (v.bufIovaLo + v.dataOff) & pmask;
+        need += len === 0 ? 1 : 1 + ((inPage + len - 1) >>> pshift);
         seg = v.next;
-        i = (i + 1) & mask;
       }
-      free -= segs;
+      if (need > free) break;
+      const total = v.at(m).pktLen;
+      seg = m;
+      for (let j = 0; j < segs; j++) {
+        v.at(seg);
+        const lastSeg = j === segs - 1;
+        let at = v.dataOff, left = v.dataLen;
+        for (;;) {
+          const inPage = (v.bufIovaLo + at) & pmask;
+          const len = inPage + left > pmask + 1 ? pmask + 1 - inPage : left;
+          const w = 4 * i, last = lastSeg && len === left;
+          v.storeIova(ring, w, at);
+          ring[w + 2] = (len | R.TXD_DTYP_DATA | R.TXD_CMD_DEXT | R.TXD_CMD_IFCS | R.TXD_CMD_RS | (last ? R.TXD_CMD_EOP : 0)) >>> 0;
+          ring[w + 3] = j === 0 && at === v.dataOff ? total << R.TXD_PAYLEN_SHIFT : 0;
+          // the packet's mbuf rides on its last descriptor: it is freed once that one is done
+          this.mbufs[i] = last ? m : MBUF_NONE;
+          i = (i + 1) & mask;
+          at += len;
+          left -= len;
+          if (left <= 0) break;
+        }
+        seg = v.next;
+      }
+      free -= need;
       bytes += total;
     }
     if (k > 0) {
