@@ -177,7 +177,7 @@ class AfPacketTx extends RingViews implements TxQueue {
         continue;
       }
       if (vh !== 0) {
-        const h = f + doff; // flags 0, gso_type 0 (none), hdr_len = len (LE), the rest 0
+        const h = f + doff; // all 0 (no offloads, gso none), hdr_len = len (LE) for a small frame
         for (let b = 0; b < vh; b++) r8[h + b] = 0;
         if (len <= LINEAR_MAX) {
           r8[h + VNET_HDR_LEN] = len;
