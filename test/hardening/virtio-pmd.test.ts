@@ -231,12 +231,20 @@ t.test('RX: bogus lengths drop the packet, never read or count past the buffer',
 
 t.test('RX (MRG_RXBUF): num_buffers is distrusted (commit 383e7ec)', async (t) => {
   const r = await rig(t, 'rxnb', { dataRoom: 128 });
-  // beyond the ring: the packet is dropped and counted, the queue does not stall
+  // beyond the ring: the packet is dropped and counted, the queue does not stall (the buffer is
+  // full, 12 + 128 bytes: only then may a packet go on in another buffer, so only then is
+  // num_buffers read)
   const a = r.dev.takeAvail(0);
-  r.dev.pushUsed(0, [[a, r.dev.fillRx(a, frame(100, 5), 1000)]]);
+  r.dev.pushUsed(0, [[a, r.dev.fillRx(a, frame(128, 5), 1000)]]);
   t.same(drain(r.rx), [], 'num_buffers 1000 in a ring of 64: no packet');
   t.equal(r.port.stats().ierrors, 1, 'counted');
   stillReceives(t, r, 'after num_buffers beyond the ring');
+  // a buffer the device did not fill ends its packet, whatever num_buffers says (virtio 1.2,
+  // 5.1.6.4.2: all buffers of a packet but the last are used in full)
+  const b = r.dev.takeAvail(0), c = r.dev.takeAvail(0);
+  r.dev.pushUsed(0, [[b, r.dev.fillRx(b, frame(100, 7), 2)], [c, r.dev.fillRx(c, frame(90, 8))]]);
+  t.same(drain(r.rx), [100, 90], 'num_buffers 2 in a buffer of 112 of 140 bytes: a packet of one buffer, and the next one its own');
+  t.equal(r.port.stats().ierrors, 1, 'no error for either');
   // a merged packet whose buffers are not all published yet waits, then arrives whole
   const f = frame(300, 6); // 12 + 300 bytes over 140-byte buffers: three buffers
   const ids = [r.dev.takeAvail(0), r.dev.takeAvail(0), r.dev.takeAvail(0)];

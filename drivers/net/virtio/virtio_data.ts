@@ -187,6 +187,8 @@ class VirtioRx extends QueueViews implements RxQueue {
   /** where a descriptor starts inside an mbuf's buffer: headroom - 12 */
   private readonly bufOff: number;
   private readonly room: number;
+  /** a posted descriptor's length (header + data room): a used length below it ends the packet */
+  private readonly full: number;
   private readonly mergeable: boolean;
   /** byte offset of num_buffers from an RX mbuf's start: the header sits at bufOff in the buffer */
   private readonly nbOff: number;
@@ -205,6 +207,7 @@ class VirtioRx extends QueueViews implements RxQueue {
     super(d);
     if (d.intrFd >= 0) this.intr = new VirtioRxInterrupt(d.intrFd, this.u16, d.layout.avail >> 1, this.usedIdxW, this, stats, s + RXQ_INTERRUPTS);
     this.room = pktmbufDataRoom(pool);
+    this.full = HDR + this.room;
     this.bufOff = pktmbufHeadroom(pool) - HDR;
     this.nbOff = MBUF_HDR + this.bufOff + NET_HDR_NUM_BUFFERS;
     this.mergeable = d.mergeable;
@@ -220,9 +223,12 @@ class VirtioRx extends QueueViews implements RxQueue {
     return this.lastUsed;
   }
 
-  /** num_buffers of the packet starting in descriptor id's mbuf (1 without MRG_RXBUF or for a bad id). */
-  private numBuffers(id: number): number {
-    if (!this.mergeable || id >= this.size) return 1;
+  /**
+   * num_buffers of the packet starting in descriptor id's mbuf, whose used length is len (1 without
+   * MRG_RXBUF, for a bad id, or for a buffer the device did not fill: see rxBurst).
+   */
+  private numBuffers(id: number, len: number): number {
+    if (!this.mergeable || id >= this.size || len < this.full) return 1;
     this.v.at(this.mbufs[id]);
     return this.numBuffersHere();
   }
@@ -256,24 +262,22 @@ class VirtioRx extends QueueViews implements RxQueue {
     if (!this.mergeable) {
       e = pk = pending < n ? pending : n;
     } else {
-      // Usually every packet is one buffer. Reading the burst's num_buffers in a loop whose loads
-      // do not depend on each other lets the CPU overlap the cache misses (the device just wrote
-      // those lines from another core); only a burst with a merged packet takes the walk below.
+      // A packet spans several buffers only when its first one is full: the device must fill all
+      // buffers of a packet but the last (virtio 1.2, 5.1.6.4.2). So num_buffers, in a line of the
+      // packet's headroom that the device just wrote from another core, is read only for a full
+      // buffer; the used lengths, read here, are on the used ring's lines pass 2 reads anyway. A
+      // device that breaks the rule gets the rest of its packet taken as packets of their own,
+      // checked like any other (bad ids and lengths are still caught in pass 2).
       const lim = pending < n ? pending : n;
-      const v = this.v, mbufs = this.mbufs, size = this.size, at = this.usedRingW, lu = this.lastUsed, nbOff = this.nbOff;
-      let many = 0;
-      for (let i = 0; i < lim; i++) {
-        const id = u32[at + Math.imul((lu + i) & mask, USED_ELEM_WORDS)];
-        if (id >= size) continue; // counted as an error in pass 2
-        const x = v.at(mbufs[id]).off + nbOff; // all from this.pool: the view resolves it once
-        const pu8 = v.u8;
-        many |= pu8[x + 1] | (pu8[x] & 0xfe); // num_buffers > 1 (0 counts as 1)
-      }
-      if (many === 0) e = pk = lim;
+      const at = this.usedRingW + 1, lu = this.lastUsed, full = this.full;
+      let i = 0;
+      while (i < lim && u32[at + Math.imul((lu + i) & mask, USED_ELEM_WORDS)] < full) i++;
+      if (i === lim) e = pk = lim;
     }
     if (e === 0) {
       while (pk < n && e < pending) {
-        const nb = Math.abs(this.numBuffers(u32[this.usedRingW + Math.imul((this.lastUsed + e) & mask, USED_ELEM_WORDS)]));
+        const w = this.usedRingW + Math.imul((this.lastUsed + e) & mask, USED_ELEM_WORDS);
+        const nb = Math.abs(this.numBuffers(u32[w], u32[w + 1]));
         if (e + nb > pending) break; // the rest of this packet is not published yet
         e += nb;
         pk++;
@@ -289,7 +293,7 @@ class VirtioRx extends QueueViews implements RxQueue {
     // view serves both: each descriptor is reposted before its mbuf is filled in, and a merged
     // segment is linked to the previous one while the view is still there, so per entry the view
     // moves twice (replacement, received mbuf): no more offset computations than the raw code.
-    const v = this.v, mergeable = this.mergeable, size = this.size, maxLen = this.room, segOff = this.bufOff;
+    const v = this.v, mergeable = this.mergeable, size = this.size, maxLen = this.room, segOff = this.bufOff, full = this.full;
     const mbufs = this.mbufs, posted = this.posted, portBuf = this.portBuf, headroom = segOff + HDR;
     // A descriptor is in flight when posted in an earlier burst and not taken back since: reposts
     // carry this burst's epoch (never 0), so an id the device returns twice is caught.
@@ -310,7 +314,7 @@ class VirtioRx extends QueueViews implements RxQueue {
       this.repost(id, repl[r++], ai, epoch);
       ai = (ai + 1) & 0xffff;
       v.at(m);
-      let nb = mergeable ? this.numBuffersHere() : 1;
+      let nb = mergeable && len >= full ? this.numBuffersHere() : 1;
       let bad = len < HDR || len - HDR > maxLen || nb < 0;
       if (nb < 0) nb = 1;
       const plen0 = bad ? 0 : len - HDR;
