@@ -289,12 +289,15 @@ class VirtioRx extends QueueViews implements RxQueue {
       this.stats[this.s + RXQ_NOMBUF] += e;
       return 0; // the packets stay in the ring until the pool has mbufs again
     }
-    // Pass 2: hand the filled mbufs out and repost their descriptors with the replacements. One
-    // view serves both: each descriptor is reposted before its mbuf is filled in, and a merged
-    // segment is linked to the previous one while the view is still there, so per entry the view
-    // moves twice (replacement, received mbuf): no more offset computations than the raw code.
+    // Pass 2: hand the filled mbufs out and repost their descriptors with the replacements. Every
+    // mbuf a descriptor holds is of this queue's pool, so a packet in one buffer (the common case)
+    // is handled inline on the pool's words: no call, no pool lookup. A merged packet takes the
+    // view (one view for both: each descriptor is reposted before its mbuf is filled in, and a
+    // merged segment is linked to the previous one while the view is still there).
     const v = this.v, mergeable = this.mergeable, size = this.size, maxLen = this.room, segOff = this.bufOff, full = this.full;
     const mbufs = this.mbufs, posted = this.posted, portBuf = this.portBuf, headroom = segOff + HDR;
+    const pu32 = pool.u32, u16 = this.u16, descW = this.descW, availRingW = this.availRingW, usedRingW = this.usedRingW;
+    const lenOff0 = (headroom << 16) >>> 0; // data_len | data_off << 16, data_len to be or-ed in
     // A descriptor is in flight when posted in an earlier burst and not taken back since: reposts
     // carry this burst's epoch (never 0), so an id the device returns twice is caught.
     let epoch = (this.epoch + 1) >>> 0;
@@ -303,7 +306,7 @@ class VirtioRx extends QueueViews implements RxQueue {
     this.book.state[BK_EPOCH] = epoch;
     let last = this.lastUsed, ai = this.availIdx, r = 0, c = 0, got = 0, bytes = 0, errors = 0;
     while (c < e) {
-      let w = this.usedRingW + Math.imul(last & mask, USED_ELEM_WORDS);
+      let w = usedRingW + Math.imul(last & mask, USED_ELEM_WORDS);
       let id = u32[w];
       let len = u32[w + 1];
       last = (last + 1) & 0xffff;
@@ -311,10 +314,34 @@ class VirtioRx extends QueueViews implements RxQueue {
       // Out of range, or not in flight (never posted, or used twice): no descriptor to repost.
       if (id >= size || posted[id] === 0 || posted[id] === epoch) { errors++; continue; }
       const m = mbufs[id];
-      this.repost(id, repl[r++], ai, epoch);
+      // Repost: the replacement's buffer IOVA + bufOff into the descriptor (length and flags stay).
+      const nm = repl[r++];
+      mbufs[id] = nm;
+      posted[id] = epoch;
+      const nw = pool.offsetOf(nm) >> 2, dw = descW + (id << 2), lo = pu32[nw] + segOff;
+      u32[dw] = lo; // wraps modulo 2^32; the carry goes to the high word
+      u32[dw + 1] = pu32[nw + 1] + (lo >= TWO32 ? 1 : 0);
+      u16[availRingW + (ai & mask)] = id;
       ai = (ai + 1) & 0xffff;
+      if (!mergeable || len < full) {
+        // One buffer. The header as MbufView.rearm writes it, and pkt_len.
+        const mw = pool.offsetOf(m) >> 2;
+        const bad = len < HDR || len - HDR > maxLen;
+        const plen = bad ? 0 : len - HDR;
+        pu32[mw + 2] = plen; // pkt_len
+        pu32[mw + 3] = (lenOff0 | plen) >>> 0; // data_len | data_off << 16
+        pu32[mw + 4] = 0x10001; // refcnt 1 | nb_segs 1 << 16
+        pu32[mw + 5] = portBuf; // port | buf_len << 16
+        pu32[mw + 6] = 0; // ol_flags
+        pu32[mw + 7] = 0;
+        pu32[mw + 8] = 0xffffffff; // next: MBUF_NONE
+        if (bad) { errors++; pktmbufFree(m); continue; }
+        out[got++] = m;
+        bytes += plen;
+        continue;
+      }
       v.at(m);
-      let nb = mergeable && len >= full ? this.numBuffersHere() : 1;
+      let nb = this.numBuffersHere();
       let bad = len < HDR || len - HDR > maxLen || nb < 0;
       if (nb < 0) nb = 1;
       const plen0 = bad ? 0 : len - HDR;
@@ -325,7 +352,7 @@ class VirtioRx extends QueueViews implements RxQueue {
       // rewrote num_buffers since; a packet cut short that way is dropped.
       if (c + nb - 1 > e) bad = true;
       for (let j = 1; j < nb && c < e; j++) {
-        w = this.usedRingW + Math.imul(last & mask, USED_ELEM_WORDS);
+        w = usedRingW + Math.imul(last & mask, USED_ELEM_WORDS);
         id = u32[w];
         len = u32[w + 1];
         last = (last + 1) & 0xffff;
