@@ -297,6 +297,8 @@ class VirtioRx extends QueueViews implements RxQueue {
     const v = this.v, mergeable = this.mergeable, size = this.size, maxLen = this.room, segOff = this.bufOff, full = this.full;
     const mbufs = this.mbufs, posted = this.posted, portBuf = this.portBuf, headroom = segOff + HDR;
     const pu32 = pool.u32, u16 = this.u16, descW = this.descW, availRingW = this.availRingW, usedRingW = this.usedRingW;
+    // pool.offsetOf(h) by hand: this loop is past the compiler's inlining budget
+    const objOff = pool.objOffset, objSize = pool.objSize;
     const lenOff0 = (headroom << 16) >>> 0; // data_len | data_off << 16, data_len to be or-ed in
     // A descriptor is in flight when posted in an earlier burst and not taken back since: reposts
     // carry this burst's epoch (never 0), so an id the device returns twice is caught.
@@ -318,14 +320,14 @@ class VirtioRx extends QueueViews implements RxQueue {
       const nm = repl[r++];
       mbufs[id] = nm;
       posted[id] = epoch;
-      const nw = pool.offsetOf(nm) >> 2, dw = descW + (id << 2), lo = pu32[nw] + segOff;
+      const nw = (objOff + Math.imul(nm & 0xffffff, objSize)) >> 2, dw = descW + (id << 2), lo = pu32[nw] + segOff;
       u32[dw] = lo; // wraps modulo 2^32; the carry goes to the high word
       u32[dw + 1] = pu32[nw + 1] + (lo >= TWO32 ? 1 : 0);
       u16[availRingW + (ai & mask)] = id;
       ai = (ai + 1) & 0xffff;
       if (!mergeable || len < full) {
         // One buffer. The header as MbufView.rearm writes it, and pkt_len.
-        const mw = pool.offsetOf(m) >> 2;
+        const mw = (objOff + Math.imul(m & 0xffffff, objSize)) >> 2;
         const bad = len < HDR || len - HDR > maxLen;
         const plen = bad ? 0 : len - HDR;
         pu32[mw + 2] = plen; // pkt_len
