@@ -4,7 +4,8 @@
  * RX: every descriptor always holds one mbuf of the queue's pool, posted device-writable from
  * 12 bytes before the mbuf's data offset, so the virtio_net_hdr lands in the headroom and the frame
  * at data_off. A burst first counts the used entries that make up whole packets (with
- * MRG_RXBUF a packet spans num_buffers entries), allocates that many replacements in one
+ * MRG_RXBUF a packet spans num_buffers entries; only a full buffer can be followed by another,
+ * so num_buffers is read only there), allocates that many replacements in one
  * pktmbufAllocInit, then hands the filled mbufs out (chained when merged) and reposts the same
  * descriptors with the replacements. No replacement, no receive: the packets wait in the ring.
  *
