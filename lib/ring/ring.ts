@@ -13,6 +13,7 @@
  * a thread-local copy of the opposite tail so the hot path rarely reads the other side's line.
  */
 import { viewOf } from '../../src/os/libc.js';
+import { TSO } from '../../src/os/arch.js';
 
 const MAGIC = 0x72696e67; // "ring"
 const OFF_MAGIC = 0, OFF_SIZE = 1, OFF_FLAGS = 2;
@@ -21,8 +22,6 @@ const CONS_HEAD = 64, CONS_TAIL = 65; // byte 256
 const ENTRIES = 96; // byte 384
 const HEADER_BYTES = ENTRIES * 4;
 const F_SP = 1, F_SC = 2;
-/** x86 keeps stores in order (TSO): a plain store publishes like a store-release. */
-const TSO = process.arch === 'x64' || process.arch === 'ia32';
 
 /** Ring creation flags, as in rte_ring_create (default: multi-producer, multi-consumer). */
 export interface RingFlags {

@@ -6,6 +6,7 @@
  * rings are the kernel's memory, mbufs are ours.
  */
 import { viewOf, sendKick, MSG_DONTWAIT } from '../../../src/os/libc.js';
+import { TSO } from '../../../src/os/arch.js';
 import { Mempool } from '../../../lib/mempool/mempool.js';
 import { pktmbufAllocInit, pktmbufFreeBulk, MBUF_NONE } from '../../../lib/mempool/mbuf.js';
 import { MbufView } from '../../../lib/mempool/mbuf_view.js';
@@ -56,9 +57,6 @@ class RingViews {
     this.i32 = new Int32Array(ab);
   }
 }
-
-/** x86 keeps stores in order (TSO): a plain store publishes like a store-release. */
-const TSO = process.arch === 'x64' || process.arch === 'ia32';
 
 class AfPacketRx extends RingViews implements RxQueue {
   private readonly bs: number;
