@@ -146,8 +146,8 @@ class AfPacketTx extends RingViews implements TxQueue {
   private readonly vh: number;
   private readonly v = new MbufView();
   private idx = 0;
-  /** publish frames with plain stores (TSO CPUs: x86) */
-  private readonly plainPublish = TSO;
+  /** frame status read and published with plain accesses (TSO CPUs: x86), else with Atomics */
+  private readonly plainStatus = TSO;
 
   constructor(q: AfPacketQueueData, private readonly fd: number, private readonly stats: Float64Array, private readonly s: number) {
     super(q);
@@ -163,7 +163,7 @@ class AfPacketTx extends RingViews implements TxQueue {
     for (; k < n; k++) {
       const f = this.base + this.idx * this.fsize;
       // (x86 loads are acquires: a plain load, not the builtin call)
-      const st = this.plainPublish ? i32[(f + H3_STATUS) >> 2] : Atomics.load(i32, (f + H3_STATUS) >> 2);
+      const st = this.plainStatus ? i32[(f + H3_STATUS) >> 2] : Atomics.load(i32, (f + H3_STATUS) >> 2);
       if (st === TP_STATUS_WRONG_FORMAT) errors++; // the kernel refused that frame earlier
       else if (st !== TP_STATUS_AVAILABLE) break; // ring full: the rest stays the caller's
       v.at(pkts[off + k]);
@@ -205,7 +205,7 @@ class AfPacketTx extends RingViews implements TxQueue {
       // The frame's bytes before its status. x86 keeps stores in order (TSO): a plain store
       // publishes like the store-release the kernel's side pairs with; Atomics.store is a call to
       // V8's builtin and an xchg, a full fence per frame. Other CPUs keep the fence.
-      if (this.plainPublish) i32[(f + H3_STATUS) >> 2] = TP_STATUS_SEND_REQUEST;
+      if (this.plainStatus) i32[(f + H3_STATUS) >> 2] = TP_STATUS_SEND_REQUEST;
       else Atomics.store(i32, (f + H3_STATUS) >> 2, TP_STATUS_SEND_REQUEST);
       this.idx = this.idx + 1 === this.nframes ? 0 : this.idx + 1;
     }

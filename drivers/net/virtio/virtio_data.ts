@@ -242,7 +242,11 @@ class VirtioRx extends QueueViews implements RxQueue {
     return nb === 0 ? 1 : nb > this.size ? -1 : nb;
   }
 
-  /** Put mbuf nm into descriptor id and offer the descriptor at avail slot ai (moves the view to nm). */
+  /**
+   * Put mbuf nm into descriptor id and offer the descriptor at avail slot ai (moves the view to nm).
+   * For the further buffers of a merged packet; rxBurst writes the same stores inline for a
+   * packet in one buffer (keep the two alike).
+   */
   private repost(id: number, nm: number, ai: number, epoch: number): void {
     this.mbufs[id] = nm;
     this.posted[id] = epoch;
