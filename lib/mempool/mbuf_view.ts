@@ -13,12 +13,7 @@
  * packet bytes itself: the data starts at `u8[v.data]`.
  */
 import { Mempool, poolOf } from './mempool.js';
-import { MBUF_NONE } from './mbuf.js';
-
-// Header field offsets are written as literals (mbuf.ts names them: F_PKT_LEN 8, F_DATA_LEN 12,
-// F_DATA_OFF 14, F_REFCNT 16, F_NB_SEGS 18, F_PORT 20, F_BUF_LEN 22, F_NEXT 32, F_HASH 40, data
-// after the 64-byte header): an imported constant is read through its module cell with a TDZ
-// check on every use, and these accessors run per packet. test/mempool checks them against mbuf.ts.
+import { MbufOff, MbufW16, MbufW32, MbufVal } from './mbuf_layout.js';
 
 const TWO32 = 2 ** 32;
 
@@ -33,7 +28,7 @@ export class MbufView {
   /** the current mbuf's pool */
   pool: Mempool | null = null;
   /** the current mbuf's handle */
-  m = MBUF_NONE;
+  m: number = MbufVal.None;
   private pid = -1;
 
   /** Point the view at mbuf m (its pool must be known in this thread); returns the view. */
@@ -58,45 +53,45 @@ export class MbufView {
   /** Byte offset of the packet data in u8 (rte_pktmbuf_mtod). */
   get data(): number {
     const o = this.off;
-    return o + 64 + this.u16[(o + 14) >> 1];
+    return o + MbufOff.Buf + this.u16[(o >> 1) + MbufW16.DataOff];
   }
 
   /** Where the data starts, from the buffer start (the headroom in use). */
   get dataOff(): number {
-    return this.u16[(this.off + 14) >> 1];
+    return this.u16[(this.off >> 1) + MbufW16.DataOff];
   }
 
   set dataOff(v: number) {
-    this.u16[(this.off + 14) >> 1] = v;
+    this.u16[(this.off >> 1) + MbufW16.DataOff] = v;
   }
 
   /** Bytes of data in this segment. */
   get dataLen(): number {
-    return this.u16[(this.off + 12) >> 1];
+    return this.u16[(this.off >> 1) + MbufW16.DataLen];
   }
 
   set dataLen(v: number) {
-    this.u16[(this.off + 12) >> 1] = v;
+    this.u16[(this.off >> 1) + MbufW16.DataLen] = v;
   }
 
   /** Bytes in the whole chain (meaningful on the first segment). */
   get pktLen(): number {
-    return this.u32[(this.off + 8) >> 2];
+    return this.u32[(this.off >> 2) + MbufW32.PktLen];
   }
 
   set pktLen(v: number) {
-    this.u32[(this.off + 8) >> 2] = v;
+    this.u32[(this.off >> 2) + MbufW32.PktLen] = v;
   }
 
   /** Set a single-segment packet's data length and packet length at once. */
   setLen(len: number): void {
-    this.u16[(this.off + 12) >> 1] = len;
-    this.u32[(this.off + 8) >> 2] = len;
+    this.u16[(this.off >> 1) + MbufW16.DataLen] = len;
+    this.u32[(this.off >> 2) + MbufW32.PktLen] = len;
   }
 
   /** Headroom + data room of the buffer. */
   get bufLen(): number {
-    return this.u16[(this.off + 22) >> 1];
+    return this.u16[(this.off >> 1) + MbufW16.BufLen];
   }
 
   /** Bytes free before the data. */
@@ -107,57 +102,61 @@ export class MbufView {
   /** Bytes free after this segment's data. */
   get tailroom(): number {
     const o = this.off, u16 = this.u16;
-    return u16[(o + 22) >> 1] - u16[(o + 14) >> 1] - u16[(o + 12) >> 1];
+    return u16[(o >> 1) + MbufW16.BufLen] - u16[(o >> 1) + MbufW16.DataOff] - u16[(o >> 1) + MbufW16.DataLen];
   }
 
   /** Grow the data at the front by len bytes (rte_pktmbuf_prepend); the new data offset in u8, or -1 without room. */
   prepend(len: number): number {
     const o = this.off, u16 = this.u16;
-    const d = u16[(o + 14) >> 1];
+    const d = u16[(o >> 1) + MbufW16.DataOff];
     if (len < 0 || len > d) return -1;
-    u16[(o + 14) >> 1] = d - len;
-    u16[(o + 12) >> 1] += len;
-    this.u32[(o + 8) >> 2] += len;
-    return o + 64 + d - len;
+    u16[(o >> 1) + MbufW16.DataOff] = d - len;
+    u16[(o >> 1) + MbufW16.DataLen] += len;
+    this.u32[(o >> 2) + MbufW32.PktLen] += len;
+    return o + MbufOff.Buf + d - len;
   }
 
   /** Remove len bytes from the front of this segment (rte_pktmbuf_adj); false if it has fewer. */
   adj(len: number): boolean {
     const o = this.off, u16 = this.u16;
-    if (len < 0 || len > u16[(o + 12) >> 1]) return false;
-    u16[(o + 14) >> 1] += len;
-    u16[(o + 12) >> 1] -= len;
-    this.u32[(o + 8) >> 2] -= len;
+    if (len < 0 || len > u16[(o >> 1) + MbufW16.DataLen]) return false;
+    u16[(o >> 1) + MbufW16.DataOff] += len;
+    u16[(o >> 1) + MbufW16.DataLen] -= len;
+    this.u32[(o >> 2) + MbufW32.PktLen] -= len;
     return true;
   }
 
   /** The next segment's handle, or MBUF_NONE. */
   get next(): number {
-    return this.u32[(this.off + 32) >> 2];
+    return this.u32[(this.off >> 2) + MbufW32.Next];
   }
 
   set next(m: number) {
-    this.u32[(this.off + 32) >> 2] = m;
+    this.u32[(this.off >> 2) + MbufW32.Next] = m;
   }
 
   /** Segments in the chain (first segment). */
   get nbSegs(): number {
-    return this.u16[(this.off + 18) >> 1];
+    return this.u16[(this.off >> 1) + MbufW16.NbSegs];
   }
 
   set nbSegs(v: number) {
-    this.u16[(this.off + 18) >> 1] = v;
+    this.u16[(this.off >> 1) + MbufW16.NbSegs] = v;
   }
 
   /** Reference count. */
   get refcnt(): number {
-    return this.u16[(this.off + 16) >> 1];
+    return this.u16[(this.off >> 1) + MbufW16.Refcnt];
+  }
+
+  set refcnt(v: number) {
+    this.u16[(this.off >> 1) + MbufW16.Refcnt] = v;
   }
 
   /** True for a lone segment with one owner: the common case fast paths test for. */
   get isSimple(): boolean {
-    // the u32 at 16 holds refcnt | nb_segs << 16
-    return this.u32[(this.off + 16) >> 2] === 0x10001;
+    // one load: refcnt | nb_segs << 16
+    return this.u32[(this.off >> 2) + MbufW32.RefSegs] === MbufVal.RefSegsSole;
   }
 
   /**
@@ -168,12 +167,12 @@ export class MbufView {
    */
   rearm(dataOff: number, dataLen: number, portBuf: number): void {
     const w = this.off >> 2, u32 = this.u32;
-    u32[w + 3] = (dataLen | (dataOff << 16)) >>> 0; // data_len | data_off << 16
-    u32[w + 4] = 0x10001; // refcnt 1 | nb_segs 1 << 16
-    u32[w + 5] = portBuf; // port | buf_len << 16
-    u32[w + 6] = 0; // ol_flags
-    u32[w + 7] = 0;
-    u32[w + 8] = 0xffffffff; // next: MBUF_NONE
+    u32[w + MbufW32.LenOff] = (dataLen | (dataOff << 16)) >>> 0;
+    u32[w + MbufW32.RefSegs] = MbufVal.RefSegsSole;
+    u32[w + MbufW32.PortBuf] = portBuf;
+    u32[w + MbufW32.OlFlagsLo] = 0;
+    u32[w + MbufW32.OlFlagsHi] = 0;
+    u32[w + MbufW32.Next] = MbufVal.None;
   }
 
   /**
@@ -183,8 +182,8 @@ export class MbufView {
    */
   sole(): void {
     const w = this.off >> 2, u32 = this.u32;
-    u32[w + 4] = 0x10001;
-    u32[w + 8] = 0xffffffff; // MBUF_NONE
+    u32[w + MbufW32.RefSegs] = MbufVal.RefSegsSole;
+    u32[w + MbufW32.Next] = MbufVal.None;
   }
 
   /** The port | buf_len << 16 word rearm() writes for mbufs of pool received on port. */
@@ -194,38 +193,38 @@ export class MbufView {
 
   /** Input port of a received packet. */
   get port(): number {
-    return this.u16[(this.off + 20) >> 1];
+    return this.u16[(this.off >> 1) + MbufW16.Port];
   }
 
   set port(v: number) {
-    this.u16[(this.off + 20) >> 1] = v;
+    this.u16[(this.off >> 1) + MbufW16.Port] = v;
   }
 
   /** RSS hash. */
   get hash(): number {
-    return this.u32[(this.off + 40) >> 2];
+    return this.u32[(this.off >> 2) + MbufW32.Hash];
   }
 
   set hash(v: number) {
-    this.u32[(this.off + 40) >> 2] = v;
+    this.u32[(this.off >> 2) + MbufW32.Hash] = v;
   }
 
   /** Low 32 bits of the buffer's IOVA (headroom start). */
   get bufIovaLo(): number {
-    return this.u32[this.off >> 2];
+    return this.u32[(this.off >> 2) + MbufW32.BufIovaLo];
   }
 
   /** High 32 bits of the buffer's IOVA. */
   get bufIovaHi(): number {
-    return this.u32[(this.off >> 2) + 1];
+    return this.u32[(this.off >> 2) + MbufW32.BufIovaHi];
   }
 
   /** Store buf_iova + off as two u32 words at dst[w] (low) and dst[w + 1] (high), e.g. a descriptor's address: two loads, two stores, no number boxed. */
   storeIova(dst: Uint32Array, w: number, off: number): void {
     const s = this.off >> 2;
-    const lo = this.u32[s] + off;
+    const lo = this.u32[s + MbufW32.BufIovaLo] + off;
     dst[w] = lo; // a Uint32Array store wraps lo modulo 2^32; the carry goes to the high word
-    dst[w + 1] = this.u32[s + 1] + (lo >= TWO32 ? 1 : 0);
+    dst[w + 1] = this.u32[s + MbufW32.BufIovaHi] + (lo >= TWO32 ? 1 : 0);
   }
 
   /** User address of the packet data as a number (pool.va + data), for system calls on it. */
@@ -236,14 +235,14 @@ export class MbufView {
   /** IOVA of the data as a number (IOVAs stay below 2^53) (rte_pktmbuf_iova). */
   get dataIova(): number {
     const w = this.off >> 2;
-    return this.u32[w + 1] * TWO32 + this.u32[w] + this.u16[(this.off + 14) >> 1];
+    return this.u32[w + MbufW32.BufIovaHi] * TWO32 + this.u32[w + MbufW32.BufIovaLo] + this.u16[(this.off >> 1) + MbufW16.DataOff];
   }
 
   /** Copy len bytes of src (default all) into this segment at the data start and set the lengths; false if they do not fit. */
   write(src: Uint8Array, len = src.length): boolean {
-    const o = this.off, d = this.u16[(o + 14) >> 1];
-    if (len > this.u16[(o + 22) >> 1] - d) return false;
-    this.u8.set(len === src.length ? src : src.subarray(0, len), o + 64 + d);
+    const o = this.off, d = this.u16[(o >> 1) + MbufW16.DataOff];
+    if (len > this.u16[(o >> 1) + MbufW16.BufLen] - d) return false;
+    this.u8.set(len === src.length ? src : src.subarray(0, len), o + MbufOff.Buf + d);
     this.setLen(len);
     return true;
   }

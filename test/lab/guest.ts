@@ -52,7 +52,8 @@ import * as U from '../../src/iommu/vfio-uapi.js';
 import { probePci, registerPciDriver, unregisterPciDriver, type PciBus } from '../../drivers/bus/pci/pci.js';
 import { listPorts, openRxQueue, openTxQueue, formatMac, type PortData } from '../../lib/ethdev/ethdev.js';
 import { Mempool } from '../../lib/mempool/mempool.js';
-import { chain, nbSegs, pktmbufAlloc, pktmbufFree, pktmbufPoolCreate, readPacket, writePacket, type PktmbufPoolOptions } from '../../lib/mempool/mbuf.js';
+import { chain, pktmbufAlloc, pktmbufFree, pktmbufPoolCreate, readPacket, writePacket, type PktmbufPoolOptions } from '../../lib/mempool/mbuf.js';
+import { MbufView } from '../../lib/mempool/mbuf_view.js';
 import { ipv4Checksum, onesSum } from '../../lib/net/packet.js';
 import type { MempoolDesc } from '../../lib/mempool/mempool.js';
 import { siblingModule } from '../../src/lcore/lcores.js';
@@ -524,7 +525,7 @@ export async function virtioPingLcore(a: { port: PortData; txPool: MempoolDesc; 
       if (isReply && reply === null) {
         let intact = len === frame.length;
         for (let k = 42; intact && k < len; k++) intact = bytes[k] === frame[k];
-        reply = { segs: nbSegs(burst[i]), len, payloadIntact: intact, from: formatMac(bytes.subarray(6, 12)) };
+        reply = { segs: new MbufView().at(burst[i]).nbSegs, len, payloadIntact: intact, from: formatMac(bytes.subarray(6, 12)) };
       } else others++;
       pktmbufFree(burst[i]);
     }

@@ -12,6 +12,9 @@ import { Mempool, poolOf, HANDLE_INDEX_MASK, MEMPOOL_MAX_OBJECTS } from '../../l
 import * as mb from '../../lib/mempool/mbuf.js';
 import { Ring } from '../../lib/ring/ring.js';
 import { MbufView } from '../../lib/mempool/mbuf_view.js';
+import { MbufOff } from '../../lib/mempool/mbuf_layout.js';
+
+const mv = new MbufView();
 import type { HotPathArg, HotPathResult } from './mempool-workers.js';
 
 const WORKERS = siblingModule(import.meta.url, 'mempool-workers');
@@ -177,25 +180,25 @@ poolTest('exhausted cached pool: failures take nothing', async (t, track) => {
   t.same(mp.audit(), { size: 16, available: 16, inUse: 0 });
 });
 
-poolTest('MbufView reads and writes the header fields mbuf.ts defines (its offsets are literals)', async (t, track) => {
+poolTest('MbufView reads and writes the header fields at the offsets mbuf_layout.ts defines', async (t, track) => {
   const pool = track(mb.pktmbufPoolCreate(mem, pname('view'), 16, { cacheSize: 0 }));
   const m = mb.pktmbufAlloc(pool);
   const v = new MbufView().at(m);
   const o = v.off, u16 = v.u16, u32 = v.u32;
   t.equal(o, pool.offsetOf(m), 'off is the pool offset of the handle');
   // raw writes at mbuf.ts offsets, read back through the view
-  u32[(o + mb.F_PKT_LEN) >> 2] = 1111;
-  u16[(o + mb.F_DATA_LEN) >> 1] = 222;
-  u16[(o + mb.F_DATA_OFF) >> 1] = 100;
-  u16[(o + mb.F_NB_SEGS) >> 1] = 3;
-  u16[(o + mb.F_REFCNT) >> 1] = 2;
-  u16[(o + mb.F_PORT) >> 1] = 7;
-  u32[(o + mb.F_NEXT) >> 2] = 0x01000005;
-  u32[(o + mb.F_HASH) >> 2] = 0xdeadbeef;
+  u32[(o + MbufOff.PktLen) >> 2] = 1111;
+  u16[(o + MbufOff.DataLen) >> 1] = 222;
+  u16[(o + MbufOff.DataOff) >> 1] = 100;
+  u16[(o + MbufOff.NbSegs) >> 1] = 3;
+  u16[(o + MbufOff.Refcnt) >> 1] = 2;
+  u16[(o + MbufOff.Port) >> 1] = 7;
+  u32[(o + MbufOff.Next) >> 2] = 0x01000005;
+  u32[(o + MbufOff.Hash) >> 2] = 0xdeadbeef;
   t.same([v.pktLen, v.dataLen, v.dataOff, v.nbSegs, v.refcnt, v.port, v.next, v.hash], [1111, 222, 100, 3, 2, 7, 0x01000005, 0xdeadbeef]);
   t.equal(v.data, o + mb.MBUF_HDR + 100, 'data = header + data offset');
-  t.equal(v.bufLen, u16[(o + mb.F_BUF_LEN) >> 1], 'bufLen');
-  t.equal(v.bufIovaLo, u32[(o + mb.F_BUF_IOVA) >> 2], 'IOVA low word');
+  t.equal(v.bufLen, u16[(o + MbufOff.BufLen) >> 1], 'bufLen');
+  t.equal(v.bufIovaLo, u32[(o + MbufOff.BufIova) >> 2], 'IOVA low word');
   // writes through the view land at mbuf.ts offsets
   v.setLen(60);
   v.dataOff = 128;
@@ -203,9 +206,9 @@ poolTest('MbufView reads and writes the header fields mbuf.ts defines (its offse
   v.next = mb.MBUF_NONE;
   v.nbSegs = 1;
   v.hash = 42;
-  t.same([u32[(o + mb.F_PKT_LEN) >> 2], u16[(o + mb.F_DATA_LEN) >> 1], u16[(o + mb.F_DATA_OFF) >> 1], u16[(o + mb.F_PORT) >> 1], u32[(o + mb.F_NEXT) >> 2], u16[(o + mb.F_NB_SEGS) >> 1], u32[(o + mb.F_HASH) >> 2]],
+  t.same([u32[(o + MbufOff.PktLen) >> 2], u16[(o + MbufOff.DataLen) >> 1], u16[(o + MbufOff.DataOff) >> 1], u16[(o + MbufOff.Port) >> 1], u32[(o + MbufOff.Next) >> 2], u16[(o + MbufOff.NbSegs) >> 1], u32[(o + MbufOff.Hash) >> 2]],
     [60, 60, 128, 9, mb.MBUF_NONE, 1, 42]);
-  u16[(o + mb.F_REFCNT) >> 1] = 1;
+  u16[(o + MbufOff.Refcnt) >> 1] = 1;
   mb.pktmbufFree(m);
 });
 
@@ -252,84 +255,84 @@ poolTest('mbuf operations, exact values', async (t, track) => {
   const m = mb.pktmbufAlloc(pool);
   t.not(m, -1);
   const o = pool.offsetOf(m);
-  t.equal(mb.dataLen(m), 0);
-  t.equal(mb.pktLen(m), 0);
-  t.equal(mb.dataOff(m), 128);
-  t.equal(mb.headroom(m), 128);
-  t.equal(mb.tailroom(m), 2048);
-  t.equal(mb.refcnt(m), 1);
-  t.equal(mb.nbSegs(m), 1);
-  t.equal(mb.nextSeg(m), mb.MBUF_NONE);
+  t.equal(mv.at(m).dataLen, 0);
+  t.equal(mv.at(m).pktLen, 0);
+  t.equal(mv.at(m).dataOff, 128);
+  t.equal(mv.at(m).headroom, 128);
+  t.equal(mv.at(m).tailroom, 2048);
+  t.equal(mv.at(m).refcnt, 1);
+  t.equal(mv.at(m).nbSegs, 1);
+  t.equal(mv.at(m).next, mb.MBUF_NONE);
   t.equal(mb.lastSeg(m), m);
-  t.equal(mb.mbufPort(m), 0xffff, 'no input port yet');
-  t.equal(mb.mtod(m), o + 64 + 128, 'data starts after header and headroom');
-  t.equal(mb.mbufDataIova(m), pool.zone.iova + BigInt(o + 64 + 128), 'data IOVA (va mode: its address)');
-  t.equal(pool.dv.getBigUint64(o + mb.F_BUF_IOVA, true), pool.zone.va + BigInt(o + 64), 'buf_iova is the buffer start');
-  t.equal(pool.u16[(o + mb.F_BUF_LEN) >> 1], 2176);
+  t.equal(mv.at(m).port, 0xffff, 'no input port yet');
+  t.equal(mv.at(m).data, o + MbufOff.Buf + 128, 'data starts after header and headroom');
+  t.equal(BigInt(mv.at(m).dataIova), pool.zone.iova + BigInt(o + MbufOff.Buf + 128), 'data IOVA (va mode: its address)');
+  t.equal(pool.dv.getBigUint64(o + MbufOff.BufIova, true), pool.zone.va + BigInt(o + MbufOff.Buf), 'buf_iova is the buffer start');
+  t.equal(pool.u16[(o + MbufOff.BufLen) >> 1], 2176);
 
   // append
   const at = mb.append(m, 100);
-  t.equal(at, o + 64 + 128, 'append returns where the new bytes go');
-  t.equal(mb.dataLen(m), 100);
-  t.equal(mb.pktLen(m), 100);
-  t.equal(mb.tailroom(m), 1948);
+  t.equal(at, o + MbufOff.Buf + 128, 'append returns where the new bytes go');
+  t.equal(mv.at(m).dataLen, 100);
+  t.equal(mv.at(m).pktLen, 100);
+  t.equal(mv.at(m).tailroom, 1948);
   t.equal(mb.append(m, 1949), -1, 'no room: -1');
   t.equal(mb.append(m, -1), -1);
-  t.equal(mb.dataLen(m), 100, 'failed append changed nothing');
+  t.equal(mv.at(m).dataLen, 100, 'failed append changed nothing');
   for (let i = 0; i < 100; i++) pool.u8[at + i] = i;
   // prepend
-  const front = mb.prepend(m, 14);
-  t.equal(front, o + 64 + 114);
-  t.equal(mb.mtod(m), front);
-  t.equal(mb.dataOff(m), 114);
-  t.equal(mb.dataLen(m), 114);
-  t.equal(mb.pktLen(m), 114);
-  t.equal(mb.headroom(m), 114);
-  t.equal(mb.tailroom(m), 1948, 'prepend does not touch the tail');
-  t.equal(mb.prepend(m, 115), -1, 'more than the headroom: -1');
-  t.equal(mb.prepend(m, -1), -1);
+  const front = mv.at(m).prepend(14);
+  t.equal(front, o + MbufOff.Buf + 114);
+  t.equal(mv.at(m).data, front);
+  t.equal(mv.at(m).dataOff, 114);
+  t.equal(mv.at(m).dataLen, 114);
+  t.equal(mv.at(m).pktLen, 114);
+  t.equal(mv.at(m).headroom, 114);
+  t.equal(mv.at(m).tailroom, 1948, 'prepend does not touch the tail');
+  t.equal(mv.at(m).prepend(115), -1, 'more than the headroom: -1');
+  t.equal(mv.at(m).prepend(-1), -1);
   pool.u8.fill(0xee, front, front + 14);
   const pkt = new Uint8Array(200);
   t.equal(mb.readPacket(m, pkt), 114);
   t.same([...pkt.subarray(0, 16)], [...new Array(14).fill(0xee), 0, 1], 'readPacket: prepended bytes then the data');
   // adj and trim
-  t.ok(mb.adj(m, 14));
-  t.equal(mb.dataOff(m), 128);
-  t.equal(mb.dataLen(m), 100);
-  t.equal(mb.pktLen(m), 100);
-  t.equal(pool.u8[mb.mtod(m)], 0, 'adj moved the start past the prepended bytes');
-  t.notOk(mb.adj(m, 101), 'adj more than the data: false');
-  t.notOk(mb.adj(m, -1));
+  t.ok(mv.at(m).adj(14));
+  t.equal(mv.at(m).dataOff, 128);
+  t.equal(mv.at(m).dataLen, 100);
+  t.equal(mv.at(m).pktLen, 100);
+  t.equal(pool.u8[mv.at(m).data], 0, 'adj moved the start past the prepended bytes');
+  t.notOk(mv.at(m).adj(101), 'adj more than the data: false');
+  t.notOk(mv.at(m).adj(-1));
   t.ok(mb.trim(m, 10));
-  t.equal(mb.dataLen(m), 90);
-  t.equal(mb.pktLen(m), 90);
-  t.equal(mb.tailroom(m), 1958);
+  t.equal(mv.at(m).dataLen, 90);
+  t.equal(mv.at(m).pktLen, 90);
+  t.equal(mv.at(m).tailroom, 1958);
   t.notOk(mb.trim(m, 91), 'trim more than the data: false');
   t.equal(mb.readPacket(m, pkt), 90);
   t.same([...pkt.subarray(0, 90)], Array.from({ length: 90 }, (_, i) => i));
   // setLen, port
-  mb.setLen(m, 60);
-  t.equal(mb.dataLen(m), 60);
-  t.equal(mb.pktLen(m), 60);
-  mb.setMbufPort(m, 3);
-  t.equal(mb.mbufPort(m), 3);
+  mv.at(m).setLen(60);
+  t.equal(mv.at(m).dataLen, 60);
+  t.equal(mv.at(m).pktLen, 60);
+  mv.at(m).port = 3;
+  t.equal(mv.at(m).port, 3);
 
   // writePacket
   const src = Uint8Array.from({ length: 300 }, (_, i) => (i * 5) & 0xff);
   t.ok(mb.writePacket(m, src));
-  t.equal(mb.dataLen(m), 300);
-  t.equal(mb.pktLen(m), 300);
+  t.equal(mv.at(m).dataLen, 300);
+  t.equal(mv.at(m).pktLen, 300);
   const back = new Uint8Array(400);
   t.equal(mb.readPacket(m, back), 300);
   t.same(back.subarray(0, 300), src);
   t.ok(mb.writePacket(m, src, 64), 'a prefix of src');
-  t.equal(mb.pktLen(m), 64);
+  t.equal(mv.at(m).pktLen, 64);
   t.equal(mb.readPacket(m, back), 64);
   t.same(back.subarray(0, 64), src.subarray(0, 64));
   t.notOk(mb.writePacket(m, new Uint8Array(2049)), 'longer than buf_len - data_off: false');
-  t.equal(mb.pktLen(m), 64, 'failed write changed nothing');
+  t.equal(mv.at(m).pktLen, 64, 'failed write changed nothing');
   t.ok(mb.writePacket(m, new Uint8Array(2048).fill(9)), 'exactly the data room fits');
-  t.equal(mb.tailroom(m), 0);
+  t.equal(mv.at(m).tailroom, 0);
   t.equal(mb.append(m, 1), -1);
   t.equal(mb.readPacket(m, new Uint8Array(10)), 10, 'readPacket stops at the destination size');
 
@@ -340,26 +343,26 @@ poolTest('mbuf operations, exact values', async (t, track) => {
   mb.writePacket(m2, Uint8Array.from({ length: 50 }, (_, i) => 100 + i));
   mb.writePacket(m3, Uint8Array.from({ length: 30 }, (_, i) => 150 + i));
   t.ok(mb.chain(m2, m3), 'm2 -> m3');
-  t.equal(mb.nbSegs(m2), 2);
-  t.equal(mb.pktLen(m2), 80);
+  t.equal(mv.at(m2).nbSegs, 2);
+  t.equal(mv.at(m2).pktLen, 80);
   t.ok(mb.chain(m, m2), 'm -> (m2 -> m3)');
-  t.equal(mb.nbSegs(m), 3);
-  t.equal(mb.pktLen(m), 180);
-  t.equal(mb.dataLen(m), 100, 'data length is per segment');
-  t.equal(mb.nextSeg(m), m2);
-  t.equal(mb.nextSeg(m2), m3);
+  t.equal(mv.at(m).nbSegs, 3);
+  t.equal(mv.at(m).pktLen, 180);
+  t.equal(mv.at(m).dataLen, 100, 'data length is per segment');
+  t.equal(mv.at(m).next, m2);
+  t.equal(mv.at(m2).next, m3);
   t.equal(mb.lastSeg(m), m3);
   t.equal(mb.readPacket(m, back), 180);
   t.same([...back.subarray(0, 180)], Array.from({ length: 180 }, (_, i) => i), 'readPacket walks the chain');
   t.equal(mb.readPacket(m, new Uint8Array(120)), 120, 'and stops at the destination size');
   const tailAt = mb.append(m, 10);
-  t.equal(tailAt, mb.mtod(m3) + 30, 'append grows the last segment');
-  t.equal(mb.dataLen(m3), 40);
-  t.equal(mb.dataLen(m), 100);
-  t.equal(mb.pktLen(m), 190);
+  t.equal(tailAt, mv.at(m3).data + 30, 'append grows the last segment');
+  t.equal(mv.at(m3).dataLen, 40);
+  t.equal(mv.at(m).dataLen, 100);
+  t.equal(mv.at(m).pktLen, 190);
   t.ok(mb.trim(m, 15), 'trim shrinks the last segment');
-  t.equal(mb.dataLen(m3), 25);
-  t.equal(mb.pktLen(m), 175);
+  t.equal(mv.at(m3).dataLen, 25);
+  t.equal(mv.at(m).pktLen, 175);
   t.notOk(mb.trim(m, 26), 'not more than the last segment holds');
   t.same(pool.audit(), { size: 63, available: 60, inUse: 3 });
   mb.pktmbufFree(m);
@@ -368,9 +371,9 @@ poolTest('mbuf operations, exact values', async (t, track) => {
   // refcnt
   const r = mb.pktmbufAlloc(pool);
   t.equal(mb.refcntUpdate(r, 1), 2);
-  t.equal(mb.refcnt(r), 2);
+  t.equal(mv.at(r).refcnt, 2);
   mb.pktmbufFree(r);
-  t.equal(mb.refcnt(r), 1, 'a free drops one reference');
+  t.equal(mv.at(r).refcnt, 1, 'a free drops one reference');
   t.equal(pool.inUseCount(), 1, 'still in use while referenced');
   t.throws(() => mb.refcntUpdate(r, -1), { name: 'RangeError', message: `mbuf 0x${r.toString(16)}: refcnt 1 + -1 is out of range` });
   t.throws(() => mb.refcntUpdate(r, 0xffff), { name: 'RangeError', message: /refcnt 1 \+ 65535 is out of range/ });
@@ -379,37 +382,37 @@ poolTest('mbuf operations, exact values', async (t, track) => {
 
   // a freed mbuf comes back reset, whatever was done to it
   const d = mb.pktmbufAlloc(pool);
-  mb.prepend(d, 20);
+  mv.at(d).prepend(20);
   mb.append(d, 500);
-  mb.setMbufPort(d, 9);
-  pool.u32[(pool.offsetOf(d) + mb.F_OL_FLAGS) >> 2] = 0xffff;
+  mv.at(d).port = 9;
+  pool.u32[(pool.offsetOf(d) + MbufOff.OlFlags) >> 2] = 0xffff;
   mb.pktmbufFree(d);
   const d2 = mb.pktmbufAlloc(pool);
   t.equal(d2, d, 'same object (cache LIFO)');
-  t.same([mb.dataOff(d2), mb.dataLen(d2), mb.pktLen(d2), mb.mbufPort(d2), mb.nbSegs(d2), mb.nextSeg(d2), mb.refcnt(d2)],
+  t.same([mv.at(d2).dataOff, mv.at(d2).dataLen, mv.at(d2).pktLen, mv.at(d2).port, mv.at(d2).nbSegs, mv.at(d2).next, mv.at(d2).refcnt],
     [128, 0, 0, 0xffff, 1, mb.MBUF_NONE, 1], 'allocated mbufs are reset');
-  t.equal(pool.u32[(pool.offsetOf(d2) + mb.F_OL_FLAGS) >> 2], 0, 'offload flags cleared');
+  t.equal(pool.u32[(pool.offsetOf(d2) + MbufOff.OlFlags) >> 2], 0, 'offload flags cleared');
   mb.pktmbufFree(d2);
 
   // bulk alloc/free with a chain and a shared mbuf among simple ones
   const burst = new Uint32Array(8);
   t.ok(mb.pktmbufAllocBulk(pool, burst, 8));
   t.equal(new Set(burst).size, 8);
-  t.ok([...burst].every((x) => mb.dataOff(x) === 128 && mb.refcnt(x) === 1 && mb.nbSegs(x) === 1));
-  for (let i = 0; i < 8; i++) mb.setLen(burst[i], 60 + i);
+  t.ok([...burst].every((x) => mv.at(x).dataOff === 128 && mv.at(x).refcnt === 1 && mv.at(x).nbSegs === 1));
+  for (let i = 0; i < 8; i++) mv.at(burst[i]).setLen(60 + i);
   // all simple: the fast path, which also sums the packet bytes
   t.equal(mb.pktmbufFreeBulk(burst, 8), 8 * 60 + 28, 'pktmbufFreeBulk returns the packets\' bytes');
   t.equal(pool.inUseCount(), 0);
   t.ok(mb.pktmbufAllocBulk(pool, burst, 8));
-  for (let i = 0; i < 8; i++) mb.setLen(burst[i], 100);
+  for (let i = 0; i < 8; i++) mv.at(burst[i]).setLen(100);
   const extra = mb.pktmbufAlloc(pool);
-  mb.setLen(extra, 7);
+  mv.at(extra).setLen(7);
   mb.chain(burst[2], extra);
   mb.refcntUpdate(burst[5], 1);
   t.equal(pool.inUseCount(), 9);
   t.equal(mb.pktmbufFreeBulk(burst, 8), 807, 'mixed burst: bytes of every packet, chains whole');
   t.equal(pool.inUseCount(), 1, 'the chain went whole, the shared mbuf kept one reference');
-  t.equal(mb.refcnt(burst[5]), 1);
+  t.equal(mv.at(burst[5]).refcnt, 1);
   mb.pktmbufFree(burst[5]);
   t.equal(pool.inUseCount(), 0);
   mb.pktmbufFreeBulk(burst, 0);
@@ -417,9 +420,9 @@ poolTest('mbuf operations, exact values', async (t, track) => {
   // custom geometry
   const small = track(mb.pktmbufPoolCreate(mem, pname('geo'), 16, { headroom: 0, dataRoom: 64, cacheSize: 0 }));
   const s = mb.pktmbufAlloc(small);
-  t.equal(mb.headroom(s), 0);
-  t.equal(mb.tailroom(s), 64);
-  t.equal(mb.prepend(s, 1), -1, 'no headroom: prepend fails');
+  t.equal(mv.at(s).headroom, 0);
+  t.equal(mv.at(s).tailroom, 64);
+  t.equal(mv.at(s).prepend(1), -1, 'no headroom: prepend fails');
   t.equal(small.objSize, 128);
   mb.pktmbufFree(s);
 });

@@ -12,13 +12,15 @@ import '../../drivers/index.js';
 import { Eal } from '../../src/eal.js';
 import * as os from '../../src/os/libc.js';
 import { openRxQueue, openTxQueue, type RxQueue, type TxQueue } from '../../lib/ethdev/ethdev.js';
-import { pktmbufPoolCreate, pktmbufAllocBulk, writePacket, readPacket, pktmbufFreeBulk, nbSegs } from '../../lib/mempool/mbuf.js';
+import { pktmbufPoolCreate, pktmbufAllocBulk, writePacket, readPacket, pktmbufFreeBulk } from '../../lib/mempool/mbuf.js';
+import { MbufView } from '../../lib/mempool/mbuf_view.js';
 import type { Mempool } from '../../lib/mempool/mempool.js';
 import { buildUdpFrame, parseIpv4 } from '../../lib/net/packet.js';
 import { VirtioNetPort } from '../../drivers/net/virtio/virtio.js';
 import { probePorts } from '../../drivers/bus/probe.js';
 
 const CPUS = os.getAffinity();
+const mv = new MbufView();
 /** RX descriptors per queue the clients set up. */
 export const RX_DESC = 256;
 
@@ -110,7 +112,7 @@ export async function pmdReceive(c: Client, n: number, timeoutMs = 30_000): Prom
     for (let q = 0; q < c.rx.length; q++) {
       const r = c.rx[q].rxBurst(burst, 32);
       for (let i = 0; i < r; i++) {
-        if (nbSegs(burst[i]) > 1) c.chained++;
+        if (mv.at(burst[i]).nbSegs > 1) c.chained++;
         out[q].push(buf.slice(0, readPacket(burst[i], buf)));
       }
       pktmbufFreeBulk(burst, r, 0);

@@ -31,7 +31,10 @@ import { join } from 'node:path';
 import '../../drivers/index.js';
 import { siblingModule } from '../../src/lcore/lcores.js';
 import { formatMac } from '../../lib/ethdev/ethdev.js';
-import { pktmbufAlloc, pktmbufFree, writePacket, readPacket, nbSegs, chain, refcnt, refcntUpdate, mtod, pktmbufFreeBulk } from '../../lib/mempool/mbuf.js';
+import { pktmbufAlloc, pktmbufFree, writePacket, readPacket, chain, refcntUpdate, pktmbufFreeBulk } from '../../lib/mempool/mbuf.js';
+import { MbufView } from '../../lib/mempool/mbuf_view.js';
+
+const mv = new MbufView();
 import { poolOf } from '../../lib/mempool/mempool.js';
 import * as V from '../../lib/virtio/virtio.js';
 import * as L from '../../drivers/emu/virtio-net/layout.js';
@@ -171,7 +174,7 @@ t.test('MRG_RXBUF over 64-byte buffers: chains in, scatter TX and a shared mbuf 
   w.sendToDevice([f]);
   const got = new Uint32Array(8), buf = new Uint8Array(2048);
   t.ok(await until(() => c.rx[0].rxBurst(got, 8) === 1), 'the frame arrived');
-  t.equal(nbSegs(got[0]), Math.ceil((1000 + 12) / 76), 'as a chain of 14 mbufs (num_buffers 14)');
+  t.equal(mv.at(got[0]).nbSegs, Math.ceil((1000 + 12) / 76), 'as a chain of 14 mbufs (num_buffers 14)');
   t.equal(readPacket(got[0], buf), 1000);
   t.same(buf.subarray(0, 1000), f, 'the merged frame is intact');
   pktmbufFree(got[0]);
@@ -195,7 +198,7 @@ t.test('MRG_RXBUF over 64-byte buffers: chains in, scatter TX and a shared mbuf 
   const h = udpFrame(mac, PEER_MAC, 0xaa, 3, 20);
   const sh = pktmbufAlloc(c.txPool);
   writePacket(sh, h);
-  const p = poolOf(sh), d = mtod(sh);
+  const p = poolOf(sh), d = mv.at(sh).data;
   p.u8.fill(0xa5, d - V.NET_HDR_SIZE, d);
   refcntUpdate(sh, 1);
   one[0] = sh;
@@ -204,7 +207,7 @@ t.test('MRG_RXBUF over 64-byte buffers: chains in, scatter TX and a shared mbuf 
   t.ok(p.u8.subarray(d - V.NET_HDR_SIZE, d).every((b) => b === 0xa5), 'its headroom was not written');
   t.same(p.u8.subarray(d, d + h.length), h, 'nor its data');
   c.tx[0].txBurst(one, 0); // reclaim: the driver drops its reference
-  t.equal(refcnt(sh), 1, 'after reclaim ours is the only reference');
+  t.equal(mv.at(sh).refcnt, 1, 'after reclaim ours is the only reference');
   pktmbufFree(sh);
 
   const s = c.port.stats();

@@ -9,7 +9,8 @@ import type { LcoreContext } from '../../src/lcore/types.js';
 import { openRxQueue, openTxQueue, type PortData } from '../../lib/ethdev/ethdev.js';
 import { RxIdleSleeper } from '../../lib/ethdev/rx_intr.js';
 import { Mempool, type MempoolDesc } from '../../lib/mempool/mempool.js';
-import { pktmbufAllocInit, pktmbufFreeBulk, MBUF_HDR, F_DATA_OFF, F_DATA_LEN, F_PKT_LEN } from '../../lib/mempool/mbuf.js';
+import { pktmbufAllocInit, pktmbufFreeBulk, MBUF_HDR } from '../../lib/mempool/mbuf.js';
+import { MbufW16, MbufW32 } from '../../lib/mempool/mbuf_layout.js';
 
 /** What the loop gets. */
 export interface FallbackKickArg {
@@ -31,11 +32,11 @@ export async function fallbackKickLoop(a: FallbackKickArg, ctx: LcoreContext): P
     const n = Math.min(16, a.frames - sent);
     if (!pktmbufAllocInit(pool, b, n, 0, 0, a.port.port)) continue;
     for (let k = 0; k < n; k++) {
-      const o = pool.offsetOf(b[k]), d = o + MBUF_HDR + u16[(o + F_DATA_OFF) >> 1];
+      const o = pool.offsetOf(b[k]), d = o + MBUF_HDR + u16[(o >> 1) + MbufW16.DataOff];
       for (let i = 0; i < 60; i++) u8[d + i] = i < 6 ? 0xff : (sent + k + i) & 0xff;
       u8[d + 12] = 0x88; u8[d + 13] = 0xb5;
-      u16[(o + F_DATA_LEN) >> 1] = 60;
-      u32[(o + F_PKT_LEN) >> 2] = 60;
+      u16[(o >> 1) + MbufW16.DataLen] = 60;
+      u32[(o >> 2) + MbufW32.PktLen] = 60;
     }
     let k = 0;
     while (k < n && performance.now() < deadline) k += tx.txBurst(b, n - k, k);

@@ -9,7 +9,11 @@ import { countGc } from '../../src/lcore/gc.js';
 import type { LcoreContext } from '../../src/lcore/types.js';
 import { openRxQueue, openTxQueue, type PortData } from '../../lib/ethdev/ethdev.js';
 import { Mempool, poolOf } from '../../lib/mempool/mempool.js';
-import { pktmbufAllocInit, pktmbufFreeBulk, mtod, MBUF_HDR, F_DATA_OFF, F_DATA_LEN, F_PKT_LEN, F_NB_SEGS } from '../../lib/mempool/mbuf.js';
+import { pktmbufAllocInit, pktmbufFreeBulk, MBUF_HDR } from '../../lib/mempool/mbuf.js';
+import { MbufView } from '../../lib/mempool/mbuf_view.js';
+
+const mv = new MbufView();
+import { MbufW16, MbufW32 } from '../../lib/mempool/mbuf_layout.js';
 
 /** What the loop gets. */
 export interface LoopbackArg {
@@ -68,12 +72,12 @@ export async function virtioLoopbackLoop(a: LoopbackArg, ctx: LcoreContext): Pro
     const room = Math.min(32, a.count - sent, a.inFlight - (sent - received));
     if (room > 0 && pktmbufAllocInit(pool, tb, room, 0, 0, a.port.port)) {
       for (let k = 0; k < room; k++) {
-        const seq = sent + k, len = frameLen(seq), o = pool.offsetOf(tb[k]), d = o + MBUF_HDR + u16[(o + F_DATA_OFF) >> 1];
+        const seq = sent + k, len = frameLen(seq), o = pool.offsetOf(tb[k]), d = o + MBUF_HDR + u16[(o >> 1) + MbufW16.DataOff];
         for (let i = 0; i < 14; i++) u8[d + i] = head[i];
         u8[d + 14] = seq & 0xff; u8[d + 15] = (seq >>> 8) & 0xff; u8[d + 16] = (seq >>> 16) & 0xff; u8[d + 17] = seq >>> 24;
         for (let i = 18; i < len; i++) u8[d + i] = (seq * 7 + i) & 0xff;
-        u16[(o + F_DATA_LEN) >> 1] = len;
-        u32[(o + F_PKT_LEN) >> 2] = len;
+        u16[(o >> 1) + MbufW16.DataLen] = len;
+        u32[(o >> 2) + MbufW32.PktLen] = len;
       }
       const k = tx.txBurst(tb, room, 0);
       if (k < room) {
@@ -85,8 +89,8 @@ export async function virtioLoopbackLoop(a: LoopbackArg, ctx: LcoreContext): Pro
     } else tx.txBurst(tb, 0, 0); // reclaim only
     const r = rx.rxBurst(rb, 32);
     for (let k = 0; k < r; k++) {
-      const m = rb[k], p = poolOf(m), o = p.offsetOf(m), seq = received + k, len = frameLen(seq), d = mtod(m);
-      let ok = p.u32[(o + F_PKT_LEN) >> 2] === len && p.u16[(o + F_NB_SEGS) >> 1] === 1;
+      const m = rb[k], p = poolOf(m), o = p.offsetOf(m), seq = received + k, len = frameLen(seq), d = mv.at(m).data;
+      let ok = p.u32[(o >> 2) + MbufW32.PktLen] === len && p.u16[(o >> 1) + MbufW16.NbSegs] === 1;
       const pu8 = p.u8;
       for (let i = 0; ok && i < len; i++) {
         const want = i < 14 ? head[i] : i < 18 ? (seq >>> (8 * (i - 14))) & 0xff : (seq * 7 + i) & 0xff;

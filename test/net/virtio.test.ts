@@ -16,7 +16,9 @@ import { parseVirtioCaps, negotiateFeatures, chooseQueueSize, DRIVER_FEATURES } 
 import { virtqLayout, usedPending, iovaHalves } from '../../drivers/net/virtio/virtqueue.js';
 import { VirtioNetPort, parseVirtioArgs } from '../../drivers/net/virtio/virtio.js';
 import { openRxQueue, openTxQueue, type RxQueue, type TxQueue } from '../../lib/ethdev/ethdev.js';
-import { pktmbufPoolCreate, pktmbufAlloc, pktmbufFree, writePacket, readPacket, nbSegs, chain, refcntUpdate, pktmbufAllocInit, pktmbufFreeBulk, MBUF_HDR, F_DATA_OFF } from '../../lib/mempool/mbuf.js';
+import { pktmbufPoolCreate, pktmbufAlloc, pktmbufFree, writePacket, readPacket, chain, refcntUpdate, pktmbufAllocInit, pktmbufFreeBulk, MBUF_HDR } from '../../lib/mempool/mbuf.js';
+import { MbufView } from '../../lib/mempool/mbuf_view.js';
+import { MbufW16 } from '../../lib/mempool/mbuf_layout.js';
 import { Mempool } from '../../lib/mempool/mempool.js';
 import type { PortData } from '../../lib/ethdev/ethdev.js';
 import type { LcoreContext } from '../../src/lcore/types.js';
@@ -408,7 +410,7 @@ t.test('net_virtio: MRG_RXBUF chains, scatter TX, shared mbufs', async (t) => {
   t.equal(tx.txBurst(one, 1), 1);
   dev.step();
   t.equal(rx.rxBurst(got, 8), 1);
-  const segsIn = nbSegs(got[0]);
+  const segsIn = new MbufView().at(got[0]).nbSegs;
   t.equal(segsIn, Math.ceil((1000 + 12) / 76), 'received over 76-byte buffers: a chain of 14 mbufs');
   t.equal(readPacket(got[0], buf), 1000);
   t.same(buf.subarray(0, 1000), f, 'the merged frame is intact');
@@ -528,7 +530,7 @@ export async function virtioWorkerLoop(a: LoopArg, ctx: LcoreContext): Promise<{
     if (sending && pktmbufAllocInit(pool, buf, 32, 0, 64, a.port.port)) {
       for (let i = 0; i < 32; i++) {
         const o = pool.offsetOf(buf[i]);
-        u8.set(tmpl, o + MBUF_HDR + u16[(o + F_DATA_OFF) >> 1]);
+        u8.set(tmpl, o + MBUF_HDR + u16[(o >> 1) + MbufW16.DataOff]);
       }
       const k = tx.txBurst(buf, 32, 0);
       if (k < 32) {

@@ -43,6 +43,7 @@ import { DataPlane, type DataPlaneDesc } from '../../../lib/emudev/dataplane.js'
 import { openRxQueue, openTxQueue, type PortData, type RxQueue, type TxQueue } from '../../../lib/ethdev/ethdev.js';
 import { Mempool } from '../../../lib/mempool/mempool.js';
 import { poolOf } from '../../../lib/mempool/mempool.js';
+import { MbufOff, MbufW16, MbufW32 } from '../../../lib/mempool/mbuf_layout.js';
 import { pktmbufAllocInit, pktmbufFreeBulk, pktmbufFreeSeg, pktmbufHeadroom, pktmbufDataRoom, MBUF_HDR, MBUF_NONE } from '../../../lib/mempool/mbuf.js';
 import { MbufView } from '../../../lib/mempool/mbuf_view.js';
 import { copyBytes } from '../../../lib/net/copy.js';
@@ -694,7 +695,7 @@ class Engine {
     if (lim > n) lim = n;
     if (lim <= 0) { this.fastOut = lim === 0; return 0; }
     // Packets of the backend's pool only, so its views, hoisted, serve the copies.
-    // (pool.offsetOf and the mbuf header read by hand, word offsets as in MbufView: this loop is
+    // (pool.offsetOf and the mbuf header read by hand, offsets from mbuf_layout.ts: this loop is
     // past the compiler's inlining budget.)
     const pool = this.pool, pid = pool.id, pu8 = pool.u8, pu16 = pool.u16, pu32 = pool.u32, objOff = pool.objOffset, objSize = pool.objSize;
     const du32 = this.ru32[this.qDescK[0]], dBase = this.qDescOff[0] >>> 2;
@@ -717,8 +718,8 @@ class Engine {
       const m = rb[k];
       if (m >>> 24 !== pid) break;
       const mo = objOff + Math.imul(m & 0xffffff, objSize);
-      const len = pu32[(mo + 8) >> 2]; // pkt_len
-      if (pu16[(mo + 12) >> 1] !== len || len === 0) break; // data_len: chained (or empty): general path
+      const len = pu32[(mo >> 2) + MbufW32.PktLen];
+      if (pu16[(mo >> 1) + MbufW16.DataLen] !== len || len === 0) break; // chained (or empty): general path
       const head = au16[aBase + ((slot + k) & mask)];
       if (head >= size) break;
       const d = dBase + (head << 2);
@@ -735,7 +736,7 @@ class Engine {
         if ((j = this.findW(hi, du32[d] | 0, dlen)) < 0) break; // the general path decides
       }
       const wk = this.wK[j], u8 = this.ru8[wk];
-      const dst = a - win[2 * j], src = mo + 64 + pu16[(mo + 14) >> 1]; // + data_off
+      const dst = a - win[2 * j], src = mo + MbufOff.Buf + pu16[(mo >> 1) + MbufW16.DataOff];
       if ((dst & 3) === 0) {
         // The header, all zero but num_buffers = 1, as three word stores.
         const u32 = this.ru32[wk], dw = dst >>> 2;

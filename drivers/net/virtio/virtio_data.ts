@@ -41,6 +41,7 @@ import { viewOf, readNoThrow, E } from '../../../src/os/libc.js';
 import { Mempool } from '../../../lib/mempool/mempool.js';
 import { pktmbufAllocInit, pktmbufFreeBulk, pktmbufFree, pktmbufHeadroom, pktmbufDataRoom, MBUF_HDR, MBUF_NONE } from '../../../lib/mempool/mbuf.js';
 import { MbufView } from '../../../lib/mempool/mbuf_view.js';
+import { MbufOff, MbufW32, MbufVal } from '../../../lib/mempool/mbuf_layout.js';
 import {
   type PortData, type RxQueue, type RxInterrupt, type TxQueue, rxqStatsBase, txqStatsBase,
   RXQ_INTERRUPTS, RXQ_PACKETS, RXQ_BYTES, RXQ_ERRORS, RXQ_NOMBUF, TXQ_PACKETS, TXQ_BYTES, TXQ_ERRORS,
@@ -325,9 +326,9 @@ class VirtioRx extends QueueViews implements RxQueue {
       const nm = repl[r++];
       mbufs[id] = nm;
       posted[id] = epoch;
-      const nw = (objOff + Math.imul(nm & 0xffffff, objSize)) >> 2, dw = descW + (id << 2), lo = pu32[nw] + segOff;
+      const nw = (objOff + Math.imul(nm & 0xffffff, objSize)) >> 2, dw = descW + (id << 2), lo = pu32[nw + MbufW32.BufIovaLo] + segOff;
       u32[dw] = lo; // wraps modulo 2^32; the carry goes to the high word
-      u32[dw + 1] = pu32[nw + 1] + (lo >= TWO32 ? 1 : 0);
+      u32[dw + 1] = pu32[nw + MbufW32.BufIovaHi] + (lo >= TWO32 ? 1 : 0);
       u16[availRingW + (ai & mask)] = id;
       ai = (ai + 1) & 0xffff;
       if (!mergeable || len < full) {
@@ -335,13 +336,13 @@ class VirtioRx extends QueueViews implements RxQueue {
         const mw = (objOff + Math.imul(m & 0xffffff, objSize)) >> 2;
         const bad = len < HDR || len - HDR > maxLen;
         const plen = bad ? 0 : len - HDR;
-        pu32[mw + 2] = plen; // pkt_len
-        pu32[mw + 3] = (lenOff0 | plen) >>> 0; // data_len | data_off << 16
-        pu32[mw + 4] = 0x10001; // refcnt 1 | nb_segs 1 << 16
-        pu32[mw + 5] = portBuf; // port | buf_len << 16
-        pu32[mw + 6] = 0; // ol_flags
-        pu32[mw + 7] = 0;
-        pu32[mw + 8] = 0xffffffff; // next: MBUF_NONE
+        pu32[mw + MbufW32.PktLen] = plen;
+        pu32[mw + MbufW32.LenOff] = (lenOff0 | plen) >>> 0;
+        pu32[mw + MbufW32.RefSegs] = MbufVal.RefSegsSole;
+        pu32[mw + MbufW32.PortBuf] = portBuf;
+        pu32[mw + MbufW32.OlFlagsLo] = 0;
+        pu32[mw + MbufW32.OlFlagsHi] = 0;
+        pu32[mw + MbufW32.Next] = MbufVal.None;
         if (bad) { errors++; pktmbufFree(m); continue; }
         out[got++] = m;
         bytes += plen;
@@ -520,7 +521,7 @@ class VirtioTx extends QueueViews implements TxQueue {
       bytes += v.pktLen; // read now: the chain walk below moves the view
       if (push) {
         // The header goes into the headroom right before the data; all zero (no offloads).
-        const h = v.off + MBUF_HDR + doff - HDR; // = v.data - HDR, without loading data_off again
+        const h = v.off + MbufOff.Buf + doff - HDR; // = v.data - HDR, without loading data_off again
         if ((h & 3) === 0) {
           const pu32 = v.u32;
           pu32[h >> 2] = 0; pu32[(h >> 2) + 1] = 0; pu32[(h >> 2) + 2] = 0;
