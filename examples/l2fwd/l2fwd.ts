@@ -247,7 +247,7 @@ export async function l2fwdLoop(arg: L2fwdLcoreArg, ctx: LcoreContext): Promise<
       const n = f.rx.rxBurst(buf, burst);
       if (n === 0) continue;
       got += n;
-      if (mac) for (let k = 0; k < n; k++) pkt.at(buf[k]).setMacWords(f.w0, f.w1, f.w2);
+      if (mac) pkt.setMacWordsBurst(buf, 0, n, f.w0, f.w1, f.w2);
       const sent = f.tx.txBurst(buf, n, 0);
       if (sent < n) {
         pktmbufFreeBulk(buf, n - sent, sent);

@@ -267,6 +267,34 @@ export class MbufView {
     u8[d + 8] = w2; u8[d + 9] = w2 >>> 8; u8[d + 10] = w2 >>> 16; u8[d + 11] = w2 >>> 24;
   }
 
+  /**
+   * setMacWords for n packets, ms[off..off+n) (l2fwd's rewrite of a burst). One call per burst
+   * with the pool's views and geometry in locals: per packet a handle check, the offset, data_off
+   * and three stores, where at() + setMacWords per packet also reload the cursor's fields. Leaves
+   * the view pointing at the last packet.
+   */
+  setMacWordsBurst(ms: Uint32Array, off: number, n: number, w0: number, w1: number, w2: number): void {
+    let i = 0;
+    while (i < n) {
+      this.at(ms[off + i]); // resolves the pool when it changes
+      const pid = this.pid, pool = this.pool!, objOff = pool.objOffset, objSize = pool.objSize;
+      const u16 = this.u16, u32 = this.u32;
+      for (; i < n; i++) {
+        const m = ms[off + i];
+        if (m >>> 24 !== pid) break;
+        const o = objOff + Math.imul(m & 0xffffff, objSize);
+        const d = o + MbufOff.Buf + u16[(o >> 1) + MbufW16.DataOff];
+        if ((d & 3) !== 0) {
+          this.at(m).setMacWords(w0, w1, w2);
+          continue;
+        }
+        const w = d >> 2;
+        u32[w] = w0; u32[w + 1] = w1; u32[w + 2] = w2;
+      }
+    }
+    if (n > 0) this.at(ms[off + n - 1]);
+  }
+
   /** Swap destination and source MAC (a reflector's rewrite). */
   swapMacs(): void {
     const u8 = this.u8, d = this.data;
