@@ -55,7 +55,7 @@ import { Mempool } from '../../lib/mempool/mempool.js';
 import { chain, nbSegs, pktmbufAlloc, pktmbufFree, pktmbufPoolCreate, readPacket, writePacket, type PktmbufPoolOptions } from '../../lib/mempool/mbuf.js';
 import { ipv4Checksum, onesSum } from '../../lib/net/packet.js';
 import type { MempoolDesc } from '../../lib/mempool/mempool.js';
-import { siblingModule } from '../../src/lcore/lcores.js';
+import { siblingModule } from '../../src/lcore/module.js';
 import type { LcoreContext } from '../../src/lcore/types.js';
 // a type only: the driver registers itself with the PCI bus when imported, which checkVirtioPmd does late
 import type { VirtioNetPort } from '../../drivers/net/virtio/virtio.js';

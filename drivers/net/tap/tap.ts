@@ -10,7 +10,7 @@ import { OsError } from '../../../src/os/libc.js';
 import { UsageError } from '../../../src/options.js';
 import { EthDev, type DevInfo, type LinkStatus, type PortConf, parseMac } from '../../../lib/ethdev/ethdev.js';
 import { registerVdevDriver } from '../../bus/vdev/vdev.js';
-import { siblingModule } from '../../../src/lcore/lcores.js';
+import { siblingModule } from '../../../src/lcore/module.js';
 import type { TapQueueData } from './tap_data.js';
 
 const DATA = siblingModule(import.meta.url, 'tap_data');
