@@ -214,6 +214,7 @@ function openPacketSocket(): number {
 
 registerVdevDriver({
   name: 'net_af_packet',
+  rxInterrupt: true,
   description: 'a Linux interface through AF_PACKET PACKET_MMAP (TPACKET_V3) rings',
   schema: {
     iface: { kind: 'string', required: true, placeholder: 'IFNAME', help: 'interface name' },

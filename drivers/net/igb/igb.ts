@@ -518,6 +518,7 @@ export function parseIgbArgs(dev: string, raw: Record<string, string>): IgbOptio
 
 registerPciDriver<IgbPort>({
   name: 'net_igb',
+  rxInterrupt: true,
   description: 'Intel 82576 (igb) poll-mode driver',
   idTable: [{ vendor: IGB_VENDOR, device: IGB_DEVICE_82576 }],
   probe: (ctx) => {

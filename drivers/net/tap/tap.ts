@@ -154,6 +154,7 @@ export class TapPort extends EthDev {
 
 registerVdevDriver({
   name: 'net_tap',
+  rxInterrupt: true,
   description: 'a TAP interface created by the port',
   schema: {
     iface: { kind: 'string', placeholder: 'IFNAME', pattern: /^[A-Za-z0-9_.-]{1,15}$/, allowed: '1-15 characters from A-Z a-z 0-9 _ . -', help: 'interface name (default dtapN)' },

@@ -534,6 +534,7 @@ export function parseVirtioArgs(dev: string, raw: Record<string, string>): Virti
 
 registerPciDriver<VirtioNetPort>({
   name: 'net_virtio',
+  rxInterrupt: true,
   description: 'virtio-net, modern PCI (virtio 1.x) poll-mode driver',
   idTable: [{ vendor: V.VIRTIO_PCI_VENDOR, device: V.VIRTIO_PCI_MODERN_NET }],
   probe: (ctx) => {
