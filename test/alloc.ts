@@ -11,11 +11,11 @@
  *    allocation: no scavenge (a young-generation collection: garbage made per operation starts
  *    there) began in the window, at most one mark-compact (a marking begun before the window, by
  *    set-up or control work, may end in it at the latest; a loop that allocates makes scavenges
- *    first), and, where the loop can read its own
- *    heap, its young generation (where new objects are born) grew less than `maxGrowth` + `maxBytesPerOp` per operation over it (one
- *    16-byte object per operation would be megabytes). No collection is forced before the window: V8 then discards optimized code and
- *    compiles it again inside the window (+200 KiB of code space measured), which looks like
- *    allocation.
+ *    first), and, where the loop can read its own heap, its young generation (where new objects
+ *    are born) grew less than `maxGrowth` + `maxBytesPerOp` per operation over it (one 16-byte
+ *    object per operation would be megabytes). No collection is forced before the window: V8 then
+ *    discards optimized code and compiles it again inside the window (+200 KiB of code space
+ *    measured), which looks like allocation.
  *
  * Three ways in: AllocMeter inside a loop the test writes (an lcore function of the test),
  * measureInWorker for code the test calls itself (a per-operation function run in a worker), and
