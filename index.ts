@@ -1,18 +1,22 @@
 /**
  * tspmd: the package's one entry point (`import { ... } from 'tspmd'`). Everything an application
  * needs is exported here, grouped like DPDK's headers; importing it also registers the built-in
- * drivers (net_null, net_ring, net_af_packet, net_tap, net_virtio, dmatest) with their buses.
+ * drivers (net_null, net_ring, net_af_packet, net_tap, net_pcap, net_virtio, net_igb, dmatest)
+ * with their buses (test/package/drivers.test.ts checks this list against the registries).
  * Modules under dist/ are internal: their paths may change between versions, these names do not.
  * docs/library.md walks through the API.
  */
 import './drivers/index.js';
+/** What is registered (names, bus, Rx interrupts): for help texts and listings that must not go stale. */
+export { driverListing, rxInterruptDriverNames, type DriverListing } from './drivers/index.js';
 
 // ---- EAL: options, environment, memory, lcores (rte_eal.h, rte_lcore.h, rte_memzone.h) ----
 export { Eal, memoryConfig } from './src/eal.js';
 export { parseEalArgs, splitArgs, defaultEalOptions, parseCoreList, UsageError, EAL_HELP, EAL_OPTIONS, type EalOptions, type EalOptionSpec, type LcoreMap } from './src/options.js';
 export { EalMemory, type Memzone, type MemoryConfig } from './src/memory/memory.js';
 export type { Segment, IovaMode } from './src/memory/segment.js';
-export { Lcores, siblingModule, type LcoreContext, type LcoreFunction } from './src/lcore/lcores.js';
+export { Lcores, type LcoreContext, type LcoreFunction } from './src/lcore/lcores.js';
+export { siblingModule } from './src/lcore/module.js';
 export { lcoreId, MAX_LCORE, LCORE_ID_ANY } from './src/lcore/id.js';
 export { countGc, type GcCounter } from './src/lcore/gc.js';
 export { log, setLogLevel, type LogLevel } from './src/log.js';

@@ -13,7 +13,7 @@
  */
 import {
   type App, type EthDev, type LcoreContext, type PortData, type RxQueue, type TxQueue, UsageError, MbufView, Mempool,
-  appMain, countGc, eachOption, listPorts, macWords, numberOption, openRxQueue, openTxQueue, pktmbufFreeBulk,
+  appMain, countGc, rxInterruptDriverNames, eachOption, listPorts, macWords, numberOption, openRxQueue, openTxQueue, pktmbufFreeBulk,
   pktmbufPoolCreate, probePorts, runLcoresUntilDone, StatsReporter, RxIdleSleeper, type RxIdleQueue, type RxIdleStats,
 } from '../../index.js';
 
@@ -67,7 +67,7 @@ export const l2fwd: App<L2fwdOptions> = {
                       interrupt: an lcore sleeps on its ports' Rx interrupts whenever a round finds
                       nothing; adaptive: it sleeps after --idle-polls empty rounds in a row, so a busy
                       lcore forwards at the polling rate and an idle one costs almost no CPU.
-                      interrupt and adaptive need drivers with Rx interrupts (net_af_packet, net_tap)
+                      interrupt and adaptive need drivers with Rx interrupts (${rxInterruptDriverNames()})
   --idle-polls N      empty rounds before sleeping in adaptive mode (default 300)
   --json              print the final summary as one JSON line`,
   parse(args) {
@@ -119,7 +119,7 @@ export const l2fwd: App<L2fwdOptions> = {
       for (const p of ports) {
         const di = p.info();
         if (!di.capabilities.includes('rx-interrupt')) {
-          throw new UsageError(`--rx-mode ${o.rxMode}: port ${p.port} (${p.name}) uses driver ${di.driverName}, which has no Rx interrupt: use --rx-mode poll, leave the port out with -p, or use a driver that has one (net_af_packet, net_tap)`);
+          throw new UsageError(`--rx-mode ${o.rxMode}: port ${p.port} (${p.name}) uses driver ${di.driverName}, which has no Rx interrupt: use --rx-mode poll, leave the port out with -p, or use a driver that has one (${rxInterruptDriverNames()})`);
         }
       }
     }

@@ -9,15 +9,11 @@ import { getAffinity, setAffinity } from '../os/libc.js';
 import { log } from '../log.js';
 import { setLcoreId, MAX_LCORE } from './id.js';
 import { UsageError, type LcoreMap } from '../options.js';
+import { siblingModule } from './module.js';
+import type { GcEntry } from './gc.js';
 import type { LaunchTask, LcoreFunction } from './types.js';
 
 export type { LcoreContext, LcoreFunction } from './types.js';
-
-/** A module file next to the caller, in the caller's own extension (.ts under a TS loader, .js built). */
-export function siblingModule(callerUrl: string, basename: string): string {
-  const ext = callerUrl.endsWith('.ts') ? '.ts' : '.js';
-  return new URL(`./${basename}${ext}`, callerUrl).href;
-}
 
 const WORKER = siblingModule(import.meta.url, 'worker');
 
@@ -140,6 +136,19 @@ export class Lcores {
   /** Wait for lcore id's function (rte_eal_wait_lcore); resolves at once when idle. */
   async wait(id: number): Promise<unknown> {
     return await this.slot(id).running;
+  }
+
+  /**
+   * The garbage collections of worker lcore id's thread since it started (the last 4096), for
+   * allocation tests that choose their own window: a poll loop never yields to its event loop, so
+   * they are read when the lcore is idle, by a small task of their own.
+   */
+  async gcLog(id: number): Promise<GcEntry[]> {
+    const s = this.slot(id);
+    if (s.running) throw new Error(`lcore ${id} is busy: read its GC log after it returned (wait(${id}))`);
+    if (!s.pool) return [];
+    const task: LaunchTask = { lcore: id, cpu: s.cpu, module: '', fn: '', arg: null, control: s.control.buffer as SharedArrayBuffer, gcLog: true };
+    return await (s.pool.run(task) as Promise<GcEntry[]>);
   }
 
   /** Request stop and wait for all; rejects with the first error after all have ended. */

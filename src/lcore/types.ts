@@ -24,4 +24,6 @@ export interface LaunchTask {
   fn: string;
   arg: unknown;
   control: SharedArrayBuffer;
+  /** instead of running a function, answer with the thread's GC log (Lcores.gcLog) */
+  gcLog?: true;
 }

@@ -5,12 +5,20 @@
  */
 import { setAffinity, setThreadName, gettid } from '../os/libc.js';
 import { setLcoreId, lcoreId } from './id.js';
+import { countGc } from './gc.js';
 import type { LcoreContext, LaunchTask } from './types.js';
 
 let pinned = -1;
+// Every collection of this thread, from its start: Lcores.gcLog() reads them between runs, so an
+// allocation test can count the collections in a window it chose without the loop's help.
+const gcs = countGc();
 
 /** piscina entry point: run one launched function on this lcore. */
 export default async function runTask(task: LaunchTask): Promise<unknown> {
+  if (task.gcLog) {
+    await gcs.settle();
+    return gcs.entries();
+  }
   if (pinned !== task.lcore) {
     setAffinity([task.cpu]);
     setThreadName(`lcore-${task.lcore}`);

@@ -15,7 +15,7 @@ import { randomBytes } from 'node:crypto';
 import * as os from '../../src/os/libc.js';
 import * as U from '../../src/iommu/vfio-uapi.js';
 import { Eal } from '../../src/eal.js';
-import { siblingModule } from '../../src/lcore/lcores.js';
+import { siblingModule } from '../../src/lcore/module.js';
 import { DataPlaneControl, type PlaneMemoryAccess, type PlaneRegion } from '../../lib/emudev/dataplane.js';
 import { EmuDevice } from '../../lib/emudev/emudev.js';
 import { DmatestDevice } from '../../drivers/emu/dmatest/dmatest.js';

@@ -10,7 +10,7 @@ import { Eal } from '../../src/eal.js';
 import { probeVdevs } from '../../drivers/bus/vdev/vdev.js';
 import { openRxQueue, openTxQueue, type EthDev } from '../../lib/ethdev/ethdev.js';
 import { pktmbufPoolCreate, pktmbufAllocBulk, writePacket, readPacket, pktmbufFreeBulk } from '../../lib/mempool/mbuf.js';
-import { siblingModule } from '../../src/lcore/lcores.js';
+import { siblingModule } from '../../src/lcore/module.js';
 import { runLcoresUntilDone } from '../../lib/app/app.js';
 import { planL2fwd } from '../../examples/l2fwd/l2fwd.js';
 import { buildUdpFrame, checkUdpFrame, parseIpv4 } from '../../lib/net/packet.js';

@@ -56,7 +56,7 @@ import { chain, pktmbufAlloc, pktmbufFree, pktmbufPoolCreate, readPacket, writeP
 import { MbufView } from '../../lib/mempool/mbuf_view.js';
 import { ipv4Checksum, onesSum } from '../../lib/net/packet.js';
 import type { MempoolDesc } from '../../lib/mempool/mempool.js';
-import { siblingModule } from '../../src/lcore/lcores.js';
+import { siblingModule } from '../../src/lcore/module.js';
 import type { LcoreContext } from '../../src/lcore/types.js';
 // a type only: the driver registers itself with the PCI bus when imported, which checkVirtioPmd does late
 import type { VirtioNetPort } from '../../drivers/net/virtio/virtio.js';

@@ -29,7 +29,7 @@ import { readFileSync, readdirSync, writeFileSync, mkdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Eal } from '../../src/eal.js';
 import { parseEalArgs } from '../../src/options.js';
-import { siblingModule } from '../../src/lcore/lcores.js';
+import { siblingModule } from '../../src/lcore/module.js';
 import type { LcoreContext } from '../../src/lcore/types.js';
 import { probePorts } from '../../drivers/bus/probe.js';
 import '../../drivers/index.js';

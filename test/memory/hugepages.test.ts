@@ -18,7 +18,7 @@ import { Eal } from '../../src/eal.js';
 import { reclaimStaleFiles } from '../../src/memory/memory.js';
 import { hugePool, hugeMounts } from '../../src/memory/hugepages.js';
 import { iovaAt } from '../../src/memory/segment.js';
-import { siblingModule } from '../../src/lcore/lcores.js';
+import { siblingModule } from '../../src/lcore/module.js';
 import { NR_HUGEPAGES_2M, readNrHugepages, unmountAndRemove } from '../hugetlbfs.js';
 import { killChildren } from '../cli.js';
 

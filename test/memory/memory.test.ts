@@ -11,7 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import * as os from '../../src/os/libc.js';
 import { Eal, UsageError, memoryConfig } from '../../src/eal.js';
 import { parseEalArgs, parseCoreList, splitArgs, defaultEalOptions } from '../../src/options.js';
-import { siblingModule } from '../../src/lcore/lcores.js';
+import { siblingModule } from '../../src/lcore/module.js';
 import { iovaAt, iovaContiguous, type Segment } from '../../src/memory/segment.js';
 import { hugeMounts, hugePools, defaultHugePageSize, parseSize, formatPageSize, shortageMessage } from '../../src/memory/hugepages.js';
 

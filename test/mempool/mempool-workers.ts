@@ -1,13 +1,13 @@
 /**
- * lcore functions for test/mempool/mempool.test.ts: the mbuf and ring hot path, counting the
- * worker's garbage collections. With `allocate` the same loop also copies each burst (one small
- * allocation per burst, a typical hot-path mistake): the control that shows GCs are seen at all.
+ * lcore functions for test/mempool/mempool.test.ts: the mbuf and ring hot path, measured by the
+ * allocation rule of test/alloc.ts. With `allocate` the same loop also copies each burst (one small
+ * allocation per burst, a typical hot-path mistake): the control that shows the rule catches it.
  */
 import { Mempool, type MempoolDesc } from '../../lib/mempool/mempool.js';
 import { pktmbufAllocBulk, pktmbufFreeBulk } from '../../lib/mempool/mbuf.js';
 import { Ring, type RingDesc } from '../../lib/ring/ring.js';
 import { viewOf } from '../../src/os/libc.js';
-import { countGc } from '../../src/lcore/gc.js';
+import { AllocMeter, type AllocResult, type AllocRule } from '../alloc.js';
 import { lcoreId } from '../../src/lcore/id.js';
 import type { LcoreContext } from '../../src/lcore/types.js';
 
@@ -15,10 +15,8 @@ import type { LcoreContext } from '../../src/lcore/types.js';
 export interface HotPathArg {
   pool: MempoolDesc;
   ring: RingDesc;
-  /** pktmbufAllocBulk + pktmbufFreeBulk bursts of 32 */
-  mbufBursts: number;
-  /** ring enqueueBulk + dequeueBulk bursts of 32 */
-  ringBursts: number;
+  /** warm-up and window of each loop, in bursts of 32 (pktmbufAllocBulk + pktmbufFreeBulk, then ring enqueueBulk + dequeueBulk) */
+  rule: AllocRule;
   /** copy every burst (allocates): the control */
   allocate: boolean;
 }
@@ -26,13 +24,13 @@ export interface HotPathArg {
 /** What hotPath reports. */
 export interface HotPathResult {
   lcore: number;
-  gcCount: number;
+  /** the windows of the mbuf loop and of the ring loop */
+  mbuf: AllocResult;
+  ring: AllocResult;
   /** bursts that failed (pool empty, ring full/empty): must be 0 */
   failures: number;
   /** int32 sum of every handle allocated: shows the loop ran */
   checksum: number;
-  mbufMs: number;
-  ringMs: number;
   /** control only: length of the last burst copy (keeps the copies observable) */
   copied: number;
 }
@@ -65,28 +63,31 @@ function ringLoop(ring: Ring, burst: Uint32Array, back: Uint32Array, bursts: num
   return failures;
 }
 
-/** Alloc/free mbuf bursts, then ring bursts, with the GC counter running around both loops. */
+/** Alloc/free mbuf bursts, then ring bursts, each loop warmed up and measured by the rule. */
 export async function hotPath(a: HotPathArg, ctx: LcoreContext): Promise<HotPathResult> {
   const pool = Mempool.attach(a.pool);
   const ring = Ring.attach(a.ring, viewOf);
   const burst = new Uint32Array(32);
   const back = new Uint32Array(32);
   for (let i = 0; i < 32; i++) burst[i] = i;
-  // Warm up outside the count, so the loops run optimized code (as a long poll loop would).
-  mbufLoop(pool, burst, 20_000, false, ctx);
-  ringLoop(ring, burst, back, 20_000);
   checksum = 0;
-  const gc = countGc();
-  const t0 = performance.now();
-  let failures = mbufLoop(pool, burst, a.mbufBursts, a.allocate, ctx);
-  const t1 = performance.now();
+  let failures = 0, n = 0;
+  const mm = new AllocMeter(a.rule);
+  while (!mm.at(n) && !ctx.stopRequested()) {
+    failures += mbufLoop(pool, burst, 1024, a.allocate, ctx);
+    n += 1024;
+  }
+  const mbuf = await mm.result();
   for (let i = 0; i < 32; i++) burst[i] = i * 3;
-  failures += ringLoop(ring, burst, back, a.ringBursts);
-  const t2 = performance.now();
-  await gc.settle();
-  gc.stop();
+  const rm = new AllocMeter(a.rule);
+  n = 0;
+  while (!rm.at(n) && !ctx.stopRequested()) {
+    failures += ringLoop(ring, burst, back, 1024);
+    n += 1024;
+  }
+  const rg = await rm.result();
   pool.flushCache(); // this lcore's cached objects back to the ring before it returns
   const copied = sink.length;
   sink = new Uint32Array(0);
-  return { lcore: lcoreId(), gcCount: gc.count(), failures, checksum, mbufMs: t1 - t0, ringMs: t2 - t1, copied };
+  return { lcore: lcoreId(), mbuf, ring: rg, failures, checksum, copied };
 }

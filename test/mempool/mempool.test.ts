@@ -7,7 +7,8 @@ import t from 'tap';
 import { Eal } from '../../src/eal.js';
 import { getAffinity } from '../../src/os/libc.js';
 import { lcoreId, setLcoreId, LCORE_ID_ANY } from '../../src/lcore/id.js';
-import { siblingModule } from '../../src/lcore/lcores.js';
+import { siblingModule } from '../../src/lcore/module.js';
+import { ALLOC_RULE, assertNoAlloc } from '../alloc.js';
 import { Mempool, poolOf, HANDLE_INDEX_MASK, MEMPOOL_MAX_OBJECTS } from '../../lib/mempool/mempool.js';
 import * as mb from '../../lib/mempool/mbuf.js';
 import { Ring } from '../../lib/ring/ring.js';
@@ -430,22 +431,25 @@ poolTest('mbuf operations, exact values', async (t, track) => {
 poolTest('worker lcore hot path: millions of bursts, zero GCs', async (t, track) => {
   const pool = track(mb.pktmbufPoolCreate(mem, pname('hot'), 4095, { cacheSize: 256 }));
   const ring = Ring.create(pname('hotring'), 1024, { sp: true, sc: true });
-  const arg: HotPathArg = { pool: pool.desc, ring: ring.desc, mbufBursts: 2_000_000, ringBursts: 2_000_000, allocate: false };
+  const rule = { ...ALLOC_RULE, warmOps: 100_000, windowOps: 1_000_000 }; // in bursts of 32
+  const arg: HotPathArg = { pool: pool.desc, ring: ring.desc, rule, allocate: false };
   const timer = setTimeout(() => eal.lcores.requestStop(), 120_000);
   t.teardown(() => clearTimeout(timer));
   const r = await eal.lcores.launch<HotPathResult>(1, WORKERS, 'hotPath', arg);
-  t.comment(`mbuf alloc+free burst of 32: ${((r.mbufMs * 1e6) / (2e6 * 32)).toFixed(1)} ns per mbuf; ring enqueue+dequeue burst of 32: ${((r.ringMs * 1e6) / (2e6 * 32)).toFixed(2)} ns per entry`);
+  t.comment(`mbuf alloc+free burst of 32: ${((r.mbuf.ms * 1e6) / (r.mbuf.ops * 32)).toFixed(1)} ns per mbuf; ring enqueue+dequeue burst of 32: ${((r.ring.ms * 1e6) / (r.ring.ops * 32)).toFixed(2)} ns per entry`);
   t.equal(r.lcore, 1, 'ran as lcore 1 (its own cache)');
   t.equal(r.failures, 0, 'every burst succeeded');
   t.not(r.checksum, 0, 'the loops did work');
-  t.equal(r.gcCount, 0, 'no garbage collection in 2 M mbuf bursts and 2 M ring bursts');
+  assertNoAlloc(t, r.mbuf, 'mbuf alloc + free bursts', rule);
+  assertNoAlloc(t, r.ring, 'ring enqueue + dequeue bursts', rule);
   t.same(pool.audit(), { size: 4095, available: 4095, inUse: 0 }, 'nothing leaked');
   t.equal(drainCount(pool), 4095, 'the worker flushed its cache: the ring holds every object');
   t.equal(ring.count(), 0);
 
-  // control: the same loop plus one copy per burst is seen by the same counter
-  const ctl = await eal.lcores.launch<HotPathResult>(1, WORKERS, 'hotPath', { ...arg, mbufBursts: 1_000_000, ringBursts: 1000, allocate: true });
-  t.ok(ctl.gcCount > 0, `control: a loop that allocates per burst is caught (${ctl.gcCount} GCs)`);
+  // control: the same loop plus one copy per burst is caught by the same rule
+  const ctl = await eal.lcores.launch<HotPathResult>(1, WORKERS, 'hotPath', { ...arg, allocate: true });
+  const bound = rule.maxGrowth + ctl.mbuf.ops * rule.maxBytesPerOp;
+  t.ok(ctl.mbuf.scavenges > 0 || ctl.mbuf.growth >= bound, `control: a loop that allocates per burst is caught (${ctl.mbuf.scavenges} scavenges in the window, young generation grew ${ctl.mbuf.growth} bytes)`);
   t.equal(ctl.failures, 0);
   t.equal(ctl.copied, 32, 'control: the copies were made');
   t.equal(r.copied, 0, 'the measured run made none');

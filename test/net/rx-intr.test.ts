@@ -8,7 +8,6 @@
  */
 import t, { type Test } from 'tap';
 import { Worker } from 'node:worker_threads';
-import { getHeapStatistics } from 'node:v8';
 import { createRequire } from 'node:module';
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
@@ -18,7 +17,8 @@ import { Eal } from '../../src/eal.js';
 import { probeVdevs } from '../../drivers/bus/vdev/vdev.js';
 import { openRxQueue, rxqStatsBase, RXQ_INTERRUPTS, type EthDev, type RxInterrupt, type RxQueue } from '../../lib/ethdev/ethdev.js';
 import { RxIdleSleeper, FdRxInterrupt } from '../../lib/ethdev/rx_intr.js';
-import { countGc } from '../../src/lcore/gc.js';
+import { siblingModule } from '../../src/lcore/module.js';
+import { ALLOC_RULE, assertNoAlloc, measureInWorker } from '../alloc.js';
 import { pktmbufPoolCreate, pktmbufFreeBulk } from '../../lib/mempool/mbuf.js';
 import { sockaddrLl } from '../../drivers/net/af_packet/uapi.js';
 import { createTopology, sh, type Topology } from '../../lib/netns/topology.js';
@@ -61,25 +61,9 @@ class EventfdIntr implements RxInterrupt {
 }
 
 t.test('RxIdleSleeper allocates nothing per round or per sleep', async (t) => {
-  const fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC);
-  t.teardown(() => os.close(fd));
-  // FdRxInterrupt (the af_packet/tap one) over an eventfd: its enable() and disable() are measured too.
-  const intr = new FdRxInterrupt(fd, new Float64Array(16), rxqStatsBase(0) + RXQ_INTERRUPTS, () => false);
-  const qs = [0, 1, 2].map((queue) => ({ rxq: { rxBurst: () => 0, intr }, port: 0, name: 'fake', queue }));
-  const s = new RxIdleSleeper(qs, { idlePolls: 2, maxSleepMs: 0 });
-  let seen = 0;
-  // Reading the live counters in the loop (as a worker publishing progress does) allocates nothing either.
-  const spin = (n: number): void => { for (let i = 0; i < n; i++) { s.round((i & 7) === 0 ? 1 : 0); seen = s.stats.sleeps; } };
-  spin(50000); // warm-up: until the code is optimized
-  const gc = countGc();
-  const h0 = getHeapStatistics().used_heap_size;
-  spin(200000);
-  const grew = getHeapStatistics().used_heap_size - h0;
-  await gc.settle();
-  gc.stop();
-  t.ok(seen > 100000, `${seen} sleeps (poll(2) with timeout 0), ${s.stats.sleptMs.toFixed(1)} ms asleep`);
-  t.equal(gc.count(), 0, 'no garbage collection');
-  t.ok(grew < 64 * 1024, `heap grew ${grew} bytes over 200000 rounds`);
+  const rule = { ...ALLOC_RULE, warmOps: 50_000, windowOps: 200_000 };
+  const r = await measureInWorker(siblingModule(import.meta.url, 'rx-intr-worker'), 'sleeperRounds', null, rule);
+  assertNoAlloc(t, r, 'RxIdleSleeper rounds in a worker', rule);
 });
 
 t.test('RxIdleSleeper over an eventfd interrupt', async (t) => {

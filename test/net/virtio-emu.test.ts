@@ -29,7 +29,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import '../../drivers/index.js';
-import { siblingModule } from '../../src/lcore/lcores.js';
+import { siblingModule } from '../../src/lcore/module.js';
 import { formatMac } from '../../lib/ethdev/ethdev.js';
 import { pktmbufAlloc, pktmbufFree, writePacket, readPacket, chain, refcntUpdate, pktmbufFreeBulk } from '../../lib/mempool/mbuf.js';
 import { MbufView } from '../../lib/mempool/mbuf_view.js';

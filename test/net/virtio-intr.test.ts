@@ -33,7 +33,7 @@ import { countGc } from '../../src/lcore/gc.js';
 import * as L from '../../drivers/emu/virtio-net/layout.js';
 import * as os from '../../src/os/libc.js';
 import { VnetWorld, testEal, until } from '../emu/virtio-net-helpers.js';
-import { siblingModule } from '../../src/lcore/lcores.js';
+import { siblingModule } from '../../src/lcore/module.js';
 import { fallbackKickLoop, intrRxLoop } from './virtio-intr-worker.js';
 import { pmdSend, pmdReceive, udpFrame, sameFrames, stopAndCheckPool, sleep, type Client } from './virtio-client.js';
 

@@ -21,7 +21,7 @@ import { existsSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { siblingModule } from '../../src/lcore/lcores.js';
+import { siblingModule } from '../../src/lcore/module.js';
 import { formatMac, type PortStats } from '../../lib/ethdev/ethdev.js';
 import { sh, uniquePrefix } from '../../lib/netns/topology.js';
 import { startEmu, tempDir, type EmuProcess } from '../vfio-user/helpers.js';

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import * as os from '../../src/os/libc.js';
 import { OsError } from '../../src/os/libc.js';
-import { siblingModule } from '../../src/lcore/lcores.js';
+import { siblingModule } from '../../src/lcore/module.js';
 
 const uniq = `${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
 

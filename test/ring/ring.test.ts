@@ -5,7 +5,8 @@
  */
 import t from 'tap';
 import { Ring, ringBytes, nextPow2, type RingFlags } from '../../lib/ring/ring.js';
-import { Lcores, siblingModule } from '../../src/lcore/lcores.js';
+import { Lcores } from '../../src/lcore/lcores.js';
+import { siblingModule } from '../../src/lcore/module.js';
 import { Eal } from '../../src/eal.js';
 import { viewOf } from '../../src/os/libc.js';
 import type { RingPipeArg, RingPipeResult } from '../../bench/ring-lcores.js';

@@ -58,6 +58,8 @@ export interface PciDriver<T extends PciProbed = PciProbed> {
   /** one line for listings */
   description: string;
   idTable: readonly PciIdMatch[];
+  /** its RX queues can give an Rx interrupt (with MSI-X): help texts and docs list it from here */
+  rxInterrupt?: boolean;
   /** Take the device: map BARs, set up queues; return the port or device object. */
   probe(ctx: PciProbeContext): T | Promise<T>;
   /** Release the device (default: probed.close()). */

@@ -16,6 +16,8 @@ export interface VdevDriver<S extends DevargsSchema = DevargsSchema> {
   description: string;
   /** the keys it accepts (lib/kvargs) */
   schema: S;
+  /** its RX queues can give an Rx interrupt (PortConf.intr.rxq): help texts and docs list it from here */
+  rxInterrupt?: boolean;
   /** create the port for device `name` with checked, typed args */
   probe(name: string, args: Devargs<S>, eal: Eal): EthDev | Promise<EthDev>;
 }
@@ -25,6 +27,11 @@ const drivers = new Map<string, VdevDriver>();
 /** Make a driver available to --vdev. */
 export function registerVdevDriver<const S extends DevargsSchema>(d: VdevDriver<S>): void {
   drivers.set(d.name, d as unknown as VdevDriver);
+}
+
+/** Registered vdev drivers, in registration order. */
+export function vdevDrivers(): VdevDriver[] {
+  return [...drivers.values()];
 }
 
 /** A parsed --vdev argument. */

@@ -19,7 +19,7 @@
 import * as U from '../../../src/iommu/vfio-uapi.js';
 import { EmuDevice } from '../../../lib/emudev/emudev.js';
 import type { Eal } from '../../../src/eal.js';
-import { siblingModule } from '../../../src/lcore/lcores.js';
+import { siblingModule } from '../../../src/lcore/module.js';
 import { log } from '../../../src/log.js';
 import * as R from '../../../lib/dmatest/regs.js';
 import { S_COMPLETED, S_ENTRIES, S_ERRORS, S_GEN, S_RING_HI, S_RING_LO, S_STATUS, S_STOP, S_WORDS, type DmatestLcoreArg, type DmatestLcoreResult } from './dmatest_lcore.js';

@@ -7,7 +7,7 @@
  * lcore never sees a half-written queue.
  */
 import * as U from '../../../src/iommu/vfio-uapi.js';
-import { siblingModule } from '../../../src/lcore/lcores.js';
+import { siblingModule } from '../../../src/lcore/module.js';
 import { EmuDevice, type EmuCapability } from '../../../lib/emudev/emudev.js';
 import type { PortData } from '../../../lib/ethdev/ethdev.js';
 import * as V from '../../../lib/virtio/virtio.js';

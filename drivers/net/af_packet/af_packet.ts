@@ -17,7 +17,7 @@ import {
 } from '../../../lib/ethdev/ethdev.js';
 import { registerVdevDriver } from '../../bus/vdev/vdev.js';
 import { devargsError } from '../../../lib/kvargs/kvargs.js';
-import { siblingModule } from '../../../src/lcore/lcores.js';
+import { siblingModule } from '../../../src/lcore/module.js';
 import * as P from './uapi.js';
 import type { AfPacketQueueData } from './af_packet_data.js';
 
@@ -214,6 +214,7 @@ function openPacketSocket(): number {
 
 registerVdevDriver({
   name: 'net_af_packet',
+  rxInterrupt: true,
   description: 'a Linux interface through AF_PACKET PACKET_MMAP (TPACKET_V3) rings',
   schema: {
     iface: { kind: 'string', required: true, placeholder: 'IFNAME', help: 'interface name' },

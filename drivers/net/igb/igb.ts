@@ -29,7 +29,7 @@ import * as U from '../../../src/iommu/vfio-uapi.js';
 import type { EalMemory, Memzone } from '../../../src/memory/memory.js';
 import * as os from '../../../src/os/libc.js';
 import { log } from '../../../src/log.js';
-import { siblingModule } from '../../../src/lcore/lcores.js';
+import { siblingModule } from '../../../src/lcore/module.js';
 import { checkDevargs, type DevargsSchema } from '../../../lib/kvargs/kvargs.js';
 import {
   EthDev, rxqStatsBase, xstatIndex, RXQ_MISSED, type DevInfo, type LinkStatus, type PortConf,
@@ -518,6 +518,7 @@ export function parseIgbArgs(dev: string, raw: Record<string, string>): IgbOptio
 
 registerPciDriver<IgbPort>({
   name: 'net_igb',
+  rxInterrupt: true,
   description: 'Intel 82576 (igb) poll-mode driver',
   idTable: [{ vendor: IGB_VENDOR, device: IGB_DEVICE_82576 }],
   probe: (ctx) => {

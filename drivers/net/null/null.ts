@@ -5,7 +5,7 @@
  */
 import { EthDev, type DevInfo, type LinkStatus, MAX_QUEUES } from '../../../lib/ethdev/ethdev.js';
 import { registerVdevDriver } from '../../bus/vdev/vdev.js';
-import { siblingModule } from '../../../src/lcore/lcores.js';
+import { siblingModule } from '../../../src/lcore/module.js';
 import type { NullQueueData } from './null_data.js';
 
 const DATA = siblingModule(import.meta.url, 'null_data');

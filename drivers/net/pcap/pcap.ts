@@ -24,7 +24,7 @@ import { log } from '../../../src/log.js';
 import { EthDev, type DevInfo, type LinkStatus, parseMac } from '../../../lib/ethdev/ethdev.js';
 import { registerVdevDriver } from '../../bus/vdev/vdev.js';
 import { devargsError } from '../../../lib/kvargs/kvargs.js';
-import { siblingModule } from '../../../src/lcore/lcores.js';
+import { siblingModule } from '../../../src/lcore/module.js';
 import { LINKTYPE_ETHERNET, PcapFormatError, pcapFileHeader, readCaptureFile } from '../../../lib/pcap/pcap.js';
 import { TX_FILL, TX_CTL_WORDS, type PcapRxData, type PcapTxData } from './pcap_data.js';
 

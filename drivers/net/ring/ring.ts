@@ -9,7 +9,7 @@ import { Ring, type RingDesc } from '../../../lib/ring/ring.js';
 import { pktmbufFree } from '../../../lib/mempool/mbuf.js';
 import { registerVdevDriver } from '../../bus/vdev/vdev.js';
 import { devargsError } from '../../../lib/kvargs/kvargs.js';
-import { siblingModule } from '../../../src/lcore/lcores.js';
+import { siblingModule } from '../../../src/lcore/module.js';
 
 const DATA = siblingModule(import.meta.url, 'ring_data');
 

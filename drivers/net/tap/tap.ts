@@ -10,7 +10,7 @@ import { OsError } from '../../../src/os/libc.js';
 import { UsageError } from '../../../src/options.js';
 import { EthDev, type DevInfo, type LinkStatus, type PortConf, parseMac } from '../../../lib/ethdev/ethdev.js';
 import { registerVdevDriver } from '../../bus/vdev/vdev.js';
-import { siblingModule } from '../../../src/lcore/lcores.js';
+import { siblingModule } from '../../../src/lcore/module.js';
 import type { TapQueueData } from './tap_data.js';
 
 const DATA = siblingModule(import.meta.url, 'tap_data');
@@ -154,6 +154,7 @@ export class TapPort extends EthDev {
 
 registerVdevDriver({
   name: 'net_tap',
+  rxInterrupt: true,
   description: 'a TAP interface created by the port',
   schema: {
     iface: { kind: 'string', placeholder: 'IFNAME', pattern: /^[A-Za-z0-9_.-]{1,15}$/, allowed: '1-15 characters from A-Z a-z 0-9 _ . -', help: 'interface name (default dtapN)' },

@@ -23,7 +23,7 @@ import { viewOf, eventfd, close as closeFd, readNoThrow, EFD_NONBLOCK } from '..
 import { VFIO_PCI_MSIX_IRQ_INDEX } from '../../../src/iommu/vfio-uapi.js';
 import { log } from '../../../src/log.js';
 import { UsageError } from '../../../src/options.js';
-import { siblingModule } from '../../../src/lcore/lcores.js';
+import { siblingModule } from '../../../src/lcore/module.js';
 import { EthDev, MAX_QUEUES, xstatIndex, type DevInfo, type LinkStatus, type PortConf } from '../../../lib/ethdev/ethdev.js';
 import type { Mempool } from '../../../lib/mempool/mempool.js';
 import { pktmbufAllocInit, pktmbufFreeBulk, pktmbufHeadroom, pktmbufDataRoom, MBUF_NONE } from '../../../lib/mempool/mbuf.js';
@@ -534,6 +534,7 @@ export function parseVirtioArgs(dev: string, raw: Record<string, string>): Virti
 
 registerPciDriver<VirtioNetPort>({
   name: 'net_virtio',
+  rxInterrupt: true,
   description: 'virtio-net, modern PCI (virtio 1.x) poll-mode driver',
   idTable: [{ vendor: V.VIRTIO_PCI_VENDOR, device: V.VIRTIO_PCI_MODERN_NET }],
   probe: (ctx) => {
