@@ -28,6 +28,7 @@ import type { VfioDevice } from '../../../src/iommu/device.js';
 import * as U from '../../../src/iommu/vfio-uapi.js';
 import type { EalMemory, Memzone } from '../../../src/memory/memory.js';
 import * as os from '../../../src/os/libc.js';
+import { sleepMs } from '../../../src/os/sleep.js';
 import { log } from '../../../src/log.js';
 import { siblingModule } from '../../../src/lcore/lcores.js';
 import { checkDevargs, type DevargsSchema } from '../../../lib/kvargs/kvargs.js';
@@ -38,6 +39,7 @@ import type { Mempool } from '../../../lib/mempool/mempool.js';
 import { pktmbufAllocInit, pktmbufFreeBulk, pktmbufHeadroom, pktmbufDataRoom, MBUF_NONE } from '../../../lib/mempool/mbuf.js';
 import { MbufView } from '../../../lib/mempool/mbuf_view.js';
 import { registerPciDriver } from '../../bus/pci/pci.js';
+import { enableBusMaster, disableBusMaster } from '../../bus/pci/config.js';
 import * as R from './igb_regs.js';
 import { type IgbQueueData, ST_BROKEN, ST_WORDS } from './igb_data.js';
 
@@ -45,7 +47,6 @@ const DATA = siblingModule(import.meta.url, 'igb_data');
 export const IGB_VENDOR = 0x8086, IGB_DEVICE_82576 = 0x10c9;
 /** Queues this driver uses (the 82576 has 16; RSS spreads over at most 8 here). */
 const MAX_QUEUES = 8;
-const PCI_COMMAND = 0x04, PCI_COMMAND_MEMORY = 0x2, PCI_COMMAND_MASTER = 0x4;
 /** How long register handshakes (reset, EEPROM, MDIC, queue enable) may take. */
 const HANDSHAKE_MS = 1000;
 /** The well-known default Toeplitz key (also Microsoft's RSS verification key). */
@@ -114,7 +115,7 @@ export class IgbPort extends EthDev {
 
   /** Probe an 82576: bus mastering, BAR0, reset, MAC from the EEPROM, PHY and link bring-up. */
   static open(vfio: VfioDevice, memory: EalMemory, opts: IgbOptions = {}): IgbPort {
-    setCommand(vfio, PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER, true);
+    enableBusMaster(vfio);
     const bar = Bar.open(vfio, U.VFIO_PCI_BAR0_REGION_INDEX);
     try {
       if (!bar.isMapped(0, 0x10000)) throw new Error(`${vfio.name}: BAR0 is not mmap'd (VFIO ${vfio.backend}); the data path writes tail registers through the mapping`);
@@ -390,7 +391,7 @@ export class IgbPort extends EthDev {
         this.closed = true;
         try { globalReset(this.bar, this.name); } catch { /* already quiet */ }
         this.bar.close();
-        try { setCommand(this.vfio, PCI_COMMAND_MASTER, false); } catch { /* the device may be gone */ }
+        try { disableBusMaster(this.vfio); } catch { /* the device may be gone */ }
       }
     }
   }
@@ -418,10 +419,6 @@ export class IgbPort extends EthDev {
 /** Descriptor count: a multiple of 8 (128-byte ring lengths) and a power of two (index masks). */
 function ringSize(n: number): number {
   return Math.max(R.RING_ALIGN_DESC, 2 ** Math.ceil(Math.log2(Math.min(n, R.MAX_DESC))));
-}
-
-function sleepMs(ms: number): void {
-  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 
 /** Poll cond for up to HANDSHAKE_MS; throw msg when it never holds. */
@@ -487,17 +484,6 @@ function mdicRead(b: Bar, reg: number, name: string): number {
 
 function mdicWrite(b: Bar, reg: number, value: number, name: string): void {
   mdic(b, value | (reg << R.MDIC_REG_SHIFT) | (R.PHY_ADDR << R.MDIC_PHY_SHIFT) | R.MDIC_OP_WRITE, `${name}: PHY register ${reg} write`);
-}
-
-/** Set (or clear) bits of the PCI command register through the VFIO config region. */
-function setCommand(vfio: VfioDevice, bits: number, on: boolean): void {
-  const buf = new Uint8Array(2);
-  vfio.readRegion(U.VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND, buf);
-  let cmd = buf[0] | buf[1] << 8;
-  cmd = on ? cmd | bits : cmd & ~bits;
-  buf[0] = cmd & 0xff;
-  buf[1] = cmd >> 8;
-  vfio.writeRegion(U.VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND, buf);
 }
 
 /** Devargs this driver takes (-a ADDR,key=value). */
