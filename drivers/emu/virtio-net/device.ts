@@ -2,7 +2,8 @@
  * virtio-net, emulated: the control half. A virtio 1.x modern PCI network device on emudev (the
  * layout is in layout.ts). This half runs on the vfio-user server's thread: it builds config space
  * (the virtio vendor capabilities and MSI-X), answers trapped BAR accesses (common configuration,
- * ISR, device configuration, MSI-X table), negotiates features and resets. Everything the data half
+ * through lib/virtio/common_cfg.ts's register machine; ISR, device configuration, MSI-X table),
+ * negotiates features and resets. Everything the data half
  * (datapath.ts, on an lcore) reads is published in shared state words inside plane.quiesce(), so the
  * lcore never sees a half-written queue.
  */
