@@ -170,9 +170,14 @@ export class TestVirtioNet {
     return this.pci.deviceFeatures();
   }
 
-  /** Reset (the PMD's: status 0, read back until 0) and forget the queues. */
+  /**
+   * Write 0 to device_status and forget the queues. Unlike the PMD's reset this does not insist on
+   * reading 0 back: a device whose backend keeps failing shows DEVICE_NEEDS_RESET in reset state,
+   * and the hardening tests look at exactly that (negotiate() then runs the PMD's reset, which waits).
+   */
   reset(): void {
-    this.pci.reset();
+    this.pci.setStatus(0);
+    for (let i = 0; i < 1000 && this.status() !== 0; i++) { /* give a slow reset a moment */ }
     this.queues.clear();
     this.brk = 0;
   }
