@@ -50,6 +50,7 @@ import { Bar } from '../../src/iommu/bar.js';
 import type { VfioDevice } from '../../src/iommu/device.js';
 import * as U from '../../src/iommu/vfio-uapi.js';
 import { probePci, registerPciDriver, unregisterPciDriver, type PciBus } from '../../drivers/bus/pci/pci.js';
+import { enableBusMaster, readConfig16, readConfigSpace, PCI_COMMAND } from '../../drivers/bus/pci/config.js';
 import { listPorts, openRxQueue, openTxQueue, formatMac, type PortData } from '../../lib/ethdev/ethdev.js';
 import { Mempool } from '../../lib/mempool/mempool.js';
 import { chain, pktmbufAlloc, pktmbufFree, pktmbufPoolCreate, readPacket, writePacket, type PktmbufPoolOptions } from '../../lib/mempool/mbuf.js';
@@ -144,26 +145,6 @@ async function checkDevices(group: number): Promise<void> {
   }
 }
 
-/** Config space through the VFIO config region (not sysfs). */
-function readConfig(vfio: VfioDevice): Uint8Array {
-  const info = vfio.regionInfo(U.VFIO_PCI_CONFIG_REGION_INDEX);
-  const buf = new Uint8Array(Math.min(256, info.size));
-  vfio.readRegion(U.VFIO_PCI_CONFIG_REGION_INDEX, 0, buf);
-  return buf;
-}
-
-/** Set Memory Space and Bus Master Enable in the command register (through the config region). */
-function enableBusMaster(vfio: VfioDevice): number {
-  const b = new Uint8Array(2);
-  vfio.readRegion(U.VFIO_PCI_CONFIG_REGION_INDEX, 4, b);
-  const cmd = b[0] | (b[1] << 8) | 0x6;
-  b[0] = cmd & 0xff;
-  b[1] = cmd >> 8;
-  vfio.writeRegion(U.VFIO_PCI_CONFIG_REGION_INDEX, 4, b);
-  vfio.readRegion(U.VFIO_PCI_CONFIG_REGION_INDEX, 4, b);
-  return b[0] | (b[1] << 8);
-}
-
 // e1000e (82574) registers and legacy TX descriptor (Intel datasheet; Linux e1000e hw.h)
 const E_STATUS = 0x8, E_TCTL = 0x400, E_TDBAL = 0x3800, E_TDBAH = 0x3804, E_TDLEN = 0x3808, E_TDH = 0x3810, E_TDT = 0x3818;
 // statistics, clear on read: total packets transmitted
@@ -238,7 +219,8 @@ function checkVirtioBars(vfio: VfioDevice, cfg: Uint8Array): void {
 
 /** A TX descriptor at a mapped IOVA, DD written back; unmapped: refused with a DMAR fault; mapped again: works. */
 async function checkE1000eDma(eal: Eal, vfio: VfioDevice): Promise<void> {
-  const cmd = enableBusMaster(vfio);
+  enableBusMaster(vfio);
+  const cmd = readConfig16(vfio, PCI_COMMAND);
   const ring = eal.memory.reserve('lab_txring', 4096, 4096);
   const buf = eal.memory.reserve('lab_txbuf', 2048, 64);
   const ringU8 = new Uint8Array(os.viewOf(ring.va, ring.len));
@@ -322,7 +304,7 @@ function checkMdev(bus: PciBus, mdevs: MdevStatus[]): void {
   });
   if (!p) return;
   const vfio = p.vfio;
-  const cfg = readConfig(vfio);
+  const cfg = readConfigSpace(vfio);
   const dv = new DataView(cfg.buffer);
   const v = dv.getUint16(0, true), d = dv.getUint16(2, true), cls = dv.getUint32(8, true) >>> 8;
   report('mdev-config', v === MTTY_VENDOR && d === MTTY_DEVICE && cls === 0x070002 && p.dev.id.vendor === v && p.dev.id.device === d, {
@@ -748,7 +730,7 @@ async function main(): Promise<void> {
 
     let cfg: Uint8Array | null = null;
     try {
-      cfg = readConfig(vfio);
+      cfg = readConfigSpace(vfio);
       const dv = new DataView(cfg.buffer);
       const v = dv.getUint16(0, true), d = dv.getUint16(2, true);
       const info = vfio.info();

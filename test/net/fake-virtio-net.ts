@@ -1,15 +1,18 @@
 /**
  * What the in-process virtio-net devices of the net_virtio tests share: synthetic PCI config spaces
- * with virtio capabilities, and FakeVirtioNetBase, a VfioDevice whose common and device
- * configuration are trapped register handlers (REGION_READ/WRITE style), whose first notify page is
- * real shared memory (a memfd) that the driver maps into the BAR, and which reaches the rings in
- * EAL memory directly (iova = va). The loopback device of test/net/virtio.test.ts and the lying
- * device of test/hardening/virtio-pmd.test.ts extend it.
+ * with virtio capabilities, and FakeVirtioNetBase, a VfioDevice whose common configuration is the
+ * product's register machine (lib/virtio/common_cfg.ts, the one the emulated virtio-net device
+ * runs), whose device configuration is a trapped register handler, whose first notify page is real
+ * shared memory (a memfd) that the driver maps into the BAR, and which reaches the rings in EAL
+ * memory directly (iova = va). What is test code is the narrow seam: the VfioDevice plumbing, the
+ * ring access, and the hooks the loopback device of test/net/virtio.test.ts and the lying device of
+ * test/hardening/virtio-pmd.test.ts fill in.
  */
 import * as os from '../../src/os/libc.js';
 import * as U from '../../src/iommu/vfio-uapi.js';
 import type { DeviceInfo, IrqInfo, MmapOptions, RegionInfo, VfioDevice } from '../../src/iommu/device.js';
 import * as V from '../../lib/virtio/virtio.js';
+import { VirtioCommonCfg, Q_SIZE, Q_ENABLE, Q_DESC_LO, Q_AVAIL_LO, Q_USED_LO, Q_COMMON_WORDS } from '../../lib/virtio/common_cfg.js';
 
 // ---- synthetic config spaces ----
 
@@ -72,22 +75,35 @@ export const BAR_SIZE = 0x5000;
 export const NOTIFY = 0x3000;
 /** The device configuration's offset in the BAR. */
 const DEVICE_CFG = 0x2000;
+/** The common configuration's capability length (at BAR offset 0); bytes past the structure read 0. */
+const COMMON_SIZE = 0x1000;
 
 /** EAL memory as the device reaches it (iova = va). */
 export interface DmaMemory {
   segments: Array<{ va: bigint; iova: bigint; len: number }>;
 }
 
-/** One virtqueue as the device sees it: its size, enable bit, ring addresses and how far it has read the avail ring. */
-export interface FakeQueue {
-  size: number;
-  max: number;
-  enable: number;
-  desc: number;
-  avail: number;
-  used: number;
-  lastAvail: number;
+/** One virtqueue as the device sees it: the common configuration's words, and how far the device has read the avail ring. */
+export class FakeQueue {
+  /** the next avail entry the device reads (back to 0 at every device reset) */
+  lastAvail = 0;
+
+  constructor(private readonly common: VirtioCommonCfg, readonly index: number, readonly max: number) {}
+
+  /** queue_size as the driver set it */
+  get size(): number { return this.common.queueWord(this.index, Q_SIZE); }
+  /** queue_enable */
+  get enable(): number { return this.common.queueWord(this.index, Q_ENABLE); }
+  /** the descriptor table's IOVA */
+  get desc(): number { return this.common.queueAddress(this.index, Q_DESC_LO); }
+  /** the avail ring's IOVA */
+  get avail(): number { return this.common.queueAddress(this.index, Q_AVAIL_LO); }
+  /** the used ring's IOVA */
+  get used(): number { return this.common.queueAddress(this.index, Q_USED_LO); }
 }
+
+/** State words of the register machine: status, features, config vector, then each queue's. */
+const G_STATUS = 0, G_FEAT_LO = 1, G_FEAT_HI = 2, G_CONFIG_VEC = 3, G_QUEUES = 4;
 
 /** A descriptor of a split virtqueue. */
 export interface VirtqDesc {
@@ -114,8 +130,9 @@ export interface FakeVirtioNetOptions {
 }
 
 /**
- * A virtio-net device in this process: register handlers for the common and device
- * configuration, a shared notify page, ring access in EAL memory; the data side is the subclass's.
+ * A virtio-net device in this process: the product's common configuration machine, a register
+ * handler for the device configuration, a shared notify page, ring access in EAL memory; the data
+ * side is the subclass's.
  * Hooks: netConfig (the device configuration), queueNotifyOff, writeOther (registers it does not
  * know, e.g. a trapped notify register).
  */
@@ -134,15 +151,10 @@ export abstract class FakeVirtioNetBase implements VfioDevice {
   readonly features: bigint;
   /** the device's virtqueues, in order */
   readonly queues: FakeQueue[];
-  /** device_status as the driver last wrote it (FEATURES_OK refused for features not offered) */
-  status = 0;
-  /** the features the driver wrote */
-  driverFeatures = 0n;
   /** the MAC in the device configuration */
   protected readonly mac: readonly number[];
-  private dfsel = 0;
-  private gfsel = 0;
-  private qsel = 0;
+  /** the common configuration (the product's register machine) */
+  private readonly common: VirtioCommonCfg;
   private readonly fd: number;
   private readonly mapNotify: boolean;
   private readonly views = new Map<bigint, DataView>();
@@ -154,10 +166,19 @@ export abstract class FakeVirtioNetBase implements VfioDevice {
     this.features = opts.features;
     this.mapNotify = opts.mapNotify ?? true;
     this.cfg = configSpace([
-      vcap(V.VIRTIO_PCI_CAP_COMMON_CFG, BAR, 0, 0x1000), vcap(V.VIRTIO_PCI_CAP_ISR_CFG, BAR, 0x1000, 0x1000),
+      vcap(V.VIRTIO_PCI_CAP_COMMON_CFG, BAR, 0, COMMON_SIZE), vcap(V.VIRTIO_PCI_CAP_ISR_CFG, BAR, 0x1000, 0x1000),
       vcap(V.VIRTIO_PCI_CAP_DEVICE_CFG, BAR, DEVICE_CFG, 0x1000), vcap(V.VIRTIO_PCI_CAP_NOTIFY_CFG, BAR, NOTIFY, opts.notifyLength ?? 0x1000, 4),
     ]);
-    this.queues = opts.queueSizes.map((max) => ({ size: max, max, enable: 0, desc: 0, avail: 0, used: 0, lastAvail: 0 }));
+    // No MSI-X here (irqInfo offers no vectors): every vector reads back NO_VECTOR.
+    this.common = new VirtioCommonCfg({
+      state: new Int32Array(G_QUEUES + Q_COMMON_WORDS * opts.queueSizes.length),
+      layout: { status: G_STATUS, featLo: G_FEAT_LO, featHi: G_FEAT_HI, configVector: G_CONFIG_VEC, queueBase: (q) => G_QUEUES + Q_COMMON_WORDS * q },
+      offered: opts.features, queueMax: opts.queueSizes, msixVectors: 0,
+      onReset: () => { for (const q of this.queues) q.lastAvail = 0; },
+      notifyOff: (q) => this.queueNotifyOff(q),
+    });
+    this.queues = opts.queueSizes.map((max, i) => new FakeQueue(this.common, i, max));
+    this.common.reset();
     // the notify page is a memfd: the device's view here, the driver's mapping inside its BAR
     this.fd = os.memfdCreate(`tsp${opts.backend}-virtio-notify`, 0);
     os.ftruncate(this.fd, 4096n);
@@ -184,26 +205,39 @@ export abstract class FakeVirtioNetBase implements VfioDevice {
     return os.mmap(opts.fixedAt ?? 0n, len, os.PROT_READ | os.PROT_WRITE, os.MAP_SHARED | (opts.fixedAt !== undefined ? os.MAP_FIXED : 0), this.fd, 0);
   }
 
-  /** Read config space, or a BAR register (little endian, len bytes). */
+  /** device_status as the driver reads it. */
+  get status(): number {
+    return this.common.status;
+  }
+
+  /** The features the driver accepted (FEATURES_OK). */
+  get driverFeatures(): bigint {
+    return this.common.features;
+  }
+
+  /** Read config space, the common configuration, or the device configuration (little endian, len bytes). */
   readRegion(index: number, off: number, buf: Uint8Array, len = buf.byteLength): number {
-    if (index === U.VFIO_PCI_CONFIG_REGION_INDEX) {
-      buf.set(this.cfg.subarray(off, off + len));
-      return len;
-    }
-    const v = this.readReg(off, len);
-    for (let i = 0; i < len; i++) buf[i] = Number((BigInt(v) >> BigInt(8 * i)) & 0xffn);
+    const b = buf.subarray(0, len);
+    if (index === U.VFIO_PCI_CONFIG_REGION_INDEX) b.set(this.cfg.subarray(off, off + len));
+    else if (off < COMMON_SIZE) this.common.read(off, b);
+    else if (off >= DEVICE_CFG && off < NOTIFY) {
+      b.fill(0);
+      const d = this.netConfig().subarray(off - DEVICE_CFG);
+      b.set(d.subarray(0, Math.min(len, d.length)));
+    } else b.fill(0);
     return len;
   }
 
-  /** Write config space, or a BAR register (little endian, len bytes). */
+  /** Write config space or the common configuration; other BAR writes go to writeOther. */
   writeRegion(index: number, off: number, buf: Uint8Array, len = buf.byteLength): number {
-    if (index === U.VFIO_PCI_CONFIG_REGION_INDEX) {
-      this.cfg.set(buf.subarray(0, len), off);
-      return len;
+    const b = buf.subarray(0, len);
+    if (index === U.VFIO_PCI_CONFIG_REGION_INDEX) this.cfg.set(b, off);
+    else if (off < COMMON_SIZE) this.common.write(off, b);
+    else {
+      let v = 0;
+      for (let i = len - 1; i >= 0; i--) v = v * 256 + b[i];
+      this.writeOther(off, v);
     }
-    let v = 0;
-    for (let i = len - 1; i >= 0; i--) v = v * 256 + buf[i];
-    this.writeReg(off, v);
     return len;
   }
 
@@ -221,62 +255,6 @@ export abstract class FakeVirtioNetBase implements VfioDevice {
 
   /** A write to a BAR register the common configuration does not know (ignored). */
   protected writeOther(_off: number, _v: number): void {}
-
-  private selected(): FakeQueue {
-    return this.queues[this.qsel] ?? { size: 0, max: 0, enable: 0, desc: 0, avail: 0, used: 0, lastAvail: 0 };
-  }
-
-  private readReg(off: number, w: number): number {
-    const q = this.selected();
-    if (off >= DEVICE_CFG && off < NOTIFY) {
-      const d = this.netConfig();
-      let v = 0;
-      for (let i = w - 1; i >= 0; i--) v = v * 256 + (d[off - DEVICE_CFG + i] ?? 0);
-      return v;
-    }
-    switch (off) {
-      case V.COMMON_DF: return Number((this.features >> BigInt(32 * this.dfsel)) & 0xffffffffn);
-      case V.COMMON_NUMQ: return this.queues.length;
-      case V.COMMON_STATUS: return this.status;
-      case V.COMMON_CFGGENERATION: return 0;
-      case V.COMMON_Q_SIZE: return q.size;
-      case V.COMMON_Q_ENABLE: return q.enable;
-      case V.COMMON_Q_NOFF: return this.queueNotifyOff(this.qsel);
-      default: return 0;
-    }
-  }
-
-  private writeReg(off: number, v: number): void {
-    const q = this.selected();
-    const lohi = (cur: number, hi: boolean): number => hi ? (cur % 2 ** 32) + v * 2 ** 32 : cur - (cur % 2 ** 32) + v;
-    switch (off) {
-      case V.COMMON_DFSELECT: this.dfsel = v; break;
-      case V.COMMON_GFSELECT: this.gfsel = v; break;
-      case V.COMMON_GF: {
-        const shift = BigInt(32 * this.gfsel);
-        this.driverFeatures = (this.driverFeatures & ~(0xffffffffn << shift)) | (BigInt(v) << shift);
-        break;
-      }
-      case V.COMMON_STATUS:
-        if (v === 0) {
-          this.status = 0;
-          this.driverFeatures = 0n;
-          for (const x of this.queues) Object.assign(x, { size: x.max, enable: 0, desc: 0, avail: 0, used: 0, lastAvail: 0 });
-        } else if ((v & V.STATUS_FEATURES_OK) && (this.driverFeatures & ~this.features) !== 0n) this.status = v & ~V.STATUS_FEATURES_OK;
-        else this.status = v;
-        break;
-      case V.COMMON_Q_SELECT: this.qsel = v; break;
-      case V.COMMON_Q_SIZE: q.size = v; break;
-      case V.COMMON_Q_ENABLE: q.enable = v; break;
-      case V.COMMON_Q_DESCLO: q.desc = lohi(q.desc, false); break;
-      case V.COMMON_Q_DESCHI: q.desc = lohi(q.desc, true); break;
-      case V.COMMON_Q_AVAILLO: q.avail = lohi(q.avail, false); break;
-      case V.COMMON_Q_AVAILHI: q.avail = lohi(q.avail, true); break;
-      case V.COMMON_Q_USEDLO: q.used = lohi(q.used, false); break;
-      case V.COMMON_Q_USEDHI: q.used = lohi(q.used, true); break;
-      default: this.writeOther(off, v); break;
-    }
-  }
 
   // ---- DMA: the rings and buffers in EAL memory ----
 

@@ -6,6 +6,7 @@
  * Then `tspmd l2fwd --rx-mode interrupt` between two namespaces: idle CPU of the whole process, and
  * ping through it. The root parts skip without root.
  */
+import { setTimeout as sleepMs } from 'node:timers/promises';
 import t, { type Test } from 'tap';
 import { Worker } from 'node:worker_threads';
 import { createRequire } from 'node:module';
@@ -159,7 +160,6 @@ function drain(rx: RxQueue, buf: Uint32Array): number {
   }
 }
 
-const sleepMs = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Run the idle / wake-up / race checks on a started port whose RX queue has an interrupt; inject sends into it. */
 async function exercise(t: Test, port: EthDev, inject: (f: Uint8Array) => void, injectFd: number): Promise<void> {

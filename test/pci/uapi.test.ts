@@ -12,6 +12,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as U from '../../src/iommu/vfio-uapi.js';
+import { PCI_CONFIG_CONSTANTS } from '../../drivers/bus/pci/config.js';
+
+/** Every named constant: the VFIO/IOMMUFD ones and the PCI bus's config-space offsets and bits. */
+const CONSTANTS: Readonly<Record<string, number>> = { ...U.UAPI_CONSTANTS, ...PCI_CONFIG_CONSTANTS };
 
 const FETCH = fileURLToPath(new URL('./fetch-headers.sh', import.meta.url));
 const CACHE = process.env.TSPMD_UAPI_CACHE ?? '/var/cache/tspmd/linux-libc-dev-trixie';
@@ -38,7 +42,7 @@ function cProgram(): string {
     'int main(void) {',
   ];
   for (const name of Object.keys(U.UAPI_IOCTLS)) lines.push(`  printf("ioctl ${name} %lu\\n", (unsigned long)(${name}));`);
-  for (const name of Object.keys(U.UAPI_CONSTANTS)) lines.push(`  printf("const ${name} %lld\\n", (long long)(${name}));`);
+  for (const name of Object.keys(CONSTANTS)) lines.push(`  printf("const ${name} %lld\\n", (long long)(${name}));`);
   for (const name of Object.keys(U.UAPI_STRINGS)) lines.push(`  printf("string ${name} %s\\n", ${name});`);
   for (const s of U.UAPI_STRUCTS) {
     lines.push(`  printf("sizeof ${s.name} %zu\\n", sizeof(struct ${s.name}));`);
@@ -56,7 +60,7 @@ function cProgram(): string {
 function tsValues(): Map<string, string> {
   const m = new Map<string, string>();
   for (const [k, v] of Object.entries(U.UAPI_IOCTLS)) m.set(`ioctl ${k}`, String(v));
-  for (const [k, v] of Object.entries(U.UAPI_CONSTANTS)) m.set(`const ${k}`, String(v));
+  for (const [k, v] of Object.entries(CONSTANTS)) m.set(`const ${k}`, String(v));
   for (const [k, v] of Object.entries(U.UAPI_STRINGS)) m.set(`string ${k}`, v);
   for (const s of U.UAPI_STRUCTS) {
     m.set(`sizeof ${s.name}`, String(s.size));

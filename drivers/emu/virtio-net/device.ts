@@ -2,7 +2,8 @@
  * virtio-net, emulated: the control half. A virtio 1.x modern PCI network device on emudev (the
  * layout is in layout.ts). This half runs on the vfio-user server's thread: it builds config space
  * (the virtio vendor capabilities and MSI-X), answers trapped BAR accesses (common configuration,
- * ISR, device configuration, MSI-X table), negotiates features and resets. Everything the data half
+ * through lib/virtio/common_cfg.ts's register machine; ISR, device configuration, MSI-X table),
+ * negotiates features and resets. Everything the data half
  * (datapath.ts, on an lcore) reads is published in shared state words inside plane.quiesce(), so the
  * lcore never sees a half-written queue.
  */
@@ -11,6 +12,7 @@ import { siblingModule } from '../../../src/lcore/module.js';
 import { EmuDevice, type EmuCapability } from '../../../lib/emudev/emudev.js';
 import type { PortData } from '../../../lib/ethdev/ethdev.js';
 import * as V from '../../../lib/virtio/virtio.js';
+import { VirtioCommonCfg } from '../../../lib/virtio/common_cfg.js';
 import * as L from './layout.js';
 import type { VirtioNetLoopArg } from './datapath.js';
 
@@ -20,15 +22,6 @@ export const VIRTIO_NET_LOOP_MODULE = siblingModule(import.meta.url, 'datapath')
 export const VIRTIO_NET_LOOP_FN = 'virtioNetLoop';
 
 const F = V.featureBit;
-const NO_VECTOR = V.VIRTIO_MSI_NO_VECTOR;
-
-/** One readable/writable field of the common configuration (64-bit fields are two 32-bit halves). */
-const COMMON_FIELDS: ReadonlyArray<readonly [number, number]> = [
-  [V.COMMON_DFSELECT, 4], [V.COMMON_DF, 4], [V.COMMON_GFSELECT, 4], [V.COMMON_GF, 4], [V.COMMON_MSIX, 2], [V.COMMON_NUMQ, 2],
-  [V.COMMON_STATUS, 1], [V.COMMON_CFGGENERATION, 1], [V.COMMON_Q_SELECT, 2], [V.COMMON_Q_SIZE, 2], [V.COMMON_Q_MSIX, 2],
-  [V.COMMON_Q_ENABLE, 2], [V.COMMON_Q_NOFF, 2], [V.COMMON_Q_DESCLO, 4], [V.COMMON_Q_DESCHI, 4], [V.COMMON_Q_AVAILLO, 4],
-  [V.COMMON_Q_AVAILHI, 4], [V.COMMON_Q_USEDLO, 4], [V.COMMON_Q_USEDHI, 4],
-];
 
 /** The virtio structures in BAR4 as their capabilities announce them: cfg_type, offset, length. */
 const STRUCTURES: ReadonlyArray<readonly [number, number, number]> = [
@@ -127,10 +120,8 @@ export class VirtioNetDevice {
   readonly numQueues: number;
   /** MSI-X vectors */
   readonly msixVectors: number;
-  private dfSelect = 0;
-  private gfSelect = 0;
-  private qSelect = 0;
-  private driverFeatures = [0, 0];
+  /** the common configuration's register machine (BAR4 at COMMON_OFF) */
+  private readonly common: VirtioCommonCfg;
   private readonly deviceCfg = new Uint8Array(V.NET_CFG_SIZE);
   private readonly msixTable = new Uint8Array(L.BAR_MSIX_SIZE);
   private readonly notify: Uint32Array;
@@ -148,6 +139,15 @@ export class VirtioNetDevice {
     if (config.mrg) f |= F(V.VIRTIO_NET_F_MRG_RXBUF);
     if (config.pairs > 1) f |= F(V.VIRTIO_NET_F_MQ);
     this.offered = f;
+    this.common = new VirtioCommonCfg({
+      state: this.state, layout: L.COMMON_LAYOUT, offered: f, msixVectors: this.msixVectors,
+      queueMax: Array.from({ length: this.numQueues }, () => config.queueSize),
+      // MQ needs the control queue to choose the pairs in use.
+      acceptable: (asked) => !(asked & F(V.VIRTIO_NET_F_MQ)) || (asked & F(V.VIRTIO_NET_F_CTRL_VQ)) !== 0n,
+      publish: (fn) => this.publish(fn),
+      onReset: () => this.netReset(),
+      extraStatus: () => (Atomics.load(this.state, L.G_NEEDS_RESET) ? V.STATUS_DEVICE_NEEDS_RESET : 0),
+    });
     const cfg = new DataView(this.deviceCfg.buffer);
     this.deviceCfg.set(config.mac, V.NET_CFG_MAC);
     cfg.setUint16(V.NET_CFG_STATUS, V.VIRTIO_NET_S_LINK_UP, true);
@@ -200,7 +200,7 @@ export class VirtioNetDevice {
 
   /** The device_status a driver reads (with DEVICE_NEEDS_RESET when the device found a bad descriptor). */
   get deviceStatus(): number {
-    return (Atomics.load(this.state, L.G_STATUS) | (Atomics.load(this.state, L.G_NEEDS_RESET) ? V.STATUS_DEVICE_NEEDS_RESET : 0)) & 0xff;
+    return this.common.status;
   }
 
   /** Release the device (the lcore loop must have returned). */
@@ -210,48 +210,31 @@ export class VirtioNetDevice {
 
   /** Function-level reset: virtio state and the MSI-X table (every vector masked). */
   private pciReset(): void {
-    this.virtioReset();
+    this.common.reset();
     this.msixTable.fill(0);
     for (let v = 0; v < this.msixVectors; v++) this.msixTable[L.MSIX_TABLE_OFF + 16 * v + 12] = 1;
   }
 
-  /** Writing 0 to device_status: every field back to its default, the lcore restarts from scratch. */
-  private virtioReset(): void {
-    this.emu.plane.quiesce(() => {
-      const st = this.state;
-      this.dfSelect = this.gfSelect = this.qSelect = 0;
-      this.driverFeatures = [0, 0];
-      st[L.G_STATUS] = 0;
-      st[L.G_FEAT_LO] = st[L.G_FEAT_HI] = 0;
-      st[L.G_CONFIG_VEC] = NO_VECTOR;
-      st[L.G_NEEDS_RESET] = 0;
-      st[L.G_ERR_QUEUE] = 0;
-      st[L.G_ISR] = 0;
-      st[L.G_ACTIVE_PAIRS] = 1;
-      for (let q = 0; q < this.numQueues; q++) {
-        st[L.qw(q, L.Q_SIZE)] = this.config.queueSize;
-        st[L.qw(q, L.Q_ENABLE)] = 0;
-        st[L.qw(q, L.Q_VECTOR)] = NO_VECTOR;
-        for (let w = L.Q_DESC_LO; w <= L.Q_USED_HI; w++) st[L.qw(q, w)] = 0;
-        st[L.qw(q, L.Q_EPOCH)]++;
-      }
-      this.notify.fill(L.NOTIFY_IDLE);
-      Atomics.add(st, L.G_RESETS, 1); // the lcore's crash budget starts again
-      Atomics.add(st, L.G_GEN, 1);
-    });
+  /** The net device's part of a virtio reset (inside the common configuration's publish): the lcore restarts from scratch. */
+  private netReset(): void {
+    const st = this.state;
+    st[L.G_NEEDS_RESET] = 0;
+    st[L.G_ERR_QUEUE] = 0;
+    st[L.G_ISR] = 0;
+    st[L.G_ACTIVE_PAIRS] = 1;
+    this.notify.fill(L.NOTIFY_IDLE);
+    Atomics.add(st, L.G_RESETS, 1); // the lcore's crash budget starts again
   }
 
   // ---- BAR4: trapped registers ----
 
   private barRead(off: number, buf: Uint8Array): void {
-    buf.fill(0);
     if (off < L.COMMON_OFF + V.COMMON_CFG_SIZE) {
-      for (let i = 0; i < buf.byteLength; i++) {
-        const a = off + i;
-        const f = COMMON_FIELDS.find(([o, n]) => a >= o && a < o + n);
-        if (f) buf[i] = (this.commonRead(f[0]) >>> (8 * (a - f[0]))) & 0xff;
-      }
-    } else if (off === L.ISR_OFF) {
+      this.common.read(off - L.COMMON_OFF, buf);
+      return;
+    }
+    buf.fill(0);
+    if (off === L.ISR_OFF) {
       buf[0] = Atomics.exchange(this.state, L.G_ISR, 0) & 0xff; // reading clears
     } else if (off >= L.DEVICE_OFF && off < L.DEVICE_OFF + V.NET_CFG_SIZE) {
       const o = off - L.DEVICE_OFF;
@@ -261,106 +244,8 @@ export class VirtioNetDevice {
   }
 
   private barWrite(off: number, data: Uint8Array): void {
-    if (off >= L.COMMON_OFF + V.COMMON_CFG_SIZE) return; // ISR and device configuration are read-only
-    // Byte-exact: each field the write touches is read, patched and written whole.
-    for (const [o, n] of COMMON_FIELDS) {
-      const lo = Math.max(o, off), hi = Math.min(o + n, off + data.byteLength);
-      if (lo >= hi) continue;
-      let v = this.commonRead(o);
-      for (let a = lo; a < hi; a++) {
-        const sh = 8 * (a - o);
-        v = ((v & ~(0xff << sh)) | (data[a - off] << sh)) >>> 0;
-      }
-      this.commonWrite(o, v);
-    }
-  }
-
-  private queueExists(): boolean {
-    return this.qSelect < this.numQueues;
-  }
-
-  private q(w: number): number {
-    return L.qw(this.qSelect, w);
-  }
-
-  private commonRead(field: number): number {
-    const st = this.state;
-    const qx = this.queueExists();
-    switch (field) {
-      case V.COMMON_DFSELECT: return this.dfSelect;
-      case V.COMMON_DF: return this.dfSelect > 1 ? 0 : Number((this.offered >> BigInt(32 * this.dfSelect)) & 0xffffffffn);
-      case V.COMMON_GFSELECT: return this.gfSelect;
-      case V.COMMON_GF: return this.gfSelect > 1 ? 0 : this.driverFeatures[this.gfSelect];
-      case V.COMMON_MSIX: return st[L.G_CONFIG_VEC];
-      case V.COMMON_NUMQ: return this.numQueues;
-      case V.COMMON_STATUS: return this.deviceStatus;
-      case V.COMMON_CFGGENERATION: return 0; // the device configuration never changes
-      case V.COMMON_Q_SELECT: return this.qSelect;
-      case V.COMMON_Q_SIZE: return qx ? st[this.q(L.Q_SIZE)] : 0;
-      case V.COMMON_Q_MSIX: return qx ? st[this.q(L.Q_VECTOR)] : NO_VECTOR;
-      case V.COMMON_Q_ENABLE: return qx ? st[this.q(L.Q_ENABLE)] : 0;
-      case V.COMMON_Q_NOFF: return qx ? this.qSelect : 0;
-      default: {
-        const w = L.Q_DESC_LO + (field - V.COMMON_Q_DESCLO) / 4; // the six address halves
-        return qx ? st[this.q(w)] >>> 0 : 0;
-      }
-    }
-  }
-
-  /** A whole-field write; whatever the worker reads changes inside quiesce. */
-  private commonWrite(field: number, v: number): void {
-    const st = this.state;
-    switch (field) {
-      case V.COMMON_DFSELECT: this.dfSelect = v; return;
-      case V.COMMON_GFSELECT: this.gfSelect = v; return;
-      case V.COMMON_GF:
-        // Features are frozen once FEATURES_OK was accepted.
-        if (this.gfSelect <= 1 && !(st[L.G_STATUS] & V.STATUS_FEATURES_OK)) this.driverFeatures[this.gfSelect] = v;
-        return;
-      case V.COMMON_Q_SELECT: this.qSelect = v; return;
-      case V.COMMON_STATUS: this.writeStatus(v); return;
-      case V.COMMON_MSIX: this.publish(() => { st[L.G_CONFIG_VEC] = this.vector(v); }); return;
-      default: break;
-    }
-    if (!this.queueExists()) return;
-    const enabled = st[this.q(L.Q_ENABLE)] !== 0;
-    switch (field) {
-      case V.COMMON_Q_SIZE:
-        // A split queue's size is a power of two up to the maximum; other values are ignored.
-        if (!enabled && v >= 1 && v <= this.config.queueSize && (v & (v - 1)) === 0) this.publish(() => { st[this.q(L.Q_SIZE)] = v; });
-        return;
-      case V.COMMON_Q_MSIX: this.publish(() => { st[this.q(L.Q_VECTOR)] = this.vector(v); }); return;
-      case V.COMMON_Q_ENABLE:
-        // 0 is not a valid write without VIRTIO_F_RING_RESET: queues stop only at device reset.
-        if (v === 1 && !enabled) this.publish(() => { st[this.q(L.Q_ENABLE)] = 1; st[this.q(L.Q_EPOCH)]++; });
-        return;
-      case V.COMMON_Q_DESCLO: case V.COMMON_Q_DESCHI: case V.COMMON_Q_AVAILLO:
-      case V.COMMON_Q_AVAILHI: case V.COMMON_Q_USEDLO: case V.COMMON_Q_USEDHI:
-        if (!enabled) this.publish(() => { st[this.q(L.Q_DESC_LO + (field - V.COMMON_Q_DESCLO) / 4)] = v | 0; });
-        return;
-      default: return; // read-only fields
-    }
-  }
-
-  /** An MSI-X vector the driver may assign: one that exists, else NO_VECTOR (the spec's "mapping failed"). */
-  private vector(v: number): number {
-    return v < this.msixVectors ? v : NO_VECTOR;
-  }
-
-  private writeStatus(v: number): void {
-    if (v === 0) { this.virtioReset(); return; }
-    const st = this.state;
-    const old = st[L.G_STATUS];
-    let s = v & ~V.STATUS_DEVICE_NEEDS_RESET & 0xff;
-    if ((s & V.STATUS_FEATURES_OK) && !(old & V.STATUS_FEATURES_OK)) {
-      const asked = (BigInt(this.driverFeatures[1] >>> 0) << 32n) | BigInt(this.driverFeatures[0] >>> 0);
-      // Refused: bits not offered, a modern device driven without VERSION_1, MQ without CTRL_VQ.
-      const ok = (asked & ~this.offered) === 0n && (asked & F(V.VIRTIO_F_VERSION_1)) !== 0n &&
-        (!(asked & F(V.VIRTIO_NET_F_MQ)) || (asked & F(V.VIRTIO_NET_F_CTRL_VQ)) !== 0n);
-      if (!ok) s &= ~V.STATUS_FEATURES_OK;
-      else this.publish(() => { st[L.G_FEAT_LO] = this.driverFeatures[0] | 0; st[L.G_FEAT_HI] = this.driverFeatures[1] | 0; });
-    }
-    this.publish(() => { st[L.G_STATUS] = s; });
+    // ISR and device configuration are read-only
+    if (off < L.COMMON_OFF + V.COMMON_CFG_SIZE) this.common.write(off - L.COMMON_OFF, data);
   }
 
   /** Change state the lcore reads while it is paused, then tell it to re-read. */

@@ -16,6 +16,8 @@
  */
 import { checkDevargs, type DevargsSchema } from '../../../lib/kvargs/kvargs.js';
 import { VIRTQ_MAX_SIZE } from '../../../lib/virtio/virtio.js';
+import * as CC from '../../../lib/virtio/common_cfg.js';
+import type { CommonCfgLayout } from '../../../lib/virtio/common_cfg.js';
 
 export const PCI_SUBSYSTEM_ID = 0x1100;
 export const PCI_REVISION = 1;
@@ -71,10 +73,17 @@ export const G_RESETS = 12;
 /** anyone (setLinkState): 1 while the link is down (status without VIRTIO_NET_S_LINK_UP); the worker raises the config interrupt on a change */
 export const G_LINK_DOWN = 13;
 export const Q_BASE = 16;
+/** Words per queue: the common configuration's (lib/virtio/common_cfg.ts) and room to spare. */
 export const Q_WORDS = 12;
-export const Q_SIZE = 0, Q_ENABLE = 1, Q_VECTOR = 2, Q_DESC_LO = 3, Q_DESC_HI = 4, Q_AVAIL_LO = 5, Q_AVAIL_HI = 6, Q_USED_LO = 7, Q_USED_HI = 8;
-/** bumped at every enable and reset: the worker restarts the queue's indices from 0 */
-export const Q_EPOCH = 9;
+// A queue's words are the common configuration machine's (size, enable, vector, the ring address
+// halves, and Q_EPOCH, bumped at every enable and reset: the worker restarts the queue's indices
+// from 0), copied into this module's constants for the data half.
+export const Q_SIZE = CC.Q_SIZE, Q_ENABLE = CC.Q_ENABLE, Q_VECTOR = CC.Q_VECTOR, Q_DESC_LO = CC.Q_DESC_LO, Q_DESC_HI = CC.Q_DESC_HI;
+export const Q_AVAIL_LO = CC.Q_AVAIL_LO, Q_AVAIL_HI = CC.Q_AVAIL_HI, Q_USED_LO = CC.Q_USED_LO, Q_USED_HI = CC.Q_USED_HI, Q_EPOCH = CC.Q_EPOCH;
+if (CC.Q_COMMON_WORDS > Q_WORDS) throw new Error(`virtio-net layout: ${Q_WORDS} words per queue hold fewer than the common configuration's ${CC.Q_COMMON_WORDS}`);
+
+/** Where the common configuration machine keeps its words in the shared state. */
+export const COMMON_LAYOUT: CommonCfgLayout = { status: G_STATUS, featLo: G_FEAT_LO, featHi: G_FEAT_HI, configVector: G_CONFIG_VEC, queueBase: (q) => Q_BASE + q * Q_WORDS };
 
 /**
  * Take the device's link down or up, from any thread that holds its state (VirtioNetDevice.state,

@@ -5,7 +5,7 @@
  * TP_STATUS_SEND_REQUEST, and kicks the kernel once per burst with send(). Frames are copied: the
  * rings are the kernel's memory, mbufs are ours.
  */
-import { viewOf, sendKick, MSG_DONTWAIT } from '../../../src/os/libc.js';
+import { viewOf, sendKick, MSG_DONTWAIT, E } from '../../../src/os/libc.js';
 import { TSO } from '../../../src/os/arch.js';
 import { Mempool } from '../../../lib/mempool/mempool.js';
 import { pktmbufAllocInit, pktmbufFreeBulk, MBUF_NONE } from '../../../lib/mempool/mbuf.js';
@@ -39,7 +39,9 @@ export interface AfPacketQueueData {
   vnetHdr?: boolean;
 }
 
-const EAGAIN = 11, ENOBUFS = 105;
+// errno values from the one table (src/os/libc.ts), copied into module constants: the burst loops
+// compare them per call, and a module constant costs no import-binding check per use.
+const EAGAIN = E.EAGAIN, ENOBUFS = E.ENOBUFS;
 /** TX frames up to this size are copied into a linear skb by the kernel (with PACKET_VNET_HDR). */
 const LINEAR_MAX = 255;
 

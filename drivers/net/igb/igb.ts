@@ -17,6 +17,13 @@
  *   stats  the NIC's counters (read-clear) accumulated as xstats, per-queue drops as imissed.
  * Data half: igb_data.ts. Registers: igb_regs.ts.
  *
+ * The steps follow the Intel 82576EB GbE Controller Datasheet, section 4.5 (software
+ * initialization), cited at each step so a reviewer can check the order: 4.5.4 Interrupts During
+ * Initialization, 4.5.5 Global Reset and General Configuration, 4.5.7 Link Setup Mechanisms and
+ * Control/Status Bit Summary, 4.5.9 Receive Initialization, then Transmit Initialization; for RSS,
+ * 7.1.1.7.3 (its verification key) and 8.10.9 (MRQC). Where a step names a section or a register
+ * without a number, the number could not be checked against the datasheet and is left out.
+ *
  * Not supported (yet): the VF driver (SR-IOV virtual functions, 8086:10ca), scattered RX (a frame
  * must fit one mbuf: the MTU is bounded by the pool's data room), checksum/TSO offloads, VLAN
  * filtering and stripping, IEEE 1588 timestamps, flow control settings, legacy interrupts.
@@ -28,6 +35,7 @@ import type { VfioDevice } from '../../../src/iommu/device.js';
 import * as U from '../../../src/iommu/vfio-uapi.js';
 import type { EalMemory, Memzone } from '../../../src/memory/memory.js';
 import * as os from '../../../src/os/libc.js';
+import { sleepMs } from '../../../src/os/sleep.js';
 import { log } from '../../../src/log.js';
 import { siblingModule } from '../../../src/lcore/module.js';
 import { checkDevargs, type DevargsSchema } from '../../../lib/kvargs/kvargs.js';
@@ -38,6 +46,7 @@ import type { Mempool } from '../../../lib/mempool/mempool.js';
 import { pktmbufAllocInit, pktmbufFreeBulk, pktmbufHeadroom, pktmbufDataRoom, MBUF_NONE } from '../../../lib/mempool/mbuf.js';
 import { MbufView } from '../../../lib/mempool/mbuf_view.js';
 import { registerPciDriver } from '../../bus/pci/pci.js';
+import { enableBusMaster, disableBusMaster } from '../../bus/pci/config.js';
 import * as R from './igb_regs.js';
 import { type IgbQueueData, ST_BROKEN, ST_WORDS } from './igb_data.js';
 
@@ -45,10 +54,9 @@ const DATA = siblingModule(import.meta.url, 'igb_data');
 export const IGB_VENDOR = 0x8086, IGB_DEVICE_82576 = 0x10c9;
 /** Queues this driver uses (the 82576 has 16; RSS spreads over at most 8 here). */
 const MAX_QUEUES = 8;
-const PCI_COMMAND = 0x04, PCI_COMMAND_MEMORY = 0x2, PCI_COMMAND_MASTER = 0x4;
 /** How long register handshakes (reset, EEPROM, MDIC, queue enable) may take. */
 const HANDSHAKE_MS = 1000;
-/** The well-known default Toeplitz key (also Microsoft's RSS verification key). */
+/** The well-known default Toeplitz key (Microsoft's RSS verification key; 82576 datasheet, 7.1.1.7.3). */
 const DEFAULT_RSS_KEY = [
   0x6d, 0x5a, 0x56, 0xda, 0x25, 0x5b, 0x0e, 0xc2, 0x41, 0x67, 0x25, 0x3d, 0x43, 0xa3, 0x8f, 0xb0,
   0xd0, 0xca, 0x2b, 0xcb, 0xae, 0x7b, 0x30, 0xb4, 0x77, 0xcb, 0x2d, 0xa3, 0x80, 0x30, 0xf2, 0x0c,
@@ -114,14 +122,19 @@ export class IgbPort extends EthDev {
 
   /** Probe an 82576: bus mastering, BAR0, reset, MAC from the EEPROM, PHY and link bring-up. */
   static open(vfio: VfioDevice, memory: EalMemory, opts: IgbOptions = {}): IgbPort {
-    setCommand(vfio, PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER, true);
+    // PCI: memory decoding and bus mastering, or the NIC can neither answer BAR0 nor DMA
+    enableBusMaster(vfio);
     const bar = Bar.open(vfio, U.VFIO_PCI_BAR0_REGION_INDEX);
     try {
       if (!bar.isMapped(0, 0x10000)) throw new Error(`${vfio.name}: BAR0 is not mmap'd (VFIO ${vfio.backend}); the data path writes tail registers through the mapping`);
+      // 82576 datasheet, 4.5.4 Interrupts During Initialization and 4.5.5 Global Reset and General Configuration
       globalReset(bar, vfio.name);
+      // the MAC address: EEPROM words 0..2 through EERD (the EEPROM Read register's description in section 8)
       const mac = readMac(bar, vfio.name);
+      // 82576 datasheet, 4.5.7 Link Setup Mechanisms and Control/Status Bit Summary: the internal
+      // copper PHY through MDIC, identified, autonegotiation restarted (the link comes up when it
+      // completes; an LSC interrupt says when), and CTRL.SLU set so the MAC follows the PHY's link
       const phyId = (mdicRead(bar, R.PHY_ID1, vfio.name) << 16 | mdicRead(bar, R.PHY_ID2, vfio.name)) >>> 0;
-      // restart autonegotiation: the link comes up when it completes (an LSC interrupt says when)
       mdicWrite(bar, R.PHY_BMCR, R.BMCR_AUTOEN | R.BMCR_ANRESTART | R.BMCR_FULL_DUPLEX | R.BMCR_SPEED1000, vfio.name);
       bar.write32(R.CTRL, bar.read32(R.CTRL) | R.CTRL_SLU);
       const port = new IgbPort(vfio, memory, bar, mac, phyId, opts);
@@ -195,13 +208,17 @@ export class IgbPort extends EthDev {
     const conf = this.configuration!;
     try {
       const b = this.bar;
+      // 82576 datasheet, 4.5.9 Receive Initialization: receive off while it is set up, the
+      // multicast table array cleared
       b.write32(R.RCTL, 0);
       for (let i = 0; i < R.MTA_WORDS; i++) b.write32(R.MTA + 4 * i, 0);
+      // Transmit Initialization (82576 datasheet, section 4.5, after Receive Initialization)
       for (let q = 0; q < conf.txQueues; q++) this.tx.push(this.setupTx(q, this.txDesc[q]));
       const frame = (conf.mtu ?? 1500) + 14 + 4; // Ethernet header and one VLAN tag
       for (let q = 0; q < conf.rxQueues; q++) this.rx.push(this.setupRx(q, this.rxDesc[q], this.rxPools[q]!, frame));
       this.setupRss(conf.rxQueues);
       if (conf.intr?.rxq || conf.intr?.lsc) this.setupInterrupts(conf);
+      // 4.5.9 again: the long-packet limit, then RCTL (and TCTL) enable once every queue is ready
       b.write32(R.RLPML, frame);
       let rctl = R.RCTL_EN | R.RCTL_BAM | R.RCTL_SECRC;
       if (this.isPromiscuous) rctl |= R.RCTL_UPE | R.RCTL_MPE;
@@ -217,7 +234,11 @@ export class IgbPort extends EthDev {
     log('info', 'net_igb', `${this.name}: started ${conf.rxQueues} RX / ${conf.txQueues} TX queue(s)${conf.rxQueues > 1 ? ', RSS' : ''}${this.msix ? ', MSI-X interrupts' : ''}, link ${this.link().up ? 'up' : 'down (autonegotiating)'}`);
   }
 
-  /** One RX ring: memzone, every descriptor given an mbuf, the queue's registers, enabled. */
+  /**
+   * One RX ring: memzone, every descriptor given an mbuf, the queue's registers, enabled (82576
+   * datasheet, 4.5.9 Receive Initialization: base, length, SRRCTL, head and tail, then
+   * RXDCTL.ENABLE polled until it reads back set; the tail is bumped only after that, in onStart).
+   */
   private setupRx(q: number, n: number, pool: Mempool, frame: number): Ring {
     const what = `${this.name}: RX queue ${q}`;
     const size = ringSize(n);
@@ -252,7 +273,10 @@ export class IgbPort extends EthDev {
     return ring;
   }
 
-  /** One TX ring: memzone, the queue's registers, enabled. */
+  /**
+   * One TX ring: memzone, the queue's registers, enabled (82576 datasheet, Transmit
+   * Initialization: base, length, head and tail, then TXDCTL.ENABLE polled until it reads back set).
+   */
   private setupTx(q: number, n: number): Ring {
     const size = ringSize(n);
     const ring = this.newRing(`igb${this.port}_tx${q}`, size);
@@ -275,7 +299,11 @@ export class IgbPort extends EthDev {
     return { zone, size, mbufs, state: new Int32Array(new SharedArrayBuffer(4 * ST_WORDS)), eventfd: -1, bufLen: 0 };
   }
 
-  /** RSS over n queues: RETA entries round-robin, the key, and the hashed fields. */
+  /**
+   * RSS over n queues: RETA entries round-robin, the key, and the hashed fields (82576 datasheet,
+   * 7.1.1.7.3: the verification key, this driver's default; 8.10.9 Multiple Queues Command
+   * Register - MRQC).
+   */
   private setupRss(n: number): void {
     const b = this.bar;
     if (n <= 1) {
@@ -293,7 +321,8 @@ export class IgbPort extends EthDev {
 
   /**
    * MSI-X: vector q for RX queue q (armed by the lcore through EIMS), vector n for the "other"
-   * causes (link status change, watched here). Causes auto-clear when their message is sent.
+   * causes (link status change, watched here). Causes auto-clear when their message is sent. The
+   * datasheet's interrupt chapter (MSI-X mode: GPIE, IVAR, EIAC, EITR) is cited by title only.
    */
   private setupInterrupts(conf: PortConf): void {
     const n = conf.rxQueues, b = this.bar;
@@ -390,7 +419,7 @@ export class IgbPort extends EthDev {
         this.closed = true;
         try { globalReset(this.bar, this.name); } catch { /* already quiet */ }
         this.bar.close();
-        try { setCommand(this.vfio, PCI_COMMAND_MASTER, false); } catch { /* the device may be gone */ }
+        try { disableBusMaster(this.vfio); } catch { /* the device may be gone */ }
       }
     }
   }
@@ -420,10 +449,6 @@ function ringSize(n: number): number {
   return Math.max(R.RING_ALIGN_DESC, 2 ** Math.ceil(Math.log2(Math.min(n, R.MAX_DESC))));
 }
 
-function sleepMs(ms: number): void {
-  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
-}
-
 /** Poll cond for up to HANDSHAKE_MS; throw msg when it never holds. */
 function waitFor(cond: () => boolean, msg: string): void {
   const t0 = Date.now();
@@ -433,7 +458,11 @@ function waitFor(cond: () => boolean, msg: string): void {
   }
 }
 
-/** Mask every interrupt, then CTRL.RST: the NIC stops DMA and returns to its power-on state. */
+/**
+ * Mask every interrupt, then CTRL.RST: the NIC stops DMA and returns to its power-on state; mask
+ * again after the reset and clear what is pending (82576 datasheet, 4.5.4 Interrupts During
+ * Initialization and 4.5.5 Global Reset and General Configuration).
+ */
 function globalReset(b: Bar, name: string): void {
   b.write32(R.IMC, 0xffffffff);
   b.write32(R.EIMC, 0xffffffff);
@@ -487,17 +516,6 @@ function mdicRead(b: Bar, reg: number, name: string): number {
 
 function mdicWrite(b: Bar, reg: number, value: number, name: string): void {
   mdic(b, value | (reg << R.MDIC_REG_SHIFT) | (R.PHY_ADDR << R.MDIC_PHY_SHIFT) | R.MDIC_OP_WRITE, `${name}: PHY register ${reg} write`);
-}
-
-/** Set (or clear) bits of the PCI command register through the VFIO config region. */
-function setCommand(vfio: VfioDevice, bits: number, on: boolean): void {
-  const buf = new Uint8Array(2);
-  vfio.readRegion(U.VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND, buf);
-  let cmd = buf[0] | buf[1] << 8;
-  cmd = on ? cmd | bits : cmd & ~bits;
-  buf[0] = cmd & 0xff;
-  buf[1] = cmd >> 8;
-  vfio.writeRegion(U.VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND, buf);
 }
 
 /** Devargs this driver takes (-a ADDR,key=value). */

@@ -7,7 +7,7 @@
  * Nothing is allocated per packet or per burst.
  */
 import { writeSync } from 'node:fs';
-import { readRaw, writeRaw, writeNoThrow } from '../../../src/os/libc.js';
+import { readRaw, writeRaw, writeNoThrow, E } from '../../../src/os/libc.js';
 import { Mempool } from '../../../lib/mempool/mempool.js';
 import { pktmbufAllocInit, pktmbufFreeBulk, MBUF_NONE } from '../../../lib/mempool/mbuf.js';
 import { MbufView } from '../../../lib/mempool/mbuf_view.js';
@@ -22,7 +22,9 @@ import {
 export const TX_FILL = 0;
 /** Number of Int32 control words of a TX file buffer. */
 export const TX_CTL_WORDS = 2;
-const EAGAIN = 11;
+// errno values from the one table (src/os/libc.ts), copied into module constants: the burst loops
+// compare them per call, and a module constant costs no import-binding check per use.
+const EAGAIN = E.EAGAIN, ENOBUFS = E.ENOBUFS;
 
 /** Plain data of the RX queue. */
 export interface PcapRxData {
@@ -239,7 +241,7 @@ class IfaceTx implements TxQueue {
         continue;
       }
       const r = writeRaw(this.fd, v.pool!.va + v.data, v.dataLen);
-      if (r === -EAGAIN || r === -105 /* ENOBUFS */) break; // the socket is full: the rest stay the caller's
+      if (r === -EAGAIN || r === -ENOBUFS) break; // the socket is full: the rest stay the caller's
       if (r < 0) errors++;
     }
     const bytes = pktmbufFreeBulk(pkts, k, off);

@@ -3,7 +3,7 @@
  * room, one write() per sent frame straight from it (a TAP fd carries one frame per call, so a
  * system call per packet is inherent here; everything else allocates nothing).
  */
-import { readRaw, writeRaw, write as writeBuf, OsError } from '../../../src/os/libc.js';
+import { readRaw, writeRaw, write as writeBuf, OsError, E } from '../../../src/os/libc.js';
 import { Mempool } from '../../../lib/mempool/mempool.js';
 import { pktmbufAllocInit, pktmbufFreeBulk, MBUF_NONE } from '../../../lib/mempool/mbuf.js';
 import { MbufView } from '../../../lib/mempool/mbuf_view.js';
@@ -21,7 +21,9 @@ export interface TapQueueData {
   intr?: boolean;
 }
 
-const EAGAIN = 11;
+// errno values from the one table (src/os/libc.ts), copied into module constants: the burst loops
+// compare them per call, and a module constant costs no import-binding check per use.
+const EAGAIN = E.EAGAIN;
 
 class TapRx implements RxQueue {
   private readonly room: number;
@@ -112,7 +114,7 @@ function writeFlat(fd: number, b: Uint8Array, len: number): number {
   try {
     return writeBuf(fd, b, len);
   } catch (e) {
-    return e instanceof OsError ? -e.errno : -5;
+    return e instanceof OsError ? -e.errno : -E.EIO;
   }
 }
 

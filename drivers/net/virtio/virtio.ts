@@ -24,13 +24,14 @@ import { VFIO_PCI_MSIX_IRQ_INDEX } from '../../../src/iommu/vfio-uapi.js';
 import { log } from '../../../src/log.js';
 import { UsageError } from '../../../src/options.js';
 import { siblingModule } from '../../../src/lcore/module.js';
+import { sleepMs } from '../../../src/os/sleep.js';
 import { EthDev, MAX_QUEUES, xstatIndex, type DevInfo, type LinkStatus, type PortConf } from '../../../lib/ethdev/ethdev.js';
 import type { Mempool } from '../../../lib/mempool/mempool.js';
 import { pktmbufAllocInit, pktmbufFreeBulk, pktmbufHeadroom, pktmbufDataRoom, MBUF_NONE } from '../../../lib/mempool/mbuf.js';
 import { MbufView } from '../../../lib/mempool/mbuf_view.js';
 import { registerPciDriver } from '../../bus/pci/pci.js';
 import * as V from '../../../lib/virtio/virtio.js';
-import { VirtioPci, chooseQueueSize, sleepMs, type FeatureChoice } from './virtio_pci.js';
+import { VirtioPci, chooseQueueSize, type FeatureChoice } from './virtio_pci.js';
 import { type VirtqLayout, virtqLayout, availIdxWord, availRingWord, usedIdxWord, usedRingWord, iovaHalves } from './virtqueue.js';
 import { type VirtioQueueData, VirtqBook, RX_START_EPOCH, BK_AVAIL_IDX } from './virtio_data.js';
 

@@ -12,15 +12,11 @@ import { Bar } from '../../../src/iommu/bar.js';
 import type { VfioDevice } from '../../../src/iommu/device.js';
 import { pciRegionName } from '../../../src/iommu/device.js';
 import * as U from '../../../src/iommu/vfio-uapi.js';
+import { sleepMs } from '../../../src/os/sleep.js';
 import * as V from '../../../lib/virtio/virtio.js';
-
-// Not in lib/virtio/virtio.ts (which this driver must not change): PCI config space facts and the
-// control virtqueue's RX class (5.1.6.5.1).
-/** PCI command register and its bits. */
-const PCI_COMMAND = 0x04, PCI_COMMAND_MEMORY = 0x2, PCI_COMMAND_MASTER = 0x4, PCI_COMMAND_INTX_DISABLE = 0x400;
-/** PCI status register: bit 4 says a capability list exists. */
-const PCI_STATUS = 0x06, PCI_STATUS_CAP_LIST = 0x10;
-const PCI_CAPABILITY_LIST = 0x34;
+import {
+  enableBusMaster, pciCapabilities, readConfigSpace, PCI_COMMAND_INTX_DISABLE, PCI_STATUS, PCI_STATUS_CAP_LIST,
+} from '../../bus/pci/config.js';
 
 /** One virtio structure a vendor capability points at: BAR, offset and length. */
 export interface VirtioCapRef {
@@ -55,12 +51,8 @@ export function parseVirtioCaps(cfg: Uint8Array, what: string): VirtioPciCaps {
   const all: VirtioPciCaps['all'] = [];
   let common: VirtioCapRef | null = null, isr: VirtioCapRef | null = null, device: VirtioCapRef | null = null;
   let notify: (VirtioCapRef & { multiplier: number }) | null = null;
-  const seen = new Set<number>();
-  for (let p = cfg[PCI_CAPABILITY_LIST] & 0xfc; p !== 0; p = cfg[p + V.CAP_NEXT] & 0xfc) {
-    if (p < 0x40 || p + 2 > cfg.length) throw new Error(`${what}: capability pointer 0x${p.toString(16)} is outside config space (0x40..0x${(cfg.length - 1).toString(16)})`);
-    if (seen.has(p)) throw new Error(`${what}: the capability list loops back to 0x${p.toString(16)}`);
-    seen.add(p);
-    if (cfg[p + V.CAP_VNDR] !== V.PCI_CAP_ID_VNDR) continue;
+  for (const { id, at: p } of pciCapabilities(cfg, what)) {
+    if (id !== V.PCI_CAP_ID_VNDR) continue;
     const len = cfg[p + V.CAP_LEN];
     if (len < V.CAP_SIZE || p + V.CAP_SIZE > cfg.length) continue; // too short to be a virtio_pci_cap
     const cfgType = cfg[p + V.CAP_CFG_TYPE], bar = cfg[p + V.CAP_BAR];
@@ -119,11 +111,10 @@ export function chooseQueueSize(requested: number, deviceMax: number, cap = V.VI
   return Math.min(want, limit);
 }
 
-/** Sleep on the calling thread (control plane waits for a device; never on the data path). */
-export function sleepMs(ms: number): void {
-  Atomics.wait(SLEEPER, 0, 0, ms);
+/** The device cleared FEATURES_OK: it cannot work with the features the driver accepted. */
+export class FeaturesRefused extends Error {
+  override readonly name = 'FeaturesRefused';
 }
-const SLEEPER = new Int32Array(new SharedArrayBuffer(4));
 
 /** A modern virtio PCI device: its structures found and its BARs open. */
 export class VirtioPci {
@@ -144,10 +135,7 @@ export class VirtioPci {
    * mastering (the device DMAs the rings; interrupts stay off: INTx disabled, no MSI-X).
    */
   static open(dev: VfioDevice, opts: { mmap?: boolean } = {}): VirtioPci {
-    const cfgInfo = dev.regionInfo(U.VFIO_PCI_CONFIG_REGION_INDEX);
-    const cfg = new Uint8Array(Math.min(256, cfgInfo.size));
-    dev.readRegion(U.VFIO_PCI_CONFIG_REGION_INDEX, 0, cfg);
-    const caps = parseVirtioCaps(cfg, dev.name);
+    const caps = parseVirtioCaps(readConfigSpace(dev), dev.name);
     const v = new VirtioPci(dev, caps);
     try {
       const refs: Array<[string, VirtioCapRef | null]> = [['common configuration', caps.common], ['notification', caps.notify], ['ISR', caps.isr], ['device configuration', caps.device]];
@@ -162,12 +150,7 @@ export class VirtioPci {
           throw new Error(`${dev.name}: the virtio ${name} capability at 0x${ref.at.toString(16)} names BAR${ref.bar}+0x${ref.offset.toString(16)} (+${ref.length}) beyond the BAR's ${bar.size} bytes`);
         }
       }
-      const b = new Uint8Array(2);
-      dev.readRegion(U.VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND, b);
-      const cmd = (b[0] | (b[1] << 8)) | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER | PCI_COMMAND_INTX_DISABLE;
-      b[0] = cmd & 0xff;
-      b[1] = cmd >> 8;
-      dev.writeRegion(U.VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND, b);
+      enableBusMaster(dev, PCI_COMMAND_INTX_DISABLE);
       return v;
     } catch (e) {
       v.close();
@@ -240,13 +223,22 @@ export class VirtioPci {
    * features, FEATURES_OK and check that the device kept it. Returns { offered, accepted }.
    */
   negotiate(choice: FeatureChoice): { offered: bigint; accepted: bigint } {
+    return this.negotiateWith((offered) => negotiateFeatures(offered, choice, this.dev.name));
+  }
+
+  /**
+   * negotiate() with the features chosen by pick from the offer (pick may throw to refuse the
+   * device): the one place the 3.1.1 sequence is written, also for tests that ask for features a
+   * driver would not. A device that refuses the choice is marked FAILED and the error says so.
+   */
+  negotiateWith(pick: (offered: bigint) => bigint): { offered: bigint; accepted: bigint } {
     this.reset();
     this.addStatus(V.STATUS_ACKNOWLEDGE);
     this.addStatus(V.STATUS_DRIVER);
     const offered = this.deviceFeatures();
     let accepted: bigint;
     try {
-      accepted = negotiateFeatures(offered, choice, this.dev.name);
+      accepted = pick(offered);
     } catch (e) {
       this.addStatus(V.STATUS_FAILED);
       throw e;
@@ -255,7 +247,7 @@ export class VirtioPci {
     this.addStatus(V.STATUS_FEATURES_OK);
     if ((this.status() & V.STATUS_FEATURES_OK) === 0) {
       this.addStatus(V.STATUS_FAILED);
-      throw new Error(`${this.dev.name}: the device refused the features ${V.featureNames(accepted)} (FEATURES_OK did not stick; offered ${V.featureNames(offered)})`);
+      throw new FeaturesRefused(`${this.dev.name}: the device refused the features ${V.featureNames(accepted)} (FEATURES_OK did not stick; offered ${V.featureNames(offered)})`);
     }
     this.common.write16(this.c(V.COMMON_MSIX), V.VIRTIO_MSI_NO_VECTOR); // poll mode: no config interrupt
     return { offered, accepted };

@@ -9,6 +9,7 @@ import * as U from '../../../src/iommu/vfio-uapi.js';
 import { Bar } from '../../../src/iommu/bar.js';
 import type { VfioDevice } from '../../../src/iommu/device.js';
 import * as R from '../../../lib/dmatest/regs.js';
+import { enableBusMaster, readPciIdsThroughVfio } from '../../bus/pci/config.js';
 
 /** DMA memory the driver's ring lives in: its address here and its IOVA for the device. */
 export interface DmaBuffer {
@@ -60,12 +61,11 @@ export class DmatestDriver {
     const entries = opts.entries ?? 64;
     if (entries < 1 || entries > 4096 || (entries & (entries - 1)) !== 0) throw new RangeError(`dmatest: ring entries ${entries} must be a power of two from 1 to 4096`);
     if (ring.len < entries * R.DESC_SIZE) throw new RangeError(`dmatest: the ring buffer holds ${ring.len} bytes; ${entries} entries need ${entries * R.DESC_SIZE}`);
-    const cfg = new Uint8Array(4);
-    dev.readRegion(U.VFIO_PCI_CONFIG_REGION_INDEX, 0, cfg);
-    const vendor = cfg[0] | (cfg[1] << 8), device = cfg[2] | (cfg[3] << 8);
+    const { vendor, device } = readPciIdsThroughVfio(dev).id;
     if (vendor !== R.DMATEST_VENDOR || device !== R.DMATEST_DEVICE) {
       throw new Error(`${dev.name}: PCI id ${vendor.toString(16)}:${device.toString(16)} is not a dmatest device (${R.DMATEST_VENDOR.toString(16)}:${R.DMATEST_DEVICE.toString(16)})`);
     }
+    enableBusMaster(dev); // the engine reads descriptors and copies buffers by DMA
     const bar = Bar.open(dev, 0, { mmap: opts.mmap });
     let efd = -1;
     try {
