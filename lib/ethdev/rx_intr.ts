@@ -9,7 +9,7 @@
  * Works with any RxInterrupt: an eventfd that a device's MSI-X vector signals, or the socket / tap
  * fd of a kernel-backed port. Allocates nothing per round or per sleep.
  */
-import { pollFds, takeSocketError, clockGettime, CLOCK_MONOTONIC, POLLIN, POLLERR, SIZEOF_POLLFD } from '../../src/os/libc.js';
+import { pollFds, takeSocketError, clockGettime, CLOCK_MONOTONIC, POLLIN, POLLERR, SIZEOF_POLLFD, E } from '../../src/os/libc.js';
 import type { RxInterrupt, RxQueue } from './ethdev.js';
 
 export type { RxInterrupt } from './ethdev.js';
@@ -53,7 +53,8 @@ export interface RxIdleStats {
   sleptMs: number;
 }
 
-const EINTR = 4;
+// A module constant, not E.EINTR at each use: the sleep path compares it per poll.
+const EINTR = E.EINTR;
 
 /** Puts an lcore to sleep on its RX queues' interrupts when they stay idle (rte_eth_dev_rx_intr_enable + epoll_wait). */
 export class RxIdleSleeper {
