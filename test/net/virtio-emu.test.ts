@@ -30,7 +30,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import '../../drivers/index.js';
 import { siblingModule } from '../../src/lcore/lcores.js';
-import { formatMac } from '../../lib/ethdev/ethdev.js';
+import { formatMac } from '../../lib/net/mac.js';
 import { pktmbufAlloc, pktmbufFree, writePacket, readPacket, nbSegs, chain, refcnt, refcntUpdate, mtod, pktmbufFreeBulk } from '../../lib/mempool/mbuf.js';
 import { poolOf } from '../../lib/mempool/mempool.js';
 import * as V from '../../lib/virtio/virtio.js';
