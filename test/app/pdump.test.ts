@@ -61,7 +61,7 @@ t.test('pdump captures a running l2fwd: frames as the app saw them, tshark reads
   const a = join(dir, 'replay.pcap'), cap = join(dir, 'cap.pcap');
   const frames = replayFile(a);
   const prefix = `${tag}a`;
-  const app = await startApp(['l2fwd', '--no-huge', '--file-prefix', prefix, '--vdev', `net_pcap0,rx_pcap=${a},infinite_rx=1`, '--vdev', 'net_pcap1', '--', '-p', '0x3', '--no-mac-updating', '-T', '0', '--duration', '900']);
+  const app = await startApp(['l2fwd', '--no-huge', '--file-prefix', prefix, '--vdev', `net_pcap0,rx_pcap=${a},infinite_rx=1`, '--vdev', 'net_pcap1', '--', '-p', '0x3', '--no-mac-updating', '-T', '0', '--duration', '300']);
   // The first pdump runs until SIGINT: under load a pdump's start-up alone can take seconds, so
   // the second starts only once the first has attached, and the first ends when the second is done.
   let firstChild: ChildProcess | null = null, firstOut = '';
@@ -113,7 +113,7 @@ t.test('pdump errors: no app, no capture region, bad options', { timeout: 300000
   const prefix = `${tag}b`;
   const a = join(dir, 'replay2.pcap');
   replayFile(a);
-  const app = await startApp(['l2fwd', '--no-huge', '--file-prefix', prefix, '--vdev', `net_pcap0,rx_pcap=${a}`, '--vdev', 'net_pcap1', '--', '-p', '0x3', '-T', '0', '--duration', '900'],
+  const app = await startApp(['l2fwd', '--no-huge', '--file-prefix', prefix, '--vdev', `net_pcap0,rx_pcap=${a}`, '--vdev', 'net_pcap1', '--', '-p', '0x3', '-T', '0', '--duration', '300'],
     { ...CHILD_ENV, TSPMD_PDUMP: '0' });
   const off = await runCli(['pdump', '--file-prefix', prefix, '--port', '0', '--out', join(dir, 'y.pcap'), '--duration', '1']);
   t.equal(off.code, 1);
@@ -147,7 +147,7 @@ t.test('pdump of live pings: exactly the pings, in the bytes the app forwarded',
   sh(['ip', '-n', ns, 'neigh', 'add', '10.214.3.1', 'lladdr', '02:00:00:00:aa:01', 'dev', peer]);
   const b = join(dir, 'fwd.pcap'), cap0 = join(dir, 'ping-rx.pcap'), cap1 = join(dir, 'ping-tx.pcap');
   const prefix = `${tag}c`;
-  const app = await startApp(['l2fwd', '--no-huge', '--file-prefix', prefix, '--vdev', `net_pcap0,rx_iface=${host}`, '--vdev', `net_pcap1,tx_pcap=${b}`, '--', '-p', '0x3', '--no-mac-updating', '-T', '0', '--duration', '900']);
+  const app = await startApp(['l2fwd', '--no-huge', '--file-prefix', prefix, '--vdev', `net_pcap0,rx_iface=${host}`, '--vdev', `net_pcap1,tx_pcap=${b}`, '--', '-p', '0x3', '--no-mac-updating', '-T', '0', '--duration', '300']);
   const icmp = ['icmp'];
   for (const [port, dirn, file, count] of [[0, 'rx', cap0, 5], [1, 'tx', cap1, 7]] as const) {
     const pd = spawn(process.execPath, [...process.execArgv, CLI, 'pdump', '--file-prefix', prefix, '--port', String(port), '--dir', dirn, '--out', file, '--duration', '6'], { stdio: ['ignore', 'pipe', 'pipe'], env: CHILD_ENV });
