@@ -30,8 +30,9 @@ export type { VfioDevice, DmaSpace, RegionInfo, IrqInfo, DeviceInfo } from './sr
 
 // ---- ports (rte_ethdev.h) ----
 export {
-  EthDev, listPorts, closeAllPorts, openRxQueue, openTxQueue, formatMac, parseMac, MAX_QUEUES,
+  EthDev, listPorts, closeAllPorts, openRxQueue, openTxQueue, addQueueCallback, MAX_QUEUES,
   type PortData, type PortConf, type PortStats, type LinkStatus, type DevInfo, type RxQueue, type TxQueue,
+  type QueueCallback, type QueueCallbackModule,
 } from './lib/ethdev/ethdev.js';
 export { RxIdleSleeper, FdRxInterrupt, type RxInterrupt, type RxIdleQueue, type RxIdleSleeperOptions, type RxIdleStats } from './lib/ethdev/rx_intr.js';
 
@@ -50,6 +51,10 @@ export {
   buildUdpFrame, checkUdpFrame, parseIpv4, ipv4Checksum, udpChecksum, ETH_HLEN, IPV4_HLEN, UDP_HLEN, ETHERTYPE_IPV4,
   IPPROTO_UDP, type UdpFrameSpec, type UdpFrameInfo,
 } from './lib/net/packet.js';
+export { formatMac, parseMac, isMulticastMac } from './lib/net/mac.js';
+
+// ---- live capture (rte_pdump.h): runApp calls pdumpInit; an app with its own Eal may call it ----
+export { pdumpInit } from './lib/pdump/pdump.js';
 
 // ---- applications: `app [EAL options] -- [app options]`, one module per app ----
 export { runApp, appMain, eachOption, numberOption, runLcoresUntilDone, sleep, type App, type RunEnd } from './lib/app/app.js';

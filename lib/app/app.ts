@@ -1,8 +1,9 @@
 /**
  * What every tspmd application shares: `<app> [EAL options] -- [app options]` parsing, --help,
- * exit codes (2 for bad arguments, 1 for failures), EAL set-up and teardown, and the EAL's telemetry
+ * exit codes (2 for bad arguments, 1 for failures), EAL set-up and teardown, the EAL's telemetry
  * (the DPDK telemetry v2 socket unless --no-telemetry, Prometheus metrics with --metrics-port;
- * docs/telemetry.md). An app is one module:
+ * docs/telemetry.md), and live capture by `tspmd pdump` (lib/pdump; off with TSPMD_PDUMP=0 in the
+ * environment, docs/pcap.md). An app is one module:
  * it exports its App object and its lcore functions, and ends with appMain(import.meta.url, app),
  * which runs it when the module is the program (`node l2fwd.js ...`) and does nothing when the
  * module is imported: by the tspmd command, or by an lcore worker loading its poll function.
@@ -14,6 +15,7 @@ import { isMainThread } from 'node:worker_threads';
 import { Eal } from '../../src/eal.js';
 import { parseEalArgs, splitArgs, ealOptionKey, UsageError, EAL_HELP, type EalOptions } from '../../src/options.js';
 import { startTelemetry } from '../telemetry/start.js';
+import { pdumpInit } from '../pdump/pdump.js';
 
 /** One application: its name, help text, option parser (required when it has options) and body. */
 export type App<O = void> = AppBody<O> & (void extends O ? { parse?(args: string[]): O } : { parse(args: string[]): O });
@@ -65,6 +67,10 @@ export async function runApp<O>(app: App<O>, argvIn: string[], prog: string = ap
     console.error(`${prog}: ${(e as Error).message}`);
     return e instanceof UsageError ? 2 : 1;
   }
+  // Every app can be captured (run through tspmd or on its own): the capture queue callback is
+  // registered before main() hands its ports' data() to lcores. TSPMD_PDUMP=0: no callback at all,
+  // the queues run unwrapped.
+  if (process.env.TSPMD_PDUMP !== '0') pdumpInit();
   try {
     // DPDK's rte_eal_init starts telemetry too; a failure here names the fix (--no-telemetry, another prefix or port).
     await startTelemetry(eal, { prog, ealArgs, appArgs });

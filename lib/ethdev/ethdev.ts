@@ -6,8 +6,14 @@
  *
  * Statistics live in a SharedArrayBuffer of float64 counters, one block per queue, written only by
  * the queue's owner and read live by the control thread.
+ *
+ * Queue callbacks (the idea of rte_eth_add_rx_callback / _add_tx_callback): a module registered on
+ * the main thread with addQueueCallback travels, by its URL, in every port's PortData, and the lcore
+ * that opens a queue imports it and lets it wrap the queue. A tool such as pdump attaches this way;
+ * ethdev knows nothing of it.
  */
 import { Mempool, type MempoolDesc } from '../mempool/mempool.js';
+import { formatMac } from '../net/mac.js';
 
 /** Most queues a port may have in each direction. */
 export const MAX_QUEUES = 64;
@@ -132,6 +138,44 @@ export interface PortData {
   rxPools: MempoolDesc[];
   stats: SharedArrayBuffer;
   mac: number[];
+  /** the queue callbacks registered when data() was taken, applied in order by openRxQueue/openTxQueue */
+  callbacks: QueueCallback[];
+}
+
+/**
+ * A queue callback: the URL of a module exporting wrapRxQueue and/or wrapTxQueue
+ * (QueueCallbackModule), and plain data handed to them. Structured-cloneable, like PortData.
+ */
+export interface QueueCallback {
+  module: string;
+  arg?: unknown;
+}
+
+/**
+ * What a queue-callback module exports. Each is called once per queue, in the lcore that opens it,
+ * and returns the queue to use: a wrapper around it, or the queue itself to leave it alone. A
+ * wrapper runs on every burst: it must allocate nothing and keep its calls monomorphic.
+ */
+export interface QueueCallbackModule {
+  wrapRxQueue?(port: PortData, q: number, queue: RxQueue, arg: unknown): RxQueue;
+  wrapTxQueue?(port: PortData, q: number, queue: TxQueue, arg: unknown): TxQueue;
+}
+
+const queueCallbacks: QueueCallback[] = [];
+
+/**
+ * Register a queue callback for every port (main thread). It reaches the queues opened from a
+ * port's data() taken after this call; queues already running keep what they had. Returns a
+ * function that unregisters it (again for later data() only).
+ */
+export function addQueueCallback(cb: QueueCallback): () => void {
+  if (typeof cb.module !== 'string' || cb.module === '') throw new TypeError('addQueueCallback: module must be the URL of a module exporting wrapRxQueue and/or wrapTxQueue');
+  const entry = { ...cb };
+  queueCallbacks.push(entry);
+  return () => {
+    const i = queueCallbacks.indexOf(entry);
+    if (i >= 0) queueCallbacks.splice(i, 1);
+  };
 }
 
 /** What a driver's data module exports. */
@@ -313,6 +357,7 @@ export abstract class EthDev {
       rxq: Array.from({ length: c.rxQueues }, (_, q) => this.rxqData(q)),
       txq: Array.from({ length: c.txQueues }, (_, q) => this.txqData(q)),
       rxPools: this.rxPools.map((p) => p!.desc), stats: this.statsMem, mac: this.macAddr(),
+      callbacks: queueCallbacks.map((cb) => ({ ...cb })),
     };
   }
 
@@ -393,18 +438,6 @@ export abstract class EthDev {
   }
 }
 
-/** Format 6 bytes as aa:bb:cc:dd:ee:ff. */
-export function formatMac(b: ArrayLike<number>): string {
-  return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join(':');
-}
-
-/** Parse aa:bb:cc:dd:ee:ff into 6 bytes; throws naming the text when it is not a MAC address. */
-export function parseMac(s: string): number[] {
-  const m = /^([0-9a-fA-F]{2})(?:[:-]([0-9a-fA-F]{2})){5}$/.test(s) ? s.split(/[:-]/) : null;
-  if (!m) throw new Error(`"${s}" is not a MAC address (expected six hex bytes like 02:00:00:00:00:01)`);
-  return m.map((x) => parseInt(x, 16));
-}
-
 // ---- the port registry (per process) ----
 
 const ports: Array<EthDev | null> = [];
@@ -429,21 +462,28 @@ export function closeAllPorts(): void {
   for (const p of listPorts()) p.close();
 }
 
-/** Rebuild RX queue q of a port in this thread (an lcore), which then owns it. */
+/** Rebuild RX queue q of a port in this thread (an lcore), which then owns it; the port's queue callbacks wrap it. */
 export async function openRxQueue(data: PortData, q: number): Promise<RxQueue> {
   const mod = (await import(data.module)) as DataModule;
   if (q < 0 || q >= data.rxq.length) throw new RangeError(`port ${data.port} (${data.name}): RX queue ${q} does not exist (configured: ${data.rxq.length})`);
-  // pdump: the queue comes wrapped so a capture can be switched on while it runs (lib/pcap/capture.ts)
-  const { wrapRxQueue } = await import('../pcap/capture.js');
-  return wrapRxQueue(data.port, q, mod.openRxQueue(data, q, new Float64Array(data.stats)));
+  let queue = mod.openRxQueue(data, q, new Float64Array(data.stats));
+  for (const cb of data.callbacks) {
+    const wrap = ((await import(cb.module)) as QueueCallbackModule).wrapRxQueue;
+    if (wrap) queue = wrap(data, q, queue, cb.arg);
+  }
+  return queue;
 }
 
-/** Rebuild TX queue q of a port in this thread (an lcore), which then owns it. */
+/** Rebuild TX queue q of a port in this thread (an lcore), which then owns it; the port's queue callbacks wrap it. */
 export async function openTxQueue(data: PortData, q: number): Promise<TxQueue> {
   const mod = (await import(data.module)) as DataModule;
   if (q < 0 || q >= data.txq.length) throw new RangeError(`port ${data.port} (${data.name}): TX queue ${q} does not exist (configured: ${data.txq.length})`);
   // TX frees mbufs: the pools they come from must be known in this thread.
   for (const p of data.rxPools) Mempool.attach(p);
-  const { wrapTxQueue } = await import('../pcap/capture.js');
-  return wrapTxQueue(data.port, q, mod.openTxQueue(data, q, new Float64Array(data.stats)));
+  let queue = mod.openTxQueue(data, q, new Float64Array(data.stats));
+  for (const cb of data.callbacks) {
+    const wrap = ((await import(cb.module)) as QueueCallbackModule).wrapTxQueue;
+    if (wrap) queue = wrap(data, q, queue, cb.arg);
+  }
+  return queue;
 }

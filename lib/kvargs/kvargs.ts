@@ -10,7 +10,7 @@
  *   --vdev "net_null0,sise=64": net_null has no key "sise"; valid keys: size (...), copy (...)
  */
 import { UsageError } from '../../src/options.js';
-import { formatMac, parseMac } from '../ethdev/ethdev.js';
+import { formatMac, isMulticastMac, parseMac } from '../net/mac.js';
 
 /** What every key declares. */
 interface KeyBase {
@@ -36,7 +36,7 @@ export interface BoolDevarg extends KeyBase {
   default?: boolean;
 }
 
-/** A MAC address aa:bb:cc:dd:ee:ff (lib/ethdev parseMac); unicast refuses multicast addresses. */
+/** A MAC address aa:bb:cc:dd:ee:ff (lib/net/mac.ts parseMac); unicast refuses multicast addresses. */
 export interface MacDevarg extends KeyBase {
   kind: 'mac';
   unicast?: boolean;
@@ -217,7 +217,7 @@ function parseValue(s: DevargSpec, text: string): number | boolean | number[] | 
       } catch {
         return null;
       }
-      return s.unicast && (mac[0] & 1) !== 0 ? null : mac;
+      return s.unicast && isMulticastMac(mac) ? null : mac;
     }
     case 'enum': return s.values.includes(text) ? text : null;
     case 'string': {

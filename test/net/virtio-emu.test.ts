@@ -30,7 +30,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import '../../drivers/index.js';
 import { siblingModule } from '../../src/lcore/module.js';
-import { formatMac } from '../../lib/ethdev/ethdev.js';
+import { formatMac } from '../../lib/net/mac.js';
 import { pktmbufAlloc, pktmbufFree, writePacket, readPacket, chain, refcntUpdate, pktmbufFreeBulk } from '../../lib/mempool/mbuf.js';
 import { MbufView } from '../../lib/mempool/mbuf_view.js';
 

@@ -13,8 +13,9 @@ import { OsError } from '../../../src/os/libc.js';
 import { UsageError } from '../../../src/options.js';
 import { log } from '../../../src/log.js';
 import {
-  EthDev, type DevInfo, type LinkStatus, type PortConf, parseMac, rxqStatsBase, RXQ_MISSED,
+  EthDev, type DevInfo, type LinkStatus, type PortConf, rxqStatsBase, RXQ_MISSED,
 } from '../../../lib/ethdev/ethdev.js';
+import { parseMac } from '../../../lib/net/mac.js';
 import { registerVdevDriver } from '../../bus/vdev/vdev.js';
 import { devargsError } from '../../../lib/kvargs/kvargs.js';
 import { siblingModule } from '../../../src/lcore/module.js';
