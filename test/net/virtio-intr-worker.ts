@@ -3,7 +3,8 @@
  * against a device whose notify page is not mapped and which wants doorbells, so every burst's
  * doorbell is a no-reply REGION_WRITE sent from this thread on the vfio-user socket the main thread
  * uses for its own requests at the same time; (2) an RX loop in Rx interrupt mode (RxIdleSleeper
- * on the queue's MSI-X eventfd).
+ * on the queue's MSI-X eventfd); (3) the allocation probe of the fallback register writes
+ * (test/alloc.ts measureInWorker).
  */
 import type { LcoreContext } from '../../src/lcore/types.js';
 import { openRxQueue, openTxQueue, type PortData } from '../../lib/ethdev/ethdev.js';
@@ -11,6 +12,9 @@ import { RxIdleSleeper } from '../../lib/ethdev/rx_intr.js';
 import { Mempool, type MempoolDesc } from '../../lib/mempool/mempool.js';
 import { pktmbufAllocInit, pktmbufFreeBulk, MBUF_HDR } from '../../lib/mempool/mbuf.js';
 import { MbufW16, MbufW32 } from '../../lib/mempool/mbuf_layout.js';
+import { MappedBar } from '../../src/iommu/bar.js';
+import * as os from '../../src/os/libc.js';
+import type { AllocOp } from '../alloc.js';
 
 /** What the loop gets. */
 export interface FallbackKickArg {
@@ -89,4 +93,24 @@ export async function intrRxLoop(a: IntrLoopArg, ctx: LcoreContext): Promise<Int
     sleeper.round(n);
   }
   return { received, ...sleeper.stats };
+}
+
+/**
+ * One operation: a 16-bit register write through each fallback path of an unmapped BAR, pwrite on
+ * a memfd and a no-reply REGION_WRITE message on a socketpair (its peer drained every 64 writes).
+ */
+export function fallbackWrites(): AllocOp {
+  const fd = os.memfdCreate('tsp-vintr-gc', 0);
+  const [a, b] = os.socketpair(os.AF_UNIX, os.SOCK_STREAM | os.SOCK_NONBLOCK);
+  os.ftruncate(fd, 4096);
+  const file = new MappedBar({ name: 'memfd BAR0', va: 0n, size: 4096, mapped: [], io: { kind: 'file', fd, offset: 0n, readable: true, writable: true } }).reg(0x40, 2);
+  const user = new MappedBar({ name: 'pair BAR4', va: 0n, size: 4096, mapped: [], io: { kind: 'vfio-user', fd: a, region: 4, lock: new SharedArrayBuffer(4), msgId: 0x8000, command: 10, flags: 0x10 } }).reg(0x40, 2);
+  const sink = new Uint8Array(64 * 34);
+  const op: AllocOp = (i) => {
+    file.write(i & 0xffff);
+    user.write(i & 0xffff);
+    if ((i & 63) === 63) while (os.readNoThrow(b, sink, sink.byteLength) > 0) { /* drain the peer */ }
+  };
+  op.close = () => { os.close(fd); os.close(a); os.close(b); };
+  return op;
 }
