@@ -14,7 +14,7 @@
 import Benchmark from 'benchmark';
 import { loadavg } from 'node:os';
 import { Ring, Lcores, siblingModule } from '../index.js';
-import { ringConsumer, ringProducer, type RingPipeArg, type RingPipeResult } from './ring-lcores.js';
+import { ringBulkConsumer, ringBulkProducer, ringConsumer, ringProducer, type RingBulkArg, type RingPipeArg, type RingPipeResult } from './ring-lcores.js';
 import { median, runRingPerf, tscMhz } from './dpdk.js';
 
 const PIPE = siblingModule(import.meta.url, 'ring-lcores');
@@ -30,10 +30,18 @@ export function measure(name: string, fn: () => void, opts: { minSamples?: numbe
 }
 
 /** Move `total` entries producer -> consumer through ring once; returns both reports. */
-async function pipeOnce(lcores: Lcores, ring: Ring, total: number, burst: number, bulk = false): Promise<[RingPipeResult, RingPipeResult]> {
-  const arg: RingPipeArg = { ring: ring.desc, total, burst, bulk };
+async function pipeOnce(lcores: Lcores, ring: Ring, total: number, burst: number): Promise<[RingPipeResult, RingPipeResult]> {
+  const arg: RingPipeArg = { ring: ring.desc, total, burst };
   const c = lcores.launch(2, PIPE, ringConsumer, arg);
   const p = lcores.launch(1, PIPE, ringProducer, arg);
+  return Promise.all([p, c]);
+}
+
+/** Move `total` entries through ring in SP/SC bulks of 32 with DPDK's test loop (nothing per entry); returns both reports. */
+async function bulkPipeOnce(lcores: Lcores, ring: Ring, total: number): Promise<[RingPipeResult, RingPipeResult]> {
+  const arg: RingBulkArg = { ring: ring.desc, total, burst: 32 };
+  const c = lcores.launch(2, PIPE, ringBulkConsumer, arg);
+  const p = lcores.launch(1, PIPE, ringBulkProducer, arg);
   return Promise.all([p, c]);
 }
 
@@ -66,8 +74,8 @@ interface Round {
 
 /** Rounds of tspmd's SP/SC bulk-32 pipe and DPDK's ring_perf_autotest, alternating which goes first. */
 async function besideDpdk(lcores: Lcores, ring: Ring, total: number, rounds: number, tscHz: number): Promise<{ rounds: Round[]; section: string; command: string }> {
-  // One bulk warm-up: the loops were compiled for bursts (the bulk flag takes other branches).
-  await pipeOnce(lcores, ring, total, 32, true);
+  // Warm-ups: these loops are not the burst runs' loops.
+  for (let w = 0; w < 2; w++) await bulkPipeOnce(lcores, ring, total);
   const out: Round[] = [];
   let section = '', command = '';
   for (let r = 0; r < rounds; r++) {
@@ -75,7 +83,7 @@ async function besideDpdk(lcores: Lcores, ring: Ring, total: number, rounds: num
     let tspmd = 0, gc = 0, cycles = 0;
     for (const who of r % 2 === 0 ? ['tspmd', 'dpdk'] : ['dpdk', 'tspmd']) {
       if (who === 'tspmd') {
-        const [p, c] = await pipeOnce(lcores, ring, total, 32, true);
+        const [p, c] = await bulkPipeOnce(lcores, ring, total);
         if (!c.inOrder || c.entries !== total) throw new Error('ring benchmark: entries arrived out of order or were lost (bulk)');
         tspmd = total / ((c.endMs - p.startMs) / 1e3) / 1e6;
         gc = p.gcInLoop + c.gcInLoop;
