@@ -73,7 +73,9 @@ interface Round {
 }
 
 /** Rounds of tspmd's SP/SC bulk-32 pipe and DPDK's ring_perf_autotest, alternating which goes first. */
-async function besideDpdk(lcores: Lcores, ring: Ring, total: number, rounds: number, tscHz: number): Promise<{ rounds: Round[]; section: string; command: string }> {
+async function besideDpdk(lcores: Lcores, total: number, rounds: number, tscHz: number): Promise<{ rounds: Round[]; section: string; command: string }> {
+  // 4096 entries, as DPDK's test ring.
+  const ring = Ring.create('bench_bulk', 4096, { sp: true, sc: true });
   // Warm-ups: these loops are not the burst runs' loops.
   for (let w = 0; w < 2; w++) await bulkPipeOnce(lcores, ring, total);
   const out: Round[] = [];
@@ -152,7 +154,7 @@ export async function run(args: string[]): Promise<Record<string, number | strin
     let dpdk: Record<string, number | string | number[]> = {};
     if (tsc) {
       console.log(`beside DPDK's ring_perf_autotest (SP/SC bulk 32, two lcores), ${rounds} round(s), TSC ${tsc.mhz} MHz from ${tsc.source}:`);
-      const d = await besideDpdk(lcores, ring, total, rounds, tsc.mhz * 1e6);
+      const d = await besideDpdk(lcores, total, rounds, tsc.mhz * 1e6);
       const col = (k: keyof Round, digits: number): number[] => d.rounds.map((x) => Number(x[k].toFixed(digits)));
       const ratio = median(d.rounds.map((x) => x.ratio)), ratioLiteral = median(d.rounds.map((x) => x.ratioLiteral));
       console.log(`ratio tspmd / DPDK (entries per second through the ring): median ${ratio.toFixed(3)} of ${col('ratio', 3).join(' ')}; against TSC/figure: median ${ratioLiteral.toFixed(3)}; DPDK section "${d.section}"`);
