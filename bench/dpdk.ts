@@ -401,3 +401,90 @@ export async function dpdkNullMacFwd(seconds = 10): Promise<number> {
     restore();
   }
 }
+
+/**
+ * DPDK's ring yardstick: `echo ring_perf_autotest | dpdk-test ...` on lcores 0-1, from the same
+ * Debian package set as testpmd (dpdk-test is in dpdk-dev). Its two-core section runs an SP/SC
+ * bulk enqueue loop on one core and a dequeue loop on the other over the same entries, and prints
+ * the enqueue side's TSC cycles per entry plus the dequeue side's: both loops span the same
+ * transfer (the ring holds 4 K of its 1 M entries), so entries per second through the ring are
+ * 2 x TSC Hz / the printed figure, and TSC Hz / the figure is half that.
+ */
+export interface RingPerfResult {
+  /** The `legacy APIs: SP/SC: bulk (size: 32)` figure of the section used: enqueue + dequeue cycles per entry. */
+  cyclesPerEntry: number;
+  /** Which section it came from: `two physical cores`, or `two hyperthreads` where the VM shows only that. */
+  section: string;
+  /** The command that was run. */
+  command: string;
+  /** Its whole output. */
+  log: string;
+}
+
+/** The sections of ring_perf_autotest's output that run the SP/SC pair on two lcores, preferred first. */
+const RING_PERF_SECTIONS = ['two physical cores', 'two hyperthreads'];
+
+/** The SP/SC bulk-32 cycles per entry of the first two-lcore section present (legacy API), or null. */
+export function parseRingPerf(text: string): { cyclesPerEntry: number; section: string } | null {
+  const found = new Map<string, number>();
+  let section = '';
+  for (const line of text.split(/\r?\n/)) {
+    const h = /^### Testing using (.+?) ###/.exec(line);
+    if (h) section = h[1];
+    const m = /^legacy APIs: SP\/SC: bulk \(size: 32\): ([\d.]+)\s*$/.exec(line);
+    // The legacy API's block comes first; the elem API's lines have another prefix.
+    if (m && !found.has(section)) found.set(section, Number(m[1]));
+  }
+  for (const s of RING_PERF_SECTIONS) {
+    const c = found.get(s);
+    if (c !== undefined && c > 0) return { cyclesPerEntry: c, section: s };
+  }
+  return null;
+}
+
+/** Path of dpdk-test; installs DPDK's Debian packages (ensureDpdk) when it is missing. */
+export function ensureDpdkTest(): string {
+  const found = findInPath('dpdk-test');
+  if (found) return found;
+  ensureDpdk();
+  const path = findInPath('dpdk-test');
+  if (!path) throw new Error('dpdk-test is missing although dpdk-testpmd is there: install the Debian package dpdk-dev (it ships /usr/bin/dpdk-test)');
+  return path;
+}
+
+/** One run of DPDK's ring_perf_autotest on lcores 0-1 without hugepages; the SP/SC bulk-32 two-lcore figure. */
+export function runRingPerf(): RingPerfResult {
+  const bin = ensureDpdkTest();
+  // Our own file prefix: the default one ("rte") would collide with any other DPDK process.
+  const prefix = `tsp-ringperf-${process.pid}-${runCount++}`;
+  const setpriv = findInPath('setpriv');
+  const argv = [...(setpriv ? [setpriv, '--pdeathsig', 'KILL', '--'] : []), bin, '-l', '0-1', '--no-pci', '--no-huge', '-m', '256', '--file-prefix', prefix];
+  const command = `echo ring_perf_autotest | ${argv.map(quote).join(' ')}`;
+  if (VERBOSE) console.log(`dpdk: ${command}`);
+  const r = spawnSync(argv[0], argv.slice(1), { input: 'ring_perf_autotest\n', encoding: 'utf8', timeout: 300_000, killSignal: 'SIGKILL', maxBuffer: 16 << 20 });
+  const runDir = join(process.getuid?.() === 0 ? '/var/run' : process.env.XDG_RUNTIME_DIR ?? '/tmp', 'dpdk', prefix);
+  rmSync(runDir, { recursive: true, force: true });
+  const log = `${r.stdout ?? ''}${r.stderr ?? ''}`;
+  const fail = (why: string): Error => new Error(`dpdk-test ring_perf_autotest ${why}\ncommand: ${command}\n--- last lines of its output ---\n${tail(log)}`);
+  if (r.error) throw fail(`could not run: ${r.error.message}`);
+  if (r.status !== 0) throw fail(`exited with ${r.signal ?? `code ${r.status}`}`);
+  const p = parseRingPerf(log);
+  if (!p) throw fail(`printed no "legacy APIs: SP/SC: bulk (size: 32)" line in a "${RING_PERF_SECTIONS.join('" or "')}" section`);
+  return { ...p, command, log };
+}
+
+/** The TSC rate in MHz and where it came from: the kernel's calibration (dmesg, else journalctl -k), else /proc/cpuinfo's "cpu MHz". */
+export function tscMhz(): { mhz: number; source: string } {
+  for (const [cmd, args] of [['dmesg', []], ['journalctl', ['-k', '-b', '--no-pager', '-q']]] as const) {
+    const r = spawnSync(cmd, [...args], { encoding: 'utf8', maxBuffer: 64 << 20 });
+    if (r.status !== 0 || !r.stdout) continue;
+    // "Refined TSC clocksource calibration" (bare metal) is more exact than the early "Detected".
+    const refined = /tsc: Refined TSC clocksource calibration: ([\d.]+) MHz/.exec(r.stdout);
+    const detected = /tsc: Detected ([\d.]+) MHz processor/.exec(r.stdout);
+    const m = refined ?? detected;
+    if (m) return { mhz: Number(m[1]), source: `${cmd}: "${m[0]}"` };
+  }
+  const c = /^cpu MHz\s*:\s*([\d.]+)/m.exec(readFileSync('/proc/cpuinfo', 'utf8'));
+  if (!c) throw new Error('no TSC rate: neither the kernel log (dmesg, journalctl -k) has "tsc: Detected ... MHz" nor /proc/cpuinfo a "cpu MHz" line');
+  return { mhz: Number(c[1]), source: `/proc/cpuinfo "cpu MHz" (the kernel log has no "tsc: Detected" line: the current clock, which may differ from the TSC rate)` };
+}

@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
 const BENCHES: Record<string, string> = {
-  ring: 'ring buffer: two pinned workers SP/SC burst 32 (M entries/s), one-thread enqueue+dequeue (ns/entry)',
+  ring: 'ring buffer: two pinned workers SP/SC burst 32 (M entries/s); bulk 32 beside DPDK ring_perf_autotest, rounds alternating (ratio per round, median); one-thread enqueue+dequeue (ns/entry)',
   mempool: 'mempool bulk alloc+free with per-lcore cache (ns/object)',
   fwd: 'l2fwd on two net_null ports beside DPDK testpmd mac forwarding (Mpps, ratio)',
   'fwd-parts': 'per-packet cost of the forwarding path\'s parts on one lcore: alloc/free, mbuf init, net_null rx/tx, capture hook, loop, MAC rewrite (ns/packet)',

@@ -2,8 +2,9 @@
  * The package as a consumer gets it: `npm pack`'s tarball installed into a fresh package, the
  * README's "As a library" program compiled with tsc --strict against the package's own types and
  * run on two ring ports and on two null ports, the `tspmd` bin run from the consumer's
- * node_modules/.bin, and the lock file agreeing with package.json (so `npm install` in a fresh
- * clone leaves git status clean). Needs the built dist/ (npm test builds first) and the npm
+ * node_modules/.bin, the lock file agreeing with package.json (so `npm install` in a fresh
+ * clone leaves git status clean), and package.json's allowScripts deciding on every dependency's
+ * install script (so `npm install` says nothing about one) with koffi still loading. Needs the built dist/ (npm test builds first) and the npm
  * registry or npm's cache for koffi, piscina and @types/node.
  */
 import t from 'tap';
@@ -44,6 +45,33 @@ t.test('package.json and package-lock.json agree (npm install leaves the lock un
   t.equal(lock.name, pkg.name);
   t.equal(lock.version, pkg.version);
   for (const k of ['name', 'version', 'license', 'bin', 'dependencies', 'devDependencies', 'engines']) t.same(root[k], pkg[k], `lock's root ${k} is package.json's`);
+});
+
+t.test('npm install runs no dependency install script and says nothing about one; koffi loads from its prebuilt', async (t) => {
+  const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { allowScripts?: Record<string, boolean> };
+  const lock = JSON.parse(readFileSync(join(ROOT, 'package-lock.json'), 'utf8')) as { packages: Record<string, { hasInstallScript?: boolean }> };
+  const allow = pkg.allowScripts ?? {};
+  // Keys are "name" or "name@range"; a scoped name starts with its own @.
+  const covered = new Set(Object.keys(allow).map((k) => /^(@?[^@]+)/.exec(k)![1]));
+  const withScripts = Object.entries(lock.packages).filter(([, p]) => p.hasInstallScript === true)
+    .map(([path]) => path.slice(path.lastIndexOf('node_modules/') + 'node_modules/'.length));
+  t.ok(withScripts.includes('koffi'), 'the lock marks koffi as having an install script (else this test checks nothing)');
+  for (const name of withScripts) t.ok(covered.has(name), `package.json's allowScripts decides on ${name}'s install script (else npm install warns about it)`);
+  t.equal(allow.koffi, false, 'koffi\'s install script is denied: it only checks the prebuilt loads or compiles koffi with CMake');
+
+  // Without its script koffi needs the prebuilt of its optional dependency for this platform.
+  const koffiPkg = JSON.parse(readFileSync(join(ROOT, 'node_modules/koffi/package.json'), 'utf8')) as { optionalDependencies?: Record<string, string> };
+  const prebuilt = `@koromix/koffi-${process.platform}-${process.arch}`;
+  t.ok(koffiPkg.optionalDependencies?.[prebuilt], `koffi ships its binary for ${process.platform}-${process.arch} as ${prebuilt}`);
+  const load = await run(process.execPath, ['-e', 'import("koffi").then((k) => console.log(typeof k.default.load))'], ROOT, 30_000);
+  t.equal(load.stdout.trim(), 'function', `koffi loads${load.code === 0 ? '' : `: ${load.stderr}`}`);
+
+  // npm's own view, where it has one (npm 11's install-scripts command; older npm lack it).
+  const ls = await run('npm', ['install-scripts', 'ls', '--json'], ROOT, 60_000);
+  let pending: unknown[] | undefined;
+  try { pending = (JSON.parse(ls.stdout) as { allowScripts: unknown[] }).allowScripts; } catch { /* no such command */ }
+  if (pending === undefined) t.comment(`npm has no "install-scripts ls --json" here (exit ${ls.code}): checked package.json and the lock only`);
+  else t.same(pending, [], 'npm install-scripts ls: no dependency\'s install script left unreviewed');
 });
 
 t.test('the bin is executable after the build', async (t) => {

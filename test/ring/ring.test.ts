@@ -9,7 +9,7 @@ import { Lcores } from '../../src/lcore/lcores.js';
 import { siblingModule } from '../../src/lcore/module.js';
 import { Eal } from '../../src/eal.js';
 import { viewOf } from '../../src/os/libc.js';
-import type { RingPipeArg, RingPipeResult } from '../../bench/ring-lcores.js';
+import type { RingBulkArg, RingPipeArg, RingPipeResult } from '../../bench/ring-lcores.js';
 import type { MpmcConsumerArg, MpmcConsumerResult } from './ring-workers.js';
 
 const PIPE = new URL('../../bench/ring-lcores' + (import.meta.url.endsWith('.ts') ? '.ts' : '.js'), import.meta.url).href;
@@ -257,6 +257,22 @@ t.test('SP/SC between two pinned worker lcores', async (t) => {
     t.equal(ring.count(), 0, `${what}: ring empty afterwards`);
     t.comment(`${what}: ${(total / (Math.max(p.endMs, c.endMs) - Math.min(p.startMs, c.startMs)) / 1e3).toFixed(1)} M entries/s, worker GCs ${p.gcCount + c.gcCount}`);
   }
+});
+
+t.test('the benchmark\'s bulk pipe (DPDK\'s test loop) moves every bulk in order and refuses a partial last bulk', async (t) => {
+  const lcores = new Lcores([{ id: 0, cpu: 0 }, { id: 1, cpu: 0 }, { id: 2, cpu: 1 }], 0);
+  t.teardown(() => lcores.close());
+  const ring = Ring.create(name('bulkpipe'), 1024, { sp: true, sc: true });
+  const arg: RingBulkArg = { ring: ring.desc, total: 32 * 20_000, burst: 32 };
+  const [p, c] = await within(lcores, 60_000, Promise.all([
+    lcores.launch<RingPipeResult>(1, PIPE, 'ringBulkProducer', arg),
+    lcores.launch<RingPipeResult>(2, PIPE, 'ringBulkConsumer', arg),
+  ]));
+  t.equal(p.entries, arg.total, 'producer sent all');
+  t.equal(c.entries, arg.total, 'consumer got all');
+  t.equal(c.inOrder, true, 'bulks in order');
+  t.equal(ring.count(), 0, 'ring empty afterwards');
+  await t.rejects(lcores.launch(1, PIPE, 'ringBulkProducer', { ...arg, total: 33 }), /total 33 must be a multiple of the burst 32/);
 });
 
 t.test('MP/MC: two producers, two consumers, every value exactly once', async (t) => {
