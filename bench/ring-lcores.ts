@@ -91,10 +91,15 @@ function consume(ring: Ring, burst: Uint32Array, total: number, bulk: boolean, s
 /** Enqueue total numbered entries in bursts (value = producer index + k * producers). */
 export async function ringProducer(a: RingPipeArg, ctx: LcoreContext): Promise<RingPipeResult> {
   const ring = Ring.attach(a.ring);
-  const gc = countGc();
   const burst = new Uint32Array(a.burst);
+  return timedProducer(() => produce(ring, burst, a.total, a.bulk === true, a.index ?? 0, a.producers ?? 1, ctx.control));
+}
+
+/** Run a producer loop (it returns the entries it enqueued) with its span and garbage collections counted. */
+async function timedProducer(loop: () => number): Promise<RingPipeResult> {
+  const gc = countGc();
   const startPerf = performance.now();
-  const sent = produce(ring, burst, a.total, a.bulk === true, a.index ?? 0, a.producers ?? 1, ctx.control);
+  const sent = loop();
   const endPerf = performance.now();
   await gc.settle();
   gc.stop();
@@ -172,17 +177,8 @@ function checkBulkArg(a: RingBulkArg): number {
 export async function ringBulkProducer(a: RingBulkArg, ctx: LcoreContext): Promise<RingPipeResult> {
   const bulks = checkBulkArg(a);
   const ring = Ring.attach(a.ring);
-  const gc = countGc();
   const burst = new Uint32Array(a.burst);
-  const startPerf = performance.now();
-  const sent = produceBulks(ring, burst, bulks, ctx.control);
-  const endPerf = performance.now();
-  await gc.settle();
-  gc.stop();
-  return {
-    entries: sent, startMs: performance.timeOrigin + startPerf, endMs: performance.timeOrigin + endPerf,
-    gcCount: gc.count(), gcInLoop: gc.countBetween(startPerf, endPerf), inOrder: true, sum: 0, missing: 0, duplicated: 0,
-  };
+  return timedProducer(() => produceBulks(ring, burst, bulks, ctx.control));
 }
 
 /** Dequeue total entries in SC bulks of a.burst, checking the bulks arrive in order. */
