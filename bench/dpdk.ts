@@ -5,7 +5,7 @@
  *  - runTestpmd(opts): one non-interactive testpmd run (auto-start, --stats-period 1), stopped with
  *    SIGINT after `seconds` of forwarding, per-period per-port Rx-pps/Tx-pps parsed from its output;
  *  - dpdkNullMacFwd(s): the reference figure, two null ports with mac forwarding on one core.
- * Facts behind the choices: /work/shared/DPDK-YARDSTICK.md. Set TSPMD_BENCH_VERBOSE to see the
+ * How each figure is taken and read: docs/performance.md. Set TSPMD_BENCH_VERBOSE to see the
  * command lines and every stats period.
  * Observed with 22.11 here: the first stats period always shows 0 pps (no previous sample); with
  * --stats-period 1 periods come every 1 to 2 s (testpmd sleeps 1 s and compares against a TSC
