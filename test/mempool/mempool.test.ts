@@ -12,7 +12,7 @@ import { ALLOC_RULE, assertNoAlloc } from '../alloc.js';
 import { Mempool, poolOf, HANDLE_INDEX_MASK, MEMPOOL_MAX_OBJECTS } from '../../lib/mempool/mempool.js';
 import * as mb from '../../lib/mempool/mbuf.js';
 import { Ring } from '../../lib/ring/ring.js';
-import { MbufView } from '../../lib/mempool/mbuf_view.js';
+import { MbufView, macWords } from '../../lib/mempool/mbuf_view.js';
 import { MbufOff } from '../../lib/mempool/mbuf_layout.js';
 
 const mv = new MbufView();
@@ -179,6 +179,31 @@ poolTest('exhausted cached pool: failures take nothing', async (t, track) => {
   t.same(mp.audit(), { size: 16, available: 0, inUse: 16 });
   for (const m of ms) mb.pktmbufFree(m);
   t.same(mp.audit(), { size: 16, available: 16, inUse: 0 });
+});
+
+poolTest('MbufView.setMacWordsBurst writes what setMacWords writes, across pools and off alignment', async (t, track) => {
+  const a = track(mb.pktmbufPoolCreate(mem, pname('maca'), 16, { cacheSize: 0 }));
+  const b = track(mb.pktmbufPoolCreate(mem, pname('macb'), 16, { cacheSize: 0 }));
+  const dst = [2, 0, 0, 0, 0, 1], src = [2, 0, 0, 0, 0, 2];
+  const [w0, w1, w2] = macWords(dst, src);
+  // a, a, b, a (pools change twice); the third of a's has its data moved off 4-byte alignment
+  const ms = Uint32Array.of(0xffffffff, mb.pktmbufAlloc(a), mb.pktmbufAlloc(a), mb.pktmbufAlloc(b), mb.pktmbufAlloc(a));
+  const frame = new Uint8Array(60).fill(0xee);
+  for (let i = 1; i < ms.length; i++) t.ok(mb.writePacket(ms[i], frame));
+  t.ok(mv.at(ms[4]).prepend(1) >= 0, 'one byte prepended: data at an odd offset');
+  const v = new MbufView();
+  v.setMacWordsBurst(ms, 1, 4, w0, w1, w2);
+  t.equal(v.m, ms[4], 'the view is left at the last packet');
+  const out = new Uint8Array(61);
+  for (let i = 1; i < ms.length; i++) {
+    const n = mb.readPacket(ms[i], out);
+    t.same([...out.subarray(0, 12)], [...dst, ...src], `packet ${i}: destination then source`);
+    t.equal(out[12], 0xee, `packet ${i}: the byte after the addresses untouched`);
+    t.equal(n, i === 4 ? 61 : 60);
+  }
+  t.equal(ms[0], 0xffffffff, 'nothing before off read or written');
+  v.setMacWordsBurst(ms, 1, 0, 0, 0, 0);
+  for (let i = 1; i < ms.length; i++) mb.pktmbufFree(ms[i]);
 });
 
 poolTest('MbufView reads and writes the header fields at the offsets mbuf_layout.ts defines', async (t, track) => {
