@@ -83,6 +83,45 @@ export interface DmaMemory {
   segments: Array<{ va: bigint; iova: bigint; len: number }>;
 }
 
+/**
+ * DMA memory as an in-process device of the tests reaches it: views by IOVA through the EAL's
+ * segments (iova = va), little-endian words. FakeVirtioNetBase and FakeIgb (fake-igb.ts) use it.
+ */
+export class DmaAccess {
+  private readonly views = new Map<bigint, DataView>();
+
+  /** who: the device's back end, for messages. */
+  constructor(private readonly memory: DmaMemory, private readonly who: string) {}
+
+  /** A DataView and offset at an IOVA, through the EAL segment that holds it. */
+  mem(iova: number): { dv: DataView; off: number } {
+    for (const s of this.memory.segments) {
+      const base = Number(s.iova);
+      if (iova >= base && iova < base + s.len) {
+        let dv = this.views.get(s.va);
+        if (!dv) this.views.set(s.va, dv = new DataView(os.viewOf(s.va, s.len)));
+        return { dv, off: iova - base };
+      }
+    }
+    throw new Error(`${this.who} device: DMA to iova 0x${iova.toString(16)} outside EAL memory`);
+  }
+
+  /** len bytes of DMA memory at addr. */
+  bytes(addr: number, len: number): Uint8Array {
+    const m = this.mem(addr);
+    return new Uint8Array(m.dv.buffer, m.off, len);
+  }
+
+  /** The 16-bit word at a. */
+  u16(a: number): number { const m = this.mem(a); return m.dv.getUint16(m.off, true); }
+  /** Write the 16-bit word at a. */
+  setU16(a: number, v: number): void { const m = this.mem(a); m.dv.setUint16(m.off, v, true); }
+  /** The 32-bit word at a. */
+  u32(a: number): number { const m = this.mem(a); return m.dv.getUint32(m.off, true); }
+  /** Write the 32-bit word at a. */
+  setU32(a: number, v: number): void { const m = this.mem(a); m.dv.setUint32(m.off, v, true); }
+}
+
 /** One virtqueue as the device sees it: the common configuration's words, and how far the device has read the avail ring. */
 export class FakeQueue {
   /** the next avail entry the device reads (back to 0 at every device reset) */
@@ -157,10 +196,12 @@ export abstract class FakeVirtioNetBase implements VfioDevice {
   private readonly common: VirtioCommonCfg;
   private readonly fd: number;
   private readonly mapNotify: boolean;
-  private readonly views = new Map<bigint, DataView>();
+  /** EAL memory as the device reaches it */
+  private readonly dma: DmaAccess;
 
-  constructor(name: string, private readonly memory: DmaMemory, opts: FakeVirtioNetOptions) {
+  constructor(name: string, memory: DmaMemory, opts: FakeVirtioNetOptions) {
     this.name = name;
+    this.dma = new DmaAccess(memory, opts.backend);
     this.backend = opts.backend;
     this.mac = opts.mac;
     this.features = opts.features;
@@ -259,32 +300,19 @@ export abstract class FakeVirtioNetBase implements VfioDevice {
   // ---- DMA: the rings and buffers in EAL memory ----
 
   /** A DataView and offset at an IOVA (iova = va), through the EAL segment that holds it. */
-  mem(iova: number): { dv: DataView; off: number } {
-    for (const s of this.memory.segments) {
-      const base = Number(s.iova);
-      if (iova >= base && iova < base + s.len) {
-        let dv = this.views.get(s.va);
-        if (!dv) this.views.set(s.va, dv = new DataView(os.viewOf(s.va, s.len)));
-        return { dv, off: iova - base };
-      }
-    }
-    throw new Error(`${this.backend} device: DMA to iova 0x${iova.toString(16)} outside EAL memory`);
-  }
+  mem(iova: number): { dv: DataView; off: number } { return this.dma.mem(iova); }
 
   /** len bytes of DMA memory at addr. */
-  bytes(addr: number, len: number): Uint8Array {
-    const m = this.mem(addr);
-    return new Uint8Array(m.dv.buffer, m.off, len);
-  }
+  bytes(addr: number, len: number): Uint8Array { return this.dma.bytes(addr, len); }
 
   /** The 16-bit word at a. */
-  u16(a: number): number { const m = this.mem(a); return m.dv.getUint16(m.off, true); }
+  u16(a: number): number { return this.dma.u16(a); }
   /** Write the 16-bit word at a. */
-  setU16(a: number, v: number): void { const m = this.mem(a); m.dv.setUint16(m.off, v, true); }
+  setU16(a: number, v: number): void { this.dma.setU16(a, v); }
   /** The 32-bit word at a. */
-  u32(a: number): number { const m = this.mem(a); return m.dv.getUint32(m.off, true); }
+  u32(a: number): number { return this.dma.u32(a); }
   /** Write the 32-bit word at a. */
-  setU32(a: number, v: number): void { const m = this.mem(a); m.dv.setUint32(m.off, v, true); }
+  setU32(a: number, v: number): void { this.dma.setU32(a, v); }
 
   /** Descriptor id of virtqueue vq. */
   desc(vq: number, id: number): VirtqDesc {
