@@ -39,7 +39,7 @@ export { RxIdleSleeper, FdRxInterrupt, type RxInterrupt, type RxIdleQueue, type 
 // ---- mempools, mbufs, rings (rte_mempool.h, rte_mbuf.h, rte_ring.h) ----
 export { Mempool, poolOf, MEMPOOL_MAX_OBJECTS, MEMPOOL_CACHE_MAX, type MempoolDesc, type MempoolOptions, type MempoolAudit } from './lib/mempool/mempool.js';
 export {
-  pktmbufPoolCreate, pktmbufAlloc, pktmbufAllocBulk, pktmbufFree, pktmbufFreeBulk, pktmbufFreeSeg, pktmbufReset,
+  pktmbufPoolCreate, pktmbufAlloc, pktmbufAllocBulk, pktmbufFree, pktmbufFreeBulk, pktmbufFreeSeg, pktmbufFreeRecorded, pktmbufReset, isMbuf,
   pktmbufHeadroom, pktmbufDataRoom, readPacket, writePacket, chain, refcntUpdate, append, trim, lastSeg,
   MBUF_NONE, MBUF_HEADROOM, MBUF_DATAROOM, type PktmbufPoolOptions,
 } from './lib/mempool/mbuf.js';

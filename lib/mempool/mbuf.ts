@@ -226,6 +226,64 @@ export function pktmbufFreeBulk(ms: Uint32Array, n: number, off = 0): number {
   return bytes;
 }
 
+/**
+ * Free n segments that a device held, from the driver's own record of them (TX completion, a ring
+ * emptied at stop): ms[off..off+n) names each segment the driver put on a descriptor, one entry
+ * per segment (a chain is recorded segment by segment: `next` is never followed). An mbuf header
+ * is DMA memory the device may have rewritten while it held the mbuf, so nothing in it is read
+ * for a segment the driver owned alone (shared null, or shared[off + i] 0: refcnt was 1 when the
+ * driver took it): its refcnt, nb_segs and next are rewritten to a lone segment with one
+ * reference (two stores) and it goes back to its pool, in one bulk put per run of one pool.
+ * shared[off + i] 1 marks a segment given with more than one reference: the others' count is in
+ * the header and only there, so one reference is dropped from it (rte_pktmbuf_free_seg), the
+ * segment freed when it was the last; a device that rewrites that count can still make such a
+ * segment leak or come back early (docs/security.md). Allocates nothing.
+ */
+export function pktmbufFreeRecorded(ms: Uint32Array, n: number, off = 0, shared: Uint8Array | null = null): void {
+  let i = 0;
+  while (i < n) {
+    const m0 = ms[off + i];
+    if (shared !== null && shared[off + i] !== 0) {
+      dropShared(m0);
+      i++;
+      continue;
+    }
+    // A run of one pool's sole segments: their headers made lone again, then one bulk put.
+    const p = poolOf(m0), id = m0 >>> 24, u32 = p.u32, objOff = p.objOffset, objSize = p.objSize, start = i;
+    for (; i < n; i++) {
+      const m = ms[off + i];
+      if (m >>> 24 !== id || (shared !== null && shared[off + i] !== 0)) break;
+      const w = (objOff + Math.imul(m & 0xffffff, objSize)) >> 2;
+      u32[w + MbufW32.RefSegs] = MbufVal.RefSegsSole;
+      u32[w + MbufW32.Next] = MbufVal.None;
+    }
+    p.freeBulk(ms, i - start, off + start);
+  }
+}
+
+/** Drop the driver's reference to a segment others hold too (pktmbufFreeRecorded); free it when it was the last. */
+function dropShared(m: number): void {
+  const p = poolOf(m), o = p.offsetOf(m);
+  const r = p.u16[(o >> 1) + MbufW16.Refcnt];
+  if (r > 1) {
+    p.u16[(o >> 1) + MbufW16.Refcnt] = r - 1;
+    return;
+  }
+  p.u32[(o >> 2) + MbufW32.RefSegs] = MbufVal.RefSegsSole;
+  p.u32[(o >> 2) + MbufW32.Next] = MbufVal.None;
+  p.free(m);
+}
+
+/**
+ * Whether m names an mbuf of a pool this thread knows, inside that pool's memory: for a driver
+ * walking a chain whose links it has not made (a header is DMA memory), before it follows one.
+ */
+export function isMbuf(m: number): boolean {
+  const p = poolOf(m);
+  // in float arithmetic: a bogus index times the object size may exceed 32 bits
+  return p !== undefined && p.objOffset + ((m & 0xffffff) + 1) * p.objSize <= p.zone.len;
+}
+
 // The chain operations below go through one cursor of this module.
 const cur = new MbufView();
 

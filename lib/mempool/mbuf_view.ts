@@ -176,14 +176,11 @@ export class MbufView {
   }
 
   /**
-   * Make this mbuf a lone segment with one reference again (refcnt 1, nb_segs 1, no next): for a
-   * driver taking back a single-segment mbuf it was given as sole owner, whose header a device
-   * could have rewritten meanwhile, right before freeing it. Two stores.
+   * refcnt | nb_segs << 16 in one load: a driver reads it once when it takes a packet, and what it
+   * records (how many segments, whether it owns each alone) comes from that one read.
    */
-  sole(): void {
-    const w = this.off >> 2, u32 = this.u32;
-    u32[w + MbufW32.RefSegs] = MbufVal.RefSegsSole;
-    u32[w + MbufW32.Next] = MbufVal.None;
+  get refSegs(): number {
+    return this.u32[(this.off >> 2) + MbufW32.RefSegs];
   }
 
   /** The port | buf_len << 16 word rearm() writes for mbufs of pool received on port. */
