@@ -75,7 +75,7 @@ t.test('TX: a segment that crosses a page of DMA memory takes one descriptor per
   const pool = pktmbufPoolCreate(eal.memory, 'tsp_igbtx_pool', 63, { cacheSize: 0 });
   const d: IgbQueueData = {
     q: 0, va: zone.va, size, bar: { name: 'stand-in BAR0', va: barVa, size: barLen, mapped: [{ offset: 0, size: barLen }] },
-    mbufs: new SharedArrayBuffer(4 * size), state: new SharedArrayBuffer(4 * ST_WORDS), bufLen: 0, intr: null, faultStat: -1, pageSize: page,
+    mbufs: new SharedArrayBuffer(4 * size), shared: new SharedArrayBuffer(size), state: new SharedArrayBuffer(4 * ST_WORDS), bufLen: 0, intr: null, faultStat: -1, pageSize: page,
   };
   new Uint32Array(d.mbufs).fill(MBUF_NONE);
   const stats = new Float64Array(txqStatsBase(1));

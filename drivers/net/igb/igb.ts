@@ -13,7 +13,8 @@
  *          with intr.rxq or intr.lsc: MSI-X vectors through VFIO SET_IRQS (one per RX queue, one
  *          for link-state changes), IVAR routing, auto-clear, no throttling;
  *   stop   receive and transmit off, global reset (the NIC stops all DMA), every mbuf the rings
- *          hold back to its pool, rings freed, interrupts released;
+ *          hold back to its pool (from the driver's record, never from DMA memory), rings freed,
+ *          interrupts released;
  *   stats  the NIC's counters (read-clear) accumulated as xstats, per-queue drops as imissed.
  * Data half: igb_data.ts. Registers: igb_regs.ts.
  *
@@ -43,7 +44,7 @@ import {
   EthDev, rxqStatsBase, xstatIndex, RXQ_MISSED, type DevInfo, type LinkStatus, type PortConf,
 } from '../../../lib/ethdev/ethdev.js';
 import type { Mempool } from '../../../lib/mempool/mempool.js';
-import { pktmbufAllocInit, pktmbufFreeBulk, pktmbufHeadroom, pktmbufDataRoom, MBUF_NONE } from '../../../lib/mempool/mbuf.js';
+import { pktmbufAllocInit, pktmbufFreeRecorded, pktmbufHeadroom, pktmbufDataRoom, MBUF_NONE } from '../../../lib/mempool/mbuf.js';
 import { MbufView } from '../../../lib/mempool/mbuf_view.js';
 import { registerPciDriver } from '../../bus/pci/pci.js';
 import { enableBusMaster, disableBusMaster } from '../../bus/pci/config.js';
@@ -85,7 +86,10 @@ export interface IgbOptions {
 interface Ring {
   zone: Memzone;
   size: number;
+  /** the driver's record of what each descriptor holds (see igb_data.ts) */
   mbufs: Uint32Array;
+  /** TX: 1 where that mbuf was given with more than one reference */
+  shared: Uint8Array;
   state: Int32Array;
   eventfd: number;
   /** RX: bytes one buffer holds (SRRCTL) */
@@ -296,7 +300,8 @@ export class IgbPort extends EthDev {
     const zone = this.memory.reserve(name, size * R.DESC_BYTES, 128, true);
     new Uint8Array(os.viewOf(zone.va, zone.len)).fill(0);
     const mbufs = new Uint32Array(new SharedArrayBuffer(4 * size)).fill(MBUF_NONE);
-    return { zone, size, mbufs, state: new Int32Array(new SharedArrayBuffer(4 * ST_WORDS)), eventfd: -1, bufLen: 0 };
+    const shared = new Uint8Array(new SharedArrayBuffer(size));
+    return { zone, size, mbufs, shared, state: new Int32Array(new SharedArrayBuffer(4 * ST_WORDS)), eventfd: -1, bufLen: 0 };
   }
 
   /**
@@ -394,13 +399,21 @@ export class IgbPort extends EthDev {
     b.write32(R.CTRL, b.read32(R.CTRL) | R.CTRL_SLU);
   }
 
-  /** Free what a ring's descriptors hold (from the bookkeeping, never from DMA memory), then the ring. */
+  /**
+   * Free what a ring's descriptors hold, then the ring: from the bookkeeping, never from DMA memory
+   * (not the descriptors, nor the headers of the mbufs the NIC held: pktmbufFreeRecorded).
+   */
   private releaseRing(r: Ring): void {
-    const held = new Uint32Array(r.size);
+    const held = new Uint32Array(r.size), shared = new Uint8Array(r.size);
     let n = 0;
-    for (let i = 0; i < r.size; i++) if (r.mbufs[i] !== MBUF_NONE) held[n++] = r.mbufs[i];
+    for (let i = 0; i < r.size; i++) {
+      if (r.mbufs[i] === MBUF_NONE) continue;
+      held[n] = r.mbufs[i];
+      shared[n++] = r.shared[i];
+    }
     r.mbufs.fill(MBUF_NONE);
-    if (n > 0) pktmbufFreeBulk(held, n);
+    r.shared.fill(0);
+    if (n > 0) pktmbufFreeRecorded(held, n, 0, shared);
     if (r.eventfd >= 0) os.close(r.eventfd);
     r.eventfd = -1;
     this.memory.free(r.zone.name);
@@ -438,7 +451,7 @@ export class IgbPort extends EthDev {
 
   private queueData(r: Ring, q: number, faultStat: number): IgbQueueData {
     return {
-      q, va: r.zone.va, size: r.size, bar: this.bar.data(), mbufs: r.mbufs.buffer as SharedArrayBuffer, state: r.state.buffer as SharedArrayBuffer,
+      q, va: r.zone.va, size: r.size, bar: this.bar.data(), mbufs: r.mbufs.buffer as SharedArrayBuffer, shared: r.shared.buffer as SharedArrayBuffer, state: r.state.buffer as SharedArrayBuffer,
       bufLen: r.bufLen, intr: r.eventfd >= 0 ? { fd: r.eventfd, bit: 1 << q } : null, faultStat, pageSize: this.memory.config.pageSize,
     };
   }

@@ -8,16 +8,22 @@
  * in one pktmbufAllocInit, hands the filled mbufs out, reposts the descriptors with the
  * replacements and moves the tail (RDT) once. No replacement, no receive: packets wait in the ring.
  *
- * TX: one advanced data descriptor per segment, report-status on every descriptor, the mbuf kept
- * at the packet's last descriptor; the tail (TDT) is written once per burst. Completed descriptors
- * (DD written back) are cleaned at the start of the next burst, their mbufs freed in one
- * pktmbufFreeBulk.
+ * TX: one advanced data descriptor per page of DMA memory a segment's data touches, report-status
+ * on every descriptor, each segment recorded at its last descriptor; the tail (TDT) is written
+ * once per burst. Completed descriptors (DD written back) are cleaned at the start of the next
+ * burst, their segments freed from the record in one pktmbufFreeRecorded.
  *
  * Distrust: the NIC writes descriptors in DMA memory, so what the driver relies on lives in
  * SharedArrayBuffers of this process: the mbuf behind each descriptor and the ring indices. A
  * length larger than the buffer, an error bit or a descriptor without EOP (frames never span
  * buffers: the buffer size covers the MTU) drops the frame and reposts its mbuf (counted as an
- * error), never hands out a buffer the NIC did not fill.
+ * error), never hands out a buffer the NIC did not fill. An mbuf's header is DMA memory too, and
+ * the NIC may rewrite it while it holds the mbuf: a received one is rewritten (MbufView.rearm)
+ * before it is handed out; a sent packet's header is read once when it is queued (its segments,
+ * their addresses and lengths, which ones are shared), what the descriptors say and what will be
+ * freed recorded from that one read, and completion and stop free from the record
+ * (pktmbufFreeRecorded), never following `next` or believing refcnt and nb_segs as the NIC left
+ * them. A chain whose links name no mbuf is dropped and counted, never followed.
  *
  * Faults: a TX ring that stops completing is checked against the NIC's head register (one MMIO
  * read, only after STALL_BURSTS bursts without progress): when the head has passed descriptors
@@ -28,7 +34,7 @@
 import { MappedBar, type BarData } from '../../../src/iommu/bar.js';
 import { viewOf, readRaw, mmap, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS } from '../../../src/os/libc.js';
 import { Mempool } from '../../../lib/mempool/mempool.js';
-import { pktmbufAllocInit, pktmbufFreeBulk, pktmbufHeadroom, MBUF_NONE } from '../../../lib/mempool/mbuf.js';
+import { pktmbufAllocInit, pktmbufFreeRecorded, pktmbufHeadroom, isMbuf, MBUF_NONE } from '../../../lib/mempool/mbuf.js';
 import { MbufView } from '../../../lib/mempool/mbuf_view.js';
 import {
   type PortData, type RxQueue, type TxQueue, type RxInterrupt, rxqStatsBase, txqStatsBase,
@@ -40,6 +46,7 @@ import * as R from './igb_regs.js';
 export const ST_NEXT = 0, ST_CLEAN = 1, ST_BROKEN = 2, ST_WORDS = 4;
 /** Bursts without TX progress before the head register is checked. */
 const STALL_BURSTS = 4096;
+const TWO32 = 2 ** 32;
 
 /** What the control half hands a worker for one queue. */
 export interface IgbQueueData {
@@ -51,6 +58,8 @@ export interface IgbQueueData {
   bar: BarData;
   /** the mbuf behind each descriptor (Uint32Array over it) */
   mbufs: SharedArrayBuffer;
+  /** TX: 1 byte per descriptor, 1 where its mbuf was given with more than one reference */
+  shared: SharedArrayBuffer;
   /** ST_* words */
   state: SharedArrayBuffer;
   /** RX: data bytes a buffer holds (SRRCTL's packet buffer size) */
@@ -193,13 +202,27 @@ class IgbRxInterrupt implements RxInterrupt {
 
 class IgbTx implements TxQueue {
   private readonly ring: Uint32Array;
+  /** the driver's record: the segment whose data ends at each descriptor, else MBUF_NONE */
   private readonly mbufs: Uint32Array;
+  /** 1 where that segment was given with more than one reference (refcnt > 1 when sent) */
+  private readonly shared: Uint8Array;
   private readonly state: Int32Array;
   private readonly bar: MappedBar;
   private readonly tdt: number;
   private readonly tdh: number;
   private readonly mask: number;
+  /** completed segments and their shared flags, freed in one pktmbufFreeRecorded */
   private readonly done: Uint32Array;
+  private readonly doneShared: Uint8Array;
+  /** a chain's segments as read once when it is sent: handle, buffer IOVA, data offset and length, shared */
+  private readonly segM: Uint32Array;
+  private readonly segLo: Uint32Array;
+  private readonly segHi: Uint32Array;
+  private readonly segOff: Uint16Array;
+  private readonly segLen: Uint16Array;
+  private readonly segShared: Uint8Array;
+  /** bytes of the chain sendChain queued last */
+  private chainBytes = 0;
   private readonly v = new MbufView();
   private readonly faultStat: number;
   /** page size - 1, and log2 of the page size */
@@ -214,6 +237,7 @@ class IgbTx implements TxQueue {
     this.pshift = 31 - Math.clz32(d.pageSize);
     this.ring = ringWords(d);
     this.mbufs = new Uint32Array(d.mbufs);
+    this.shared = new Uint8Array(d.shared);
     this.state = new Int32Array(d.state);
     this.bar = new MappedBar(d.bar);
     this.tdt = R.tdt(d.q);
@@ -222,6 +246,13 @@ class IgbTx implements TxQueue {
     this.bar.check(this.tdh, 4);
     this.mask = d.size - 1;
     this.done = new Uint32Array(d.size);
+    this.doneShared = new Uint8Array(d.size);
+    this.segM = new Uint32Array(d.size);
+    this.segLo = new Uint32Array(d.size);
+    this.segHi = new Uint32Array(d.size);
+    this.segOff = new Uint16Array(d.size);
+    this.segLen = new Uint16Array(d.size);
+    this.segShared = new Uint8Array(d.size);
     this.faultStat = d.faultStat;
     this.next = Atomics.load(this.state, ST_NEXT);
     this.clean = Atomics.load(this.state, ST_CLEAN);
@@ -230,57 +261,52 @@ class IgbTx implements TxQueue {
   txBurst(pkts: Uint32Array, n: number, off = 0): number {
     if (this.state[ST_BROKEN] !== 0) return 0;
     const cleaned = this.cleanDone();
-    const ring = this.ring, mask = this.mask, v = this.v;
+    const mask = this.mask, v = this.v, mbufs = this.mbufs, shared = this.shared;
     // one slot stays empty: head == tail means an empty ring to the NIC
     let free = (this.clean - this.next - 1) & mask;
-    let i = this.next, k = 0, bytes = 0;
+    let i = this.next, k = 0, sent = 0, bytes = 0, errors = 0;
     const pmask = this.pmask, pshift = this.pshift;
     for (; k < n; k++) {
       const m = pkts[off + k];
-      const segs = v.at(m).nbSegs;
-      // A segment that crosses a page of DMA memory takes one descriptor per page: the pages are
-      // IOVA-contiguous, but a device model may map each buffer in one piece from guest-physical
-      // memory, where they are not (QEMU's igb then drops the frame uncounted), and the kernel's
-      // own drivers never hand a NIC such a buffer either.
-      let need = 0, seg = m;
-      for (let j = 0; j < segs; j++) {
-        v.at(seg);
-        const len = v.dataLen, inPage = (v.bufIovaLo + v.dataOff) & pmask;
-        need += len === 0 ? 1 : 1 + ((inPage + len - 1) >>> pshift);
-        seg = v.next;
+      v.at(m);
+      // Every header field the record and the descriptors come from is read once, here: what the
+      // descriptors say and what the driver frees later always agree, whatever the header says later.
+      const rs = v.refSegs;
+      if (rs >>> 16 !== 1) {
+        const used = this.sendChain(m, rs, i, free);
+        if (used === 0) break; // no room: the rest stays the caller's
+        if (used < 0) { errors++; continue; } // malformed: dropped
+        i = (i + used) & mask;
+        free -= used;
+        bytes += this.chainBytes;
+        sent++;
+        continue;
       }
+      // A lone segment (the common case). A segment that crosses a page of DMA memory takes one
+      // descriptor per page: the pages are IOVA-contiguous, but a device model may map each buffer
+      // in one piece from guest-physical memory, where they are not (QEMU's igb then drops the
+      // frame uncounted), and the kernel's own drivers never hand a NIC such a buffer either.
+      const lo = v.bufIovaLo, hi = v.bufIovaHi, doff = v.dataOff, len = v.dataLen;
+      const need = len === 0 ? 1 : 1 + ((((lo + doff) & pmask) + len - 1) >>> pshift);
       if (need > free) break;
-      const total = v.at(m).pktLen;
-      seg = m;
-      for (let j = 0; j < segs; j++) {
-        v.at(seg);
-        const lastSeg = j === segs - 1;
-        let at = v.dataOff, left = v.dataLen;
-        for (;;) {
-          const inPage = (v.bufIovaLo + at) & pmask;
-          const len = inPage + left > pmask + 1 ? pmask + 1 - inPage : left;
-          const w = 4 * i, last = lastSeg && len === left;
-          v.storeIova(ring, w, at);
-          ring[w + 2] = (len | R.TXD_DTYP_DATA | R.TXD_CMD_DEXT | R.TXD_CMD_IFCS | R.TXD_CMD_RS | (last ? R.TXD_CMD_EOP : 0)) >>> 0;
-          ring[w + 3] = j === 0 && at === v.dataOff ? total << R.TXD_PAYLEN_SHIFT : 0;
-          // the packet's mbuf rides on its last descriptor: it is freed once that one is done
-          this.mbufs[i] = last ? m : MBUF_NONE;
-          i = (i + 1) & mask;
-          at += len;
-          left -= len;
-          if (left <= 0) break;
-        }
-        seg = v.next;
-      }
+      i = this.emit(i, lo, hi, doff, len, len << R.TXD_PAYLEN_SHIFT, true);
+      // the driver's record: the segment rides on its last descriptor, freed once that one is done
+      const last = (i + mask) & mask;
+      mbufs[last] = m;
+      shared[last] = (rs & 0xffff) === 1 ? 0 : 1;
       free -= need;
-      bytes += total;
+      bytes += len;
+      sent++;
     }
     if (k > 0) {
-      this.next = i;
-      Atomics.store(this.state, ST_NEXT, i);
-      this.bar.write32(this.tdt, i);
-      this.stats[this.s + TXQ_PACKETS] += k;
-      this.stats[this.s + TXQ_BYTES] += bytes;
+      if (sent > 0) {
+        this.next = i;
+        Atomics.store(this.state, ST_NEXT, i);
+        this.bar.write32(this.tdt, i);
+        this.stats[this.s + TXQ_PACKETS] += sent;
+        this.stats[this.s + TXQ_BYTES] += bytes;
+      }
+      if (errors > 0) this.stats[this.s + TXQ_ERRORS] += errors;
       this.stalled = 0;
     } else if (cleaned === 0 && this.clean !== this.next && ++this.stalled >= STALL_BURSTS) {
       this.stalled = 0;
@@ -289,21 +315,100 @@ class IgbTx implements TxQueue {
     return k;
   }
 
-  /** Free the mbufs of descriptors the NIC has completed; returns how many descriptors were cleaned. */
+  /**
+   * Descriptors for data [at, at + left) of the buffer at IOVA hi:lo, from slot i on: one per page
+   * of DMA memory the data touches. olinfo (PAYLEN for a packet's first segment, else 0) goes on
+   * the first, EOP on the last when eop. Returns the slot after them.
+   */
+  private emit(i: number, lo: number, hi: number, at: number, left: number, olinfo: number, eop: boolean): number {
+    const ring = this.ring, pmask = this.pmask, mask = this.mask;
+    for (;;) {
+      const a = lo + at; // below 2^33: the low word wraps modulo 2^32 in the store, the carry goes to the high word
+      const inPage = a & pmask;
+      const len = inPage + left > pmask + 1 ? pmask + 1 - inPage : left;
+      const w = 4 * i;
+      ring[w] = a;
+      ring[w + 1] = hi + (a >= TWO32 ? 1 : 0);
+      ring[w + 2] = (len | R.TXD_DTYP_DATA | R.TXD_CMD_DEXT | R.TXD_CMD_IFCS | R.TXD_CMD_RS | (eop && len === left ? R.TXD_CMD_EOP : 0)) >>> 0;
+      ring[w + 3] = olinfo;
+      olinfo = 0;
+      i = (i + 1) & mask;
+      at += len;
+      left -= len;
+      if (left <= 0) return i;
+    }
+  }
+
+  /**
+   * A packet of several segments, or of an nb_segs that is not 1 (the view at its head m, rs its
+   * refcnt | nb_segs word): each segment's handle, buffer IOVA, data offset and length and
+   * whether it is shared read once into this queue's own arrays, each link checked before it is
+   * followed; then the descriptors from slot i, each segment recorded on its last one. Returns the
+   * descriptors used; 0 when they do not fit the free ones; -1 when the chain is malformed
+   * (nb_segs 0, a link to no mbuf, more descriptors than the ring has) and was dropped, the
+   * segments it names freed. Rare: the slow path.
+   */
+  private sendChain(m: number, rs: number, i: number, free: number): number {
+    const v = this.v, segM = this.segM, segLo = this.segLo, segHi = this.segHi, segOff = this.segOff, segLen = this.segLen, segShared = this.segShared;
+    const segs = rs >>> 16, pmask = this.pmask, pshift = this.pshift;
+    // never more links than the arrays (one entry per descriptor) hold
+    const limit = segs === 0 ? 1 : Math.min(segs, this.mask + 1);
+    let cnt = 0, need = 0, total = 0, bad = segs === 0 || segs > this.mask;
+    for (let s = m; ;) {
+      const lo = v.bufIovaLo, doff = v.dataOff, len = v.dataLen;
+      segM[cnt] = s;
+      segLo[cnt] = lo;
+      segHi[cnt] = v.bufIovaHi;
+      segOff[cnt] = doff;
+      segLen[cnt] = len;
+      segShared[cnt] = (cnt === 0 ? rs & 0xffff : v.refcnt) === 1 ? 0 : 1;
+      cnt++;
+      need += len === 0 ? 1 : 1 + ((((lo + doff) & pmask) + len - 1) >>> pshift);
+      total += len;
+      if (cnt === limit) break;
+      s = v.next;
+      if (!isMbuf(s)) { bad = true; break; }
+      v.at(s);
+    }
+    if (bad || need > this.mask) {
+      pktmbufFreeRecorded(segM, cnt, 0, segShared);
+      return -1;
+    }
+    if (need > free) return 0;
+    const mbufs = this.mbufs, shared = this.shared, mask = this.mask;
+    for (let j = 0; j < cnt; j++) {
+      i = this.emit(i, segLo[j], segHi[j], segOff[j], segLen[j], j === 0 ? total << R.TXD_PAYLEN_SHIFT : 0, j === cnt - 1);
+      const last = (i + mask) & mask;
+      mbufs[last] = segM[j];
+      shared[last] = segShared[j];
+    }
+    this.chainBytes = total;
+    return need;
+  }
+
+  /**
+   * Free the segments of descriptors the NIC has completed, from the driver's record (never from
+   * their headers, which the NIC could write while it held them); returns how many descriptors
+   * were cleaned.
+   */
   private cleanDone(): number {
-    const ring = this.ring, mask = this.mask, mbufs = this.mbufs, done = this.done;
-    let c = this.clean, nfree = 0, count = 0;
+    const ring = this.ring, mask = this.mask, mbufs = this.mbufs, shared = this.shared, done = this.done, doneShared = this.doneShared;
+    let c = this.clean, nfree = 0, count = 0, anyShared = 0;
     while (c !== this.next && (Atomics.load(ring, 4 * c + 3) & R.TXD_STAT_DD) !== 0) {
       const m = mbufs[c];
       if (m !== MBUF_NONE) {
-        done[nfree++] = m;
+        const sh = shared[c];
+        done[nfree] = m;
+        doneShared[nfree++] = sh;
+        anyShared |= sh;
         mbufs[c] = MBUF_NONE;
+        shared[c] = 0;
       }
       c = (c + 1) & mask;
       count++;
     }
     if (count === 0) return 0;
-    if (nfree > 0) pktmbufFreeBulk(done, nfree, 0);
+    if (nfree > 0) pktmbufFreeRecorded(done, nfree, 0, anyShared !== 0 ? doneShared : null);
     this.clean = c;
     Atomics.store(this.state, ST_CLEAN, c);
     return count;
