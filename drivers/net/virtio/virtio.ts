@@ -27,7 +27,7 @@ import { siblingModule } from '../../../src/lcore/module.js';
 import { sleepMs } from '../../../src/os/sleep.js';
 import { EthDev, MAX_QUEUES, xstatIndex, type DevInfo, type LinkStatus, type PortConf } from '../../../lib/ethdev/ethdev.js';
 import type { Mempool } from '../../../lib/mempool/mempool.js';
-import { pktmbufAllocInit, pktmbufFreeBulk, pktmbufHeadroom, pktmbufDataRoom, MBUF_NONE } from '../../../lib/mempool/mbuf.js';
+import { pktmbufAllocInit, pktmbufFreeRecorded, pktmbufHeadroom, pktmbufDataRoom, MBUF_NONE } from '../../../lib/mempool/mbuf.js';
 import { MbufView } from '../../../lib/mempool/mbuf_view.js';
 import { registerPciDriver } from '../../bus/pci/pci.js';
 import * as V from '../../../lib/virtio/virtio.js';
@@ -459,14 +459,18 @@ export class VirtioNetPort extends EthDev {
    * they hold comes from the bookkeeping, never from memory the device could have rewritten.
    */
   private releaseQueue(q: Queue): void {
-    const l = q.layout, held = new Uint32Array(l.size), mbufs = q.book.mbufs;
+    const l = q.layout, held = new Uint32Array(l.size), heldShared = new Uint8Array(l.size), { mbufs, shared } = q.book;
     let n = 0;
     for (let id = 0; id < l.size; id++) {
       const m = mbufs[id];
-      if (m !== MBUF_NONE) held[n++] = m;
+      if (m === MBUF_NONE) continue;
+      held[n] = m;
+      heldShared[n++] = shared[id];
     }
     mbufs.fill(MBUF_NONE);
-    if (n > 0) pktmbufFreeBulk(held, n);
+    shared.fill(0);
+    // nor from the headers of the mbufs the device held (pktmbufFreeRecorded)
+    if (n > 0) pktmbufFreeRecorded(held, n, 0, heldShared);
     this.memory.free(q.zone.name);
   }
 

@@ -11,8 +11,9 @@
  *
  * TX: a single-segment mbuf that owns its headroom gets a zeroed header written in front of its
  * data and goes out as one descriptor; anything else (chains, shared mbufs, no headroom) takes a
- * header slot of the queue's own and one descriptor per segment. Completed packets are freed from
- * the used ring at the start of the next burst, in one pktmbufFreeBulk.
+ * header slot of the queue's own and one descriptor per segment. Each segment is recorded on its
+ * descriptor; completed packets are freed from that record at the start of the next burst, in one
+ * pktmbufFreeRecorded.
  *
  * Both directions set VRING_AVAIL_F_NO_INTERRUPT (control half, at start) and ring the doorbell
  * only when the used ring's flags lack VRING_USED_F_NO_NOTIFY, once per burst: a polling device
@@ -33,13 +34,17 @@
  * driver posted and has not taken back (RX: posted before this burst, so an id used twice is seen;
  * TX: a chain head in flight), a length must fit the buffer, num_buffers must fit the ring and what
  * was counted, the used index may not run more than the queue size ahead, and a received mbuf's
- * header is rewritten (MbufView.rearm) before it is handed out. A lying device loses its packets
- * (counted as errors), never a driver mbuf, and never makes the driver free one twice.
+ * header is rewritten (MbufView.rearm) before it is handed out. A sent mbuf's header is DMA memory
+ * the device may rewrite while it holds the mbuf: each segment is recorded when it is queued (with
+ * whether it was shared), and completion and stop free from the record (pktmbufFreeRecorded),
+ * never following `next` or believing refcnt and nb_segs as the device left them. A lying device
+ * loses its packets (counted as errors), never a driver mbuf, and never makes the driver free one
+ * twice.
  */
 import { MappedBar, type BarData, type MmioReg } from '../../../src/iommu/bar.js';
 import { viewOf, readNoThrow, E } from '../../../src/os/libc.js';
 import { Mempool } from '../../../lib/mempool/mempool.js';
-import { pktmbufAllocInit, pktmbufFreeBulk, pktmbufFree, pktmbufHeadroom, pktmbufDataRoom, MBUF_HDR, MBUF_NONE } from '../../../lib/mempool/mbuf.js';
+import { pktmbufAllocInit, pktmbufFreeRecorded, pktmbufFree, pktmbufHeadroom, pktmbufDataRoom, MBUF_HDR, MBUF_NONE } from '../../../lib/mempool/mbuf.js';
 import { MbufView } from '../../../lib/mempool/mbuf_view.js';
 import { MbufOff, MbufW32, MbufVal } from '../../../lib/mempool/mbuf_layout.js';
 import {
@@ -61,8 +66,10 @@ const BK_STATE_BYTES = 16;
  * frees what `mbufs` holds at stop, the lcore that owns the queue updates it.
  */
 export class VirtqBook {
-  /** the mbuf each descriptor holds (RX: always one; TX: chain heads, else MBUF_NONE) */
+  /** the mbuf each descriptor holds (RX: always one; TX: the segment whose data it points to, MBUF_NONE for a header slot or a free descriptor) */
   readonly mbufs: Uint32Array;
+  /** TX: 1 where that segment was given with more than one reference (refcnt > 1 when sent) */
+  readonly shared: Uint8Array;
   /** RX: the epoch in which the descriptor was posted (0: not posted) */
   readonly posted: Uint32Array;
   /** TX: descriptors in the chain starting at this head (0: not a head in flight) */
@@ -80,11 +87,12 @@ export class VirtqBook {
     this.posted = new Uint32Array(sab, BK_STATE_BYTES + 4 * size, size);
     this.chain = new Uint16Array(sab, BK_STATE_BYTES + 8 * size, size);
     this.next = new Uint16Array(sab, BK_STATE_BYTES + 10 * size, size);
+    this.shared = new Uint8Array(sab, BK_STATE_BYTES + 12 * size, size);
   }
 
   /** Bytes of the bookkeeping of a queue of size entries. */
   static bytes(size: number): number {
-    return BK_STATE_BYTES + 12 * size;
+    return BK_STATE_BYTES + 13 * size;
   }
 
   /** Fresh bookkeeping: no mbufs, nothing posted, used index 0, epoch 1 (what RX descriptors posted at start carry). */
@@ -436,11 +444,14 @@ class VirtioTx extends QueueViews implements TxQueue {
   /** free descriptor ids (a stack) */
   private readonly freeIds: Uint16Array;
   private nfree = 0;
+  /** completed segments and their shared flags, freed in one pktmbufFreeRecorded */
   private readonly done: Uint32Array;
+  private readonly doneShared: Uint8Array;
   private readonly hdrLo: number;
   private readonly hdrHi: number;
   private readonly v = new MbufView();
   private readonly mbufs: Uint32Array;
+  private readonly shared: Uint8Array;
   private readonly chain: Uint16Array;
   private readonly next: Uint16Array;
 
@@ -448,8 +459,10 @@ class VirtioTx extends QueueViews implements TxQueue {
     super(d);
     this.freeIds = new Uint16Array(d.layout.size);
     this.done = new Uint32Array(d.layout.size);
+    this.doneShared = new Uint8Array(d.layout.size);
     [this.hdrLo, this.hdrHi] = iovaHalves(d.iovaLo, d.iovaHi, d.layout.hdrs);
     this.mbufs = this.book.mbufs;
+    this.shared = this.book.shared;
     this.chain = this.book.chain;
     this.next = this.book.next;
     // Rebuild the free list: every descriptor not in a chain that is still in flight (the links
@@ -465,13 +478,17 @@ class VirtioTx extends QueueViews implements TxQueue {
     for (let id = this.size - 1; id >= 0; id--) if (!busy[id]) this.freeIds[this.nfree++] = id;
   }
 
-  /** Take back what the device finished: descriptors to the free list, mbufs freed in one bulk call. */
+  /**
+   * Take back what the device finished: descriptors to the free list, their segments freed from the
+   * record in one pktmbufFreeRecorded (never from the headers, which the device could rewrite).
+   */
   private reclaim(): void {
     const usedIdx = Atomics.load(this.u16, this.usedIdxW);
     let last = this.lastUsed;
     if (usedIdx === last) return;
-    const u32 = this.u32, size = this.size, done = this.done, chain = this.chain, next = this.next, mbufs = this.mbufs;
-    let nd = 0, errors = 0;
+    const u32 = this.u32, size = this.size, done = this.done, doneShared = this.doneShared;
+    const chain = this.chain, next = this.next, mbufs = this.mbufs, shared = this.shared;
+    let nd = 0, errors = 0, anyShared = 0;
     while (last !== usedIdx) {
       const head = u32[this.usedRingW + Math.imul(last & this.mask, USED_ELEM_WORDS)];
       last = (last + 1) & 0xffff;
@@ -482,19 +499,22 @@ class VirtioTx extends QueueViews implements TxQueue {
       let id = head;
       for (let k = 0; k < cnt; k++) {
         this.freeIds[this.nfree++] = id;
+        const m = mbufs[id];
+        if (m !== MBUF_NONE) {
+          const sh = shared[id];
+          done[nd] = m;
+          doneShared[nd++] = sh;
+          anyShared |= sh;
+          mbufs[id] = MBUF_NONE;
+          shared[id] = 0;
+        }
         id = next[id];
       }
       chain[head] = 0;
-      const m = mbufs[head];
-      // One descriptor: a lone segment we were given as sole owner. Its header is DMA memory the
-      // device could have rewritten meanwhile: make it one again before the free follows it.
-      if (cnt === 1) this.v.at(m).sole();
-      done[nd++] = m;
-      mbufs[head] = MBUF_NONE;
     }
     this.lastUsed = last;
     this.book.state[BK_LAST_USED] = last;
-    if (nd > 0) pktmbufFreeBulk(done, nd);
+    if (nd > 0) pktmbufFreeRecorded(done, nd, 0, anyShared !== 0 ? doneShared : null);
     if (errors > 0) this.stats[this.s + TXQ_ERRORS] += errors;
   }
 
@@ -532,6 +552,8 @@ class VirtioTx extends QueueViews implements TxQueue {
         v.storeIova(u32, hw, doff - HDR);
         u32[hw + 2] = v.dataLen + HDR;
         u32[hw + 3] = 0; // flags 0, next 0
+        this.mbufs[head] = m; // the record: a lone segment, sole owner (isSimple)
+        this.shared[head] = 0;
       } else {
         // The queue's own zeroed header slot, then one descriptor per segment.
         const lo = this.hdrLo + head * HDR_SLOT;
@@ -551,6 +573,9 @@ class VirtioTx extends QueueViews implements TxQueue {
           v.storeIova(u32, dw, v.dataOff);
           u32[dw + 2] = v.dataLen;
           u32[dw + 3] = 0;
+          // the record: this segment, and whether others hold it too
+          this.mbufs[id] = v.m;
+          this.shared[id] = v.refcnt === 1 ? 0 : 1;
           pw = dw;
           prev = id;
           used++;
@@ -560,7 +585,6 @@ class VirtioTx extends QueueViews implements TxQueue {
         }
       }
       this.chain[head] = used;
-      this.mbufs[head] = m;
       u16[this.availRingW + (ai & this.mask)] = head;
       ai = (ai + 1) & 0xffff;
       sent++;
