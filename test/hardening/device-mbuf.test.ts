@@ -27,7 +27,8 @@ import { VirtioNetPort } from '../../drivers/net/virtio/virtio.js';
 import * as V from '../../lib/virtio/virtio.js';
 import { openTxQueue, type TxQueue } from '../../lib/ethdev/ethdev.js';
 import type { EthDev } from '../../lib/ethdev/ethdev.js';
-import { pktmbufPoolCreate, pktmbufAlloc, pktmbufFree, writePacket, chain } from '../../lib/mempool/mbuf.js';
+import { pktmbufPoolCreate, pktmbufAlloc, pktmbufFree, pktmbufFreeRecorded, writePacket, chain, refcntUpdate, isMbuf, MBUF_NONE } from '../../lib/mempool/mbuf.js';
+import { MbufView } from '../../lib/mempool/mbuf_view.js';
 import { MbufOff } from '../../lib/mempool/mbuf_layout.js';
 import type { Mempool } from '../../lib/mempool/mempool.js';
 import { FakeIgb } from '../net/fake-igb.js';
@@ -221,3 +222,75 @@ for (const [pmd, rig] of [['net_igb', igbRig], ['net_virtio', virtioRig]] as con
     });
   });
 }
+
+for (const [pmd, rig] of [['net_igb', igbRig], ['net_virtio', virtioRig]] as const) {
+  t.test(`finding 1: ${pmd}, a shared mbuf (refcnt 2 when sent) loses only the driver's reference, at completion and at stop; a next the device wrote is not followed`, async (t) => {
+    const r = await rig(t, 'shared');
+    const pool = r.pool, base = pool.inUseCount(), v = new MbufView();
+    const victim = pktmbufAlloc(pool);
+    // a chain whose second segment the application also holds, and a lone mbuf it also holds
+    const a0 = frameMbuf(pool, 100, 1), a1 = frameMbuf(pool, 60, 2), lone = frameMbuf(pool, 64, 3);
+    chain(a0, a1);
+    refcntUpdate(a1, 1);
+    refcntUpdate(lone, 1);
+    t.equal(r.tx.txBurst(Uint32Array.of(a0, lone), 2), 2);
+    const sent = r.takeTx();
+    for (const h of sent.hdrs) { r.dma.setU32(h + MbufOff.Next, victim); r.dma.setU16(h + MbufOff.NbSegs, 2); }
+    sent.complete();
+    r.tx.txBurst(new Uint32Array(0), 0);
+    t.same([v.at(a1).refcnt, v.at(lone).refcnt], [1, 1], 'the shared segments lost the driver\'s reference and are still held');
+    t.equal(pool.inUseCount(), base + 3, 'a0 freed; a1, the lone mbuf and the victim still held');
+    // the application's own free reads the header the device wrote: out of the driver's hands, so
+    // the test puts it right first (docs/security.md)
+    for (const m of [a1, lone]) { v.at(m).next = MBUF_NONE; v.nbSegs = 1; }
+    refcntUpdate(lone, 1);
+    t.equal(r.tx.txBurst(Uint32Array.of(lone), 1), 1, 'sent again, shared');
+    pktmbufFree(a1);
+    r.port.stop();
+    t.equal(v.at(lone).refcnt, 1, 'stop dropped the driver\'s reference of an mbuf in flight, not the application\'s');
+    pktmbufFree(lone);
+    pktmbufFree(victim);
+    t.equal(pool.audit().inUse, 0, 'every mbuf back');
+  });
+}
+
+t.test('finding 1: net_igb drops a chain whose link names no mbuf (counted), freeing the segments it names, with no exception', async (t) => {
+  const r = await igbRig(t, 'badchain');
+  const pool = r.pool, base = pool.inUseCount(), v = new MbufView();
+  const a0 = frameMbuf(pool, 100, 1), a1 = frameMbuf(pool, 60, 2);
+  chain(a0, a1);
+  v.at(a1).next = 0x7f000001; // the application's header says a third segment, of no pool
+  v.at(a0).nbSegs = 3;
+  const ok = frameMbuf(pool, 64, 3);
+  t.equal(r.tx.txBurst(Uint32Array.of(a0, ok), 2), 2, 'both taken');
+  t.equal(r.port.stats().oerrors, 1, 'the broken chain counted as an error');
+  t.equal(r.port.stats().opackets, 1, 'the good packet sent');
+  t.same(r.takeTx().hdrs.length, 1, 'only the good packet is on the ring');
+  t.equal(pool.inUseCount(), base + 1, 'the two segments the chain names are back');
+  r.port.stop();
+  t.equal(pool.audit().inUse, 0, 'every mbuf back');
+});
+
+t.test('finding 1: pktmbufFreeRecorded frees what the record says, whatever the headers say', async (t) => {
+  const w = world(t, () => undefined);
+  const p1 = w.pool('tsp_dmr1'), p2 = w.pool('tsp_dmr2'), v = new MbufView();
+  const held = pktmbufAlloc(p1); // the application's
+  const ms = [pktmbufAlloc(p1), pktmbufAlloc(p2), pktmbufAlloc(p2), pktmbufAlloc(p1), pktmbufAlloc(p1)];
+  const shared = Uint8Array.of(0, 0, 1, 0, 1);
+  refcntUpdate(ms[2], 1);
+  refcntUpdate(ms[4], 2);
+  // every header lies: next to the application's mbuf, 7 segments, refcnt 9 on the sole ones
+  ms.forEach((m, i) => { v.at(m).next = held; v.nbSegs = 7; if (!shared[i]) v.refcnt = 9; });
+  const rec = Uint32Array.of(0xdead, ...ms);
+  const sh = Uint8Array.of(1, ...shared);
+  pktmbufFreeRecorded(rec, ms.length, 1, sh);
+  t.same([p1.inUseCount(), p2.inUseCount()], [2, 1], 'sole ones back; the shared ones lost one reference (ms[2] 2 -> 1, ms[4] 3 -> 2); the application\'s untouched');
+  t.same([v.at(ms[2]).refcnt, v.at(ms[4]).refcnt], [1, 2]);
+  t.same([v.at(ms[0]).refSegs, v.at(ms[0]).next], [0x10001, MBUF_NONE], 'a freed one is a lone segment with one reference again');
+  pktmbufFreeRecorded(Uint32Array.of(ms[2], ms[4], ms[4]), 3, 0, Uint8Array.of(1, 1, 1));
+  pktmbufFree(held);
+  t.same([p1.audit().inUse, p2.audit().inUse], [0, 0], 'the last references free them');
+  t.notOk(isMbuf(0x7f000001), 'a handle of no pool is no mbuf');
+  t.notOk(isMbuf((p1.id << 24) | 0xffffff), 'an index past the pool\'s memory is no mbuf');
+  t.ok(isMbuf(held), 'a handle of the pool is one');
+});
