@@ -10,13 +10,24 @@
  * A second process on the same prefix gets the next free instance, dpdk_telemetry.v2:1 and so on
  * (clients: -i 1), as DPDK 22.11 does; a socket file left by a killed process is replaced.
  *
+ * The runtime directory is used only when it is a real directory of this user that nobody else
+ * can reach (0700; made so, or narrowed to it when it is only readable by others); <run dir>/dpdk
+ * is made sticky and world-writable (01777) inside a shared directory such as /tmp, so that every
+ * user can make a prefix directory in it, and 0700 elsewhere. The socket is made 0600 under a
+ * umask. A directory that is not fit (another user's, a symlink, open to writing by others) makes
+ * start() throw one line that names it and the fix; runApp then runs without telemetry.
+ *
  * Everything runs on the main thread: the sockets are non-blocking, one poll(2) on a libuv pool
  * thread (os.pollAsync, in slices of half a second) waits for connections and requests, and
- * close() wakes it with an eventfd.
+ * close() wakes it with an eventfd. At the client limit a new connection evicts the client idle
+ * longest; a client idle for idleTimeoutMs is closed; when accept fails (EMFILE: the process is at
+ * its fd limit) the socket is left out of the poll for ACCEPT_BACKOFF_MS, with one warning per
+ * episode, instead of being polled again at once.
  * The data path never sees any of it: handlers read the counters the lcores share.
  */
-import { chmodSync, lstatSync, mkdirSync, readFileSync, rmdirSync, unlinkSync, type Stats } from 'node:fs';
+import { closeSync, fchmodSync, fstatSync, lstatSync, mkdirSync, openSync, readFileSync, readlinkSync, rmdirSync, statSync, unlinkSync, constants as fsc, type Stats } from 'node:fs';
 import { dirname, join } from 'node:path';
+import { performance } from 'node:perf_hooks';
 import * as os from '../../src/os/libc.js';
 import { log } from '../../src/log.js';
 
@@ -34,8 +45,10 @@ export interface TelemetryOptions {
   dir?: string;
   /** the "version" of the greeting and /info (default: "tspmd <package version>") */
   version?: string;
-  /** connections served at once; more are accepted and closed at once, as DPDK does (default 8) */
+  /** connections served at once (default 8, DPDK's); at the limit a new connection evicts the client that has sent nothing for the longest */
   maxClients?: number;
+  /** a client that sends no request for this long is closed (default DEFAULT_IDLE_TIMEOUT_MS; 0: never) */
+  idleTimeoutMs?: number;
 }
 
 /** The socket's name in the runtime directory (DPDK's, so its clients find it). */
@@ -52,6 +65,18 @@ const BATCH = 16;
 const POLL_SLICE_MS = 500;
 /** Instances tried on one prefix (dpdk_telemetry.v2, :1, :2, ...). */
 const MAX_INSTANCES = 64;
+/** Live sockets whose greeting is read at start-up to name their process (a short wait each); the rest are "a running process". */
+const NAMED_HOLDERS = 4;
+/** Connections the kernel queues before accept. */
+const LISTEN_BACKLOG = 64;
+/** Connections accepted per wake-up, so a connection flood cannot hold the main thread. */
+const ACCEPT_BATCH = 64;
+/** Clients served at once unless TelemetryOptions.maxClients says otherwise (DPDK's MAX_CONNECTIONS). */
+export const DEFAULT_MAX_CLIENTS = 8;
+/** A client that sends nothing for this long is closed (5 minutes: monitoring agents poll every few seconds, a person types). */
+export const DEFAULT_IDLE_TIMEOUT_MS = 300_000;
+/** When accept fails (EMFILE, ENFILE, ENOMEM), the listening socket rests this long before the next attempt. */
+export const ACCEPT_BACKOFF_MS = 100;
 
 /**
  * DPDK's runtime directory for a file prefix, as DPDK's EAL and dpdk-telemetry.py compute it:
@@ -91,13 +116,24 @@ export class TelemetryServer {
   instance = 0;
   readonly version: string;
   readonly maxClients: number;
-  /** counters for tests and /info-like diagnostics */
-  readonly stats = { connections: 0, refused: 0, requests: 0, dropped: 0 };
+  readonly idleTimeoutMs: number;
+  /**
+   * Counters for tests and diagnostics: connections accepted, refused (the greeting could not be
+   * sent), requests answered, clients dropped for not reading their replies, evicted at the client
+   * limit, closed after the idle timeout, and failed accept attempts.
+   */
+  readonly stats = { connections: 0, refused: 0, requests: 0, dropped: 0, evicted: 0, idleClosed: 0, acceptErrors: 0 };
   private readonly dir: string;
   private readonly commands = new Map<string, Command>();
   private listenFd = -1;
   private wakeFd = -1;
-  private readonly clients = new Set<number>();
+  /** connected clients: fd -> when it connected or last sent a request (performance.now()) */
+  private readonly clients = new Map<number, { lastActive: number }>();
+  /** accept rests until then (after it failed) */
+  private acceptPausedUntil = 0;
+  /** the accept failures of the current episode (null: accept works) */
+  private acceptTrouble: { since: number; failures: number } | null = null;
+  private droppedWarned = false;
   private sockId: { dev: number; ino: number } | null = null;
   /** the runtime directory and, if start() made it, its parent: removed at close when empty */
   private dirsToRemove: string[] = [];
@@ -110,7 +146,8 @@ export class TelemetryServer {
   constructor(private readonly opts: TelemetryOptions) {
     this.dir = opts.dir ?? runtimeDir(opts.filePrefix);
     this.version = opts.version ?? `tspmd ${packageVersion()}`;
-    this.maxClients = opts.maxClients ?? 8;
+    this.maxClients = Math.max(1, opts.maxClients ?? DEFAULT_MAX_CLIENTS);
+    this.idleTimeoutMs = opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
     this.greeting = Buffer.from(JSON.stringify(this.info()));
     this.register('/', 'Returns list of available commands, Takes no parameters', () => this.list());
     this.register('/info', 'Returns DPDK Telemetry information. Takes no parameters', () => this.info());
@@ -145,13 +182,15 @@ export class TelemetryServer {
    * {"/cmd": value}, value null for an unknown command, bad parameters or a failing handler.
    */
   handle(request: string): string {
-    const req = request.replace(/[\0\r\n]+$/, '');
+    // As DPDK reads it: a C string (up to the first NUL), and a line end is not part of it.
+    const nul = request.indexOf('\0');
+    const req = (nul < 0 ? request : request.slice(0, nul)).replace(/[\r\n]+$/, '');
     const comma = req.indexOf(',');
     const cmd = comma < 0 ? req : req.slice(0, comma);
     const rest = comma < 0 ? '' : req.slice(comma + 1);
     const params = rest === '' ? null : rest;
     const key = cmd === '' ? 'none' : cmd;
-    const c = cmd.length < MAX_CMD_LEN ? this.commands.get(cmd) : undefined;
+    const c = Buffer.byteLength(cmd) < MAX_CMD_LEN ? this.commands.get(cmd) : undefined;
     let value: TelemetryValue = null;
     if (c) {
       try {
@@ -167,7 +206,14 @@ export class TelemetryServer {
   /** The reply text, cut to MAX_OUTPUT_LEN by dropping a dict's or an array's last entries (as DPDK does when its buffer is full). */
   private fit(key: string, value: TelemetryValue): string {
     const text = (v: TelemetryValue): string => `{${JSON.stringify(key)}:${JSON.stringify(v)}}`;
-    let out = text(value);
+    let out: string;
+    try {
+      out = text(value);
+    } catch (e) {
+      // not JSON (a bigint, a cycle): a handler's mistake, answered as a failure
+      log('debug', 'telemetry', `${key}: the reply is not JSON: ${(e as Error).message}`);
+      return text(null);
+    }
     if (Buffer.byteLength(out) <= MAX_OUTPUT_LEN) return out;
     if (!this.warned.has(key)) {
       this.warned.add(key);
@@ -187,50 +233,50 @@ export class TelemetryServer {
   }
 
   /**
-   * Create the runtime directory (0700) and the socket (0600), then serve in the background. A
-   * socket file nobody listens on (left by a killed process) is replaced; a live one (another
-   * process on this --file-prefix) makes this server take the next instance, with a warning that
-   * names the other process and how to connect to this one. Throws naming the path and the fix
-   * when the directory or the socket cannot be made.
+   * Make or check the runtime directory (see the module's comment), then create the socket (0600,
+   * under a umask) and serve in the background. A socket file nobody listens on (left by a killed
+   * process) is replaced; a live one (another process on this --file-prefix), or a file that is
+   * not a socket, makes this server take the next instance, with a warning that names what is in
+   * the way and how to connect to this one. Throws one line naming the directory or socket, what
+   * is wrong and the fix when the directory is not fit or no socket name is free (runApp then
+   * runs without telemetry).
    */
   start(): void {
     if (this.listenFd >= 0) throw new Error(`telemetry server ${this.path}: already started`);
-    let made: string | undefined;
-    try {
-      made = mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-    } catch (e) {
-      throw new Error(`telemetry: cannot create the runtime directory ${this.dir}: ${(e as Error).message}; ` +
-        'run as root, set RUNTIME_DIRECTORY to a writable directory, or turn telemetry off with --no-telemetry');
-    }
-    // The prefix's directory goes when empty (whoever made it: a killed run may have left it); its
-    // parent (<run dir>/dpdk) only if this server made it.
-    this.dirsToRemove = made !== undefined && made !== this.dir ? [this.dir, dirname(this.dir)] : [this.dir];
+    const euid = process.geteuid?.() ?? 0;
+    // runtimeDir's rules: RUNTIME_DIRECTORY when set, else /var/run for root and XDG_RUNTIME_DIR for others.
+    const xdg = euid !== 0 && !process.env.RUNTIME_DIRECTORY;
+    const fix = `use another --file-prefix, or set ${xdg ? 'XDG_RUNTIME_DIR' : 'RUNTIME_DIRECTORY'} to a directory of your own` +
+      `${xdg ? ` (such as /run/user/${euid})` : ''}, or turn telemetry off with --no-telemetry`;
+    this.dirsToRemove = prepareRuntimeDir(this.dir, euid, fix);
     const base = join(this.dir, TELEMETRY_SOCKET);
     const busy: string[] = [];
     let recreated = 0;
     for (let i = 0; i < MAX_INSTANCES && this.listenFd < 0; i++) {
       const path = i === 0 ? base : `${base}:${i}`;
-      const holder = probeSocket(path);
+      const holder = probeSocket(path, busy.length < NAMED_HOLDERS);
       if (holder !== null) {
         busy.push(`${path} (${holder})`);
         continue;
       }
       const fd = os.socket(os.AF_UNIX, os.SOCK_SEQPACKET | os.SOCK_NONBLOCK, 0);
       try {
-        os.bind(fd, os.sockaddrUn(path), `"${path}"`);
-        chmodSync(path, 0o600);
-        os.listen(fd, this.maxClients);
+        // Made 0600 by the umask: no window in which it is open to others, and no chmod that
+        // would follow a symlink put in its place.
+        const addr = os.sockaddrUn(path);
+        withUmask(0o177, () => os.bind(fd, addr, `"${path}"`));
+        os.listen(fd, LISTEN_BACKLOG);
       } catch (e) {
         safeClose(fd);
         if (e instanceof os.OsError && e.code === 'EADDRINUSE') { busy.push(`${path} (bound meanwhile)`); continue; } // another process won the race
         if (e instanceof os.OsError && e.code === 'ENOENT' && recreated++ < 5) {
           // the other process on this prefix exited meanwhile and removed the (then empty) directory
-          mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+          this.dirsToRemove = prepareRuntimeDir(this.dir, euid, fix);
           i--;
           continue;
         }
         this.removeDir();
-        throw new Error(`telemetry: cannot listen on ${path}: ${(e as Error).message}; turn telemetry off with --no-telemetry or use another --file-prefix`);
+        throw new Error(`cannot listen on ${path}: ${(e as Error).message}; ${fix}`);
       }
       this.listenFd = fd;
       this.path = path;
@@ -238,7 +284,7 @@ export class TelemetryServer {
     }
     if (this.listenFd < 0) {
       this.removeDir();
-      throw new Error(`telemetry: all ${MAX_INSTANCES} instances of ${base} are in use; use another --file-prefix or --no-telemetry`);
+      throw new Error(`all ${MAX_INSTANCES} telemetry socket names in ${this.dir} are taken (${summary(busy)}); end the other apps of --file-prefix ${this.opts.filePrefix}, or ${fix}`);
     }
     const st = lstatSync(this.path);
     this.sockId = { dev: st.dev, ino: st.ino };
@@ -246,8 +292,8 @@ export class TelemetryServer {
     installExitHook();
     this.wakeFd = os.eventfd(0, os.EFD_NONBLOCK);
     if (busy.length > 0) {
-      log('warn', 'telemetry', `${busy.join(', ')} in use by another process of --file-prefix ${this.opts.filePrefix}; ` +
-        `this one serves instance ${this.instance}: ${this.path} (dpdk-telemetry.py -f ${this.opts.filePrefix} -i ${this.instance}); give each app its own --file-prefix to avoid this`);
+      log('warn', 'telemetry', `${summary(busy)} cannot be used; this app serves instance ${this.instance}: ${this.path} ` +
+        `(dpdk-telemetry.py -f ${this.opts.filePrefix} -i ${this.instance}); give each app its own --file-prefix to avoid this`);
     }
     log('info', 'telemetry', `socket ${this.path} (dpdk-telemetry.py -f ${this.opts.filePrefix}${this.instance ? ` -i ${this.instance}` : ''})`);
     this.loopDone = this.loop().catch((e: unknown) => {
@@ -260,7 +306,7 @@ export class TelemetryServer {
     return this.clients.size;
   }
 
-  /** Stop serving: close every connection and the socket, remove the socket file (and the runtime directory if this server made it and it is empty). */
+  /** Stop serving: close every connection and the socket, remove the socket file (and the runtime directory if it is empty, and its parent if this server made it and it is not shared). */
   async close(): Promise<void> {
     if (this.closing) return this.loopDone;
     this.closing = true;
@@ -270,7 +316,7 @@ export class TelemetryServer {
       try { os.write(this.wakeFd, one); } catch { /* already woken */ }
     }
     await this.loopDone;
-    for (const fd of this.clients) safeClose(fd);
+    for (const fd of this.clients.keys()) safeClose(fd);
     this.clients.clear();
     safeClose(this.listenFd);
     this.listenFd = -1;
@@ -299,36 +345,84 @@ export class TelemetryServer {
 
   private async loop(): Promise<void> {
     while (!this.closing) {
-      const fds = [this.listenFd, this.wakeFd, ...this.clients];
+      const now = performance.now();
+      this.closeIdle(now);
+      // After a failed accept the listening socket rests (left out of the poll: fd -1) instead of
+      // being polled again at once: its pending connection would wake the poll straight away.
+      const resting = now < this.acceptPausedUntil;
+      const fds = [resting ? -1 : this.listenFd, this.wakeFd, ...this.clients.keys()];
       // A finite wait: the poll occupies one of libuv's (by default 4) pool threads, which the
       // vfio-user transport and fs calls share; it hands the thread back twice a second.
-      const ev = await os.pollAsync(fds, os.POLLIN, POLL_SLICE_MS);
+      const wait = resting ? Math.min(POLL_SLICE_MS, Math.max(1, Math.ceil(this.acceptPausedUntil - now))) : POLL_SLICE_MS;
+      const ev = await os.pollAsync(fds, os.POLLIN, wait);
       if (this.closing) break;
+      // Clients first: accepting may evict one and reuse its fd number.
+      for (let i = 2; i < fds.length; i++) if (ev[i] !== 0 && this.clients.has(fds[i])) this.serve(fds[i], ev[i]);
       if (ev[0] !== 0) this.acceptAll();
-      for (let i = 2; i < fds.length; i++) if (ev[i] !== 0) this.serve(fds[i], ev[i]);
     }
   }
 
   private acceptAll(): void {
-    for (;;) {
+    for (let n = 0; n < ACCEPT_BATCH; n++) {
       let fd: number;
       try {
         fd = os.accept(this.listenFd, os.SOCK_NONBLOCK);
       } catch (e) {
-        log('debug', 'telemetry', `accept: ${(e as Error).message}`);
+        const code = e instanceof os.OsError ? e.code : '';
+        if (code === 'ECONNABORTED' || code === 'EINTR' || code === 'EPROTO') continue; // that connection went away
+        this.acceptFailed(e as Error, code);
         return;
       }
       if (fd < 0) return;
-      if (this.clients.size >= this.maxClients) {
-        // As DPDK: over the limit, the connection is closed without a greeting.
-        this.stats.refused++;
-        log('debug', 'telemetry', `${this.path}: ${this.clients.size} clients connected (the limit): a new one is closed`);
-        safeClose(fd);
-        continue;
-      }
+      this.acceptWorks();
+      // At the limit the client that has sent nothing for the longest makes room: a new client is always served.
+      if (this.clients.size >= this.maxClients) this.evictIdlest();
       this.stats.connections++;
-      if (!this.reply(fd, this.greeting)) { safeClose(fd); continue; }
-      this.clients.add(fd);
+      if (!this.reply(fd, this.greeting)) { this.stats.refused++; safeClose(fd); continue; }
+      this.clients.set(fd, { lastActive: performance.now() });
+    }
+  }
+
+  /** accept failed (EMFILE, ENFILE, ENOMEM, ...): rest the listening socket, and say so once per episode. */
+  private acceptFailed(e: Error, code: string): void {
+    this.stats.acceptErrors++;
+    const now = performance.now();
+    this.acceptPausedUntil = now + ACCEPT_BACKOFF_MS;
+    if (this.acceptTrouble === null) {
+      this.acceptTrouble = { since: now, failures: 0 };
+      const why = code === 'EMFILE' ? ': the process is at its fd limit (ulimit -n), e.g. held by many metrics connections'
+        : code === 'ENFILE' ? ': the system is out of file descriptors' : '';
+      log('warn', 'telemetry', `${this.path}: cannot accept connections (${code || e.message})${why}; new clients wait, retried every ${ACCEPT_BACKOFF_MS} ms`);
+    }
+    this.acceptTrouble.failures++;
+  }
+
+  /** accept worked: end an episode of failures, with one line. */
+  private acceptWorks(): void {
+    if (this.acceptTrouble === null) return;
+    const { since, failures } = this.acceptTrouble;
+    this.acceptTrouble = null;
+    log('info', 'telemetry', `${this.path}: accepting connections again, after ${failures} failed attempt(s) in ${Math.round(performance.now() - since)} ms`);
+  }
+
+  /** Close the client that has sent nothing for the longest. */
+  private evictIdlest(): void {
+    let fd = -1, oldest = Infinity;
+    for (const [f, c] of this.clients) if (c.lastActive < oldest) { oldest = c.lastActive; fd = f; }
+    if (fd < 0) return;
+    this.stats.evicted++;
+    log('debug', 'telemetry', `${this.path}: ${this.clients.size} clients (the limit): the one idle for ${Math.round(performance.now() - oldest)} ms makes room for a new one`);
+    this.drop(fd, null);
+  }
+
+  /** Close the clients that have sent nothing for idleTimeoutMs. */
+  private closeIdle(now: number): void {
+    if (!(this.idleTimeoutMs > 0)) return;
+    for (const [fd, c] of this.clients) {
+      if (now - c.lastActive < this.idleTimeoutMs) continue;
+      this.stats.idleClosed++;
+      log('debug', 'telemetry', `${this.path}: a client idle for ${Math.round(now - c.lastActive)} ms is closed`);
+      this.drop(fd, null);
     }
   }
 
@@ -347,8 +441,11 @@ export class TelemetryServer {
         return;
       }
       for (const extra of m.fds) safeClose(extra);
+      // An empty message reads as the end of the connection, as in DPDK (read() returns 0).
       if (m.data.length === 0) { this.drop(fd, null); return; }
       this.stats.requests++;
+      const c = this.clients.get(fd);
+      if (c) c.lastActive = performance.now();
       const out = Buffer.from(this.handle(Buffer.from(m.data).toString('utf8')));
       if (!this.reply(fd, out)) { this.drop(fd, 'its socket is full: it sends requests without reading the replies'); return; }
     }
@@ -363,55 +460,163 @@ export class TelemetryServer {
     }
   }
 
+  /** Close a client; why (a misbehaving client) is a warning the first time, then a debug line. */
   private drop(fd: number, why: string | null): void {
     if (why !== null) {
       this.stats.dropped++;
-      log('warn', 'telemetry', `${this.path}: client dropped: ${why}`);
+      log(this.droppedWarned ? 'debug' : 'warn', 'telemetry', `${this.path}: client dropped: ${why}`);
+      this.droppedWarned = true;
     }
     this.clients.delete(fd);
     safeClose(fd);
   }
 }
 
+/** The first few entries of a list, and how many more. */
+function summary(items: readonly string[]): string {
+  return items.length <= 3 ? items.join(', ') : `${items.slice(0, 3).join(', ')} and ${items.length - 3} more`;
+}
+
+/** Run fn with the process umask set to mask (restored after, also when fn throws). */
+function withUmask<T>(mask: number, fn: () => T): T {
+  const old = process.umask(mask);
+  try {
+    return fn();
+  } finally {
+    process.umask(old);
+  }
+}
+
+/** What a file is, for messages: "a directory (mode 0777, uid 65534)". */
+function describe(st: Stats): string {
+  const kind = st.isSymbolicLink() ? 'a symbolic link' : st.isDirectory() ? 'a directory' : st.isSocket() ? 'a socket' : st.isFile() ? 'a regular file' : 'a special file';
+  return `${kind} (mode 0${(st.mode & 0o7777).toString(8)}, uid ${st.uid})`;
+}
+
+/** stat(2) of path (following links), or null when it does not exist. */
+function statOrNull(path: string): Stats | null {
+  try {
+    return statSync(path);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw e;
+  }
+}
+
+/** A directory every user may write to, where only an entry's owner may remove or rename it: /tmp. */
+function sharedSticky(st: Stats): boolean {
+  return st.isDirectory() && (st.mode & 0o1002) === 0o1002;
+}
+
 /**
- * Whether a server listens on path: null when the path is free (a stale socket file is removed
- * first, with a log line), else a description of the holder ("pid 1234, l2fwd"). Throws when a
- * file that is not a socket is in the way.
+ * Make the runtime directory dir (<run dir>/dpdk/<prefix>) and check that it is fit for the
+ * socket; returns the directories to remove at close when empty (dir, and its parent if made here
+ * and not shared). The parent, when missing, is made 01777 inside a shared sticky directory (/tmp:
+ * every user makes a prefix directory in it, as in /tmp itself) and 0700 elsewhere; a parent others
+ * may write to must be sticky. dir must be a real directory (not a symlink) of euid that no other
+ * user can write to; made 0700, and narrowed to 0700 when others may only read it. Throws one line
+ * naming the directory, what is wrong and fix.
  */
-function probeSocket(path: string): string | null {
+function prepareRuntimeDir(dir: string, euid: number, fix: string): string[] {
+  const parent = dirname(dir);
+  const fail = (what: string): Error => new Error(`${what}; ${fix}`);
+  for (let attempt = 0; ; attempt++) {
+    const made: string[] = [];
+    let pst: Stats | null;
+    try {
+      pst = statOrNull(parent);
+      if (pst === null) {
+        const grand = dirname(parent);
+        if (statOrNull(grand) === null) mkdirSync(grand, { recursive: true, mode: 0o700 }); // e.g. a RUNTIME_DIRECTORY not made yet
+        const shared = sharedSticky(statSync(grand));
+        try {
+          withUmask(0, () => mkdirSync(parent, { mode: shared ? 0o1777 : 0o700 }));
+          if (!shared) made.push(parent); // a shared one stays, like /tmp: removing it would let anyone make it anew as their own
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+        }
+        pst = statSync(parent);
+      }
+    } catch (e) {
+      throw new Error(`cannot create the telemetry runtime directory ${dir}: ${(e as Error).message}; ${fix}`);
+    }
+    const link = lstatSync(parent);
+    if (link.isSymbolicLink() && link.uid !== 0 && link.uid !== euid) throw fail(`${parent} is a symbolic link of uid ${link.uid}, who could point it elsewhere`);
+    if (!pst.isDirectory()) throw fail(`${parent} is ${describe(pst)}, not a directory`);
+    if ((pst.mode & 0o022) !== 0 && (pst.mode & 0o1000) === 0) throw fail(`${parent} is writable by other users and not sticky (${describe(pst)}): they could swap ${dir} for their own`);
+    try {
+      mkdirSync(dir, { mode: 0o700 });
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' && attempt < 5) continue; // the parent was removed meanwhile (another app on the prefix ended)
+      if (code !== 'EEXIST') throw new Error(`cannot create the telemetry runtime directory ${dir}: ${(e as Error).message} (${parent} is ${describe(pst)}); ${fix}`);
+    }
+    const st = lstatSync(dir);
+    if (st.isSymbolicLink()) {
+      let to = '';
+      try { to = ` to ${readlinkSync(dir)}`; } catch { /* unreadable */ }
+      throw fail(`the telemetry runtime directory ${dir} is a symbolic link${to} (uid ${st.uid}), not a directory: it is not followed`);
+    }
+    if (!st.isDirectory()) throw fail(`the telemetry runtime directory ${dir} is ${describe(st)}, not a directory`);
+    if (st.uid !== euid) throw fail(`the telemetry runtime directory ${dir} belongs to uid ${st.uid}, not to this user (uid ${euid}): that user could replace the socket and answer in its place`);
+    if ((st.mode & 0o022) !== 0) throw fail(`the telemetry runtime directory ${dir} is writable by other users (${describe(st)}): they could replace the socket and answer in its place`);
+    if ((st.mode & 0o077) !== 0) narrow(dir, st);
+    return [dir, ...made];
+  }
+}
+
+/** chmod 0700 a directory of ours that others may read: through an fd opened without following links, checked to be the one looked at. */
+function narrow(dir: string, st: Stats): void {
+  const fd = openSync(dir, fsc.O_RDONLY | fsc.O_DIRECTORY | fsc.O_NOFOLLOW);
+  try {
+    const now = fstatSync(fd);
+    if (now.dev !== st.dev || now.ino !== st.ino) throw new Error(`the telemetry runtime directory ${dir} changed while it was checked`);
+    fchmodSync(fd, 0o700);
+  } finally {
+    closeSync(fd);
+  }
+  log('info', 'telemetry', `${dir} was readable by other users (mode 0${(st.mode & 0o777).toString(8)}): narrowed to 0700`);
+}
+
+/**
+ * What is at a socket name: null when it is free (nothing there, or a stale socket, which is
+ * removed first with a log line), else what is in the way: a live server ("pid 1234, l2fwd" when
+ * askWho and it greets), or a file that is not a socket (left alone). Never throws for what it
+ * finds: every case leaves the name to the next instance.
+ */
+function probeSocket(path: string, askWho: boolean): string | null {
   let st: Stats;
   try {
     st = lstatSync(path);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw new Error(`telemetry: cannot check ${path}: ${(e as Error).message}`);
+    return `cannot be checked: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`;
   }
-  if (!st.isSocket()) throw new Error(`telemetry: ${path} exists and is not a socket; remove it, or use another --file-prefix or --no-telemetry`);
+  // DPDK removes whatever is there when connecting to it fails; a file that is not a socket is
+  // left alone here (it is not a telemetry socket of a dead process), and the next name is used.
+  if (!st.isSocket()) return `${describe(st)}, not a socket: left alone`;
   const fd = os.socket(os.AF_UNIX, os.SOCK_SEQPACKET | os.SOCK_NONBLOCK, 0);
   let code = 'connected';
   try {
     os.connect(fd, os.sockaddrUn(path), `"${path}"`);
   } catch (e) {
-    if (!(e instanceof os.OsError)) { safeClose(fd); throw e; }
-    code = e.code;
+    code = e instanceof os.OsError ? e.code : (e as Error).message;
   }
   if (code === 'connected' || code === 'EAGAIN' || code === 'EINPROGRESS') {
-    let who = 'a running process';
+    let who = 'in use by a running process';
     try {
       // The greeting names the holder's pid (a short wait, only at start-up and only when the prefix is shared).
-      if (code === 'connected' && (os.pollOne(fd, os.POLLIN, 200) & os.POLLIN) !== 0) {
+      if (askWho && code === 'connected' && (os.pollOne(fd, os.POLLIN, 200) & os.POLLIN) !== 0) {
         const m = os.recvmsg(fd, 1024, os.MSG_DONTWAIT);
         const pid = m ? (JSON.parse(Buffer.from(m.data).toString('utf8')) as { pid?: unknown }).pid : undefined;
-        if (typeof pid === 'number') who = `pid ${pid}${processName(pid)}`;
+        if (typeof pid === 'number') who = `in use by pid ${pid}${processName(pid)}`;
       }
     } catch { /* no greeting: keep the generic description */ }
     safeClose(fd);
     return who;
   }
   safeClose(fd);
-  if (code !== 'ECONNREFUSED') {
-    throw new Error(`telemetry: cannot tell whether a process serves ${path} (connect failed with ${code}); remove it if none does, or use another --file-prefix or --no-telemetry`);
-  }
+  if (code !== 'ECONNREFUSED') return `a socket nobody can be asked about (connect: ${code}): left alone`;
   try {
     const now = lstatSync(path);
     if (now.dev !== st.dev || now.ino !== st.ino) return 'bound meanwhile';
