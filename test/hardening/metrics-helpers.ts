@@ -1,20 +1,23 @@
 /**
  * A forwarding `tspmd l2fwd` on two net_null ports with its metrics server (and optionally its
- * telemetry socket) for the metrics, load and Prometheus tests: spawned with the tspmd command
- * (the compiled dist/app/tspmd.js when dist/ is up to date, as after `npm test`'s build: it starts
- * in about a second where the TypeScript loader takes 5-40 s; else test/cli.ts's CLI under the
- * loader), optionally under a lower open-files limit, and ready once it names its metrics URL and
- * its RX counter has started to grow (the forwarding lcore runs). Killed and its run directory
- * removed at teardown.
+ * telemetry socket) for the metrics, load and Prometheus tests: spawned as the compiled
+ * dist/app/tspmd.js (it starts forwarding in about a second, where the TypeScript loader takes
+ * 5-40 s on a loaded 2-vCPU machine: timing-sensitive checks need the fast start), dist/ being
+ * built first when a source is newer than its compiled file (npm test builds it before the
+ * suite); optionally under a lower open-files limit; ready once it names its metrics URL and its
+ * RX counter has started to grow (the forwarding lcore runs). Killed and its run directory removed
+ * at teardown.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync, statSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { CLI, CHILD_ENV, killChildren, removeRunDir } from '../cli.js';
+import { CHILD_ENV, killChildren, removeRunDir } from '../cli.js';
 import { httpGet } from '../../bench/load-clients.js';
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+/** The package's root (this file is test/hardening/ in it, or dist/test/hardening/ when compiled). */
+const ROOT = fileURLToPath(new URL(import.meta.url.endsWith('.ts') ? '../..' : '../../..', import.meta.url));
 
 /** Whether every .ts source of the package has a compiled file in dist/ at least as new as itself. */
 function distIsFresh(): boolean {
@@ -32,10 +35,20 @@ function distIsFresh(): boolean {
   }
 }
 
-/** The command that runs tspmd: node and the compiled CLI when dist/ is fresh, else node with this process's loader and the .ts CLI. */
-export function tspmdCommand(): string[] {
-  const dist = join(ROOT, 'dist/app/tspmd.js');
-  return CLI.endsWith('.js') || !distIsFresh() ? [process.execPath, ...process.execArgv, CLI] : [process.execPath, dist];
+/** The compiled tspmd command. */
+export const DIST_CLI = join(ROOT, 'dist/app/tspmd.js');
+
+/** Build dist/ (tsc -p .) unless it is up to date; returns what it did, throws with tsc's output when the build fails. */
+export function ensureDist(): string {
+  if (existsSync(DIST_CLI) && distIsFresh()) return 'dist/ is up to date';
+  const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc');
+  try {
+    execFileSync(process.execPath, [tsc, '-p', ROOT], { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 300_000 });
+  } catch (e) {
+    const x = e as { stdout?: string; stderr?: string; message: string };
+    throw new Error(`building dist/ (npx tsc -p .) failed, needed to run ${DIST_CLI}: ${x.stdout ?? ''}${x.stderr ?? ''}${x.message}`);
+  }
+  return 'dist/ rebuilt (a source was newer than its compiled file)';
 }
 
 /** What tap's test object offers that the helper uses. */
@@ -55,7 +68,9 @@ export interface L2fwdOptions {
   eal?: string[];
   /** l2fwd's options, after "--" (default: -T 0 --json) */
   app?: string[];
-  /** how long to wait for it to forward (default 150 s: a worker's start-up takes 5-40 s on a loaded 2-vCPU machine) */
+  /** --metrics-port (default 0: a free port) */
+  metricsPort?: number;
+  /** how long to wait for it to forward (default 60 s) */
   startMs?: number;
 }
 
@@ -86,9 +101,10 @@ export function rxOfPort0(body: string): number {
 
 /** Start l2fwd on net_null0/net_null1 with --metrics-port 0 and wait until it forwards; throws with its output when it does not. */
 export async function startL2fwd(t: Teardown, o: L2fwdOptions): Promise<RunningL2fwd> {
-  const args = ['l2fwd', '--no-huge', '--file-prefix', o.prefix, ...(o.telemetry ? [] : ['--no-telemetry']), '--metrics-port', '0', '--log-level', 'info',
+  const args = ['l2fwd', '--no-huge', '--file-prefix', o.prefix, ...(o.telemetry ? [] : ['--no-telemetry']), '--metrics-port', String(o.metricsPort ?? 0), '--log-level', 'info',
     '-l', '0-1', '--vdev', 'net_null0', '--vdev', 'net_null1', ...(o.eal ?? []), '--', ...(o.app ?? ['-T', '0', '--json'])];
-  const node = [...tspmdCommand(), ...args];
+  ensureDist();
+  const node = [process.execPath, DIST_CLI, ...args];
   // `ulimit -n N` in a shell that then execs node: same pid, both limits lowered (node raises its soft limit to the hard one).
   const cmd = o.nofile === undefined ? node : ['bash', '-c', `ulimit -n ${o.nofile} && exec "$0" "$@"`, ...node];
   const proc = spawn(cmd[0], cmd.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: CHILD_ENV });
@@ -100,7 +116,7 @@ export async function startL2fwd(t: Teardown, o: L2fwdOptions): Promise<RunningL
     await killChildren([proc]);
     removeRunDir(args);
   });
-  const deadline = Date.now() + (o.startMs ?? 150_000);
+  const deadline = Date.now() + (o.startMs ?? 60_000);
   let port = 0;
   while (port === 0) {
     const m = METRICS_RE.exec(err);
