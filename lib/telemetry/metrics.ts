@@ -343,7 +343,7 @@ export class MetricsServer {
       this.stats.misdirected++;
       const h = (req.headers.host ?? '').slice(0, 80);
       res.writeHead(421, { 'content-type': 'text/plain; charset=utf-8', 'x-content-type-options': 'nosniff', connection: 'close' })
-        .end(`Host ${JSON.stringify(h)} is not a name of this server: ask for it by IP address, localhost or ${hostname()} ` +
+        .end(`Host ${JSON.stringify(h)} is not a name of this server: ask for it by IP address, localhost or this machine's hostname ` +
           '(another name is how a web page reads a local server through DNS rebinding)\n');
       return;
     }
