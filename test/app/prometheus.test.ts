@@ -20,7 +20,7 @@ import { join } from 'node:path';
 import { renderMetrics } from '../../lib/telemetry/metrics.js';
 import type { EthDev, PortStats } from '../../lib/ethdev/ethdev.js';
 import { httpGet, waitFor } from '../../bench/load-clients.js';
-import { startL2fwd } from '../hardening/metrics-helpers.js';
+import { startL2fwd } from '../hardening/l2fwd-metrics.js';
 import { killChildren } from '../cli.js';
 
 const have = (cmd: string): boolean => spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0;

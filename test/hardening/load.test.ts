@@ -12,7 +12,7 @@
  */
 import t from 'tap';
 import { openIdleTcp, openIdleTelemetry, httpGet, telemetryAsk, cpuShare, fdCount, waitFor } from '../../bench/load-clients.js';
-import { startL2fwd } from './metrics-helpers.js';
+import { startL2fwd } from './l2fwd-metrics.js';
 import { METRICS_DEFAULTS } from '../../lib/telemetry/metrics.js';
 
 const TCP = 2000;

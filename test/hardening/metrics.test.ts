@@ -18,7 +18,7 @@ import { Socket } from 'node:net';
 import { hostname } from 'node:os';
 import { MetricsServer } from '../../lib/telemetry/metrics.js';
 import { httpGet, openIdleTcp, fdCount, waitFor, cpuShare } from '../../bench/load-clients.js';
-import { startL2fwd } from './metrics-helpers.js';
+import { startL2fwd } from './l2fwd-metrics.js';
 
 const PID = process.pid;
 t.setTimeout(400_000);

@@ -51,7 +51,7 @@ export function ensureDist(): string {
   return 'dist/ rebuilt (a source was newer than its compiled file)';
 }
 
-/** What tap's test object offers that the helper uses. */
+/** What tap's test object offers that startL2fwd uses. */
 export interface Teardown {
   teardown(fn: () => unknown): void;
 }
