@@ -409,8 +409,9 @@ function walkPcapng(src: Source, name: string, visit: PacketVisitor | null, time
   const size = src.size;
   let le = true, first: boolean | null = null, firstSnap = -1, count = 0;
   let ifaces: Iface[] = [];
-  for (let off = 0; off < size;) {
-    const bad = (what: string): PcapFormatError => new PcapFormatError(name, `block at byte ${off}: ${what}`);
+  let off = 0;
+  const bad = (what: string): PcapFormatError => new PcapFormatError(name, `block at byte ${off}: ${what}`);
+  for (; off < size;) {
     if (off + 12 > size) throw bad(`truncated: ${size - off} bytes left, a block has at least 12`);
     let h = src.at(off, 12);
     let type = src.dv.getUint32(h, le);

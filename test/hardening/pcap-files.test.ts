@@ -236,6 +236,10 @@ t.test('finding 6: malformed pcapng blocks and options: one line naming the file
     t.match(e.message, m.re, `${m.name}: ${e.message}`);
     t.ok(oneLine(e.message), 'one line');
   }
+  // Interfaces cost memory per block (20 bytes of file each): a section may declare 65,536.
+  const many = (n: number): Uint8Array => Uint8Array.from([...SHB, ...Array.from({ length: n }, () => IDB).flat()]);
+  t.equal(parseCapture(many(65536), 'many.pcapng').count, 0, '65,536 interfaces are read');
+  t.match(thrown(() => parseCapture(many(65537), 'toomany.pcapng')).message, /^toomany\.pcapng: block at byte 1310748: interface description block number 65537 of its section; at most 65536/);
   // What stays valid: a well-formed file with every block kind still loads.
   const ok = pcapngFile([{ ifaces: [{ tsresol: 9, tsoffset: 2n }], blocks: [{ kind: 'epb', iface: 0, data: frame(60, 1), ts: 5n }, { kind: 'spb', data: frame(61, 2) }, { kind: 'opb', iface: 0, data: frame(62, 3) }] }]);
   const ix = parseCapture(ok, 'ok.pcapng');
