@@ -5,18 +5,23 @@
  *
  * `--vdev net_pcapN[,rx_pcap=FILE][,tx_pcap=FILE][,rx_iface=IF][,tx_iface=IF][,iface=IF][,infinite_rx=0|1]`
  *
- * - rx_pcap: a pcap (either byte order, micro- or nanosecond) or pcapng file, read whole at probe
- *   into shared memory; RX hands its packets out in file order, once (at the end of the file RX
- *   returns 0 for ever, as DPDK's does), or round and round with infinite_rx=1.
- * - tx_pcap: created (or truncated) at the first start; classic pcap, nanosecond timestamps
- *   (magic a1b23c4d), snaplen 65535, LINKTYPE_ETHERNET; written through a 1 MiB buffer, flushed
- *   at stop and closed at close. A restarted port appends to the same file.
+ * - rx_pcap: a pcap (either byte order, micro- or nanosecond) or pcapng file (a regular file:
+ *   a FIFO or device is refused), loaded at probe into shared memory: one streamed walk counts and
+ *   sizes its packets, both shared buffers are allocated once, a second walk copies the packets in
+ *   (memory: the packets, 8-byte aligned, plus 8 bytes a packet; the file is never held whole).
+ *   RX hands them out in file order, once (at the end of the file RX returns 0 for ever, as
+ *   DPDK's does), or round and round with infinite_rx=1.
+ * - tx_pcap: opened at probe with lib/pcap's openCaptureWrite (created 0600, never through a
+ *   symlink; an existing regular file of this user with one link is replaced, as DPDK's tx_pcap
+ *   truncates; anything else refused); classic pcap, nanosecond timestamps (magic a1b23c4d),
+ *   snaplen 65535, LINKTYPE_ETHERNET; written through a 1 MiB buffer, flushed at stop and closed
+ *   at close. A restarted port appends to the same file.
  * - iface / rx_iface / tx_iface: an AF_PACKET socket on the interface (one syscall per packet, as
  *   libpcap's live capture); RX sees the frames the interface receives (not the ones it sends).
  * - Without an RX source the port receives nothing; without a TX sink it drops what it is given
  *   (counted as sent), like DPDK's net_pcap with rx_pcap only.
  */
-import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { closeSync, readFileSync, writeSync } from 'node:fs';
 import * as os from '../../../src/os/libc.js';
 import { OsError } from '../../../src/os/libc.js';
 import { UsageError } from '../../../src/options.js';
@@ -26,7 +31,7 @@ import { parseMac } from '../../../lib/net/mac.js';
 import { registerVdevDriver } from '../../bus/vdev/vdev.js';
 import { devargsError } from '../../../lib/kvargs/kvargs.js';
 import { siblingModule } from '../../../src/lcore/module.js';
-import { LINKTYPE_ETHERNET, PcapFormatError, pcapFileHeader, readCaptureFile } from '../../../lib/pcap/pcap.js';
+import { CaptureFile, CaptureFileError, LINKTYPE_ETHERNET, openCaptureWrite, pcapFileHeader } from '../../../lib/pcap/pcap.js';
 import { TX_FILL, TX_CTL_WORDS, type PcapRxData, type PcapTxData } from './pcap_data.js';
 
 const DATA = siblingModule(import.meta.url, 'pcap_data');
@@ -62,36 +67,58 @@ function netAttr(iface: string, attr: string): string | null {
   }
 }
 
-/** Load a capture file for RX: every packet must be an Ethernet frame. */
+/** Largest total of packet bytes an rx_pcap file may load (offsets in the index are u32). */
+const RX_FILE_MAX_BYTES = 2 ** 32 - 8;
+
+/** A lib/pcap refusal as the usage error of this port's key (one line: the devarg, the file, what is wrong). */
+function keyError(name: string, key: string, e: unknown): unknown {
+  return e instanceof CaptureFileError ? new UsageError(`--vdev ${name}: ${key}=${e.message}`) : e;
+}
+
+/**
+ * Load a capture file for RX: every packet must be an Ethernet frame. Streamed twice through a
+ * bounded window: the first walk checks the file, counts its packets and sums their 8-byte aligned
+ * sizes, then the two shared buffers are allocated once at their final size, and the second walk
+ * copies each packet into place. Peak memory: the buffers plus the window.
+ */
 function loadRxFile(name: string, path: string): RxFile {
-  let ix;
+  let f: CaptureFile | null = null;
   try {
-    ix = readCaptureFile(path);
-  } catch (e) {
-    if (e instanceof PcapFormatError) throw new UsageError(`--vdev ${name}: rx_pcap=${e.message}`);
-    throw e;
-  }
-  let total = 0;
-  for (let i = 0; i < ix.count; i++) {
-    if (ix.linktype[i] !== LINKTYPE_ETHERNET) {
-      throw new UsageError(`--vdev ${name}: rx_pcap=${path}: packet ${i + 1} has link type ${ix.linktype[i]}; net_pcap receives Ethernet frames only (link type 1): capture on an Ethernet interface, not "any"`);
+    f = new CaptureFile(path);
+    let total = 0;
+    const n = f.walk((i, _pos, cap, _orig, _sec, _nsec, lt) => {
+      if (lt !== LINKTYPE_ETHERNET) {
+        throw new UsageError(`--vdev ${name}: rx_pcap=${path}: packet ${i + 1} has link type ${lt}; net_pcap receives Ethernet frames only (link type 1): capture on an Ethernet interface, not "any"`);
+      }
+      total += Math.ceil(cap / 8) * 8;
+    }).count;
+    if (total > RX_FILE_MAX_BYTES) throw new UsageError(`--vdev ${name}: rx_pcap=${path}: its ${n} packets hold ${total} bytes; net_pcap loads at most 4 GiB (cut the file, e.g. editcap -r)`);
+    // Each packet starts 8-byte aligned, as mbuf data does: copies then move u32 words.
+    let bytes: SharedArrayBuffer, index: SharedArrayBuffer;
+    try {
+      bytes = new SharedArrayBuffer(Math.max(total, 8));
+      index = new SharedArrayBuffer(Math.max(n, 1) * 8);
+    } catch (e) {
+      throw new UsageError(`--vdev ${name}: rx_pcap=${path}: cannot allocate ${Math.ceil((total + n * 8) / 1048576)} MiB for its ${n} packets (${(e as Error).message})`);
     }
-    total += (ix.capLen[i] + 7) & ~7;
+    const u8 = new Uint8Array(bytes);
+    const idx = new Uint32Array(index);
+    let at = 0;
+    const file = f;
+    const again = f.walk((i, pos, cap) => {
+      if (i >= n || at + cap > total) throw new CaptureFileError(path, 'changed while being loaded (load a file no process is writing)');
+      file.copy(pos, cap, u8, at);
+      idx[2 * i] = at;
+      idx[2 * i + 1] = cap;
+      at += Math.ceil(cap / 8) * 8;
+    }).count;
+    if (again !== n) throw new CaptureFileError(path, 'changed while being loaded (load a file no process is writing)');
+    return { bytes, index, count: n, pos: new SharedArrayBuffer(8) };
+  } catch (e) {
+    throw keyError(name, 'rx_pcap', e);
+  } finally {
+    f?.close();
   }
-  // Each packet starts 8-byte aligned, as mbuf data does: copies then move u32 words.
-  const bytes = new SharedArrayBuffer(Math.max(total, 8));
-  const u8 = new Uint8Array(bytes);
-  const index = new SharedArrayBuffer(Math.max(ix.count, 1) * 8);
-  const idx = new Uint32Array(index);
-  let at = 0;
-  for (let i = 0; i < ix.count; i++) {
-    const off = ix.offset[i], len = ix.capLen[i];
-    u8.set(ix.bytes.subarray(off, off + len), at);
-    idx[2 * i] = at;
-    idx[2 * i + 1] = len;
-    at += (len + 7) & ~7;
-  }
-  return { bytes, index, count: ix.count, pos: new SharedArrayBuffer(8) };
 }
 
 /** A non-blocking AF_PACKET raw socket bound to ifindex (protocol 0: a TX-only socket receives nothing). */
@@ -149,11 +176,25 @@ export class PcapPort extends EthDev {
       this.rxFile = opts.rxPcap !== undefined ? loadRxFile(name, opts.rxPcap) : null;
       this.txBuf = opts.txPcap !== undefined ? new SharedArrayBuffer(TX_BUFFER) : null;
       this.txCtl = opts.txPcap !== undefined ? new SharedArrayBuffer(TX_CTL_WORDS * 4) : null;
+      // Opened at probe, as DPDK's net_pcap opens its dumper: a refused path fails before the port exists.
+      this.openTxFile();
     } catch (e) {
       this.close();
       throw e;
     }
     if (this.rxFile) log('info', name, `rx_pcap ${opts.rxPcap}: ${this.rxFile.count} packets${opts.infiniteRx ? ', replayed for ever (infinite_rx)' : ''}`);
+  }
+
+  /** Open (create or replace) the tx_pcap file and write its header; nothing without tx_pcap or when it is open. */
+  private openTxFile(): void {
+    if (this.opts.txPcap === undefined || this.txFileFd >= 0) return;
+    try {
+      this.txFileFd = openCaptureWrite(this.opts.txPcap);
+    } catch (e) {
+      throw keyError(this.name, 'tx_pcap', e);
+    }
+    writeSync(this.txFileFd, pcapFileHeader(PCAP_TX_SNAPLEN, LINKTYPE_ETHERNET, true));
+    Atomics.store(new Int32Array(this.txCtl!), TX_FILL, 0);
   }
 
   /** Driver facts: one queue pair (one file or interface per direction). */
@@ -178,15 +219,7 @@ export class PcapPort extends EthDev {
 
   protected override onStart(): void {
     try {
-      if (this.opts.txPcap !== undefined && this.txFileFd < 0) {
-        try {
-          this.txFileFd = openSync(this.opts.txPcap, 'w');
-        } catch (e) {
-          throw new Error(`port ${this.port} (${this.name}): cannot create tx_pcap=${this.opts.txPcap}: ${(e as Error).message} (check that the directory exists and is writable)`);
-        }
-        writeSync(this.txFileFd, pcapFileHeader(PCAP_TX_SNAPLEN, LINKTYPE_ETHERNET, true));
-        Atomics.store(new Int32Array(this.txCtl!), TX_FILL, 0);
-      }
+      this.openTxFile(); // after a reset (which closes it) the file is opened again
       if (this.rxIfindex >= 0) {
         this.rxFd = packetSocket(this.rxIfindex, ETH_P_ALL_BE);
         os.setsockoptInt(this.rxFd, SOL_PACKET, PACKET_IGNORE_OUTGOING, 1);
@@ -271,7 +304,7 @@ registerVdevDriver({
   description: 'RX from a pcap/pcapng file or an interface, TX to a pcap file or an interface',
   schema: {
     rx_pcap: { kind: 'string', placeholder: 'FILE', help: 'pcap or pcapng file whose packets RX delivers' },
-    tx_pcap: { kind: 'string', placeholder: 'FILE', help: 'pcap file TX writes (created or truncated)' },
+    tx_pcap: { kind: 'string', placeholder: 'FILE', help: 'pcap file TX writes (created 0600; an own regular file is replaced; never through a symlink)' },
     rx_iface: { kind: 'string', placeholder: 'IFNAME', help: 'interface RX receives from (AF_PACKET)' },
     tx_iface: { kind: 'string', placeholder: 'IFNAME', help: 'interface TX sends to (AF_PACKET)' },
     iface: { kind: 'string', placeholder: 'IFNAME', help: 'interface for both RX and TX' },
