@@ -139,14 +139,20 @@ export function hugetlbfsMounts2M(): string[] {
   return out;
 }
 
+/** The directory ensureHugepages mounts a hugetlbfs on when none is mounted. */
+export function hugeMountDir(): string {
+  const dir = `/tmp/tsp-dpdk-huge-${process.pid}`;
+  mkdirSync(dir, { recursive: true });
+  return dir;
+}
+
 /** Makes sure a 2 MB hugetlbfs is mounted and `pages` 2 MB hugepages are free; returns a function undoing exactly that. */
 export function ensureHugepages(pages: number): () => void {
   if (!Number.isInteger(pages) || pages < 0) throw new Error(`ensureHugepages: bad page count ${pages}`);
   if (!existsSync(HUGE_2M)) throw new Error(`ensureHugepages: ${HUGE_2M} missing (kernel without 2 MB hugepages?)`);
   let mounted: string | undefined;
   if (hugetlbfsMounts2M().length === 0) {
-    const dir = `/tmp/tsp-dpdk-huge-${process.pid}`;
-    mkdirSync(dir, { recursive: true });
+    const dir = hugeMountDir();
     console.log(`dpdk: no hugetlbfs mounted, mounting one at ${dir}`);
     const r = spawnSync('mount', ['-t', 'hugetlbfs', '-o', 'pagesize=2M', 'nodev', dir], { encoding: 'utf8' });
     if (r.status !== 0) {
