@@ -9,7 +9,7 @@
  * lcores do the copying; while nobody captures they test one word per burst.
  */
 import { join } from 'node:path';
-import { eachOption, numberOption, type App } from '../../lib/app/app.js';
+import { eachOption, intOption, numberOption, type App } from '../../lib/app/app.js';
 import { UsageError } from '../../src/options.js';
 import * as os from '../../src/os/libc.js';
 import { runtimeDir, TELEMETRY_SOCKET } from '../../lib/telemetry/server.js';
@@ -58,10 +58,10 @@ export const pdump: App<PdumpOptions> = {
     const o: PdumpOptions = { port: -1, queue: -1, dir: 'both', out: '', durationS: 0, pid: null, snaplen: 65535 };
     eachOption(args, (flag, value) => {
       switch (flag) {
-        case '--port': o.port = numberOption('--port', value(), 0, CAPTURE_MAX_PORTS - 1); break;
+        case '--port': o.port = intOption('--port', value(), 0, CAPTURE_MAX_PORTS - 1); break;
         case '--queue': {
           const q = value();
-          o.queue = q === '*' ? -1 : numberOption('--queue', q, 0, CAPTURE_MAX_QUEUES - 1);
+          o.queue = q === '*' ? -1 : intOption('--queue', q, 0, CAPTURE_MAX_QUEUES - 1);
           break;
         }
         case '--dir': {
@@ -72,8 +72,8 @@ export const pdump: App<PdumpOptions> = {
         }
         case '--out': o.out = value(); break;
         case '--duration': o.durationS = numberOption('--duration', value(), 0, 1e7); break;
-        case '--snaplen': o.snaplen = numberOption('--snaplen', value(), 64, 65535); break;
-        case '--pid': o.pid = numberOption('--pid', value(), 1, 1 << 30); break;
+        case '--snaplen': o.snaplen = intOption('--snaplen', value(), 64, 65535); break;
+        case '--pid': o.pid = intOption('--pid', value(), 1, 1 << 30); break;
         default: throw new UsageError(`unknown pdump option "${flag}" (see --help)`);
       }
     });
