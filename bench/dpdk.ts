@@ -13,7 +13,8 @@
  * --forward-mode is only warned about (testpmd then runs io), so it is checked here.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { accessSync, constants, existsSync, mkdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, existsSync, mkdtempSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 
 const HUGE_2M = '/sys/kernel/mm/hugepages/hugepages-2048kB';
@@ -139,11 +140,13 @@ export function hugetlbfsMounts2M(): string[] {
   return out;
 }
 
-/** The directory ensureHugepages mounts a hugetlbfs on when none is mounted. */
+/**
+ * A fresh directory for ensureHugepages to mount a hugetlbfs on (it runs as root): mkdtemp under
+ * the temporary directory, so the name is unpredictable, the directory is new, ours and 0700, and
+ * nothing another user planted (a directory or a symlink at a guessable name) is followed.
+ */
 export function hugeMountDir(): string {
-  const dir = `/tmp/tsp-dpdk-huge-${process.pid}`;
-  mkdirSync(dir, { recursive: true });
-  return dir;
+  return mkdtempSync(join(tmpdir(), 'tsp-dpdk-huge-'));
 }
 
 /** Makes sure a 2 MB hugetlbfs is mounted and `pages` 2 MB hugepages are free; returns a function undoing exactly that. */
