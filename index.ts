@@ -57,7 +57,7 @@ export { formatMac, parseMac, isMulticastMac } from './lib/net/mac.js';
 export { pdumpInit } from './lib/pdump/pdump.js';
 
 // ---- applications: `app [EAL options] -- [app options]`, one module per app ----
-export { runApp, appMain, eachOption, numberOption, runLcoresUntilDone, sleep, type App, type RunEnd } from './lib/app/app.js';
+export { runApp, appMain, eachOption, intOption, numberOption, wholeNumber, runLcoresUntilDone, sleep, type App, type RunEnd } from './lib/app/app.js';
 export { StatsReporter, type Summary, type PortSummary } from './lib/app/stats.js';
 export * from './lib/telemetry/index.js'; // telemetry: DPDK's telemetry v2 socket, Prometheus metrics (rte_telemetry.h)
 

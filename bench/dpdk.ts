@@ -13,7 +13,8 @@
  * --forward-mode is only warned about (testpmd then runs io), so it is checked here.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { accessSync, constants, existsSync, mkdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, existsSync, mkdtempSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 
 const HUGE_2M = '/sys/kernel/mm/hugepages/hugepages-2048kB';
@@ -139,14 +140,22 @@ export function hugetlbfsMounts2M(): string[] {
   return out;
 }
 
+/**
+ * A fresh directory for ensureHugepages to mount a hugetlbfs on (it runs as root): mkdtemp under
+ * the temporary directory, so the name is unpredictable, the directory is new, ours and 0700, and
+ * nothing another user planted (a directory or a symlink at a guessable name) is followed.
+ */
+export function hugeMountDir(): string {
+  return mkdtempSync(join(tmpdir(), 'tsp-dpdk-huge-'));
+}
+
 /** Makes sure a 2 MB hugetlbfs is mounted and `pages` 2 MB hugepages are free; returns a function undoing exactly that. */
 export function ensureHugepages(pages: number): () => void {
   if (!Number.isInteger(pages) || pages < 0) throw new Error(`ensureHugepages: bad page count ${pages}`);
   if (!existsSync(HUGE_2M)) throw new Error(`ensureHugepages: ${HUGE_2M} missing (kernel without 2 MB hugepages?)`);
   let mounted: string | undefined;
   if (hugetlbfsMounts2M().length === 0) {
-    const dir = `/tmp/tsp-dpdk-huge-${process.pid}`;
-    mkdirSync(dir, { recursive: true });
+    const dir = hugeMountDir();
     console.log(`dpdk: no hugetlbfs mounted, mounting one at ${dir}`);
     const r = spawnSync('mount', ['-t', 'hugetlbfs', '-o', 'pagesize=2M', 'nodev', dir], { encoding: 'utf8' });
     if (r.status !== 0) {

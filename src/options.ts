@@ -187,9 +187,23 @@ export function parseEalArgs(argv: readonly string[]): EalOptions {
   return o;
 }
 
-function intOption(name: string, v: string, min: number, max: number): number {
-  if (!/^\d+$/.test(v) || Number(v) < min || Number(v) > max) throw new UsageError(`${name} "${v}": expected a whole number from ${min} to ${max}`);
-  return Number(v);
+/**
+ * The one parser of whole numbers on the command line (EAL and app options, device arguments):
+ * decimal digits only (radix 10), or hexadecimal digits after an optional 0x (radix 16), making a
+ * safe integer from min to max; null for anything else (sign, fraction, exponent, blank, junk).
+ */
+export function wholeNumber(text: string, min: number, max: number, radix: 10 | 16 = 10): number | null {
+  const m = (radix === 16 ? /^(?:0[xX])?([0-9a-fA-F]+)$/ : /^([0-9]+)$/).exec(text);
+  if (m === null) return null;
+  const n = parseInt(m[1], radix);
+  return Number.isSafeInteger(n) && n >= min && n <= max ? n : null;
+}
+
+/** A whole-number option's value (wholeNumber, decimal); a UsageError naming the option, the value and the range otherwise. */
+export function intOption(name: string, v: string | undefined, min: number, max: number): number {
+  const n = v === undefined ? null : wholeNumber(v, min, max);
+  if (n === null) throw new UsageError(`${name} ${v === undefined ? '(missing)' : `"${v}"`}: expected a whole number from ${min} to ${max}`);
+  return n;
 }
 
 /** -m takes MB ("512") or a size with a unit ("1G"); --socket-mem's per-socket list is summed. */

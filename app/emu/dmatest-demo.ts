@@ -13,6 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { pathToFileURL } from 'node:url';
 import * as os from '../../src/os/libc.js';
 import { Eal } from '../../src/eal.js';
+import { wholeNumber } from '../../src/options.js';
 import { VfioUserClient } from '../../lib/vfio-user/client.js';
 import { DmatestDriver } from '../../drivers/raw/dmatest/dmatest.js';
 import { adler32, DESC_SIZE, DESC_STATUS_DONE } from '../../lib/dmatest/regs.js';
@@ -85,7 +86,12 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
     console.error('usage: dmatest-demo SOCKET [JOBS] [--message-dma]   (serve one with: tspmd emu dmatest --socket SOCKET)');
     process.exit(2);
   }
-  const jobs = Number(args.find((a) => /^\d+$/.test(a)) ?? 256);
+  const jobsArg = args.find((a) => /^\d+$/.test(a));
+  const jobs = jobsArg === undefined ? 256 : wholeNumber(jobsArg, 1, 16384);
+  if (jobs === null) {
+    console.error(`dmatest-demo: JOBS "${jobsArg}": expected a whole number from 1 to 16384`);
+    process.exit(2);
+  }
   dmatestDemo(socket, jobs, args.includes('--message-dma')).then((r) => {
     console.log(`${r.ok}/${r.jobs} copies verified, ${(r.bytes / 1024).toFixed(0)} KiB in ${r.ms} ms, ${r.interrupts} interrupts`);
     process.exit(r.ok === r.jobs ? 0 : 1);

@@ -13,8 +13,8 @@
  */
 import {
   type App, type EthDev, type LcoreContext, type PortData, type RxQueue, type TxQueue, UsageError, MbufView, Mempool,
-  appMain, countGc, rxInterruptDriverNames, eachOption, listPorts, macWords, numberOption, openRxQueue, openTxQueue, pktmbufFreeBulk,
-  pktmbufPoolCreate, probePorts, runLcoresUntilDone, StatsReporter, RxIdleSleeper, type RxIdleQueue, type RxIdleStats,
+  appMain, countGc, rxInterruptDriverNames, eachOption, intOption, listPorts, macWords, numberOption, openRxQueue, openTxQueue, pktmbufFreeBulk,
+  pktmbufPoolCreate, probePorts, runLcoresUntilDone, StatsReporter, RxIdleSleeper, wholeNumber, type RxIdleQueue, type RxIdleStats,
 } from '../../index.js';
 
 /** How lcores wait for packets: always polling, sleeping whenever a round finds nothing, or after --idle-polls empty rounds. */
@@ -76,17 +76,18 @@ export const l2fwd: App<L2fwdOptions> = {
       switch (flag) {
         case '-p': {
           const v = value();
-          if (!/^(0x)?[0-9a-fA-F]+$/.test(v) || parseInt(v, 16) === 0) throw new UsageError(`-p ${v}: expected a non-zero hexadecimal port mask, e.g. 0x3`);
-          o.portmask = parseInt(v, 16);
+          const mask = wholeNumber(v, 1, 0xffffffff, 16);
+          if (mask === null) throw new UsageError(`-p "${v}": expected a hexadecimal port mask from 0x1 to 0xffffffff, e.g. 0x3`);
+          o.portmask = mask;
           break;
         }
-        case '-q': o.queuesPerLcore = numberOption('-q', value(), 1, 64); break;
+        case '-q': o.queuesPerLcore = intOption('-q', value(), 1, 64); break;
         case '-T': o.periodS = numberOption('-T', value(), 0, 86400); break;
         case '--no-mac-updating': o.macUpdating = false; break;
         case '--mac-updating': o.macUpdating = true; break;
-        case '--burst': o.burst = numberOption('--burst', value(), 1, 512); break;
-        case '--rxd': o.rxDesc = numberOption('--rxd', value(), 1, 65536); break;
-        case '--txd': o.txDesc = numberOption('--txd', value(), 1, 65536); break;
+        case '--burst': o.burst = intOption('--burst', value(), 1, 512); break;
+        case '--rxd': o.rxDesc = intOption('--rxd', value(), 1, 65536); break;
+        case '--txd': o.txDesc = intOption('--txd', value(), 1, 65536); break;
         case '--duration': o.durationS = numberOption('--duration', value(), 0, 1e7); break;
         case '--rx-mode': {
           const v = value();
@@ -94,7 +95,7 @@ export const l2fwd: App<L2fwdOptions> = {
           o.rxMode = v;
           break;
         }
-        case '--idle-polls': o.idlePolls = numberOption('--idle-polls', value(), 1, 1e9); break;
+        case '--idle-polls': o.idlePolls = intOption('--idle-polls', value(), 1, 1e9); break;
         case '--json': o.json = true; break;
         default: throw new UsageError(`unknown l2fwd option "${flag}" (see --help)`);
       }

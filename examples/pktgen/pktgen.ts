@@ -8,7 +8,7 @@
  */
 import {
   type App, type EthDev, type LcoreContext, type MempoolDesc, type PortData, UsageError, MbufView, Mempool,
-  appMain, buildUdpFrame, countGc, eachOption, listPorts, numberOption, openRxQueue, openTxQueue, parseIpv4, parseMac,
+  appMain, buildUdpFrame, countGc, eachOption, intOption, listPorts, numberOption, openRxQueue, openTxQueue, parseIpv4, parseMac,
   pktmbufAllocBulk, pktmbufFreeBulk, pktmbufPoolCreate, probePorts, runLcoresUntilDone, StatsReporter,
 } from '../../index.js';
 
@@ -64,19 +64,19 @@ export const pktgen: App<PktgenOptions> = {
     };
     eachOption(args, (flag, value) => {
       switch (flag) {
-        case '--tx-port': o.txPort = numberOption(flag, value(), 0, 1023); break;
-        case '--rx-port': o.rxPort = numberOption(flag, value(), 0, 1023); break;
-        case '--rate': o.rate = numberOption(flag, value(), 0, 1e9); break;
-        case '--size': o.size = numberOption(flag, value(), 42, 9018); break;
-        case '--count': o.count = numberOption(flag, value(), 0, Number.MAX_SAFE_INTEGER); break;
-        case '--flows': o.flows = numberOption(flag, value(), 1, 65536); break;
+        case '--tx-port': o.txPort = intOption(flag, value(), 0, 1023); break;
+        case '--rx-port': o.rxPort = intOption(flag, value(), 0, 1023); break;
+        case '--rate': o.rate = intOption(flag, value(), 0, 1e9); break;
+        case '--size': o.size = intOption(flag, value(), 42, 9018); break;
+        case '--count': o.count = intOption(flag, value(), 0, Number.MAX_SAFE_INTEGER); break;
+        case '--flows': o.flows = intOption(flag, value(), 1, 65536); break;
         case '--dst-mac': o.dstMac = mac(flag, value()); break;
         case '--src-mac': o.srcMac = mac(flag, value()); break;
         case '--src-ip': o.srcIp = ip(flag, value()); break;
         case '--dst-ip': o.dstIp = ip(flag, value()); break;
-        case '--sport': o.srcPort = numberOption(flag, value(), 0, 65535); break;
-        case '--dport': o.dstPort = numberOption(flag, value(), 0, 65535); break;
-        case '--burst': o.burst = numberOption(flag, value(), 1, 512); break;
+        case '--sport': o.srcPort = intOption(flag, value(), 0, 65535); break;
+        case '--dport': o.dstPort = intOption(flag, value(), 0, 65535); break;
+        case '--burst': o.burst = intOption(flag, value(), 1, 512); break;
         case '-T': o.periodS = numberOption(flag, value(), 0, 86400); break;
         case '--duration': o.durationS = numberOption(flag, value(), 0, 1e7); break;
         case '--json': o.json = true; break;

@@ -13,7 +13,7 @@ import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isMainThread } from 'node:worker_threads';
 import { Eal } from '../../src/eal.js';
-import { parseEalArgs, splitArgs, ealOptionKey, UsageError, EAL_HELP, type EalOptions } from '../../src/options.js';
+import { parseEalArgs, splitArgs, ealOptionKey, UsageError, EAL_HELP, intOption, wholeNumber, type EalOptions } from '../../src/options.js';
 import { startTelemetry } from '../telemetry/start.js';
 import { pdumpInit } from '../pdump/pdump.js';
 
@@ -155,10 +155,13 @@ function explicitOptions(o: EalOptions, argv: string[]): Partial<EalOptions> {
   return out;
 }
 
-/** Parse a whole number option; throws UsageError naming it. */
+/** Whole-number options (counts, sizes, ports, queues, pids) go through intOption (src/options.ts): one parser, no fractions. */
+export { intOption, wholeNumber };
+
+/** A non-negative decimal option such as seconds ("1", "0.5"): digits with an optional fraction, from min to max; UsageError naming it otherwise. */
 export function numberOption(name: string, v: string | undefined, min: number, max: number): number {
-  if (v === undefined || !/^\d+(\.\d+)?$/.test(v) || Number(v) < min || Number(v) > max) {
-    throw new UsageError(`${name} ${v ?? '(missing)'}: expected a number from ${min} to ${max}`);
+  if (v === undefined || !/^\d+(\.\d+)?$/.test(v) || !(Number(v) >= min && Number(v) <= max)) {
+    throw new UsageError(`${name} ${v === undefined ? '(missing)' : `"${v}"`}: expected a number from ${min} to ${max}`);
   }
   return Number(v);
 }

@@ -9,7 +9,7 @@
  *   --vdev "net_ring0,size=1000": size=1000 must be a power of two from 1 to 1048576
  *   --vdev "net_null0,sise=64": net_null has no key "sise"; valid keys: size (...), copy (...)
  */
-import { UsageError } from '../../src/options.js';
+import { UsageError, wholeNumber } from '../../src/options.js';
 import { formatMac, isMulticastMac, parseMac } from '../net/mac.js';
 
 /** What every key declares. */
@@ -106,11 +106,15 @@ const origins = new WeakMap<object, Origin>();
 
 const checkedSchemas = new WeakSet<DevargsSchema>();
 
-/** Split "name,key=value,..." into the name and its raw values (a key without "=" has value ""); throws UsageError for an empty or repeated key. */
+/**
+ * Split "name,key=value,..." into the name and its raw values (a key without "=" has value "");
+ * throws UsageError for an empty or repeated key. The record has no prototype: every key given,
+ * `__proto__` and `constructor` included, is a plain own entry that a schema check then refuses.
+ */
 export function splitDevargs(spec: string, option: string): { name: string; raw: Record<string, string> } {
   const where = `${option} "${spec}"`;
   const [name, ...parts] = spec.split(',');
-  const raw: Record<string, string> = {};
+  const raw = Object.create(null) as Record<string, string>;
   for (const part of parts) {
     const eq = part.indexOf('=');
     const key = (eq < 0 ? part : part.slice(0, eq)).trim();
@@ -204,9 +208,8 @@ function allowed(s: DevargSpec): string {
 function parseValue(s: DevargSpec, text: string): number | boolean | number[] | string | null {
   switch (s.kind) {
     case 'int': case 'pow2': {
-      if (!/^\d+$/.test(text)) return null;
-      const n = Number(text);
-      if (n < s.min || n > s.max) return null;
+      const n = wholeNumber(text, s.min, s.max); // the command line's one whole-number parser
+      if (n === null) return null;
       return s.kind === 'pow2' && (n === 0 || 2 ** Math.round(Math.log2(n)) !== n) ? null : n;
     }
     case 'bool': return text === '1' ? true : text === '0' ? false : null;
@@ -238,6 +241,7 @@ function checkSchema(schema: DevargsSchema): void {
   if (checkedSchemas.has(schema)) return;
   for (const [key, s] of Object.entries(schema)) {
     if (!/^[A-Za-z0-9_]+$/.test(key)) throw new Error(`devargs schema: key "${key}" must be letters, digits and _`);
+    if (key in Object.prototype) throw new Error(`devargs schema: key "${key}" is a name of Object.prototype; choose another`);
     if (s.required && s.default !== undefined) throw new Error(`devargs schema: key "${key}" is required and has a default`);
     if (s.default !== undefined && parseValue(s, show(s.default)) === null) throw new Error(`devargs schema: the default of "${key}" (${show(s.default)}) is not ${allowed(s)}`);
   }

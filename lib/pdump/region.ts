@@ -10,14 +10,17 @@
  *   bytes at RING_BASE + s*RING_SLOT (head/tail count bytes freely; a record never wraps: a header
  *   with captured length WRAP says "continue at offset 0").
  * A record is a 16-byte header (captured length, original length, seconds, nanoseconds), then the
- * bytes, padded to 4.
+ * bytes, padded to 4. The app makes the memfd sealed against shrinking and growing (version 2).
+ * The owner pid is how the app tells a dead pdump: its main thread clears the masks and releases
+ * the claim of an owner that is gone (lib/pdump/pdump.ts).
  */
+import { readFileSync } from 'node:fs';
 import * as os from '../../src/os/libc.js';
 
 /** The memfd's name (shown as /memfd:tspmd-pdump in /proc/PID/fd). */
 export const CAPTURE_MEMFD = 'tspmd-pdump';
 /** The region's first word once it is initialized, and its layout version. */
-export const CAPTURE_MAGIC = 0x70647570, CAPTURE_VERSION = 1;
+export const CAPTURE_MAGIC = 0x70647570, CAPTURE_VERSION = 2;
 /** Ports and queues a region covers. */
 export const CAPTURE_MAX_PORTS = 32, CAPTURE_MAX_QUEUES = 16;
 /** Header words: magic, version, the capturing pdump's pid, the snap length. */
@@ -34,6 +37,8 @@ export const RING_SLOT = 1 << 21;
 export const CAPTURE_REGION = RING_BASE + 2 * CAPTURE_MAX_QUEUES * RING_SLOT;
 /** Record header bytes; a captured length of WRAP marks the rest of the ring unused. */
 export const REC_HEADER = 16, WRAP = 0xffffffff;
+/** The largest snap length, so the largest captured length of a record. */
+export const CAPTURE_MAX_SNAPLEN = 65535;
 
 /** The ring slot of a queue and direction (0 RX, 1 TX). */
 export function captureSlot(dir: number, q: number): number {
@@ -63,4 +68,18 @@ export interface PdumpCallbackArg {
 export function mapRegion(fd: number): { views: CaptureViews; va: bigint } {
   const va = os.mmap(0n, CAPTURE_REGION, os.PROT_READ | os.PROT_WRITE, os.MAP_SHARED, fd, 0);
   return { views: captureViews(va), va };
+}
+
+/** Whether the pdump with this pid (an owner word) is gone: no such process, a zombie, or no valid pid at all. */
+export function readerGone(pid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0) return true;
+  if (!os.processAlive(pid)) return true;
+  try {
+    // A killed pdump whose parent has not reaped it yet still answers kill(pid, 0).
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    return state === 'Z' || state === 'X';
+  } catch {
+    return !os.processAlive(pid);
+  }
 }

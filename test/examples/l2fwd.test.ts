@@ -173,13 +173,13 @@ t.test('tspmd: bad arguments give a clear message and exit code 2', async (t) =>
   const cases: Array<[string[], RegExp]> = [
     [['nosuchapp'], /unknown app "nosuchapp"/],
     [['l2fwd', '--bogus'], /unknown EAL option "--bogus"/],
-    [['l2fwd', '--no-huge', '--', '-p', 'xyz'], /-p xyz: expected a non-zero hexadecimal port mask/],
+    [['l2fwd', '--no-huge', '--', '-p', 'xyz'], /-p "xyz": expected a hexadecimal port mask from 0x1 to 0xffffffff/],
     [['l2fwd', '--no-huge', '--', '--nope'], /unknown l2fwd option "--nope"/],
     [['l2fwd', '--no-huge', '--file-prefix', `${prefix}b`, '--vdev', 'net_bogus0'], /unknown device "net_bogus0"/],
     [['l2fwd', '--no-huge', '--file-prefix', `${prefix}b`, '--vdev', 'net_null0,sise=64'], /net_null has no key "sise"; valid keys: size/],
     [['l2fwd', '--no-huge', '--file-prefix', `${prefix}b`, '--vdev', 'net_null0'], /odd number/],
     [['l2fwd', '--no-huge', '-l', 'x'], /-l: bad core list "x"/],
-    [['pktgen', '--no-huge', '--', '--size', '9'], /--size 9: expected a number from 42 to 9018/],
+    [['pktgen', '--no-huge', '--', '--size', '9'], /--size "9": expected a whole number from 42 to 9018/],
   ];
   for (const [args, re] of cases) {
     const r = await runCli(args);

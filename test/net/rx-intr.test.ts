@@ -279,7 +279,7 @@ t.test('tap Rx interrupt', { skip: needRoot, timeout: 60000 }, async (t) => {
 t.test('tspmd l2fwd --rx-mode: bad values and drivers without Rx interrupts are usage errors', async (t) => {
   const cases: Array<[string[], RegExp]> = [
     [['--rx-mode', 'sometimes'], /--rx-mode sometimes: expected poll, interrupt or adaptive/],
-    [['--rx-mode', 'adaptive', '--idle-polls', '0'], /--idle-polls 0: expected a number from 1/],
+    [['--rx-mode', 'adaptive', '--idle-polls', '0'], /--idle-polls "0": expected a whole number from 1/],
     [['--rx-mode', 'interrupt'], /--rx-mode interrupt: port 0 \(net_null0\) uses driver net_null, which has no Rx interrupt/],
   ];
   for (const [args, re] of cases) {
