@@ -73,12 +73,13 @@ export const pdump: App<PdumpOptions> = {
   --dir rx|tx|both    direction (default both)
   --out FILE          pcap file to write (required; nanosecond timestamps)
   --duration SEC      stop after SEC seconds (default: at SIGINT/SIGTERM)
+  --count N           stop after N packets are written (default 0: no limit)
   --snaplen N         bytes kept of each frame (default 65535)
   --pid PID           the app's pid (default: asked from its telemetry socket, by --file-prefix)`,
-  ownFlags: { '--port': true, '--queue': true, '--dir': true, '--out': true, '--duration': true, '--snaplen': true, '--pid': true },
+  ownFlags: { '--port': true, '--queue': true, '--dir': true, '--out': true, '--duration': true, '--count': true, '--snaplen': true, '--pid': true },
   ealDefaults: { noHuge: true, noTelemetry: true },
   parse(args) {
-    const o: PdumpOptions = { port: -1, queue: -1, dir: 'both', out: '', durationS: 0, pid: null, snaplen: 65535 };
+    const o: PdumpOptions = { port: -1, queue: -1, dir: 'both', out: '', durationS: 0, count: 0, pid: null, snaplen: 65535 };
     eachOption(args, (flag, value) => {
       switch (flag) {
         case '--port': o.port = intOption('--port', value(), 0, CAPTURE_MAX_PORTS - 1); break;
@@ -95,6 +96,7 @@ export const pdump: App<PdumpOptions> = {
         }
         case '--out': o.out = value(); break;
         case '--duration': o.durationS = numberOption('--duration', value(), 0, 1e7); break;
+        case '--count': o.count = intOption('--count', value(), 0, Number.MAX_SAFE_INTEGER); break;
         case '--snaplen': o.snaplen = intOption('--snaplen', value(), 64, 65535); break;
         case '--pid': o.pid = intOption('--pid', value(), 1, 1 << 30); break;
         default: throw new UsageError(`unknown pdump option "${flag}" (see --help)`);

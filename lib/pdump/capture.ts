@@ -30,6 +30,8 @@ export interface CaptureOptions {
   /** seconds; 0: until stop resolves */
   durationS: number;
   snaplen: number;
+  /** stop after this many packets are written; 0: no limit (DPDK dumpcap's -c) */
+  count?: number;
 }
 
 /** What a capture gave. */
@@ -102,8 +104,9 @@ interface Ring {
  * Move every complete record of ring r into the writer; returns how many. Each record is checked
  * before it is used: a captured length up to CAPTURE_MAX_SNAPLEN and the original length, the
  * nanoseconds, the record inside the ring and before the published head; a bad one throws BadRecord.
+ * At most limit records are taken; the rest stay in the ring.
  */
-function drain(v: CaptureViews, r: Ring, w: PcapWriter, pid: number): number {
+function drain(v: CaptureViews, r: Ring, w: PcapWriter, pid: number, limit: number): number {
   const sw = SLOT_WORDS + r.slot * 4, base = RING_BASE + r.slot * RING_SLOT;
   const head = Atomics.load(v.i32, sw + S_HEAD);
   let tail = r.tail, n = 0;
@@ -113,7 +116,7 @@ function drain(v: CaptureViews, r: Ring, w: PcapWriter, pid: number): number {
   let left = (head - tail) >>> 0; // bytes published and not read yet
   if (left > RING_SLOT) bad(`its head is ${left} bytes ahead of the tail, more than the ring's ${RING_SLOT}`);
   if ((head & 3) !== 0) bad(`its head ${head >>> 0} is not a multiple of 4`);
-  while (left > 0) {
+  while (left > 0 && n < limit) {
     const pos = (tail >>> 0) % RING_SLOT;
     const room = RING_SLOT - pos;
     const cap = room < REC_HEADER ? WRAP : v.dv.getUint32(base + pos, true);
@@ -164,6 +167,9 @@ export async function capture(o: CaptureOptions, pid: number, stop: Promise<void
   if (!Number.isInteger(o.port) || o.port < 0 || o.port >= CAPTURE_MAX_PORTS) throw new RangeError(`capture: port ${o.port} is outside 0..${CAPTURE_MAX_PORTS - 1}`);
   if (!Number.isInteger(o.queue) || o.queue < -1 || o.queue >= CAPTURE_MAX_QUEUES) throw new RangeError(`capture: queue ${o.queue} is outside 0..${CAPTURE_MAX_QUEUES - 1} (or -1 for all)`);
   if (!Number.isInteger(o.snaplen) || o.snaplen < 1 || o.snaplen > CAPTURE_MAX_SNAPLEN) throw new RangeError(`capture: snaplen ${o.snaplen} is outside 1..${CAPTURE_MAX_SNAPLEN}`);
+  const count = o.count ?? 0;
+  if (!Number.isInteger(count) || count < 0) throw new RangeError(`capture: count ${count} is not a whole number >= 0`);
+  const max = count === 0 ? Infinity : count;
   const { views: v, va } = mapCaptureRegion(pid);
   try {
     await claim(v, pid);
@@ -194,8 +200,8 @@ export async function capture(o: CaptureOptions, pid: number, stop: Promise<void
     let done = false;
     void stop.then(() => { done = true; });
     const end = o.durationS > 0 ? Date.now() + o.durationS * 1000 : Infinity;
-    while (!done && Date.now() < end) {
-      for (const r of rings) drain(v, r, w, pid);
+    while (!done && Date.now() < end && w.packets < max) {
+      for (const r of rings) drain(v, r, w, pid, max - w.packets);
       await new Promise((r) => setTimeout(r, 2));
     }
   } catch (e) {
@@ -206,7 +212,7 @@ export async function capture(o: CaptureOptions, pid: number, stop: Promise<void
     // A burst that saw the mask set may still be copying: let it finish, then take the rest.
     await new Promise((r) => setTimeout(r, 50));
     try {
-      for (const r of rings) drain(v, r, w, pid);
+      for (const r of rings) drain(v, r, w, pid, max - w.packets);
     } catch (e) {
       failure ??= e;
     }
