@@ -24,6 +24,7 @@ import { Channel, PeerClosedError, connectUnix } from '../../lib/vfio-user/trans
 import { VfioUserClient } from '../../lib/vfio-user/client.js';
 import { startEmu, type EmuProcess } from '../vfio-user/helpers.js';
 import { tempDir, awaitReply as awaitReplyOrEnd } from './server-helpers.js';
+import { prng } from '../prng.js';
 
 const TOTAL = Number(process.env.TSPMD_FUZZ_MESSAGES ?? 10000);
 const SEED = process.env.TSPMD_FUZZ_SEED !== undefined ? Number(process.env.TSPMD_FUZZ_SEED) >>> 0 : (Date.now() ^ (process.pid << 16)) >>> 0;
@@ -32,17 +33,6 @@ const ANSWER_MS = 1000;
 /** A header claiming more than this is over-long (the server's default max_data_xfer_size). */
 const MAX_MSG = serverMaxMsgSize();
 
-/** mulberry32: a small seeded PRNG, so a failure can be replayed with TSPMD_FUZZ_SEED. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const fdCount = (pid: number): number => readdirSync(`/proc/${pid}/fd`).length;
 /** Mappings of the fuzzer's memfds (client memory sent by fd) in the server. */

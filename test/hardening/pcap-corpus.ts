@@ -3,20 +3,10 @@
  * classic pcap in either byte order and resolution with any link type, and pcapng with any number
  * of sections (each in its own byte order), interfaces (link type, if_tsresol, if_tsoffset, snap
  * length) and Enhanced, Simple and obsolete Packet blocks, plus blocks a reader must skip. Also the
- * seed corpus the fuzzer mutates, and a seeded PRNG so a run can be replayed.
+ * seed corpus the fuzzer mutates.
  */
 
-/** mulberry32: a small seeded PRNG (the same generator as test/hardening/fuzz.test.ts). */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
+
 
 /** A frame of size bytes: broadcast destination, a source MAC naming n, IPv4 ethertype, then a counting pattern. */
 export function frame(size: number, n: number): Uint8Array {

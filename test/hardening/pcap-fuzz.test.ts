@@ -36,7 +36,8 @@ import { PcapFormatError, parseCapture, capturedPacket, type CaptureIndex } from
 import { PcapPort } from '../../drivers/net/pcap/pcap.js';
 import { runCli } from '../cli.js';
 import { tempDir } from './server-helpers.js';
-import { prng, seedCorpus } from './pcap-corpus.js';
+import { seedCorpus } from './pcap-corpus.js';
+import { prng } from '../prng.js';
 
 const FILES = Number(process.env.TSPMD_PCAP_FUZZ_FILES ?? 2000);
 const FIRST = Number(process.env.TSPMD_PCAP_FUZZ_FIRST ?? 0);

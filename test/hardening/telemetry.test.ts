@@ -40,6 +40,7 @@ import { registerEthdevCommands, registerEalCommands } from '../../lib/telemetry
 import { startTelemetry } from '../../lib/telemetry/start.js';
 import { CHILD_ENV, runCli, killChildren } from '../cli.js';
 import { sleep, tempDir, ownFdCount, until } from './server-helpers.js';
+import { prng } from '../prng.js';
 
 const PID = process.pid;
 const root = process.getuid?.() === 0;
@@ -491,17 +492,6 @@ t.test('finding 8 (telemetry): at the client limit a new client evicts the one i
 const FUZZ_COUNT = Number(process.env.TSPMD_TELEMETRY_FUZZ ?? 2000);
 const FUZZ_SEED = process.env.TSPMD_FUZZ_SEED !== undefined ? Number(process.env.TSPMD_FUZZ_SEED) >>> 0 : (Date.now() ^ (PID << 16)) >>> 0;
 
-/** mulberry32: a small seeded PRNG, so a failure can be replayed with TSPMD_FUZZ_SEED. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 t.test(`telemetry command fuzzer: ${FUZZ_COUNT} seeded command lines (seed 0x${FUZZ_SEED.toString(16)}); the server answers each, then a valid command, and its fds return to idle`, async (t) => {
   t.comment(`seed 0x${FUZZ_SEED.toString(16)} (replay: TSPMD_FUZZ_SEED=${FUZZ_SEED}), ${FUZZ_COUNT} command lines`);
