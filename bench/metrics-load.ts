@@ -34,13 +34,20 @@ function median(xs: number[]): number {
   return s.length % 2 === 1 ? s[h] : (s[h - 1] + s[h]) / 2;
 }
 
+/** The CPUs this process may use, and those the load keeps to (all but the lcore's CPU 1). */
+let allCpus: number[] = [], loadCpus: number[] = [];
+
 /** Run l2fwd for seconds, loading its metrics port and telemetry socket while it runs when load is set. */
 async function runL2fwd(seconds: number, load: boolean, tag: string): Promise<RunResult> {
   const cli = fileURLToPath(new URL('../app/tspmd.js', import.meta.url));
+  // The child inherits this thread's CPUs: give it all of them (its lcore goes to CPU 1), then
+  // keep the load here off CPU 1 again.
+  setAffinity(allCpus);
   const child = spawn(process.execPath, [
     cli, 'l2fwd', '--no-huge', '-l', '0-1', '--main-lcore', '0', '--file-prefix', `tspbench${process.pid}${tag}`, '--metrics-port', '0', '--log-level', 'info',
     '--vdev', 'net_null0', '--vdev', 'net_null1', '--', '--duration', String(seconds), '--json', '-T', '0',
   ], { stdio: ['ignore', 'pipe', 'pipe'] });
+  setAffinity(loadCpus);
   let out = '', err = '';
   child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
   child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
@@ -94,8 +101,9 @@ export async function run(args: string[]): Promise<Record<string, number | numbe
   if (!Number.isInteger(rounds) || rounds < 1 || rounds > 50) throw new Error(`--rounds takes a whole number from 1 to 50, not "${args[ri + 1]}"`);
   if (!Number.isInteger(seconds) || seconds < 4 || seconds > 600) throw new Error(`--seconds takes a whole number from 4 to 600, not "${args[si + 1]}"`);
   // The load runs here: keep this process off CPU 1, where -l 0-1 puts the forwarding lcore.
-  const cpus = getAffinity().filter((c) => c !== 1);
-  if (cpus.length > 0) setAffinity(cpus);
+  allCpus = getAffinity();
+  loadCpus = allCpus.length > 1 ? allCpus.filter((c) => c !== 1) : allCpus;
+  setAffinity(loadCpus);
   const unloaded: number[] = [], loaded: number[] = [], ratios: number[] = [];
   let metricsMax = 0, telemetryMax = 0, failures = 0;
   for (let i = 1; i <= rounds; i++) {
