@@ -161,6 +161,20 @@ export function assertNoAlloc(t: Test, r: AllocResult, what: string, rule: Alloc
   }
 }
 
+/** What l2fwd's JSON summary says of its lcores' collections after their warm-up (time and packets). */
+export interface ForwarderGcSummary {
+  worker_gc_count?: number;
+  worker_scavenges?: number;
+  worker_gc_count_with_warmup?: number;
+}
+
+/** The rule on an l2fwd run's summary: no scavenge on its lcores after warm-up, at most one other collection per run. */
+export function assertForwarderNoAlloc(t: Test, s: ForwarderGcSummary, what: string): void {
+  const all = s.worker_gc_count ?? -1, scavenges = s.worker_scavenges ?? -1;
+  t.ok(all >= 0 && scavenges >= 0, `${what}: the summary reports the lcores' collections (worker_gc_count ${all}, worker_scavenges ${scavenges})`);
+  assertCollections(t, scavenges, all - scavenges, `${what}: l2fwd's lcores after their warm-up of 1 s and 10,000 packets, ${s.worker_gc_count_with_warmup ?? '?'} collections with it`);
+}
+
 /** The collections part of the rule: no scavenge, at most one other collection. */
 function assertCollections(t: Test, scavenges: number, others: number, what: string): void {
   t.equal(scavenges, 0, `no scavenge in the window (${what})`);

@@ -19,6 +19,8 @@ export interface GcCounter {
   count(): number;
   /** collections that started in [from, to) (performance.now() times), e.g. after warm-up until the loop ended */
   countBetween(from: number, to: number): number;
+  /** scavenges (young-generation collections, where garbage made per operation shows first) and other collections that started in [from, to) */
+  kindsBetween(from: number, to: number): { scavenges: number; others: number };
   /** the last collections seen (at most the last 4096), oldest first */
   entries(): GcEntry[];
   /** let pending GC entries be delivered */
@@ -39,11 +41,13 @@ const KEEP = 4096;
 /** Start counting this thread's garbage collections. */
 export function countGc(): GcCounter {
   const starts: number[] = [];
+  const minor: boolean[] = [];
   const log: GcEntry[] = [];
   const obs = new PerformanceObserver((list) => {
     for (const e of list.getEntries()) {
       starts.push(e.startTime);
       const kind = ((e as { detail?: { kind?: number } }).detail)?.kind ?? -1;
+      minor.push(kind === constants.NODE_PERFORMANCE_GC_MINOR);
       log.push({ at: performance.timeOrigin + e.startTime, kind: KINDS[kind] ?? `kind ${kind}` });
       if (log.length > KEEP) log.splice(0, log.length - KEEP);
     }
@@ -52,6 +56,15 @@ export function countGc(): GcCounter {
   return {
     count: () => starts.length,
     countBetween: (from, to) => starts.filter((s) => s >= from && s < to).length,
+    kindsBetween: (from, to) => {
+      let scavenges = 0, others = 0;
+      for (let i = 0; i < starts.length; i++) {
+        if (starts[i] < from || starts[i] >= to) continue;
+        if (minor[i]) scavenges++;
+        else others++;
+      }
+      return { scavenges, others };
+    },
     entries: () => log.slice(),
     settle: () => new Promise((r) => setTimeout(r, 20)),
     stop: () => obs.disconnect(),
