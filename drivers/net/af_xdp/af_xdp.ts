@@ -16,6 +16,7 @@ import * as os from '../../../src/os/libc.js';
 import { OsError } from '../../../src/os/libc.js';
 import { UsageError } from '../../../src/options.js';
 import { log } from '../../../src/log.js';
+import { sleepMs } from '../../../src/os/sleep.js';
 import {
   EthDev, type DevInfo, type LinkStatus, type PortConf, rxqStatsBase, RXQ_MISSED, xstatIndex,
 } from '../../../lib/ethdev/ethdev.js';
@@ -25,8 +26,8 @@ import { MbufOff } from '../../../lib/mempool/mbuf_layout.js';
 import { parseMac } from '../../../lib/net/mac.js';
 import { registerVdevDriver } from '../../bus/vdev/vdev.js';
 import { siblingModule } from '../../../src/lcore/module.js';
-import { createXskMap, xskMapSet, xskMapDelete, attachXskRedirect, type XdpAttachment } from '../../../src/os/bpf.js';
-import { claimInterface } from '../../../src/os/ifclaim.js';
+import { createXskMap, xskMapSet, xskMapDelete, attachXskRedirect, XdpBusyError, type XdpAttachment } from '../../../src/os/bpf.js';
+import { claimInterface, InterfaceClaimedError } from '../../../src/os/ifclaim.js';
 import * as X from './uapi.js';
 import { type AfXdpQueueData, type XskRing, XS_PER_QUEUE } from './af_xdp_data.js';
 
@@ -37,6 +38,8 @@ const MAX_QUEUES = 16;
 const PAGE = 4096;
 /** Frames of a private UMEM: one page each (the largest chunk the kernel takes). */
 const PRIVATE_FRAME = 4096;
+/** How long a bind that finds the queue busy is retried, and how often. */
+const BIND_WAIT_MS = 2000, BIND_RETRY_MS = 20;
 /** Capability bits (linux/capability.h). */
 const CAP_NET_ADMIN = 12, CAP_NET_RAW = 13, CAP_IPC_LOCK = 14, CAP_SYS_ADMIN = 21, CAP_BPF = 39;
 
@@ -169,7 +172,8 @@ export class AfXdpPort extends EthDev {
       ifaceOwners.set(opts.iface, name);
     } catch (e) {
       this.close();
-      throw e;
+      // Another process on the interface: the user picks another interface or stops that one.
+      throw e instanceof InterfaceClaimedError ? new UsageError(`--vdev ${name}: ${e.message}`) : e;
     }
   }
 
@@ -232,7 +236,8 @@ export class AfXdpPort extends EthDev {
       if (this.isPromiscuous) this.setPromisc(true);
     } catch (e) {
       this.teardown();
-      throw e;
+      // Another XDP program on the interface: its message names it and how to remove it.
+      throw e instanceof XdpBusyError ? new UsageError(`port ${this.port} (${this.name}): ${e.message}`) : e;
     }
     const s0 = this.socks[0];
     const umem = s0.data.umem === 'mempool' ? 'mempool' : 'private';
@@ -284,13 +289,21 @@ export class AfXdpPort extends EthDev {
       // Zero copy when the driver can (the kernel falls back to copy by itself when no flag
       // forces either); copy when asked, and with generic XDP, which only copies.
       const copy = o.forceCopy || o.mode === 'generic';
-      try {
-        os.bind(fd, X.sockaddrXdp(this.ifindex, queue, X.XDP_USE_NEED_WAKEUP | (copy ? X.XDP_COPY : 0)), `${o.iface} queue ${queue}`);
-      } catch (e) {
-        if (e instanceof OsError && e.code === 'EBUSY') {
-          throw new Error(`port ${this.port} (${this.name}): queue ${queue} of ${o.iface} already has an AF_XDP socket (another program uses it, or a UMEM of a socket just closed is still being released: try again)`);
+      const addr = X.sockaddrXdp(this.ifindex, queue, X.XDP_USE_NEED_WAKEUP | (copy ? X.XDP_COPY : 0));
+      // EBUSY: the queue has a socket's buffer pool. The kernel releases a closed socket's pool in
+      // a work item after close(2) returns (a process killed a moment ago, a stop and start): wait
+      // for it a little before naming the other user.
+      for (let waited = 0; ; waited += BIND_RETRY_MS) {
+        try {
+          os.bind(fd, addr, `${o.iface} queue ${queue}`);
+          break;
+        } catch (e) {
+          if (!(e instanceof OsError) || e.code !== 'EBUSY') throw e;
+          if (waited >= BIND_WAIT_MS) {
+            throw new Error(`port ${this.port} (${this.name}): queue ${queue} of ${o.iface} already has an AF_XDP socket, for ${BIND_WAIT_MS} ms now: another program uses it (ss -xp or bpftool net show may tell which)`);
+          }
+          sleepMs(BIND_RETRY_MS);
         }
-        throw e;
       }
       const optBuf = new Uint8Array(X.SIZEOF_XDP_OPTIONS);
       os.getsockopt(fd, X.SOL_XDP, X.XDP_OPTIONS, optBuf);
