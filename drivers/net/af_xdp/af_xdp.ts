@@ -168,13 +168,22 @@ export class AfXdpPort extends EthDev {
         throw new UsageError(`--vdev ${name}: interface ${opts.iface} is already port ${other}'s in this process: give that port several queues (queue_count=N) instead of a second port`);
       }
       checkCapabilities();
-      this.claim = claimInterface(opts.iface, `port ${name}`);
-      ifaceOwners.set(opts.iface, name);
+      this.claimIface();
     } catch (e) {
       this.close();
-      // Another process on the interface: the user picks another interface or stops that one.
-      throw e instanceof InterfaceClaimedError ? new UsageError(`--vdev ${name}: ${e.message}`) : e;
+      throw e;
     }
+  }
+
+  /** Claim the interface for this process (one tspmd process per interface; ifclaim.ts). */
+  private claimIface(): void {
+    try {
+      this.claim = claimInterface(this.opts.iface, `port ${this.name}`);
+    } catch (e) {
+      // Another process on the interface: the user picks another interface or stops that one.
+      throw e instanceof InterfaceClaimedError ? new UsageError(`--vdev ${this.name}: ${e.message}`) : e;
+    }
+    ifaceOwners.set(this.opts.iface, this.name);
   }
 
   /** Driver facts: queues up to queue_count, MTU from the default mbuf's data room less the kernel's XDP headroom. */
@@ -225,6 +234,7 @@ export class AfXdpPort extends EthDev {
 
   protected override onStart(): void {
     const n = this.conf!.rxQueues, o = this.opts;
+    if (this.claim === null) this.claimIface(); // released by a reset()
     try {
       this.mapFd = createXskMap(o.startQueue + o.queueCount);
       for (let q = 0; q < n; q++) {

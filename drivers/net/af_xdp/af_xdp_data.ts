@@ -187,9 +187,13 @@ class XskRxPool implements RxQueue {
     const rx = this.rx, w = rx.w, cons = this.cons;
     let avail = (loadAcquire(w, rx.prod, this.plain) - cons) >>> 0;
     if (avail === 0) {
-      if (this.inFill < this.target) this.refill();
-      // Busy polling: the system call runs the driver's NAPI poll in this thread.
-      if (this.busy) recvKick(this.fd, DONTWAIT);
+      if (this.inFill < this.target) this.refill(false);
+      // Busy polling: the system call runs the driver's NAPI poll in this thread. A zero-copy
+      // driver that ran dry asks for the same call through the fill ring's flag.
+      if (this.busy || (this.fill.w[this.fill.flags] & 1) !== 0) {
+        recvKick(this.fd, DONTWAIT);
+        this.stats[this.xs]++;
+      }
       return 0;
     }
     if (avail > n) avail = n;
@@ -225,7 +229,7 @@ class XskRxPool implements RxQueue {
     this.cons = (cons + avail) >>> 0;
     storeRelease(w, rx.cons, this.cons, this.plain);
     this.inFill -= got;
-    this.refill();
+    this.refill(true);
     const st = this.stats, s = this.s;
     st[s + RXQ_PACKETS] += got;
     st[s + RXQ_BYTES] += bytes;
@@ -234,10 +238,11 @@ class XskRxPool implements RxQueue {
   }
 
   /**
-   * Lend mbufs to the fill ring up to its target. The ring always has room: it never holds more
-   * than the mbufs lent to it (inFill), and inFill stays at most its size.
+   * Lend mbufs to the fill ring up to its target, and wake the kernel when the ring's flag asks
+   * and `kick` allows. The ring always has room: it never holds more than the mbufs lent to it
+   * (inFill), and inFill stays at most its size.
    */
-  private refill(): void {
+  private refill(kick: boolean): void {
     let want = this.target - this.inFill;
     if (want <= 0) return;
     if (want > BATCH) want = BATCH;
@@ -258,7 +263,7 @@ class XskRxPool implements RxQueue {
     this.fprod = (p + want) >>> 0;
     storeRelease(w, f.prod, this.fprod, this.plain);
     this.inFill += want;
-    if ((w[f.flags] & 1) !== 0) { // XDP_RING_NEED_WAKEUP
+    if (kick && (w[f.flags] & 1) !== 0) { // XDP_RING_NEED_WAKEUP
       recvKick(this.fd, DONTWAIT);
       this.stats[this.xs]++;
     }
@@ -527,7 +532,10 @@ class XskRxPrivate implements RxQueue {
     const rx = this.rx, w = rx.w, cons = this.cons;
     let avail = (loadAcquire(w, rx.prod, this.plain) - cons) >>> 0;
     if (avail === 0) {
-      if (this.busy) recvKick(this.fd, DONTWAIT);
+      if (this.busy || (this.fill.w[this.fill.flags] & 1) !== 0) {
+        recvKick(this.fd, DONTWAIT);
+        this.stats[this.xs]++;
+      }
       return 0;
     }
     if (avail > n) avail = n;
