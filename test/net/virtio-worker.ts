@@ -111,7 +111,7 @@ export async function virtioLoopbackLoop(a: LoopbackArg, ctx: LcoreContext): Pro
       received += r;
       c[1] = received;
     }
-    if (total === OPEN && meter.at(received)) total = Math.max(a.count, sent);
+    if (total === OPEN && meter.at(received) && (await meter.settled())) total = Math.max(a.count, sent);
     if ((++turns & 1023) === 0) { // the clock is read once per 1024 turns
       const now = performance.now();
       if (received !== seenAt) { seenAt = received; lastBack = now; } else if (now - lastBack > a.quietMs) break;

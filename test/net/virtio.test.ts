@@ -542,7 +542,7 @@ export async function virtioWorkerLoop(a: LoopArg, ctx: LcoreContext): Promise<A
       received += r;
       c[1] = received;
     }
-    if (!windowDone) windowDone = meter.at(sent);
+    if (!windowDone && meter.at(sent)) windowDone = await meter.settled();
     if (!sending && (++turns & 4095) === 0) {
       const now = performance.now();
       if (received === lastReceived) quietTurns += now - lastCheck;
