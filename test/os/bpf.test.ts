@@ -293,7 +293,7 @@ t.test('frames of queues without a socket pass to the kernel stack; queues with 
   t.same((await c.ask('set')).set, 2, 'both sockets entered in the map');
   t.not(ping(3), 0, 'ping A -> B fails: every frame goes to a socket (whose fill ring is empty)');
   const st = await c.ask('stats');
-  t.ok(Number(st.dropped) >= 3, `the sockets counted the frames redirected to them (${String(st.dropped)} dropped for an empty fill ring)`);
+  t.ok(Number(st.dropped) > 0, `the sockets counted the frames redirected to them (${String(st.dropped)} dropped for an empty fill ring)`);
 
   t.same((await c.ask('delete')).deleted, 2, 'both taken out of the map');
   t.ok(await pingWorks(), 'ping A -> B works again');
