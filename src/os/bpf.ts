@@ -60,7 +60,7 @@ export const ATTR = {
   link_prog_fd: 0, link_target_ifindex: 4, link_attach_type: 8, link_flags: 12, link_create_end: 16,
 } as const;
 /** struct bpf_prog_info, bpf_map_info and bpf_link_info offsets */
-export const INFO = { prog_id: 4, prog_name: 64, prog_end: 80, map_id: 4, map_name: 24, map_end: 40, link_type: 0, link_id: 4, link_prog_id: 8, link_xdp_ifindex: 16, link_end: 24 } as const;
+export const INFO = { prog_id: 4, prog_name: 64, prog_end: 80, map_id: 4, map_name: 24, map_end: 40, link_type: 0, link_id: 4, link_prog_id: 8, link_xdp_ifindex: 16, link_end: 20 } as const;
 
 /** A failed bpf(2) call: the message names the operation, the errno and what to do about it. */
 export class BpfError extends Error {
@@ -349,6 +349,8 @@ export function attachXskRedirect(opts: { ifname: string; ifindex: number; mapFd
       const errno = -r;
       // EBUSY: a program or link is there already; EEXIST: one in the other mode (native and generic exclude each other)
       if (errno === os.E.EBUSY || errno === os.E.EEXIST) throw busyError(op, errno, ifname, ifindex);
+      // EINVAL is also the kernel's answer for an ifindex it does not know
+      if (errno === os.E.EINVAL && !interfaceExists(ifindex)) throw new BpfError(op, errno, `no interface with index ${ifindex} (${ifname}) in this network namespace`);
       throw new BpfError(op, errno, linkHint(errno, ifname, mode));
     }
     linkFd = r;
@@ -368,6 +370,16 @@ export function attachXskRedirect(opts: { ifname: string; ifindex: number; mapFd
     if (linkFd >= 0) closeQuiet(linkFd);
     closeQuiet(progFd);
     throw e;
+  }
+}
+
+/** Whether interface ifindex exists in this network namespace (asks rtnetlink). */
+function interfaceExists(ifindex: number): boolean {
+  try {
+    linkXdp(ifindex);
+    return true;
+  } catch (e) {
+    return !(e instanceof os.OsError && e.errno === os.E.ENODEV);
   }
 }
 
@@ -438,14 +450,24 @@ export function linkHolders(linkId: number): Array<{ pid: number; cmdline: strin
   return out;
 }
 
-/** /proc/<pid>/cmdline as one line (arguments joined by spaces, at most 200 characters); '' when unreadable. */
+/**
+ * /proc/<pid>/cmdline as one line, '' when unreadable: arguments joined by spaces, node's own
+ * options (loaders, flags) before the script left out as "[N options]", at most 300 characters.
+ */
 export function processCmdline(pid: number): string {
+  let args: string[];
   try {
-    const s = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0+$/, '').split('\0').join(' ');
-    return s.length > 200 ? `${s.slice(0, 197)}...` : s;
+    args = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0+$/, '').split('\0');
   } catch {
     return '';
   }
+  if (args.length > 1 && /(^|\/)node[0-9.]*$/.test(args[0])) {
+    let n = 1;
+    while (n < args.length && args[n].startsWith('-')) n++;
+    if (n > 1) args = [args[0], `[${n - 1} option${n > 2 ? 's' : ''}]`, ...args.slice(n)];
+  }
+  const s = args.join(' ');
+  return s.length > 300 ? `${s.slice(0, 297)}...` : s;
 }
 
 /** The `ip link` word that removes a program attached in mode. */

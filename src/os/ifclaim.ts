@@ -50,6 +50,9 @@ export interface InterfaceClaim {
   close(): void;
 }
 
+/** This thread's claims: interface name -> what it is held for. */
+const held = new Map<string, { what: string }>();
+
 /** sockaddr_un of the abstract name, exactly as long as the name (no padding NULs in it). */
 function claimAddr(ifname: string): Uint8Array {
   const name = `\0${claimName(ifname)}`;
@@ -62,6 +65,9 @@ function claimAddr(ifname: string): Uint8Array {
  */
 export function claimInterface(ifname: string, what: string): InterfaceClaim {
   if (!ifname || ifname.length > 15 || /[\s/]/.test(ifname)) throw new RangeError(`claimInterface: "${ifname}" is not an interface name`);
+  // This process's own claims answer at once (its event loop cannot answer while we wait here).
+  const mine = held.get(ifname);
+  if (mine) throw new InterfaceClaimedError(ifname, process.pid, processCmdline(process.pid), mine.what);
   const addr = claimAddr(ifname);
   for (let attempt = 0; ; attempt++) {
     const fd = os.socket(os.AF_UNIX, os.SOCK_STREAM | os.SOCK_NONBLOCK, 0);
@@ -81,7 +87,15 @@ export function claimInterface(ifname: string, what: string): InterfaceClaim {
       os.close(fd);
       throw e;
     }
-    return serve(fd, what);
+    const claim = serve(fd, what);
+    const entry = { what };
+    held.set(ifname, entry);
+    return {
+      close() {
+        if (held.get(ifname) === entry) held.delete(ifname);
+        claim.close();
+      },
+    };
   }
 }
 

@@ -3,9 +3,10 @@
  * with a device whose backend returns every frame. It sends numbered frames, at most `inFlight`
  * ahead of what came back (fewer than the RX ring's buffers, so the device never lacks one and
  * drops), and checks every byte of every frame that comes back against its number, in order.
- * Nothing is allocated per burst or packet, so once warm the loop must cause no garbage collection.
+ * Nothing is allocated per burst or packet: the loop measures itself by the allocation rule of
+ * test/alloc.ts (its operations are frames received), and sends on past `count` until the window is over.
  */
-import { countGc } from '../../src/lcore/gc.js';
+import { AllocMeter, type AllocResult, type AllocRule } from '../alloc.js';
 import type { LcoreContext } from '../../src/lcore/types.js';
 import { openRxQueue, openTxQueue, type PortData } from '../../lib/ethdev/ethdev.js';
 import { Mempool, poolOf } from '../../lib/mempool/mempool.js';
@@ -18,10 +19,10 @@ import { MbufW16, MbufW32 } from '../../lib/mempool/mbuf_layout.js';
 /** What the loop gets. */
 export interface LoopbackArg {
   port: PortData;
-  /** frames to send */
+  /** frames to send at least (more until the allocation window is over) */
   count: number;
-  /** frames sent before garbage collections count (JIT warm-up) */
-  warmup: number;
+  /** warm-up and window of the allocation measurement, in frames received */
+  rule: AllocRule;
   /** most frames sent and not yet back */
   inFlight: number;
   /** give up after this long without a frame coming back (ms) */
@@ -38,8 +39,8 @@ export interface LoopbackResult {
   bad: number;
   /** the first bad one's index, or -1 */
   firstBad: number;
-  gcAfterWarmup: number;
-  gcAll: number;
+  /** the allocation window (test/alloc.ts) */
+  alloc: AllocResult;
 }
 
 /** Length of frame seq: 60..123 bytes. */
@@ -57,7 +58,7 @@ export function frameByte(seq: number, i: number): number {
   return (seq * 7 + i) & 0xff;
 }
 
-/** Send count numbered frames through the port's queue pair 0 and take them back; see the file comment. */
+/** Send numbered frames through the port's queue pair 0 (count, or more until the window is over) and take them back; see the file comment. */
 export async function virtioLoopbackLoop(a: LoopbackArg, ctx: LcoreContext): Promise<LoopbackResult> {
   const rx = await openRxQueue(a.port, 0), tx = await openTxQueue(a.port, 0);
   const pool = Mempool.attach(a.port.rxPools[0]);
@@ -66,10 +67,14 @@ export async function virtioLoopbackLoop(a: LoopbackArg, ctx: LcoreContext): Pro
   const head = new Uint8Array(18);
   for (let i = 0; i < 14; i++) head[i] = frameByte(0, i);
   const tb = new Uint32Array(32), rb = new Uint32Array(32), u8 = pool.u8, u16 = pool.u16, u32 = pool.u32;
-  const gc = countGc();
-  let sent = 0, received = 0, bad = 0, firstBad = -1, warmAt = -1, turns = 0, lastBack = performance.now(), seenAt = 0;
-  while (!ctx.stopRequested() && received < a.count) {
-    const room = Math.min(32, a.count - sent, a.inFlight - (sent - received));
+  const meter = new AllocMeter(a.rule);
+  // frames to send in all: open (a large small integer, not Infinity: a double) until the window
+  // is over, then count or what is already sent
+  const OPEN = 0x3fff_ffff;
+  let total = OPEN;
+  let sent = 0, received = 0, bad = 0, firstBad = -1, turns = 0, lastBack = performance.now(), seenAt = 0;
+  while (!ctx.stopRequested() && received < total) {
+    const room = Math.min(32, total - sent, a.inFlight - (sent - received));
     if (room > 0 && pktmbufAllocInit(pool, tb, room, 0, 0, a.port.port)) {
       for (let k = 0; k < room; k++) {
         const seq = sent + k, len = frameLen(seq), o = pool.offsetOf(tb[k]), d = o + MBUF_HDR + u16[(o >> 1) + MbufW16.DataOff];
@@ -106,14 +111,11 @@ export async function virtioLoopbackLoop(a: LoopbackArg, ctx: LcoreContext): Pro
       received += r;
       c[1] = received;
     }
-    if (warmAt < 0 && sent >= a.warmup) warmAt = performance.now();
+    if (total === OPEN && meter.at(received) && (await meter.settled())) total = Math.max(a.count, sent);
     if ((++turns & 1023) === 0) { // the clock is read once per 1024 turns
       const now = performance.now();
       if (received !== seenAt) { seenAt = received; lastBack = now; } else if (now - lastBack > a.quietMs) break;
     }
   }
-  const end = performance.now();
-  await gc.settle();
-  gc.stop();
-  return { sent, received, bad, firstBad, gcAfterWarmup: warmAt < 0 ? -1 : gc.countBetween(warmAt, end), gcAll: gc.count() };
+  return { sent, received, bad, firstBad, alloc: await meter.result() };
 }

@@ -22,7 +22,7 @@ import { MbufW16 } from '../../lib/mempool/mbuf_layout.js';
 import { Mempool } from '../../lib/mempool/mempool.js';
 import type { PortData } from '../../lib/ethdev/ethdev.js';
 import type { LcoreContext } from '../../src/lcore/types.js';
-import { countGc } from '../../src/lcore/gc.js';
+import { ALLOC_RULE, AllocMeter, assertNoAlloc, type AllocResult, type AllocRule } from '../alloc.js';
 import { FakeVirtioNetBase, NOTIFY, configSpace, vcap, patternFrame, type DmaMemory } from './fake-virtio-net.js';
 
 // This file is also the worker lcore's module (virtioWorkerLoop below): there, tap is not loaded
@@ -501,30 +501,26 @@ t.test('net_virtio with MQ: two queue pairs through VIRTIO_NET_CTRL_MQ_VQ_PAIRS_
 /** Counters the worker loop shares: [0] sent, [1] received, [2] refused by a full TX ring. */
 export interface LoopArg {
   port: PortData;
-  /** packets to send */
+  /** packets to send at least (sending goes on past count until the allocation window is over) */
   count: number;
-  /** packets sent, and ms passed, before GC counting starts (JIT warm-up: under load the optimizing compiler is late) */
-  warmup: number;
-  warmupMs: number;
-  /** ms the measured window lasts at least (sending goes on past count until then) */
-  windowMs: number;
+  /** warm-up and window of the allocation measurement (test/alloc.ts), in packets sent */
+  rule: AllocRule;
   counters: SharedArrayBuffer;
 }
 
 /**
  * The worker lcore: 64-byte bursts out through TX, whatever comes back in through RX, freed; no
- * allocation per burst. GCs are counted from the end of the warm-up (warmup packets and warmupMs)
- * for at least windowMs; once count are sent and that window is over it drains RX until it has been
- * quiet for ~100 ms (the clock is read every 256 or 4096 turns, not per burst).
+ * allocation per burst, measured by the allocation rule (an AllocMeter over packets sent). Once
+ * count are sent and the window is over it drains RX until it has been quiet for ~100 ms (the clock
+ * is read every 4096 turns, not per burst).
  */
-export async function virtioWorkerLoop(a: LoopArg, ctx: LcoreContext): Promise<{ gcAfterWarmup: number; gcAll: number }> {
+export async function virtioWorkerLoop(a: LoopArg, ctx: LcoreContext): Promise<AllocResult> {
   const rx = await openRxQueue(a.port, 0), tx = await openTxQueue(a.port, 0);
   const pool = Mempool.attach(a.port.rxPools[0]);
   const c = new Float64Array(a.counters);
   const tmpl = frame(64, 5), buf = new Uint32Array(32), rbuf = new Uint32Array(32), u8 = pool.u8, u16 = pool.u16;
-  const gc = countGc();
-  let sent = 0, received = 0, warmAt = -1, quietTurns = 0, lastReceived = 0, turns = 0, lastCheck = 0, clockTurns = 0, windowDone = false;
-  const t0 = performance.now();
+  const meter = new AllocMeter(a.rule);
+  let sent = 0, received = 0, quietTurns = 0, lastReceived = 0, turns = 0, lastCheck = 0, windowDone = false;
   while (!ctx.stopRequested()) {
     const sending = sent < a.count || !windowDone;
     if (sending && pktmbufAllocInit(pool, buf, 32, 0, 64, a.port.port)) {
@@ -546,10 +542,7 @@ export async function virtioWorkerLoop(a: LoopArg, ctx: LcoreContext): Promise<{
       received += r;
       c[1] = received;
     }
-    if (!windowDone && sent >= a.warmup && (++clockTurns & 255) === 0) {
-      const now = performance.now();
-      if (warmAt < 0) { if (now - t0 >= a.warmupMs) warmAt = now; } else if (now - warmAt >= a.windowMs) windowDone = true;
-    }
+    if (!windowDone && meter.at(sent)) windowDone = await meter.settled();
     if (!sending && (++turns & 4095) === 0) {
       const now = performance.now();
       if (received === lastReceived) quietTurns += now - lastCheck;
@@ -559,16 +552,13 @@ export async function virtioWorkerLoop(a: LoopArg, ctx: LcoreContext): Promise<{
       if (quietTurns > 100) break;
     }
   }
-  const end = performance.now();
-  await gc.settle();
-  gc.stop();
   pool.flushCache();
-  return { gcAfterWarmup: warmAt < 0 ? -1 : gc.countBetween(warmAt, end), gcAll: gc.count() };
+  return await meter.result();
 }
 
 const SELF = import.meta.url;
 
-t.test('net_virtio data path on a worker lcore (doorbells through the BAR mapping): no GC once warm', async (t) => {
+t.test('net_virtio data path on a worker lcore (doorbells through the BAR mapping): no allocation once warm', async (t) => {
   const e = new Eal({ noHuge: true, filePrefix: `tspvirtw${process.pid}`, lcores: [{ id: 0, cpu: 0 }, { id: 1, cpu: 1 }], mainLcore: 0 });
   t.teardown(() => e.close());
   const dev = new FakeVirtioNet('fake4', e.memory);
@@ -588,7 +578,8 @@ t.test('net_virtio data path on a worker lcore (doorbells through the BAR mappin
   const count = 30_000;
   let finished = false, doorbells = 0;
   // The fake device runs here, on the main thread, between event-loop turns: two busy threads in all.
-  const done = e.lcores.launch<{ gcAfterWarmup: number; gcAll: number }>(1, SELF, 'virtioWorkerLoop', { port: port.data(), count, warmup: 5000, warmupMs: 500, windowMs: 500, counters })
+  const rule = { ...ALLOC_RULE, windowOps: 50_000 }; // in packets sent
+  const done = e.lcores.launch<AllocResult>(1, SELF, 'virtioWorkerLoop', { port: port.data(), count, rule, counters })
     .finally(() => { finished = true; });
   while (!finished) {
     doorbells += dev.notifications().reduce((a, b) => a + b, 0);
@@ -601,7 +592,7 @@ t.test('net_virtio data path on a worker lcore (doorbells through the BAR mappin
   t.equal(received, dev.moved, `every packet the device looped back was received (${received}; ${dev.dropped} dropped by the device for lack of RX buffers)`);
   t.equal(dev.moved + dev.dropped, sent, 'the device got every packet sent');
   t.ok(doorbells > 0, `the worker rang doorbells through the BAR mapping (${doorbells} seen)`);
-  t.equal(r.gcAfterWarmup, 0, `no garbage collection in the worker after warm-up (${r.gcAll} in all)`);
+  assertNoAlloc(t, r, 'net_virtio TX + RX on a worker lcore (packets sent)', rule);
   port.stop();
   t.equal(pool.inUseCount(), 0, 'every mbuf back after stop');
   port.close();
