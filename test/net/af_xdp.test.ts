@@ -9,7 +9,7 @@
  */
 import t, { type Test } from 'tap';
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import '../../drivers/index.js';
@@ -44,6 +44,7 @@ function run(cmd: string, args: string[], timeout = 60000): Promise<{ code: numb
 
 /** The XDP program line of `ip -d link show IF` ("prog/xdp id N name tspmd_xsk ..."), or '' when it has none. */
 function xdpProg(iface: string): string {
+  if (!existsSync(`/sys/class/net/${iface}`)) return '';
   return /prog\/xdp.*$/m.exec(sh(['ip', '-d', 'link', 'show', iface]))?.[0] ?? '';
 }
 
@@ -95,14 +96,15 @@ async function tcp(t: { teardown(fn: () => void): void }, fromNs: string, toNs: 
 }
 
 /** Ping and 8 MB of TCP each way through a running l2fwd, then SIGINT: the summary's checks. */
-async function forwardAndStop(t: Test, topo: Topology, fwd: L2fwd, what: string): Promise<Record<string, unknown>> {
+async function forwardAndStop(t: Test, topo: Topology, fwd: L2fwd, what: string, beforeStop?: () => Promise<void>): Promise<Record<string, unknown>> {
   const ping = await run('ip', ['netns', 'exec', topo.nsA, 'ping', '-c', '5', '-i', '0.2', '-W', '2', topo.ipB]);
   t.equal(ping.code, 0, `${what}: ping from A to B through the forwarder`);
-  t.match(ping.stdout, /5 packets transmitted, 5 received/);
+  t.match(ping.stdout, /5 packets transmitted, 5 received/, `${what}: every reply came back`);
   const ab = await tcp(t, topo.nsA, topo.nsB, topo.ipB, 8);
   t.equal(ab.received, ab.sent, `${what}: 8 MB from A to B arrived intact (same length and SHA-256)`);
   const ba = await tcp(t, topo.nsB, topo.nsA, topo.ipA, 8);
   t.equal(ba.received, ba.sent, `${what}: 8 MB from B to A arrived intact`);
+  if (beforeStop) await beforeStop();
   fwd.child.kill('SIGINT');
   const r = await fwd.done;
   t.equal(r.code, 0, `${what}: l2fwd exits cleanly on SIGINT${r.code === 0 ? '' : `: ${r.stderr.slice(-400)}`}`);
@@ -133,7 +135,7 @@ t.test('l2fwd on two net_af_xdp ports (native XDP) joins two namespaces: ping, 8
   t.notMatch(log, /private UMEM/, 'no fallback');
 });
 
-t.test('mode=generic, then SIGKILL: no XDP program or tsp file left; the next start (force_copy=1, --rx-mode interrupt) works at once, the same', { skip: needRoot, timeout: 150000 }, async (t) => {
+t.test('mode=generic, then SIGKILL: no XDP program or tsp file left; the next start (force_copy=1, --rx-mode interrupt) works at once, the same, and stops cleanly after an interface was deleted under it', { skip: needRoot, timeout: 150000 }, async (t) => {
   const topo = topology(t);
   const tmpBefore = new Set(readdirSync(tmpdir()).filter((f) => f.startsWith('tsp')));
   const generic = await startL2fwd(t, topo, ',mode=generic,busy_budget=0');
@@ -154,7 +156,12 @@ t.test('mode=generic, then SIGKILL: no XDP program or tsp file left; the next st
   t.same(left, [], 'no tsp-named file left in the temporary directory');
   const next = await startL2fwd(t, topo, ',force_copy=1', ['--rx-mode', 'interrupt']);
   t.pass('the next l2fwd started and forwards a ping at once');
-  const s = await forwardAndStop(t, topo, next, 'force_copy=1');
+  const s = await forwardAndStop(t, topo, next, 'force_copy=1', async () => {
+    // The B-side end deleted under the forwarder (its socket unbound by the kernel, its link gone).
+    sh(['ip', 'link', 'del', topo.hostB]);
+    await run('ip', ['netns', 'exec', topo.nsA, 'ping', '-c', '3', '-i', '0.2', '-W', '1', topo.ipB]);
+    t.equal(next.child.exitCode, null, 'l2fwd keeps running after the B-side interface was deleted');
+  });
   t.ok((s.rx_interrupts as number) > 0 && (s.lcore_wakeups as number) > 0, `Rx interrupts woke the sleeping lcore (${s.rx_interrupts} interrupts, ${s.lcore_wakeups} wake-ups in ${s.lcore_sleeps} sleeps)`);
   t.match((await next.done).stderr, /net_af_xdp0: .*bind copy, UMEM over mempool/, 'copy bind, UMEM over the mempool');
 });
