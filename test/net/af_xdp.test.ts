@@ -166,7 +166,7 @@ t.test('mode=generic, then SIGKILL: no XDP program or tsp file left; the next st
   t.match((await next.done).stderr, /net_af_xdp0: .*bind copy, UMEM over mempool/, 'copy bind, UMEM over the mempool');
 });
 
-t.test('bad input: a clear error naming it; exit 2 (1 without a capability)', { skip: needRoot, timeout: 90000 }, async (t) => {
+t.test('bad input: a clear error naming it; exit 2 (1 without a capability or the memlock limit)', { skip: needRoot, timeout: 90000 }, async (t) => {
   const topo = topology(t);
   const eal = new Eal({ noHuge: true, filePrefix: `${topo.prefix}e`, lcores: [{ id: 0, cpu: 0 }], mainLcore: 0 });
   t.teardown(() => eal.close());
@@ -194,15 +194,20 @@ t.test('bad input: a clear error naming it; exit 2 (1 without a capability)', { 
   t.equal(pool.inUseCount(), 0, 'the failed start gave every mbuf back');
   busy.close();
   // Through the command: exit 2 for a bad argument; exit 1 for root without CAP_BPF (and CAP_SYS_ADMIN, which stands in for it).
-  const [missing, noBpf] = await Promise.all([
+  // And without CAP_IPC_LOCK under a 1 MiB RLIMIT_MEMLOCK (soft and hard): the UMEM cannot be locked.
+  const [missing, noBpf, memlock] = await Promise.all([
     runCli(['l2fwd', '--no-huge', '--file-prefix', `${topo.prefix}m`, '--vdev', 'net_af_xdp0,iface=tspnosuch0']),
     runCli(['l2fwd', '--no-huge', '--file-prefix', `${topo.prefix}c`, '--vdev', `net_af_xdp0,iface=${topo.hostA}`],
       { wrap: ['setpriv', '--bounding-set=-bpf,-sys_admin', '--inh-caps=-bpf,-sys_admin'] }),
+    runCli(['pktgen', '--no-huge', '--file-prefix', `${topo.prefix}l`, '-l', '0-1', '--vdev', `net_af_xdp0,iface=${topo.hostA}`, '--', '--duration', '1'],
+      { wrap: ['prlimit', '--memlock=1048576:1048576', 'setpriv', '--bounding-set=-ipc_lock', '--inh-caps=-ipc_lock'] }),
   ]);
   t.equal(missing.code, 2, 'a missing interface: exit 2');
   t.match(missing.stderr, /^tspmd l2fwd: --vdev net_af_xdp0: interface "tspnosuch0" does not exist[^\n]*\n$/, `in one line: ${missing.stderr.trim()}`);
   t.equal(noBpf.code, 1, 'exit 1 without CAP_BPF');
   t.match(noBpf.stderr, /net_af_xdp needs CAP_BPF \(loading the XDP program/, 'the error names the capability');
+  t.equal(memlock.code, 1, 'exit 1 without CAP_IPC_LOCK and too low a memlock limit');
+  t.match(memlock.stderr, /the kernel refused to lock \d+ KiB of UMEM \(ENOBUFS\): it needs CAP_IPC_LOCK, or an RLIMIT_MEMLOCK that covers every UMEM \(now 1024 KiB, hard limit 1024 KiB\)/, 'the error names the limit and its value');
   t.equal(xdpProg(topo.hostA), '', 'still nothing attached');
 });
 
