@@ -147,8 +147,6 @@ export class AfXdpPort extends EthDev {
   private claim: { close(): void } | null = null;
   private promiscFd = -1;
   private st: AfXdpStatus | null = null;
-  /** XDP_STATISTICS summed over the sockets this port ever had */
-  private readonly xdpTotals = new Float64Array(X.XDP_STATISTICS_NAMES.length);
 
   constructor(name: string, opts: AfXdpOptions) {
     super(name);
@@ -250,7 +248,8 @@ export class AfXdpPort extends EthDev {
       throw e instanceof XdpBusyError ? new UsageError(`port ${this.port} (${this.name}): ${e.message}`) : e;
     }
     const s0 = this.socks[0];
-    const umem = s0.data.umem === 'mempool' ? 'mempool' : 'private';
+    // Queues with different pools could differ: 'private' when any queue had to fall back.
+    const umem = this.socks.every((s) => s.data.umem === 'mempool') ? 'mempool' : 'private';
     const refused = this.refusedWhy;
     this.st = {
       umem, ...(refused !== null ? { umemRefused: refused } : {}), bind: this.socks.every((s) => s.zc) ? 'zero-copy' : 'copy',
@@ -492,7 +491,6 @@ export class AfXdpPort extends EthDev {
         const v = Number(dv.getBigUint64(i * 8, true));
         const d = v - s.last[i];
         s.last[i] = v;
-        this.xdpTotals[i] += d;
         this.counters[xstatIndex(i)] += d;
         if (i === 0 || i === 3) this.counters[rxqStatsBase(q) + RXQ_MISSED] += d; // rx_dropped, rx_ring_full
       }
