@@ -74,7 +74,10 @@ export function createTopology(prefix = uniquePrefix(), subnet = 100 + Math.floo
     },
   };
   try {
-    for (const [ns, inner, outer, ip] of [[nsA, ifA, hostA, ipA], [nsB, ifB, hostB, ipB]]) {
+    // The namespaces' ends get l2fwd's default destination MACs (02:00:00:00:00:<port>): A is
+    // reached through port 0 and B through port 1, so frames forwarded with MAC updating (the
+    // default, as in DPDK's l2fwd) are addressed to the interface that receives them.
+    for (const [ns, inner, outer, ip, mac] of [[nsA, ifA, hostA, ipA, '02:00:00:00:00:00'], [nsB, ifB, hostB, ipB, '02:00:00:00:00:01']]) {
       sh(['ip', 'netns', 'add', ns]);
       sh(['ip', 'link', 'add', outer, 'numrxqueues', nq, 'numtxqueues', nq, 'type', 'veth', 'peer', 'name', inner, 'numrxqueues', nq, 'numtxqueues', nq, 'netns', ns]);
       sh(['ip', 'link', 'set', outer, 'up']);
@@ -83,6 +86,7 @@ export function createTopology(prefix = uniquePrefix(), subnet = 100 + Math.floo
       topo.exec(ns, ['ip', 'link', 'set', 'lo', 'up']);
       // No IPv6 chatter (router solicitations, DAD) inside either: kernel counters stay exact.
       try { topo.exec(ns, ['sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1']); } catch { /* no IPv6 */ }
+      topo.exec(ns, ['ip', 'link', 'set', inner, 'address', mac]);
       topo.exec(ns, ['ip', 'addr', 'add', `${ip}/24`, 'dev', inner]);
       topo.exec(ns, ['ip', 'link', 'set', inner, 'up']);
       // A forwarder of plain frames needs plain frames: without this the namespaces' stacks hand

@@ -57,7 +57,7 @@ interface L2fwd {
 /** Start `tspmd l2fwd` on two af_xdp ports over the topology's host ends; resolves once a ping crosses it. */
 async function startL2fwd(t: { teardown(fn: () => void): void }, topo: Topology, devargs = '', extra: string[] = []): Promise<L2fwd> {
   const args = ['l2fwd', '--no-huge', '--file-prefix', `${topo.prefix}f`, '-l', '0-1',
-    '--vdev', `net_af_xdp0,iface=${topo.hostA}${devargs}`, '--vdev', `net_af_xdp1,iface=${topo.hostB}${devargs}`, '--', '--no-mac-updating', '--json', '-p', '0x3', ...extra];
+    '--vdev', `net_af_xdp0,iface=${topo.hostA}${devargs}`, '--vdev', `net_af_xdp1,iface=${topo.hostB}${devargs}`, '--', '--json', '-p', '0x3', ...extra];
   const child = spawn(process.execPath, [...process.execArgv, CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...CHILD_ENV, TSPMD_LOG_LEVEL: 'info' } });
   t.teardown(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL'); removeRunDir(args); });
   let stdout = '', stderr = '';
