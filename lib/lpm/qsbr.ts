@@ -206,7 +206,11 @@ export class QsbrGroups {
     if (this.nFree >= n) return '';
     this.reclaim();
     if (this.nFree >= n) return '';
-    if (this.nFree + this.nWait < n) return `all ${this.free.length} are in use${this.nWait ? ` (${this.nWait} of them unlinked, waiting for readers)` : ''}`;
+    if (this.nFree + this.nWait < n) {
+      const total = this.free.length;
+      if (this.nFree === 0 && this.nWait === 0) return `all ${total} are in use`;
+      return `${total - this.nFree - this.nWait} of ${total} are in use, ${this.nFree} free${this.nWait ? `, ${this.nWait} unlinked and waiting for readers` : ''}`;
+    }
     const t0 = performance.now();
     for (;;) {
       sleepMs(0.05);

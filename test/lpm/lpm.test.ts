@@ -74,17 +74,21 @@ function depthPicker(rnd: () => number): () => number {
 
 const u32 = (rnd: () => number): number => (rnd() * 4294967296) >>> 0;
 
-/** n random routes: a third nested in an earlier route (so deletes fall back), the rest anywhere in 1.0.0.0-223.255.255.255. */
+/** n distinct random routes: a third nested in an earlier route (so deletes fall back), the rest anywhere in 1.0.0.0-223.255.255.255. */
 function randomRoutes(rnd: () => number, n: number): Array<[number, number, number]> {
   const pick = depthPicker(rnd);
   const out: Array<[number, number, number]> = [];
-  for (let i = 0; i < n; i++) {
+  const have = new Set<number>();
+  while (out.length < n) {
     const d = pick();
     let a: number;
     const parent = out.length > 0 && rnd() < 0.35 ? out[Math.floor(rnd() * out.length)] : null;
     if (parent && parent[1] < d) a = (parent[0] | (u32(rnd) & ~(parent[1] === 0 ? 0 : -1 << (32 - parent[1])))) >>> 0;
     else a = (((1 + Math.floor(rnd() * 223)) << 24) | (u32(rnd) & 0xffffff)) >>> 0;
-    out.push([maskIpv4(a, d), d, Math.floor(rnd() * (LPM_MAX_NEXT_HOP + 1))]);
+    a = maskIpv4(a, d);
+    if (have.has(d * 2 ** 32 + a)) continue;
+    have.add(d * 2 ** 32 + a);
+    out.push([a, d, Math.floor(rnd() * (LPM_MAX_NEXT_HOP + 1))]);
   }
   return out;
 }
