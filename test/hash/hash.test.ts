@@ -346,6 +346,61 @@ t.test('attach: read-only views of the same memory; add/delete refused; a descri
   t.equal(r.lookup(keys, 26), 5, 'and it fills again');
 });
 
+t.test('the change counter: a deleted key\'s slot is reused only after its recycle half moved, and every cuckoo move bumps it', async (t) => {
+  // White box: the counter is word 16 of the table's memory (lib/hash/hash.ts H_CHANGE). A reader
+  // that took a key index before a delete re-reads it at the end: the index must not be rewritten
+  // unless the recycle half (bits 16-31) changed, or the reader could return another key's value.
+  const len = 8, entries = 48; // 8 buckets, 64 slots: the key store fills first
+  const h = Hash.create('proto', { entries, keyLen: len });
+  const change = new Int32Array(h.desc.memory, 64, 1);
+  const keys = sequentialKeys(entries + 3, len);
+  const pos: number[] = [];
+  for (let i = 0; i < entries; i++) pos.push(h.add(keys, i * len, i));
+  t.equal(change[0] >>> 16, 0, 'filling from empty recycles nothing');
+  const c0 = change[0];
+  t.equal(h.delete(keys, 5 * len), pos[5], 'delete returns the position');
+  t.equal(change[0], c0, 'a delete alone does not move the counter');
+  const p = h.add(keys, entries * len, 1);
+  t.equal(p, pos[5], 'the full table reuses the deleted key\'s position ...');
+  t.equal((change[0] - c0) >>> 16, 1, '... after one bump of the recycle half');
+  const c1 = change[0];
+  h.delete(keys, 7 * len);
+  h.delete(keys, 9 * len);
+  h.add(keys, (entries + 1) * len, 2);
+  t.equal((change[0] - c1) >>> 16, 1, 'two deleted slots come back in one batch: one bump ...');
+  const r2 = h.stats().recycles;
+  h.add(keys, (entries + 2) * len, 3);
+  t.equal(h.stats().recycles, r2, '... and the second is taken without another');
+  t.equal(h.lookup(keys, (entries + 1) * len), 2, 'the keys in recycled slots are found ...');
+  t.equal(h.lookup(keys, (entries + 2) * len), 3, '... with their values');
+  // moves: one bump per entry moved (low half), one per recycle batch (high half), nothing else
+  const rnd = prng(51);
+  // at 97-100 % of the slots, where cuckoo paths are several moves long
+  const big = Hash.create('proto2', { entries: 1024, keyLen: 16 });
+  const bc = new Int32Array(big.desc.memory, 64, 1);
+  const pool = randomKeys(rnd, 1500, 16);
+  for (let i = 0; i < 1500; i++) {
+    try {
+      big.add(pool, i * 16, i);
+    } catch (e) {
+      if (!(e instanceof HashFullError)) throw e;
+    }
+  }
+  for (let op = 0; op < 20_000; op++) {
+    const i = Math.floor(rnd() * 1500);
+    if (rnd() < 0.52) {
+      try {
+        big.add(pool, i * 16, i);
+      } catch (e) {
+        if (!(e instanceof HashFullError)) throw e;
+      }
+    } else big.delete(pool, i * 16);
+  }
+  const s = big.stats();
+  t.ok(s.moves > 100 && s.recycles > 10, `entries moved (${s.moves}) and slots recycled (${s.recycles})`);
+  t.equal(bc[0], (s.recycles * 0x10000 + s.moves) | 0, 'counter = recycles << 16 + moves: every move and every recycle was announced');
+});
+
 t.test('concurrency: a reader lcore looks up while this thread adds, deletes, updates and displaces', async (t) => {
   const lcores = new Lcores([{ id: 0, cpu: 0 }, { id: 1, cpu: 1 }], 0);
   t.teardown(() => lcores.close());
