@@ -516,13 +516,36 @@ export class Hash {
     return true;
   }
 
-  /** The value of the gathered key kw[base..] in bucket b, or -1. */
+  /**
+   * The value of the gathered key kw[base..] in bucket b, or -1. The signatures are read two at a
+   * time as the bucket's first four words: x = word ^ (sg | sg << 16) has a zero half where a
+   * signature matches.
+   */
   private searchBucket(b: number, sg: number, base: number): number {
-    const sig = this.sig, idx = this.idx, bs = b << 5, bi = (b << 4) + 4, p = this.plain;
+    const idx = this.idx, bi = b << 4;
+    if (!this.plain) return this.searchBucketAtomic(b, sg, base);
+    const sg2 = sg | (sg << 16);
+    for (let k = 0; k < 4; k++) {
+      const x = idx[bi + k] ^ sg2;
+      if ((x & 0xffff) === 0) {
+        const c = idx[bi + 4 + 2 * k];
+        if (c !== 0 && this.keyEq(c, base)) return this.ks[Math.imul(c, this.entryWords)];
+      }
+      if ((x >>> 16) === 0) {
+        const c = idx[bi + 5 + 2 * k];
+        if (c !== 0 && this.keyEq(c, base)) return this.ks[Math.imul(c, this.entryWords)];
+      }
+    }
+    return -1;
+  }
+
+  /** searchBucket with every shared load an Atomics.load: CPUs that reorder loads (not x86). */
+  private searchBucketAtomic(b: number, sg: number, base: number): number {
+    const sig = this.sig, idx = this.idx, bs = b << 5, bi = (b << 4) + 4;
     for (let s = 0; s < 8; s++) {
-      if ((p ? sig[bs + s] : Atomics.load(sig, bs + s)) !== sg) continue;
-      const x = p ? idx[bi + s] : Atomics.load(idx, bi + s);
-      if (x !== 0 && this.keyEq(x, base)) return p ? this.ks[Math.imul(x, this.entryWords)] : Atomics.load(this.ks, Math.imul(x, this.entryWords));
+      if (Atomics.load(sig, bs + s) !== sg) continue;
+      const x = Atomics.load(idx, bi + s);
+      if (x !== 0 && this.keyEq(x, base)) return Atomics.load(this.ks, Math.imul(x, this.entryWords));
     }
     return -1;
   }
@@ -594,30 +617,57 @@ export class Hash {
    * The gathered keys 0..m-1: first each key's first signature match in its primary bucket, its
    * entry's value read (which brings the entry's line in), or a touch of its secondary bucket when
    * nothing matched; then the key comparisons, and a full search of both buckets where the first
-   * match was not the key.
+   * match was not the key. Signatures two at a time, as in searchBucket.
    */
   private probe(m: number, out: Int32Array, outOff: number): number {
-    const hs = this.hs, cand = this.cand, vals = this.vals, sig = this.sig, idx = this.idx, ks = this.ks;
-    const mask = this.mask, ew = this.entryWords, kwN = this.keyWords, p = this.plain;
+    if (!this.plain) return this.probeAtomic(m, out, outOff);
+    const hs = this.hs, cand = this.cand, vals = this.vals, sig = this.sig, idx = this.idx, ks = this.ks, kw = this.kw;
+    const mask = this.mask, ew = this.entryWords, kwN = this.keyWords;
     let t = 0;
     for (let i = 0; i < m; i++) {
-      const h = hs[i], b = h & mask, sg = h >>> 16, bs = b << 5, bi = (b << 4) + 4;
+      const h = hs[i], b = h & mask, sg = h >>> 16, bi = b << 4, sg2 = sg | (sg << 16);
       let c = 0;
-      for (let s = 0; s < 8; s++) {
-        if ((p ? sig[bs + s] : Atomics.load(sig, bs + s)) === sg) {
-          c = p ? idx[bi + s] : Atomics.load(idx, bi + s);
+      for (let k = 0; k < 4; k++) {
+        const x = idx[bi + k] ^ sg2;
+        if ((x & 0xffff) === 0) {
+          c = idx[bi + 4 + 2 * k];
+          if (c !== 0) break;
+        }
+        if ((x >>> 16) === 0) {
+          c = idx[bi + 5 + 2 * k];
           if (c !== 0) break;
         }
       }
       cand[i] = c;
-      if (c !== 0) vals[i] = p ? ks[Math.imul(c, ew)] : Atomics.load(ks, Math.imul(c, ew));
+      if (c !== 0) vals[i] = ks[Math.imul(c, ew)];
       else t = (t + sig[((b ^ sg) & mask) << 5]) | 0;
     }
     this.sink[0] = t;
     let hits = 0;
     for (let i = 0; i < m; i++) {
-      const c = cand[i];
-      const v = c !== 0 && this.keyEq(c, i * kwN) ? vals[i] : this.search(i * kwN, hs[i]);
+      const c = cand[i], base = i * kwN;
+      let eq = c !== 0;
+      if (eq) {
+        const e = Math.imul(c, ew) + 1;
+        for (let w = 0; w < kwN; w++) {
+          if (ks[e + w] !== kw[base + w]) {
+            eq = false;
+            break;
+          }
+        }
+      }
+      const v = eq ? vals[i] : this.search(base, hs[i]);
+      out[outOff + i] = v;
+      if (v !== -1) hits++;
+    }
+    return hits;
+  }
+
+  /** probe on CPUs that reorder loads: one key at a time, every shared load an Atomics.load. */
+  private probeAtomic(m: number, out: Int32Array, outOff: number): number {
+    let hits = 0;
+    for (let i = 0; i < m; i++) {
+      const v = this.search(i * this.keyWords, this.hs[i]);
       out[outOff + i] = v;
       if (v !== -1) hits++;
     }
