@@ -72,7 +72,7 @@ t.test('MurmurHash3_x86_32: published vectors; the table hashes keys with it', a
 
 t.test('distribution: chi-square of primary buckets, secondary buckets and signatures, sequential and random keys', async (t) => {
   const rnd = prng(11);
-  const buckets = 1 << 14, n = 1 << 20, mask = buckets - 1;
+  const buckets = 1 << 14, n = 1 << 19, mask = buckets - 1;
   // chi-square with k - 1 degrees of freedom: mean k - 1, standard deviation sqrt(2 (k - 1))
   const check = (counts: Uint32Array, what: string): void => {
     const k = counts.length, mean = n / k;
@@ -436,7 +436,7 @@ t.test('concurrency: a reader lcore looks up while this thread adds, deletes, up
   const before = h.stats();
   let adds = 0, dels = 0, updates = 0, full = 0, ops = 0;
   const lookupsAtStart = Atomics.load(control, C_LOOKUPS);
-  const writeMs = 4000, w0 = performance.now();
+  const writeMs = 3000, w0 = performance.now();
   while (performance.now() - w0 < writeMs) {
     for (let k = 0; k < 500; k++, ops++) {
       const r = rnd();
