@@ -1,12 +1,13 @@
 #!/usr/bin/env node
 /**
  * The `tspmd` command: `tspmd <app> [EAL options] -- [app options]`. Its tools live beside it in
- * app/ (devices, emu, vfio-user-info, netns, demo); l2fwd and pktgen are the one-file examples of
+ * app/ (devices, emu, vfio-user-info, netns, demo); l2fwd, l3fwd and pktgen are the one-file examples of
  * examples/, which also run on their own. This file only dispatches.
  */
 import '../drivers/index.js';
 import { runApp, type App } from '../lib/app/app.js';
 import { l2fwd } from '../examples/l2fwd/l2fwd.js';
+import { l3fwd } from '../examples/l3fwd/l3fwd.js';
 import { pktgen } from '../examples/pktgen/pktgen.js';
 import { devices } from './devices/devices.js';
 import { netnsMain } from './netns/netns.js';
@@ -19,6 +20,7 @@ import { UsageError } from '../src/options.js';
 const APPS: Record<string, App<never>> = {
   demo: demo as App<never>,
   l2fwd: l2fwd as App<never>,
+  l3fwd: l3fwd as App<never>,
   pktgen: pktgen as App<never>,
   devices: devices as App<never>,
   'vfio-user-info': vfioUserInfo as App<never>,

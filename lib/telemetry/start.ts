@@ -10,6 +10,14 @@ import { MetricsServer } from './metrics.js';
 import { registerEalCommands, registerEthdevCommands } from './commands.js';
 import { log } from '../../src/log.js';
 
+/** The telemetry socket each EAL serves, so an app's main() can add its own commands (l3fwd's routes). */
+const servers = new WeakMap<Eal, TelemetryServer>();
+
+/** The telemetry server runApp started for eal, or null (--no-telemetry, or it could not start): apps register their commands on it. */
+export function telemetryOf(eal: Eal): TelemetryServer | null {
+  return servers.get(eal) ?? null;
+}
+
 /** What startTelemetry started (null: turned off). */
 export interface TelemetryServices {
   telemetry: TelemetryServer | null;
@@ -44,7 +52,8 @@ export async function startTelemetry(eal: Eal, args: TelemetryArgs): Promise<Tel
     try {
       t.start();
       telemetry = t;
-      eal.onClose(() => t.close());
+      servers.set(eal, t);
+      eal.onClose(() => { servers.delete(eal); return t.close(); });
     } catch (e) {
       // Unlike DPDK (whose rte_eal_init fails), the app runs: telemetry is a window on it, not a part of it.
       log('warn', 'telemetry', `off for this run: ${(e as Error).message}`);
