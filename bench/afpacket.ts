@@ -16,51 +16,16 @@
  * The kernel-side cost: CPU 0's softirq share (delivery into the forwarder's RX ring and the
  * generator's own frames) while each forwarder runs, from /proc/stat over the measured window.
  */
-import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { createTopology, type Topology } from '../lib/netns/topology.js';
 import { ensureDpdk, ensureHugepages, runTestpmd, TESTPMD_HUGEPAGES } from './dpdk.js';
+import { WARMUP_S, macOfB, mean, measureB, r3, roundsOption, tspmdApp } from './veth.js';
 
-const WARMUP_S = 4;
-const CLI = fileURLToPath(new URL('../app/tspmd.js', import.meta.url));
 type Generator = 'tspmd' | 'dpdk';
 type Forwarder = 'tspmd' | 'dpdk';
 
-function rxB(topo: Topology): number {
-  return Number(topo.exec(topo.nsB, ['cat', `/sys/class/net/${topo.ifB}/statistics/rx_packets`]).trim());
-}
-
-/** Per-CPU jiffies: [busy except softirq, softirq, total] for each CPU line of /proc/stat. */
-function cpuTimes(): number[][] {
-  return readFileSync('/proc/stat', 'utf8').split('\n').filter((l) => /^cpu\d/.test(l)).map((l) => {
-    const f = l.split(/\s+/).slice(1, 9).map(Number); // user nice system idle iowait irq softirq steal
-    const total = f.reduce((a, b) => a + b, 0);
-    return [total - f[3] - f[4] - f[6], f[6], total];
-  });
-}
-
-/** Kernel-counted packets per second into namespace B over `seconds` after the warm-up, and CPU 0's softirq share (%). */
-async function measureB(topo: Topology, seconds: number): Promise<{ mpps: number; cpu0SoftirqPct: number }> {
-  await new Promise((r) => setTimeout(r, WARMUP_S * 1000));
-  const a = rxB(topo), c0 = cpuTimes(), t0 = performance.now();
-  await new Promise((r) => setTimeout(r, seconds * 1000));
-  const b = rxB(topo), c1 = cpuTimes();
-  const soft = c1[0][1] - c0[0][1], total = c1[0][2] - c0[0][2];
-  return { mpps: (b - a) / ((performance.now() - t0) / 1000) / 1e6, cpu0SoftirqPct: total > 0 ? (100 * soft) / total : 0 };
-}
-
-/** Run the tspmd command; resolves when it exits 0. */
-function tspmdApp(argv: string[], netns?: string): Promise<void> {
-  const cmd = netns ? 'ip' : process.execPath;
-  const full = netns ? ['netns', 'exec', netns, process.execPath, CLI, ...argv] : [CLI, ...argv];
-  const child = spawn(cmd, full, { stdio: ['ignore', 'ignore', 'inherit'] });
-  return new Promise((resolve, reject) => child.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`tspmd ${argv[0]} exited with ${code}`)))));
-}
-
 /** A generator in namespace A addressed to B, 64-byte frames on CPU 0, for `seconds` in total. */
 function generator(kind: Generator, topo: Topology, seconds: number): Promise<unknown> {
-  const macB = topo.exec(topo.nsB, ['cat', `/sys/class/net/${topo.ifB}/address`]).trim();
+  const macB = macOfB(topo);
   if (kind === 'tspmd') {
     // lcore 0 (CPU 0) sends; the main lcore 1 only waits
     return tspmdApp(['pktgen', '--no-huge', '-l', '1,0', '--main-lcore', '1', '--file-prefix', `${topo.prefix}gen`,
@@ -86,14 +51,13 @@ async function once(gen: Generator, fwd: Forwarder, topo: Topology, seconds: num
   const total = WARMUP_S + seconds + 4;
   const g = generator(gen, topo, total + 2);
   const f = forwarder(fwd, topo, total);
-  const m = await measureB(topo, seconds);
+  const w = await measureB(topo, seconds);
   await Promise.all([f, g]);
+  const m = { mpps: w.mpps, cpu0SoftirqPct: w.softirqPct[0] };
   console.log(`  ${gen} generator -> ${fwd} forwarder: ${m.mpps.toFixed(3)} Mpps into namespace B (CPU 0 softirq ${m.cpu0SoftirqPct.toFixed(0)} %)`);
   return m;
 }
 
-const mean = (x: number[]): number => x.reduce((a, b) => a + b, 0) / x.length;
-const r3 = (x: number): number => Number(x.toFixed(3));
 
 /** The afpacket figures (see bench/run.ts for the contract). */
 export async function run(args: string[]): Promise<Record<string, number | string | number[]>> {
@@ -103,9 +67,7 @@ export async function run(args: string[]): Promise<Record<string, number | strin
   // --rounds N: forwarder pairs per generator. Single runs vary by +-25 % with vCPU placement on
   // this kind of host, so a pair (tspmd, then DPDK, back to back) gives one ratio and the
   // figures are means over the rounds, with every round's ratio reported.
-  const ri = args.indexOf('--rounds');
-  const rounds = ri >= 0 ? Number(args[ri + 1]) : quick ? 1 : 4;
-  if (!Number.isInteger(rounds) || rounds < 1 || rounds > 50) throw new Error(`--rounds takes a whole number from 1 to 50, not "${args[ri + 1]}"`);
+  const rounds = roundsOption(args, quick ? 1 : 4);
   ensureDpdk();
   const restore = ensureHugepages(2 * TESTPMD_HUGEPAGES);
   const topo = createTopology();

@@ -12,6 +12,7 @@ const BENCHES: Record<string, string> = {
   fwd: 'l2fwd on two net_null ports beside DPDK testpmd mac forwarding (Mpps, ratio)',
   'fwd-parts': 'per-packet cost of the forwarding path\'s parts on one lcore: alloc/free, mbuf init, net_null rx/tx, capture hook, loop, MAC rewrite (ns/packet)',
   afpacket: 'l2fwd on af_packet ports between two namespaces beside DPDK testpmd (Mpps, ratio; root)',
+  afxdp: 'l2fwd on af_xdp ports between two namespaces beside DPDK testpmd on af_xdp and tspmd on af_packet, AF_XDP generator (Mpps, ratios; root)',
   virtio: 'emulated virtio-net device generating -> virtio PMD receiving, two processes, beside DPDK vhost/virtio_user (Mpps, ratio)',
   'metrics-load': 'l2fwd on two net_null ports unloaded vs. with 2,000 TCP connections to --metrics-port and 100 telemetry clients (Mpps, ratio; slowest fresh answers)',
   kick: 'virtio doorbell write: mapped store vs vfio-user REGION_WRITE fallback vs pwrite floor (ns per kick)',

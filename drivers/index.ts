@@ -2,6 +2,8 @@
 import './net/null/null.js';
 import './net/ring/ring.js';
 import './net/af_packet/af_packet.js';
+import './net/af_xdp/af_xdp.js';
+import './net/af_xdp/af_xdp.js';
 import './net/tap/tap.js';
 import './net/pcap/pcap.js';
 import './net/virtio/virtio.js';

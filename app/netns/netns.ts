@@ -1,7 +1,8 @@
 /**
  * `tspmd netns up|down`: build or remove the two-namespace topology of topology.ts from the
- * command line, to try af_packet forwarding by hand:
- *   tspmd netns up            prints the names and the l2fwd command that joins the namespaces
+ * command line, to try af_packet or af_xdp forwarding by hand (each veth end has one RX and one
+ * TX queue, as native XDP on veth wants: the same count on both ends):
+ *   tspmd netns up            prints the names and the l2fwd commands that join the namespaces
  *   tspmd netns down --prefix P
  */
 import { existsSync, readdirSync } from 'node:fs';
@@ -21,7 +22,8 @@ export function netnsMain(args: string[]): number {
     const t = createTopology(prefix ?? uniquePrefix());
     console.log(`namespace ${t.nsA}: ${t.ifA} ${t.ipA}/24    namespace ${t.nsB}: ${t.ifB} ${t.ipB}/24`);
     console.log(`forwarder ends (this namespace): ${t.hostA} ${t.hostB}`);
-    console.log(`forward:  tspmd l2fwd --no-huge -l 0-1 --vdev net_af_packet0,iface=${t.hostA} --vdev net_af_packet1,iface=${t.hostB} -- --no-mac-updating -T 1`);
+    console.log(`forward:  tspmd l2fwd --no-huge -l 0-1 --vdev net_af_packet0,iface=${t.hostA} --vdev net_af_packet1,iface=${t.hostB} -- -T 1`);
+    console.log(`or:       tspmd l2fwd --no-huge -l 0-1 --vdev net_af_xdp0,iface=${t.hostA} --vdev net_af_xdp1,iface=${t.hostB} -- -p 0x3 -T 1`);
     console.log(`try:      ip netns exec ${t.nsA} ping ${t.ipB}`);
     console.log(`remove:   tspmd netns down --prefix ${t.prefix}`);
     return 0;

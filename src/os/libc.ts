@@ -131,6 +131,9 @@ const fnKill = libc.func('int kill(int pid, int sig)');
 const fnReadRaw = libc.func('read', 'intptr_t', ['int', 'uintptr_t', 'size_t']);
 const fnWriteRaw = libc.func('write', 'intptr_t', ['int', 'uintptr_t', 'size_t']);
 const fnSendKick = libc.func('send', 'intptr_t', ['int', 'uintptr_t', 'size_t', 'int']);
+const fnRecvKick = libc.func('recv', 'intptr_t', ['int', 'uintptr_t', 'size_t', 'int']);
+const fnGetrlimit = libc.func('int getrlimit(int resource, _Out_ uint8_t *rlim)');
+const fnSetrlimit = libc.func('int setrlimit(int resource, const uint8_t *rlim)');
 const fnFcntl = libc.func('int fcntl(int fd, int cmd, ...)');
 const fnPipe2 = libc.func('int pipe2(_Out_ int *fds, int flags)');
 
@@ -538,6 +541,39 @@ export function writeRaw(fd: number, va: number, len: number): number {
 export function sendKick(fd: number, flags: number): number {
   const r = fnSendKick(fd, 0, 0, flags) as number;
   return r < 0 ? -koffi.errno() : r;
+}
+
+/** recv(fd, NULL, 0, flags): an AF_XDP socket's RX wake-up (fill ring, busy poll); returns 0 or -errno. */
+export function recvKick(fd: number, flags: number): number {
+  const r = fnRecvKick(fd, 0, 0, flags) as number;
+  return r < 0 ? -koffi.errno() : r;
+}
+
+// ---- resource limits ----
+
+export const RLIMIT_MEMLOCK = 8;
+
+/** A resource limit: soft (cur) and hard (max), 2^64-1 (RLIM_INFINITY) for none. */
+export interface Rlimit {
+  cur: bigint;
+  max: bigint;
+}
+
+/** getrlimit(2). */
+export function getrlimit(resource: number): Rlimit {
+  const b = new Uint8Array(16);
+  check(fnGetrlimit(resource, b) as number, 'getrlimit', () => `${resource}`);
+  const dv = new DataView(b.buffer);
+  return { cur: dv.getBigUint64(0, true), max: dv.getBigUint64(8, true) };
+}
+
+/** setrlimit(2). */
+export function setrlimit(resource: number, lim: Rlimit): void {
+  const b = new Uint8Array(16);
+  const dv = new DataView(b.buffer);
+  dv.setBigUint64(0, lim.cur, true);
+  dv.setBigUint64(8, lim.max, true);
+  check(fnSetrlimit(resource, b) as number, 'setrlimit', () => `${resource}, ${lim.cur}, ${lim.max}`);
 }
 
 // ---- threads and processes ----

@@ -158,6 +158,8 @@ t.test('tspmd netns up/down builds and removes the topology', { skip: needRoot }
   const up = await runCli(['netns', 'up', '--prefix', prefix]);
   t.equal(up.code, 0, up.stderr);
   t.match(up.stdout, new RegExp(`net_af_packet0,iface=${prefix}a1`));
+  t.match(up.stdout, new RegExp(`net_af_xdp0,iface=${prefix}a1 --vdev net_af_xdp1,iface=${prefix}b1`), 'and the af_xdp one');
+  t.match(sh(['ip', '-d', 'link', 'show', `${prefix}a1`]), /numtxqueues 1 numrxqueues 1/, 'veth ends with one queue each way (native XDP wants the same count on both ends)');
   t.match(sh(['ip', 'netns', 'list']), new RegExp(`${prefix}A`));
   const down = await runCli(['netns', 'down', '--prefix', prefix]);
   t.equal(down.code, 0);

@@ -320,6 +320,7 @@ t.test('constants and struct layouts match the system headers', { skip: hasCc ? 
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
