@@ -46,6 +46,9 @@ export {
 export { MbufView, macWords } from './lib/mempool/mbuf_view.js';
 export { Ring, ringBytes, type RingDesc, type RingFlags } from './lib/ring/ring.js';
 
+// ---- exact-match tables (rte_hash.h) ----
+export { Hash, HashFullError, hashMurmur3, hashBytes, HASH_VALUE_MAX, type HashOptions, type HashDesc, type HashStats } from './lib/hash/hash.js';
+
 // ---- packets (rte_ether.h, rte_ip.h, rte_udp.h) ----
 export {
   buildUdpFrame, checkUdpFrame, parseIpv4, ipv4Checksum, udpChecksum, ETH_HLEN, IPV4_HLEN, UDP_HLEN, ETHERTYPE_IPV4,

@@ -15,6 +15,7 @@ const BENCHES: Record<string, string> = {
   afxdp: 'l2fwd on af_xdp ports between two namespaces beside DPDK testpmd on af_xdp and tspmd on af_packet, AF_XDP generator (Mpps, ratios; root)',
   virtio: 'emulated virtio-net device generating -> virtio PMD receiving, two processes, beside DPDK vhost/virtio_user (Mpps, ratio)',
   'metrics-load': 'l2fwd on two net_null ports unloaded vs. with 2,000 TCP connections to --metrics-port and 100 telemetry clients (Mpps, ratio; slowest fresh answers)',
+  hash: 'hash table bulk lookups, 16-byte keys, table 75 % full, beside DPDK hash_perf_autotest\'s cell (without locks, primary or secondary, 8-byte data, no pre-computed hash, Lookup_bulk), rounds alternating (ns per lookup, ratio)',
   kick: 'virtio doorbell write: mapped store vs vfio-user REGION_WRITE fallback vs pwrite floor (ns per kick)',
   lpm: 'IPv4 LPM lookups (single, bulk 32, x4) on DPDK lpm_perf_autotest\'s table beside it, rounds alternating (M lookups/s, ratio per round, median); IPv6 beside lpm6_perf_autotest; build time and memory of 1,000,000 IPv4 prefixes',
 };
