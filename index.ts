@@ -60,6 +60,14 @@ export {
   IPPROTO_UDP, type UdpFrameSpec, type UdpFrameInfo,
 } from './lib/net/packet.js';
 export { formatMac, parseMac, isMulticastMac } from './lib/net/mac.js';
+export {
+  parseIpv4Prefix, formatIpv4, formatIpv4Prefix, maskIpv4, parseIpv6, parseIpv6Prefix, formatIpv6, formatIpv6Prefix, maskIpv6,
+  type Ipv4Prefix, type Ipv6Prefix,
+} from './lib/net/ipaddr.js';
+
+// ---- longest-prefix match (rte_lpm.h, rte_lpm6.h; readers' quiescent points as rte_rcu_qsbr.h) ----
+export { Lpm, LpmFullError, LPM_MAX_NEXT_HOP, LPM_MAX_TBL8S, LPM_MAX_RULES, type LpmOptions, type LpmDesc } from './lib/lpm/lpm.js';
+export { Lpm6, LPM6_MAX_NEXT_HOP, LPM6_MAX_TBL8S, LPM6_MAX_RULES, type Lpm6Options, type Lpm6Desc } from './lib/lpm/lpm6.js';
 
 // ---- live capture (rte_pdump.h): runApp calls pdumpInit; an app with its own Eal may call it ----
 export { pdumpInit } from './lib/pdump/pdump.js';

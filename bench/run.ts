@@ -18,6 +18,7 @@ const BENCHES: Record<string, string> = {
   hash: 'hash table bulk lookups, 16-byte keys, table 75 % full, beside DPDK hash_perf_autotest\'s cell (without locks, primary or secondary, 8-byte data, no pre-computed hash, Lookup_bulk), rounds alternating (ns per lookup, ratio)',
   l3fwd: 'tspmd l3fwd (LPM, one lcore) beside DPDK 22.11 l3fwd built from dpdk-doc with no RX offloads, net_pcap infinite RX of IPv4 to the default routes, rounds alternating (Mpps, median ratio)',
   kick: 'virtio doorbell write: mapped store vs vfio-user REGION_WRITE fallback vs pwrite floor (ns per kick)',
+  lpm: 'IPv4 LPM lookups (single, bulk 32, x4) on DPDK lpm_perf_autotest\'s table beside it, rounds alternating (M lookups/s, ratio per round, median); IPv6 beside lpm6_perf_autotest; build time and memory of 1,000,000 IPv4 prefixes',
 };
 
 /** What every benchmark module exports. */

@@ -125,7 +125,7 @@ function compare(lpm: Lpm, ref: Ref4, addrs: Uint32Array): { diffs: number; exam
   return { diffs, examples, expected };
 }
 
-t.test(`random routes against a Map per prefix length: 100,000 routes, lookups after adds, deletes and re-adds (seed ${SEED})`, async (t) => {
+t.test(`random routes against a Map per prefix length: 100,000 routes, 1,000,000 lookups after the adds, 500,000 after deletes and after re-adds (seed ${SEED})`, async (t) => {
   t.comment(`seed ${SEED}: TSPMD_LPM_SEED=${SEED} replays this run`);
   const rnd = prng(SEED);
   const lpm = Lpm.create('tsp_random', { maxRules: 200_000, numberTbl8s: 16_384 });
@@ -175,10 +175,11 @@ t.test(`random routes against a Map per prefix length: 100,000 routes, lookups a
   t.equal(lpm.rules, ref.size, 'rule count after the deletes');
   t.equal(lpm.tbl8sUsed, ref.groups(), 'groups of /24s without a prefix longer than 24 were freed');
   t.equal(lpm.tbl8sWaiting, 0, 'with no reader online a freed group is free at once');
+  addrs = addrs.subarray(0, 500_000);
   r = compare(lpm, ref, addrs);
-  t.equal(r.diffs, 0, `after the deletes: no difference in 1,000,000 lookups ${r.examples.join('; ')}`);
+  t.equal(r.diffs, 0, `after the deletes: no difference in 500,000 lookups ${r.examples.join('; ')}`);
   let fellBack = 0, toNone = 0;
-  for (let i = 0; i < addrs.length; i++) {
+  for (let i = 0; i < r.expected.length; i++) {
     if (before[i] !== r.expected[i]) r.expected[i] >= 0 ? fellBack++ : toNone++;
   }
   t.ok(fellBack > 10_000, `deletes fell back to shorter prefixes (${fellBack} of the addresses now answer a shorter rule, ${toNone} no route)`);
@@ -198,9 +199,9 @@ t.test(`random routes against a Map per prefix length: 100,000 routes, lookups a
   for (const [a, d] of rules.slice(doomed.length, doomed.length + 20_000)) if (lpm.delete(a, d) === ref.delete(a, d)) agree++;
   t.equal(agree, 20_000, 'the second round of deletes agrees with the reference');
   t.comment(`40,000 adds and 20,000 deletes in ${(performance.now() - t0).toFixed(0)} ms`);
-  addrs = probeAddresses(rnd, ref, 1_000_000);
+  addrs = probeAddresses(rnd, ref, 500_000);
   r = compare(lpm, ref, addrs);
-  t.equal(r.diffs, 0, `after re-adds and more deletes: no difference in 1,000,000 lookups ${r.examples.join('; ')}`);
+  t.equal(r.diffs, 0, `after re-adds and more deletes: no difference in 500,000 lookups ${r.examples.join('; ')}`);
   t.equal(lpm.tbl8sUsed, ref.groups(), 'groups still one per /24 with a long prefix');
 
   // isRulePresent and the rule list agree with the reference.
@@ -478,9 +479,8 @@ function writeFor(ms: number, rnd: () => number, toggle: (x: number) => void, st
 }
 
 /** Run the reader lcore against the writer for ms; the reader's result, the toggles, and how many two-answer probes showed both. */
-async function runConcurrent(online: boolean, ms: number, seed: number): Promise<{ r: CheckerResult; toggles: number; ms: number; both: number; twoWay: number; lpm: Lpm; ready: boolean }> {
-  const lcores = new Lcores([{ id: 0, cpu: 0 }, { id: 1, cpu: 1 }], 0);
-  try {
+async function runConcurrent(lcores: Lcores, online: boolean, ms: number, seed: number): Promise<{ r: CheckerResult; toggles: number; ms: number; both: number; twoWay: number; lpm: Lpm; ready: boolean }> {
+  {
     const { lpm, arg, toggle, state } = buildConcurrent(online);
     const running = lcores.launch<CheckerResult>(1, WORKERS, 'lpmChecker', arg);
     const ready = await until(new Int32Array(arg.ready), 30_000);
@@ -497,13 +497,19 @@ async function runConcurrent(online: boolean, ms: number, seed: number): Promise
       if (seen[i] === 3) both++;
     }
     return { r, toggles, ms: took, both, twoWay, lpm, ready };
-  } finally {
-    await lcores.close();
   }
 }
 
+/** One reader lcore (CPU 1) for the concurrent runs, the main thread writing on CPU 0: its worker starts once. */
+let readerLcores: Lcores | null = null;
+function lcoresOnce(): Lcores {
+  readerLcores ??= new Lcores([{ id: 0, cpu: 0 }, { id: 1, cpu: 1 }], 0);
+  return readerLcores;
+}
+t.teardown(() => readerLcores?.close());
+
 t.test('concurrent: a worker lcore looks up while the main thread adds and deletes; every answer is the old or the new next hop', async (t) => {
-  const { r, toggles, ms, both, twoWay, lpm, ready } = await runConcurrent(true, 3000, SEED ^ 0x5bd1e995);
+  const { r, toggles, ms, both, twoWay, lpm, ready } = await runConcurrent(lcoresOnce(), true, 3000, SEED ^ 0x5bd1e995);
   t.ok(ready, 'the reader came online');
   t.comment(`${toggles} adds/deletes in ${ms.toFixed(0)} ms by the writer; ${r.lookups} lookups (${r.bursts} bursts) by the reader; ${lpm.tbl8sUsed} groups in use at the end`);
   t.equal(r.violations, 0, `no answer other than the old or the new next hop ${JSON.stringify(r.examples)}`);
@@ -517,7 +523,7 @@ t.test('concurrent: a worker lcore looks up while the main thread adds and delet
 t.test('control: the same run with the reader not online (no QSBR) shows what the check catches (reported, not asserted)', async (t) => {
   // Without readerOnline the writer reuses a group at once; a reader that read the old link just
   // before may then read another block's hop. Runs of 2-3 s saw 3-16 such answers; a run may see none.
-  const { r, toggles } = await runConcurrent(false, 2000, SEED ^ 0x27d4eb2f);
+  const { r, toggles } = await runConcurrent(lcoresOnce(), false, 2000, SEED ^ 0x27d4eb2f);
   t.comment(`without QSBR: ${r.violations} wrong answers in ${r.lookups} lookups over ${toggles} adds/deletes ${JSON.stringify(r.examples.slice(0, 3))}`);
   t.pass(`control run done (${r.violations} wrong answers)`);
 });

@@ -99,13 +99,14 @@ class Ref6 {
    * under which a rule longer than b exists, and no other.
    */
   groups(): number {
-    const s = new Set<string>();
+    const per = Array.from({ length: 13 }, () => new Set<number | string>()); // per level, the b-bit prefixes
     for (let d = 25; d <= 128; d++) {
       for (const p of this.prefixes[d].values()) {
-        for (let b = 24; b < d; b += 8) s.add(`${b}:${Array.from(p.subarray(0, b / 8)).join('.')}`);
+        const lead = lead52(p, 0);
+        for (let b = 24; b < d; b += 8) per[(b - 24) >> 3].add(refKey(p, 0, b, lead));
       }
     }
-    return s.size;
+    return per.reduce((n, s) => n + s.size, 0);
   }
 }
 
@@ -132,9 +133,11 @@ function depthPicker(rnd: () => number): () => number {
 
 /** Copy p's first d bits into out and fill the rest with random bits. */
 function extend(rnd: () => number, p: Uint8Array, d: number, out: Uint8Array): void {
+  let r = 0;
   for (let i = 0; i < 16; i++) {
-    const keep = d - 8 * i, r = Math.floor(rnd() * 256);
-    out[i] = keep >= 8 ? p[i] : keep <= 0 ? r : (p[i] & (0xff << (8 - keep))) | (r & (0xff >> keep));
+    if ((i & 3) === 0) r = (rnd() * 4294967296) >>> 0; // four random bytes per draw
+    const keep = d - 8 * i, x = (r >>> (8 * (i & 3))) & 0xff;
+    out[i] = keep >= 8 ? p[i] : keep <= 0 ? x : (p[i] & (0xff << (8 - keep))) | (x & (0xff >> keep));
   }
 }
 
@@ -558,9 +561,8 @@ function writeFor(ms: number, rnd: () => number, toggle: (x: number) => number, 
   return n;
 }
 
-async function runConcurrent(online: boolean, ms: number, seed: number): Promise<{ r: CheckerResult; toggles: number; ms: number; both: number; twoWay: number; lpm: Lpm6; ready: boolean }> {
-  const lcores = new Lcores([{ id: 0, cpu: 0 }, { id: 1, cpu: 1 }], 0);
-  try {
+async function runConcurrent(lcores: Lcores, online: boolean, ms: number, seed: number): Promise<{ r: CheckerResult; toggles: number; ms: number; both: number; twoWay: number; lpm: Lpm6; ready: boolean }> {
+  {
     const { lpm, arg, toggle, state } = buildConcurrent(online);
     const running = lcores.launch<CheckerResult>(1, WORKERS, 'lpm6Checker', arg);
     const ready = await until(new Int32Array(arg.ready), 30_000);
@@ -577,13 +579,19 @@ async function runConcurrent(online: boolean, ms: number, seed: number): Promise
       if (seen[i] === 3) both++;
     }
     return { r, toggles, ms: took, both, twoWay, lpm, ready };
-  } finally {
-    await lcores.close();
   }
 }
 
+/** One reader lcore (CPU 1) for the concurrent runs, the main thread writing on CPU 0: its worker starts once. */
+let readerLcores: Lcores | null = null;
+function lcoresOnce(): Lcores {
+  readerLcores ??= new Lcores([{ id: 0, cpu: 0 }, { id: 1, cpu: 1 }], 0);
+  return readerLcores;
+}
+t.teardown(() => readerLcores?.close());
+
 t.test('concurrent: a worker lcore looks up while the main thread adds and deletes; every answer is the old or the new next hop', async (t) => {
-  const { r, toggles, ms, both, twoWay, lpm, ready } = await runConcurrent(true, 2000, SEED ^ 0x5bd1e995);
+  const { r, toggles, ms, both, twoWay, lpm, ready } = await runConcurrent(lcoresOnce(), true, 2000, SEED ^ 0x5bd1e995);
   t.ok(ready, 'the reader came online');
   t.comment(`${toggles} adds/deletes in ${ms.toFixed(0)} ms by the writer; ${r.lookups} lookups (${r.bursts} bursts) by the reader; ${lpm.tbl8sUsed} groups in use at the end`);
   t.equal(r.violations, 0, `no answer other than the old or the new next hop ${JSON.stringify(r.examples)}`);
