@@ -46,11 +46,6 @@ export {
 export { MbufView, macWords } from './lib/mempool/mbuf_view.js';
 export { Ring, ringBytes, type RingDesc, type RingFlags } from './lib/ring/ring.js';
 
-// ---- longest-prefix-match tables (rte_lpm.h, rte_lpm6.h) ----
-export { Lpm, LpmFullError, LPM_MAX_NEXT_HOP, type LpmOptions, type LpmDesc } from './lib/lpm/lpm.js';
-export { Lpm6, LPM6_MAX_NEXT_HOP, type Lpm6Options, type Lpm6Desc } from './lib/lpm/lpm6.js';
-export { parseIpv4Prefix, parseIpv6Prefix, parseIpv6, formatIpv4, formatIpv4Prefix, formatIpv6, formatIpv6Prefix, maskIpv4, maskIpv6, type Ipv4Prefix, type Ipv6Prefix } from './lib/net/ipaddr.js';
-
 // ---- exact-match tables (rte_hash.h) ----
 export { Hash, HashFullError, hashMurmur3, hashBytes, HASH_VALUE_MAX, type HashOptions, type HashDesc, type HashStats } from './lib/hash/hash.js';
 
