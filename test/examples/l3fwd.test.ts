@@ -16,7 +16,7 @@ import { existsSync, statSync } from 'node:fs';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { runCli, CHILD_ENV, removeRunDir, type CliResult } from '../cli.js';
-import { readLpmRules, readEmRules } from '../../examples/l3fwd/l3fwd.js';
+import { readLpmRules, readEmRules, ipv4Process, parseConfig } from '../../examples/l3fwd/l3fwd.js';
 import { assertForwarderNoAlloc, type ForwarderGcSummary } from '../alloc.js';
 
 const have = (cmd: string): boolean => {
@@ -319,6 +319,34 @@ async function connect(prefix: string, ms: number): Promise<Client> {
   await c.recv();
   return c;
 }
+
+t.test('ipv4Process: the incremental checksum equals a recomputed one; the checks per mode', async (t) => {
+  let seed = 12345;
+  const rnd = (): number => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) >>> 16) & 0xff;
+  let bad = 0;
+  for (let k = 0; k < 20_000; k++) {
+    const f = v4(`198.18.${rnd()}.${rnd()}`, k & 0xffff, { ttl: 2 + (k % 254), src: `${rnd()}.${rnd()}.${rnd()}.${rnd()}` });
+    const before = f[22];
+    if (ipv4Process(f, 14, f.length, true, true) !== -1) { bad++; continue; }
+    const want = f.slice();
+    fixV4Checksum(want);
+    if (f[22] !== before - 1 || f[24] !== want[24] || f[25] !== want[25]) bad++;
+  }
+  t.equal(bad, 0, '20,000 random headers, TTL 2-255: TTL - 1, checksum as recomputed');
+  const f = v4('198.18.0.1', 1, { ttl: 1 });
+  t.equal(ipv4Process(f.slice(), 14, f.length, true, false), -1, 'default: TTL 1 forwarded');
+  t.equal(ipv4Process(f.slice(), 14, f.length, true, true), 3, 'strict: TTL 1 is ttl_exceeded');
+  const g = v4('198.18.0.1', 1);
+  t.equal(ipv4Process(g.slice(), 14, g.length, false, true), 4, 'strict: no route');
+  g[16] = 0; g[17] = 19;
+  t.equal(ipv4Process(g.slice(), 14, g.length, true, false), 0, 'total length 19: bad_header in both modes (DPDK\'s check)');
+  g[16] = 0; g[17] = 200;
+  fixV4Checksum(g);
+  t.equal(ipv4Process(g.slice(), 14, g.length, true, false), -1, 'total length past the frame: forwarded by default');
+  t.equal(ipv4Process(g.slice(), 14, g.length, true, true), 1, 'and bad_length in strict');
+  t.same(parseConfig('(0,0,1), (1,0,2)'), [{ port: 0, queue: 0, lcore: 1 }, { port: 1, queue: 0, lcore: 2 }], '--config parses');
+  t.throws(() => parseConfig('(0,0)'), /expected \(port,queue,lcore\) triples/, '--config: a bad triple');
+});
 
 /** A SEQPACKET client of a telemetry socket (non-blocking, polled). */
 class Client {
