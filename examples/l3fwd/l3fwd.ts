@@ -168,7 +168,7 @@ export function defaultEmRules(v6: boolean): EmRule[] {
 /** Bytes of an EM key: IPv4 16 (proto, src, dst, ports as in the header from TTL on), IPv6 40 (proto, src, dst, ports). */
 export const EM_KEY4 = 16, EM_KEY6 = 40;
 
-/** The IPv4 EM key of a rule, laid out as emKey4 reads it from a header. */
+/** The EM key of a rule (IPv4 or IPv6), laid out as the lcore loop gathers it from a packet header. */
 export function emRuleKey(r: EmRule): Uint8Array {
   const k = new Uint8Array(r.v6 ? EM_KEY6 : EM_KEY4);
   if (!r.v6) {
