@@ -348,6 +348,19 @@ t.test('ipv4Process: the incremental checksum equals a recomputed one; the check
   t.throws(() => parseConfig('(0,0)'), /expected \(port,queue,lcore\) triples/, '--config: a bad triple');
 });
 
+t.test('several lcores and queues per port (net_null, two queues each, two lcores): every packet counted once', async (t) => {
+  const r = await tspmd(['l3fwd', '--no-huge', '--no-telemetry', '--file-prefix', `${tag}mq`, '-l', '0,1@1,2@1', '--vdev', 'net_null0', '--vdev', 'net_null1',
+    '--', '--config', '(0,0,1),(0,1,2),(1,0,1),(1,1,2)', '--strict', '--duration', '1', '--json']);
+  t.equal(r.code, 0, `exits 0 ${r.code ? r.stderr : ''}`);
+  t.match(r.stderr, /lcore 1: RX port 0 queue 0[\s\S]*lcore 2: RX port 0 queue 1/, 'queues spread as --config says');
+  const s = JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}') as { ports: Array<{ ipackets: number; opackets: number }>; dropped: Record<string, number>; mbufs_in_use_after_stop: number };
+  const rx = s.ports.reduce((a, p) => a + p.ipackets, 0);
+  t.ok(rx > 0, `${rx} packets received`);
+  t.equal(s.dropped.not_ip, rx, 'net_null\'s frames are not IP: --strict drops every one, counted once over both lcores');
+  t.equal(s.ports.reduce((a, p) => a + p.opackets, 0), 0, 'none sent');
+  t.equal(s.mbufs_in_use_after_stop, 0, 'every mbuf back');
+});
+
 /** A SEQPACKET client of a telemetry socket (non-blocking, polled). */
 class Client {
   readonly fd: number;
