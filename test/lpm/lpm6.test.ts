@@ -11,14 +11,12 @@ import t from 'tap';
 import { Lpm6 } from '../../lib/lpm/lpm6.js';
 import { LpmFullError } from '../../lib/lpm/lpm.js';
 import { parseIpv6, parseIpv6Prefix, formatIpv6, formatIpv6Prefix, maskIpv6 } from '../../lib/net/ipaddr.js';
-import { Lcores } from '../../src/lcore/lcores.js';
-import { siblingModule } from '../../src/lcore/module.js';
 import { prng } from '../prng.js';
 import { ALLOC_RULE, assertNoAlloc, measureInWorker } from '../alloc.js';
-import type { CheckerArg, CheckerResult, BulkOpArg } from './lpm-workers.js';
+import type { CheckerArg, BulkOpArg } from './lpm-workers.js';
+import { WORKERS, checkConcurrent, closeLcores, lcoresOnce, runConcurrent, type ConcurrentRun } from './concurrent.js';
 
 const SEED = process.env.TSPMD_LPM_SEED !== undefined ? Number(process.env.TSPMD_LPM_SEED) >>> 0 : (Date.now() ^ (process.pid << 16)) >>> 0;
-const WORKERS = siblingModule(import.meta.url, 'lpm-workers');
 const v6 = parseIpv6;
 const MAX_HOP = 0xffffff;
 
@@ -452,13 +450,6 @@ t.test('QSBR: unlinked groups (several levels at once) are reused only after eve
   t.equal(lpm.tbl8sWaiting, 0, 'no reader online: free at once');
 });
 
-/** Resolves once the shared flag is 1, polling the event loop. */
-async function until(flag: Int32Array, ms: number): Promise<boolean> {
-  const end = performance.now() + ms;
-  while (Atomics.load(flag, 0) === 0 && performance.now() < end) await new Promise((r) => setTimeout(r, 2));
-  return Atomics.load(flag, 0) === 1;
-}
-
 /**
  * The concurrent run: blocks 2001:db8:x::/48 (x = 0..63) of four kinds, each toggled by the
  * writer, so that every probe has exactly two legal answers at any time (2001:db8::/32 covers all):
@@ -561,45 +552,15 @@ function writeFor(ms: number, rnd: () => number, toggle: (x: number) => number, 
   return n;
 }
 
-async function runConcurrent(lcores: Lcores, online: boolean, ms: number, seed: number): Promise<{ r: CheckerResult; toggles: number; ms: number; both: number; twoWay: number; lpm: Lpm6; ready: boolean }> {
-  {
-    const { lpm, arg, toggle, state } = buildConcurrent(online);
-    const running = lcores.launch<CheckerResult>(1, WORKERS, 'lpm6Checker', arg);
-    const ready = await until(new Int32Array(arg.ready), 30_000);
-    const t0 = performance.now();
-    const toggles = ready ? writeFor(ms, prng(seed), toggle, state) : 0;
-    const took = performance.now() - t0;
-    lcores.requestStop();
-    const r = await running;
-    const seen = new Uint8Array(arg.seen), a = new Int32Array(arg.legalA), b = new Int32Array(arg.legalB);
-    let both = 0, twoWay = 0;
-    for (let i = 0; i < arg.n; i++) {
-      if (a[i] === b[i]) continue;
-      twoWay++;
-      if (seen[i] === 3) both++;
-    }
-    return { r, toggles, ms: took, both, twoWay, lpm, ready };
-  }
+/** Run the reader lcore against the writer for ms (concurrent.ts), on a new table. */
+function run(online: boolean, ms: number, seed: number): Promise<ConcurrentRun<Lpm6>> {
+  const { lpm, arg, toggle, state } = buildConcurrent(online);
+  return runConcurrent(lcoresOnce(), 'lpm6Checker', lpm, arg, ms, seed, (ms, rnd) => writeFor(ms, rnd, toggle, state));
 }
-
-/** One reader lcore (CPU 1) for the concurrent runs, the main thread writing on CPU 0: its worker starts once. */
-let readerLcores: Lcores | null = null;
-function lcoresOnce(): Lcores {
-  readerLcores ??= new Lcores([{ id: 0, cpu: 0 }, { id: 1, cpu: 1 }], 0);
-  return readerLcores;
-}
-t.teardown(() => readerLcores?.close());
+t.teardown(closeLcores);
 
 t.test('concurrent: a worker lcore looks up while the main thread adds and deletes; every answer is the old or the new next hop', async (t) => {
-  const { r, toggles, ms, both, twoWay, lpm, ready } = await runConcurrent(lcoresOnce(), true, 2000, SEED ^ 0x5bd1e995);
-  t.ok(ready, 'the reader came online');
-  t.comment(`${toggles} adds/deletes in ${ms.toFixed(0)} ms by the writer; ${r.lookups} lookups (${r.bursts} bursts) by the reader; ${lpm.tbl8sUsed} groups in use at the end`);
-  t.equal(r.violations, 0, `no answer other than the old or the new next hop ${JSON.stringify(r.examples)}`);
-  t.ok(r.lookups > 100_000, `the reader looked up throughout (${r.lookups} lookups)`);
-  t.ok(toggles > 10_000, `the writer changed routes throughout (${toggles})`);
-  t.ok(both > twoWay / 2, `the reader saw both answers at ${both} of the ${twoWay} probes that have two`);
-  lpm.reclaim();
-  t.equal(lpm.tbl8sWaiting, 0, 'the reader went offline: nothing waits');
+  checkConcurrent(t, await run(true, 2000, SEED ^ 0x5bd1e995));
 });
 
 t.test('lookupBulk and lookup allocate nothing (a burst of 32 per operation, in a worker)', async (t) => {
