@@ -12,6 +12,7 @@ import { parseIpv4, parseIpv4Prefix, formatIpv4, formatIpv4Prefix, maskIpv4 } fr
 import { prng } from '../prng.js';
 import { ALLOC_RULE, assertNoAlloc, measureInWorker } from '../alloc.js';
 import type { CheckerArg, BulkOpArg } from './lpm-workers.js';
+import { addAndCompare, deleteAndReAdd, type RandomKit } from './random.js';
 import { WORKERS, checkConcurrent, closeLcores, lcoresOnce, runConcurrent, type ConcurrentRun } from './concurrent.js';
 
 const SEED = process.env.TSPMD_LPM_SEED !== undefined ? Number(process.env.TSPMD_LPM_SEED) >>> 0 : (Date.now() ^ (process.pid << 16)) >>> 0;
@@ -130,76 +131,13 @@ t.test(`random routes against a Map per prefix length: 100,000 routes, 1,000,000
   const ref = new Ref4();
   const routes = randomRoutes(rnd, 100_000);
   routes.push([0, 0, 77], [ip('10.0.0.0'), 8, 78], [ip('10.1.0.0'), 16, 79], [ip('10.1.2.0'), 24, 80], [ip('10.1.2.0'), 25, 81], [ip('10.1.2.0'), 32, 82]);
-  let t0 = performance.now();
-  for (const [a, d, h] of routes) {
-    lpm.add(a, d, h);
-    ref.add(a, d, h);
-  }
-  // next-hop updates of existing rules
-  for (let i = 0; i < 2000; i++) {
-    const [a, d] = routes[Math.floor(rnd() * routes.length)];
-    const h = Math.floor(rnd() * (LPM_MAX_NEXT_HOP + 1));
-    lpm.add(a, d, h);
-    ref.add(a, d, h);
-  }
-  t.comment(`${routes.length} adds and 2000 updates in ${(performance.now() - t0).toFixed(0)} ms; ${ref.size} distinct rules, ${lpm.tbl8sUsed} tbl8 groups`);
-  t.equal(lpm.rules, ref.size, 'rule count as the reference (duplicates updated, not added twice)');
-  t.equal(lpm.tbl8sUsed, ref.groups(), 'one tbl8 group per /24 holding a prefix longer than 24');
-  let addrs = probeAddresses(rnd, ref, 1_000_000);
-  t0 = performance.now();
-  let r = compare(lpm, ref, addrs);
-  t.comment(`1,000,000 lookups (single, bulk, bulk into u32) compared in ${(performance.now() - t0).toFixed(0)} ms`);
-  t.equal(r.diffs, 0, `after the adds: no difference in 1,000,000 lookups ${r.examples.join('; ')}`);
-  const before = r.expected;
-
-  // Delete 40 % of the rules (the default route among them), in random order.
-  const rules = ref.rules();
-  for (let i = rules.length - 1; i > 0; i--) {
-    const j = Math.floor(rnd() * (i + 1));
-    [rules[i], rules[j]] = [rules[j], rules[i]];
-  }
-  const doomed = rules.slice(0, Math.floor(rules.length * 0.4));
-  doomed.push([0, 0]);
-  let ok = 0, missing = 0;
-  t0 = performance.now();
-  for (const [a, d] of doomed) {
-    const want = ref.delete(a, d);
-    const got = lpm.delete(a, d);
-    if (got === want) ok++;
-    if (!want) missing++;
-  }
-  t.equal(ok, doomed.length, `delete returns whether the rule was there (${doomed.length} deletes, ${missing} of a rule already gone)`);
-  t.comment(`${doomed.length} deletes in ${(performance.now() - t0).toFixed(0)} ms; ${lpm.tbl8sUsed} groups left`);
-  t.equal(lpm.rules, ref.size, 'rule count after the deletes');
-  t.equal(lpm.tbl8sUsed, ref.groups(), 'groups of /24s without a prefix longer than 24 were freed');
-  t.equal(lpm.tbl8sWaiting, 0, 'with no reader online a freed group is free at once');
-  addrs = addrs.subarray(0, 500_000);
-  r = compare(lpm, ref, addrs);
-  t.equal(r.diffs, 0, `after the deletes: no difference in 500,000 lookups ${r.examples.join('; ')}`);
-  let fellBack = 0, toNone = 0;
-  for (let i = 0; i < r.expected.length; i++) {
-    if (before[i] !== r.expected[i]) r.expected[i] >= 0 ? fellBack++ : toNone++;
-  }
-  t.ok(fellBack > 10_000, `deletes fell back to shorter prefixes (${fellBack} of the addresses now answer a shorter rule, ${toNone} no route)`);
-
-  // Re-add some, add new ones, delete more.
-  t0 = performance.now();
-  for (const [a, d] of doomed.slice(0, 20_000)) {
-    const h = Math.floor(rnd() * (LPM_MAX_NEXT_HOP + 1));
-    lpm.add(a, d, h);
-    ref.add(a, d, h);
-  }
-  for (const [a, d, h] of randomRoutes(rnd, 20_000)) {
-    lpm.add(a, d, h);
-    ref.add(a, d, h);
-  }
-  let agree = 0;
-  for (const [a, d] of rules.slice(doomed.length, doomed.length + 20_000)) if (lpm.delete(a, d) === ref.delete(a, d)) agree++;
-  t.equal(agree, 20_000, 'the second round of deletes agrees with the reference');
-  t.comment(`40,000 adds and 20,000 deletes in ${(performance.now() - t0).toFixed(0)} ms`);
-  addrs = probeAddresses(rnd, ref, 500_000);
-  r = compare(lpm, ref, addrs);
-  t.equal(r.diffs, 0, `after re-adds and more deletes: no difference in 500,000 lookups ${r.examples.join('; ')}`);
+  const k: RandomKit<number, Uint32Array> = {
+    lpm, ref, rnd, maxHop: LPM_MAX_NEXT_HOP, any: 0,
+    randomRoutes: (n) => randomRoutes(rnd, n), probes: (n) => probeAddresses(rnd, ref, n), head: (p, n) => p.subarray(0, n),
+    compare: (p) => compare(lpm, ref, p), groupsFreed: 'groups of /24s without a prefix longer than 24 were freed', fellBackOf: 'of the addresses',
+  };
+  const added = addAndCompare(t, k, routes, 'rule count as the reference (duplicates updated, not added twice)', 'one tbl8 group per /24 holding a prefix longer than 24');
+  const { addrs } = deleteAndReAdd(t, k, added.addrs, added.before);
   t.equal(lpm.tbl8sUsed, ref.groups(), 'groups still one per /24 with a long prefix');
 
   // isRulePresent and the rule list agree with the reference.
