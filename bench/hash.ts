@@ -20,10 +20,10 @@
  */
 import { spawnSync } from 'node:child_process';
 import { accessSync, constants, rmSync } from 'node:fs';
-import { loadavg } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { Hash, Lcores, siblingModule } from '../index.js';
 import { ensureDpdkTest, median, tscMhz } from './dpdk.js';
+import { loadAvg, roundsOptions } from './options.js';
 import type { HashBenchArg, HashBenchResult } from './hash-lcore.js';
 
 const LCORE = siblingModule(import.meta.url, 'hash-lcore');
@@ -118,11 +118,6 @@ export function runHashPerf(): { cycles: number; command: string; seconds: numbe
   return { cycles: row.lookupBulk, command, seconds };
 }
 
-/** The three load averages now, to two decimals. */
-function loadAvg(): number[] {
-  return loadavg().map((x) => Number(x.toFixed(2)));
-}
-
 /** DPDK's get_input_keys: key i is the little-endian counter i in KEY_LEN bytes. */
 function dpdkKeys(n: number): Uint8Array {
   const keys = new Uint8Array(n * KEY_LEN);
@@ -137,18 +132,9 @@ function dpdkKeys(n: number): Uint8Array {
 
 /** The hash figures (see bench/run.ts for the contract). */
 export async function run(args: string[]): Promise<Record<string, number | string | number[]>> {
-  if (args.includes('--help') || args.includes('-h')) {
-    console.log(HELP);
-    return {};
-  }
-  const known = new Set(['--quick', '--rounds', '--no-dpdk']);
-  const bad = args.find((a, i) => !known.has(a) && args[i - 1] !== '--rounds');
-  if (bad !== undefined) throw new Error(`hash benchmark: unknown option "${bad}"\n${HELP}`);
-  const quick = args.includes('--quick');
-  const ri = args.indexOf('--rounds');
-  const rounds = ri >= 0 ? Number(args[ri + 1]) : quick ? 1 : 3;
-  if (!Number.isInteger(rounds) || rounds < 1 || rounds > 20) throw new Error(`--rounds takes a whole number from 1 to 20, not "${args[ri + 1]}"`);
-  const withDpdk = !args.includes('--no-dpdk');
+  const o = roundsOptions('hash', args, HELP, { rounds: 3, quickRounds: 1, maxRounds: 20 });
+  if (!o) return {};
+  const { quick, rounds, withDpdk } = o;
   const tsc = withDpdk ? tscMhz() : null;
   const loadStart = loadAvg();
   console.log(`load averages at the start: ${loadStart.join(' ')}`);

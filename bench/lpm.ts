@@ -20,26 +20,15 @@
  * (CPU 1) without hugepages, under its own --file-prefix.
  */
 import { spawnSync } from 'node:child_process';
-import { loadavg } from 'node:os';
 import { rmSync, accessSync, constants } from 'node:fs';
 import { join } from 'node:path';
 import { Lpm, Lpm6, LpmFullError, Lcores, siblingModule, maskIpv6 } from '../index.js';
 import { ensureDpdkTest, median, tscMhz } from './dpdk.js';
+import { loadAvg } from './options.js';
+import { prng } from './prng.js';
 import type { LpmPerfArg, LpmPerfResult, Lpm6PerfArg, Lpm6PerfResult } from './lpm-lcores.js';
 
 const LCORES = siblingModule(import.meta.url, 'lpm-lcores');
-
-/** mulberry32: the seeded generator of routes and addresses, so a run's table can be made again from its printed seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const HELP = `usage: npm run bench -- lpm [--json] [--quick] [--rounds N] [--no-dpdk] [--no-ipv6] [--seed N]
 
@@ -175,10 +164,6 @@ function runAutotest(test: 'lpm_perf_autotest' | 'lpm6_perf_autotest'): Autotest
     added: num(/Unique added entries = (\d+)/, 'Unique added entries'),
     command, log,
   };
-}
-
-function loadAvg(): number[] {
-  return loadavg().map((x) => Number(x.toFixed(2)));
 }
 
 const r3 = (x: number): number => Number(x.toFixed(3));

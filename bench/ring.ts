@@ -12,9 +12,9 @@
  *  - enqueue+dequeue in one thread, bursts of 1, 8 and 32, ns per entry.
  */
 import Benchmark from 'benchmark';
-import { loadavg } from 'node:os';
 import { Ring, Lcores, siblingModule } from '../index.js';
 import { ringBulkConsumer, ringBulkProducer, ringConsumer, ringProducer, type RingBulkArg, type RingPipeArg, type RingPipeResult } from './ring-lcores.js';
+import { loadAvg, roundsOptions } from './options.js';
 import { median, runRingPerf, tscMhz } from './dpdk.js';
 
 const PIPE = siblingModule(import.meta.url, 'ring-lcores');
@@ -55,11 +55,6 @@ const HELP = `usage: npm run bench -- ring [--json] [--quick] [--rounds N] [--no
 
 Every figure is taken with the load averages it ran under (uptime): two spinning workers on a
 2-vCPU machine measure the other jobs as much as the ring when the load is above about 1.`;
-
-/** The three load averages now, to two decimals. */
-function loadAvg(): number[] {
-  return loadavg().map((x) => Number(x.toFixed(2)));
-}
 
 /** One round beside DPDK: its figures. */
 interface Round {
@@ -107,18 +102,9 @@ async function besideDpdk(lcores: Lcores, total: number, rounds: number, tscHz: 
 
 /** The ring figures (see bench/run.ts for the contract). */
 export async function run(args: string[]): Promise<Record<string, number | string | number[]>> {
-  if (args.includes('--help') || args.includes('-h')) {
-    console.log(HELP);
-    return {};
-  }
-  const known = new Set(['--quick', '--rounds', '--no-dpdk']);
-  const bad = args.find((a, i) => !known.has(a) && args[i - 1] !== '--rounds');
-  if (bad !== undefined) throw new Error(`ring benchmark: unknown option "${bad}"\n${HELP}`);
-  const quick = args.includes('--quick');
-  const ri = args.indexOf('--rounds');
-  const rounds = ri >= 0 ? Number(args[ri + 1]) : quick ? 2 : 5;
-  if (!Number.isInteger(rounds) || rounds < 1 || rounds > 50) throw new Error(`--rounds takes a whole number from 1 to 50, not "${args[ri + 1]}"`);
-  const withDpdk = !args.includes('--no-dpdk');
+  const o = roundsOptions('ring', args, HELP, { rounds: 5, quickRounds: 2, maxRounds: 50 });
+  if (!o) return {};
+  const { quick, rounds, withDpdk } = o;
   const tsc = withDpdk ? tscMhz() : null;
   const loadStart = loadAvg();
   console.log(`load averages at the start: ${loadStart.join(' ')}`);

@@ -1,11 +1,2 @@
-/** mulberry32: a small seeded PRNG for the fuzzers, so a failure can be replayed from its printed seed. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
+// One generator for the fuzzers and the benchmarks: bench/ may not import test/, so it lives there.
+export { prng } from '../bench/prng.js';

@@ -33,12 +33,11 @@
  * Readers call readerOnline(id) before their first lookup, readerQuiescent(id) between bursts and
  * readerOffline(id) when they stop; with no reader online, an unlinked group is free at once.
  */
-import { QsbrGroups, QsbrReaders, qsbrBytes } from './qsbr.js';
-import { MAX_LCORE } from '../../src/lcore/id.js';
+import { LpmTable, TBL24_ENTRIES, checkAttach, checkInt as checkIntOf, createTables } from './table.js';
+import type { LpmKind, LpmWriterBase } from './table.js';
 import { formatIpv4Prefix, maskIpv4 } from '../net/ipaddr.js';
 
-const MAGIC = 0x6c706d34; // "lpm4"
-const TBL24_ENTRIES = 1 << 24;
+const KIND: LpmKind = { tag: 'lpm', cls: 'Lpm', label: 'LPM', magic: 0x6c706d34 /* "lpm4" */ };
 /** Largest next hop: 24 bits, as rte_lpm. */
 export const LPM_MAX_NEXT_HOP = 0xffffff;
 /** Most tbl8 groups a table may have: a group's first entry, g << 8, must stay a 31-bit integer. */
@@ -85,8 +84,8 @@ export class LpmFullError extends Error {
 }
 
 /** Check a whole number in [min, max]; throws RangeError naming what and the table. */
-function checkInt(what: string, v: number, min: number, max: number, table: string, hint = ''): void {
-  if (!Number.isInteger(v) || v < min || v > max) throw new RangeError(`lpm "${table}": ${what} ${v} must be a whole number from ${min} to ${max}${hint}`);
+function checkInt(what: string, v: number, min: number, max: number, table: string): void {
+  checkIntOf('lpm', what, v, min, max, table);
 }
 
 /**
@@ -211,36 +210,14 @@ class Rules4 {
 }
 
 /** The writer's own state: present only on the table Lpm.create returned. */
-interface Writer {
+interface Writer extends LpmWriterBase<[number, number, number]> {
   rules: Rules4;
-  groups: QsbrGroups;
-  maxRules: number;
 }
 
 /** An IPv4 LPM table (struct rte_lpm): one writer (the creating thread), lock-free readers on any lcore. */
-export class Lpm {
-  // Fields are `declare`d and assigned in the constructor, so V8 keeps them untagged in the lookup
-  // loops (docs/performance.md).
-  declare readonly name: string;
-  /** where it lives, for Lpm.attach in other threads */
-  declare readonly desc: LpmDesc;
-  /** tbl8 groups (rte_lpm_config.number_tbl8s) */
-  declare readonly numberTbl8s: number;
-  private declare readonly tbl24: Int32Array;
-  private declare readonly tbl8: Int32Array;
-  private declare readonly readers: QsbrReaders;
-  private declare readonly w: Writer | null;
-
+export class Lpm extends LpmTable<Writer, [number, number, number], LpmDesc> {
   private constructor(desc: LpmDesc, writer: Writer | null) {
-    const sab = desc.memory;
-    const q = qsbrBytes(desc.maxReaders);
-    this.name = desc.name;
-    this.desc = desc;
-    this.numberTbl8s = desc.numberTbl8s;
-    this.readers = new QsbrReaders(new Int32Array(sab, 0, q / 4), desc.maxReaders, `lpm "${desc.name}"`);
-    this.tbl24 = new Int32Array(sab, q, TBL24_ENTRIES);
-    this.tbl8 = new Int32Array(sab, q + TBL24_ENTRIES * 4, desc.numberTbl8s * 256);
-    this.w = writer;
+    super(KIND, desc, writer);
   }
 
   /**
@@ -248,38 +225,14 @@ export class Lpm {
    * tbl8 group, zeroed (no routes). The calling thread is the table's writer.
    */
   static create(name: string, opts: LpmOptions): Lpm {
-    checkInt('maxRules', opts.maxRules, 1, LPM_MAX_RULES, name);
-    checkInt('numberTbl8s', opts.numberTbl8s, 0, LPM_MAX_TBL8S, name);
-    const maxReaders = opts.maxReaders ?? MAX_LCORE;
-    checkInt('maxReaders', maxReaders, 1, 4096, name);
-    const waitMs = opts.reclaimWaitMs ?? 1000;
-    if (!(waitMs >= 0)) throw new RangeError(`lpm "${name}": reclaimWaitMs ${waitMs} must be a number of milliseconds >= 0`);
-    const q = qsbrBytes(maxReaders);
-    const bytes = q + TBL24_ENTRIES * 4 + opts.numberTbl8s * 1024;
-    let sab: SharedArrayBuffer;
-    try {
-      sab = new SharedArrayBuffer(bytes);
-    } catch (e) {
-      throw new RangeError(`lpm "${name}": cannot allocate ${(bytes / 2 ** 20).toFixed(0)} MiB for the tables (${(e as Error).message}); lower numberTbl8s (${opts.numberTbl8s} groups of 1 KiB)`);
-    }
-    const words = new Int32Array(sab, 0, q / 4);
-    words[0] = MAGIC;
-    const groups = new QsbrGroups(opts.numberTbl8s, words, maxReaders, waitMs);
-    return new Lpm({ name, memory: sab, numberTbl8s: opts.numberTbl8s, maxReaders }, { rules: new Rules4(), groups, maxRules: opts.maxRules });
+    const { desc, groups } = createTables(KIND, name, opts, LPM_MAX_RULES, LPM_MAX_TBL8S);
+    return new Lpm(desc, { rules: new Rules4(), groups, maxRules: opts.maxRules });
   }
 
   /** Rebuild a table from its descriptor in this thread, for lookups only (rte_lpm_find_existing in a secondary). */
   static attach(desc: LpmDesc): Lpm {
-    if (!(desc.memory instanceof SharedArrayBuffer) || desc.memory.byteLength !== qsbrBytes(desc.maxReaders) + TBL24_ENTRIES * 4 + desc.numberTbl8s * 1024) {
-      throw new Error(`lpm "${desc.name}": the descriptor does not describe an LPM table (pass lpm.desc as it is)`);
-    }
-    if (Atomics.load(new Int32Array(desc.memory, 0, 1), 0) !== MAGIC) throw new Error(`lpm "${desc.name}": no LPM table in this memory (bad magic)`);
+    checkAttach(KIND, desc);
     return new Lpm(desc, null);
-  }
-
-  private writer(op: string): Writer {
-    if (!this.w) throw new Error(`lpm "${this.name}": ${op} on a table attached read-only (Lpm.attach); routes change on the thread that created it`);
-    return this.w;
   }
 
   private checkIp(ip: number): void {
@@ -490,51 +443,8 @@ export class Lpm {
     }
   }
 
-  /** Start reading as reader id (0..maxReaders-1, e.g. the lcore id): rte_rcu_qsbr_thread_register + rte_rcu_qsbr_thread_online. */
-  readerOnline(id: number): void {
-    this.readers.online(id);
-  }
-
-  /** A quiescent point of reader id, between bursts (rte_rcu_qsbr_quiescent). Allocates nothing. */
-  readerQuiescent(id: number): void {
-    this.readers.quiescent(id);
-  }
-
-  /** Reader id stops reading (rte_rcu_qsbr_thread_offline); any thread may call it for a reader that stopped. */
-  readerOffline(id: number): void {
-    this.readers.offline(id);
-  }
-
-  /**
-   * Hand back the unlinked groups every online reader has passed (rte_rcu_qsbr_dq_reclaim);
-   * add() and delete() do it themselves. Returns how many became free.
-   */
-  reclaim(): number {
-    return this.writer('reclaim').groups.reclaim();
-  }
-
-  /** Rules in the table (writer only). */
-  get rules(): number {
-    return this.writer('rules').rules.count;
-  }
-
-  /** tbl8 groups linked or waiting for readers (writer only). */
-  get tbl8sUsed(): number {
-    return this.writer('tbl8sUsed').groups.used;
-  }
-
-  /** tbl8 groups unlinked and waiting for readers to pass a quiescent point (writer only). */
-  get tbl8sWaiting(): number {
-    return this.writer('tbl8sWaiting').groups.waiting;
-  }
-
-  /** Bytes of memory: the shared tables, and on the writer its rules table. */
-  get memoryBytes(): number {
-    return this.desc.memory.byteLength + (this.w ? this.w.rules.bytes + this.numberTbl8s * 12 : 0);
-  }
-
-  /** Every rule as [ip, depth, nextHop] (writer only; for dumps and tests). */
-  ruleList(): Array<[number, number, number]> {
-    return [...this.writer('ruleList').rules.entries()];
+  /** The writer's rules table and its group lists. */
+  protected writerBytes(w: Writer): number {
+    return w.rules.bytes + this.numberTbl8s * 12;
   }
 }

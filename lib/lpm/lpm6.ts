@@ -23,13 +23,12 @@
  *    Atomics.store that links it, and an unlinked group is reused only after every online reader
  *    passed a quiescent point (QSBR). DPDK's lpm6 has no RCU support.
  */
-import { QsbrGroups, QsbrReaders, qsbrBytes } from './qsbr.js';
 import { LpmFullError } from './lpm.js';
-import { MAX_LCORE } from '../../src/lcore/id.js';
+import { LpmTable, TBL24_ENTRIES, checkAttach, checkInt as checkIntOf, createTables } from './table.js';
+import type { LpmKind, LpmWriterBase } from './table.js';
 import { formatIpv6Prefix } from '../net/ipaddr.js';
 
-const MAGIC = 0x6c706d36; // "lpm6"
-const TBL24_ENTRIES = 1 << 24;
+const KIND: LpmKind = { tag: 'lpm6', cls: 'Lpm6', label: 'LPM6', magic: 0x6c706d36 /* "lpm6" */ };
 /** Largest next hop: 24 bits. */
 export const LPM6_MAX_NEXT_HOP = 0xffffff;
 /** Most tbl8 groups (as DPDK's RTE_LPM6_TBL8_MAX_NUM_GROUPS): 2 GiB of groups. */
@@ -60,7 +59,7 @@ export interface Lpm6Desc {
 }
 
 function checkInt(what: string, v: number, min: number, max: number, table: string): void {
-  if (!Number.isInteger(v) || v < min || v > max) throw new RangeError(`lpm6 "${table}": ${what} ${v} must be a whole number from ${min} to ${max}`);
+  checkIntOf('lpm6', what, v, min, max, table);
 }
 
 /** The 16 address bytes as four big-endian int32 words, masked to depth, into out[0..4). */
@@ -197,10 +196,8 @@ class Rules6 {
 }
 
 /** The writer's own state: present only on the table Lpm6.create returned. */
-interface Writer6 {
+interface Writer6 extends LpmWriterBase<[Uint8Array, number, number]> {
   rules: Rules6;
-  groups: QsbrGroups;
-  maxRules: number;
   /** depth of the rule each entry comes from (0 for invalid entries and links) */
   depth24: Uint8Array;
   depth8: Uint8Array;
@@ -217,67 +214,28 @@ interface Writer6 {
 }
 
 /** An IPv6 LPM table (struct rte_lpm6): one writer (the creating thread), lock-free readers on any lcore. */
-export class Lpm6 {
-  declare readonly name: string;
-  /** where it lives, for Lpm6.attach in other threads */
-  declare readonly desc: Lpm6Desc;
-  /** tbl8 groups (rte_lpm6_config.number_tbl8s) */
-  declare readonly numberTbl8s: number;
-  private declare readonly tbl24: Int32Array;
-  private declare readonly tbl8: Int32Array;
-  private declare readonly readers: QsbrReaders;
-  private declare readonly w: Writer6 | null;
-
+export class Lpm6 extends LpmTable<Writer6, [Uint8Array, number, number], Lpm6Desc> {
   private constructor(desc: Lpm6Desc, writer: Writer6 | null) {
-    const q = qsbrBytes(desc.maxReaders);
-    this.name = desc.name;
-    this.desc = desc;
-    this.numberTbl8s = desc.numberTbl8s;
-    this.readers = new QsbrReaders(new Int32Array(desc.memory, 0, q / 4), desc.maxReaders, `lpm6 "${desc.name}"`);
-    this.tbl24 = new Int32Array(desc.memory, q, TBL24_ENTRIES);
-    this.tbl8 = new Int32Array(desc.memory, q + TBL24_ENTRIES * 4, desc.numberTbl8s * 256);
-    this.w = writer;
+    super(KIND, desc, writer);
   }
 
   /** Create a table in a new SharedArrayBuffer (rte_lpm6_create): 64 MiB of tbl24 plus 1 KiB per group. The calling thread is its writer. */
   static create(name: string, opts: Lpm6Options): Lpm6 {
-    checkInt('maxRules', opts.maxRules, 1, LPM6_MAX_RULES, name);
-    checkInt('numberTbl8s', opts.numberTbl8s, 0, LPM6_MAX_TBL8S, name);
-    const maxReaders = opts.maxReaders ?? MAX_LCORE;
-    checkInt('maxReaders', maxReaders, 1, 4096, name);
-    const waitMs = opts.reclaimWaitMs ?? 1000;
-    if (!(waitMs >= 0)) throw new RangeError(`lpm6 "${name}": reclaimWaitMs ${waitMs} must be a number of milliseconds >= 0`);
-    const q = qsbrBytes(maxReaders), n = opts.numberTbl8s;
-    const bytes = q + TBL24_ENTRIES * 4 + n * 1024;
-    let sab: SharedArrayBuffer;
-    try {
-      sab = new SharedArrayBuffer(bytes);
-    } catch (e) {
-      throw new RangeError(`lpm6 "${name}": cannot allocate ${(bytes / 2 ** 20).toFixed(0)} MiB for the tables (${(e as Error).message}); lower numberTbl8s (${n} groups of 1 KiB)`);
-    }
-    const words = new Int32Array(sab, 0, q / 4);
-    words[0] = MAGIC;
+    const { desc, groups } = createTables(KIND, name, opts, LPM6_MAX_RULES, LPM6_MAX_TBL8S);
+    const n = desc.numberTbl8s;
     const w: Writer6 = {
-      rules: new Rules6(), groups: new QsbrGroups(n, words, maxReaders, waitMs), maxRules: opts.maxRules,
+      rules: new Rules6(), groups, maxRules: opts.maxRules,
       depth24: new Uint8Array(TBL24_ENTRIES), depth8: new Uint8Array(n * 256),
       owner: new Int32Array(n), base: new Uint8Array(n), live: new Uint8Array(n),
       m: new Uint8Array(16), k: new Int32Array(4), k2: new Int32Array(4),
     };
-    return new Lpm6({ name, memory: sab, numberTbl8s: n, maxReaders }, w);
+    return new Lpm6(desc, w);
   }
 
   /** Rebuild a table from its descriptor in this thread, for lookups only. */
   static attach(desc: Lpm6Desc): Lpm6 {
-    if (!(desc.memory instanceof SharedArrayBuffer) || desc.memory.byteLength !== qsbrBytes(desc.maxReaders) + TBL24_ENTRIES * 4 + desc.numberTbl8s * 1024) {
-      throw new Error(`lpm6 "${desc.name}": the descriptor does not describe an LPM6 table (pass lpm.desc as it is)`);
-    }
-    if (Atomics.load(new Int32Array(desc.memory, 0, 1), 0) !== MAGIC) throw new Error(`lpm6 "${desc.name}": no LPM6 table in this memory (bad magic)`);
+    checkAttach(KIND, desc);
     return new Lpm6(desc, null);
-  }
-
-  private writer(op: string): Writer6 {
-    if (!this.w) throw new Error(`lpm6 "${this.name}": ${op} on a table attached read-only (Lpm6.attach); routes change on the thread that created it`);
-    return this.w;
   }
 
   /** Check the arguments, mask the address into w.m and its words into w.k. */
@@ -569,49 +527,8 @@ export class Lpm6 {
     }
   }
 
-  /** Start reading as reader id (0..maxReaders-1, e.g. the lcore id): rte_rcu_qsbr_thread_register + rte_rcu_qsbr_thread_online. */
-  readerOnline(id: number): void {
-    this.readers.online(id);
-  }
-
-  /** A quiescent point of reader id, between bursts (rte_rcu_qsbr_quiescent). Allocates nothing. */
-  readerQuiescent(id: number): void {
-    this.readers.quiescent(id);
-  }
-
-  /** Reader id stops reading (rte_rcu_qsbr_thread_offline); any thread may call it for a reader that stopped. */
-  readerOffline(id: number): void {
-    this.readers.offline(id);
-  }
-
-  /** Hand back the unlinked groups every online reader has passed (rte_rcu_qsbr_dq_reclaim); add() and delete() do it themselves. */
-  reclaim(): number {
-    return this.writer('reclaim').groups.reclaim();
-  }
-
-  /** Rules in the table (writer only). */
-  get rules(): number {
-    return this.writer('rules').rules.count;
-  }
-
-  /** tbl8 groups linked or waiting for readers (writer only). */
-  get tbl8sUsed(): number {
-    return this.writer('tbl8sUsed').groups.used;
-  }
-
-  /** tbl8 groups unlinked and waiting for readers to pass a quiescent point (writer only). */
-  get tbl8sWaiting(): number {
-    return this.writer('tbl8sWaiting').groups.waiting;
-  }
-
-  /** Bytes of memory: the shared tables, and on the writer its rules and shadow tables. */
-  get memoryBytes(): number {
-    const w = this.w;
-    return this.desc.memory.byteLength + (w ? w.rules.bytes + w.depth24.length + w.depth8.length + this.numberTbl8s * 22 : 0);
-  }
-
-  /** Every rule as [ip, depth, nextHop] (writer only; for dumps and tests). */
-  ruleList(): Array<[Uint8Array, number, number]> {
-    return [...this.writer('ruleList').rules.entries()];
+  /** The writer's rules, shadow and group tables. */
+  protected writerBytes(w: Writer6): number {
+    return w.rules.bytes + w.depth24.length + w.depth8.length + this.numberTbl8s * 22;
   }
 }

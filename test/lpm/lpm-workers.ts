@@ -51,55 +51,74 @@ function check(out: Int32Array, off: number, k: number, a: Int32Array, b: Int32A
   return bad;
 }
 
-/** The reader lcore for the IPv4 table: bursts of 32 with lookupBulk, one single lookup per burst, a quiescent point between bursts. */
-export function lpmChecker(arg: CheckerArg, ctx: LcoreContext): CheckerResult {
-  const lpm = Lpm.attach(arg.desc as LpmDesc);
-  const probes = new Uint32Array(arg.probes), a = new Int32Array(arg.legalA), b = new Int32Array(arg.legalB);
+/** A table attached in this worker with its probe addresses: what the checker and the allocation probes run on either table. */
+interface Probed {
+  /** lookupBulk of probes [off, off + n) into out */
+  bulk(out: Int32Array | Uint32Array, n: number, off: number): void;
+  /** lookup of probe i */
+  one(i: number): number;
+  online(id: number): void;
+  quiescent(id: number): void;
+  offline(id: number): void;
+}
+
+/** The IPv4 table and addresses: probes is a Uint32Array. */
+function probed4(desc: LpmDesc | Lpm6Desc, probes: SharedArrayBuffer): Probed {
+  const lpm = Lpm.attach(desc as LpmDesc), ips = new Uint32Array(probes);
+  return {
+    bulk: (out, n, off) => lpm.lookupBulk(ips, out, n, off),
+    one: (i) => lpm.lookup(ips[i]),
+    online: (id) => lpm.readerOnline(id),
+    quiescent: (id) => lpm.readerQuiescent(id),
+    offline: (id) => lpm.readerOffline(id),
+  };
+}
+
+/** The IPv6 table and addresses: probes is a Uint8Array of 16 bytes each. */
+function probed6(desc: LpmDesc | Lpm6Desc, probes: SharedArrayBuffer): Probed {
+  const lpm = Lpm6.attach(desc as Lpm6Desc), ips = new Uint8Array(probes);
+  return {
+    bulk: (out, n, off) => lpm.lookupBulk(ips, out, n, off),
+    one: (i) => lpm.lookup(ips, i * 16),
+    online: (id) => lpm.readerOnline(id),
+    quiescent: (id) => lpm.readerQuiescent(id),
+    offline: (id) => lpm.readerOffline(id),
+  };
+}
+
+/** The reader loop: bursts of 32 with lookupBulk, one single lookup per burst, a quiescent point between bursts. */
+function checker(t: Probed, arg: CheckerArg, ctx: LcoreContext): CheckerResult {
+  const a = new Int32Array(arg.legalA), b = new Int32Array(arg.legalB);
   const seen = new Uint8Array(arg.seen), out = new Int32Array(arg.n), n = arg.n, id = arg.readerId;
   const r: CheckerResult = { lookups: 0, bursts: 0, violations: 0, examples: [] };
-  if (arg.online) lpm.readerOnline(id);
+  if (arg.online) t.online(id);
   Atomics.store(new Int32Array(arg.ready), 0, 1);
   let off = 0;
   while (Atomics.load(ctx.control, 0) === 0) {
-    lpm.lookupBulk(probes, out, 32, off);
+    t.bulk(out, 32, off);
     r.violations += check(out, off, 32, a, b, seen, r);
     // one single lookup too, of a probe of the burst (not the same one every time)
     const j = off + (r.bursts & 31);
-    out[j] = lpm.lookup(probes[j]);
+    out[j] = t.one(j);
     r.violations += check(out, j, 1, a, b, seen, r);
     r.lookups += 33;
     r.bursts++;
-    lpm.readerQuiescent(id);
+    t.quiescent(id);
     off += 32;
     if (off >= n) off = 0;
   }
-  if (arg.online) lpm.readerOffline(id);
+  if (arg.online) t.offline(id);
   return r;
 }
 
-/** The reader lcore for the IPv6 table, as lpmChecker. */
+/** The reader lcore for the IPv4 table (checker). */
+export function lpmChecker(arg: CheckerArg, ctx: LcoreContext): CheckerResult {
+  return checker(probed4(arg.desc, arg.probes), arg, ctx);
+}
+
+/** The reader lcore for the IPv6 table (checker). */
 export function lpm6Checker(arg: CheckerArg, ctx: LcoreContext): CheckerResult {
-  const lpm = Lpm6.attach(arg.desc as Lpm6Desc);
-  const probes = new Uint8Array(arg.probes), a = new Int32Array(arg.legalA), b = new Int32Array(arg.legalB);
-  const seen = new Uint8Array(arg.seen), out = new Int32Array(arg.n), n = arg.n, id = arg.readerId;
-  const r: CheckerResult = { lookups: 0, bursts: 0, violations: 0, examples: [] };
-  if (arg.online) lpm.readerOnline(id);
-  Atomics.store(new Int32Array(arg.ready), 0, 1);
-  let off = 0;
-  while (Atomics.load(ctx.control, 0) === 0) {
-    lpm.lookupBulk(probes, out, 32, off);
-    r.violations += check(out, off, 32, a, b, seen, r);
-    const j = off + (r.bursts & 31);
-    out[j] = lpm.lookup(probes, j * 16);
-    r.violations += check(out, j, 1, a, b, seen, r);
-    r.lookups += 33;
-    r.bursts++;
-    lpm.readerQuiescent(id);
-    off += 32;
-    if (off >= n) off = 0;
-  }
-  if (arg.online) lpm.readerOffline(id);
-  return r;
+  return checker(probed6(arg.desc, arg.probes), arg, ctx);
 }
 
 /** Argument of the allocation probes: a table and addresses to look up. */
@@ -109,34 +128,27 @@ export interface BulkOpArg {
   ips: SharedArrayBuffer;
 }
 
-/** One operation: a burst of 32 IPv4 lookups (lookupBulk into an Int32Array and a Uint32Array), a single lookup, a quiescent point. */
-export function lpmBulkOp(arg: BulkOpArg): AllocOp {
-  const lpm = Lpm.attach(arg.desc as LpmDesc);
-  const ips = new Uint32Array(arg.ips), out = new Int32Array(1024), outU = new Uint32Array(1024), sink = new Int32Array(1);
-  lpm.readerOnline(5);
+/** One operation: a burst of 32 lookups (lookupBulk into an Int32Array and a Uint32Array), a single lookup, a quiescent point. */
+function bulkOp(t: Probed): AllocOp {
+  const out = new Int32Array(1024), outU = new Uint32Array(1024), sink = new Int32Array(1);
+  t.online(5);
   const op: AllocOp = (i) => {
     const off = (i & 31) << 5;
-    lpm.lookupBulk(ips, out, 32, off);
-    lpm.lookupBulk(ips, outU, 32, off);
-    sink[0] += lpm.lookup(ips[off + 7]);
-    lpm.readerQuiescent(5);
+    t.bulk(out, 32, off);
+    t.bulk(outU, 32, off);
+    sink[0] += t.one(off + 7);
+    t.quiescent(5);
   };
-  op.close = () => lpm.readerOffline(5);
+  op.close = () => t.offline(5);
   return op;
 }
 
-/** One operation: a burst of 32 IPv6 lookups, a single lookup, a quiescent point. */
+/** The allocation probe of the IPv4 table (bulkOp). */
+export function lpmBulkOp(arg: BulkOpArg): AllocOp {
+  return bulkOp(probed4(arg.desc, arg.ips));
+}
+
+/** The allocation probe of the IPv6 table (bulkOp). */
 export function lpm6BulkOp(arg: BulkOpArg): AllocOp {
-  const lpm = Lpm6.attach(arg.desc as Lpm6Desc);
-  const ips = new Uint8Array(arg.ips), out = new Int32Array(1024), outU = new Uint32Array(1024), sink = new Int32Array(1);
-  lpm.readerOnline(5);
-  const op: AllocOp = (i) => {
-    const off = (i & 31) << 5;
-    lpm.lookupBulk(ips, out, 32, off);
-    lpm.lookupBulk(ips, outU, 32, off);
-    sink[0] += lpm.lookup(ips, (off + 7) * 16);
-    lpm.readerQuiescent(5);
-  };
-  op.close = () => lpm.readerOffline(5);
-  return op;
+  return bulkOp(probed6(arg.desc, arg.ips));
 }

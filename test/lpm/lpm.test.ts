@@ -9,14 +9,13 @@
 import t from 'tap';
 import { Lpm, LpmFullError, LPM_MAX_NEXT_HOP } from '../../lib/lpm/lpm.js';
 import { parseIpv4, parseIpv4Prefix, formatIpv4, formatIpv4Prefix, maskIpv4 } from '../../lib/net/ipaddr.js';
-import { Lcores } from '../../src/lcore/lcores.js';
-import { siblingModule } from '../../src/lcore/module.js';
 import { prng } from '../prng.js';
 import { ALLOC_RULE, assertNoAlloc, measureInWorker } from '../alloc.js';
-import type { CheckerArg, CheckerResult, BulkOpArg } from './lpm-workers.js';
+import type { CheckerArg, BulkOpArg } from './lpm-workers.js';
+import { addAndCompare, deleteAndReAdd, type RandomKit } from './random.js';
+import { WORKERS, checkConcurrent, closeLcores, lcoresOnce, runConcurrent, type ConcurrentRun } from './concurrent.js';
 
 const SEED = process.env.TSPMD_LPM_SEED !== undefined ? Number(process.env.TSPMD_LPM_SEED) >>> 0 : (Date.now() ^ (process.pid << 16)) >>> 0;
-const WORKERS = siblingModule(import.meta.url, 'lpm-workers');
 const ip = parseIpv4;
 
 /** The reference: one Map per prefix length, masked address -> next hop, probed from /32 down to /0. */
@@ -132,76 +131,13 @@ t.test(`random routes against a Map per prefix length: 100,000 routes, 1,000,000
   const ref = new Ref4();
   const routes = randomRoutes(rnd, 100_000);
   routes.push([0, 0, 77], [ip('10.0.0.0'), 8, 78], [ip('10.1.0.0'), 16, 79], [ip('10.1.2.0'), 24, 80], [ip('10.1.2.0'), 25, 81], [ip('10.1.2.0'), 32, 82]);
-  let t0 = performance.now();
-  for (const [a, d, h] of routes) {
-    lpm.add(a, d, h);
-    ref.add(a, d, h);
-  }
-  // next-hop updates of existing rules
-  for (let i = 0; i < 2000; i++) {
-    const [a, d] = routes[Math.floor(rnd() * routes.length)];
-    const h = Math.floor(rnd() * (LPM_MAX_NEXT_HOP + 1));
-    lpm.add(a, d, h);
-    ref.add(a, d, h);
-  }
-  t.comment(`${routes.length} adds and 2000 updates in ${(performance.now() - t0).toFixed(0)} ms; ${ref.size} distinct rules, ${lpm.tbl8sUsed} tbl8 groups`);
-  t.equal(lpm.rules, ref.size, 'rule count as the reference (duplicates updated, not added twice)');
-  t.equal(lpm.tbl8sUsed, ref.groups(), 'one tbl8 group per /24 holding a prefix longer than 24');
-  let addrs = probeAddresses(rnd, ref, 1_000_000);
-  t0 = performance.now();
-  let r = compare(lpm, ref, addrs);
-  t.comment(`1,000,000 lookups (single, bulk, bulk into u32) compared in ${(performance.now() - t0).toFixed(0)} ms`);
-  t.equal(r.diffs, 0, `after the adds: no difference in 1,000,000 lookups ${r.examples.join('; ')}`);
-  const before = r.expected;
-
-  // Delete 40 % of the rules (the default route among them), in random order.
-  const rules = ref.rules();
-  for (let i = rules.length - 1; i > 0; i--) {
-    const j = Math.floor(rnd() * (i + 1));
-    [rules[i], rules[j]] = [rules[j], rules[i]];
-  }
-  const doomed = rules.slice(0, Math.floor(rules.length * 0.4));
-  doomed.push([0, 0]);
-  let ok = 0, missing = 0;
-  t0 = performance.now();
-  for (const [a, d] of doomed) {
-    const want = ref.delete(a, d);
-    const got = lpm.delete(a, d);
-    if (got === want) ok++;
-    if (!want) missing++;
-  }
-  t.equal(ok, doomed.length, `delete returns whether the rule was there (${doomed.length} deletes, ${missing} of a rule already gone)`);
-  t.comment(`${doomed.length} deletes in ${(performance.now() - t0).toFixed(0)} ms; ${lpm.tbl8sUsed} groups left`);
-  t.equal(lpm.rules, ref.size, 'rule count after the deletes');
-  t.equal(lpm.tbl8sUsed, ref.groups(), 'groups of /24s without a prefix longer than 24 were freed');
-  t.equal(lpm.tbl8sWaiting, 0, 'with no reader online a freed group is free at once');
-  addrs = addrs.subarray(0, 500_000);
-  r = compare(lpm, ref, addrs);
-  t.equal(r.diffs, 0, `after the deletes: no difference in 500,000 lookups ${r.examples.join('; ')}`);
-  let fellBack = 0, toNone = 0;
-  for (let i = 0; i < r.expected.length; i++) {
-    if (before[i] !== r.expected[i]) r.expected[i] >= 0 ? fellBack++ : toNone++;
-  }
-  t.ok(fellBack > 10_000, `deletes fell back to shorter prefixes (${fellBack} of the addresses now answer a shorter rule, ${toNone} no route)`);
-
-  // Re-add some, add new ones, delete more.
-  t0 = performance.now();
-  for (const [a, d] of doomed.slice(0, 20_000)) {
-    const h = Math.floor(rnd() * (LPM_MAX_NEXT_HOP + 1));
-    lpm.add(a, d, h);
-    ref.add(a, d, h);
-  }
-  for (const [a, d, h] of randomRoutes(rnd, 20_000)) {
-    lpm.add(a, d, h);
-    ref.add(a, d, h);
-  }
-  let agree = 0;
-  for (const [a, d] of rules.slice(doomed.length, doomed.length + 20_000)) if (lpm.delete(a, d) === ref.delete(a, d)) agree++;
-  t.equal(agree, 20_000, 'the second round of deletes agrees with the reference');
-  t.comment(`40,000 adds and 20,000 deletes in ${(performance.now() - t0).toFixed(0)} ms`);
-  addrs = probeAddresses(rnd, ref, 500_000);
-  r = compare(lpm, ref, addrs);
-  t.equal(r.diffs, 0, `after re-adds and more deletes: no difference in 500,000 lookups ${r.examples.join('; ')}`);
+  const k: RandomKit<number, Uint32Array> = {
+    lpm, ref, rnd, maxHop: LPM_MAX_NEXT_HOP, any: 0,
+    randomRoutes: (n) => randomRoutes(rnd, n), probes: (n) => probeAddresses(rnd, ref, n), head: (p, n) => p.subarray(0, n),
+    compare: (p) => compare(lpm, ref, p), groupsFreed: 'groups of /24s without a prefix longer than 24 were freed', fellBackOf: 'of the addresses',
+  };
+  const added = addAndCompare(t, k, routes, 'rule count as the reference (duplicates updated, not added twice)', 'one tbl8 group per /24 holding a prefix longer than 24');
+  const { addrs } = deleteAndReAdd(t, k, added.addrs, added.before);
   t.equal(lpm.tbl8sUsed, ref.groups(), 'groups still one per /24 with a long prefix');
 
   // isRulePresent and the rule list agree with the reference.
@@ -397,13 +333,6 @@ t.test('QSBR: an unlinked group is reused only after every online reader passed 
   reader.readerOffline(0);
 });
 
-/** Promise that resolves once the shared flag is 1 (the reader is online), polling the event loop. */
-async function until(flag: Int32Array, ms: number): Promise<boolean> {
-  const end = performance.now() + ms;
-  while (Atomics.load(flag, 0) === 0 && performance.now() < end) await new Promise((r) => setTimeout(r, 2));
-  return Atomics.load(flag, 0) === 1;
-}
-
 /**
  * The concurrent run. Blocks 10.x.0.0/24 (x = 0..63) of four kinds, each toggled on and off by the
  * writer, so that every probe has exactly two legal answers at any time:
@@ -478,52 +407,21 @@ function writeFor(ms: number, rnd: () => number, toggle: (x: number) => void, st
   return n;
 }
 
-/** Run the reader lcore against the writer for ms; the reader's result, the toggles, and how many two-answer probes showed both. */
-async function runConcurrent(lcores: Lcores, online: boolean, ms: number, seed: number): Promise<{ r: CheckerResult; toggles: number; ms: number; both: number; twoWay: number; lpm: Lpm; ready: boolean }> {
-  {
-    const { lpm, arg, toggle, state } = buildConcurrent(online);
-    const running = lcores.launch<CheckerResult>(1, WORKERS, 'lpmChecker', arg);
-    const ready = await until(new Int32Array(arg.ready), 30_000);
-    const t0 = performance.now();
-    const toggles = ready ? writeFor(ms, prng(seed), toggle, state) : 0;
-    const took = performance.now() - t0;
-    lcores.requestStop();
-    const r = await running;
-    const seen = new Uint8Array(arg.seen), a = new Int32Array(arg.legalA), b = new Int32Array(arg.legalB);
-    let both = 0, twoWay = 0;
-    for (let i = 0; i < arg.n; i++) {
-      if (a[i] === b[i]) continue;
-      twoWay++;
-      if (seen[i] === 3) both++;
-    }
-    return { r, toggles, ms: took, both, twoWay, lpm, ready };
-  }
+/** Run the reader lcore against the writer for ms (concurrent.ts), on a new table. */
+function run(online: boolean, ms: number, seed: number): Promise<ConcurrentRun<Lpm>> {
+  const { lpm, arg, toggle, state } = buildConcurrent(online);
+  return runConcurrent(lcoresOnce(), 'lpmChecker', lpm, arg, ms, seed, (ms, rnd) => writeFor(ms, rnd, toggle, state));
 }
-
-/** One reader lcore (CPU 1) for the concurrent runs, the main thread writing on CPU 0: its worker starts once. */
-let readerLcores: Lcores | null = null;
-function lcoresOnce(): Lcores {
-  readerLcores ??= new Lcores([{ id: 0, cpu: 0 }, { id: 1, cpu: 1 }], 0);
-  return readerLcores;
-}
-t.teardown(() => readerLcores?.close());
+t.teardown(closeLcores);
 
 t.test('concurrent: a worker lcore looks up while the main thread adds and deletes; every answer is the old or the new next hop', async (t) => {
-  const { r, toggles, ms, both, twoWay, lpm, ready } = await runConcurrent(lcoresOnce(), true, 3000, SEED ^ 0x5bd1e995);
-  t.ok(ready, 'the reader came online');
-  t.comment(`${toggles} adds/deletes in ${ms.toFixed(0)} ms by the writer; ${r.lookups} lookups (${r.bursts} bursts) by the reader; ${lpm.tbl8sUsed} groups in use at the end`);
-  t.equal(r.violations, 0, `no answer other than the old or the new next hop ${JSON.stringify(r.examples)}`);
-  t.ok(r.lookups > 100_000, `the reader looked up throughout (${r.lookups} lookups)`);
-  t.ok(toggles > 10_000, `the writer changed routes throughout (${toggles})`);
-  t.ok(both > twoWay / 2, `the reader saw both answers at ${both} of the ${twoWay} probes that have two`);
-  lpm.reclaim();
-  t.equal(lpm.tbl8sWaiting, 0, 'the reader went offline: nothing waits');
+  checkConcurrent(t, await run(true, 3000, SEED ^ 0x5bd1e995));
 });
 
 t.test('control: the same run with the reader not online (no QSBR) shows what the check catches (reported, not asserted)', async (t) => {
   // Without readerOnline the writer reuses a group at once; a reader that read the old link just
   // before may then read another block's hop. Runs of 2-3 s saw 3-16 such answers; a run may see none.
-  const { r, toggles } = await runConcurrent(lcoresOnce(), false, 2000, SEED ^ 0x27d4eb2f);
+  const { r, toggles } = await run(false, 2000, SEED ^ 0x27d4eb2f);
   t.comment(`without QSBR: ${r.violations} wrong answers in ${r.lookups} lookups over ${toggles} adds/deletes ${JSON.stringify(r.examples.slice(0, 3))}`);
   t.pass(`control run done (${r.violations} wrong answers)`);
 });

@@ -11,14 +11,13 @@ import t from 'tap';
 import { Lpm6 } from '../../lib/lpm/lpm6.js';
 import { LpmFullError } from '../../lib/lpm/lpm.js';
 import { parseIpv6, parseIpv6Prefix, formatIpv6, formatIpv6Prefix, maskIpv6 } from '../../lib/net/ipaddr.js';
-import { Lcores } from '../../src/lcore/lcores.js';
-import { siblingModule } from '../../src/lcore/module.js';
 import { prng } from '../prng.js';
 import { ALLOC_RULE, assertNoAlloc, measureInWorker } from '../alloc.js';
-import type { CheckerArg, CheckerResult, BulkOpArg } from './lpm-workers.js';
+import type { CheckerArg, BulkOpArg } from './lpm-workers.js';
+import { addAndCompare, deleteAndReAdd, type RandomKit } from './random.js';
+import { WORKERS, checkConcurrent, closeLcores, lcoresOnce, runConcurrent, type ConcurrentRun } from './concurrent.js';
 
 const SEED = process.env.TSPMD_LPM_SEED !== undefined ? Number(process.env.TSPMD_LPM_SEED) >>> 0 : (Date.now() ^ (process.pid << 16)) >>> 0;
-const WORKERS = siblingModule(import.meta.url, 'lpm-workers');
 const v6 = parseIpv6;
 const MAX_HOP = 0xffffff;
 
@@ -224,70 +223,13 @@ t.test(`random routes against a Map per prefix length: 100,000 routes, 1,000,000
   const bases = providerBases(rnd);
   const routes = randomRoutes(rnd, 100_000, bases);
   routes.push([v6('::'), 0, 77], [v6('2001:db8::'), 32, 78], [v6('2001:db8::1'), 128, 79], [v6('2001:db8:0:1::'), 64, 80], [v6('2001:db8::'), 25, 81]);
-  let t0 = performance.now();
-  for (const [a, d, h] of routes) {
-    lpm.add(a, d, h);
-    ref.add(a, d, h);
-  }
-  for (let i = 0; i < 2000; i++) {
-    const [a, d] = routes[Math.floor(rnd() * routes.length)];
-    const h = Math.floor(rnd() * (MAX_HOP + 1));
-    lpm.add(a, d, h);
-    ref.add(a, d, h);
-  }
-  t.comment(`${routes.length} adds and 2000 updates in ${(performance.now() - t0).toFixed(0)} ms; ${ref.size} distinct rules, ${lpm.tbl8sUsed} tbl8 groups`);
-  t.equal(lpm.rules, ref.size, 'rule count as the reference');
-  t.equal(lpm.tbl8sUsed, ref.groups(), 'tbl8 groups: exactly one per 24/32/.../120-bit prefix with a longer rule under it');
-  let addrs = probeAddresses(rnd, ref, 1_000_000);
-  t0 = performance.now();
-  let r = compare(lpm, ref, addrs);
-  t.comment(`1,000,000 lookups (single, bulk, bulk into u32) compared in ${(performance.now() - t0).toFixed(0)} ms`);
-  t.equal(r.diffs, 0, `after the adds: no difference in 1,000,000 lookups ${r.examples.join('; ')}`);
-  const before = r.expected;
-
-  const rules = ref.rules();
-  for (let i = rules.length - 1; i > 0; i--) {
-    const j = Math.floor(rnd() * (i + 1));
-    [rules[i], rules[j]] = [rules[j], rules[i]];
-  }
-  const doomed = rules.slice(0, Math.floor(rules.length * 0.4));
-  doomed.push([v6('::'), 0]);
-  let ok = 0, missing = 0;
-  t0 = performance.now();
-  for (const [a, d] of doomed) {
-    const want = ref.delete(a, d);
-    if (lpm.delete(a, d) === want) ok++;
-    if (!want) missing++;
-  }
-  t.equal(ok, doomed.length, `delete returns whether the rule was there (${doomed.length} deletes, ${missing} of a rule already gone)`);
-  t.comment(`${doomed.length} deletes in ${(performance.now() - t0).toFixed(0)} ms; ${lpm.tbl8sUsed} groups left`);
-  t.equal(lpm.rules, ref.size, 'rule count after the deletes');
-  t.equal(lpm.tbl8sUsed, ref.groups(), 'groups no longer needed were freed, at every level');
-  t.equal(lpm.tbl8sWaiting, 0, 'with no reader online a freed group is free at once');
-  addrs = addrs.subarray(0, 500_000 * 16);
-  r = compare(lpm, ref, addrs);
-  t.equal(r.diffs, 0, `after the deletes: no difference in 500,000 lookups ${r.examples.join('; ')}`);
-  let fellBack = 0, toNone = 0;
-  for (let i = 0; i < r.expected.length; i++) if (before[i] !== r.expected[i]) r.expected[i] >= 0 ? fellBack++ : toNone++;
-  t.ok(fellBack > 10_000, `deletes fell back to shorter prefixes (${fellBack} addresses now answer a shorter rule, ${toNone} no route)`);
-
-  t0 = performance.now();
-  for (const [a, d] of doomed.slice(0, 20_000)) {
-    const h = Math.floor(rnd() * (MAX_HOP + 1));
-    lpm.add(a, d, h);
-    ref.add(a, d, h);
-  }
-  for (const [a, d, h] of randomRoutes(rnd, 20_000, bases)) {
-    lpm.add(a, d, h);
-    ref.add(a, d, h);
-  }
-  let agree = 0;
-  for (const [a, d] of rules.slice(doomed.length, doomed.length + 20_000)) if (lpm.delete(a, d) === ref.delete(a, d)) agree++;
-  t.equal(agree, 20_000, 'the second round of deletes agrees with the reference');
-  t.comment(`40,000 adds and 20,000 deletes in ${(performance.now() - t0).toFixed(0)} ms`);
-  addrs = probeAddresses(rnd, ref, 500_000);
-  r = compare(lpm, ref, addrs);
-  t.equal(r.diffs, 0, `after re-adds and more deletes: no difference in 500,000 lookups ${r.examples.join('; ')}`);
+  const k: RandomKit<Uint8Array, Uint8Array> = {
+    lpm, ref, rnd, maxHop: MAX_HOP, any: v6('::'),
+    randomRoutes: (n) => randomRoutes(rnd, n, bases), probes: (n) => probeAddresses(rnd, ref, n), head: (p, n) => p.subarray(0, n * 16),
+    compare: (p) => compare(lpm, ref, p), groupsFreed: 'groups no longer needed were freed, at every level', fellBackOf: 'addresses',
+  };
+  const added = addAndCompare(t, k, routes, 'rule count as the reference', 'tbl8 groups: exactly one per 24/32/.../120-bit prefix with a longer rule under it');
+  const { addrs } = deleteAndReAdd(t, k, added.addrs, added.before);
   t.equal(lpm.tbl8sUsed, ref.groups(), 'groups still exactly what the rules need');
 
   let present = 0;
@@ -452,13 +394,6 @@ t.test('QSBR: unlinked groups (several levels at once) are reused only after eve
   t.equal(lpm.tbl8sWaiting, 0, 'no reader online: free at once');
 });
 
-/** Resolves once the shared flag is 1, polling the event loop. */
-async function until(flag: Int32Array, ms: number): Promise<boolean> {
-  const end = performance.now() + ms;
-  while (Atomics.load(flag, 0) === 0 && performance.now() < end) await new Promise((r) => setTimeout(r, 2));
-  return Atomics.load(flag, 0) === 1;
-}
-
 /**
  * The concurrent run: blocks 2001:db8:x::/48 (x = 0..63) of four kinds, each toggled by the
  * writer, so that every probe has exactly two legal answers at any time (2001:db8::/32 covers all):
@@ -561,45 +496,15 @@ function writeFor(ms: number, rnd: () => number, toggle: (x: number) => number, 
   return n;
 }
 
-async function runConcurrent(lcores: Lcores, online: boolean, ms: number, seed: number): Promise<{ r: CheckerResult; toggles: number; ms: number; both: number; twoWay: number; lpm: Lpm6; ready: boolean }> {
-  {
-    const { lpm, arg, toggle, state } = buildConcurrent(online);
-    const running = lcores.launch<CheckerResult>(1, WORKERS, 'lpm6Checker', arg);
-    const ready = await until(new Int32Array(arg.ready), 30_000);
-    const t0 = performance.now();
-    const toggles = ready ? writeFor(ms, prng(seed), toggle, state) : 0;
-    const took = performance.now() - t0;
-    lcores.requestStop();
-    const r = await running;
-    const seen = new Uint8Array(arg.seen), a = new Int32Array(arg.legalA), b = new Int32Array(arg.legalB);
-    let both = 0, twoWay = 0;
-    for (let i = 0; i < arg.n; i++) {
-      if (a[i] === b[i]) continue;
-      twoWay++;
-      if (seen[i] === 3) both++;
-    }
-    return { r, toggles, ms: took, both, twoWay, lpm, ready };
-  }
+/** Run the reader lcore against the writer for ms (concurrent.ts), on a new table. */
+function run(online: boolean, ms: number, seed: number): Promise<ConcurrentRun<Lpm6>> {
+  const { lpm, arg, toggle, state } = buildConcurrent(online);
+  return runConcurrent(lcoresOnce(), 'lpm6Checker', lpm, arg, ms, seed, (ms, rnd) => writeFor(ms, rnd, toggle, state));
 }
-
-/** One reader lcore (CPU 1) for the concurrent runs, the main thread writing on CPU 0: its worker starts once. */
-let readerLcores: Lcores | null = null;
-function lcoresOnce(): Lcores {
-  readerLcores ??= new Lcores([{ id: 0, cpu: 0 }, { id: 1, cpu: 1 }], 0);
-  return readerLcores;
-}
-t.teardown(() => readerLcores?.close());
+t.teardown(closeLcores);
 
 t.test('concurrent: a worker lcore looks up while the main thread adds and deletes; every answer is the old or the new next hop', async (t) => {
-  const { r, toggles, ms, both, twoWay, lpm, ready } = await runConcurrent(lcoresOnce(), true, 2000, SEED ^ 0x5bd1e995);
-  t.ok(ready, 'the reader came online');
-  t.comment(`${toggles} adds/deletes in ${ms.toFixed(0)} ms by the writer; ${r.lookups} lookups (${r.bursts} bursts) by the reader; ${lpm.tbl8sUsed} groups in use at the end`);
-  t.equal(r.violations, 0, `no answer other than the old or the new next hop ${JSON.stringify(r.examples)}`);
-  t.ok(r.lookups > 100_000, `the reader looked up throughout (${r.lookups} lookups)`);
-  t.ok(toggles > 10_000, `the writer changed routes throughout (${toggles})`);
-  t.ok(both > twoWay / 2, `the reader saw both answers at ${both} of the ${twoWay} probes that have two`);
-  lpm.reclaim();
-  t.equal(lpm.tbl8sWaiting, 0, 'the reader went offline: nothing waits');
+  checkConcurrent(t, await run(true, 2000, SEED ^ 0x5bd1e995));
 });
 
 t.test('lookupBulk and lookup allocate nothing (a burst of 32 per operation, in a worker)', async (t) => {

@@ -5,25 +5,20 @@
  * CAP_NET_RAW, interface down, interface deleted while forwarding) are handled. Needs root.
  */
 import t from 'tap';
-import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import '../../drivers/index.js';
-import { createTopology, ifStat, sh, type Topology } from '../../lib/netns/topology.js';
+import { ifStat, sh, type Topology } from '../../lib/netns/topology.js';
 import { Eal } from '../../src/eal.js';
 import { probeVdevs } from '../../drivers/bus/vdev/vdev.js';
 import { openRxQueue } from '../../lib/ethdev/ethdev.js';
-import { pktmbufPoolCreate, pktmbufFreeBulk } from '../../lib/mempool/mbuf.js';
+import { pktmbufPoolCreate } from '../../lib/mempool/mbuf.js';
 import { CLI, CHILD_ENV, runCli } from '../cli.js';
+import { pollQueues, run, topology } from './netdev-test.js';
 
 const PEER = fileURLToPath(new URL('./tcp-peer.mjs', import.meta.url));
 const root = process.getuid?.() === 0;
 const needRoot = root ? false : 'needs root: network namespaces, veth pairs and AF_PACKET sockets';
-
-function topology(t: { teardown(fn: () => void): void }): Topology {
-  const topo = createTopology();
-  t.teardown(() => topo.destroy());
-  return topo;
-}
 
 /** Start `tspmd l2fwd` on af_packet ports over the topology's host ends; resolves once it forwards. */
 async function startL2fwd(topo: Topology, extra: string[] = []): Promise<{ child: ChildProcess; done: Promise<{ code: number | null; stdout: string; stderr: string }> }> {
@@ -43,12 +38,6 @@ async function startL2fwd(topo: Topology, extra: string[] = []): Promise<{ child
   await ready;
   await new Promise((r) => setTimeout(r, 300));
   return { child, done };
-}
-
-/** Run a command other than tspmd (ip, ping) to completion. */
-function run(cmd: string, args: string[], timeout = 60000): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => execFile(cmd, args, { timeout, encoding: 'utf8' }, (err, stdout, stderr) =>
-    resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr })));
 }
 
 t.test('l2fwd on af_packet joins two namespaces: ping, TCP, counters', { skip: needRoot, timeout: 120000 }, async (t) => {
@@ -188,17 +177,7 @@ t.test('qpairs=2: PACKET_FANOUT spreads flows over both queues, nothing lost', {
   const sender = run('ip', ['netns', 'exec', topo.nsA, process.execPath, '-e', send]);
   let sent: string | null = null;
   void sender.then((r) => { sent = r.stdout.trim(); });
-  const burst = new Uint32Array(32);
-  const got = [0, 0];
-  const deadline = Date.now() + 20000;
-  while ((sent === null || got[0] + got[1] < 1280) && Date.now() < deadline) {
-    for (const q of [0, 1]) {
-      const n = rxq[q].rxBurst(burst, 32);
-      got[q] += n;
-      pktmbufFreeBulk(burst, n, 0);
-    }
-    await new Promise((r) => setImmediate(r));
-  }
+  const got = await pollQueues(rxq, (g) => sent !== null && g[0] + g[1] >= 1280);
   t.equal(sent, '1280', 'the sender sent 1280 datagrams');
   const kernel = ifStat(topo.hostA, 'rx_packets') - before;
   t.equal(port.stats().imissed, 0, 'no kernel drops');

@@ -8,12 +8,12 @@
  * is told who holds it; bad input is one line and exit 2. Needs root.
  */
 import t, { type Test } from 'tap';
-import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import '../../drivers/index.js';
-import { createTopology, sh, type Topology, type TopologyOptions } from '../../lib/netns/topology.js';
+import { sh, type Topology } from '../../lib/netns/topology.js';
 import { Eal } from '../../src/eal.js';
 import { probeVdevs } from '../../drivers/bus/vdev/vdev.js';
 import { openRxQueue, openTxQueue } from '../../lib/ethdev/ethdev.js';
@@ -25,22 +25,11 @@ import { parseMac } from '../../lib/net/mac.js';
 import type { AfXdpPort } from '../../drivers/net/af_xdp/af_xdp.js';
 import { CLI, CHILD_ENV, runCli, removeRunDir } from '../cli.js';
 import { assertForwarderNoAlloc, type ForwarderGcSummary } from '../alloc.js';
+import { pollQueues, run, topology } from './netdev-test.js';
 
 const PEER = fileURLToPath(new URL('./tcp-peer.mjs', import.meta.url));
 const root = process.getuid?.() === 0;
 const needRoot = root ? false : 'needs root: network namespaces, veth pairs, AF_XDP sockets and an XDP program';
-
-function topology(t: { teardown(fn: () => void): void }, opts: TopologyOptions = {}): Topology {
-  const topo = createTopology(undefined, undefined, opts);
-  t.teardown(() => topo.destroy());
-  return topo;
-}
-
-/** Run a command other than tspmd (ip, ping) to completion. */
-function run(cmd: string, args: string[], timeout = 60000): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => execFile(cmd, args, { timeout, encoding: 'utf8' }, (err, stdout, stderr) =>
-    resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr })));
-}
 
 /** The XDP program line of `ip -d link show IF` ("prog/xdp id N name tspmd_xsk ..."), or '' when it has none. */
 function xdpProg(iface: string): string {
@@ -256,17 +245,7 @@ t.test('queue_count=2 on veths with two queues: flows spread over both sockets, 
   const sender = udpFlows(topo, 64, 20);
   let sent: string | null = null;
   void sender.then((r) => { sent = r.stdout.trim(); });
-  const burst = new Uint32Array(32);
-  const got = [0, 0];
-  const deadline = Date.now() + 20000;
-  while ((sent === null || got[0] + got[1] + port.stats().imissed < 1280) && Date.now() < deadline) {
-    for (const q of [0, 1]) {
-      const n = rxq[q].rxBurst(burst, 32);
-      got[q] += n;
-      pktmbufFreeBulk(burst, n, 0);
-    }
-    await new Promise((r) => setImmediate(r));
-  }
+  const got = await pollQueues(rxq, (g) => sent !== null && g[0] + g[1] + port.stats().imissed >= 1280);
   t.equal(sent, '1280', 'the sender sent 1280 datagrams');
   const s = port.stats();
   t.equal(got[0] + got[1] + s.imissed, 1280, `what the queues got (${got[0]} + ${got[1]}) and the kernel's drops (${s.imissed}) add up to what was sent`);

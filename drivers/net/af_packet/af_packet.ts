@@ -7,7 +7,6 @@
  * `--vdev net_af_packetN,iface=IF[,qpairs=1][,blocksz=262144][,framesz=2048][,framecnt=2048]
  *  [,qdisc_bypass=1][,fanout_mode=hash|lb|cpu][,linear_tx=1]`
  */
-import { readFileSync } from 'node:fs';
 import * as os from '../../../src/os/libc.js';
 import { OsError } from '../../../src/os/libc.js';
 import { UsageError } from '../../../src/options.js';
@@ -15,7 +14,7 @@ import { log } from '../../../src/log.js';
 import {
   EthDev, type DevInfo, type LinkStatus, type PortConf, rxqStatsBase, RXQ_MISSED,
 } from '../../../lib/ethdev/ethdev.js';
-import { parseMac } from '../../../lib/net/mac.js';
+import { netAttr, netdevLink, netdevMac } from '../../../lib/ethdev/netdev.js';
 import { registerVdevDriver } from '../../bus/vdev/vdev.js';
 import { devargsError } from '../../../lib/kvargs/kvargs.js';
 import { siblingModule } from '../../../src/lcore/module.js';
@@ -44,15 +43,6 @@ interface Sock {
   len: number;
   /** drops read from PACKET_STATISTICS so far (reading resets the kernel's counter) */
   drops: number;
-}
-
-/** Read one sysfs attribute of a network interface, or null when it (or the interface) is gone. */
-function netAttr(iface: string, attr: string): string | null {
-  try {
-    return readFileSync(`/sys/class/net/${iface}/${attr}`, 'utf8').trim();
-  } catch {
-    return null;
-  }
 }
 
 /** Control half of a net_af_packet port. */
@@ -90,17 +80,12 @@ export class AfPacketPort extends EthDev {
 
   /** The interface's MAC address (00:00:00:00:00:00 once the interface is gone). */
   macAddr(): number[] {
-    const a = netAttr(this.opts.iface, 'address');
-    return a ? parseMac(a) : [0, 0, 0, 0, 0, 0];
+    return netdevMac(this.opts.iface);
   }
 
   /** Link state from the interface: up when it is up with a carrier; down when it is gone. */
   link(): LinkStatus {
-    const oper = netAttr(this.opts.iface, 'operstate');
-    const carrier = netAttr(this.opts.iface, 'carrier');
-    const speed = Number(netAttr(this.opts.iface, 'speed') ?? -1);
-    const up = oper !== null && (oper === 'up' || (oper === 'unknown' && carrier === '1'));
-    return { up, speedMbps: speed > 0 ? speed : up ? 10000 : 0, fullDuplex: true };
+    return netdevLink(this.opts.iface);
   }
 
   protected override onConfigure(conf: PortConf): void {

@@ -2,14 +2,13 @@
  * linux/if_packet.h for PACKET_MMAP TPACKET_V3 (checked against the kernel headers by
  * test/net/af_packet-uapi.test.ts): socket options, ring requests and frame/block layouts.
  */
-export const SOL_PACKET = 263;
+export { SOL_PACKET, PACKET_ADD_MEMBERSHIP, PACKET_MR_PROMISC, SIZEOF_PACKET_MREQ, packetMreqPromisc } from '../../../src/os/packet.js';
 export const ETH_P_ALL = 0x0003;
-export const PACKET_ADD_MEMBERSHIP = 1, PACKET_RX_RING = 5, PACKET_STATISTICS = 6, PACKET_VERSION = 10;
+export const PACKET_RX_RING = 5, PACKET_STATISTICS = 6, PACKET_VERSION = 10;
 export const PACKET_RESERVE = 12, PACKET_TX_RING = 13, PACKET_LOSS = 14, PACKET_FANOUT = 18, PACKET_TX_HAS_OFF = 19;
 export const PACKET_VNET_HDR = 15, PACKET_QDISC_BYPASS = 20, PACKET_IGNORE_OUTGOING = 23;
 /** struct virtio_net_hdr (flags, gso_type, hdr_len, gso_size, csum_start, csum_offset) */
 export const SIZEOF_VIRTIO_NET_HDR = 10, VNET_HDR_LEN = 2;
-export const PACKET_MR_PROMISC = 1;
 export const TPACKET_V3 = 2;
 export const PACKET_FANOUT_HASH = 0, PACKET_FANOUT_LB = 1, PACKET_FANOUT_CPU = 2;
 export const TP_STATUS_KERNEL = 0, TP_STATUS_USER = 1, TP_STATUS_LOSING = 4;
@@ -19,8 +18,6 @@ export const TP_STATUS_AVAILABLE = 0, TP_STATUS_SEND_REQUEST = 1, TP_STATUS_SEND
 export const SIZEOF_TPACKET_REQ3 = 28;
 /** struct sockaddr_ll */
 export const SIZEOF_SOCKADDR_LL = 20;
-/** struct packet_mreq */
-export const SIZEOF_PACKET_MREQ = 16;
 /** struct tpacket_stats_v3: tp_packets, tp_drops, tp_freeze_q_cnt */
 export const SIZEOF_TPACKET_STATS_V3 = 12;
 
@@ -50,11 +47,3 @@ export function sockaddrLl(ifindex: number): Uint8Array {
   return b;
 }
 
-/** Encode a packet_mreq asking for promiscuous mode on ifindex. */
-export function packetMreqPromisc(ifindex: number): Uint8Array {
-  const b = new Uint8Array(SIZEOF_PACKET_MREQ);
-  const dv = new DataView(b.buffer);
-  dv.setInt32(0, ifindex, true);
-  dv.setUint16(4, PACKET_MR_PROMISC, true);
-  return b;
-}

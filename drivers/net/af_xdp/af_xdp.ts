@@ -23,7 +23,7 @@ import {
 import { Mempool } from '../../../lib/mempool/mempool.js';
 import { pktmbufFreeRecorded, MBUF_HEADROOM, MBUF_DATAROOM } from '../../../lib/mempool/mbuf.js';
 import { MbufOff } from '../../../lib/mempool/mbuf_layout.js';
-import { parseMac } from '../../../lib/net/mac.js';
+import { netAttr, netdevLink, netdevMac } from '../../../lib/ethdev/netdev.js';
 import { registerVdevDriver } from '../../bus/vdev/vdev.js';
 import { siblingModule } from '../../../src/lcore/module.js';
 import { createXskMap, xskMapSet, xskMapDelete, attachXskRedirect, XdpBusyError, type XdpAttachment } from '../../../src/os/bpf.js';
@@ -86,15 +86,6 @@ interface Xsk {
 
 /** Ports of this process by interface: one port per interface (its queues are one port's). */
 const ifaceOwners = new Map<string, string>();
-
-/** Read one sysfs attribute of a network interface, or null when it (or the interface) is gone. */
-function netAttr(iface: string, attr: string): string | null {
-  try {
-    return readFileSync(`/sys/class/net/${iface}/${attr}`, 'utf8').trim();
-  } catch {
-    return null;
-  }
-}
 
 /** The interface's RX and TX queue counts (real_num_rx/tx_queues), from /sys/class/net/IF/queues. */
 function queueCounts(iface: string): { rx: number; tx: number } {
@@ -204,17 +195,12 @@ export class AfXdpPort extends EthDev {
 
   /** The interface's MAC address (00:00:00:00:00:00 once the interface is gone). */
   macAddr(): number[] {
-    const a = netAttr(this.opts.iface, 'address');
-    return a ? parseMac(a) : [0, 0, 0, 0, 0, 0];
+    return netdevMac(this.opts.iface);
   }
 
   /** Link state from the interface: up when it is up with a carrier; down when it is gone. */
   link(): LinkStatus {
-    const oper = netAttr(this.opts.iface, 'operstate');
-    const carrier = netAttr(this.opts.iface, 'carrier');
-    const speed = Number(netAttr(this.opts.iface, 'speed') ?? -1);
-    const up = oper !== null && (oper === 'up' || (oper === 'unknown' && carrier === '1'));
-    return { up, speedMbps: speed > 0 ? speed : up ? 10000 : 0, fullDuplex: true };
+    return netdevLink(this.opts.iface);
   }
 
   protected override xstatNames(): string[] {

@@ -125,12 +125,47 @@ function storeRelease(w: Uint32Array, i: number, v: number, plain: boolean): voi
   else Atomics.store(w, i, v);
 }
 
+/** RX ring and fill ring reading shared by both RX kinds. */
+abstract class XskRxBase implements RxQueue {
+  declare protected readonly rx: RingWords;
+  declare protected readonly fill: RingWords;
+  declare protected readonly fd: number;
+  declare protected readonly pool: Mempool;
+  declare protected readonly busy: boolean;
+  declare protected readonly plain: boolean;
+  declare protected readonly stats: Float64Array;
+  declare protected readonly s: number;
+  /** stats index of this queue's RX wake-ups (xstats) */
+  declare protected readonly xs: number;
+  declare protected cons: number;
+  declare protected fprod: number;
+  declare readonly intr?: RxInterrupt;
+
+  constructor(d: AfXdpQueueData, pool: Mempool, stats: Float64Array, s: number) {
+    this.rx = new RingWords(d.rx);
+    this.fill = new RingWords(d.fill);
+    this.fd = d.fd;
+    this.pool = pool;
+    this.busy = d.busyPoll;
+    this.plain = TSO;
+    this.stats = stats;
+    this.s = s;
+    this.xs = xstatIndex(d.xstat + XS_RX_WAKEUPS);
+    this.cons = this.rx.w[this.rx.cons];
+    this.fprod = this.fill.w[this.fill.prod];
+    if (d.intr) this.intr = new FdRxInterrupt(d.fd, stats, s + RXQ_INTERRUPTS, () => this.pending());
+  }
+
+  /** Frames wait in the RX ring (no system call). */
+  private pending(): boolean {
+    return loadAcquire(this.rx.w, this.rx.prod, this.plain) !== this.cons;
+  }
+
+  abstract rxBurst(out: Uint32Array, n: number): number;
+}
+
 /** RX with the UMEM over the pool: frames land in the mbufs the fill ring lent. */
-class XskRxPool implements RxQueue {
-  declare private readonly rx: RingWords;
-  declare private readonly fill: RingWords;
-  declare private readonly fd: number;
-  declare private readonly pool: Mempool;
+class XskRxPool extends XskRxBase {
   declare private readonly pu32: Uint32Array;
   declare private readonly lent: Uint8Array;
   declare private readonly poolHi: number;
@@ -141,22 +176,11 @@ class XskRxPool implements RxQueue {
   declare private readonly buf0: number;
   declare private readonly portBuf: number;
   declare private readonly target: number;
-  declare private readonly busy: boolean;
-  declare private readonly plain: boolean;
-  declare private readonly stats: Float64Array;
-  declare private readonly s: number;
-  declare private readonly xs: number;
   declare private readonly scratch: Uint32Array;
-  declare private cons: number;
-  declare private fprod: number;
   declare private inFill: number;
-  declare readonly intr?: RxInterrupt;
 
   constructor(d: AfXdpQueueData, pool: Mempool, port: number, stats: Float64Array, s: number) {
-    this.rx = new RingWords(d.rx);
-    this.fill = new RingWords(d.fill);
-    this.fd = d.fd;
-    this.pool = pool;
+    super(d, pool, stats, s);
     this.pu32 = pool.u32;
     this.lent = new Uint8Array(d.rxLent);
     this.poolHi = pool.id << 24;
@@ -166,21 +190,8 @@ class XskRxPool implements RxQueue {
     this.buf0 = d.zoneAddr + pool.objOffset + MbufOff.Buf;
     this.portBuf = MbufView.portBufWord(pool, port);
     this.target = d.fillTarget;
-    this.busy = d.busyPoll;
-    this.plain = TSO;
-    this.stats = stats;
-    this.s = s;
-    this.xs = xstatIndex(d.xstat + XS_RX_WAKEUPS);
     this.scratch = new Uint32Array(BATCH);
-    this.cons = this.rx.w[this.rx.cons];
-    this.fprod = this.fill.w[this.fill.prod];
     this.inFill = d.filled;
-    if (d.intr) this.intr = new FdRxInterrupt(d.fd, stats, s + RXQ_INTERRUPTS, () => this.pending());
-  }
-
-  /** Frames wait in the RX ring (no system call). */
-  private pending(): boolean {
-    return loadAcquire(this.rx.w, this.rx.prod, this.plain) !== this.cons;
   }
 
   rxBurst(out: Uint32Array, n: number): number {
@@ -482,50 +493,23 @@ class XskTxPool extends XskTxBase {
 }
 
 /** RX with a private UMEM: each frame copied into a new mbuf, its frame back on the fill ring at once. */
-class XskRxPrivate implements RxQueue {
-  declare private readonly rx: RingWords;
-  declare private readonly fill: RingWords;
-  declare private readonly fd: number;
-  declare private readonly pool: Mempool;
+class XskRxPrivate extends XskRxBase {
   declare private readonly port: number;
   declare private readonly u8: Uint8Array;
   declare private readonly u32: Uint32Array;
   declare private readonly frameMask: number;
   declare private readonly room: number;
-  declare private readonly busy: boolean;
-  declare private readonly plain: boolean;
-  declare private readonly stats: Float64Array;
-  declare private readonly s: number;
-  declare private readonly xs: number;
   declare private readonly v: MbufView;
-  declare private cons: number;
-  declare private fprod: number;
-  declare readonly intr?: RxInterrupt;
 
   constructor(d: AfXdpQueueData, pool: Mempool, port: number, stats: Float64Array, s: number) {
-    this.rx = new RingWords(d.rx);
-    this.fill = new RingWords(d.fill);
-    this.fd = d.fd;
-    this.pool = pool;
+    super(d, pool, stats, s);
     this.port = port;
     const ab = viewOf(d.umemVa, d.umemLen);
     this.u8 = new Uint8Array(ab);
     this.u32 = new Uint32Array(ab);
     this.frameMask = d.frameSize - 1;
     this.room = pool.userWord(1);
-    this.busy = d.busyPoll;
-    this.plain = TSO;
-    this.stats = stats;
-    this.s = s;
-    this.xs = xstatIndex(d.xstat + XS_RX_WAKEUPS);
     this.v = new MbufView();
-    this.cons = this.rx.w[this.rx.cons];
-    this.fprod = this.fill.w[this.fill.prod];
-    if (d.intr) this.intr = new FdRxInterrupt(d.fd, stats, s + RXQ_INTERRUPTS, () => this.pending());
-  }
-
-  private pending(): boolean {
-    return loadAcquire(this.rx.w, this.rx.prod, this.plain) !== this.cons;
   }
 
   rxBurst(out: Uint32Array, n: number): number {
