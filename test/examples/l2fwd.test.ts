@@ -60,7 +60,9 @@ async function pushThrough(ports: EthDev[], pool: ReturnType<typeof pktmbufPoolC
   const buf = new Uint32Array(32), out = new Uint32Array(32), bytes = new Uint8Array(2048);
   const got: Uint8Array[] = [];
   let sent = 0;
-  const deadline = Date.now() + 20000;
+  // The lcore starts in the background (a worker loading its modules: seconds on a loaded
+  // machine): allow two minutes for the first frame back, then 20 s without progress.
+  let deadline = Date.now() + 120_000, seen = 0;
   while ((sent < n || got.length < n) && Date.now() < deadline) {
     // Keep at most 512 packets in flight: the far ring (1024) never fills, so nothing is dropped.
     if (sent < n && sent - got.length < 512) {
@@ -78,6 +80,10 @@ async function pushThrough(ports: EthDev[], pool: ReturnType<typeof pktmbufPoolC
       got.push(bytes.slice(0, len));
     }
     pktmbufFreeBulk(out, r, 0);
+    if (got.length !== seen) {
+      seen = got.length;
+      deadline = Math.max(deadline, Date.now() + 20_000);
+    }
     if (r === 0) await new Promise((res) => setImmediate(res));
   }
   return got;
@@ -158,7 +164,8 @@ t.test('tspmd l2fwd command: JSON summary contract on null ports', async (t) => 
   t.equal(r.code, 0, r.stderr);
   const s = JSON.parse(r.stdout.trim().split('\n').pop()!);
   t.equal(s.app, 'l2fwd');
-  t.ok(s.elapsed_s >= 1.9 && s.elapsed_s < 10, `elapsed ${s.elapsed_s}`);
+  // at least the duration; the upper bound only catches a run that does not stop (start-up on a loaded machine took 14 s)
+  t.ok(s.elapsed_s >= 1.9 && s.elapsed_s < 60, `elapsed ${s.elapsed_s}`);
   t.ok(s.total_rx_mpps > 0.1, `rx ${s.total_rx_mpps} Mpps`);
   t.equal(s.ports.length, 2);
   t.same(Object.keys(s.ports[0]).slice(0, 2), ['port', 'name']);
