@@ -13,13 +13,15 @@
  * `--gen tspmd` for tspmd pktgen on net_af_xdp. Both veth ends run XDP in copy mode (veth has no
  * zero copy), so the gain over af_packet is smaller than on a NIC with zero-copy support.
  *
- *   npm run bench -- afxdp [--json] [--quick] [--rounds N] [--gen dpdk|tspmd]
+ *   npm run bench -- afxdp [--json] [--quick] [--rounds N] [--gen dpdk|tspmd] [--devargs K=V,...]
  */
 import { createTopology, type Topology } from '../lib/netns/topology.js';
 import { ensureDpdk, ensureHugepages, median, runTestpmd, TESTPMD_HUGEPAGES } from './dpdk.js';
 import { WARMUP_S, macOfB, mean, measureB, r3, roundsOption, tspmdApp, type VethWindow } from './veth.js';
 
 type Forwarder = 'tspmd_af_xdp' | 'dpdk_af_xdp' | 'tspmd_af_packet';
+/** Extra devargs of tspmd's net_af_xdp ports (--devargs ",busy_budget=0"). */
+let xdpDevargs = '';
 const FORWARDERS: Forwarder[] = ['tspmd_af_xdp', 'dpdk_af_xdp', 'tspmd_af_packet'];
 
 /** The AF_XDP generator in namespace A, 64-byte frames to B's MAC, sending on CPU 0. */
@@ -40,9 +42,9 @@ function forwarder(kind: Forwarder, topo: Topology, seconds: number): Promise<un
   if (kind === 'dpdk_af_xdp') {
     return runTestpmd({ vdevs: [`net_af_xdp0,iface=${topo.hostA}`, `net_af_xdp1,iface=${topo.hostB}`], forwardMode: 'mac', seconds, lcores: '0-1', mainLcore: 0 });
   }
-  const pmd = kind === 'tspmd_af_xdp' ? 'net_af_xdp' : 'net_af_packet';
+  const pmd = kind === 'tspmd_af_xdp' ? 'net_af_xdp' : 'net_af_packet', extra = kind === 'tspmd_af_xdp' ? xdpDevargs : '';
   return tspmdApp(['l2fwd', '--no-huge', '-l', '0-1', '--main-lcore', '0', '--file-prefix', `${topo.prefix}bench`,
-    '--vdev', `${pmd}0,iface=${topo.hostA}`, '--vdev', `${pmd}1,iface=${topo.hostB}`, '--', '--duration', String(seconds), '-T', '0']);
+    '--vdev', `${pmd}0,iface=${topo.hostA}${extra}`, '--vdev', `${pmd}1,iface=${topo.hostB}${extra}`, '--', '--duration', String(seconds), '-T', '0']);
 }
 
 /** One measurement: generator and forwarder started together, the rate into B after the warm-up. */
@@ -65,6 +67,8 @@ export async function run(args: string[]): Promise<Record<string, number | strin
   const gi = args.indexOf('--gen');
   const gen = gi >= 0 ? args[gi + 1] : 'dpdk';
   if (gen !== 'dpdk' && gen !== 'tspmd') throw new Error(`--gen takes dpdk or tspmd, not "${gen}"`);
+  const di = args.indexOf('--devargs');
+  xdpDevargs = di >= 0 ? `,${args[di + 1].replace(/^,/, '')}` : '';
   ensureDpdk();
   const restore = ensureHugepages(2 * TESTPMD_HUGEPAGES);
   const topo = createTopology();

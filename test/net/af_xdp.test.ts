@@ -110,7 +110,7 @@ async function forwardAndStop(t: Test, topo: Topology, fwd: L2fwd, what: string,
 
 t.test('l2fwd on two net_af_xdp ports (native XDP) joins two namespaces: ping, 8 MB TCP each way, no copy between UMEM and mbufs; a second process on the interface is told who holds it', { skip: needRoot, timeout: 120000 }, async (t) => {
   const topo = topology(t);
-  const fwd = await startL2fwd(t, topo);
+  const fwd = await startL2fwd(t, topo, ',busy_budget=64'); // busy polling (the default is off)
   t.match(xdpProg(topo.hostA), /^prog\/xdp id \d+ name tspmd_xsk/, 'ip -d link show: tspmd\'s program on the A-side end');
   t.match(xdpProg(topo.hostB), /^prog\/xdp id \d+ name tspmd_xsk/, 'and on the B-side end');
   const second = await runCli(['l2fwd', '--no-huge', '--file-prefix', `${topo.prefix}s`, '-l', '0-1', '--vdev', `net_af_xdp0,iface=${topo.hostA}`, '--', '-p', '0x1', '--duration', '1']);

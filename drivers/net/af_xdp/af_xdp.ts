@@ -8,7 +8,7 @@
  * kernel refuses that memory, a private UMEM with one copy each way takes its place, said in the
  * log and in the port's info.
  *
- * `--vdev net_af_xdpN,iface=IF[,start_queue=0][,queue_count=1][,busy_budget=64][,force_copy=0][,mode=native|generic]`
+ * `--vdev net_af_xdpN,iface=IF[,start_queue=0][,queue_count=1][,busy_budget=0][,force_copy=0][,mode=native|generic]`
  * (DPDK's net_af_xdp names, and mode for the XDP attach mode).
  */
 import { readFileSync, readdirSync } from 'node:fs';
@@ -582,7 +582,7 @@ registerVdevDriver({
     iface: { kind: 'string', required: true, placeholder: 'IFNAME', help: 'interface name' },
     start_queue: { kind: 'int', min: 0, max: 4095, default: 0, help: 'first interface queue to bind' },
     queue_count: { kind: 'int', min: 1, max: MAX_QUEUES, default: 1, help: 'queues to bind (one AF_XDP socket each)' },
-    busy_budget: { kind: 'int', min: 0, max: 65535, default: 64, help: 'busy-polling budget (SO_BUSY_POLL_BUDGET); 0 turns busy polling off' },
+    busy_budget: { kind: 'int', min: 0, max: 65535, default: 0, help: 'busy-polling budget (SO_BUSY_POLL_BUDGET); 0 (default) leaves the driver to the kernel\'s softirq' },
     force_copy: { kind: 'bool', default: false, help: 'bind in copy mode (XDP_COPY) even where the driver has zero copy' },
     mode: { kind: 'enum', values: ['native', 'generic'], default: 'native', help: 'XDP attach mode: native (the driver\'s hook) or generic (SKB mode, any interface)' },
   },
