@@ -55,6 +55,7 @@
  * cuckoo moves can delay a lookup, never corrupt it.
  */
 import { TSO } from '../../src/os/arch.js';
+import { adviseHugePages } from '../../src/os/libc.js';
 
 const MAGIC = 0x68617368; // "hash"
 const H_MAGIC = 0, H_KEY_LEN = 1, H_ENTRIES = 2, H_BUCKETS = 3, H_ENTRY_WORDS = 4, H_SEED = 5, H_COUNT = 6;
@@ -293,6 +294,7 @@ export class Hash {
   static create(name: string, options: HashOptions): Hash {
     checkOptions(name, options);
     const memory = new SharedArrayBuffer(layout(options.entries, options.keyLen).bytes);
+    adviseHugePages(memory); // lookups land at random: a TLB entry per 2 MiB, not per 4 KiB
     return new Hash({ name, memory, entries: options.entries, keyLen: options.keyLen }, options, true);
   }
 

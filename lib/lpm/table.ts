@@ -7,6 +7,7 @@
  */
 import { QsbrGroups, QsbrReaders, qsbrBytes } from './qsbr.js';
 import { MAX_LCORE } from '../../src/lcore/id.js';
+import { adviseHugePages } from '../../src/os/libc.js';
 
 /** Entries of the first level. */
 export const TBL24_ENTRIES = 1 << 24;
@@ -73,6 +74,7 @@ export function createTables(kind: LpmKind, name: string, opts: LpmTableOptions,
   let sab: SharedArrayBuffer;
   try {
     sab = new SharedArrayBuffer(bytes);
+    adviseHugePages(sab); // lookups land at random in 64 MiB: a TLB entry per 2 MiB, not per 4 KiB
   } catch (e) {
     throw new RangeError(`${tag} "${name}": cannot allocate ${(bytes / 2 ** 20).toFixed(0)} MiB for the tables (${(e as Error).message}); lower numberTbl8s (${n} groups of 1 KiB)`);
   }

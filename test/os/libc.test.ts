@@ -357,3 +357,22 @@ ${layout.map(([k, expr]) => `  printf("%s %lld\\n", "${k}", (long long)(${expr})
   const ev = execFileSync(join(dir, 'errno'), { encoding: 'utf8' }).trim().split('\n').map(Number);
   errnos.forEach((e, i) => t.equal((os.E as Record<string, number>)[e], ev[i], `errno ${e} = ${ev[i]}`));
 });
+
+t.test('adviseHugePages: a large shared buffer gets transparent huge pages where the kernel offers them', async (t) => {
+  const mode = (() => {
+    try { return /\[(\w+)\]/.exec(readFileSync('/sys/kernel/mm/transparent_hugepage/enabled', 'utf8'))?.[1] ?? 'never'; } catch { return 'never'; }
+  })();
+  const anonHuge = (): number => Number(/AnonHugePages:\s+(\d+) kB/.exec(readFileSync('/proc/self/smaps_rollup', 'utf8'))?.[1] ?? 0);
+  t.equal(os.adviseHugePages(new SharedArrayBuffer(1 << 20)), 0, 'a buffer smaller than one huge page: nothing advised');
+  const before = anonHuge();
+  const sab = new SharedArrayBuffer(32 << 20);
+  const advised = os.adviseHugePages(sab);
+  if (mode === 'never') {
+    t.equal(advised, 0, 'THP off in this kernel: nothing advised');
+    return;
+  }
+  t.ok(advised >= 30 << 20 && advised % (2 << 20) === 0, `the whole 2 MiB pages inside the buffer were advised (${advised} bytes)`);
+  new Int32Array(sab).fill(1); // first touch: the faults come after the advice
+  const grew = anonHuge() - before;
+  t.ok(grew >= 2048, `the process's AnonHugePages grew by ${grew} kB after the first touch (THP "${mode}")`);
+});

@@ -11,6 +11,7 @@ import { readRaw, writeRaw, writeNoThrow, E } from '../../../src/os/libc.js';
 import { Mempool } from '../../../lib/mempool/mempool.js';
 import { pktmbufAllocInit, pktmbufFreeBulk, MBUF_NONE } from '../../../lib/mempool/mbuf.js';
 import { MbufView } from '../../../lib/mempool/mbuf_view.js';
+import { MbufOff, MbufW16, MbufW32 } from '../../../lib/mempool/mbuf_layout.js';
 import { copyBytes } from '../../../lib/net/copy.js';
 import { PCAP_RECORD_HEADER, putRecordHeader, wallClock } from '../../../lib/pcap/pcap.js';
 import {
@@ -58,22 +59,31 @@ class NoRx implements RxQueue {
 
 /** RX from a preloaded capture file. */
 class FileRx implements RxQueue {
-  private readonly u8: Uint8Array;
-  private readonly u32: Uint32Array;
-  private readonly idx: Uint32Array;
-  private readonly pos: Int32Array;
-  private readonly room: number;
-  private readonly count: number;
-  private readonly infinite: boolean;
-  private readonly v = new MbufView();
+  // declare: no class-field definition to undefined first, which would make every field a
+  // generic tagged one (numbers boxed or tag-checked, views map-checked) in optimized code.
+  private declare readonly u8: Uint8Array;
+  private declare readonly u32: Uint32Array;
+  private declare readonly idx: Uint32Array;
+  private declare readonly pos: Int32Array;
+  private declare readonly room: number;
+  private declare readonly count: number;
+  private declare readonly infinite: boolean;
+  private declare readonly pool: Mempool;
+  private declare readonly port: number;
+  private declare readonly stats: Float64Array;
+  private declare readonly s: number;
 
-  constructor(d: PcapRxData, private readonly pool: Mempool, private readonly port: number, private readonly stats: Float64Array, private readonly s: number) {
+  constructor(d: PcapRxData, pool: Mempool, port: number, stats: Float64Array, s: number) {
     this.u8 = new Uint8Array(d.bytes!);
     this.u32 = new Uint32Array(d.bytes!, 0, d.bytes!.byteLength >>> 2);
     this.idx = new Uint32Array(d.index!);
     this.pos = new Int32Array(d.pos!);
     this.count = d.count;
     this.infinite = d.infinite;
+    this.pool = pool;
+    this.port = port;
+    this.stats = stats;
+    this.s = s;
     this.room = pool.userWord(1);
   }
 
@@ -85,11 +95,14 @@ class FileRx implements RxQueue {
       p = 0;
     }
     const want = this.infinite ? n : Math.min(n, count - p);
-    if (!pktmbufAllocInit(this.pool, out, want, 0, 0, this.port)) {
+    const pool = this.pool;
+    if (!pktmbufAllocInit(pool, out, want, 0, 0, this.port)) {
       this.stats[this.s + RXQ_NOMBUF] += want;
       return 0;
     }
-    const v = this.v, idx = this.idx, src8 = this.u8, src32 = this.u32, room = this.room;
+    // Every mbuf is from this pool: its views and geometry in locals, the header indexed directly.
+    const idx = this.idx, src8 = this.u8, src32 = this.u32, room = this.room;
+    const dst8 = pool.u8, dst16 = pool.u16, dst32 = pool.u32;
     let got = 0, bytes = 0, errors = 0;
     for (let i = 0; i < want; i++) {
       if (p >= count) p = 0; // infinite: round again
@@ -99,13 +112,14 @@ class FileRx implements RxQueue {
         errors++; // larger than an mbuf's data room
         continue;
       }
-      v.at(out[got]);
-      v.setLen(len);
-      copyBytes(v.u8, v.u32, v.data, src8, src32, off, len);
+      const o = pool.offsetOf(out[got]);
+      dst16[(o >> 1) + MbufW16.DataLen] = len;
+      dst32[(o >> 2) + MbufW32.PktLen] = len;
+      copyBytes(dst8, dst32, o + MbufOff.Buf + dst16[(o >> 1) + MbufW16.DataOff], src8, src32, off, len);
       bytes += len;
       got++;
     }
-    if (got < want) this.pool.freeBulk(out, want - got, got);
+    if (got < want) pool.freeBulk(out, want - got, got);
     this.pos[0] = p;
     this.stats[this.s + RXQ_PACKETS] += got;
     this.stats[this.s + RXQ_BYTES] += bytes;
