@@ -26,6 +26,9 @@ export { probePorts, probeDeviceBuses, type ProbePortsOptions } from './drivers/
 export { probeVdevs, parseVdev, registerVdevDriver, type VdevDriver, type VdevSpec } from './drivers/bus/vdev/vdev.js';
 export { parseDevargs, devargsHelp, type DevargsSchema, type DevargSpec, type Devargs } from './lib/kvargs/kvargs.js';
 export { PciBus, probePci, registerPciDriver, pciBusConfig, type PciDriver, type PciProbed, type PciProbeContext, type PciDevice, type PciId } from './drivers/bus/pci/pci.js';
+export {
+  registerMdevDriver, unregisterMdevDriver, mdevDrivers, type MdevDriver, type MdevProbed, type MdevProbeContext, type MdevClaimContext, type MdevDevice,
+} from './drivers/bus/mdev/mdev.js';
 export type { VfioDevice, DmaSpace, RegionInfo, IrqInfo, DeviceInfo } from './src/iommu/device.js';
 
 // ---- ports (rte_ethdev.h) ----

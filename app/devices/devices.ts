@@ -1,8 +1,9 @@
 /**
  * `tspmd devices [EAL options] [--json]`: what the PCI and mdev buses find, with
  * the ids, IOMMU group, bound kernel driver, the VFIO mode that would be used and why a device
- * would be skipped. It reads sysfs and /dev, and opens only vfio-pci mdevs (their ids live in
- * config space, read through VFIO); it probes nothing.
+ * would be skipped; for an mdev also its device_api and the mdev driver registered for it (or why
+ * none takes it). It reads sysfs and /dev, and opens only vfio-pci mdevs (their ids live in config
+ * space, read through VFIO); it probes nothing.
  *
  * --json may come before or after "--": `tspmd devices --sysfs-root DIR --json` and
  * `tspmd devices --sysfs-root DIR -- --json` are the same. The sysfs and /dev roots are the EAL's
@@ -30,7 +31,10 @@ export interface DeviceRow {
   iommu_group: number | null;
   kernel_driver: string | null;
   vfio_mode: 'group' | 'iommufd' | null;
+  /** mdevs: the type's device_api */
   device_api?: string;
+  /** mdevs: the mdev driver registered for device_api ("pci": handed to the PCI bus), or null */
+  mdev_driver?: string | null;
   /** the tspmd driver whose id table matches (it probes the device unless skip_reason says why not), or null */
   driver: string | null;
   skip_reason: string | null;
@@ -63,7 +67,8 @@ export function deviceRows(pci: PciDeviceStatus[], mdevs: MdevStatus[], vfioUser
       bus: 'mdev', addr: m.dev.uuid,
       vendor: p ? hex(p.dev.id.vendor, 4) : null, device: p ? hex(p.dev.id.device, 4) : null, class: p ? hex(p.dev.id.classCode, 6) : null,
       iommu_group: m.dev.iommuGroup, kernel_driver: m.dev.kernelDriver, vfio_mode: p ? p.vfioMode ?? m.vfioMode : m.vfioMode,
-      device_api: m.dev.deviceApi, driver: p?.driver?.name ?? null, skip_reason: p ? p.skipReason : m.skipReason,
+      device_api: m.dev.deviceApi, mdev_driver: m.driver?.name ?? null,
+      driver: p ? p.driver?.name ?? null : m.driver?.probe ? m.driver.name : null, skip_reason: p ? p.skipReason : m.skipReason,
     });
   }
   return rows;
@@ -77,7 +82,8 @@ export function formatTable(rows: DeviceRow[]): string {
     r.bus, r.addr + (r.device_api ? ` (${r.device_api})` : ''),
     r.vendor && r.device ? `${r.vendor.slice(2)}:${r.device.slice(2)}` : '-', r.class ?? '-',
     r.iommu_group === null ? '-' : String(r.iommu_group), r.kernel_driver ?? '-', r.vfio_mode ?? '-',
-    r.skip_reason === null ? `will be probed${r.driver ? ` by ${r.driver}` : ''}` : `skipped: ${r.skip_reason}`,
+    (r.mdev_driver ? `mdev driver ${r.mdev_driver}; ` : '') +
+      (r.skip_reason === null ? `will be probed${r.driver ? ` by ${r.driver}` : ''}` : `skipped: ${r.skip_reason}`),
   ]);
   const widths = head.map((h, i) => Math.max(h.length, ...cells.map((c) => (i === head.length - 1 ? 0 : c[i].length))));
   const line = (c: string[]) => c.map((x, i) => (i === c.length - 1 ? x : x.padEnd(widths[i]))).join('  ');

@@ -1,20 +1,23 @@
 /**
  * Probing for an application: every --vdev, then the device buses. vfio-pci mdevs and vfio-user
- * devices are handed to the PCI bus, which matches drivers and probes. The buses close with the EAL.
+ * devices are handed to the PCI bus, which matches drivers and probes; mdevs of other device_apis
+ * are probed by the mdev driver registered for theirs. The buses close with the EAL.
  */
 import type { Eal } from '../../src/eal.js';
 import { listPorts, type EthDev } from '../../lib/ethdev/ethdev.js';
 import { probeVdevs } from './vdev/vdev.js';
 import { PciBus, pciBusConfig } from './pci/pci.js';
-import { handOverMdevs, type MdevStatus } from './mdev/mdev.js';
+import { closeMdevs, handOverMdevs, probeMdevs, type MdevStatus } from './mdev/mdev.js';
 import { handOverVfioUser, type VfioUserStatus } from './vfio-user/vfio-user.js';
 
-/** Scan and probe the PCI bus with mdevs and vfio-user devices handed over to it. */
+/** Scan and probe the PCI bus with mdevs and vfio-user devices handed over to it, and the mdevs other mdev drivers take. */
 export async function probeDeviceBuses(eal: Eal): Promise<{ bus: PciBus; mdevs: MdevStatus[]; vfioUser: VfioUserStatus[] }> {
   const bus = new PciBus(pciBusConfig(eal));
   eal.onClose(() => bus.close());
   const mdevs = handOverMdevs(bus);
+  eal.onClose(() => closeMdevs(mdevs));
   const vfioUser = handOverVfioUser(bus);
+  await probeMdevs(bus, mdevs, eal);
   await bus.probe(eal);
   return { bus, mdevs, vfioUser };
 }

@@ -3,10 +3,14 @@
  *
  * The whole BAR range is reserved in the address space (an anonymous PROT_NONE mapping), and only
  * the areas VFIO allows (the whole region, or the VFIO_REGION_INFO_CAP_SPARSE_MMAP areas) are
- * mapped over the reservation with MAP_FIXED. MMIO reads and writes at an offset use the mapping
- * where it exists (one load or store of exactly the access width, through Atomics so it is never
- * merged, split or elided) and pread/pwrite on the device at the region offset elsewhere.
- * isMapped(off, len) lets a driver keep a fast path on mapped doorbells.
+ * mapped over the reservation with MAP_FIXED. The reservation is seen through views of at most
+ * 4 GiB each (src/os/pieces.ts), so a BAR over 4 GiB is mapped like any other. MMIO reads and writes
+ * at an offset use the mapping where it exists (one load or store of exactly the access width,
+ * through Atomics so it is never merged, split or elided) and pread/pwrite on the device at the
+ * region offset elsewhere. read/readInto/write take any length at any offset: the mapped parts are
+ * copied through the mapping and each unmapped part goes through the device's readRegion/writeRegion
+ * (pread/pwrite, or vfio-user REGION_READ/WRITE), so a driver never chooses. isMapped(off, len) lets
+ * a driver keep a fast path on mapped doorbells.
  *
  * Other threads (a PMD's data half on an lcore) rebuild a MappedBar from Bar.data(): plain data
  * with the address of the mapping and a BarIo saying how to reach what is not mapped (pwrite/pread
@@ -17,6 +21,7 @@
 import * as os from '../os/libc.js';
 import { pciRegionName, type SparseArea, type VfioDevice } from './device.js';
 import { log } from '../log.js';
+import { MAX_VIEW_BYTES, PiecedView } from '../os/pieces.js';
 
 const PAGE = 4096;
 
@@ -24,9 +29,14 @@ const PAGE = 4096;
 export interface BarOptions {
   /** false: never mmap, every access goes through readRegion/writeRegion (default true) */
   mmap?: boolean;
+  /**
+   * Internal: bytes per view piece (default 4 GiB, the most one view covers; a multiple of 4096).
+   * Tests lower it to exercise BARs seen through several pieces without mapping 4 GiB.
+   */
+  pieceSize?: number;
 }
 
-/** One BAR of a VFIO device with an MMIO API (read/write 8/16/32/64 at a byte offset). */
+/** One BAR of a VFIO device with an MMIO API: 8/16/32/64-bit accessors, and reads/writes of any length at any offset. */
 export class Bar {
   /** the region index (VFIO_PCI_BARn_REGION_INDEX) */
   readonly index: number;
@@ -38,10 +48,8 @@ export class Bar {
   readonly mapped: readonly SparseArea[];
   private readonly dev: VfioDevice;
   private readonly reserved: number;
-  private readonly u8: Uint8Array;
-  private readonly u16: Uint16Array;
-  private readonly u32: Uint32Array;
-  private readonly u64: BigUint64Array;
+  /** views over the reservation (null when nothing is mapped) */
+  private readonly view: PiecedView | null;
   /** flat [start0, end0, start1, end1, ...] for the hot lookup */
   private readonly ranges: Float64Array;
   private readonly allMapped: boolean;
@@ -49,18 +57,14 @@ export class Bar {
   private readonly scratchDv = new DataView(this.scratch.buffer);
   private closed = false;
 
-  private constructor(dev: VfioDevice, index: number, size: number, va: bigint, reserved: number, mapped: SparseArea[]) {
+  private constructor(dev: VfioDevice, index: number, size: number, va: bigint, reserved: number, mapped: SparseArea[], pieceSize: number) {
     this.dev = dev;
     this.index = index;
     this.size = size;
     this.va = va;
     this.reserved = reserved;
     this.mapped = mapped;
-    const buf = reserved > 0 ? os.viewOf(va, reserved) : new ArrayBuffer(8);
-    this.u8 = new Uint8Array(buf);
-    this.u16 = new Uint16Array(buf, 0, buf.byteLength >> 1);
-    this.u32 = new Uint32Array(buf, 0, buf.byteLength >> 2);
-    this.u64 = new BigUint64Array(buf, 0, buf.byteLength >> 3);
+    this.view = reserved > 0 ? new PiecedView(va, reserved, pieceSize) : null;
     this.ranges = new Float64Array(mapped.flatMap((a) => [a.offset, a.offset + a.size]));
     this.allMapped = mapped.length === 1 && mapped[0].offset === 0 && mapped[0].size >= size;
   }
@@ -79,18 +83,19 @@ export class Bar {
       if (!ok) log('debug', 'vfio', `${what}: area [0x${a.offset.toString(16)}, +0x${a.size.toString(16)}) is not page-aligned; accessed with pread/pwrite`);
       return ok;
     }));
-    if (areas.length === 0) return new Bar(dev, index, r.size, 0n, 0, []);
+    const pieceSize = opts.pieceSize ?? MAX_VIEW_BYTES;
+    if (areas.length === 0) return new Bar(dev, index, r.size, 0n, 0, [], pieceSize);
     const reserved = Math.ceil(r.size / PAGE) * PAGE;
-    if (reserved > 0x1_0000_0000) throw new Error(`${what}: ${r.size} bytes is more than the 4 GiB one view can cover; open it with { mmap: false }`);
     const va = os.mmap(0n, reserved, os.PROT_NONE, os.MAP_PRIVATE | os.MAP_ANONYMOUS | os.MAP_NORESERVE, -1, 0);
     try {
       for (const a of areas) dev.mmapRegion(index, a.offset, a.size, { fixedAt: va + BigInt(a.offset) });
+      const bar = new Bar(dev, index, r.size, va, reserved, areas, pieceSize);
+      log('debug', 'vfio', `${what}: ${r.size} bytes at 0x${va.toString(16)} (${bar.view!.pieces.length} view piece(s)), mapped ${areas.map((a) => `[0x${a.offset.toString(16)}, +0x${a.size.toString(16)})`).join(' ')}`);
+      return bar;
     } catch (e) {
       os.munmap(va, reserved);
       throw e;
     }
-    log('debug', 'vfio', `${what}: ${r.size} bytes at 0x${va.toString(16)}, mapped ${areas.map((a) => `[0x${a.offset.toString(16)}, +0x${a.size.toString(16)})`).join(' ')}`);
-    return new Bar(dev, index, r.size, va, reserved, areas);
   }
 
   /** Whether [off, off+len) lies entirely inside one mapped area (loads and stores go to memory). */
@@ -104,7 +109,7 @@ export class Bar {
   /** Read 8 bits at off. */
   read8(off: number): number {
     this.check(off, 1);
-    if (this.isMapped(off, 1)) return Atomics.load(this.u8, off);
+    if (this.isMapped(off, 1)) { const p = this.view!.piece(off); return Atomics.load(p.u8, off - p.start); }
     this.dev.readRegion(this.index, off, this.scratch, 1);
     return this.scratch[0];
   }
@@ -112,7 +117,7 @@ export class Bar {
   /** Read 16 bits (little endian) at off (2-byte aligned). */
   read16(off: number): number {
     this.check(off, 2);
-    if (this.isMapped(off, 2)) return Atomics.load(this.u16, off >> 1);
+    if (this.isMapped(off, 2)) { const p = this.view!.piece(off); return Atomics.load(p.u16, (off - p.start) >>> 1); }
     this.dev.readRegion(this.index, off, this.scratch, 2);
     return this.scratchDv.getUint16(0, true);
   }
@@ -120,7 +125,7 @@ export class Bar {
   /** Read 32 bits (little endian) at off (4-byte aligned). */
   read32(off: number): number {
     this.check(off, 4);
-    if (this.isMapped(off, 4)) return Atomics.load(this.u32, off >> 2);
+    if (this.isMapped(off, 4)) { const p = this.view!.piece(off); return Atomics.load(p.u32, (off - p.start) >>> 2); }
     this.dev.readRegion(this.index, off, this.scratch, 4);
     return this.scratchDv.getUint32(0, true);
   }
@@ -128,7 +133,7 @@ export class Bar {
   /** Read 64 bits (little endian) at off (8-byte aligned). */
   read64(off: number): bigint {
     this.check(off, 8);
-    if (this.isMapped(off, 8)) return Atomics.load(this.u64, off >> 3);
+    if (this.isMapped(off, 8)) { const p = this.view!.piece(off); return Atomics.load(p.u64, (off - p.start) >>> 3); }
     this.dev.readRegion(this.index, off, this.scratch, 8);
     return this.scratchDv.getBigUint64(0, true);
   }
@@ -136,7 +141,7 @@ export class Bar {
   /** Write 8 bits at off. */
   write8(off: number, v: number): void {
     this.check(off, 1);
-    if (this.isMapped(off, 1)) { Atomics.store(this.u8, off, v); return; }
+    if (this.isMapped(off, 1)) { const p = this.view!.piece(off); Atomics.store(p.u8, off - p.start, v); return; }
     this.scratch[0] = v;
     this.dev.writeRegion(this.index, off, this.scratch, 1);
   }
@@ -144,7 +149,7 @@ export class Bar {
   /** Write 16 bits (little endian) at off (2-byte aligned). */
   write16(off: number, v: number): void {
     this.check(off, 2);
-    if (this.isMapped(off, 2)) { Atomics.store(this.u16, off >> 1, v); return; }
+    if (this.isMapped(off, 2)) { const p = this.view!.piece(off); Atomics.store(p.u16, (off - p.start) >>> 1, v); return; }
     this.scratchDv.setUint16(0, v, true);
     this.dev.writeRegion(this.index, off, this.scratch, 2);
   }
@@ -152,7 +157,7 @@ export class Bar {
   /** Write 32 bits (little endian) at off (4-byte aligned). */
   write32(off: number, v: number): void {
     this.check(off, 4);
-    if (this.isMapped(off, 4)) { Atomics.store(this.u32, off >> 2, v); return; }
+    if (this.isMapped(off, 4)) { const p = this.view!.piece(off); Atomics.store(p.u32, (off - p.start) >>> 2, v); return; }
     this.scratchDv.setUint32(0, v >>> 0, true);
     this.dev.writeRegion(this.index, off, this.scratch, 4);
   }
@@ -160,9 +165,44 @@ export class Bar {
   /** Write 64 bits (little endian) at off (8-byte aligned). */
   write64(off: number, v: bigint): void {
     this.check(off, 8);
-    if (this.isMapped(off, 8)) { Atomics.store(this.u64, off >> 3, BigInt.asUintN(64, v)); return; }
+    if (this.isMapped(off, 8)) { const p = this.view!.piece(off); Atomics.store(p.u64, (off - p.start) >>> 3, BigInt.asUintN(64, v)); return; }
     this.scratchDv.setBigUint64(0, BigInt.asUintN(64, v), true);
     this.dev.writeRegion(this.index, off, this.scratch, 8);
+  }
+
+  /** Read len bytes at off (any length, any offset): see readInto. */
+  read(off: number, len: number): Uint8Array {
+    const out = new Uint8Array(len);
+    this.readInto(off, out);
+    return out;
+  }
+
+  /**
+   * Fill dst with the BAR's bytes from off (any length, any offset): the mapped parts are copied
+   * from the mapping, each unmapped part is read with the device's readRegion (pread, or vfio-user
+   * REGION_READ). Throws a RangeError naming the BAR and offset when the range leaves the BAR.
+   */
+  readInto(off: number, dst: Uint8Array): void {
+    const len = dst.byteLength;
+    this.checkRange(off, len, 'read');
+    this.eachPart(off, len, (o, at, n, mapped) => {
+      if (mapped) this.view!.copyOut(o, dst, at, n);
+      else this.dev.readRegion(this.index, o, dst.subarray(at, at + n), n);
+    });
+  }
+
+  /**
+   * Write src at off (any length, any offset): the mapped parts are copied into the mapping, each
+   * unmapped part is written with the device's writeRegion (pwrite, or vfio-user REGION_WRITE), in
+   * address order. Throws a RangeError naming the BAR and offset when the range leaves the BAR.
+   */
+  write(off: number, src: Uint8Array): void {
+    const len = src.byteLength;
+    this.checkRange(off, len, 'write');
+    this.eachPart(off, len, (o, at, n, mapped) => {
+      if (mapped) this.view!.copyIn(o, src, at, n);
+      else this.dev.writeRegion(this.index, o, src.subarray(at, at + n), n);
+    });
   }
 
   /**
@@ -172,7 +212,10 @@ export class Bar {
    */
   data(): BarData {
     const io = hasWorkerIo(this.dev) ? this.dev.workerIo(this.index) : null;
-    return { name: `${this.dev.name} ${pciRegionName(this.index)}`, va: this.va, size: this.size, mapped: this.mapped.map((a) => ({ ...a })), io };
+    return {
+      name: `${this.dev.name} ${pciRegionName(this.index)}`, va: this.va, size: this.size, mapped: this.mapped.map((a) => ({ ...a })), io,
+      pieceSize: this.view?.pieceSize ?? MAX_VIEW_BYTES,
+    };
   }
 
   /** Unmap the BAR (the whole reservation, mapped areas included). Views over it must be gone. */
@@ -180,6 +223,31 @@ export class Bar {
     if (this.closed) return;
     this.closed = true;
     if (this.reserved > 0) os.munmap(this.va, this.reserved);
+  }
+
+  /** Call fn for the parts of [off, off+len) in address order: (offset, index in the caller's buffer, length, mapped). */
+  private eachPart(off: number, len: number, fn: (o: number, at: number, n: number, mapped: boolean) => void): void {
+    const end = off + len;
+    let cur = off;
+    for (const a of this.mapped) {
+      if (cur >= end) break;
+      const aEnd = a.offset + a.size;
+      if (aEnd <= cur) continue;
+      if (a.offset >= end) break;
+      if (a.offset > cur) { fn(cur, cur - off, a.offset - cur, false); cur = a.offset; }
+      const n = Math.min(end, aEnd) - cur;
+      fn(cur, cur - off, n, true);
+      cur += n;
+    }
+    if (cur < end) fn(cur, cur - off, end - cur, false);
+  }
+
+  private checkRange(off: number, len: number, what: 'read' | 'write'): void {
+    const name = `${this.dev.name} ${pciRegionName(this.index)}`;
+    if (this.closed) throw new Error(`${name}: the BAR is closed`);
+    if (!(Number.isSafeInteger(off) && Number.isSafeInteger(len) && off >= 0 && len >= 0 && off + len <= this.size)) {
+      throw new RangeError(`${name}: ${len}-byte ${what} at 0x${off.toString(16)} is outside the BAR (size 0x${this.size.toString(16)}); it ends at 0x${(off + len).toString(16)}`);
+    }
   }
 
   private check(off: number, width: number): void {
@@ -239,6 +307,8 @@ export interface BarData {
   mapped: SparseArea[];
   /** how the unmapped parts are reached (absent or null: not from a worker) */
   io?: BarIo | null;
+  /** bytes per view piece (absent: 4 GiB) */
+  pieceSize?: number;
 }
 
 /**
@@ -384,9 +454,7 @@ class UserReg implements MmioReg {
  */
 export class MappedBar {
   readonly name: string;
-  private readonly u32: Uint32Array;
-  private readonly u16: Uint16Array;
-  private readonly u8: Uint8Array;
+  private readonly view: PiecedView | null;
   private readonly mapped: readonly SparseArea[];
   private readonly size: number;
   private readonly io: BarIo | null;
@@ -395,12 +463,9 @@ export class MappedBar {
   constructor(d: BarData) {
     this.io = d.io ?? null;
     if ((d.va === 0n || d.mapped.length === 0) && !this.io) throw new Error(`${d.name}: nothing of the BAR is mapped and its VFIO back end gives no other path from a worker; use the Bar's read/write methods on the main thread`);
-    const buf = d.va !== 0n && d.mapped.length > 0 ? os.viewOf(d.va, Math.ceil(d.size / PAGE) * PAGE) : new ArrayBuffer(8);
+    this.view = d.va !== 0n && d.mapped.length > 0 ? new PiecedView(d.va, Math.ceil(d.size / PAGE) * PAGE, d.pieceSize ?? MAX_VIEW_BYTES) : null;
     this.name = d.name;
     this.size = d.size;
-    this.u8 = new Uint8Array(buf);
-    this.u16 = new Uint16Array(buf, 0, buf.byteLength >> 1);
-    this.u32 = new Uint32Array(buf, 0, buf.byteLength >> 2);
     this.mapped = d.va !== 0n ? d.mapped : [];
   }
 
@@ -420,7 +485,8 @@ export class MappedBar {
       throw new RangeError(`${what}: a ${width * 8}-bit register ${off % width !== 0 ? 'must be aligned' : `lies outside the BAR (size 0x${this.size.toString(16)})`}`);
     }
     if (this.isMapped(off, width)) {
-      return width === 1 ? new MemReg8(this.u8, off) : width === 2 ? new MemReg16(this.u16, off >> 1) : new MemReg32(this.u32, off >> 2);
+      const p = this.view!.piece(off), o = off - p.start;
+      return width === 1 ? new MemReg8(p.u8, o) : width === 2 ? new MemReg16(p.u16, o >>> 1) : new MemReg32(p.u32, o >>> 2);
     }
     const io = this.io;
     if (!io) throw new Error(`${what} is not mapped and the VFIO back end offers no path from a worker; map it, or access it on the main thread`);
@@ -441,26 +507,31 @@ export class MappedBar {
 
   /** 32-bit load at a checked, 4-byte aligned offset. */
   read32(off: number): number {
-    return Atomics.load(this.u32, off >> 2);
+    const p = this.view!.piece(off);
+    return Atomics.load(p.u32, (off - p.start) >>> 2);
   }
 
   /** 32-bit store at a checked, 4-byte aligned offset (a doorbell). */
   write32(off: number, v: number): void {
-    Atomics.store(this.u32, off >> 2, v);
+    const p = this.view!.piece(off);
+    Atomics.store(p.u32, (off - p.start) >>> 2, v);
   }
 
   /** 16-bit load at a checked, 2-byte aligned offset. */
   read16(off: number): number {
-    return Atomics.load(this.u16, off >> 1);
+    const p = this.view!.piece(off);
+    return Atomics.load(p.u16, (off - p.start) >>> 1);
   }
 
   /** 16-bit store at a checked, 2-byte aligned offset. */
   write16(off: number, v: number): void {
-    Atomics.store(this.u16, off >> 1, v);
+    const p = this.view!.piece(off);
+    Atomics.store(p.u16, (off - p.start) >>> 1, v);
   }
 
   /** 8-bit store at a checked offset. */
   write8(off: number, v: number): void {
-    Atomics.store(this.u8, off, v);
+    const p = this.view!.piece(off);
+    Atomics.store(p.u8, off - p.start, v);
   }
 }

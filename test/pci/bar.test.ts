@@ -2,8 +2,11 @@
  * BAR access on memfd-backed regions at VFIO's offsets (index << 40): the region info and its
  * sparse-mmap capability are parsed from kernel-layout bytes, the whole BAR is reserved and only
  * the allowed areas are mapped inside it (checked in /proc/self/maps), MMIO goes through the
- * mapping where mapped and pread/pwrite elsewhere, and both paths agree in every width. Also the
- * rest of the device interface over the same fd: info, IRQ info/set with eventfds, reset, close.
+ * mapping where mapped and pread/pwrite elsewhere, and both paths agree in every width. Reads and
+ * writes of any length at any offset, split between the mapping and pread/pwrite per part (compared
+ * with the memfd's bytes); BARs seen through several view pieces (a lowered piece size, and a 6 GiB
+ * sparse BAR whose only mapped pages straddle 4 GiB). Also the rest of the device interface over
+ * the same fd: info, IRQ info/set with eventfds, reset, close.
  */
 import t from 'tap';
 import { readFileSync } from 'node:fs';
@@ -12,6 +15,7 @@ import * as U from '../../src/iommu/vfio-uapi.js';
 import { Bar, MappedBar, mergeAreas } from '../../src/iommu/bar.js';
 import { parseRegionInfo } from '../../src/iommu/device.js';
 import { MemfdVfioDevice, RecordingDma, REGION_SHIFT, RW, RWM } from './fake-vfio.js';
+import { prng } from '../prng.js';
 
 const KB = 1024;
 /** BAR0: 64 KiB, mmap allowed except the MSI-X table at [0x1000, 0x3000) and the tail above 0x8000. */
@@ -201,6 +205,134 @@ t.test('BARs without mmap, small BARs, whole-BAR mappings, mmap: false, close', 
   t.throws(() => dev.mmapRegion(U.VFIO_PCI_BAR4_REGION_INDEX, 0, 32 * KB), /exceeds the region size 0x4000/);
   t.throws(() => dev.readRegion(U.VFIO_PCI_CONFIG_REGION_INDEX, 250, new Uint8Array(8)), /config: read of 8 bytes at 0xfa is outside the region \(size 0x100\)/);
   t.same(mergeAreas([{ offset: 0x2000, size: 0x1000 }, { offset: 0, size: 0x1000 }, { offset: 0x1000, size: 0x1000 }]), [{ offset: 0, size: 0x3000 }], 'adjacent areas merge');
+});
+
+/** Record the (offset, length) of every readRegion/writeRegion call on region index. */
+function spyRegionIo(dev: MemfdVfioDevice, index: number): { reads: Array<[number, number]>; writes: Array<[number, number]> } {
+  const calls = { reads: [] as Array<[number, number]>, writes: [] as Array<[number, number]> };
+  const read = dev.readRegion.bind(dev), write = dev.writeRegion.bind(dev);
+  dev.readRegion = (i, off, buf, len = buf.byteLength) => { if (i === index) calls.reads.push([off, len]); return read(i, off, buf, len); };
+  dev.writeRegion = (i, off, buf, len = buf.byteLength) => { if (i === index) calls.writes.push([off, len]); return write(i, off, buf, len); };
+  return calls;
+}
+
+/** The parts of [off, off+len) outside the mapped areas, as [offset, length]. */
+function holes(mapped: ReadonlyArray<{ offset: number; size: number }>, off: number, len: number): Array<[number, number]> {
+  const out: Array<[number, number]> = [];
+  let cur = off;
+  for (const a of mapped) {
+    if (a.offset + a.size <= cur || a.offset >= off + len) continue;
+    if (a.offset > cur) out.push([cur, a.offset - cur]);
+    cur = Math.max(cur, a.offset + a.size);
+  }
+  if (cur < off + len) out.push([cur, off + len - cur]);
+  return out;
+}
+
+t.test('any length and offset: mapped parts through the mapping, the rest by pread/pwrite, bytes match the backing', async (t) => {
+  for (const pieceSize of [undefined, 0x2000]) {
+    const dev = device(t);
+    const bar = Bar.open(dev, U.VFIO_PCI_BAR0_REGION_INDEX, { pieceSize });
+    t.teardown(() => bar.close());
+    const tag = pieceSize ? `pieces of 0x${pieceSize.toString(16)}` : 'one view';
+    const rnd = prng(0x26 + (pieceSize ?? 0));
+    const backing = Uint8Array.from({ length: 64 * KB }, () => Math.floor(rnd() * 256));
+    poke(dev, 0, 0, backing);
+    const io = spyRegionIo(dev, U.VFIO_PCI_BAR0_REGION_INDEX);
+    // [mapped 0, 0x1000) [hole 0x1000, 0x3000) [mapped 0x3000, 0x8000) [hole 0x8000, 0x10000)
+    const spans: Array<[number, number]> = [
+      [0xffd, 7], [0x2ffe, 0x1005], [0x7fff, 3], [0, 64 * KB], [0x1001, 1], [0x3, 0], [0x1fff, 0x2003], [0xfff7, 9], [0x3001, 0x4ffd], [0xabc, 0x9876],
+    ];
+    for (let i = 0; i < 20; i++) { const off = Math.floor(rnd() * 64 * KB); spans.push([off, Math.floor(rnd() * (64 * KB - off + 1))]); }
+    for (const [off, len] of spans) {
+      io.reads.length = 0;
+      const got = bar.read(off, len);
+      t.same(Buffer.from(got), Buffer.from(backing.subarray(off, off + len)), `${tag}: read(0x${off.toString(16)}, ${len}) returns the backing's bytes`);
+      t.same(io.reads, holes(bar.mapped, off, len), `${tag}: read(0x${off.toString(16)}, ${len}): pread exactly for the unmapped parts`);
+    }
+    for (const [off, len] of spans.slice(0, 12)) {
+      const src = Uint8Array.from({ length: len }, () => Math.floor(rnd() * 256));
+      io.writes.length = 0;
+      bar.write(off, src);
+      backing.set(src, off);
+      t.same(io.writes, holes(bar.mapped, off, len), `${tag}: write(0x${off.toString(16)}, ${len}): pwrite exactly for the unmapped parts`);
+    }
+    t.same(Buffer.from(new Uint8Array(peek(dev, 0, 0, 64 * KB).buffer)), Buffer.from(backing), `${tag}: after the writes the backing holds what was written, nothing else changed`);
+    const into = new Uint8Array(11);
+    bar.readInto(0x2ffb, into);
+    t.same(Buffer.from(into), Buffer.from(backing.subarray(0x2ffb, 0x3006)), `${tag}: readInto a caller's buffer`);
+
+    // past the end and bad offsets name the BAR and the offset
+    t.throws(() => bar.read(0xfffe, 4), { name: 'RangeError', message: /^0000:01:00.0 BAR0: 4-byte read at 0xfffe is outside the BAR \(size 0x10000\); it ends at 0x10002$/ });
+    t.throws(() => bar.write(0x10000, new Uint8Array(1)), /0000:01:00.0 BAR0: 1-byte write at 0x10000 is outside the BAR/);
+    t.throws(() => bar.read(-1, 2), /0000:01:00.0 BAR0: 2-byte read at 0x-1 is outside the BAR/);
+    t.throws(() => bar.read(0.5, 2), /2-byte read at 0x0.8 is outside the BAR/);
+    t.same(bar.read(64 * KB, 0), new Uint8Array(0), 'an empty read at the end is allowed');
+    bar.close();
+    t.throws(() => bar.read(0, 1), /0000:01:00.0 BAR0: the BAR is closed/);
+  }
+  // a BAR with nothing mapped: one pread for the whole span
+  const dev = device(t);
+  const b2 = Bar.open(dev, U.VFIO_PCI_BAR2_REGION_INDEX);
+  t.teardown(() => b2.close());
+  const io = spyRegionIo(dev, U.VFIO_PCI_BAR2_REGION_INDEX);
+  b2.write(0x101, Uint8Array.of(1, 2, 3, 4, 5));
+  t.same(b2.read(0xff, 9), Uint8Array.of(0, 0, 1, 2, 3, 4, 5, 0, 0));
+  t.same(io, { reads: [[0xff, 9]], writes: [[0x101, 5]] }, 'unmapped BAR: one syscall per access, whatever its length');
+});
+
+t.test('view pieces: fixed-width accessors and worker registers at piece boundaries', async (t) => {
+  const dev = device(t);
+  const bar = Bar.open(dev, U.VFIO_PCI_BAR4_REGION_INDEX, { pieceSize: 0x1000 });
+  t.teardown(() => bar.close());
+  t.same(bar.mapped, [{ offset: 0, size: 16 * KB }]);
+  for (const off of [0xff8, 0x1000, 0x1ff8, 0x2000, 0x3ff8]) {
+    bar.write64(off, 0x1122334455667788n + BigInt(off));
+    t.equal(peek(dev, 4, off, 8).getBigUint64(0, true), 0x1122334455667788n + BigInt(off), `write64 at 0x${off.toString(16)} lands in the right piece`);
+    t.equal(bar.read32(off + 4), Number((0x1122334455667788n + BigInt(off)) >> 32n), `read32 at 0x${(off + 4).toString(16)}`);
+    t.equal(bar.read8(off), (0x88 + off) & 0xff, `read8 at 0x${off.toString(16)}`);
+    t.equal(bar.read16(off + 2), 0x5566, `read16 at 0x${(off + 2).toString(16)}`);
+  }
+  const d = bar.data();
+  t.equal(d.pieceSize, 0x1000, 'the piece size travels to workers');
+  const mb = new MappedBar(structuredClone(d));
+  mb.write32(0x2ffc, 0xdeadbeef);
+  t.equal(peek(dev, 4, 0x2ffc, 4).getUint32(0, true), 0xdeadbeef, 'MappedBar.write32 at the end of a piece');
+  const reg = mb.reg(0x3000, 2, true);
+  reg.write(0xabcd);
+  t.equal(peek(dev, 4, 0x3000, 2).getUint16(0, true), 0xabcd, 'a mapped register in the fourth piece');
+  t.equal(reg.read(), 0xabcd);
+  t.throws(() => Bar.open(dev, U.VFIO_PCI_BAR0_REGION_INDEX, { pieceSize: 100 }), /piece size 100 must be a multiple of 4096/);
+  t.same(mapsWithin(bar.va, 16 * KB).map(([a, b]) => [a, b]), [[0, 16 * KB]], 'still one mapping: only the views are in pieces');
+});
+
+t.test('a 6 GiB sparse BAR: mapped in 4 GiB view pieces, pages straddling 4 GiB reached through both', async (t) => {
+  const GiB = 2 ** 30, FOUR = 4 * GiB;
+  // the memfd is sparse: only the pages the test touches take memory
+  const dev = new MemfdVfioDevice('0000:02:00.0', [
+    { index: U.VFIO_PCI_BAR0_REGION_INDEX, size: 6 * GiB, flags: RWM, sparse: [{ offset: 0, size: 0x1000 }, { offset: FOUR - 0x1000, size: 0x2000 }] },
+  ]);
+  t.teardown(() => dev.close());
+  const bar = Bar.open(dev, U.VFIO_PCI_BAR0_REGION_INDEX);
+  t.teardown(() => bar.close());
+  t.equal(bar.size, 6 * GiB, 'opened, not refused');
+  t.same(mapsWithin(bar.va, 6 * GiB).filter(([, , p]) => p.startsWith('rw')).map(([a, b]) => [a, b]), [[0, 0x1000], [FOUR - 0x1000, FOUR + 0x1000]], 'only the sparse areas are mapped');
+  bar.write64(FOUR - 8, 0x0102030405060708n);
+  bar.write64(FOUR, 0x1112131415161718n);
+  t.equal(peek(dev, 0, FOUR - 8, 8).getBigUint64(0, true), 0x0102030405060708n, 'last word of the first piece');
+  t.equal(peek(dev, 0, FOUR, 8).getBigUint64(0, true), 0x1112131415161718n, 'first word of the second piece');
+  t.same(bar.read(FOUR - 4, 8), Uint8Array.of(4, 3, 2, 1, 0x18, 0x17, 0x16, 0x15), 'a read across the piece boundary');
+  const mb = new MappedBar(structuredClone(bar.data()));
+  t.equal(mb.reg(FOUR + 4, 4, true).read(), 0x11121314, 'a worker register past 4 GiB, through the second piece');
+  poke(dev, 0, 5 * GiB + 3, Uint8Array.of(9, 8, 7));
+  t.same(bar.read(5 * GiB + 2, 5), Uint8Array.of(0, 9, 8, 7, 0), 'past 4 GiB outside the mapping: pread');
+  const io = spyRegionIo(dev, U.VFIO_PCI_BAR0_REGION_INDEX);
+  const span = Uint8Array.from({ length: 0x2010 }, (_, i) => (i * 7) & 0xff);
+  bar.write(FOUR - 0x1008, span);
+  t.same(io.writes, [[FOUR - 0x1008, 8], [FOUR + 0x1000, 8]], 'pwrite for the 8 bytes either side of the mapped pages only');
+  t.same(Buffer.from(new Uint8Array(peek(dev, 0, FOUR - 0x1008, 0x2010).buffer)), Buffer.from(span), 'the backing holds the span');
+  t.same(Buffer.from(bar.read(FOUR - 0x1008, 0x2010)), Buffer.from(span), 'and reads back through both paths');
+  t.throws(() => bar.read(6 * GiB - 2, 4), /0000:02:00.0 BAR0: 4-byte read at 0x17ffffffe is outside the BAR \(size 0x180000000\)/);
 });
 
 t.test('IRQs with real eventfds, reset, DMA through the DmaSpace, close', async (t) => {

@@ -4,7 +4,9 @@
  * wildcards and class masks, allow/block lists, skip reasons (kernel driver with bind commands),
  * --vfio-mode selection against a fixture /dev, probe/remove through a VFIO device, the mdev scan
  * and the hand-over of vfio-pci mdevs with ids read from config space through the VFIO device
- * interface, and the real back ends' errors on nodes that are not VFIO devices (no fd leaks).
+ * interface, the mdev driver registry by device_api (a test driver for vfio-ccw probed with the
+ * opened device, vfio-ap without a driver), and the real back ends' errors on nodes that are not
+ * VFIO devices (no fd leaks).
  */
 import t from 'tap';
 import { chmodSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
@@ -19,12 +21,16 @@ import {
   PciBus, DeviceFilter, canonicalDeviceName, findPciDriver, parseResources, pciIdMatches, registerPciDriver, scanPci,
   unregisterPciDriver, type PciBusConfig, type PciDriver, type PciProbeContext,
 } from '../../drivers/bus/pci/pci.js';
-import { handOverMdevs, parseConfigIds, scanMdev } from '../../drivers/bus/mdev/mdev.js';
+import {
+  closeMdevs, findMdevDriver, handOverMdevs, mdevDrivers, parseConfigIds, probeMdevs, registerMdevDriver, scanMdev, unregisterMdevDriver,
+  type MdevDriver, type MdevProbeContext,
+} from '../../drivers/bus/mdev/mdev.js';
 import { buildFixture, configSpace, standardFixture, type Fixture } from './fixture.js';
 import { MemfdVfioDevice, RW, RWM } from './fake-vfio.js';
 
 const MTTY = '83b8f4f2-509f-382f-3c1e-e6bfe0fa1001';
 const CCW = '0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9';
+const AP = '5d3e8c7a-1b2f-4c6d-9e0a-b1c2d3e4f5a6';
 
 function fixture(t: { teardown(fn: () => unknown): void }, fx: Fixture = standardFixture()): Fixture {
   t.teardown(fx.remove);
@@ -256,7 +262,7 @@ t.test('probe and remove through the VFIO device interface', async (t) => {
 t.test('mdev scan: type, name, device_api, IOMMU group', async (t) => {
   const fx = fixture(t);
   const ms = scanMdev(fx.sysfs);
-  t.same(ms.map((m) => m.uuid), [CCW, MTTY]);
+  t.same(ms.map((m) => m.uuid), [CCW, AP, MTTY]);
   const m = ms.find((x) => x.uuid === MTTY)!;
   t.equal(m.type, 'mtty-2');
   t.equal(m.typeName, 'Dual-port-serial');
@@ -265,6 +271,7 @@ t.test('mdev scan: type, name, device_api, IOMMU group', async (t) => {
   t.equal(m.parent, 'mtty');
   t.equal(m.kernelDriver, 'mtty');
   t.equal(ms.find((x) => x.uuid === CCW)!.deviceApi, 'vfio-ccw');
+  t.equal(ms.find((x) => x.uuid === AP)!.deviceApi, 'vfio-ap');
   t.same(scanMdev(fx.dev), [], 'no bus/mdev: no devices');
   rmSync(join(fx.sysfs, 'devices/virtual/mtty/mtty/mdev_supported_types/mtty-2/device_api'));
   t.throws(() => scanMdev(fx.sysfs), /mdev_supported_types\/mtty-2\/device_api: cannot be read: ENOENT/);
@@ -288,7 +295,9 @@ t.test('mdev hand-over: ids from config space through VFIO, matched and probed b
   t.equal(mt.pci?.addr, MTTY);
   t.ok(opened[0].calls.includes(U.VFIO_DEVICE_GET_REGION_INFO), 'config space found through region info');
   const cc = ms.find((x) => x.dev.uuid === CCW)!;
-  t.equal(cc.skipReason, 'device_api vfio-ccw: only vfio-pci mdevs are driven (listed, not probed)');
+  t.equal(cc.skipReason, 'no driver registered for device_api vfio-ccw');
+  t.equal(cc.driver, null);
+  t.equal(mt.driver?.name, 'pci', 'the PCI hand-over took the vfio-pci mdev');
   t.equal(cc.pci, null);
   t.equal(opened.length, 1, 'the vfio-ccw device was not opened');
   const st = bus.status().find((s) => s.dev.addr === MTTY)!;
@@ -316,6 +325,72 @@ t.test('mdev hand-over: ids from config space through VFIO, matched and probed b
   await dead.close();
   t.equal(openFds(), fds, 'still no leaked fd');
   t.throws(() => parseConfigIds(new Uint8Array(16), 'x'), /x: config space read returned 16 bytes, 48 needed/);
+});
+
+t.test('mdev drivers by device_api: vfio-pci handed to PCI, vfio-ccw probed by a registered driver, vfio-ap unknown', async (t) => {
+  const fx = fixture(t);
+  const log: string[] = [];
+  t.same(mdevDrivers().map((d) => [d.name, d.deviceApi]), [['pci', 'vfio-pci']], 'the PCI hand-over is the one driver registered by the bus');
+  const ccwDriver: MdevDriver<{ close(): void }> = {
+    name: 'tsp_ccw', deviceApi: 'vfio-ccw', description: 'test driver for channel I/O subchannels',
+    claim({ dev, target }) { log.push(`claim ${dev.uuid} ${dev.type} ${target.iommuGroup}`); },
+    probe(ctx: MdevProbeContext) {
+      const r = ctx.vfio.regionInfo(U.VFIO_PCI_BAR0_REGION_INDEX);
+      log.push(`probe ${ctx.dev.uuid} ${ctx.vfio.name} ${r.size} ${JSON.stringify(ctx.args)} ${ctx.eal === null}`);
+      return { close: () => log.push(`close ${ctx.dev.uuid}`) };
+    },
+  };
+  registerMdevDriver(ccwDriver);
+  t.teardown(() => unregisterMdevDriver('vfio-ccw'));
+  t.throws(() => registerMdevDriver({ ...ccwDriver, name: 'tsp_ccw2' }), /mdev driver "tsp_ccw2": device_api vfio-ccw is already driven by "tsp_ccw"; unregister it first/);
+  t.throws(() => registerMdevDriver({ name: 'tsp_pci', deviceApi: 'vfio-pci', description: 'x' }), /device_api vfio-pci is already driven by "pci"/);
+  t.equal(findMdevDriver('vfio-ccw'), ccwDriver);
+  t.equal(findMdevDriver('vfio-ap'), null);
+
+  const opened: MemfdVfioDevice[] = [];
+  const fds = openFds();
+  const bus = new PciBus(busConfig(fx, { allow: [MTTY, `${CCW},chpid=0x10`, AP], openDevice: fakeOpener(opened, { [MTTY]: { vendor: 0x4348, device: 0x3253, classCode: 0x070002 } }) }));
+  const ms = handOverMdevs(bus);
+  const by = new Map(ms.map((m) => [m.dev.uuid, m]));
+  const mt = by.get(MTTY)!, cc = by.get(CCW)!, ap = by.get(AP)!;
+  t.equal(mt.driver?.name, 'pci');
+  t.equal(mt.pci?.addr, MTTY, 'vfio-pci: handed to the PCI bus');
+  t.equal(mt.skipReason, null);
+  t.equal(cc.driver?.name, 'tsp_ccw');
+  t.equal(cc.skipReason, null);
+  t.equal(cc.vfioMode, 'group', 'opened through the group node /dev/vfio/21');
+  t.equal(cc.pci, null, 'not a PCI device');
+  t.equal(ap.driver, null);
+  t.equal(ap.vfioMode, null);
+  t.equal(ap.skipReason, 'no driver registered for device_api vfio-ap');
+  t.same(log, [`claim ${CCW} vfio_ccw-io 21`], 'claimed at scan, not probed yet');
+  t.same(opened.map((d) => d.name), [MTTY], 'only the vfio-pci mdev is opened at scan');
+
+  const probed = await probeMdevs(bus, ms);
+  t.same(probed.map((m) => m.dev.uuid), [CCW], 'only the vfio-ccw mdev is probed by the mdev bus');
+  t.same(opened.map((d) => d.name), [MTTY, CCW]);
+  t.equal(cc.probed?.vfio, opened[1], 'the driver got the device the bus opened');
+  t.same(log.slice(1), [`probe ${CCW} ${CCW} 16384 {"chpid":"0x10"} true`]);
+  t.same(await probeMdevs(bus, ms), [], 'probing again takes nothing twice');
+  t.same((await bus.probe()).map((p) => p.dev.addr), [], 'no PCI driver for the mtty ids: the PCI bus probes nothing');
+  await closeMdevs(ms);
+  t.equal(cc.probed, null);
+  t.same(log.slice(2), [`close ${CCW}`]);
+  await bus.close();
+  t.equal(openFds(), fds, 'every fd closed');
+
+  // a failing probe names the mdev and the driver, and the device is closed again
+  const failing: MdevDriver = { name: 'tsp_ap', deviceApi: 'vfio-ap', description: 'x', probe() { throw new Error('no AP queues assigned'); } };
+  registerMdevDriver(failing);
+  t.teardown(() => unregisterMdevDriver('vfio-ap'));
+  const bus2 = new PciBus(busConfig(fx, { allow: [AP], openDevice: fakeOpener(opened, {}) }));
+  const ms2 = handOverMdevs(bus2);
+  t.equal(ms2.find((m) => m.dev.uuid === AP)!.skipReason, null, 'a driver registered for vfio-ap: no reason any more');
+  await t.rejects(probeMdevs(bus2, ms2), new RegExp(`${AP}: mdev driver tsp_ap failed to probe the vfio-ap mdev: no AP queues assigned`));
+  await bus2.close();
+  unregisterMdevDriver('vfio-ap');
+  t.equal(findMdevDriver('vfio-ap'), null, 'unregistered');
+  t.equal(openFds(), fds, 'nothing leaked by the failed probe');
 });
 
 t.test('kernel back ends on nodes that are not VFIO devices: clear errors, no fd leaks', async (t) => {

@@ -181,7 +181,9 @@ export function standardFixture(): Fixture {
     [
       { uuid: '83b8f4f2-509f-382f-3c1e-e6bfe0fa1001', parent: 'virtual/mtty/mtty', type: 'mtty-2', typeName: 'Dual-port-serial', deviceApi: 'vfio-pci', group: 20, driver: 'mtty' },
       { uuid: '0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9', parent: 'css/0.0.0010', type: 'vfio_ccw-io', typeName: 'I/O subchannel (Non-QDIO)', deviceApi: 'vfio-ccw', group: 21, driver: 'vfio_ccw_mdev' },
+      // an s390 crypto (AP) passthrough device: a device_api no tspmd mdev driver takes
+      { uuid: '5d3e8c7a-1b2f-4c6d-9e0a-b1c2d3e4f5a6', parent: 'vfio_ap/matrix', type: 'vfio_ap-passthrough', typeName: 'VFIO AP Passthrough Device', deviceApi: 'vfio-ap', group: 22, driver: 'vfio_ap_mdev' },
     ],
-    { container: true, groups: [3, 12, 20], cdevs: ['vfio0'], iommufd: true },
+    { container: true, groups: [3, 12, 20, 21, 22], cdevs: ['vfio0'], iommufd: true },
   );
 }

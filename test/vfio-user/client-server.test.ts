@@ -1,7 +1,7 @@
 /**
  * vfio-user client and server in two processes: `tspmd emu dmatest` serves, this process is the
  * client (the VfioDevice the drivers use). Version and capabilities, region info with sparse areas
- * and fds, the mmap and message paths agreeing, DMA by fd (EAL memfd segments) and by message
+ * and fds, the mmap and message paths agreeing (also Bar.read/write of any length across both), DMA by fd (EAL memfd segments) and by message
  * (DMA_READ/WRITE), IRQ delivery and masking, reset, disconnect and reconnect, server restart,
  * and the vfio-user-info / emu commands.
  */
@@ -130,6 +130,15 @@ t.test('mmap path and message path agree (BAR2 whole, BAR0 sparse)', async (t) =
   const viaMsg = new Uint8Array(4);
   c.readRegion(0, R.SHARED_PAGE + 8, viaMsg);
   t.equal(new DataView(viaMsg.buffer).getUint32(0, true), 0xdeadbeef, 'sparse area: mapped store seen by REGION_READ');
+  // any length at any offset across the trapped page and the mapped one: REGION_READ for the part
+  // in page 0, the mapping for the rest; the same bytes as one REGION_READ of the whole span
+  const whole = new Uint8Array(0x100b);
+  c.readRegion(0, 1, whole);
+  t.same(Buffer.from(b0.read(1, 0x100b)), Buffer.from(whole), 'Bar.read across a trapped and a mapped page equals REGION_READ');
+  t.equal(new DataView(b0.read(R.REG_ID, 4).buffer).getUint32(0, true), R.DMATEST_ID, 'and a trapped register read with it');
+  b0.write(R.SHARED_PAGE + 0xffd, Uint8Array.of(7, 8, 9));
+  c.readRegion(0, R.SHARED_PAGE + 0xffc, viaMsg);
+  t.same(viaMsg, Uint8Array.of(0, 7, 8, 9), 'Bar.write at an odd offset in the mapped page seen by REGION_READ');
 });
 
 t.test('DMA map by fd: EAL memfd segments, copy + checksum by the device, MSI-X', async (t) => {

@@ -2,10 +2,13 @@
  * The mdev bus: mediated devices in <root>/bus/mdev/devices/<uuid> (links into the parent device's
  * directory), with their type (mdev_type link and the type's name), device_api and IOMMU group.
  *
- * Devices whose device_api is "vfio-pci" are PCI devices behind VFIO: they are opened through VFIO
- * (by UUID), their ids are read from the config-space region, and they are handed to the PCI bus,
- * which matches and probes them like any PCI function; -a/-b address them by UUID. Devices with
- * other device APIs (vfio-ccw, vfio-ap, ...) are listed and never probed.
+ * Which code drives an mdev is chosen by its type's device_api, from a registry of mdev drivers
+ * (registerMdevDriver), one per device_api. The first registered is the PCI hand-over: a "vfio-pci"
+ * mdev is opened through VFIO (by UUID), its ids are read from the config-space region, and it is
+ * handed to the PCI bus, which matches and probes it like any PCI function. A driver for another
+ * device_api (vfio-ccw, vfio-ap, vfio-platform, ...) registers itself and gets its mdevs opened
+ * through VFIO and probed, without a change here. An mdev whose device_api has no driver is listed
+ * with that reason. -a/-b address mdevs by UUID.
  */
 import { basename, dirname, join } from 'node:path';
 import { readPciIdsThroughVfio } from '../pci/config.js';
@@ -13,7 +16,7 @@ import {
   SysfsError, exists, listDir, readLinkName, readOptionalInt, readOptionalString, readString, resolvePath,
 } from '../../../src/sysfs.js';
 import type { VfioDevice } from '../../../src/iommu/device.js';
-import type { VfioMode } from '../../../src/iommu/mode.js';
+import type { VfioMode, VfioTarget } from '../../../src/iommu/mode.js';
 import * as U from '../../../src/iommu/vfio-uapi.js';
 import { log } from '../../../src/log.js';
 import { isUuid } from '../pci/address.js';
@@ -84,59 +87,198 @@ export function mdevAsPciDevice(m: MdevDevice, ids: { id: PciId; revision: numbe
   };
 }
 
-/** One mdev as the mdev bus sees it. */
-export interface MdevStatus {
+/**
+ * What an mdev driver's claim may report: the PCI device record when it handed the mdev to the PCI
+ * bus (which then probes it), nothing otherwise.
+ */
+export interface MdevClaim {
+  pci?: PciDevice;
+}
+
+/** What claim() gets: the mdev, the bus (its VFIO layer, config, filter) and how to open the device. */
+export interface MdevClaimContext {
   dev: MdevDevice;
-  /** the VFIO mode it would be (or was) opened with */
-  vfioMode: VfioMode | null;
-  /** set when the device was handed to the PCI bus (ids read through VFIO) */
-  pci: PciDevice | null;
-  /** why it was not handed over, or null */
-  skipReason: string | null;
+  bus: PciBus;
+  /** the mdev as a VFIO target (name: its UUID) */
+  target: VfioTarget;
+}
+
+/** What an mdev driver's probe returns: something the bus can close. */
+export interface MdevProbed {
+  close(): void | Promise<void>;
+}
+
+/** What an mdev driver's probe gets. */
+export interface MdevProbeContext {
+  dev: MdevDevice;
+  /** the mdev opened through VFIO (by UUID); closed by the bus after the probed object */
+  vfio: VfioDevice;
+  /** driver arguments given with -a UUID,key=value */
+  args: Record<string, string>;
+  /** the EAL, when probing for an application */
+  eal: Eal | null;
 }
 
 /**
- * Scan the mdev bus and hand every usable vfio-pci mdev to the PCI bus: open it through the PCI
- * bus's VFIO layer (by UUID), read its ids from config space, handOver(). Devices the allow/block
- * lists exclude are not opened.
+ * A driver for the mdevs of one device_api. Both hooks are optional: claim runs at scan time (also
+ * for `tspmd devices`, which probes nothing) and throws an Error saying why it cannot take the mdev;
+ * probe runs when an application probes, with the mdev opened through VFIO. A driver that hands its
+ * mdevs to another bus (the PCI hand-over) claims and does not probe.
+ */
+export interface MdevDriver<T extends MdevProbed = MdevProbed> {
+  /** e.g. "pci" or "ccw_io" */
+  name: string;
+  /** the device_api it drives, as the mdev type's device_api file spells it ("vfio-ccw") */
+  deviceApi: string;
+  /** one line for listings */
+  description: string;
+  /** Take the mdev at scan time, or throw saying why not. */
+  claim?(ctx: MdevClaimContext): MdevClaim | void;
+  /** Take the opened device when an application probes; return what the bus closes. */
+  probe?(ctx: MdevProbeContext): T | Promise<T>;
+}
+
+const mdevDriverRegistry = new Map<string, MdevDriver>();
+
+/** Make an mdev driver available for its device_api; one driver per device_api. */
+export function registerMdevDriver<T extends MdevProbed>(d: MdevDriver<T>): void {
+  const other = mdevDriverRegistry.get(d.deviceApi);
+  if (other) throw new Error(`mdev driver "${d.name}": device_api ${d.deviceApi} is already driven by "${other.name}"; unregister it first`);
+  mdevDriverRegistry.set(d.deviceApi, d as unknown as MdevDriver);
+}
+
+/** Remove the driver registered for deviceApi (tests, hot-unload); mdevs already probed stay probed. */
+export function unregisterMdevDriver(deviceApi: string): void {
+  mdevDriverRegistry.delete(deviceApi);
+}
+
+/** Registered mdev drivers, in registration order. */
+export function mdevDrivers(): MdevDriver[] {
+  return [...mdevDriverRegistry.values()];
+}
+
+/** The driver registered for deviceApi, or null. */
+export function findMdevDriver(deviceApi: string): MdevDriver | null {
+  return mdevDriverRegistry.get(deviceApi) ?? null;
+}
+
+/**
+ * The PCI hand-over, the first mdev driver: open the mdev through the PCI bus's VFIO layer, read
+ * its ids from config space, handOver(). The PCI bus matches and probes it.
+ */
+export const mdevPciHandOver: MdevDriver = {
+  name: 'pci',
+  deviceApi: U.VFIO_DEVICE_API_PCI_STRING,
+  description: 'hands vfio-pci mdevs to the PCI bus, which probes them like PCI functions',
+  claim({ dev, bus, target }): MdevClaim {
+    if (bus.config.noPci) throw new Error('--no-pci: vfio-pci mdevs are PCI devices');
+    let vfio: VfioDevice | null = null;
+    try {
+      vfio = bus.openDevice(target);
+      const pci = mdevAsPciDevice(dev, readPciIdsThroughVfio(vfio));
+      bus.handOver(pci, vfio);
+      log('info', 'mdev', `${dev.uuid} (${dev.type}): vfio-pci ${pci.id.vendor.toString(16)}:${pci.id.device.toString(16)} handed to the PCI bus`);
+      return { pci };
+    } catch (e) {
+      vfio?.close();
+      throw new Error(`cannot read its PCI ids through VFIO: ${(e as Error).message}`);
+    }
+  },
+};
+registerMdevDriver(mdevPciHandOver);
+
+/** One mdev as the mdev bus sees it. */
+export interface MdevStatus {
+  dev: MdevDevice;
+  /** the driver registered for its device_api (null: none) */
+  driver: MdevDriver | null;
+  /** the VFIO mode it would be (or was) opened with (null: no driver, or no VFIO path) */
+  vfioMode: VfioMode | null;
+  /** set when the device was handed to the PCI bus (ids read through VFIO) */
+  pci: PciDevice | null;
+  /** why no driver takes it, or null */
+  skipReason: string | null;
+  /** set once the driver probed it (probeMdevs) */
+  probed: { probed: MdevProbed; vfio: VfioDevice } | null;
+}
+
+/**
+ * Scan the mdev bus and let the driver registered for each mdev's device_api claim it (the PCI
+ * hand-over opens vfio-pci mdevs and hands them to the PCI bus). Devices the allow/block lists
+ * exclude, or without a driver or a VFIO path, are listed with the reason and not opened.
  */
 export function handOverMdevs(bus: PciBus): MdevStatus[] {
   const out: MdevStatus[] = [];
   for (const m of scanMdev(bus.config.sysfsRoot)) {
     const target = { name: m.uuid, sysfsDir: m.sysfsDir, iommuGroup: m.iommuGroup };
-    const choice = bus.vfio.choose(target);
-    const st: MdevStatus = { dev: m, vfioMode: m.deviceApi === U.VFIO_DEVICE_API_PCI_STRING ? choice.mode : null, pci: null, skipReason: null };
+    const driver = findMdevDriver(m.deviceApi);
+    const st: MdevStatus = { dev: m, driver, vfioMode: null, pci: null, skipReason: bus.filter.skipReason(m.uuid), probed: null };
     out.push(st);
-    st.skipReason = bus.filter.skipReason(m.uuid);
-    if (st.skipReason === null && m.deviceApi !== U.VFIO_DEVICE_API_PCI_STRING) {
-      st.skipReason = `device_api ${m.deviceApi}: only ${U.VFIO_DEVICE_API_PCI_STRING} mdevs are driven (listed, not probed)`;
+    if (driver === null) {
+      st.skipReason ??= `no driver registered for device_api ${m.deviceApi}`;
+      continue;
     }
-    if (st.skipReason === null && bus.config.noPci) st.skipReason = '--no-pci: vfio-pci mdevs are PCI devices';
+    const choice = bus.vfio.choose(target);
+    st.vfioMode = choice.mode;
     if (st.skipReason === null && choice.mode === null) st.skipReason = choice.reason;
-    if (st.skipReason !== null) continue;
-    let vfio: VfioDevice | null = null;
+    if (st.skipReason !== null || !driver.claim) continue;
     try {
-      vfio = bus.openDevice(target);
-      st.pci = mdevAsPciDevice(m, readPciIdsThroughVfio(vfio));
-      bus.handOver(st.pci, vfio);
-      log('info', 'mdev', `${m.uuid} (${m.type}): vfio-pci ${st.pci.id.vendor.toString(16)}:${st.pci.id.device.toString(16)} handed to the PCI bus`);
+      st.pci = driver.claim({ dev: m, bus, target })?.pci ?? null;
     } catch (e) {
-      vfio?.close();
-      st.pci = null;
-      st.skipReason = `cannot read its PCI ids through VFIO: ${(e as Error).message}`;
+      st.skipReason = (e as Error).message;
     }
   }
   return out;
 }
 
 /**
- * Scan both buses for an EAL and probe: vfio-pci mdevs are handed to the PCI bus first, then
- * every PCI device is matched and probed. The bus closes with the EAL.
+ * Probe every claimed mdev whose driver has a probe (the PCI hand-over has none: the PCI bus
+ * probes those): open it through the bus's VFIO layer and call the driver. Throws naming the mdev
+ * and driver when a probe fails (that device is closed again). Undo with closeMdevs.
+ */
+export async function probeMdevs(bus: PciBus, mdevs: MdevStatus[], eal: Eal | null = null): Promise<MdevStatus[]> {
+  const done: MdevStatus[] = [];
+  for (const st of mdevs) {
+    if (st.skipReason !== null || st.probed !== null || !st.driver?.probe) continue;
+    const vfio = bus.openDevice({ name: st.dev.uuid, sysfsDir: st.dev.sysfsDir, iommuGroup: st.dev.iommuGroup });
+    let probed: MdevProbed;
+    try {
+      probed = await st.driver.probe({ dev: st.dev, vfio, args: bus.filter.args(st.dev.uuid), eal });
+    } catch (e) {
+      vfio.close();
+      throw new Error(`${st.dev.uuid}: mdev driver ${st.driver.name} failed to probe the ${st.dev.deviceApi} mdev: ${(e as Error).message}`);
+    }
+    st.probed = { probed, vfio };
+    log('info', 'mdev', `${st.dev.uuid} (${st.dev.type}): probed by ${st.driver.name} (${st.dev.deviceApi}, VFIO ${vfio.backend})`);
+    done.push(st);
+  }
+  return done;
+}
+
+/** Close what probeMdevs probed (the driver's object, then its VFIO device), last first; throws the first error after trying all. */
+export async function closeMdevs(mdevs: MdevStatus[]): Promise<void> {
+  let first: unknown = null;
+  for (const st of [...mdevs].reverse()) {
+    const p = st.probed;
+    if (!p) continue;
+    st.probed = null;
+    try { await p.probed.close(); } catch (e) { first ??= e; }
+    try { p.vfio.close(); } catch (e) { first ??= e; }
+  }
+  if (first) throw first;
+}
+
+/**
+ * Scan both buses for an EAL and probe: mdevs are claimed by their device_api's driver (vfio-pci
+ * ones handed to the PCI bus), the other claimed mdevs are probed, then every PCI device is matched
+ * and probed. Both close with the EAL.
  */
 export async function probePciAndMdev(eal: Eal): Promise<{ bus: PciBus; mdevs: MdevStatus[] }> {
   const bus = new PciBus(pciBusConfig(eal));
   eal.onClose(() => bus.close());
   const mdevs = handOverMdevs(bus);
+  eal.onClose(() => closeMdevs(mdevs));
+  await probeMdevs(bus, mdevs, eal);
   await bus.probe(eal);
   return { bus, mdevs };
 }
