@@ -17,6 +17,7 @@ import { fileURLToPath } from 'node:url';
 import { runCli, CHILD_ENV, removeRunDir, type CliResult } from '../cli.js';
 import { readLpmRules, readEmRules, ipv4Process, parseConfig } from '../../examples/l3fwd/l3fwd.js';
 import { assertForwarderNoAlloc, type ForwarderGcSummary } from '../alloc.js';
+import { text2pcap } from '../text2pcap.js';
 import { TelemetryClient } from '../app/telemetry-client.js';
 
 const have = (cmd: string): boolean => {
@@ -127,18 +128,6 @@ function cases(): Case[] {
   arp[40] = tg; // tag in the target address
   add('ARP (not IP)', arp, 0, null, 'not_ip');
   return c;
-}
-
-/** Write frames as text2pcap input and run text2pcap. */
-function text2pcap(frames: Uint8Array[], out: string): void {
-  const lines: string[] = [];
-  for (const f of frames) {
-    for (let o = 0; o < f.length; o += 16) lines.push(`${o.toString(16).padStart(4, '0')} ${Array.from(f.subarray(o, o + 16), (x) => x.toString(16).padStart(2, '0')).join(' ')}`);
-    lines.push('');
-  }
-  const txt = `${out}.txt`;
-  writeFileSync(txt, lines.join('\n') + '\n');
-  run('text2pcap', ['-q', txt, out]);
 }
 
 /** What tshark says of each frame of a capture. */
