@@ -71,7 +71,7 @@ export { Lpm6, LPM6_MAX_NEXT_HOP, LPM6_MAX_TBL8S, LPM6_MAX_RULES, type Lpm6Optio
 export { pdumpInit } from './lib/pdump/pdump.js';
 
 // ---- applications: `app [EAL options] -- [app options]`, one module per app ----
-export { runApp, appMain, eachOption, intOption, numberOption, wholeNumber, runLcoresUntilDone, sleep, type App, type RunEnd } from './lib/app/app.js';
+export { runApp, appMain, eachOption, intOption, numberOption, portmaskOption, wholeNumber, runLcoresUntilDone, sleep, type App, type RunEnd } from './lib/app/app.js';
 export { StatsReporter, type Summary, type PortSummary } from './lib/app/stats.js';
 export * from './lib/telemetry/index.js'; // telemetry: DPDK's telemetry v2 socket, Prometheus metrics (rte_telemetry.h)
 

@@ -13,8 +13,8 @@
  */
 import {
   type App, type EthDev, type LcoreContext, type PortData, type RxQueue, type TxQueue, UsageError, MbufView, Mempool,
-  appMain, countGc, rxInterruptDriverNames, eachOption, intOption, listPorts, macWords, numberOption, openRxQueue, openTxQueue, pktmbufFreeBulk,
-  pktmbufPoolCreate, probePorts, runLcoresUntilDone, StatsReporter, RxIdleSleeper, wholeNumber, type RxIdleQueue, type RxIdleStats,
+  appMain, countGc, rxInterruptDriverNames, eachOption, intOption, listPorts, macWords, numberOption, openRxQueue, openTxQueue, pktmbufFreeBulk, portmaskOption,
+  pktmbufPoolCreate, probePorts, runLcoresUntilDone, StatsReporter, RxIdleSleeper, type RxIdleQueue, type RxIdleStats,
 } from '../../index.js';
 
 /** How lcores wait for packets: always polling, sleeping whenever a round finds nothing, or after --idle-polls empty rounds. */
@@ -74,13 +74,7 @@ export const l2fwd: App<L2fwdOptions> = {
     const o: L2fwdOptions = { portmask: null, queuesPerLcore: null, periodS: 10, macUpdating: true, durationS: 0, json: false, burst: 32, rxDesc: 1024, txDesc: 1024, rxMode: 'poll', idlePolls: 300 };
     eachOption(args, (flag, value) => {
       switch (flag) {
-        case '-p': {
-          const v = value();
-          const mask = wholeNumber(v, 1, 0xffffffff, 16);
-          if (mask === null) throw new UsageError(`-p "${v}": expected a hexadecimal port mask from 0x1 to 0xffffffff, e.g. 0x3`);
-          o.portmask = mask;
-          break;
-        }
+        case '-p': o.portmask = portmaskOption('-p', value()); break;
         case '-q': o.queuesPerLcore = intOption('-q', value(), 1, 64); break;
         case '-T': o.periodS = numberOption('-T', value(), 0, 86400); break;
         case '--no-mac-updating': o.macUpdating = false; break;

@@ -25,7 +25,7 @@ import { readFileSync } from 'node:fs';
 import {
   type App, type LcoreContext, type PortData, type RxQueue, type TxQueue, type LpmDesc, type Lpm6Desc, type HashDesc,
   UsageError, MbufView, Mempool, Lpm, Lpm6, Hash, LpmFullError,
-  appMain, countGc, eachOption, intOption, listPorts, macWords, numberOption, openRxQueue, openTxQueue, pktmbufFreeBulk,
+  appMain, countGc, eachOption, intOption, listPorts, macWords, numberOption, openRxQueue, openTxQueue, pktmbufFreeBulk, portmaskOption,
   pktmbufPoolCreate, probePorts, runLcoresUntilDone, StatsReporter, wholeNumber, parseMac, formatMac, telemetryOf,
   parseIpv4, parseIpv4Prefix, parseIpv6, parseIpv6Prefix, formatIpv4Prefix, formatIpv6Prefix, maskIpv4, maskIpv6,
   type TelemetryValue,
@@ -248,13 +248,7 @@ export const l3fwd: App<L3fwdOptions> = {
     let rule4: string | null = null, rule6: string | null = null;
     eachOption(args, (flag, value) => {
       switch (flag) {
-        case '-p': {
-          const v = value();
-          const mask = wholeNumber(v, 1, 0xffffffff, 16);
-          if (mask === null) throw new UsageError(`-p "${v}": expected a hexadecimal port mask from 0x1 to 0xffffffff, e.g. 0x3`);
-          o.portmask = mask;
-          break;
-        }
+        case '-p': o.portmask = portmaskOption('-p', value()); break;
         case '-P': o.promiscuous = true; break;
         case '--config': o.config = parseConfig(value()); break;
         case '--lookup': {

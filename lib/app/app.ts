@@ -158,6 +158,13 @@ function explicitOptions(o: EalOptions, argv: string[]): Partial<EalOptions> {
 /** Whole-number options (counts, sizes, ports, queues, pids) go through intOption (src/options.ts): one parser, no fractions. */
 export { intOption, wholeNumber };
 
+/** A port mask option such as -p 0x3: hexadecimal with an optional 0x, from 0x1 to 0xffffffff (bit n is port n); UsageError naming it otherwise. */
+export function portmaskOption(name: string, v: string | undefined): number {
+  const mask = v === undefined ? null : wholeNumber(v, 1, 0xffffffff, 16);
+  if (mask === null) throw new UsageError(`${name} ${v === undefined ? '(missing)' : `"${v}"`}: expected a hexadecimal port mask from 0x1 to 0xffffffff, e.g. 0x3`);
+  return mask;
+}
+
 /** A non-negative decimal option such as seconds ("1", "0.5"): digits with an optional fraction, from min to max; UsageError naming it otherwise. */
 export function numberOption(name: string, v: string | undefined, min: number, max: number): number {
   if (v === undefined || !/^\d+(\.\d+)?$/.test(v) || !(Number(v) >= min && Number(v) <= max)) {

@@ -1,7 +1,8 @@
 /**
  * A kernel network interface as a port sees it, for the drivers whose ports sit on one
- * (net_af_packet, net_af_xdp): its sysfs attributes, MAC address and link state. An interface
- * that is gone reads as no attributes, a zero MAC and a link that is down, not as an error.
+ * (net_af_packet, net_af_xdp, net_pcap's iface=): its sysfs attributes, MAC address and link
+ * state. An interface that is gone reads as no attributes, a zero MAC and a link that is down,
+ * not as an error.
  */
 import { readFileSync } from 'node:fs';
 import { parseMac } from '../net/mac.js';

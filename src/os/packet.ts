@@ -1,7 +1,8 @@
 /**
  * linux/if_packet.h, for promiscuous mode: a membership of an AF_PACKET socket (the kernel counts
  * it and drops it with the socket). Every driver that opens such a socket (net_af_packet for its
- * rings, net_af_xdp for promiscuous mode) asks for it the same way; their uapi.ts re-export these.
+ * rings, net_af_xdp for promiscuous mode, net_pcap for iface=) asks for it the same way; the uapi.ts
+ * of net_af_packet and net_af_xdp re-export these.
  */
 export const SOL_PACKET = 263, PACKET_ADD_MEMBERSHIP = 1, PACKET_MR_PROMISC = 1;
 /** struct packet_mreq: ifindex i32, type u16, alen u16, address[8] */

@@ -32,6 +32,7 @@ import { TelemetryServer, runtimeDir, MAX_OUTPUT_LEN, TELEMETRY_SOCKET } from '.
 import { registerEthdevCommands, registerEalCommands, QUEUE_STAT_CNTRS } from '../../lib/telemetry/commands.js';
 import { renderMetrics } from '../../lib/telemetry/metrics.js';
 import { CLI, CHILD_ENV, killChildren } from '../cli.js';
+import { TelemetryClient } from './telemetry-client.js';
 
 const root = process.getuid?.() === 0;
 const SCRIPT = '/usr/bin/dpdk-telemetry.py';
@@ -43,34 +44,6 @@ t.setTimeout(1_200_000);
 /** A private directory for in-process servers, removed at the end. */
 const base = join(tmpdir(), `tsptel${PID}`);
 t.teardown(() => rmSync(base, { recursive: true, force: true }));
-
-/** A SEQPACKET client of the server in this process: never blocks the event loop the server runs on. */
-class Client {
-  readonly fd: number;
-  constructor(path: string) {
-    this.fd = os.socket(os.AF_UNIX, os.SOCK_SEQPACKET | os.SOCK_NONBLOCK, 0);
-    os.connect(this.fd, os.sockaddrUn(path), path);
-  }
-  /** The next message as text, or null when the server closed the connection. */
-  async recv(timeoutMs = 10_000): Promise<string | null> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const m = os.recvmsg(this.fd, 65536, os.MSG_DONTWAIT);
-      if (m) return m.data.length === 0 ? null : Buffer.from(m.data).toString('utf8');
-      if (Date.now() > deadline) throw new Error(`no message within ${timeoutMs} ms`);
-      await os.pollAsync([this.fd], os.POLLIN, 100);
-    }
-  }
-  async ask(req: string): Promise<unknown> {
-    const b = Buffer.from(req);
-    os.send(this.fd, b, b.length, os.MSG_NOSIGNAL);
-    const r = await this.recv();
-    return r === null ? null : JSON.parse(r);
-  }
-  close(): void {
-    try { os.close(this.fd); } catch { /* closed */ }
-  }
-}
 
 t.test('runtimeDir: DPDK\'s rules (RUNTIME_DIRECTORY, /var/run for root, XDG_RUNTIME_DIR or /tmp)', async (t) => {
   t.equal(runtimeDir('tsp', {}, 0), '/var/run/dpdk/tsp');
@@ -104,7 +77,7 @@ t.test('the protocol on a real socket: greeting, commands, null answers, size li
   t.teardown(() => s.close());
   t.equal(s.path, join(dir, TELEMETRY_SOCKET), 'the socket is dpdk_telemetry.v2 in the directory');
   t.equal(s.instance, 0);
-  const c = new Client(s.path);
+  const c = new TelemetryClient(s.path);
   t.teardown(() => c.close());
   const hello = JSON.parse((await c.recv())!) as Record<string, unknown>;
   t.same(Object.keys(hello), ['version', 'pid', 'max_output_len'], 'greeting keys, in DPDK\'s order');
@@ -147,7 +120,7 @@ t.test('clients: several at once, a bounded number, a stale socket replaced, a s
   s.start();
   t.teardown(() => s.close());
   t.equal(s.path, path, 'the stale socket was replaced: instance 0');
-  const a = new Client(path), b = new Client(path), c = new Client(path);
+  const a = new TelemetryClient(path), b = new TelemetryClient(path), c = new TelemetryClient(path);
   t.teardown(() => { a.close(); b.close(); c.close(); });
   t.match(await a.recv(), /"pid"/, 'client 1 greeted');
   t.match(await b.recv(), /"pid"/, 'client 2 greeted');
@@ -156,7 +129,7 @@ t.test('clients: several at once, a bounded number, a stale socket replaced, a s
   t.same(await b.ask('/info'), await c.ask('/info'), 'both connections answer');
   a.close();
   await new Promise((r) => setTimeout(r, 200));
-  const d = new Client(path);
+  const d = new TelemetryClient(path);
   t.teardown(() => d.close());
   t.match(await d.recv(), /"pid"/, 'once one left, a new client is served');
   t.equal(s.clientCount, 2);
@@ -166,7 +139,7 @@ t.test('clients: several at once, a bounded number, a stale socket replaced, a s
   t.teardown(() => second.close());
   t.equal(second.instance, 1, 'a live socket on the prefix: the second server takes instance 1');
   t.equal(second.path, `${path}:1`, 'dpdk_telemetry.v2:1, where dpdk-telemetry.py -i 1 looks');
-  const e = new Client(second.path);
+  const e = new TelemetryClient(second.path);
   t.teardown(() => e.close());
   t.match(await e.recv(), /"max_output_len"/);
   await second.close();

@@ -11,13 +11,14 @@ import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { buildUdpFrame, parseIpv4 } from '../../lib/net/packet.js';
 import { runtimeDir, TELEMETRY_SOCKET } from '../../lib/telemetry/server.js';
-import * as os from '../../src/os/libc.js';
 import { existsSync, statSync } from 'node:fs';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { runCli, CHILD_ENV, removeRunDir, type CliResult } from '../cli.js';
 import { readLpmRules, readEmRules, ipv4Process, parseConfig } from '../../examples/l3fwd/l3fwd.js';
 import { assertForwarderNoAlloc, type ForwarderGcSummary } from '../alloc.js';
+import { text2pcap } from '../text2pcap.js';
+import { TelemetryClient } from '../app/telemetry-client.js';
 
 const have = (cmd: string): boolean => {
   try {
@@ -127,18 +128,6 @@ function cases(): Case[] {
   arp[40] = tg; // tag in the target address
   add('ARP (not IP)', arp, 0, null, 'not_ip');
   return c;
-}
-
-/** Write frames as text2pcap input and run text2pcap. */
-function text2pcap(frames: Uint8Array[], out: string): void {
-  const lines: string[] = [];
-  for (const f of frames) {
-    for (let o = 0; o < f.length; o += 16) lines.push(`${o.toString(16).padStart(4, '0')} ${Array.from(f.subarray(o, o + 16), (x) => x.toString(16).padStart(2, '0')).join(' ')}`);
-    lines.push('');
-  }
-  const txt = `${out}.txt`;
-  writeFileSync(txt, lines.join('\n') + '\n');
-  run('text2pcap', ['-q', txt, out]);
 }
 
 /** What tshark says of each frame of a capture. */
@@ -261,7 +250,7 @@ t.test('the contract command with a rule file; SIGINT stops it', { skip: needToo
         try {
           const c = await connect(prefix, 60_000);
           try {
-            await until(async () => (((await c.ask('/ethdev/stats,0'))['/ethdev/stats'] as { ipackets?: number } | null)?.ipackets ?? 0) >= all.length, 60_000);
+            await until(async () => (((await c.ask('/ethdev/stats,0'))?.['/ethdev/stats'] as { ipackets?: number } | null)?.ipackets ?? 0) >= all.length, 60_000);
           } finally {
             c.close();
           }
@@ -312,10 +301,10 @@ async function until(cond: () => Promise<boolean> | boolean, ms: number): Promis
 }
 
 /** Connect to the telemetry socket of prefix once it exists; the greeting read. */
-async function connect(prefix: string, ms: number): Promise<Client> {
+async function connect(prefix: string, ms: number): Promise<TelemetryClient> {
   const sock = join(runtimeDir(prefix), TELEMETRY_SOCKET);
   await until(() => existsSync(sock), ms);
-  const c = new Client(sock);
+  const c = new TelemetryClient(sock);
   await c.recv();
   return c;
 }
@@ -361,33 +350,6 @@ t.test('several lcores and queues per port (net_null, two queues each, two lcore
   t.equal(s.mbufs_in_use_after_stop, 0, 'every mbuf back');
 });
 
-/** A SEQPACKET client of a telemetry socket (non-blocking, polled). */
-class Client {
-  readonly fd: number;
-  constructor(path: string) {
-    this.fd = os.socket(os.AF_UNIX, os.SOCK_SEQPACKET | os.SOCK_NONBLOCK, 0);
-    os.connect(this.fd, os.sockaddrUn(path), path);
-  }
-  async recv(timeoutMs = 10_000): Promise<string | null> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const m = os.recvmsg(this.fd, 65536, os.MSG_DONTWAIT);
-      if (m) return m.data.length === 0 ? null : Buffer.from(m.data).toString('utf8');
-      if (Date.now() > deadline) throw new Error(`no message within ${timeoutMs} ms`);
-      await os.pollAsync([this.fd], os.POLLIN, 100);
-    }
-  }
-  async ask(req: string): Promise<Record<string, unknown>> {
-    const b = Buffer.from(req);
-    os.send(this.fd, b, b.length, os.MSG_NOSIGNAL);
-    const r = await this.recv();
-    return r === null ? {} : JSON.parse(r) as Record<string, unknown>;
-  }
-  close(): void {
-    try { os.close(this.fd); } catch { /* closed */ }
-  }
-}
-
 t.test('routes changed through the telemetry socket under a steady stream: packets move, none to a wrong port; no allocation', { skip: needTools, timeout: 120_000 }, async (t) => {
   // The stream alternates 198.18.9.7 (its port is whatever route 198.18.9.x has) and 198.18.0.7 (port 0).
   // Ports 1 and 2 have no files: they count what they send (an endless stream would fill the disk).
@@ -397,19 +359,19 @@ t.test('routes changed through the telemetry socket under a steady stream: packe
   const args = ['l3fwd', '--no-huge', '--file-prefix', prefix,
     '--vdev', `net_pcap0,rx_pcap=${stream},infinite_rx=1`, '--vdev', 'net_pcap1', '--vdev', 'net_pcap2',
     '--', '-p', '0x7', '--json', '--strict', '-T', '0'];
-  const replies: Array<Record<string, unknown>> = [];
+  const replies: Array<Record<string, unknown> | null> = [];
   /** port 1 and 2 packets sent during each phase (after its change took effect) */
   const phases: Array<{ what: string; d1: number; d2: number }> = [];
   const r = await tspmd(args, {
     timeoutMs: 100_000,
     onSpawn: (child) => {
       void (async () => {
-        let c: Client | null = null;
+        let c: TelemetryClient | null = null;
         try {
           c = await connect(prefix, 60_000);
           const cl = c;
-          const opackets = async (p: number): Promise<number> => ((await cl.ask(`/ethdev/stats,${p}`))['/ethdev/stats'] as { opackets: number }).opackets;
-          const ipackets = async (): Promise<number> => ((await cl.ask('/ethdev/stats,0'))['/ethdev/stats'] as { ipackets: number }).ipackets;
+          const opackets = async (p: number): Promise<number> => ((await cl.ask(`/ethdev/stats,${p}`))?.['/ethdev/stats'] as { opackets: number }).opackets;
+          const ipackets = async (): Promise<number> => ((await cl.ask('/ethdev/stats,0'))?.['/ethdev/stats'] as { ipackets: number }).ipackets;
           // warm-up (the lcore's own: 1 s and 10,000 packets) well passed before the first change
           const t0 = await ipackets();
           await until(async () => (await ipackets()) > t0 + 50_000, 60_000);

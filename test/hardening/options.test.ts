@@ -20,6 +20,7 @@ import { UsageError } from '../../src/options.js';
 import { pdump } from '../../app/pdump/pdump.js';
 import { demo } from '../../app/demo/demo.js';
 import { l2fwd } from '../../examples/l2fwd/l2fwd.js';
+import { l3fwd } from '../../examples/l3fwd/l3fwd.js';
 import { pktgen } from '../../examples/pktgen/pktgen.js';
 import { parseVdev } from '../../drivers/bus/vdev/vdev.js';
 import { parseDeviceSpec } from '../../drivers/bus/pci/address.js';
@@ -101,11 +102,14 @@ t.test('finding 8: options in seconds still take fractions, and refuse negatives
   }
 });
 
-t.test('finding 8: l2fwd -p takes a hexadecimal mask from 0x1 to 0xffffffff and nothing else', async (t) => {
-  t.equal((parse(l2fwd, ['-p', '0x3']) as { portmask: number }).portmask, 3);
-  t.equal((parse(l2fwd, ['-p', 'ffffffff']) as { portmask: number }).portmask, 0xffffffff);
-  for (const v of ['0', '0x0', '0x100000000', 'ffffffffffffffffffffffff', '0x3.5', '-3', 'g', '']) {
-    t.throws(() => parse(l2fwd, ['-p', v]), { name: 'UsageError', message: `-p "${v}": expected a hexadecimal port mask from 0x1 to 0xffffffff, e.g. 0x3` }, `-p ${v}`);
+t.test('finding 8: l2fwd and l3fwd -p take a hexadecimal mask from 0x1 to 0xffffffff and nothing else', async (t) => {
+  const apps: [string, (args: string[]) => { portmask: number | null }][] = [['l2fwd', (a) => parse(l2fwd, a)], ['l3fwd', (a) => parse(l3fwd, a)]];
+  for (const [name, parseArgs] of apps) {
+    t.equal(parseArgs(['-p', '0x3']).portmask, 3, `${name} -p 0x3`);
+    t.equal(parseArgs(['-p', 'ffffffff']).portmask, 0xffffffff, `${name} -p ffffffff`);
+    for (const v of ['0', '0x0', '0x100000000', 'ffffffffffffffffffffffff', '0x3.5', '-3', 'g', '']) {
+      t.throws(() => parseArgs(['-p', v]), { name: 'UsageError', message: `-p "${v}": expected a hexadecimal port mask from 0x1 to 0xffffffff, e.g. 0x3` }, `${name} -p ${v}`);
+    }
   }
 });
 

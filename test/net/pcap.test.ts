@@ -22,6 +22,7 @@ import {
 import type { PcapPort } from '../../drivers/net/pcap/pcap.js';
 import { runCli } from '../cli.js';
 import { assertForwarderNoAlloc, type ForwarderGcSummary } from '../alloc.js';
+import { text2pcap } from '../text2pcap.js';
 
 const root = process.getuid?.() === 0;
 const needRoot = root ? false : 'needs root: live captures on veths and AF_PACKET sockets need CAP_NET_ADMIN/CAP_NET_RAW';
@@ -85,17 +86,6 @@ function sampleFrames(): Uint8Array[] {
   const frames: Uint8Array[] = [arp];
   for (const size of [60, 333, 1514]) frames.push(buildUdpFrame({ dstMac: b, srcMac: a, srcIp: 0x0a000001, dstIp: 0x0a000002, srcPort: 7, dstPort: 9, size }));
   return frames;
-}
-
-/** Write frames as text2pcap input (hex dump with offsets) and run text2pcap with extra args. */
-function text2pcap(frames: Uint8Array[], out: string, args: string[]): void {
-  const lines: string[] = [];
-  for (const f of frames) {
-    for (let o = 0; o < f.length; o += 16) lines.push(`${o.toString(16).padStart(4, '0')} ${Array.from(f.subarray(o, o + 16), (x) => x.toString(16).padStart(2, '0')).join(' ')}`);
-    lines.push('');
-  }
-  writeFileSync(join(dir, 'frames.txt'), lines.join('\n') + '\n');
-  run('text2pcap', ['-q', ...args, join(dir, 'frames.txt'), out]);
 }
 
 /** A classic pcap rewritten in the other byte order (header and record fields swapped). */

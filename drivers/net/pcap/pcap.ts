@@ -21,12 +21,14 @@
  * - Without an RX source the port receives nothing; without a TX sink it drops what it is given
  *   (counted as sent), like DPDK's net_pcap with rx_pcap only.
  */
-import { closeSync, readFileSync, writeSync } from 'node:fs';
+import { closeSync, writeSync } from 'node:fs';
 import * as os from '../../../src/os/libc.js';
 import { OsError } from '../../../src/os/libc.js';
+import { SOL_PACKET, PACKET_ADD_MEMBERSHIP, packetMreqPromisc } from '../../../src/os/packet.js';
 import { UsageError } from '../../../src/options.js';
 import { log } from '../../../src/log.js';
 import { EthDev, type DevInfo, type LinkStatus } from '../../../lib/ethdev/ethdev.js';
+import { netAttr } from '../../../lib/ethdev/netdev.js';
 import { parseMac } from '../../../lib/net/mac.js';
 import { registerVdevDriver } from '../../bus/vdev/vdev.js';
 import { devargsError } from '../../../lib/kvargs/kvargs.js';
@@ -35,7 +37,7 @@ import { CaptureFile, CaptureFileError, LINKTYPE_ETHERNET, openCaptureWrite, pca
 import { TX_FILL, TX_CTL_WORDS, type PcapRxData, type PcapTxData } from './pcap_data.js';
 
 const DATA = siblingModule(import.meta.url, 'pcap_data');
-const SOL_PACKET = 263, PACKET_ADD_MEMBERSHIP = 1, PACKET_MR_PROMISC = 1, PACKET_IGNORE_OUTGOING = 23;
+const PACKET_IGNORE_OUTGOING = 23; // linux/if_packet.h
 const ETH_P_ALL_BE = 0x0300; // htons(ETH_P_ALL)
 /** TX snap length: frames longer are cut in the file (their original length is kept). */
 export const PCAP_TX_SNAPLEN = 65535;
@@ -56,15 +58,6 @@ interface RxFile {
   index: SharedArrayBuffer;
   count: number;
   pos: SharedArrayBuffer;
-}
-
-/** Read an interface's sysfs attribute, or null. */
-function netAttr(iface: string, attr: string): string | null {
-  try {
-    return readFileSync(`/sys/class/net/${iface}/${attr}`, 'utf8').trim();
-  } catch {
-    return null;
-  }
 }
 
 /** Largest total of packet bytes an rx_pcap file may load (offsets in the index are u32). */
@@ -233,11 +226,7 @@ export class PcapPort extends EthDev {
   }
 
   private joinPromisc(fd: number, ifindex: number): void {
-    const mreq = new Uint8Array(16);
-    const dv = new DataView(mreq.buffer);
-    dv.setInt32(0, ifindex, true);
-    dv.setUint16(4, PACKET_MR_PROMISC, true);
-    os.setsockopt(fd, SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq);
+    os.setsockopt(fd, SOL_PACKET, PACKET_ADD_MEMBERSHIP, packetMreqPromisc(ifindex));
   }
 
   protected override onPromiscuous(on: boolean): void {
