@@ -177,6 +177,21 @@ function checkOptions(name: string, o: HashOptions): void {
 const EMPTY_U32 = new Uint32Array(0);
 
 /**
+ * The slots of bucket word bi whose signature is sg (sg2 = sg | sg << 16) as bits 0-7, compared
+ * without a branch (rte_hash compares the eight with one vector instruction): where a match lies
+ * is random, so a loop that stopped at the first one mispredicted about once per key. A bucket's
+ * first four words hold the eight u16 signatures, two per word; (x - 1) >>> 31 is 1 exactly when
+ * x is 0.
+ */
+function sigHits(idx: Int32Array, bi: number, sg2: number): number {
+  const x0 = idx[bi] ^ sg2, x1 = idx[bi + 1] ^ sg2, x2 = idx[bi + 2] ^ sg2, x3 = idx[bi + 3] ^ sg2;
+  return (((x0 & 0xffff) - 1) >>> 31) | ((((x0 >>> 16) - 1) >>> 31) << 1)
+    | ((((x1 & 0xffff) - 1) >>> 31) << 2) | ((((x1 >>> 16) - 1) >>> 31) << 3)
+    | ((((x2 & 0xffff) - 1) >>> 31) << 4) | ((((x2 >>> 16) - 1) >>> 31) << 5)
+    | ((((x3 & 0xffff) - 1) >>> 31) << 6) | ((((x3 >>> 16) - 1) >>> 31) << 7);
+}
+
+/**
  * A cuckoo hash table of fixed-size keys with a 32-bit value per key (rte_hash with data). The
  * thread that creates it is its one writer; other threads attach read-only (Hash.attach(h.desc)).
  */
@@ -519,24 +534,15 @@ export class Hash {
   }
 
   /**
-   * The value of the gathered key kw[base..] in bucket b, or -1. The signatures are read two at a
-   * time as the bucket's first four words: x = word ^ (sg | sg << 16) has a zero half where a
-   * signature matches.
+   * The value of the gathered key kw[base..] in bucket b, or -1: the slots whose signature matches
+   * (sigHits), lowest first, until one holds the key.
    */
   private searchBucket(b: number, sg: number, base: number): number {
     const idx = this.idx, bi = b << 4;
     if (!this.plain) return this.searchBucketAtomic(b, sg, base);
-    const sg2 = sg | (sg << 16);
-    for (let k = 0; k < 4; k++) {
-      const x = idx[bi + k] ^ sg2;
-      if ((x & 0xffff) === 0) {
-        const c = idx[bi + 4 + 2 * k];
-        if (c !== 0 && this.keyEq(c, base)) return this.ks[Math.imul(c, this.entryWords)];
-      }
-      if ((x >>> 16) === 0) {
-        const c = idx[bi + 5 + 2 * k];
-        if (c !== 0 && this.keyEq(c, base)) return this.ks[Math.imul(c, this.entryWords)];
-      }
+    for (let hit = sigHits(idx, bi, sg | (sg << 16)); hit !== 0; hit &= hit - 1) {
+      const c = idx[bi + 4 + (31 - Math.clz32(hit & -hit))];
+      if (c !== 0 && this.keyEq(c, base)) return this.ks[Math.imul(c, this.entryWords)];
     }
     return -1;
   }
@@ -631,17 +637,12 @@ export class Hash {
     let t = 0;
     for (let i = 0; i < m; i++) {
       const h = hs[i], b = h & mask, sg = h >>> 16, bi = b << 4, sg2 = sg | (sg << 16);
-      let c = 0;
-      for (let k = 0; k < 4; k++) {
-        const x = idx[bi + k] ^ sg2;
-        if ((x & 0xffff) === 0) {
-          c = idx[bi + 4 + 2 * k];
-          if (c !== 0) break;
-        }
-        if ((x >>> 16) === 0) {
-          c = idx[bi + 5 + 2 * k];
-          if (c !== 0) break;
-        }
+      let hit = sigHits(idx, bi, sg2), c = 0;
+      while (hit !== 0) {
+        // the lowest matching slot; an empty slot (index 0) matches signature 0: the next one
+        c = idx[bi + 4 + (31 - Math.clz32(hit & -hit))];
+        if (c !== 0) break;
+        hit &= hit - 1;
       }
       cand[i] = c;
       if (c !== 0) vals[i] = ks[Math.imul(c, ew)];
