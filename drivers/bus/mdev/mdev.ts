@@ -21,7 +21,7 @@ import * as U from '../../../src/iommu/vfio-uapi.js';
 import { log } from '../../../src/log.js';
 import { isUuid } from '../pci/address.js';
 import { iommuGroupOf, type PciDevice, type PciId } from '../pci/scan.js';
-import { PciBus, pciBusConfig } from '../pci/pci.js';
+import { PciBus, pciBusConfig, type PciProbed, type VfioProbeContext } from '../pci/pci.js';
 import type { Eal } from '../../../src/eal.js';
 
 /** One mediated device. */
@@ -103,20 +103,12 @@ export interface MdevClaimContext {
   target: VfioTarget;
 }
 
-/** What an mdev driver's probe returns: something the bus can close. */
-export interface MdevProbed {
-  close(): void | Promise<void>;
-}
+/** What an mdev driver's probe returns: something the bus can close (as a PCI driver's). */
+export type MdevProbed = PciProbed;
 
-/** What an mdev driver's probe gets. */
-export interface MdevProbeContext {
+/** What an mdev driver's probe gets: the mdev, opened through VFIO by UUID (closed by the bus after the probed object). */
+export interface MdevProbeContext extends VfioProbeContext {
   dev: MdevDevice;
-  /** the mdev opened through VFIO (by UUID); closed by the bus after the probed object */
-  vfio: VfioDevice;
-  /** driver arguments given with -a UUID,key=value */
-  args: Record<string, string>;
-  /** the EAL, when probing for an application */
-  eal: Eal | null;
 }
 
 /**

@@ -40,15 +40,19 @@ export interface PciProbed {
   close(): void | Promise<void>;
 }
 
-/** What a driver's probe gets. */
-export interface PciProbeContext {
-  dev: PciDevice;
+/** What a probe of a VFIO device gets, on the PCI bus and the mdev bus alike. */
+export interface VfioProbeContext {
   /** the open VFIO device (regions, IRQs, DMA); the bus closes it after remove */
   vfio: VfioDevice;
-  /** driver arguments given with -a ADDR,key=value */
+  /** driver arguments given with -a ADDR,key=value (-a UUID,key=value for an mdev) */
   args: Record<string, string>;
   /** the EAL, when probing for an application */
   eal: Eal | null;
+}
+
+/** What a driver's probe gets. */
+export interface PciProbeContext extends VfioProbeContext {
+  dev: PciDevice;
 }
 
 /** A PCI driver: its id table and probe/remove. */
