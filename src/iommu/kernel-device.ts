@@ -23,12 +23,17 @@ export class KernelVfioDevice implements VfioDevice, WorkerIoSource {
   readonly fd: number;
   private readonly dma: DmaSpace;
   private readonly onClose: (() => void) | null;
+  private readonly release: (() => void) | null;
   private readonly regions = new Map<number, RegionInfo>();
   private devInfo: DeviceInfo | null = null;
   private closed = false;
 
-  /** Wrap an open device fd; the object owns it from now on (close() closes it, then calls onClose). */
-  constructor(name: string, backend: string, fd: number, dma: DmaSpace, onClose: (() => void) | null = null) {
+  /**
+   * Wrap an open device fd; the object owns it from now on: close() runs release (e.g. detach the
+   * device from its IOAS), closes the fd, then calls onClose.
+   */
+  constructor(name: string, backend: string, fd: number, dma: DmaSpace, onClose: (() => void) | null = null, release: (() => void) | null = null) {
+    this.release = release;
     this.name = name;
     this.backend = backend;
     this.fd = fd;
@@ -177,9 +182,13 @@ export class KernelVfioDevice implements VfioDevice, WorkerIoSource {
     if (this.closed) return;
     this.closed = true;
     try {
-      os.close(this.fd);
+      this.release?.();
     } finally {
-      this.onClose?.();
+      try {
+        os.close(this.fd);
+      } finally {
+        this.onClose?.();
+      }
     }
   }
 

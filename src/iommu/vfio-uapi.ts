@@ -216,6 +216,7 @@ export const VFIO_IOMMU_MAP_DMA = io(VFIO_TYPE, VFIO_BASE + 13);
 export const VFIO_IOMMU_UNMAP_DMA = io(VFIO_TYPE, VFIO_BASE + 14);
 export const VFIO_DEVICE_BIND_IOMMUFD = io(VFIO_TYPE, VFIO_BASE + 18);
 export const VFIO_DEVICE_ATTACH_IOMMUFD_PT = io(VFIO_TYPE, VFIO_BASE + 19);
+export const VFIO_DEVICE_DETACH_IOMMUFD_PT = io(VFIO_TYPE, VFIO_BASE + 20);
 
 export const VFIO_GROUP_FLAGS_VIABLE = 1 << 0;
 export const VFIO_GROUP_FLAGS_CONTAINER_SET = 1 << 1;
@@ -331,6 +332,10 @@ export const vfio_device_attach_iommufd_pt = new Struct('vfio_device_attach_iomm
   ['argsz', 'u32'], ['flags', 'u32'], ['pt_id', 'u32'],
 ]);
 
+export const vfio_device_detach_iommufd_pt = new Struct('vfio_device_detach_iommufd_pt', [
+  ['argsz', 'u32'], ['flags', 'u32'],
+]);
+
 // ---- linux/iommufd.h ----
 
 export const IOMMUFD_TYPE = ';';
@@ -371,7 +376,7 @@ export const UAPI_IOCTLS: Readonly<Record<string, number>> = {
   VFIO_GROUP_UNSET_CONTAINER, VFIO_GROUP_GET_DEVICE_FD, VFIO_DEVICE_GET_INFO, VFIO_DEVICE_GET_REGION_INFO,
   VFIO_DEVICE_GET_IRQ_INFO, VFIO_DEVICE_SET_IRQS, VFIO_DEVICE_RESET, VFIO_IOMMU_GET_INFO, VFIO_IOMMU_MAP_DMA,
   VFIO_IOMMU_UNMAP_DMA, VFIO_DEVICE_BIND_IOMMUFD, VFIO_DEVICE_ATTACH_IOMMUFD_PT,
-  IOMMU_DESTROY, IOMMU_IOAS_ALLOC, IOMMU_IOAS_MAP, IOMMU_IOAS_UNMAP,
+  VFIO_DEVICE_DETACH_IOMMUFD_PT, IOMMU_DESTROY, IOMMU_IOAS_ALLOC, IOMMU_IOAS_MAP, IOMMU_IOAS_UNMAP,
 };
 
 /** Every flag, index and other constant used, by its C name (checked against the kernel headers). */
@@ -404,7 +409,7 @@ export const UAPI_STRUCTS: ReadonlyArray<Struct<string>> = [
   vfio_info_cap_header, vfio_group_status, vfio_device_info, vfio_region_info, vfio_region_sparse_mmap_area,
   vfio_region_info_cap_sparse_mmap, vfio_region_info_cap_type, vfio_irq_info, vfio_irq_set, vfio_iommu_type1_info,
   vfio_iova_range, vfio_iommu_type1_info_cap_iova_range, vfio_iommu_type1_dma_map, vfio_iommu_type1_dma_unmap,
-  vfio_device_bind_iommufd, vfio_device_attach_iommufd_pt,
+  vfio_device_bind_iommufd, vfio_device_attach_iommufd_pt, vfio_device_detach_iommufd_pt,
   iommu_destroy, iommu_ioas_alloc, iommu_ioas_map, iommu_ioas_unmap,
 ];
 

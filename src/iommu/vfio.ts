@@ -4,6 +4,7 @@
  * IOAS it created, including segments added later. Without an IOMMU (no-IOMMU groups) nothing is
  * mapped and devices DMA to physical addresses, so the EAL must run with --iova-mode pa.
  */
+import { join } from 'node:path';
 import type { EalMemory } from '../memory/memory.js';
 import type { VfioDevice } from './device.js';
 import { DmaMemoryMap } from './dma.js';
@@ -50,7 +51,7 @@ export class Vfio {
     let dev: VfioDevice;
     if (c.mode === 'iommufd') {
       const fd = this.iommufd ?? this.openIommufd();
-      dev = fd.openDevice(target.name, c.nodes.cdev!);
+      dev = fd.openDevice(target.name, c.nodes.cdev!, join(target.sysfsDir, 'vfio-dev', c.nodes.cdevName!, 'dev'));
     } else {
       if (c.nodes.noIommu && this.config.memory && this.config.memory.config.iovaMode !== 'pa') {
         throw new Error(`${target.name}: IOMMU group ${target.iommuGroup} is a no-IOMMU group (${c.nodes.group}): ` +

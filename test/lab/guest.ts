@@ -8,6 +8,11 @@
  *   eal         EAL hugepage memory (hugetlbfs, 2 MiB pages)
  *   probe       the PCI bus probes the NIC through --vfio-mode MODE (a lab driver's id table matches it)
  *   dma-mapped  every EAL segment is DMA-mapped in the container (mapping it again: EEXIST from the kernel)
+ *   iommufd-eexist   (iommufd) mapping a segment again with the same translation is no error; the same
+ *               IOVA for other memory, or a range inside a mapped one, is a clear error
+ *   iommufd-detach   (iommufd) an attached device holds its IOAS (IOMMU_DESTROY: EBUSY); after
+ *               VFIO_DEVICE_DETACH_IOMMUFD_PT, with its fd still open, the IOAS can be destroyed
+ *   cdev-rdev   (iommufd) the cdev node is checked against sysfs vfio-dev/vfioN/dev; another number is refused
  *   config      vendor/device read from the VFIO config region agree with sysfs
  *   bar         BARs mapped (Bar.open) and a register read and written through the mapping and
  *               through pread/pwrite (Bar.open with mmap: false), both paths agreeing
@@ -40,7 +45,7 @@
  */
 import { execFile, execFileSync } from 'node:child_process';
 import { isMainThread } from 'node:worker_threads';
-import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Eal } from '../../src/eal.js';
@@ -49,6 +54,7 @@ import * as os from '../../src/os/libc.js';
 import { Bar } from '../../src/iommu/bar.js';
 import type { VfioDevice } from '../../src/iommu/device.js';
 import * as U from '../../src/iommu/vfio-uapi.js';
+import { Iommufd, checkCdevNode } from '../../src/iommu/iommufd.js';
 import { probePci, registerPciDriver, unregisterPciDriver, type PciBus } from '../../drivers/bus/pci/pci.js';
 import { enableBusMaster, readConfig16, readConfigSpace, PCI_COMMAND } from '../../drivers/bus/pci/config.js';
 import { listPorts, openRxQueue, openTxQueue, type PortData } from '../../lib/ethdev/ethdev.js';
@@ -713,7 +719,8 @@ async function main(): Promise<void> {
     if (!p) return;
     const vfio = p.vfio;
 
-    try {
+    if (mode === 'iommufd') checkIommufdMaps(eal, vfio);
+    else try {
       // the kernel refuses to map an IOVA range that is already mapped: EEXIST proves the EAL's mapping
       const segs = eal.memory.segments.map((s) => {
         try {
@@ -764,6 +771,94 @@ async function main(): Promise<void> {
     } catch (e) {
       report('close', false, { error: errorOf(e) });
     }
+  }
+  if (mode === 'iommufd') checkIommufdRelease();
+}
+
+/**
+ * IOMMUFD, the seed's map rules: mapping the EAL's segments again with the same translation is not
+ * an error (EEXIST tolerated, the EAL's mapping kept: the DMA checks after this use it), while the
+ * same IOVA for other memory, or an IOVA range inside a mapped one, is a clear error.
+ */
+function checkIommufdMaps(eal: Eal, vfio: VfioDevice): void {
+  try {
+    const same = eal.memory.segments.map((s) => {
+      try {
+        vfio.dmaMap(s.va, s.iova, s.len);
+        return { id: s.id, ok: true, answer: 'no error' };
+      } catch (e) {
+        return { id: s.id, ok: false, answer: errorOf(e) };
+      }
+    });
+    const s0 = eal.memory.segments[0], page = eal.memory.config.pageSize;
+    const attempt = (va: bigint, iova: bigint, len: number): string => {
+      try {
+        vfio.dmaMap(va, iova, len);
+        vfio.dmaUnmap(iova, len);
+        return 'mapped without error';
+      } catch (e) {
+        return errorOf(e);
+      }
+    };
+    const other = s0.len >= 2 * page ? attempt(s0.va + BigInt(page), s0.iova, page) : 'segment too small';
+    const inside = s0.len >= 2 * page ? attempt(s0.va + BigInt(page), s0.iova + BigInt(page), page) : 'segment too small';
+    report('iommufd-eexist', same.length > 0 && same.every((x) => x.ok) && /that IOVA already maps va/.test(other) && /overlaps one already mapped/.test(inside), {
+      same, otherMemory: other, insideRange: inside,
+    });
+  } catch (e) {
+    report('iommufd-eexist', false, { error: errorOf(e) });
+  }
+}
+
+/**
+ * IOMMUFD release, after the EAL closed the device: a device opened through its cdev (its node's
+ * major:minor checked against sysfs) holds its IOAS (IOMMU_DESTROY answers EBUSY); after
+ * VFIO_DEVICE_DETACH_IOMMUFD_PT, with the device fd still open, the IOAS can be destroyed; and a
+ * node with another major:minor is refused before use.
+ */
+function checkIommufdRelease(): void {
+  const cdevName = readdirSync(join(sysDev, 'vfio-dev')).find((n) => /^vfio\d+$/.test(n));
+  const cdev = `/dev/vfio/devices/${cdevName}`, sysfsDevFile = join(sysDev, 'vfio-dev', String(cdevName), 'dev');
+  const destroy = (fd: number, id: number): string => {
+    const d = U.iommu_destroy;
+    try {
+      os.ioctl(fd, U.IOMMU_DESTROY, d.encode({ size: d.size, id }));
+      return 'destroyed';
+    } catch (e) {
+      return errorOf(e);
+    }
+  };
+  let ioas: Iommufd | null = null;
+  try {
+    ioas = Iommufd.open('/dev');
+    const dev = ioas.openDevice(bdf, cdev, sysfsDevFile);
+    const whileAttached = destroy(ioas.fd, ioas.ioasId);
+    const d = U.vfio_device_detach_iommufd_pt;
+    os.ioctl(dev.fd, U.VFIO_DEVICE_DETACH_IOMMUFD_PT, d.encode({ argsz: d.size, flags: 0 }));
+    const afterDetach = destroy(ioas.fd, ioas.ioasId);
+    dev.close();
+    report('iommufd-detach', /EBUSY/.test(whileAttached) && afterDetach === 'destroyed', { cdev, whileAttached, afterDetach });
+  } catch (e) {
+    report('iommufd-detach', false, { error: errorOf(e) });
+  } finally {
+    ioas?.close();
+  }
+  // the node check: the real node against its own sysfs dev file, and against another number
+  try {
+    const want = readFileSync(sysfsDevFile, 'utf8').trim();
+    const fd = os.open(cdev, os.O_RDWR);
+    let same = 'accepted', wrong = 'accepted';
+    try {
+      try { checkCdevNode(bdf, cdev, fd, sysfsDevFile); } catch (e) { same = errorOf(e); }
+      const fake = '/tmp/tsp-lab-rdev';
+      writeFileSync(fake, `${Number(want.split(':')[0]) + 1}:0\n`);
+      try { checkCdevNode(bdf, cdev, fd, fake); } catch (e) { wrong = errorOf(e); }
+    } finally {
+      os.close(fd);
+    }
+    report('cdev-rdev', same === 'accepted' && /the node is stale or another device's/.test(wrong), { sysfs: want, same, wrong });
+  } catch (e) {
+    report('cdev-rdev', false, { error: errorOf(e) });
   }
 }
 

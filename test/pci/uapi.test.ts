@@ -7,12 +7,13 @@
  */
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as U from '../../src/iommu/vfio-uapi.js';
 import { PCI_CONFIG_CONSTANTS } from '../../drivers/bus/pci/config.js';
+import { checkCdevNode } from '../../src/iommu/iommufd.js';
 
 /** Every named constant: the VFIO/IOMMUFD ones and the PCI bus's config-space offsets and bits. */
 const CONSTANTS: Readonly<Record<string, number>> = { ...U.UAPI_CONSTANTS, ...PCI_CONFIG_CONSTANTS };
@@ -142,4 +143,25 @@ t.test('struct encode/decode and capability chains', async (t) => {
   U.vfio_info_cap_header.set(v, 'next', 32, 48);
   t.throws(() => U.walkCaps(buf, 32, 'region 0'), /region 0: capability chain loops at offset 32/);
   t.throws(() => U.walkCaps(buf, 60, 'region 0'), /capability at offset 60 lies outside the 64-byte info buffer/);
+});
+
+t.test('IOMMUFD cdev node check: the node must be the char device sysfs names (major:minor)', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'tsp-cdev-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  // /dev/null is char device 1:3 on every Linux: a real node to check against a sysfs-like file.
+  const sysfs = join(dir, 'dev');
+  const fd = openSync('/dev/null', 'r');
+  t.teardown(() => closeSync(fd));
+  writeFileSync(sysfs, '1:3\n');
+  t.doesNotThrow(() => checkCdevNode('0000:00:03.0', '/dev/null', fd, sysfs), 'the same major:minor: accepted');
+  writeFileSync(sysfs, '511:0\n');
+  t.throws(() => checkCdevNode('0000:00:03.0', '/dev/null', fd, sysfs),
+    /0000:00:03\.0: \/dev\/null is char device 1:3 but .* says 511:0: the node is stale or another device's; recreate it \(mknod \/dev\/null c 511 0\)/,
+    'another major:minor: refused, naming both numbers and the fix');
+  const plain = join(dir, 'vfio0');
+  writeFileSync(plain, '');
+  const pfd = openSync(plain, 'r');
+  t.teardown(() => closeSync(pfd));
+  t.throws(() => checkCdevNode('0000:00:03.0', plain, pfd, sysfs), /is not a character device/, 'a regular file: refused');
+  t.throws(() => checkCdevNode('0000:00:03.0', '/dev/null', fd, join(dir, 'missing')), /cannot be read .*bound to vfio-pci/, 'no sysfs dev file: refused');
 });
