@@ -406,12 +406,14 @@ export class Lpm extends LpmTable<Writer, [number, number, number], LpmDesc> {
 
   /**
    * The next hop for an address (rte_lpm_lookup), or -1 when no rule covers it. ip is a u32 (an
-   * int32 with the same bits is fine). Allocates nothing.
+   * int32 with the same bits is fine). Allocates nothing. The answer is made without a branch on
+   * the valid bit (bit 24): ((e >>> 24) & 1) - 1 is 0 for a valid entry and -1 for none, so a miss
+   * (a random share of lookups) costs no mispredicted branch.
    */
   lookup(ip: number): number {
     let e = this.tbl24[ip >>> 8];
     if ((e & 0x3000000) === 0x3000000) e = this.tbl8[((e & 0xffffff) << 8) | (ip & 0xff)];
-    return (e & 0x1000000) !== 0 ? e & 0xffffff : -1;
+    return (e & 0xffffff) | (((e >>> 24) & 1) - 1);
   }
 
   /**
@@ -430,16 +432,16 @@ export class Lpm extends LpmTable<Writer, [number, number, number], LpmDesc> {
       if ((eb & 0x3000000) === 0x3000000) eb = t8[((eb & 0xffffff) << 8) | (b & 0xff)];
       if ((ec & 0x3000000) === 0x3000000) ec = t8[((ec & 0xffffff) << 8) | (c & 0xff)];
       if ((ed & 0x3000000) === 0x3000000) ed = t8[((ed & 0xffffff) << 8) | (d & 0xff)];
-      out[i] = (ea & 0x1000000) !== 0 ? ea & 0xffffff : -1;
-      out[i + 1] = (eb & 0x1000000) !== 0 ? eb & 0xffffff : -1;
-      out[i + 2] = (ec & 0x1000000) !== 0 ? ec & 0xffffff : -1;
-      out[i + 3] = (ed & 0x1000000) !== 0 ? ed & 0xffffff : -1;
+      out[i] = (ea & 0xffffff) | (((ea >>> 24) & 1) - 1);
+      out[i + 1] = (eb & 0xffffff) | (((eb >>> 24) & 1) - 1);
+      out[i + 2] = (ec & 0xffffff) | (((ec >>> 24) & 1) - 1);
+      out[i + 3] = (ed & 0xffffff) | (((ed >>> 24) & 1) - 1);
     }
     for (; i < end; i++) {
       const a = ips[i];
       let e = t24[a >>> 8];
       if ((e & 0x3000000) === 0x3000000) e = t8[((e & 0xffffff) << 8) | (a & 0xff)];
-      out[i] = (e & 0x1000000) !== 0 ? e & 0xffffff : -1;
+      out[i] = (e & 0xffffff) | (((e >>> 24) & 1) - 1);
     }
   }
 

@@ -487,7 +487,7 @@ export class Lpm6 extends LpmTable<Writer6, [Uint8Array, number, number], Lpm6De
     let e = this.tbl24[(ip[off] << 16) | (ip[off + 1] << 8) | ip[off + 2]];
     let k = off + 3;
     while ((e & 0x3000000) === 0x3000000) e = t8[((e & 0xffffff) << 8) | ip[k++]];
-    return (e & 0x1000000) !== 0 ? e & 0xffffff : -1;
+    return (e & 0xffffff) | (((e >>> 24) & 1) - 1);
   }
 
   /**
@@ -513,17 +513,17 @@ export class Lpm6 extends LpmTable<Writer6, [Uint8Array, number, number], Lpm6De
       while ((ec & 0x3000000) === 0x3000000) ec = t8[((ec & 0xffffff) << 8) | ips[k++]];
       k = d + 3;
       while ((ed & 0x3000000) === 0x3000000) ed = t8[((ed & 0xffffff) << 8) | ips[k++]];
-      out[i] = (ea & 0x1000000) !== 0 ? ea & 0xffffff : -1;
-      out[i + 1] = (eb & 0x1000000) !== 0 ? eb & 0xffffff : -1;
-      out[i + 2] = (ec & 0x1000000) !== 0 ? ec & 0xffffff : -1;
-      out[i + 3] = (ed & 0x1000000) !== 0 ? ed & 0xffffff : -1;
+      out[i] = (ea & 0xffffff) | (((ea >>> 24) & 1) - 1);
+      out[i + 1] = (eb & 0xffffff) | (((eb >>> 24) & 1) - 1);
+      out[i + 2] = (ec & 0xffffff) | (((ec >>> 24) & 1) - 1);
+      out[i + 3] = (ed & 0xffffff) | (((ed >>> 24) & 1) - 1);
     }
     for (; i < end; i++) {
       const a = i << 4;
       let e = t24[(ips[a] << 16) | (ips[a + 1] << 8) | ips[a + 2]];
       let k = a + 3;
       while ((e & 0x3000000) === 0x3000000) e = t8[((e & 0xffffff) << 8) | ips[k++]];
-      out[i] = (e & 0x1000000) !== 0 ? e & 0xffffff : -1;
+      out[i] = (e & 0xffffff) | (((e >>> 24) & 1) - 1);
     }
   }
 
