@@ -39,8 +39,8 @@ const BURST = 32;
 
 /** What a driver's data module exports (PortData.module): its queues without the queue callbacks. */
 interface DriverDataModule {
-  openRxQueue(port: PortData, q: number, stats: Float64Array): RxQueue;
-  openTxQueue(port: PortData, q: number, stats: Float64Array): TxQueue;
+  openRxQueue(port: PortData, q: number, stats: Float64Array): RxQueue | Promise<RxQueue>;
+  openTxQueue(port: PortData, q: number, stats: Float64Array): TxQueue | Promise<TxQueue>;
 }
 
 function allocFree(pool: Mempool, buf: Uint32Array, iters: number): void {
@@ -118,7 +118,7 @@ export async function partsLoop(a: PartsArg, ctx: LcoreContext): Promise<PartsRe
   const tx0 = await openTxQueue(p0, 0), tx1 = await openTxQueue(p1, 0);
   // The driver's own queues, without the queue callbacks' wrappers (same statistics memory).
   const mod = (await import(p0.module)) as DriverDataModule;
-  const rawRx0 = mod.openRxQueue(p0, 0, new Float64Array(p0.stats)), rawTx1 = mod.openTxQueue(p1, 0, new Float64Array(p1.stats));
+  const rawRx0 = await mod.openRxQueue(p0, 0, new Float64Array(p0.stats)), rawTx1 = await mod.openTxQueue(p1, 0, new Float64Array(p1.stats));
   const [a0, a1, a2] = macWords([2, 0, 0, 0, 0, 1], p1.mac);
   const [b0, b1, b2] = macWords([2, 0, 0, 0, 0, 0], p0.mac);
   const fwd: Pair[] = [{ rx: rx0, tx: tx1, w0: a0, w1: a1, w2: a2 }, { rx: rx1, tx: tx0, w0: b0, w1: b1, w2: b2 }];

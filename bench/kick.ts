@@ -59,8 +59,8 @@ export async function run(args: string[]): Promise<Record<string, number | strin
     bars.push(mappedBar);
     const plainBar = Bar.open(client, BAR_CFG, { mmap: false });
     bars.push(plainBar);
-    const mapped = new MappedBar(mappedBar.data()).reg(NOTIFY_OFF, 2);
-    const message = new MappedBar(plainBar.data()).reg(NOTIFY_OFF, 2);
+    const mapped = (await MappedBar.open(mappedBar.data())).reg(NOTIFY_OFF, 2);
+    const message = (await MappedBar.open(plainBar.data())).reg(NOTIFY_OFF, 2);
     if (!mapped.mapped || message.mapped) throw new Error('kick bench: expected one mapped and one unmapped notify register');
     console.log(`kick: ${n} writes per path to ${client.name} BAR${BAR_CFG}+0x${NOTIFY_OFF.toString(16)} ...`);
 

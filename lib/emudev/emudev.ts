@@ -23,6 +23,7 @@ import * as U from '../../src/iommu/vfio-uapi.js';
 import { log } from '../../src/log.js';
 import type { SparseArea } from '../../src/iommu/device.js';
 import { ProtocolError, DMA_FLAG_READ, DMA_FLAG_WRITE, type IrqSet, type RegionDescription } from '../vfio-user/protocol.js';
+import type { DmaMessagePath, VfioUserDevice } from '../vfio-user/device.js';
 import { DataPlaneControl, MASK_VECTOR, MASK_FUNCTION } from './dataplane.js';
 
 const PAGE = 4096;
@@ -141,11 +142,7 @@ export interface DmaRegion {
   va: bigint;
 }
 
-/** How the transport reaches client memory that was mapped without fd (DMA_READ/WRITE messages). */
-export interface DmaMessagePath {
-  read(iova: bigint, len: number): Promise<Uint8Array>;
-  write(iova: bigint, data: Uint8Array): Promise<void>;
-}
+export type { DmaMessagePath };
 
 interface BarState {
   spec: EmuBarSpec;
@@ -180,8 +177,8 @@ function checkEventfd(fd: number, what: string): void {
   }
 }
 
-/** An emulated PCI device: config space, BARs, IRQs, DMA table. */
-export class EmuDevice {
+/** An emulated PCI device: config space, BARs, IRQs, DMA table; what a vfio-user server serves. */
+export class EmuDevice implements VfioUserDevice {
   readonly name: string;
   readonly spec: EmuDeviceSpec;
   /** events: see the module comment */

@@ -180,8 +180,8 @@ export function addQueueCallback(cb: QueueCallback): () => void {
 
 /** What a driver's data module exports. */
 export interface DataModule {
-  openRxQueue(port: PortData, q: number, stats: Float64Array): RxQueue;
-  openTxQueue(port: PortData, q: number, stats: Float64Array): TxQueue;
+  openRxQueue(port: PortData, q: number, stats: Float64Array): RxQueue | Promise<RxQueue>;
+  openTxQueue(port: PortData, q: number, stats: Float64Array): TxQueue | Promise<TxQueue>;
 }
 
 type State = 'probed' | 'configured' | 'started' | 'stopped' | 'closed';
@@ -466,7 +466,7 @@ export function closeAllPorts(): void {
 export async function openRxQueue(data: PortData, q: number): Promise<RxQueue> {
   const mod = (await import(data.module)) as DataModule;
   if (q < 0 || q >= data.rxq.length) throw new RangeError(`port ${data.port} (${data.name}): RX queue ${q} does not exist (configured: ${data.rxq.length})`);
-  let queue = mod.openRxQueue(data, q, new Float64Array(data.stats));
+  let queue = await mod.openRxQueue(data, q, new Float64Array(data.stats));
   for (const cb of data.callbacks) {
     const wrap = ((await import(cb.module)) as QueueCallbackModule).wrapRxQueue;
     if (wrap) queue = wrap(data, q, queue, cb.arg);
@@ -480,7 +480,7 @@ export async function openTxQueue(data: PortData, q: number): Promise<TxQueue> {
   if (q < 0 || q >= data.txq.length) throw new RangeError(`port ${data.port} (${data.name}): TX queue ${q} does not exist (configured: ${data.txq.length})`);
   // TX frees mbufs: the pools they come from must be known in this thread.
   for (const p of data.rxPools) Mempool.attach(p);
-  let queue = mod.openTxQueue(data, q, new Float64Array(data.stats));
+  let queue = await mod.openTxQueue(data, q, new Float64Array(data.stats));
   for (const cb of data.callbacks) {
     const wrap = ((await import(cb.module)) as QueueCallbackModule).wrapTxQueue;
     if (wrap) queue = wrap(data, q, queue, cb.arg);

@@ -18,9 +18,10 @@ import * as os from '../../src/os/libc.js';
 import * as U from '../../src/iommu/vfio-uapi.js';
 import { parseDeviceInfo, parseIrqInfo, parseRegionInfo, pciRegionName, type DeviceInfo, type IrqInfo, type MmapOptions, type RegionInfo, type VfioDevice } from '../../src/iommu/device.js';
 import { DmaMemoryMap } from '../../src/iommu/dma.js';
-import { SendLock, type BarIo, type WorkerIoSource } from '../../src/iommu/bar.js';
+import type { BarIo } from '../../src/iommu/bar.js';
 import type { EalMemory } from '../../src/memory/memory.js';
 import * as P from './protocol.js';
+import { SendLock, regionWriteIo } from './reg.js';
 import { Channel, connectUnix, safeClose } from './transport.js';
 
 /** Client options. */
@@ -63,14 +64,14 @@ interface MsgRegion {
 
 /**
  * Message ids: the client's own requests use 1..0x7fff; register writes from other threads
- * (BarIo 'vfio-user', no reply) carry ids from WORKER_MSG_ID, so an error reply a server might
+ * (reg.ts, no reply) carry ids from WORKER_MSG_ID, so an error reply a server might
  * still send for one of them can never be taken for the answer to a request.
  */
 const MAX_REQUEST_ID = 0x7fff;
 const WORKER_MSG_ID = 0x8000;
 
 /** A vfio-user device seen from the client side. */
-export class VfioUserClient implements VfioDevice, WorkerIoSource {
+export class VfioUserClient implements VfioDevice {
   readonly name: string;
   readonly backend = 'vfio-user';
   readonly path: string;
@@ -160,10 +161,7 @@ export class VfioUserClient implements VfioDevice, WorkerIoSource {
   workerIo(index: number): BarIo | null {
     if (this.closed) throw new Error(`${this.name}: the device is closed`);
     if (!this.regionInfo(index).writable) return null;
-    return {
-      kind: 'vfio-user', fd: this.ch.fd, region: index, lock: this.sendLock.sab,
-      msgId: WORKER_MSG_ID, command: P.Cmd.REGION_WRITE, flags: P.TYPE_COMMAND | P.FLAG_NO_REPLY,
-    };
+    return regionWriteIo({ fd: this.ch.fd, region: index, lock: this.sendLock.sab, msgId: WORKER_MSG_ID });
   }
 
   /** Device info (VFIO_USER_DEVICE_GET_INFO). */

@@ -408,34 +408,47 @@ export interface RegionDescription {
   offset: bigint;
   /** sparse mmap areas (region-relative); null: no sparse capability */
   sparse: Array<{ offset: number; size: number }> | null;
+  /** the region type capability (VFIO_REGION_INFO_CAP_TYPE), e.g. for a device-specific region (index >= 9); absent or null: none */
+  type?: { type: number; subtype: number } | null;
 }
 
 /**
- * Encode the full region info reply (struct vfio_region_info + capability chain), argsz set to the
- * full size. When it exceeds the client's argsz, only the fixed struct is sent, without FLAG_CAPS
- * and cap_offset (spec: the client retries with a larger buffer).
+ * Encode the full region info reply (struct vfio_region_info + capability chain: the sparse mmap
+ * areas, then the region type), argsz set to the full size. When it exceeds the client's argsz,
+ * only the fixed struct is sent, without FLAG_CAPS and cap_offset (spec: the client retries with a
+ * larger buffer).
  */
 export function encodeRegionInfo(r: RegionDescription, clientArgsz: number): Uint8Array {
   const s = U.vfio_region_info;
-  const sp = U.vfio_region_info_cap_sparse_mmap, area = U.vfio_region_sparse_mmap_area;
-  const capLen = r.sparse ? sp.size + r.sparse.length * area.size : 0;
+  const sp = U.vfio_region_info_cap_sparse_mmap, area = U.vfio_region_sparse_mmap_area, ct = U.vfio_region_info_cap_type;
+  const sparseLen = r.sparse ? sp.size + r.sparse.length * area.size : 0;
+  const capLen = sparseLen + (r.type ? ct.size : 0);
   const full = s.size + capLen;
-  const fits = full <= clientArgsz;
+  const caps = capLen > 0 && full <= clientArgsz;
   // FLAG_CAPS only when the chain is sent (as libvfio-user does): QEMU's vfio-user client rejects a
   // reply with FLAG_CAPS and cap_offset 0 (EINVAL) instead of retrying with the larger argsz.
-  const flags = r.flags | (r.sparse && fits ? U.VFIO_REGION_INFO_FLAG_CAPS : 0);
-  const b = s.encode({ argsz: full, flags, index: r.index, cap_offset: r.sparse && fits ? s.size : 0, size: r.size, offset: r.offset }, fits ? capLen : 0);
-  if (r.sparse && fits) {
-    const dv = dvOf(b);
+  const flags = r.flags | (caps ? U.VFIO_REGION_INFO_FLAG_CAPS : 0);
+  const b = s.encode({ argsz: full, flags, index: r.index, cap_offset: caps ? s.size : 0, size: r.size, offset: r.offset }, caps ? capLen : 0);
+  if (!caps) return b;
+  const dv = dvOf(b);
+  if (r.sparse) {
     sp.set(dv, 'header.id', U.VFIO_REGION_INFO_CAP_SPARSE_MMAP, s.size);
     sp.set(dv, 'header.version', 1, s.size);
-    sp.set(dv, 'header.next', 0, s.size);
+    sp.set(dv, 'header.next', r.type ? s.size + sparseLen : 0, s.size);
     sp.set(dv, 'nr_areas', r.sparse.length, s.size);
     r.sparse.forEach((a, i) => {
       const o = s.size + sp.offsetOf('areas') + i * area.size;
       area.set(dv, 'offset', a.offset, o);
       area.set(dv, 'size', a.size, o);
     });
+  }
+  if (r.type) {
+    const at = s.size + sparseLen;
+    ct.set(dv, 'header.id', U.VFIO_REGION_INFO_CAP_TYPE, at);
+    ct.set(dv, 'header.version', 1, at);
+    ct.set(dv, 'header.next', 0, at);
+    ct.set(dv, 'type', r.type.type, at);
+    ct.set(dv, 'subtype', r.type.subtype, at);
   }
   return b;
 }

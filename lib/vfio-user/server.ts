@@ -1,6 +1,7 @@
 /**
- * vfio-user server: serves one emulated device (lib/emudev) on a unix socket path, one client at a
- * time. The socket file is created with mode 0600 and removed at close().
+ * vfio-user server: serves one device (a VfioUserDevice, device.ts: lib/emudev's EmuDevice or any
+ * other provider) on a unix socket path, one client at a time. The socket file is created with
+ * mode 0600 and removed at close().
  *
  * Flow: wait (without spinning: poll on a libuv pool thread) for a connection; the first message
  * must be VERSION; then every command is validated field by field and answered, errors as an
@@ -26,7 +27,7 @@ import { lstatSync, unlinkSync, type Stats } from 'node:fs';
 import * as os from '../../src/os/libc.js';
 import * as U from '../../src/iommu/vfio-uapi.js';
 import { log } from '../../src/log.js';
-import { EmuDevice } from '../emudev/emudev.js';
+import type { VfioUserDevice } from './device.js';
 import * as P from './protocol.js';
 import { Channel, PeerClosedError, listenUnix, safeClose } from './transport.js';
 
@@ -69,10 +70,10 @@ interface Pending {
   timer: NodeJS.Timeout;
 }
 
-/** A vfio-user server for one EmuDevice on one socket path. */
+/** A vfio-user server for one device on one socket path. */
 export class VfioUserServer {
   readonly path: string;
-  readonly device: EmuDevice;
+  readonly device: VfioUserDevice;
   readonly stats: ServerStats = { connections: 0, messages: 0, errorReplies: 0, dropped: 0 };
   private readonly maxDataXferSize: number;
   private readonly maxMsgFds: number;
@@ -91,7 +92,7 @@ export class VfioUserServer {
   private loopDone: Promise<void> = Promise.resolve();
 
   /** Prepare to serve device at path (nothing is created until start()). */
-  constructor(device: EmuDevice, path: string, opts: ServerOptions = {}) {
+  constructor(device: VfioUserDevice, path: string, opts: ServerOptions = {}) {
     this.device = device;
     this.path = path;
     this.maxDataXferSize = opts.maxDataXferSize ?? P.DEFAULT_MAX_DATA_XFER_SIZE;

@@ -13,13 +13,17 @@
  * a driver keep a fast path on mapped doorbells.
  *
  * Other threads (a PMD's data half on an lcore) rebuild a MappedBar from Bar.data(): plain data
- * with the address of the mapping and a BarIo saying how to reach what is not mapped (pwrite/pread
- * on the kernel VFIO device fd, or a no-reply REGION_WRITE on the vfio-user socket). A driver asks
- * it for one MmioReg per register at set-up (reg(off, width)): a load/store on the mapping where
- * the register is mapped, the fallback elsewhere, decided once, so no access looks anything up.
+ * with the address of the mapping and the BarIo the device hands out (VfioDevice.workerIo) saying
+ * how to reach what is not mapped: pwrite/pread on the kernel VFIO device fd, or messages written
+ * by a module the device names (vfio-user: a no-reply REGION_WRITE, lib/vfio-user/reg.ts), which
+ * MappedBar.open loads in that thread. A driver asks it for one MmioReg per register at set-up
+ * (reg(off, width)): a load/store on the mapping where the register is mapped, the fallback
+ * elsewhere, decided once, so no access looks anything up.
  */
 import * as os from '../os/libc.js';
-import { pciRegionName, type SparseArea, type VfioDevice } from './device.js';
+import { pciRegionName, type BarIo, type MessageRegModule, type MmioReg, type SparseArea, type VfioDevice } from './device.js';
+
+export type { BarIo, MessageRegModule, MmioReg };
 import { log } from '../log.js';
 import { MAX_VIEW_BYTES, PiecedView } from '../os/pieces.js';
 
@@ -211,7 +215,7 @@ export class Bar {
    * offers no such path).
    */
   data(): BarData {
-    const io = hasWorkerIo(this.dev) ? this.dev.workerIo(this.index) : null;
+    const io = this.dev.workerIo(this.index);
     return {
       name: `${this.dev.name} ${pciRegionName(this.index)}`, va: this.va, size: this.size, mapped: this.mapped.map((a) => ({ ...a })), io,
       pieceSize: this.view?.pieceSize ?? MAX_VIEW_BYTES,
@@ -270,34 +274,6 @@ export function mergeAreas(areas: readonly SparseArea[]): SparseArea[] {
   return out;
 }
 
-/**
- * How any thread of this process reaches the parts of a region that are not mapped: plain data,
- * structured-cloneable. fd numbers are process-wide, so a worker uses the same fd as the main thread.
- *
- * - `file`: kernel VFIO. pread/pwrite on the device fd at `offset` (the region's offset in the fd's
- *   offset space) + the register's offset; thread-safe by construction (no file position).
- * - `vfio-user`: writes only. A VFIO_USER_REGION_WRITE command with the No_reply flag, sent on the
- *   client's socket under `lock` (a send lock every sender of that socket takes, so a message is
- *   never interleaved with another thread's), with message ids from `msgId` up (a range the main
- *   thread's requests never use). No reply comes (the spec: a command with No_reply is not
- *   answered; the server executes commands in order), so no thread other than the main one ever
- *   reads the socket. Reads need a reply and are refused at set-up.
- */
-export type BarIo =
-  | { kind: 'file'; fd: number; offset: bigint; readable: boolean; writable: boolean }
-  | { kind: 'vfio-user'; fd: number; region: number; lock: SharedArrayBuffer; msgId: number; command: number; flags: number };
-
-/** A VfioDevice that can describe its unmapped-region path for other threads (kernel VFIO, vfio-user client). */
-export interface WorkerIoSource {
-  /** How other threads reach region index where it is not mapped (null: they cannot). */
-  workerIo(index: number): BarIo | null;
-}
-
-/** Whether dev offers workerIo(). */
-function hasWorkerIo(dev: VfioDevice): dev is VfioDevice & WorkerIoSource {
-  return typeof (dev as Partial<WorkerIoSource>).workerIo === 'function';
-}
-
 /** What a worker needs to reach a BAR (see Bar.data()). */
 export interface BarData {
   /** for messages, e.g. "0000:01:00.0 BAR0" */
@@ -309,47 +285,6 @@ export interface BarData {
   io?: BarIo | null;
   /** bytes per view piece (absent: 4 GiB) */
   pieceSize?: number;
-}
-
-/**
- * A lock in shared memory around the sends of one socket, taken by the main thread's vfio-user
- * client and by every worker that writes registers through it: one message's bytes are never
- * interleaved with another's, whatever the socket does with a large or partial send.
- */
-export class SendLock {
-  private readonly w: Int32Array;
-
-  /** The lock over sab (from SendLock.create, or BarIo.lock). */
-  constructor(readonly sab: SharedArrayBuffer) {
-    this.w = new Int32Array(sab, 0, 1);
-  }
-
-  /** A fresh, free lock. */
-  static create(): SendLock {
-    return new SendLock(new SharedArrayBuffer(4));
-  }
-
-  /** Take the lock, waiting (Atomics.wait, 1 ms slices) while another thread holds it. */
-  acquire(): void {
-    const w = this.w;
-    while (Atomics.compareExchange(w, 0, 0, 1) !== 0) Atomics.wait(w, 0, 1, 1);
-  }
-
-  /** Release the lock and wake one waiter. */
-  release(): void {
-    Atomics.store(this.w, 0, 0);
-    Atomics.notify(this.w, 0, 1);
-  }
-}
-
-/** One device register as the data path uses it: read() and write() of its width, nothing looked up per access. */
-export interface MmioReg {
-  /** whether accesses are loads/stores on the mapping (false: the pread/pwrite or message fallback) */
-  readonly mapped: boolean;
-  /** Read the register (little endian). */
-  read(): number;
-  /** Write the register (little endian; v is truncated to the width). */
-  write(v: number): void;
 }
 
 class MemReg8 implements MmioReg {
@@ -402,55 +337,11 @@ class FileReg implements MmioReg {
   }
 }
 
-/** vfio-user REGION_WRITE layout: header 16, then u64 offset, u32 region, u32 count, data. */
-const VU_HDR = 16, VU_ACCESS = 16;
-/** How long a worker's register write may wait for room in the socket before it fails. */
-const VU_SEND_TIMEOUT_MS = 5000;
-
-/** A register written with a no-reply VFIO_USER_REGION_WRITE on the client's socket (prebuilt message). */
-class UserReg implements MmioReg {
-  readonly mapped = false;
-  private readonly msg: Uint8Array;
-  private readonly lock: SendLock;
-  private readonly dataAt = VU_HDR + VU_ACCESS;
-  constructor(private readonly what: string, private readonly fd: number, io: Extract<BarIo, { kind: 'vfio-user' }>, off: number, private readonly width: number) {
-    this.lock = new SendLock(io.lock);
-    this.msg = new Uint8Array(VU_HDR + VU_ACCESS + width);
-    const dv = new DataView(this.msg.buffer);
-    dv.setUint16(0, io.msgId, true);
-    dv.setUint16(2, io.command, true);
-    dv.setUint32(4, this.msg.byteLength, true);
-    dv.setUint32(8, io.flags, true);
-    dv.setUint32(12, 0, true);
-    dv.setBigUint64(VU_HDR, BigInt(off), true);
-    dv.setUint32(VU_HDR + 8, io.region, true);
-    dv.setUint32(VU_HDR + 12, width, true);
-  }
-  read(): number {
-    throw new Error(`${this.what}: a vfio-user register that is not mapped cannot be read from a worker (the reply would arrive on the main thread's socket); read it with Bar.readN on the main thread`);
-  }
-  write(v: number): void {
-    putLe(this.msg, this.dataAt, this.width, v);
-    const msg = this.msg, len = msg.byteLength;
-    this.lock.acquire();
-    try {
-      let off = 0, waited = 0;
-      while (off < len) {
-        const n = os.sendNoThrow(this.fd, off === 0 ? msg : msg.subarray(off), len - off, os.MSG_DONTWAIT | os.MSG_NOSIGNAL);
-        if (n > 0) { off += n; continue; }
-        if (n === -os.E.EAGAIN && waited < VU_SEND_TIMEOUT_MS) { os.pollOne(this.fd, os.POLLOUT, 10); waited += 10; continue; }
-        throw new Error(`${this.what}: sending VFIO_USER_REGION_WRITE failed (${n < 0 ? os.errnoName(-n) : 'no progress'}${off > 0 ? `, after ${off} of ${len} bytes: the connection is now unusable` : ''}); is the vfio-user server still there?`);
-      }
-    } finally {
-      this.lock.release();
-    }
-  }
-}
-
 /**
- * A BAR rebuilt from BarData in any thread (a PMD's data half ringing doorbells). reg(off, width)
- * gives one register, mapped or through BarData.io, decided once at set-up. The older
- * check()/readN()/writeN() reach mapped offsets only (check them once, then access without lookup).
+ * A BAR rebuilt from BarData in any thread (a PMD's data half ringing doorbells): MappedBar.open,
+ * which loads what BarData.io names. reg(off, width) gives one register, mapped or through
+ * BarData.io, decided once at set-up. The older check()/readN()/writeN() reach mapped offsets only
+ * (check them once, then access without lookup).
  */
 export class MappedBar {
   readonly name: string;
@@ -458,15 +349,34 @@ export class MappedBar {
   private readonly mapped: readonly SparseArea[];
   private readonly size: number;
   private readonly io: BarIo | null;
+  private readonly messages: MessageRegModule | null;
 
-  /** Views over the BAR's reservation (nothing is mapped here: the BAR must stay open). */
-  constructor(d: BarData) {
+  /**
+   * Views over the BAR's reservation (nothing is mapped here: the BAR must stay open). messages:
+   * the module a BarIo of kind 'message' names, loaded (MappedBar.open does it).
+   */
+  constructor(d: BarData, messages?: MessageRegModule) {
     this.io = d.io ?? null;
+    this.messages = messages ?? null;
     if ((d.va === 0n || d.mapped.length === 0) && !this.io) throw new Error(`${d.name}: nothing of the BAR is mapped and its VFIO back end gives no other path from a worker; use the Bar's read/write methods on the main thread`);
     this.view = d.va !== 0n && d.mapped.length > 0 ? new PiecedView(d.va, Math.ceil(d.size / PAGE) * PAGE, d.pieceSize ?? MAX_VIEW_BYTES) : null;
     this.name = d.name;
     this.size = d.size;
     this.mapped = d.va !== 0n ? d.mapped : [];
+  }
+
+  /** Rebuild a BAR from d in this thread, loading the module its BarIo names (kind 'message'). */
+  static async open(d: BarData): Promise<MappedBar> {
+    const io = d.io;
+    if (io?.kind !== 'message') return new MappedBar(d);
+    let mod: Partial<MessageRegModule>;
+    try {
+      mod = (await import(io.module)) as Partial<MessageRegModule>;
+    } catch (e) {
+      throw new Error(`${d.name}: cannot load ${io.module}, which writes its ${io.transport} registers: ${(e as Error).message}`);
+    }
+    if (typeof mod.messageReg !== 'function') throw new Error(`${d.name}: ${io.module} exports no messageReg(); it cannot write ${io.transport} registers`);
+    return new MappedBar(d, mod as MessageRegModule);
   }
 
   /** Whether [off, off+len) is inside one mapped area. */
@@ -494,8 +404,8 @@ export class MappedBar {
       if (!io.writable || (needRead && !io.readable)) throw new Error(`${what}: the region is not ${io.writable ? 'readable' : 'writable'}`);
       return new FileReg(what, io.fd, io.offset + BigInt(off), width);
     }
-    if (needRead) throw new Error(`${what} is not mapped, and vfio-user registers are reached from a worker by no-reply REGION_WRITE only: it cannot be read here (serve it as a sparse mmap area, or read it on the main thread)`);
-    return new UserReg(what, io.fd, io, off, width);
+    if (!this.messages) throw new Error(`${what} is written by ${io.transport} messages from ${io.module}, which is not loaded here: rebuild the BAR with await MappedBar.open(data)`);
+    return this.messages.messageReg(what, io.arg, off, width, needRead);
   }
 
   /** Throw unless [off, off+len) is mapped: call once per register at set-up, not per access. */

@@ -107,6 +107,11 @@ export interface VfioDevice extends DmaSpace {
   unmaskIrq(index: number, vector: number): void;
   /** Function-level reset (when info().canReset). */
   reset(): void;
+  /**
+   * How other threads (a PMD's data half on an lcore) reach region index where it is not mapped:
+   * plain data MappedBar.open rebuilds there (null: they cannot, only this thread can).
+   */
+  workerIo(index: number): BarIo | null;
   /** Release the device (and its transport resources); further calls throw. */
   close(): void;
 }
@@ -215,4 +220,37 @@ export function pciRegionName(index: number): string {
 /** A readable name of a PCI IRQ index ("MSI-X"), for messages. */
 export function pciIrqName(index: number): string {
   return ['INTx', 'MSI', 'MSI-X', 'ERR', 'REQ'][index] ?? `IRQ index ${index}`;
+}
+
+/** One device register as the data path uses it: read() and write() of its width, nothing looked up per access. */
+export interface MmioReg {
+  /** whether accesses are loads/stores on the mapping (false: the pread/pwrite or message fallback) */
+  readonly mapped: boolean;
+  /** Read the register (little endian). */
+  read(): number;
+  /** Write the register (little endian; v is truncated to the width). */
+  write(v: number): void;
+}
+
+/**
+ * How any thread of this process reaches the parts of a region that are not mapped: plain data,
+ * structured-cloneable. fd numbers are process-wide, so a worker uses the same fd as the main thread.
+ *
+ * - `file`: kernel VFIO. pread/pwrite on the device fd at `offset` (the region's offset in the fd's
+ *   offset space) + the register's offset; thread-safe by construction (no file position).
+ * - `message`: registers written by messages on the device's transport (`transport` names it for
+ *   messages, e.g. "vfio-user"). `module` (a module URL) exports a MessageRegModule; `arg` is that
+ *   module's own plain data. MappedBar.open loads the module in the thread that writes.
+ */
+export type BarIo =
+  | { kind: 'file'; fd: number; offset: bigint; readable: boolean; writable: boolean }
+  | { kind: 'message'; transport: string; module: string; arg: unknown };
+
+/** What a BarIo of kind 'message' names: the module that builds its registers in any thread. */
+export interface MessageRegModule {
+  /**
+   * The register of width bytes at off, from the BarIo's arg; what names it in errors. Throws when
+   * it cannot be reached from this thread (with needRead: when it cannot be read here).
+   */
+  messageReg(what: string, arg: unknown, off: number, width: 1 | 2 | 4, needRead: boolean): MmioReg;
 }

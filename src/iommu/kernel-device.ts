@@ -11,12 +11,12 @@ import {
   type DeviceInfo, type DmaSpace, type IrqInfo, type MmapOptions, type RegionInfo, type VfioDevice,
   encodeIrqSetEventfds, encodeIrqSetNone, parseDeviceInfo, parseIrqInfo, parseRegionInfo, pciIrqName, pciRegionName,
 } from './device.js';
-import type { BarIo, WorkerIoSource } from './bar.js';
+import type { BarIo } from './bar.js';
 
 const PAGE = 4096;
 
 /** The kernel VFIO device: one fd, region offsets from VFIO_DEVICE_GET_REGION_INFO. */
-export class KernelVfioDevice implements VfioDevice, WorkerIoSource {
+export class KernelVfioDevice implements VfioDevice {
   readonly name: string;
   readonly backend: string;
   /** the device fd (for a vfio-user server or a debugger; drivers use the methods) */

@@ -68,7 +68,7 @@ t.test('with pdumpInit the queues come wrapped, and a capture of this process re
   const rx1 = await openRxQueue(d1, 0);
   // A TX queue that takes 5 frames of each burst, under pdump's wrapper as openTxQueue would put it.
   const driver = (await import(d0.module)) as DataModule;
-  const txFull = wrapTxQueue(d0, 0, limitedTx(driver.openTxQueue(d0, 0, new Float64Array(d0.stats)), 5), d0.callbacks[0].arg);
+  const txFull = wrapTxQueue(d0, 0, limitedTx(await driver.openTxQueue(d0, 0, new Float64Array(d0.stats)), 5), d0.callbacks[0].arg);
   const buf = new Uint32Array(32);
   // Nobody captures yet: the bursts are not recorded.
   for (let i = 0; i < 10; i++) pktmbufFreeBulk(buf, rx.rxBurst(buf, 32), 0);

@@ -13,7 +13,7 @@
 import { Worker } from 'node:worker_threads';
 import * as os from '../../src/os/libc.js';
 import * as U from '../../src/iommu/vfio-uapi.js';
-import type { DeviceInfo, IrqInfo, MmapOptions, RegionInfo, VfioDevice } from '../../src/iommu/device.js';
+import type { BarIo, DeviceInfo, IrqInfo, MmapOptions, RegionInfo, VfioDevice } from '../../src/iommu/device.js';
 import * as R from '../../drivers/net/igb/igb_regs.js';
 import { DmaAccess, type DmaMemory } from './fake-virtio-net.js';
 
@@ -148,6 +148,8 @@ export class FakeIgb implements VfioDevice {
   unmaskIrq(): void {}
   /** No function-level reset (CTRL.RST resets). */
   reset(): void {}
+  /** No path from other threads: what is not mapped is reached on this thread only. */
+  workerIo(): BarIo | null { return null; }
   /** iova = va: nothing to map. */
   dmaMap(): void {}
   /** iova = va: nothing to unmap. */

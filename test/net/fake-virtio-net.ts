@@ -10,7 +10,7 @@
  */
 import * as os from '../../src/os/libc.js';
 import * as U from '../../src/iommu/vfio-uapi.js';
-import type { DeviceInfo, IrqInfo, MmapOptions, RegionInfo, VfioDevice } from '../../src/iommu/device.js';
+import type { BarIo, DeviceInfo, IrqInfo, MmapOptions, RegionInfo, VfioDevice } from '../../src/iommu/device.js';
 import * as V from '../../lib/virtio/virtio.js';
 import { VirtioCommonCfg, Q_SIZE, Q_ENABLE, Q_DESC_LO, Q_AVAIL_LO, Q_USED_LO, Q_COMMON_WORDS } from '../../lib/virtio/common_cfg.js';
 
@@ -354,6 +354,8 @@ export abstract class FakeVirtioNetBase implements VfioDevice {
   unmaskIrq(): void {}
   /** No function-level reset (a status write of 0 resets). */
   reset(): void {}
+  /** No path from other threads: what is not mapped is reached on this thread only. */
+  workerIo(): BarIo | null { return null; }
   /** iova = va: nothing to map. */
   dmaMap(): void {}
   /** iova = va: nothing to unmap. */

@@ -13,6 +13,7 @@ import { Mempool, type MempoolDesc } from '../../lib/mempool/mempool.js';
 import { pktmbufAllocInit, pktmbufFreeBulk, MBUF_HDR } from '../../lib/mempool/mbuf.js';
 import { MbufW16, MbufW32 } from '../../lib/mempool/mbuf_layout.js';
 import { MappedBar } from '../../src/iommu/bar.js';
+import { messageReg, regionWriteIo } from '../../lib/vfio-user/reg.js';
 import * as os from '../../src/os/libc.js';
 import type { AllocOp } from '../alloc.js';
 
@@ -104,7 +105,7 @@ export function fallbackWrites(): AllocOp {
   const [a, b] = os.socketpair(os.AF_UNIX, os.SOCK_STREAM | os.SOCK_NONBLOCK);
   os.ftruncate(fd, 4096);
   const file = new MappedBar({ name: 'memfd BAR0', va: 0n, size: 4096, mapped: [], io: { kind: 'file', fd, offset: 0n, readable: true, writable: true } }).reg(0x40, 2);
-  const user = new MappedBar({ name: 'pair BAR4', va: 0n, size: 4096, mapped: [], io: { kind: 'vfio-user', fd: a, region: 4, lock: new SharedArrayBuffer(4), msgId: 0x8000, command: 10, flags: 0x10 } }).reg(0x40, 2);
+  const user = new MappedBar({ name: 'pair BAR4', va: 0n, size: 4096, mapped: [], io: regionWriteIo({ fd: a, region: 4, lock: new SharedArrayBuffer(4), msgId: 0x8000 }) }, { messageReg }).reg(0x40, 2);
   const sink = new Uint8Array(64 * 34);
   const op: AllocOp = (i) => {
     file.write(i & 0xffff);

@@ -34,12 +34,15 @@ import * as L from '../../drivers/emu/virtio-net/layout.js';
 import * as os from '../../src/os/libc.js';
 import { VnetWorld, testEal, until } from '../emu/virtio-net-helpers.js';
 import { siblingModule } from '../../src/lcore/module.js';
+import { messageReg, regionWriteIo } from '../../lib/vfio-user/reg.js';
 import { fallbackKickLoop, intrRxLoop } from './virtio-intr-worker.js';
 import { pmdSend, pmdReceive, udpFrame, sameFrames, stopAndCheckPool, sleep, type Client } from './virtio-client.js';
 
 const PEER_MAC = [0x02, 0x74, 0x73, 0x70, 0x77, 0x09];
 const CPUS = os.getAffinity();
 const WORKER = siblingModule(import.meta.url, 'virtio-intr-worker');
+/** the module that writes vfio-user registers from other threads */
+const REG_MODULE = new URL('../../lib/vfio-user/reg' + (import.meta.url.endsWith('.ts') ? '.ts' : '.js'), import.meta.url).href;
 
 const dir = mkdtempSync(join(tmpdir(), 'tsp-vintr-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
@@ -72,7 +75,8 @@ t.test('notify page not mmap-able: the port starts, doorbells go as REGION_WRITE
   const c = await open(t, w.socket);
   const bar = c.port.pci.bar(c.port.pci.caps.notify);
   t.same(bar.mapped, [], 'the notify BAR has no mapped area (the device offered none)');
-  t.equal(bar.data().io?.kind, 'vfio-user', 'its BarData says how a worker reaches it: vfio-user REGION_WRITE');
+  const io = bar.data().io;
+  t.same(io?.kind === 'message' && [io.transport, io.module], ['vfio-user', REG_MODULE], 'its BarData says how a worker reaches it: vfio-user messages, written by lib/vfio-user/reg');
   const mac = c.port.macAddr();
   const kicks0 = w.stat('kicks');
   const out = Array.from({ length: 200 }, (_, i) => udpFrame(mac, PEER_MAC, 0xaa, 1, i));
@@ -217,7 +221,11 @@ t.test('MappedBar.reg: mapped or fallback decided per register; the file path re
   t.throws(() => mb.reg(0x11, 2), /memfd BAR0\+0x11: a 16-bit register must be aligned/);
   t.throws(() => mb.reg(0x1000, 4), /lies outside the BAR/);
   t.throws(() => new MappedBar({ name: 'x BAR2', va: 0n, size: 4096, mapped: [] }), /x BAR2: nothing of the BAR is mapped and its VFIO back end gives no other path/);
-  const user = new MappedBar({ name: 'vu BAR4', va: 0n, size: 4096, mapped: [], io: { kind: 'vfio-user', fd: -1, region: 4, lock: new SharedArrayBuffer(4), msgId: 0x8000, command: 10, flags: 0x10 } });
+  const vuData = { name: 'vu BAR4', va: 0n, size: 4096, mapped: [], io: regionWriteIo({ fd: -1, region: 4, lock: new SharedArrayBuffer(4), msgId: 0x8000 }) };
+  t.throws(() => new MappedBar(vuData).reg(0x100, 2), /vu BAR4\+0x100 is written by vfio-user messages from .*reg\.(ts|js), which is not loaded here: rebuild the BAR with await MappedBar\.open\(data\)/, 'built without its module: reg() says how to load it');
+  const user = await MappedBar.open(structuredClone(vuData));
+  await t.rejects(MappedBar.open({ ...vuData, io: { kind: 'message', transport: 'tsp-x', module: 'node:os', arg: null } }), /vu BAR4: node:os exports no messageReg\(\); it cannot write tsp-x registers/);
+  t.throws(() => new MappedBar({ ...vuData, io: { kind: 'message', transport: 'vfio-user', module: REG_MODULE, arg: { fd: 1 } } }, { messageReg }).reg(0x100, 2), /vu BAR4\+0x100: the vfio-user register data is not \{ fd, region, lock, msgId \}/);
   t.throws(() => user.reg(0x100, 2, true), /vu BAR4\+0x100 is not mapped, and vfio-user registers are reached from a worker by no-reply REGION_WRITE only/);
   const w = user.reg(0x100, 2);
   t.throws(() => w.write(1), /vu BAR4\+0x100: sending VFIO_USER_REGION_WRITE failed \(EBADF\)/, 'a write on a dead socket names the register and the error');
@@ -231,7 +239,7 @@ t.test('the fallback writes allocate nothing (measured in a worker), one write i
   assertNoAlloc(t, r, 'fallback register writes (pwrite and REGION_WRITE) in a worker', rule);
   const [a, b] = os.socketpair(os.AF_UNIX, os.SOCK_STREAM | os.SOCK_NONBLOCK);
   t.teardown(() => { os.close(a); os.close(b); });
-  const user = new MappedBar({ name: 'pair BAR4', va: 0n, size: 4096, mapped: [], io: { kind: 'vfio-user', fd: a, region: 4, lock: new SharedArrayBuffer(4), msgId: 0x8000, command: 10, flags: 0x10 } }).reg(0x40, 2);
+  const user = (await MappedBar.open({ name: 'pair BAR4', va: 0n, size: 4096, mapped: [], io: regionWriteIo({ fd: a, region: 4, lock: new SharedArrayBuffer(4), msgId: 0x8000 }) })).reg(0x40, 2);
   const last = new Uint8Array(34);
   t.equal(user.mapped, false, 'the message path');
   user.write(0x1234);

@@ -1,8 +1,10 @@
 /**
  * The import graph of lib/, src/ and drivers/, file by file: no import circle between files
  * (counting `import type`, `export ... from` and literal `import('...')`: a circle through types only
- * still ties two files into one unit to read and change), and the port API (lib/ethdev) reaches
- * nothing of the capture tool (lib/pdump, lib/pcap), directly or through another file.
+ * still ties two files into one unit to read and change), the port API (lib/ethdev) reaches
+ * nothing of the capture tool (lib/pdump, lib/pcap), directly or through another file, and the
+ * layers point one way: src/ imports nothing of lib/, lib/vfio-user nothing of lib/emudev (emudev
+ * implements the device interface the vfio-user server defines).
  */
 import t from 'tap';
 import { readdirSync, readFileSync, existsSync } from 'node:fs';
@@ -116,6 +118,16 @@ function reach(graph: Map<string, string[]>, from: string[], target: (f: string)
   return null;
 }
 
+/** The files under from (a folder prefix) that reach a file under to, each with its import path. */
+function reachers(graph: Map<string, string[]>, from: string, to: string): string[] {
+  const out: string[] = [];
+  for (const f of [...graph.keys()].filter((x) => x.startsWith(from))) {
+    const path = reach(graph, [f], (x) => x.startsWith(to));
+    if (path) out.push(path.join(' -> '));
+  }
+  return out;
+}
+
 const graph = importGraph();
 
 t.test('the walker sees what it must', async (t) => {
@@ -137,4 +149,15 @@ t.test('lib/ethdev reaches nothing of lib/pdump or lib/pcap', async (t) => {
   t.ok(ethdev.length > 0, 'lib/ethdev has files');
   const path = reach(graph, ethdev, (f) => f.startsWith('lib/pdump/') || f.startsWith('lib/pcap/'));
   t.equal(path, null, `import path: ${path?.join(' -> ')}`);
+});
+
+t.test('layers point one way: src/ reaches nothing of lib/, lib/vfio-user nothing of lib/emudev', async (t) => {
+  const toy = new Map([['src/a.ts', ['src/b.ts']], ['src/b.ts', ['lib/x/c.ts']], ['lib/x/c.ts', []]]);
+  t.same(reachers(toy, 'src/', 'lib/'), ['src/a.ts -> src/b.ts -> lib/x/c.ts', 'src/b.ts -> lib/x/c.ts'], 'a crossing is found, directly or through another file');
+  t.ok([...graph.keys()].some((f) => f.startsWith('lib/vfio-user/')) && [...graph.keys()].some((f) => f.startsWith('lib/emudev/')), 'both lib/vfio-user and lib/emudev have files');
+  t.ok(reachers(graph, 'lib/emudev/', 'lib/vfio-user/').length > 0, 'the walker sees emudev -> vfio-user (the allowed direction)');
+  const up = reachers(graph, 'src/', 'lib/');
+  t.same(up, [], `src/ imports from lib/:\n  ${up.join('\n  ')}`);
+  const back = reachers(graph, 'lib/vfio-user/', 'lib/emudev/');
+  t.same(back, [], `lib/vfio-user imports from lib/emudev:\n  ${back.join('\n  ')}`);
 });

@@ -156,7 +156,7 @@ class QueueViews {
   protected availIdx: number;
   protected lastUsed: number;
 
-  constructor(d: VirtioQueueData) {
+  constructor(d: VirtioQueueData, notify: MappedBar) {
     const ab = viewOf(d.va, d.len);
     const l = d.layout;
     this.u8 = new Uint8Array(ab);
@@ -172,7 +172,7 @@ class QueueViews {
     this.usedFlagsW = (l.used + USED_FLAGS) >> 1;
     this.usedRingW = usedRingWord(l);
     this.book = new VirtqBook(d.book, l.size);
-    this.kick = new MappedBar(d.notify).reg(d.notifyOff, 2);
+    this.kick = notify.reg(d.notifyOff, 2);
     this.notifyOff = d.notifyOff;
     this.kickStat = d.kickStat;
     // Resume where the last owner of the queue stopped (a queue may be reopened while started).
@@ -213,8 +213,8 @@ class VirtioRx extends QueueViews implements RxQueue {
   /** the Rx interrupt (the port was configured with intr.rxq) */
   readonly intr?: RxInterrupt;
 
-  constructor(d: VirtioQueueData, private readonly pool: Mempool, private readonly port: number, private readonly stats: Float64Array, private readonly s: number) {
-    super(d);
+  constructor(d: VirtioQueueData, notify: MappedBar, private readonly pool: Mempool, private readonly port: number, private readonly stats: Float64Array, private readonly s: number) {
+    super(d, notify);
     if (d.intrFd >= 0) this.intr = new VirtioRxInterrupt(d.intrFd, this.u16, d.layout.avail >> 1, this.usedIdxW, this, stats, s + RXQ_INTERRUPTS);
     this.room = pktmbufDataRoom(pool);
     this.full = HDR + this.room;
@@ -455,8 +455,8 @@ class VirtioTx extends QueueViews implements TxQueue {
   private readonly chain: Uint16Array;
   private readonly next: Uint16Array;
 
-  constructor(d: VirtioQueueData, private readonly stats: Float64Array, private readonly s: number) {
-    super(d);
+  constructor(d: VirtioQueueData, notify: MappedBar, private readonly stats: Float64Array, private readonly s: number) {
+    super(d, notify);
     this.freeIds = new Uint16Array(d.layout.size);
     this.done = new Uint32Array(d.layout.size);
     this.doneShared = new Uint8Array(d.layout.size);
@@ -600,12 +600,14 @@ class VirtioTx extends QueueViews implements TxQueue {
   }
 }
 
-/** Rebuild RX queue q in this thread. */
-export function openRxQueue(port: PortData, q: number, stats: Float64Array): RxQueue {
-  return new VirtioRx(port.rxq[q] as VirtioQueueData, Mempool.attach(port.rxPools[q]), port.port, stats, rxqStatsBase(q));
+/** Rebuild RX queue q in this thread (the doorbell's BAR too: MappedBar.open loads what reaches it). */
+export async function openRxQueue(port: PortData, q: number, stats: Float64Array): Promise<RxQueue> {
+  const d = port.rxq[q] as VirtioQueueData;
+  return new VirtioRx(d, await MappedBar.open(d.notify), Mempool.attach(port.rxPools[q]), port.port, stats, rxqStatsBase(q));
 }
 
-/** Rebuild TX queue q in this thread. */
-export function openTxQueue(port: PortData, q: number, stats: Float64Array): TxQueue {
-  return new VirtioTx(port.txq[q] as VirtioQueueData, stats, txqStatsBase(q));
+/** Rebuild TX queue q in this thread (the doorbell's BAR too: MappedBar.open loads what reaches it). */
+export async function openTxQueue(port: PortData, q: number, stats: Float64Array): Promise<TxQueue> {
+  const d = port.txq[q] as VirtioQueueData;
+  return new VirtioTx(d, await MappedBar.open(d.notify), stats, txqStatsBase(q));
 }
