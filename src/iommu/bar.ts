@@ -34,6 +34,12 @@ export interface BarOptions {
   /** false: never mmap, every access goes through readRegion/writeRegion (default true) */
   mmap?: boolean;
   /**
+   * Areas left unmapped even where VFIO allows mmap (page-aligned): reached with
+   * readRegion/writeRegion, and from workers through BarData.io, as if VFIO had not offered them
+   * (a driver's devarg, to run on a sparse BAR where the device's BAR is mappable whole).
+   */
+  unmap?: readonly SparseArea[];
+  /**
    * Internal: bytes per view piece (default 4 GiB, the most one view covers; a multiple of 4096).
    * Tests lower it to exercise BARs seen through several pieces without mapping 4 GiB.
    */
@@ -81,7 +87,13 @@ export class Bar {
     const r = dev.regionInfo(index);
     const what = `${dev.name} ${pciRegionName(index)}`;
     if (r.size === 0) throw new Error(`${what} does not exist (region size 0)`);
-    const wanted: SparseArea[] = opts.mmap === false || !r.mappable ? [] : (r.sparse ?? [{ offset: 0, size: r.size }]);
+    for (const u of opts.unmap ?? []) {
+      const area = `${what}: the area to leave unmapped [0x${u.offset.toString(16)}, +0x${u.size.toString(16)})`;
+      if (u.offset % PAGE !== 0 || u.size % PAGE !== 0 || u.size <= 0) throw new RangeError(`${area} is not whole 4 KiB pages`);
+      if (u.offset + u.size > Math.ceil(r.size / PAGE) * PAGE) throw new RangeError(`${area} lies outside the BAR (size 0x${r.size.toString(16)})`);
+    }
+    const offered: SparseArea[] = opts.mmap === false || !r.mappable ? [] : (r.sparse ?? [{ offset: 0, size: r.size }]);
+    const wanted = opts.unmap ? subtractAreas(offered, opts.unmap) : offered;
     const areas = mergeAreas(wanted.filter((a) => {
       const ok = a.offset % PAGE === 0 && a.size % PAGE === 0;
       if (!ok) log('debug', 'vfio', `${what}: area [0x${a.offset.toString(16)}, +0x${a.size.toString(16)}) is not page-aligned; accessed with pread/pwrite`);
@@ -270,6 +282,23 @@ export function mergeAreas(areas: readonly SparseArea[]): SparseArea[] {
     const last = out[out.length - 1];
     if (last && a.offset <= last.offset + last.size) last.size = Math.max(last.size, a.offset + a.size - last.offset);
     else out.push({ ...a });
+  }
+  return out;
+}
+
+/** The parts of areas (each kept apart) outside every area of holes. */
+export function subtractAreas(areas: readonly SparseArea[], holes: readonly SparseArea[]): SparseArea[] {
+  let out = areas.map((a) => ({ ...a }));
+  for (const h of mergeAreas(holes)) {
+    const hEnd = h.offset + h.size;
+    out = out.flatMap((a) => {
+      const aEnd = a.offset + a.size;
+      if (hEnd <= a.offset || h.offset >= aEnd) return [a];
+      const parts: SparseArea[] = [];
+      if (a.offset < h.offset) parts.push({ offset: a.offset, size: h.offset - a.offset });
+      if (hEnd < aEnd) parts.push({ offset: hEnd, size: aEnd - hEnd });
+      return parts;
+    });
   }
   return out;
 }

@@ -19,6 +19,13 @@
  *                 `TSPLAB-CTL set_link ...` line); LSC events reach onLinkChange
  *   igb-quiet     after stop and close, kA receives nothing more (no DMA after close); no mbuf leaked
  *   igb-pktgen / igb-l2fwd   `tspmd pktgen` and `tspmd l2fwd` on the igb (TCG: functional rates)
+ *   igb-kick-cost after stop, TDT written N times as a mapped store and as a pwrite on the device
+ *                 fd (the two MmioRegs MappedBar.reg gives): ns per kick each way (under TCG both are
+ *                 QEMU's emulation cost)
+ *   igb-sparse-probe / -ping / -tcp     the same port reopened with bar_unmap= (the general,
+ *                 interrupt, RX and TX queue pages unmapped: control registers by pread/pwrite,
+ *                 tails and interrupt registers from the lcore by pwrite), ping and the transfer
+ *   igb-unmapped-probe / -ping / -tcp   the same with bar_mmap=0 (nothing of BAR0 mapped)
  *   igb-dma-fault the IOMMU mappings of EAL memory are removed under a running TX queue: the
  *                 IOMMU faults (DMAR in dmesg) and net_igb reports the port broken, the lcore returns
  * Exit code 0 when every check passed.
@@ -39,6 +46,8 @@ import { Mempool } from '../../lib/mempool/mempool.js';
 import { pktmbufPoolCreate, pktmbufFreeBulk, pktmbufAllocInit } from '../../lib/mempool/mbuf.js';
 import { MbufView } from '../../lib/mempool/mbuf_view.js';
 import type { IgbPort } from '../../drivers/net/igb/igb.js';
+import * as IR from '../../drivers/net/igb/igb_regs.js';
+import { MappedBar } from '../../src/iommu/bar.js';
 
 import { guestArg } from './guest-args.js';
 
@@ -255,41 +264,17 @@ async function main(): Promise<void> {
   const a0 = counters('tspA', net.a);
   igb.statsReset();
 
-  // ping both ways
-  const pingB = await inNsAsync('tspB', ['ping', '-c', '5', '-W', '3', A_IP], 60000);
-  const pingA = await inNsAsync('tspA', ['ping', '-c', '5', '-W', '3', B_IP], 60000);
-  const rcv = (o: string): number => Number(/(\d+) packets received/.exec(o)?.[1] ?? 0);
-  report('igb-ping', rcv(pingB.out) >= 3 && rcv(pingA.out) >= 3, { bToA: rcv(pingB.out), aToB: rcv(pingA.out), out: pingB.out.slice(-300) });
-
-  // 8 MiB both ways over HTTP (busybox httpd and wget), SHA-256 compared
-  const servers: ChildProcess[] = [];
+  let servers: ChildProcess[] = [];
   try {
-    for (const [ns, dir] of [['tspA', '/tmp/srvA'], ['tspB', '/tmp/srvB']]) {
-      mkdirSync(dir, { recursive: true });
-      sh('dd', ['if=/dev/urandom', `of=${dir}/blob`, 'bs=1048576', 'count=8'], 60000);
-      for (let i = 0; i < 8; i++) writeFileSync(`${dir}/small${i}`, `flow ${i}\n`.repeat(200));
-      servers.push(spawn(IP, ['netns', 'exec', ns, 'httpd', '-f', '-p', '8080', '-h', dir], { stdio: 'ignore' }));
-    }
-    await sleep(500);
-    const sum = (f: string): string => sh('sha256sum', [f]).split(' ')[0];
-    const t0 = Date.now();
-    const ab = await inNsAsync('tspB', ['wget', '-q', '-O', '/tmp/gotB', `http://${A_IP}:8080/blob`], 300000);
-    const tAB = (Date.now() - t0) / 1000;
-    const t1 = Date.now();
-    const ba = await inNsAsync('tspA', ['wget', '-q', '-O', '/tmp/gotA', `http://${B_IP}:8080/blob`], 300000);
-    const tBA = (Date.now() - t1) / 1000;
-    const okAB = ab.code === 0 && sum('/tmp/gotB') === sum('/tmp/srvA/blob');
-    const okBA = ba.code === 0 && sum('/tmp/gotA') === sum('/tmp/srvB/blob');
-    report('igb-tcp', okAB && okBA, {
-      bytes: 8 << 20, aToB: { ok: okAB, secs: tAB, mbps: Math.round(64 / tAB * 10) / 10, err: ab.err.slice(0, 200) },
-      bToA: { ok: okBA, secs: tBA, mbps: Math.round(64 / tBA * 10) / 10, err: ba.err.slice(0, 200) },
-    });
+    servers = startServers();
+    const p = await pingBoth();
+    report('igb-ping', p.ok, p.detail);
+    const tcp = await transfer();
+    report('igb-tcp', tcp.ok, tcp.detail);
     // more flows for RSS: each wget is a new TCP connection (a new source port)
     for (let i = 0; i < 8; i++) await inNsAsync('tspB', ['wget', '-q', '-O', '/dev/null', `http://${A_IP}:8080/small${i}`], 60000);
   } catch (e) {
     report('igb-tcp', false, { error: errorOf(e) });
-  } finally {
-    for (const s of servers) s.kill('SIGKILL');
   }
 
   // counters, once traffic has settled
@@ -331,6 +316,12 @@ async function main(): Promise<void> {
   igb.stop();
   peer.stop();
   const leaked = pool.inUseCount();
+  try {
+    const k = kickCost(igb);
+    report('igb-kick-cost', k.mappedNs > 0 && k.pwriteNs > 0, k);
+  } catch (e) {
+    report('igb-kick-cost', false, { error: errorOf(e) });
+  }
   igb.close();
   const q0 = counters('tspA', net.a);
   await inNsAsync('tspB', ['ping', '-c', '3', '-W', '1', A_IP], 20000);
@@ -341,8 +332,133 @@ async function main(): Promise<void> {
   peer.close();
   await eal.close();
 
+  try {
+    await sparseRun(net, 'sparse', 'bar_unmap=0x0-0x1fff:0xc000-0xcfff:0xe000-0xefff');
+    await sparseRun(net, 'unmapped', 'bar_mmap=0');
+  } finally {
+    for (const s of servers) s.kill('SIGKILL');
+  }
+
   await runApps(net);
   await dmaFault();
+}
+
+/** busybox httpd in both namespaces, serving an 8 MiB random blob and small files (killed by the caller). */
+function startServers(): ChildProcess[] {
+  const servers: ChildProcess[] = [];
+  for (const [ns, dir] of [['tspA', '/tmp/srvA'], ['tspB', '/tmp/srvB']]) {
+    mkdirSync(dir, { recursive: true });
+    sh('dd', ['if=/dev/urandom', `of=${dir}/blob`, 'bs=1048576', 'count=8'], 60000);
+    for (let i = 0; i < 8; i++) writeFileSync(`${dir}/small${i}`, `flow ${i}\n`.repeat(200));
+    servers.push(spawn(IP, ['netns', 'exec', ns, 'httpd', '-f', '-p', '8080', '-h', dir], { stdio: 'ignore' }));
+  }
+  return servers;
+}
+
+/** Five pings each way between the namespaces (through tspmd). */
+async function pingBoth(): Promise<{ ok: boolean; detail: Detail }> {
+  const pingB = await inNsAsync('tspB', ['ping', '-c', '5', '-W', '3', A_IP], 60000);
+  const pingA = await inNsAsync('tspA', ['ping', '-c', '5', '-W', '3', B_IP], 60000);
+  const rcv = (o: string): number => Number(/(\d+) packets received/.exec(o)?.[1] ?? 0);
+  return { ok: rcv(pingB.out) >= 3 && rcv(pingA.out) >= 3, detail: { bToA: rcv(pingB.out), aToB: rcv(pingA.out), out: pingB.out.slice(-300) } };
+}
+
+/** The 8 MiB blob over HTTP both ways (busybox wget), SHA-256 compared. */
+async function transfer(): Promise<{ ok: boolean; detail: Detail }> {
+  await sleep(500);
+  const sum = (f: string): string => sh('sha256sum', [f]).split(' ')[0];
+  const t0 = Date.now();
+  const ab = await inNsAsync('tspB', ['wget', '-q', '-O', '/tmp/gotB', `http://${A_IP}:8080/blob`], 300000);
+  const tAB = (Date.now() - t0) / 1000;
+  const t1 = Date.now();
+  const ba = await inNsAsync('tspA', ['wget', '-q', '-O', '/tmp/gotA', `http://${B_IP}:8080/blob`], 300000);
+  const tBA = (Date.now() - t1) / 1000;
+  const okAB = ab.code === 0 && sum('/tmp/gotB') === sum('/tmp/srvA/blob');
+  const okBA = ba.code === 0 && sum('/tmp/gotA') === sum('/tmp/srvB/blob');
+  return {
+    ok: okAB && okBA,
+    detail: {
+      bytes: 8 << 20, aToB: { ok: okAB, secs: tAB, mbps: Math.round(64 / tAB * 10) / 10, err: ab.err.slice(0, 200) },
+      bToA: { ok: okBA, secs: tBA, mbps: Math.round(64 / tBA * 10) / 10, err: ba.err.slice(0, 200) },
+    },
+  };
+}
+
+/**
+ * The cost of one tail kick both ways on the stopped port (TDT 0 written with 0 while TCTL is off:
+ * the NIC does nothing), through the two MmioRegs MappedBar.reg gives for TDT: a store on the
+ * mapping, and pwrite on the device fd (the same BarData with no mapped area).
+ */
+function kickCost(igb: IgbPort): { n: number; mappedNs: number; pwriteNs: number; mappedReg: boolean; pwriteReg: boolean } {
+  const d = igb.bar.data();
+  const mapped = new MappedBar(d).reg(IR.tdt(0), 4), file = new MappedBar({ ...d, mapped: [] }).reg(IR.tdt(0), 4);
+  if (!mapped.mapped || file.mapped) throw new Error(`TDT: expected a mapped and a pwrite register, got mapped=${mapped.mapped} and mapped=${file.mapped}`);
+  const n = 5000;
+  const time = (r: typeof mapped): number => {
+    for (let i = 0; i < 100; i++) r.write(0);
+    const t0 = process.hrtime.bigint();
+    for (let i = 0; i < n; i++) r.write(0);
+    return Math.round(Number(process.hrtime.bigint() - t0) / n);
+  };
+  return { n, mappedNs: time(mapped), pwriteNs: time(file), mappedReg: mapped.mapped, pwriteReg: file.mapped };
+}
+
+/**
+ * The igb reopened with devarg (bar_unmap= or bar_mmap=0), forwarding through the same lcore loop
+ * with Rx interrupts: probe (BAR0's tail registers not mapped), ping and the transfer; checks
+ * igb-NAME-probe, igb-NAME-ping, igb-NAME-tcp.
+ */
+async function sparseRun(net: { a: string; b: string; c: string }, name: string, devarg: string): Promise<void> {
+  const t0 = Date.now();
+  const eal = new Eal(parseEalArgs(['--vfio-mode', mode, '-m', '96', '--huge-dir', '/dev/hugepages', '-l', '0-1', '--file-prefix', `tsplabigb${name}`,
+    '-a', `${bdf},${devarg}`, '--vdev', `net_af_packet0,iface=${net.c}`]));
+  let igb: IgbPort | undefined, peer: EthDev | undefined;
+  let step = 'probe';
+  try {
+    const { IgbPort: Igb } = await import('../../drivers/net/igb/igb.js');
+    await probePorts(eal);
+    igb = listPorts().find((p): p is IgbPort => p instanceof Igb);
+    peer = listPorts().find((p) => p.info().driverName === 'net_af_packet');
+    if (!igb || !peer) throw new Error(`probe found ${igb ? '' : 'no igb port'} ${peer ? '' : 'no af_packet port'}`);
+    const pool = pktmbufPoolCreate(eal.memory, `igb_${name}_pool`, 4095, { cacheSize: 64 });
+    igb.configure({ rxQueues: 2, txQueues: 1, promiscuous: true, intr: { rxq: true } });
+    igb.rxQueueSetup(0, 512, pool);
+    igb.rxQueueSetup(1, 512, pool);
+    igb.txQueueSetup(0, 512);
+    peer.configure({ rxQueues: 1, txQueues: 1, promiscuous: true });
+    peer.rxQueueSetup(0, 512, pool);
+    peer.txQueueSetup(0, 512);
+    igb.start();
+    peer.start();
+    const up = await until(() => igb!.link().up, 15000);
+    const b = igb.bar, tailsUnmapped = !b.isMapped(IR.tdt(0), 4) && !b.isMapped(IR.rdt(0), 4) && !b.isMapped(IR.EIMS, 4) && !b.isMapped(IR.CTRL, 4);
+    const restMapped = name === 'unmapped' ? b.mapped.length === 0 : b.isMapped(IR.RAL0, 4);
+    report(`igb-${name}-probe`, up && tailsUnmapped && restMapped, { devarg, mapped: b.mapped, tailsUnmapped, restMapped, link: igb.link() });
+    step = 'ping';
+    const shared = new SharedArrayBuffer(8 * 4);
+    const fwd = eal.lcores.launch<{ rounds: number }>(1, siblingModule(import.meta.url, 'igb-guest'), 'igbFwdLcore', { igb: igb.data(), peer: peer.data(), shared } satisfies FwdArg);
+    try {
+      await eal.lcores.waitStarted();
+      const p = await pingBoth();
+      report(`igb-${name}-ping`, p.ok, { devarg, ...p.detail });
+      step = 'tcp';
+      const tcp = await transfer();
+      const st = igb.stats();
+      step = 'stop';
+      report(`igb-${name}-tcp`, tcp.ok, { devarg, ...tcp.detail, runSecs: (Date.now() - t0) / 1000, ipackets: st.ipackets, opackets: st.opackets, rxInterrupts: (igb.xstats().rx_q0_interrupts ?? 0) + (igb.xstats().rx_q1_interrupts ?? 0) });
+    } finally {
+      eal.lcores.requestStop();
+      await fwd;
+    }
+    igb.stop();
+    peer.stop();
+  } catch (e) {
+    report(`igb-${name}-${step}`, false, { devarg, error: errorOf(e) });
+  } finally {
+    try { igb?.close(); } catch { /* reported above */ }
+    try { peer?.close(); } catch { /* reported above */ }
+    await eal.close();
+  }
 }
 
 /** tspmd pktgen and l2fwd on the igb, as a user runs them. */

@@ -8,8 +8,10 @@
  *   hub 1: kC (net_af_packet, tspmd's other port)  <->  kB (ns tspB, 10.77.0.2)
  *
  * The guest runs test/lab/igb-guest.ts (each check one TSPLAB line); this side turns them into
- * assertions and answers the guest's `TSPLAB-CTL set_link ...` requests on QEMU's monitor. Both
- * VFIO paths: the group/container on Debian's 6.12 kernel and IOMMUFD on the lab's own build.
+ * assertions and answers the guest's `TSPLAB-CTL set_link ...` requests on QEMU's monitor. The
+ * same guest boot also reopens the igb on a sparse BAR0 (bar_unmap=) and with BAR0 unmapped
+ * (bar_mmap=0): ping and the TCP transfer each (checks igb-sparse-*, igb-unmapped-*), and times a
+ * tail kick as a mapped store and as a pwrite (igb-kick-cost). Both VFIO paths: the group/container on Debian's 6.12 kernel and IOMMUFD on the lab's own build.
  *
  * Skips (saying why) only when the lab cannot run here: not root / not x86-64 Linux, TSPMD_LAB=0,
  * or no network to the Debian mirror on a cold cache. TSPMD_LAB_LOG_DIR=DIR keeps the consoles.
@@ -29,7 +31,8 @@ const IGB_MAC = '52:54:00:74:73:03';
 /** every check the guest must report, in order */
 const CHECKS = [
   'net-setup', 'igb-devices', 'igb-probe', 'igb-link', 'igb-ping', 'igb-tcp', 'igb-counters', 'igb-rss', 'igb-intr',
-  'igb-link-down', 'igb-link-up', 'igb-quiet', 'igb-pktgen', 'igb-l2fwd', 'igb-dma-fault', 'igb-done',
+  'igb-link-down', 'igb-link-up', 'igb-kick-cost', 'igb-quiet', 'igb-sparse-probe', 'igb-sparse-ping', 'igb-sparse-tcp',
+  'igb-unmapped-probe', 'igb-unmapped-ping', 'igb-unmapped-tcp', 'igb-pktgen', 'igb-l2fwd', 'igb-dma-fault', 'igb-done',
 ];
 
 t.setTimeout(2 * BOOT_TIMEOUT_MS + 30 * 60 * 1000);
@@ -135,6 +138,12 @@ async function igbGuest(t: Test, q: QemuEnv, initrd: string, k: Kernel): Promise
   for (const name of CHECKS) check(by.has(name), `igb (${k.mode}): check "${name}" was reported`);
   const tcp = by.get('igb-tcp'), pg = by.get('igb-pktgen');
   if (tcp?.ok) t.comment(`igb (${k.mode}) TCP through tspmd under TCG: ${JSON.stringify(tcp.aToB)} / ${JSON.stringify(tcp.bToA)}`);
+  for (const name of ['sparse', 'unmapped']) {
+    const r = by.get(`igb-${name}-tcp`);
+    if (r?.ok) t.comment(`igb (${k.mode}) TCP on a${name === 'sparse' ? ' sparse' : 'n unmapped'} BAR0 (${String(r.devarg)}) under TCG: ${JSON.stringify(r.aToB)} / ${JSON.stringify(r.bToA)}, ${String(r.runSecs)} s from EAL start to the transfer's end`);
+  }
+  const kick = by.get('igb-kick-cost');
+  if (kick?.ok) t.comment(`igb (${k.mode}) tail kick under TCG (QEMU's emulation cost): mapped store ${String(kick.mappedNs)} ns, pwrite ${String(kick.pwriteNs)} ns (${String(kick.n)} each)`);
   if (pg?.ok) t.comment(`igb (${k.mode}) pktgen under TCG: ${JSON.stringify(pg.summary)}`);
   t.comment(`monitor: ${monitorLog.join(' | ') || 'no commands'}`);
   if (failed) t.comment(`guest console (last 12 KB):\n${run.tail(12000)}`);

@@ -4,7 +4,9 @@
  * maps whole, so every register is plain memory; a register thread (fake-igb-regs.mjs, a worker)
  * answers the handshakes the driver polls for, once a millisecond: CTRL.RST clears, EERD reads
  * return the MAC's EEPROM words, MDIC accesses complete (PHY identifiers on read). STATUS reads
- * link up, 1000 Mb/s, full duplex. No interrupts, no function reset, iova = va.
+ * link up, 1000 Mb/s, full duplex. No interrupts, no function reset, iova = va. Where the driver
+ * leaves BAR0 unmapped, its pread/pwrite reach the same registers: readRegion/writeRegion on the
+ * main thread, and from other threads pread/pwrite on the memfd (workerIo, as kernel VFIO's device fd).
  *
  * The data side is the test's: it plays the NIC by hand through the descriptor rings it finds in
  * the queue registers (txDesc, rxDesc, txDone) and may write any DMA memory (dma), as a lying
@@ -122,7 +124,12 @@ export class FakeIgb implements VfioDevice {
     return os.mmap(opts.fixedAt ?? 0n, len, os.PROT_READ | os.PROT_WRITE, os.MAP_SHARED | (opts.fixedAt !== undefined ? os.MAP_FIXED : 0), this.fd, off);
   }
 
-  /** Config space reads; BAR0 through pread of its memfd (the driver maps it whole, so unused). */
+  /** BAR0's unmapped parts from any thread: pread/pwrite on its memfd at the register's offset (kernel VFIO's path). */
+  workerIo(index: number): BarIo | null {
+    return index === U.VFIO_PCI_BAR0_REGION_INDEX ? { kind: 'file', fd: this.fd, offset: 0n, readable: true, writable: true } : null;
+  }
+
+  /** Config space reads; BAR0 from its memory (where the driver does not map it). */
   readRegion(index: number, off: number, buf: Uint8Array, len = buf.byteLength): number {
     if (index === U.VFIO_PCI_CONFIG_REGION_INDEX) buf.set(this.cfg.subarray(off, off + len));
     else buf.set(new Uint8Array(this.regs.buffer, off, len));
@@ -148,8 +155,6 @@ export class FakeIgb implements VfioDevice {
   unmaskIrq(): void {}
   /** No function-level reset (CTRL.RST resets). */
   reset(): void {}
-  /** No path from other threads: what is not mapped is reached on this thread only. */
-  workerIo(): BarIo | null { return null; }
   /** iova = va: nothing to map. */
   dmaMap(): void {}
   /** iova = va: nothing to unmap. */

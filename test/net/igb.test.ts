@@ -4,20 +4,25 @@
  * net_igb (no skip reason); an 82576 still on the kernel's igb driver is listed with how to bind
  * it; the driver's devargs are checked; the register layout matches the 82576 datasheet's
  * (spot checks of the queue register strides the data path depends on); the TX data path, on a
- * memory-backed stand-in for BAR0, gives no descriptor a buffer that crosses a page of DMA memory.
+ * memory-backed stand-in for BAR0, gives no descriptor a buffer that crosses a page of DMA memory;
+ * on FakeIgb (test/net/fake-igb.ts) with a sparse BAR0 (bar_unmap=) and with BAR0 unmapped
+ * (bar_mmap=0) the port probes and starts through pread/pwrite and its queues move their tails
+ * through pwrite on the device's fd.
  */
 import t from 'tap';
 import { buildFixture } from '../pci/fixture.js';
 import { runCli } from '../cli.js';
 import type { DeviceRow } from '../../app/devices/devices.js';
-import { parseIgbArgs } from '../../drivers/net/igb/igb.js';
+import { IgbPort, parseIgbArgs } from '../../drivers/net/igb/igb.js';
 import * as R from '../../drivers/net/igb/igb_regs.js';
 import { openTxQueue, ST_WORDS, type IgbQueueData } from '../../drivers/net/igb/igb_data.js';
 import { Eal } from '../../src/eal.js';
 import { mmap, munmap, viewOf, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS } from '../../src/os/libc.js';
 import { pktmbufPoolCreate, pktmbufAllocBulk, MBUF_NONE } from '../../lib/mempool/mbuf.js';
 import { MbufView } from '../../lib/mempool/mbuf_view.js';
-import { txqStatsBase, TXQ_PACKETS, type PortData } from '../../lib/ethdev/ethdev.js';
+import { txqStatsBase, TXQ_PACKETS, openRxQueue, openTxQueue as openPortTxQueue, type PortData } from '../../lib/ethdev/ethdev.js';
+import * as U from '../../src/iommu/vfio-uapi.js';
+import { FakeIgb } from './fake-igb.js';
 
 const fx = buildFixture(
   [
@@ -51,6 +56,10 @@ t.test('devargs', async (t) => {
   t.same(parseIgbArgs('0000:02:00.0', { rss_key: key }).rssKey?.slice(0, 4), [0x6d, 0x5a, 0x56, 0xda]);
   t.throws(() => parseIgbArgs('0000:02:00.0', { rss_key: 'abc' }), /rss_key=abc must be 80 hex digits/);
   t.throws(() => parseIgbArgs('0000:02:00.0', { rss_kye: key }), /rss_kye/);
+  t.same(parseIgbArgs('0000:02:00.0', { bar_mmap: '0' }), { barMmap: false });
+  t.same(parseIgbArgs('0000:02:00.0', { bar_unmap: '0x0-0xfff:0xc000-0xdfff' }).barUnmap, [{ offset: 0, size: 0x1000 }, { offset: 0xc000, size: 0x2000 }]);
+  t.throws(() => parseIgbArgs('0000:02:00.0', { bar_unmap: '0xc000-0xc0ff' }), /bar_unmap range 0xc000-0xc0ff must cover whole 4 KiB pages/);
+  t.throws(() => parseIgbArgs('0000:02:00.0', { bar_unmap: 'c000' }), /bar_unmap/);
 });
 
 t.test('queue register layout (82576 datasheet 8.10/8.12: 0xC000/0xE000 + 0x40 per queue)', async (t) => {
@@ -116,3 +125,55 @@ t.test('TX: a segment that crosses a page of DMA memory takes one descriptor per
   t.equal(tx.txBurst(pkts, 0), 0);
   t.equal(pool.inUseCount(), 0, 'every mbuf back once the descriptors are done');
 });
+
+for (const [label, args] of [
+  ['a sparse BAR0 (bar_unmap: the general, interrupt, RX and TX queue pages)', { bar_unmap: '0x0-0x1fff:0xc000-0xcfff:0xe000-0xefff' }],
+  ['BAR0 unmapped (bar_mmap=0)', { bar_mmap: '0' }],
+] as const) {
+  t.test(`FakeIgb on ${label}: probe and start through pread/pwrite, queue tails through pwrite`, async (t) => {
+    const eal = new Eal({ noHuge: true, filePrefix: `tspigbsp${process.pid}_${args.bar_mmap ?? 's'}`, lcores: [{ id: 0, cpu: 0 }], mainLcore: 0 });
+    let dev: FakeIgb | null = null, port: IgbPort | null = null;
+    t.teardown(async () => {
+      try { if (port && port.status !== 'closed') port.close(); } finally { try { await dev?.close(); } finally { eal.close(); } }
+    });
+    dev = await FakeIgb.create(`tsp_igbsp${process.pid}_${args.bar_mmap ?? 's'}`, eal.memory, [0x02, 0x74, 0x73, 0x70, 0x6d, 0x02]);
+    const ios = { reads: 0, writes: 0 };
+    const read = dev.readRegion.bind(dev), write = dev.writeRegion.bind(dev);
+    dev.readRegion = (i, off, buf, len = buf.byteLength) => { if (i === U.VFIO_PCI_BAR0_REGION_INDEX) ios.reads++; return read(i, off, buf, len); };
+    dev.writeRegion = (i, off, buf, len = buf.byteLength) => { if (i === U.VFIO_PCI_BAR0_REGION_INDEX) ios.writes++; return write(i, off, buf, len); };
+    port = IgbPort.open(dev, eal.memory, parseIgbArgs(dev.name, args));
+    t.notOk(port.bar.isMapped(R.tdt(0), 4), 'TDT is not mapped');
+    t.notOk(port.bar.isMapped(R.rdt(0), 4), 'RDT is not mapped');
+    t.notOk(port.bar.isMapped(R.CTRL, 4), 'CTRL is not mapped');
+    t.equal(port.bar.isMapped(R.RAL0, 4), args.bar_mmap === undefined, args.bar_mmap === undefined ? 'the pages left alone are mapped' : 'nothing is mapped');
+    t.equal(port.macString(), '02:74:73:70:6d:02', 'the MAC read from the EEPROM through EERD by pread/pwrite');
+    t.ok(ios.reads > 0 && ios.writes > 0, `the control half used pread/pwrite (${ios.reads} reads, ${ios.writes} writes)`);
+    const pool = pktmbufPoolCreate(eal.memory, `tsp_igbsp_pool${args.bar_mmap ?? 's'}`, 127, { cacheSize: 0 });
+    port.configure({ rxQueues: 1, txQueues: 1 });
+    port.rxQueueSetup(0, 32, pool);
+    port.txQueueSetup(0, 32);
+    port.start();
+    const size = dev.reg(R.rdlen(0)) / R.DESC_BYTES;
+    t.equal(size, 32, 'RDLEN: a ring of 32 descriptors');
+    t.equal(dev.reg(R.rdt(0)), size - 1, 'RX ring handed to the NIC (RDT written by the control half)');
+    const rx = await openRxQueue(port.data(), 0), tx = await openPortTxQueue(port.data(), 0);
+    // the NIC writes two frames back into RX descriptors 0 and 1 (DD | EOP, 60 bytes)
+    const rdba = dev.reg(R.rdbal(0)) + dev.reg(R.rdbah(0)) * 2 ** 32;
+    for (const i of [0, 1]) {
+      dev.dma.setU32(rdba + i * R.DESC_BYTES + 12, 60);
+      dev.dma.setU32(rdba + i * R.DESC_BYTES + 8, R.RXD_STAT_DD | R.RXD_STAT_EOP);
+    }
+    const got = new Uint32Array(8);
+    t.equal(rx.rxBurst(got, 8), 2, 'two frames received');
+    t.equal(dev.reg(R.rdt(0)), 1, 'RDT moved to one behind the next descriptor, written by pwrite (its page is not mapped)');
+    t.equal(tx.txBurst(got, 2), 2, 'both sent back');
+    t.equal(dev.reg(R.tdt(0)), 2, 'TDT moved by two, written by pwrite');
+    dev.txDone(0, 0);
+    dev.txDone(0, 1);
+    t.equal(tx.txBurst(got, 0), 0, 'an empty burst cleans the done descriptors');
+    t.equal(pool.inUseCount(), size, 'the sent frames are back in the pool (only the RX ring holds mbufs)');
+    port.stop();
+    t.equal(pool.inUseCount(), 0, 'stop returned the RX ring\'s mbufs');
+    port.close();
+  });
+}

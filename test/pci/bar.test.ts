@@ -186,6 +186,20 @@ t.test('BARs without mmap, small BARs, whole-BAR mappings, mmap: false, close', 
   t.same(mapsWithin(b4.va, 16 * KB).filter(([, , p]) => p !== '---p' && p.startsWith('rw')), [], 'close unmapped the BAR');
   t.throws(() => b4.read32(0), /BAR4: the BAR is closed/);
 
+  // pages left unmapped by choice (a driver's devarg): pread/pwrite there, here and from a MappedBar
+  const b4u = Bar.open(dev, U.VFIO_PCI_BAR4_REGION_INDEX, { unmap: [{ offset: 0x1000, size: 0x1000 }] });
+  t.same(b4u.mapped, [{ offset: 0, size: 0x1000 }, { offset: 0x2000, size: 0x2000 }], 'unmap: the page is cut out of the mapped area');
+  b4u.write32(0x1004, 0xfeedf00d);
+  t.equal(peek(dev, 4, 0x1004, 4).getUint32(0, true), 0xfeedf00d, 'a write to the unmapped page lands through pwrite');
+  const mr = new MappedBar(structuredClone(b4u.data()));
+  t.equal(mr.reg(0x1008, 4).mapped, false, 'a MappedBar register in the unmapped page takes the fd path');
+  t.equal(mr.reg(0x2008, 4).mapped, true, 'and one in a mapped page a store');
+  mr.reg(0x1008, 4).write(0x5a5a0001);
+  t.equal(peek(dev, 4, 0x1008, 4).getUint32(0, true), 0x5a5a0001, 'the worker-side pwrite reaches the device');
+  b4u.close();
+  t.throws(() => Bar.open(dev, U.VFIO_PCI_BAR4_REGION_INDEX, { unmap: [{ offset: 0x1000, size: 0x100 }] }), /BAR4: the area to leave unmapped \[0x1000, \+0x100\) is not whole 4 KiB pages/);
+  t.throws(() => Bar.open(dev, U.VFIO_PCI_BAR4_REGION_INDEX, { unmap: [{ offset: 0x4000, size: 0x1000 }] }), /BAR4: the area to leave unmapped \[0x4000, \+0x1000\) lies outside the BAR \(size 0x4000\)/);
+
   const b5 = Bar.open(dev, U.VFIO_PCI_BAR5_REGION_INDEX);
   t.equal(b5.va, 0n, 'a 256-byte BAR cannot be mmap\'d page-wise: pread/pwrite');
   b5.write16(0xfe, 0xbeef);

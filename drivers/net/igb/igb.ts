@@ -29,10 +29,15 @@
  * must fit one mbuf: the MTU is bounded by the pool's data room), checksum/TSO offloads, VLAN
  * filtering and stripping, IEEE 1588 timestamps, flow control settings, legacy interrupts.
  *
- * `-a ADDR[,rss_key=HEX40]`
+ * BAR0 need not be mapped: registers VFIO does not let us mmap (or that bar_mmap=0 / bar_unmap=
+ * leave unmapped) are read and written with pread/pwrite on the device fd (vfio-user: region
+ * messages) on the main thread, and the lcores write their tail and interrupt registers through
+ * MappedBar.reg, which picks a mapped store or that fallback once per register at queue set-up.
+ *
+ * `-a ADDR[,rss_key=HEX40][,bar_mmap=0|1][,bar_unmap=0xSTART-0xEND[:0xSTART-0xEND...]]`
  */
 import { Bar } from '../../../src/iommu/bar.js';
-import type { VfioDevice } from '../../../src/iommu/device.js';
+import type { SparseArea, VfioDevice } from '../../../src/iommu/device.js';
 import * as U from '../../../src/iommu/vfio-uapi.js';
 import type { EalMemory, Memzone } from '../../../src/memory/memory.js';
 import * as os from '../../../src/os/libc.js';
@@ -81,6 +86,10 @@ const XS_DMA_FAULTS = HW_COUNTERS.length, XS_LSC = XS_DMA_FAULTS + 1;
 export interface IgbOptions {
   /** 40-byte RSS key (default: the well-known Toeplitz key) */
   rssKey?: number[];
+  /** false: never mmap BAR0, every register through pread/pwrite (or vfio-user messages), lcores included */
+  barMmap?: boolean;
+  /** page-aligned areas of BAR0 left unmapped even where VFIO allows mmap (reached as above) */
+  barUnmap?: SparseArea[];
 }
 
 interface Ring {
@@ -128,9 +137,10 @@ export class IgbPort extends EthDev {
   static open(vfio: VfioDevice, memory: EalMemory, opts: IgbOptions = {}): IgbPort {
     // PCI: memory decoding and bus mastering, or the NIC can neither answer BAR0 nor DMA
     enableBusMaster(vfio);
-    const bar = Bar.open(vfio, U.VFIO_PCI_BAR0_REGION_INDEX);
+    // where BAR0 (or part of it) is not mapped, Bar reaches it with pread/pwrite here and the lcores
+    // through MappedBar.reg (igb_data.ts)
+    const bar = Bar.open(vfio, U.VFIO_PCI_BAR0_REGION_INDEX, { mmap: opts.barMmap, unmap: opts.barUnmap });
     try {
-      if (!bar.isMapped(0, 0x10000)) throw new Error(`${vfio.name}: BAR0 is not mmap'd (VFIO ${vfio.backend}); the data path writes tail registers through the mapping`);
       // 82576 datasheet, 4.5.4 Interrupts During Initialization and 4.5.5 Global Reset and General Configuration
       globalReset(bar, vfio.name);
       // the MAC address: EEPROM words 0..2 through EERD (the EEPROM Read register's description in section 8)
@@ -534,6 +544,12 @@ function mdicWrite(b: Bar, reg: number, value: number, name: string): void {
 /** Devargs this driver takes (-a ADDR,key=value). */
 export const IGB_ARGS = {
   rss_key: { kind: 'string', help: '40-byte RSS key as 80 hex digits (default: the well-known Toeplitz key)' },
+  bar_mmap: { kind: 'bool', help: '1 (default) or 0: never mmap BAR0, reach every register (tail writes from the lcores too) with pread/pwrite or vfio-user messages' },
+  bar_unmap: {
+    kind: 'string', placeholder: '0xSTART-0xEND[:...]', pattern: /^0x[0-9a-fA-F]+-0x[0-9a-fA-F]+(:0x[0-9a-fA-F]+-0x[0-9a-fA-F]+)*$/,
+    allowed: 'inclusive hex byte ranges of whole 4 KiB pages joined by ":", e.g. 0xc000-0xcfff:0xe000-0xefff',
+    help: 'pages of BAR0 left unmapped (reached like bar_mmap=0) while the rest is mapped',
+  },
 } as const satisfies DevargsSchema;
 
 /** Parse -a ADDR,key=value arguments; throws a UsageError naming the device and the key. */
@@ -543,6 +559,14 @@ export function parseIgbArgs(dev: string, raw: Record<string, string>): IgbOptio
   if (a.rss_key !== undefined) {
     if (!/^[0-9a-fA-F]{80}$/.test(a.rss_key)) throw new Error(`-a ${dev}: rss_key=${a.rss_key} must be 80 hex digits (40 bytes)`);
     o.rssKey = Array.from({ length: 40 }, (_, i) => parseInt(a.rss_key!.slice(2 * i, 2 * i + 2), 16));
+  }
+  if (a.bar_mmap !== undefined) o.barMmap = a.bar_mmap;
+  if (a.bar_unmap !== undefined) {
+    o.barUnmap = a.bar_unmap.split(':').map((r) => {
+      const [start, end] = r.split('-').map((x) => parseInt(x, 16));
+      if (start % 4096 !== 0 || (end + 1) % 4096 !== 0 || end < start) throw new Error(`-a ${dev}: bar_unmap range ${r} must cover whole 4 KiB pages (0xSTART-0xEND with START a multiple of 0x1000 and END one below a multiple)`);
+      return { offset: start, size: end + 1 - start };
+    });
   }
   return o;
 }

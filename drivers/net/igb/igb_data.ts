@@ -29,9 +29,15 @@
  * read, only after STALL_BURSTS bursts without progress): when the head has passed descriptors
  * whose write-back never arrived, the NIC's DMA failed (e.g. an IOMMU fault) and the queue is
  * marked broken (IgbQueueState.BROKEN): bursts return 0 at once instead of spinning, and the
- * control half reports the port as broken.
+ * control half reports the port as broken. (Not on vfio-user where TDH is not mapped: a worker
+ * cannot read such a register, so that queue has no fault check.)
+ *
+ * Registers: each one the lcore touches (RDT, TDT, TDH, EICR/EIMS/EIMC) is one MmioReg from
+ * MappedBar.reg, chosen once when the queue is rebuilt: a plain store/load on BAR0's mapping where
+ * it is mapped, pwrite/pread on the device fd (kernel VFIO) or a no-reply REGION_WRITE (vfio-user)
+ * where it is not (a sparse BAR0, bar_unmap=, bar_mmap=0). Nothing is looked up per packet.
  */
-import { MappedBar, type BarData } from '../../../src/iommu/bar.js';
+import { MappedBar, type BarData, type MmioReg } from '../../../src/iommu/bar.js';
 import { viewOf, readRaw, mmap, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS } from '../../../src/os/libc.js';
 import { Mempool } from '../../../lib/mempool/mempool.js';
 import { pktmbufAllocInit, pktmbufFreeRecorded, pktmbufHeadroom, isMbuf, MBUF_NONE } from '../../../lib/mempool/mbuf.js';
@@ -54,7 +60,7 @@ export interface IgbQueueData {
   /** ring memory: address, IOVA halves unused here, descriptor count */
   va: bigint;
   size: number;
-  /** BAR0 (the tail and interrupt registers are written through its mapping) */
+  /** BAR0 (the tail and interrupt registers: a store on its mapping, else pwrite or a message; MappedBar.reg) */
   bar: BarData;
   /** the mbuf behind each descriptor (Uint32Array over it) */
   mbufs: SharedArrayBuffer;
@@ -82,8 +88,8 @@ class IgbRx implements RxQueue {
   private readonly ring: Uint32Array;
   private readonly mbufs: Uint32Array;
   private readonly state: Int32Array;
-  private readonly bar: MappedBar;
-  private readonly rdt: number;
+  /** RDT: a store on BAR0's mapping, or pwrite/a message where it is not mapped (chosen at set-up) */
+  private readonly rdt: MmioReg;
   private readonly mask: number;
   private readonly size: number;
   private readonly headroom: number;
@@ -98,9 +104,8 @@ class IgbRx implements RxQueue {
     this.ring = ringWords(d);
     this.mbufs = new Uint32Array(d.mbufs);
     this.state = new Int32Array(d.state);
-    this.bar = new MappedBar(d.bar);
-    this.rdt = R.rdt(d.q);
-    this.bar.check(this.rdt, 4);
+    const bar = new MappedBar(d.bar);
+    this.rdt = bar.reg(R.rdt(d.q), 4);
     this.size = d.size;
     this.mask = d.size - 1;
     this.headroom = pktmbufHeadroom(pool);
@@ -109,7 +114,7 @@ class IgbRx implements RxQueue {
     this.fresh = new Uint32Array(d.size);
     this.spare = new Uint32Array(d.size);
     this.next = Atomics.load(this.state, ST_NEXT);
-    if (d.intr) this.intr = new IgbRxInterrupt(d, this.bar, this.ring, this.state, stats, s);
+    if (d.intr) this.intr = new IgbRxInterrupt(d, bar, this.ring, this.state, stats, s);
   }
 
   rxBurst(out: Uint32Array, n: number): number {
@@ -154,7 +159,7 @@ class IgbRx implements RxQueue {
     this.next = i;
     Atomics.store(this.state, ST_NEXT, i);
     // the tail is the last descriptor the NIC may fill: one behind the next one we will read
-    this.bar.write32(this.rdt, (i + this.size - 1) & mask);
+    this.rdt.write((i + this.size - 1) & mask);
     if (got > 0) {
       this.stats[this.s + RXQ_PACKETS] += got;
       this.stats[this.s + RXQ_BYTES] += bytes;
@@ -175,27 +180,30 @@ class IgbRxInterrupt implements RxInterrupt {
   private readonly bit: number;
   private readonly scratch: number;
   private readonly scratchU32: Uint32Array;
+  private readonly eicr: MmioReg;
+  private readonly eims: MmioReg;
+  private readonly eimc: MmioReg;
 
-  constructor(d: IgbQueueData, private readonly bar: MappedBar, private readonly ring: Uint32Array, private readonly state: Int32Array, private readonly stats: Float64Array, private readonly s: number) {
+  constructor(d: IgbQueueData, bar: MappedBar, private readonly ring: Uint32Array, private readonly state: Int32Array, private readonly stats: Float64Array, private readonly s: number) {
     this.fd = d.intr!.fd;
     this.bit = d.intr!.bit;
-    bar.check(R.EICR, 4);
-    bar.check(R.EIMS, 4);
-    bar.check(R.EIMC, 4);
+    this.eicr = bar.reg(R.EICR, 4);
+    this.eims = bar.reg(R.EIMS, 4);
+    this.eimc = bar.reg(R.EIMC, 4);
     // eventfd reads land in a page of our own (the data path does not allocate)
     this.scratch = Number(mmap(0n, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
     this.scratchU32 = new Uint32Array(viewOf(BigInt(this.scratch), 8));
   }
 
   enable(): boolean {
-    this.bar.write32(R.EICR, this.bit);
-    this.bar.write32(R.EIMS, this.bit);
+    this.eicr.write(this.bit);
+    this.eims.write(this.bit);
     const next = Atomics.load(this.state, ST_NEXT);
     return (Atomics.load(this.ring, 4 * next + 2) & R.RXD_STAT_DD) === 0;
   }
 
   disable(): void {
-    this.bar.write32(R.EIMC, this.bit);
+    this.eimc.write(this.bit);
     if (readRaw(this.fd, this.scratch, 8) === 8) this.stats[this.s + RXQ_INTERRUPTS] += this.scratchU32[0];
   }
 }
@@ -207,9 +215,10 @@ class IgbTx implements TxQueue {
   /** 1 where that segment was given with more than one reference (refcnt > 1 when sent) */
   private readonly shared: Uint8Array;
   private readonly state: Int32Array;
-  private readonly bar: MappedBar;
-  private readonly tdt: number;
-  private readonly tdh: number;
+  /** TDT: a store on BAR0's mapping, or pwrite/a message where it is not mapped (chosen at set-up) */
+  private readonly tdt: MmioReg;
+  /** TDH, read by the fault check; null where a worker cannot read it (vfio-user, not mapped): no fault check */
+  private readonly tdh: MmioReg | null;
   private readonly mask: number;
   /** completed segments and their shared flags, freed in one pktmbufFreeRecorded */
   private readonly done: Uint32Array;
@@ -239,11 +248,9 @@ class IgbTx implements TxQueue {
     this.mbufs = new Uint32Array(d.mbufs);
     this.shared = new Uint8Array(d.shared);
     this.state = new Int32Array(d.state);
-    this.bar = new MappedBar(d.bar);
-    this.tdt = R.tdt(d.q);
-    this.tdh = R.tdh(d.q);
-    this.bar.check(this.tdt, 4);
-    this.bar.check(this.tdh, 4);
+    const bar = new MappedBar(d.bar);
+    this.tdt = bar.reg(R.tdt(d.q), 4);
+    this.tdh = bar.isMapped(R.tdh(d.q), 4) || d.bar.io?.kind === 'file' ? bar.reg(R.tdh(d.q), 4, true) : null;
     this.mask = d.size - 1;
     this.done = new Uint32Array(d.size);
     this.doneShared = new Uint8Array(d.size);
@@ -302,13 +309,13 @@ class IgbTx implements TxQueue {
       if (sent > 0) {
         this.next = i;
         Atomics.store(this.state, ST_NEXT, i);
-        this.bar.write32(this.tdt, i);
+        this.tdt.write(i);
         this.stats[this.s + TXQ_PACKETS] += sent;
         this.stats[this.s + TXQ_BYTES] += bytes;
       }
       if (errors > 0) this.stats[this.s + TXQ_ERRORS] += errors;
       this.stalled = 0;
-    } else if (cleaned === 0 && this.clean !== this.next && ++this.stalled >= STALL_BURSTS) {
+    } else if (cleaned === 0 && this.clean !== this.next && ++this.stalled >= STALL_BURSTS && this.tdh) {
       this.stalled = 0;
       this.checkFault();
     }
@@ -419,7 +426,7 @@ class IgbTx implements TxQueue {
    * descriptor while its write-back never came, the NIC's DMA is failing: mark the queue broken.
    */
   private checkFault(): void {
-    const head = this.bar.read32(this.tdh) & 0xffff;
+    const head = this.tdh!.read() & 0xffff;
     const pending = (this.next - this.clean) & this.mask;
     const consumed = (head - this.clean) & this.mask;
     if (consumed === 0 || consumed > pending) return;
