@@ -182,6 +182,17 @@ function setupNetwork(): { a: string; b: string; c: string } {
 }
 
 /** Wait until cond() or ms pass; true if it held. */
+/** The lab's queues: the igb with 2 RX queues (RSS) and Rx interrupts (and link-change ones with lsc), the af_packet peer with one. */
+function setUpPorts(igb: IgbPort, peer: EthDev, pool: Mempool, lsc: boolean): void {
+  igb.configure({ rxQueues: 2, txQueues: 1, promiscuous: true, intr: lsc ? { rxq: true, lsc: true } : { rxq: true } });
+  igb.rxQueueSetup(0, 512, pool);
+  igb.rxQueueSetup(1, 512, pool);
+  igb.txQueueSetup(0, 512);
+  peer.configure({ rxQueues: 1, txQueues: 1, promiscuous: true });
+  peer.rxQueueSetup(0, 512, pool);
+  peer.txQueueSetup(0, 512);
+}
+
 async function until(cond: () => boolean, ms: number, step = 100): Promise<boolean> {
   const t0 = Date.now();
   while (!cond()) {
@@ -243,13 +254,7 @@ async function main(): Promise<void> {
   }
 
   const pool = pktmbufPoolCreate(eal.memory, 'igb_lab_pool', 4095, { cacheSize: 64 });
-  igb.configure({ rxQueues: 2, txQueues: 1, promiscuous: true, intr: { rxq: true, lsc: true } });
-  igb.rxQueueSetup(0, 512, pool);
-  igb.rxQueueSetup(1, 512, pool);
-  igb.txQueueSetup(0, 512);
-  peer.configure({ rxQueues: 1, txQueues: 1, promiscuous: true });
-  peer.rxQueueSetup(0, 512, pool);
-  peer.txQueueSetup(0, 512);
+  setUpPorts(igb, peer, pool, true);
   const links: LinkStatus[] = [];
   igb.onLinkChange((l) => links.push(l));
   igb.start();
@@ -421,13 +426,7 @@ async function sparseRun(net: { a: string; b: string; c: string }, name: string,
     peer = listPorts().find((p) => p.info().driverName === 'net_af_packet');
     if (!igb || !peer) throw new Error(`probe found ${igb ? '' : 'no igb port'} ${peer ? '' : 'no af_packet port'}`);
     const pool = pktmbufPoolCreate(eal.memory, `igb_${name}_pool`, 4095, { cacheSize: 64 });
-    igb.configure({ rxQueues: 2, txQueues: 1, promiscuous: true, intr: { rxq: true } });
-    igb.rxQueueSetup(0, 512, pool);
-    igb.rxQueueSetup(1, 512, pool);
-    igb.txQueueSetup(0, 512);
-    peer.configure({ rxQueues: 1, txQueues: 1, promiscuous: true });
-    peer.rxQueueSetup(0, 512, pool);
-    peer.txQueueSetup(0, 512);
+    setUpPorts(igb, peer, pool, false);
     igb.start();
     peer.start();
     const up = await until(() => igb!.link().up, 15000);
