@@ -18,9 +18,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync, cpSync } fr
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { buildUdpFrame } from '../index.js';
-import { runtimeDir, TELEMETRY_SOCKET } from '../lib/telemetry/server.js';
-import * as os from '../src/os/libc.js';
+import { buildUdpFrame, runtimeDir, telemetryAsk, TELEMETRY_SOCKET } from '../index.js';
 import { median } from './dpdk.js';
 
 const SRC = '/usr/share/dpdk/examples/l3fwd';
@@ -78,30 +76,6 @@ function writeInput(file: string): void {
   writeFileSync(file, Buffer.concat(parts));
 }
 
-/** One telemetry request on a fresh connection (greeting skipped); null when the socket is not there yet. */
-async function ask(sock: string, req: string): Promise<Record<string, unknown> | null> {
-  if (!existsSync(sock)) return null;
-  const fd = os.socket(os.AF_UNIX, os.SOCK_SEQPACKET | os.SOCK_NONBLOCK, 0);
-  try {
-    try { os.connect(fd, os.sockaddrUn(sock), sock); } catch { return null; }
-    const recv = async (): Promise<string> => {
-      const end = Date.now() + 10_000;
-      for (;;) {
-        const m = os.recvmsg(fd, 65536, os.MSG_DONTWAIT);
-        if (m) return Buffer.from(m.data).toString('utf8');
-        if (Date.now() > end) throw new Error(`${sock}: no reply`);
-        await os.pollAsync([fd], os.POLLIN, 100);
-      }
-    };
-    await recv();
-    const b = Buffer.from(req);
-    os.send(fd, b, b.length, os.MSG_NOSIGNAL);
-    return JSON.parse(await recv()) as Record<string, unknown>;
-  } finally {
-    os.close(fd);
-  }
-}
-
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Run cmd (an l3fwd serving telemetry under prefix), wait for traffic and warmS, and return port 0's RX Mpps over seconds. */
@@ -111,7 +85,7 @@ async function measure(name: string, cmd: string[], prefix: string, warmS: numbe
   p.stderr!.on('data', (d: Buffer) => { err = (err + d.toString()).slice(-4000); });
   const exited = new Promise<void>((r) => p.on('exit', () => r()));
   const sock = join(runtimeDir(prefix), TELEMETRY_SOCKET);
-  const rx = async (): Promise<number> => ((await ask(sock, '/ethdev/stats,0'))?.['/ethdev/stats'] as { ipackets?: number } | undefined)?.ipackets ?? 0;
+  const rx = async (): Promise<number> => ((await telemetryAsk(sock, '/ethdev/stats,0'))?.['/ethdev/stats'] as { ipackets?: number } | undefined)?.ipackets ?? 0;
   try {
     const end = Date.now() + 120_000;
     while ((await rx()) === 0) {

@@ -12,6 +12,7 @@ import { Socket } from 'node:net';
 import { readFileSync, readdirSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import * as os from '../src/os/libc.js';
+import { TelemetryClient } from '../index.js';
 
 /** What one HTTP request on a fresh connection gave: the status and body, or why there was none. */
 export interface HttpResult {
@@ -181,29 +182,17 @@ export async function telemetryAsk(path: string, request: string, timeoutMs = 50
   const t0 = performance.now();
   const deadline = Date.now() + timeoutMs;
   const r: TelemetryResult = { greeting: null, reply: null, ms: 0, error: null };
-  let fd = -1;
-  const next = async (): Promise<string | null> => {
-    for (;;) {
-      const m = os.recvmsg(fd, 65536, os.MSG_DONTWAIT);
-      if (m) return m.data.length === 0 ? null : Buffer.from(m.data).toString('utf8');
-      const left = deadline - Date.now();
-      if (left <= 0) throw new Error('timeout');
-      await os.pollAsync([fd], os.POLLIN, Math.min(left, 100));
-    }
-  };
+  let c: TelemetryClient | null = null;
   try {
-    fd = os.socket(os.AF_UNIX, os.SOCK_SEQPACKET | os.SOCK_NONBLOCK, 0);
-    os.connect(fd, os.sockaddrUn(path), path);
-    r.greeting = await next();
+    c = new TelemetryClient(path);
+    r.greeting = await c.recv(timeoutMs);
     if (r.greeting === null) throw new Error('closed without a greeting');
-    const b = Buffer.from(request);
-    os.send(fd, b, b.length, os.MSG_NOSIGNAL);
-    r.reply = await next();
+    r.reply = await c.request(request, Math.max(0, deadline - Date.now()));
     if (r.reply === null) throw new Error('closed without a reply');
   } catch (e) {
     r.error = e instanceof os.OsError ? e.code : (e as Error).message;
   } finally {
-    if (fd >= 0) { try { os.close(fd); } catch { /* closed */ } }
+    c?.close();
   }
   r.ms = performance.now() - t0;
   return r;

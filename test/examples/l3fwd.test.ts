@@ -18,7 +18,7 @@ import { runCli, CHILD_ENV, removeRunDir, type CliResult } from '../cli.js';
 import { readLpmRules, readEmRules, ipv4Process, parseConfig } from '../../examples/l3fwd/l3fwd.js';
 import { assertForwarderNoAlloc, type ForwarderGcSummary } from '../alloc.js';
 import { text2pcap } from '../text2pcap.js';
-import { TelemetryClient } from '../app/telemetry-client.js';
+import { TelemetryClient } from '../../index.js';
 
 const have = (cmd: string): boolean => {
   try {
