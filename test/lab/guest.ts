@@ -27,6 +27,12 @@
  *               read through VFIO, the mdev bus hands it to the PCI bus, which probes it through
  *               the same mode by UUID; its config space is read from the region; its I/O BAR (not
  *               mmap-able) is read and written through pread/pwrite (16550 LSR, scratch register)
+ *   noiommu-*   (--mode noiommu: no emulated IOMMU, vfio.enable_unsafe_noiommu_mode=1) noiommu-nodes
+ *               (the group node is /dev/vfio/noiommu-N, and the kernel gave the device no cdev: sysfs
+ *               vfio-dev/vfioN has no dev, /dev/vfio/devices/ no node), noiommu-iommufd-refused
+ *               (--vfio-mode iommufd fails in one line naming the device as no-IOMMU), noiommu-auto
+ *               (the EAL, --vfio-mode auto and --iova-mode pa, opens it through the no-IOMMU group and
+ *               says why not the cdev); dma-tx then runs at PHYSICAL addresses (the EAL's pagemap)
  *   virtio-*    (virtio-net) the virtio PMD (drivers/net/virtio) on the real device, in a second EAL
  *               with -l 0-1: virtio-probe (net_virtio probes it through MODE, VERSION_1 and
  *               ACCESS_PLATFORM negotiated), virtio-config (MAC 52:54:00:12:34:56 and link up from
@@ -45,7 +51,7 @@
  */
 import { execFile, execFileSync } from 'node:child_process';
 import { isMainThread } from 'node:worker_threads';
-import { existsSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, readlinkSync, realpathSync, statSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Eal } from '../../src/eal.js';
@@ -55,6 +61,7 @@ import { Bar } from '../../src/iommu/bar.js';
 import type { VfioDevice } from '../../src/iommu/device.js';
 import * as U from '../../src/iommu/vfio-uapi.js';
 import { Iommufd, checkCdevNode } from '../../src/iommu/iommufd.js';
+import { Vfio } from '../../src/iommu/vfio.js';
 import { probePci, registerPciDriver, unregisterPciDriver, type PciBus } from '../../drivers/bus/pci/pci.js';
 import { enableBusMaster, readConfig16, readConfigSpace, PCI_COMMAND } from '../../drivers/bus/pci/config.js';
 import { listPorts, openRxQueue, openTxQueue, type PortData } from '../../lib/ethdev/ethdev.js';
@@ -75,7 +82,14 @@ import { guestArg } from './guest-args.js';
 type Detail = Record<string, unknown>;
 
 const bdf = guestArg('--bdf', '0000:00:03.0');
-const mode = guestArg('--mode', 'group');
+const labMode = guestArg('--mode', 'group');
+/**
+ * VFIO's no-IOMMU mode (no emulated IOMMU): the device's group is resolved as 'group'; the EAL opens
+ * it with --vfio-mode auto and --iova-mode pa. Nothing is DMA-mapped there and there is no IOMMU
+ * to refuse a DMA, so dma-mapped, dma-blocked, dma-remap and the iommufd-* checks do not apply.
+ */
+const noIommu = labMode === 'noiommu';
+const mode = noIommu ? 'group' : labMode;
 const mdevUuid = guestArg('--mdev', '');
 // the mtty sample's PCI ids (samples/vfio-mdev/mtty.c config space)
 const MTTY_VENDOR = 0x4348, MTTY_DEVICE = 0x3253;
@@ -88,7 +102,7 @@ const hex = (n: number | bigint): string => '0x' + n.toString(16);
 let failures = 0;
 function report(check: string, ok: boolean, detail: Detail = {}): void {
   if (!ok) failures++;
-  const line = JSON.stringify({ nic, mode, check, ok, ...detail }, (_k, v: unknown) => (typeof v === 'bigint' ? hex(v) : v));
+  const line = JSON.stringify({ nic, mode: labMode, check, ok, ...detail }, (_k, v: unknown) => (typeof v === 'bigint' ? hex(v) : v));
   process.stdout.write(`TSPLAB ${line}\n`);
 }
 function errorOf(e: unknown): string {
@@ -228,8 +242,9 @@ function checkVirtioBars(vfio: VfioDevice, cfg: Uint8Array): void {
 async function checkE1000eDma(eal: Eal, vfio: VfioDevice): Promise<void> {
   enableBusMaster(vfio);
   const cmd = readConfig16(vfio, PCI_COMMAND);
-  const ring = eal.memory.reserve('lab_txring', 4096, 4096);
-  const buf = eal.memory.reserve('lab_txbuf', 2048, 64);
+  // IOVA-contiguous: in pa mode the device walks physical addresses
+  const ring = eal.memory.reserve('lab_txring', 4096, 4096, true);
+  const buf = eal.memory.reserve('lab_txbuf', 2048, 64, true);
   const ringU8 = new Uint8Array(os.viewOf(ring.va, ring.len));
   const ringDv = new DataView(ringU8.buffer);
   const frame = new Uint8Array(os.viewOf(buf.va, 64));
@@ -273,10 +288,15 @@ async function checkE1000eDma(eal: Eal, vfio: VfioDevice): Promise<void> {
 
     const tx = await post(0);
     // DD: the device read the descriptor and wrote it back; one packet sent (TPT): it read the frame
-    report('dma-tx', tx.dd && tx.txPackets === 1, {
-      ringIova: ring.iova, bufIova: buf.iova, pciCommand: hex(cmd), descStatus: hex(tx.status), tdh: tx.tdh, ms: tx.ms,
-      txPackets: tx.txPackets,
+    // no-IOMMU: the descriptor and frame addresses are physical (iova-mode pa), not the VAs
+    report('dma-tx', tx.dd && tx.txPackets === 1 && (!noIommu || (eal.memory.config.iovaMode === 'pa' && ring.iova !== ring.va && buf.iova !== buf.va)), {
+      iovaMode: eal.memory.config.iovaMode, ringVa: ring.va, ringIova: ring.iova, bufVa: buf.va, bufIova: buf.iova, pciCommand: hex(cmd),
+      descStatus: hex(tx.status), tdh: tx.tdh, ms: tx.ms, txPackets: tx.txPackets,
     });
+    if (noIommu) {
+      bar.write32(E_TCTL, 0);
+      return;
+    }
 
     // negative control: unmap the segment holding the ring (type1 unmaps whole mappings), same DMA
     const seg = eal.memory.segment(ring.segment);
@@ -660,6 +680,46 @@ async function checkVirtioPwrite(): Promise<void> {
   }
 }
 
+/**
+ * noiommu-nodes: what Linux 6.6+ shows for a no-IOMMU device: the group node /dev/vfio/noiommu-N
+ * (and no /dev/vfio/N), a sysfs vfio-dev/vfioN entry WITHOUT a dev file and no node under
+ * /dev/vfio/devices/ (drivers/vfio/vfio.h vfio_device_add(): "cdev does not support noiommu device").
+ */
+function checkNoIommuNodes(group: number): void {
+  const isChr = (p: string): boolean => { try { return statSync(p).isCharacterDevice(); } catch { return false; } };
+  const list = (d: string): string[] | null => { try { return readdirSync(d); } catch { return null; } };
+  const vfioDev = list(join(sysDev, 'vfio-dev')) ?? [];
+  const cdevName = vfioDev.find((n) => /^vfio\d+$/.test(n)) ?? null;
+  const devFile = cdevName ? join(sysDev, 'vfio-dev', cdevName, 'dev') : null;
+  const devNodes = list('/dev/vfio/devices');
+  const groupNode = `/dev/vfio/noiommu-${group}`;
+  const groupName = (() => { try { return readFileSync(`/sys/kernel/iommu_groups/${group}/name`, 'utf8').trim(); } catch { return null; } })();
+  const taint = dmesg().find((l) => /taint.*noiommu/i.test(l))?.trim() ?? null;
+  const ok = group >= 0 && isChr(groupNode) && !existsSync(`/dev/vfio/${group}`) && cdevName !== null && devFile !== null && !existsSync(devFile) &&
+    (devNodes === null || devNodes.length === 0);
+  report('noiommu-nodes', ok, {
+    groupNode, groupNodeIsChr: isChr(groupNode), plainGroupNode: existsSync(`/dev/vfio/${group}`), iommuGroupName: groupName,
+    sysfsVfioDev: vfioDev, sysfsEntry: cdevName ? join(sysDev, 'vfio-dev', cdevName) : null,
+    sysfsEntryFiles: cdevName ? list(join(sysDev, 'vfio-dev', cdevName)) : null, sysfsDevFile: devFile !== null && existsSync(devFile),
+    devVfio: list('/dev/vfio'), devVfioDevices: devNodes ?? 'absent', devIommu: existsSync('/dev/iommu'), kernelLog: taint,
+  });
+}
+
+/** noiommu-iommufd-refused: the VFIO layer with --vfio-mode iommufd refuses the no-IOMMU device in one line. */
+function checkNoIommuRefused(group: number): void {
+  const v = new Vfio({ mode: 'iommufd', sysfsRoot: '/sys', devRoot: '/dev', memory: null });
+  let error = 'opened';
+  try {
+    v.openDevice({ name: bdf, sysfsDir: realpathSync(sysDev), iommuGroup: group }).close();
+  } catch (e) {
+    error = errorOf(e);
+  } finally {
+    v.close();
+  }
+  const want = new RegExp(`^${bdf}: --vfio-mode iommufd: no-IOMMU device \\(group node /dev/vfio/noiommu-${group}\\): .*; use --vfio-mode group or auto$`);
+  report('noiommu-iommufd-refused', want.test(error) && !error.includes('\n'), { error });
+}
+
 async function main(): Promise<void> {
   report('guest', true, {
     kernel: readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim(), node: process.version,
@@ -673,13 +733,19 @@ async function main(): Promise<void> {
   }
   await checkDevices(group);
   await checkAutoMode();
+  if (noIommu) {
+    checkNoIommuNodes(group);
+    checkNoIommuRefused(group);
+  }
 
   let eal: Eal | null = null;
   try {
-    const opts = parseEalArgs(['--vfio-mode', mode, '-m', '64', '--huge-dir', '/dev/hugepages', '-l', '0', '-a', bdf, ...(mdevUuid ? ['-a', mdevUuid] : [])]);
+    const vfioArgs = noIommu ? ['--vfio-mode', 'auto', '--iova-mode', 'pa'] : ['--vfio-mode', mode];
+    const opts = parseEalArgs([...vfioArgs, '-m', '64', '--huge-dir', '/dev/hugepages', '-l', '0', '-a', bdf, ...(mdevUuid ? ['-a', mdevUuid] : [])]);
     eal = new Eal(opts);
     const b = eal.memory.config.backing;
-    report('eal', b.kind === 'hugetlbfs' && eal.memory.config.pageSize === 2 ** 21 && eal.memory.segments.length > 0, {
+    report('eal', b.kind === 'hugetlbfs' && eal.memory.config.pageSize === 2 ** 21 && eal.memory.segments.length > 0 &&
+      (!noIommu || (eal.memory.config.iovaMode === 'pa' && eal.memory.segments.every((s) => s.iova !== s.va))), {
       backing: b.kind, pageSize: eal.memory.config.pageSize, iovaMode: eal.memory.config.iovaMode,
       segments: eal.memory.segments.map((s) => ({ id: s.id, va: s.va, iova: s.iova, len: s.len, path: s.path })),
     });
@@ -712,15 +778,26 @@ async function main(): Promise<void> {
     }
     const st = bus.status().find((s) => s.dev.addr === bdf);
     const p = bus.probed().find((x) => x.dev.addr === bdf);
-    report('probe', p !== undefined && p.vfio.backend === mode && st?.vfioMode === mode, {
+    report('probe', p !== undefined && p.vfio.backend === (noIommu ? 'group (no-IOMMU)' : mode) && st?.vfioMode === mode, {
       driver: p?.driver.name ?? null, backend: p?.vfio.backend ?? null, statusMode: st?.vfioMode ?? null, reason: st?.modeReason ?? null,
       skip: st?.skipReason ?? null,
     });
+    if (noIommu) {
+      // what the EAL's --vfio-mode auto chose for the device it opened, and the reason it logged
+      const sysfsDir = realpathSync(sysDev);
+      const reason = st?.modeReason ?? '';
+      const want = `auto: group node /dev/vfio/noiommu-${group} (no-IOMMU); no-IOMMU device: this kernel gives it no VFIO cdev ` +
+        `(${sysfsDir}/vfio-dev/`;
+      report('noiommu-auto', st?.vfioMode === 'group' && p?.vfio.backend === 'group (no-IOMMU)' && reason.startsWith(want) &&
+        / has no dev; Linux 6\.6\+ keeps no-IOMMU devices on the group path\)$/.test(reason), {
+        vfioMode: st?.vfioMode ?? null, backend: p?.vfio.backend ?? null, reason,
+      });
+    }
     if (!p) return;
     const vfio = p.vfio;
 
     if (mode === 'iommufd') checkIommufdMaps(eal, vfio);
-    else try {
+    else if (!noIommu) try {
       // the kernel refuses to map an IOVA range that is already mapped: EEXIST proves the EAL's mapping
       const segs = eal.memory.segments.map((s) => {
         try {

@@ -1,7 +1,9 @@
 #!/bin/sh
 # PID 1 of the lab guest (busybox sh; test/lab/build.sh puts it at /init in the initramfs).
-# Kernel command line parameters: tsplab.bdf=DDDD:BB:DD.F (default 0000:00:03.0), tsplab.mode=group|iommufd.
-# With a mdev parent (the mtty sample built into the lab's IOMMUFD kernel) an mdev is created too.
+# Kernel command line parameters: tsplab.bdf=DDDD:BB:DD.F (default 0000:00:03.0), tsplab.mode=group|iommufd|noiommu
+# (noiommu: no emulated IOMMU and vfio.enable_unsafe_noiommu_mode=1; the NIC's group is /dev/vfio/noiommu-N).
+# With a mdev parent (the mtty sample built into the lab's IOMMUFD kernel) an mdev is created too, except
+# in noiommu mode (an mdev's group is not a no-IOMMU group: the two cannot share one container).
 # Every result is one line "TSPLAB {json}" on the console (ttyS0); the last one is check "done".
 /bin/busybox --install -s /bin
 export PATH=/bin:/usr/bin HOME=/root
@@ -52,16 +54,18 @@ fi
 # bind the NIC to vfio-pci
 d=/sys/bus/pci/devices/$bdf
 [ -d $d ] || { res bind false "no PCI device $bdf: $(ls /sys/bus/pci/devices | tr '\n' ' ')"; finish bind; }
-[ -L $d/iommu_group ] || { res bind false "$bdf has no iommu_group (is the IOMMU on: intel_iommu=on?)"; finish bind; }
+# without an IOMMU the device gets its (no-IOMMU) group only when vfio-pci binds it
+[ "$mode" = noiommu ] || [ -L $d/iommu_group ] || { res bind false "$bdf has no iommu_group (is the IOMMU on: intel_iommu=on?)"; finish bind; }
 [ -L $d/driver ] && echo $bdf > $d/driver/unbind
 echo vfio-pci > $d/driver_override
 echo $bdf > /sys/bus/pci/drivers_probe
 drv=$(basename "$(readlink $d/driver)")
 grp=$(basename "$(readlink $d/iommu_group)")
-if [ "$drv" = vfio-pci ] && [ -c /dev/vfio/$grp ] && [ -c /dev/vfio/vfio ]; then
+gnode=/dev/vfio/$grp; [ "$mode" = noiommu ] && gnode=/dev/vfio/noiommu-$grp
+if [ "$drv" = vfio-pci ] && [ -n "$grp" ] && [ -c $gnode ] && [ -c /dev/vfio/vfio ]; then
   # sysfs always has vfio-dev/vfioN; the /dev node exists only with CONFIG_VFIO_DEVICE_CDEV
   cdev=$(ls $d/vfio-dev 2>/dev/null | head -n 1)
-  res bind true "$bdf $(cat $d/vendor):$(cat $d/device) on vfio-pci, IOMMU group $grp, /dev/vfio/$grp$([ -n "$cdev" ] && [ -c /dev/vfio/devices/$cdev ] && echo ", cdev /dev/vfio/devices/$cdev")"
+  res bind true "$bdf $(cat $d/vendor):$(cat $d/device) on vfio-pci, IOMMU group $grp, $gnode$([ -n "$cdev" ] && [ -c /dev/vfio/devices/$cdev ] && echo ", cdev /dev/vfio/devices/$cdev")"
 else
   res bind false "$bdf driver=$drv group=$grp; /dev/vfio: $(ls /dev/vfio 2>&1 | tr '\n' ' ')"
   finish bind
@@ -70,7 +74,7 @@ fi
 # a mediated device when the kernel has a parent (the mtty sample): write a UUID into a type's create
 mdevargs=""
 parent=$(ls /sys/class/mdev_bus 2>/dev/null | head -n 1)
-if [ -n "$parent" ]; then
+if [ -n "$parent" ] && [ "$mode" != noiommu ]; then
   types=/sys/class/mdev_bus/$parent/mdev_supported_types
   type=$(ls $types | grep -- '-2$' | head -n 1); [ -n "$type" ] || type=$(ls $types | head -n 1)
   uuid=83b8f4f2-509f-382f-3c1e-e6bfe0fa1001

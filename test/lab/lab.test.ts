@@ -7,7 +7,8 @@
  * through --vfio-mode group, EAL hugepage memory DMA-mapped, BARs through mmap and pread/pwrite,
  * and on e1000e a real DMA through the IOMMU with its negative control. With the lab's IOMMUFD
  * kernel (build.sh --iommufd, cached) the same runs through --vfio-mode iommufd, and an mtty mdev
- * goes through the mdev bus to the PCI bus in both modes.
+ * goes through the mdev bus to the PCI bus in both modes; a last guest on that kernel runs without
+ * the emulated IOMMU, in VFIO's no-IOMMU mode.
  *
  * Skips (saying why) only when the lab cannot be built here: not root / not x86-64 Linux, or no
  * network to the Debian mirror on a cold cache (build.sh exit 3), or TSPMD_LAB=0. Any other
@@ -24,6 +25,7 @@ import { fileURLToPath } from 'node:url';
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const CACHE = process.env.TSPMD_LAB_CACHE ?? '/var/cache/tspmd/lab';
 const BOOT_TIMEOUT_MS = Number(process.env.TSPMD_LAB_BOOT_TIMEOUT ?? 240) * 1000;
+const BUILD_TIMEOUT_MS = 20 * 60 * 1000;
 const BDF = '0000:00:03.0';
 
 interface Guest {
@@ -33,7 +35,8 @@ interface Guest {
   nic: string;
   /** QEMU -device for it (netdev and address are added) */
   device: string;
-  mode: 'group' | 'iommufd';
+  /** noiommu: no emulated IOMMU, vfio.enable_unsafe_noiommu_mode=1 (the guest opens the NIC with --vfio-mode auto) */
+  mode: 'group' | 'iommufd' | 'noiommu';
   /** checks that must all be reported, and ok */
   checks: string[];
 }
@@ -45,6 +48,13 @@ const DMA = ['dma-tx', 'dma-blocked', 'dma-remap'];
 const MDEV = ['mdev-create', 'mdev-devices', 'mdev-probe', 'mdev-config', 'mdev-bar'];
 /** the virtio PMD (drivers/net/virtio) on QEMU's virtio-net-pci, packets through slirp */
 const VIRTIO_PMD = ['virtio-probe', 'virtio-config', 'virtio-arp', 'virtio-stats', 'virtio-restart', 'virtio-mrg', 'virtio-intr', 'virtio-close', 'virtio-pwrite'];
+/**
+ * VFIO no-IOMMU (group node /dev/vfio/noiommu-N, EAL with hugepages and --iova-mode pa): the kernel's
+ * no-cdev fact, auto's choice and reason, iommufd refused, and a TX DMA at physical addresses. Not
+ * here: dma-mapped (nothing is mapped without an IOMMU), dma-blocked and dma-remap (no IOMMU to
+ * refuse a DMA), the iommufd-* and cdev-rdev checks (no cdev), the mdev checks (not a no-IOMMU group).
+ */
+const NOIOMMU = [...COMMON.filter((c) => c !== 'dma-mapped'), 'noiommu-nodes', 'noiommu-auto', 'noiommu-iommufd-refused', 'dma-tx'];
 const E1000E = 'e1000e', VIRTIO = 'virtio-net-pci,disable-legacy=on,iommu_platform=on';
 const GUESTS: Guest[] = [
   { kernel: 'debian', nic: 'e1000e', device: E1000E, mode: 'group', checks: [...COMMON, ...DMA] },
@@ -52,6 +62,7 @@ const GUESTS: Guest[] = [
   { kernel: 'iommufd', nic: 'e1000e', device: E1000E, mode: 'iommufd', checks: [...IOMMUFD, ...DMA, ...MDEV] },
   { kernel: 'iommufd', nic: 'virtio-net', device: VIRTIO, mode: 'iommufd', checks: [...IOMMUFD, ...MDEV, ...VIRTIO_PMD] },
   { kernel: 'iommufd', nic: 'e1000e', device: E1000E, mode: 'group', checks: [...COMMON, ...DMA, ...MDEV] },
+  { kernel: 'iommufd', nic: 'e1000e', device: E1000E, mode: 'noiommu', checks: NOIOMMU },
 ];
 
 interface LabEnv {
@@ -88,10 +99,12 @@ if (why) {
   t.test('real-kernel VFIO lab', { skip: why }, async () => undefined);
 } else {
   // npm test has just run tsc; a direct `tap test/lab/lab.test.ts` compiles dist/ first
+  // the file's own budget (tap's default per-file timeout is shorter than six guests): the build, then each guest
+  t.setTimeout(BUILD_TIMEOUT_MS + GUESTS.length * BOOT_TIMEOUT_MS);
   const buildArgs = process.env.npm_lifecycle_event === 'test' ? ['--no-tsc'] : [];
   const t0 = Date.now();
   const build = spawnSync('bash', [join(ROOT, 'test/lab/build.sh'), ...buildArgs], {
-    cwd: ROOT, encoding: 'utf8', env: { ...process.env, TSPMD_LAB_CACHE: CACHE }, timeout: 20 * 60 * 1000,
+    cwd: ROOT, encoding: 'utf8', env: { ...process.env, TSPMD_LAB_CACHE: CACHE }, timeout: BUILD_TIMEOUT_MS,
   });
   const buildLog = `${build.stdout ?? ''}${build.stderr ?? ''}`;
   const buildSecs = ((Date.now() - t0) / 1000).toFixed(1);
@@ -107,7 +120,7 @@ if (why) {
     const kernelFailure = existsSync(join(CACHE, 'iommufd.failed')) ? readFileSync(join(CACHE, 'iommufd.failed'), 'utf8').trim() : null;
     for (const g of GUESTS) {
       const kver = g.kernel === 'debian' ? env.KVER : env.KVER_IOMMUFD ?? 'the lab IOMMUFD kernel';
-      const name = `${g.nic} guest, --vfio-mode ${g.mode}, kernel ${kver}`;
+      const name = `${g.nic} guest, ${g.mode === 'noiommu' ? 'VFIO no-IOMMU (no emulated IOMMU)' : `--vfio-mode ${g.mode}`}, kernel ${kver}`;
       if (g.kernel === 'iommufd' && !env.KERNEL_IOMMUFD) {
         if (kernelFailure !== null) t.fail(`${name}: the IOMMUFD kernel build failed at ${kernelFailure}`);
         else t.test(name, { skip: 'the IOMMUFD kernel is not built: run test/lab/build.sh --iommufd once (10-15 minutes on 2 cores; .ci/run does it)' }, async () => undefined);
@@ -121,18 +134,21 @@ if (why) {
 /**
  * QEMU's command line for a guest (the lab's machine line; aw-bits=48 so that iova = va fits;
  * no_timer_check: on a loaded host the kernel's IO-APIC timer check under TCG sometimes panicked
- * with "timer doesn't work through Interrupt-remapped IO-APIC").
+ * with "timer doesn't work through Interrupt-remapped IO-APIC"). The no-IOMMU guest has no
+ * intel-iommu device and no intel_iommu=on iommu=pt; VFIO is built into that kernel, so no-IOMMU
+ * mode is its kernel parameter vfio.enable_unsafe_noiommu_mode=1.
  */
 function qemuArgs(env: LabEnv, g: Guest): string[] {
+  const noIommu = g.mode === 'noiommu';
   return [
     // One TCG thread: with multi-threaded TCG the guest kernel's int3-based code patching
     // occasionally raced and panicked at boot (seen once in CI); single-threaded it cannot.
     '-machine', 'q35,kernel-irqchip=split', '-cpu', 'max', '-accel', 'tcg,thread=single',
-    '-device', 'intel-iommu,intremap=on,caching-mode=on,aw-bits=48',
+    ...(noIommu ? [] : ['-device', 'intel-iommu,intremap=on,caching-mode=on,aw-bits=48']),
     '-m', '2G', '-smp', '2', '-nographic', '-nodefaults', '-serial', 'stdio', '-no-reboot',
     '-netdev', 'user,id=n0', '-device', `${g.device},netdev=n0,addr=03.0,romfile=`,
     '-kernel', g.kernel === 'debian' ? env.KERNEL : env.KERNEL_IOMMUFD!, '-initrd', env.INITRD,
-    '-append', `console=ttyS0 intel_iommu=on iommu=pt panic=-1 quiet no_timer_check tsplab.bdf=${BDF} tsplab.mode=${g.mode}`,
+    '-append', `console=ttyS0 ${noIommu ? 'vfio.enable_unsafe_noiommu_mode=1' : 'intel_iommu=on iommu=pt'} panic=-1 quiet no_timer_check tsplab.bdf=${BDF} tsplab.mode=${g.mode}`,
   ];
 }
 
@@ -158,9 +174,9 @@ async function bootAndCheck(t: Test, env: LabEnv, g: Guest): Promise<void> {
   for (const name of g.checks) {
     check(results.some((r) => r.check === name), `${g.nic}: check "${name}" was reported`);
   }
-  // what --vfio-mode auto must pick on each kernel: Debian's has no IOMMUFD, the lab's has it
+  // what --vfio-mode auto must pick on each kernel: Debian's has no IOMMUFD, the lab's has it (but no cdev for a no-IOMMU device)
   const auto = results.find((r) => r.check === 'devices-auto');
-  const wantAuto = g.kernel === 'debian' ? 'group' : 'iommufd';
+  const wantAuto = g.kernel === 'debian' || g.mode === 'noiommu' ? 'group' : 'iommufd';
   check(auto?.vfioMode === wantAuto, `${g.nic}: --vfio-mode auto picks ${wantAuto} on the ${g.kernel} kernel`, { got: auto?.vfioMode ?? null });
   if (failed) t.comment(`guest console log (${g.nic}, last 12 KB):\n${guestLog()}`);
   if (process.env.TSPMD_LAB_LOG_DIR) {

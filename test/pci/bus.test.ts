@@ -9,8 +9,8 @@
  * VFIO devices (no fd leaks).
  */
 import t from 'tap';
-import { chmodSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { chmodSync, mkdirSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import * as U from '../../src/iommu/vfio-uapi.js';
 import { UsageError } from '../../src/options.js';
 import { readHex, readInt, readString, SysfsError } from '../../src/sysfs.js';
@@ -409,6 +409,45 @@ t.test('kernel back ends on nodes that are not VFIO devices: clear errors, no fd
   t.throws(() => m.openDevice(tgt('0000:00:03.0', 3)), /VFIO container .*\/vfio\/vfio cannot be opened: ENOENT: No such file or directory; load the vfio-pci module \(modprobe vfio-pci\)/);
   m.close();
   t.equal(openFds(), fds, 'every fd the failed attempts opened was closed');
+});
+
+t.test('no-IOMMU devices: auto takes the group path and says why not the cdev; --vfio-mode iommufd is refused', async (t) => {
+  // Linux 6.6+: a no-IOMMU device gets vfio-dev/vfioN in sysfs without a dev file, and no /dev node
+  const addr = '0000:00:05.0';
+  const fx = fixture(t, buildFixture([{ addr, vendor: 0x8086, device: 0x10d3, classCode: 0x020000, group: 0, driver: 'vfio-pci', cdev: 'vfio0', cdevDevFile: false }],
+    [], { container: true, noIommuGroups: [0], iommufd: true }));
+  const sysfsDir = join(fx.sysfs, 'devices/pci0000:00', addr), group = join(fx.dev, 'vfio/noiommu-0');
+  const target = { name: addr, sysfsDir, iommuGroup: 0 };
+  const noCdev = `this kernel gives it no VFIO cdev (${sysfsDir}/vfio-dev/vfio0 has no dev; Linux 6.6+ keeps no-IOMMU devices on the group path)`;
+  const auto = chooseVfioMode('auto', target, fx.dev);
+  t.equal(auto.mode, 'group');
+  t.equal(auto.nodes.noIommuCdev, null);
+  t.equal(auto.reason, `auto: group node ${group} (no-IOMMU); no-IOMMU device: ${noCdev}`);
+  t.equal(chooseVfioMode('group', target, fx.dev).reason, `--vfio-mode group: ${group} (no-IOMMU)`);
+  const refused = `${addr}: --vfio-mode iommufd: no-IOMMU device (group node ${group}): ${noCdev}; use --vfio-mode group or auto`;
+  const v = new Vfio({ mode: 'iommufd', sysfsRoot: fx.sysfs, devRoot: fx.dev, memory: null });
+  t.teardown(() => v.close());
+  t.throws(() => v.openDevice(target), { message: refused });
+  const bus = new PciBus(busConfig(fx, { vfioMode: 'iommufd', allow: [addr] }));
+  t.teardown(() => bus.close());
+  const st = bus.status().find((s) => s.dev.addr === addr);
+  t.equal(st?.vfioMode, null);
+  t.equal(`${addr}: ${st?.skipReason}`, refused, 'the PCI bus skips it with the same line');
+
+  // a kernel that does show a cdev for it (the sysfs dev file, a /dev node, or the 2023 RFC's noiommu-vfioN): seen, not used
+  for (const [made, node] of [['sysfs', join(sysfsDir, 'vfio-dev/vfio0/dev')], ['cdev', join(fx.dev, 'vfio/devices/vfio0')], ['rfc', join(fx.dev, 'vfio/devices/noiommu-vfio0')]]) {
+    mkdirSync(dirname(node), { recursive: true });
+    writeFileSync(node, made === 'sysfs' ? '511:0\n' : '');
+    const seen = `the kernel shows a VFIO cdev for it (${node}), but tspmd opens no-IOMMU devices through the group path only`;
+    const c = chooseVfioMode('auto', target, fx.dev);
+    t.equal(c.mode, 'group', `${made}: auto keeps the group path`);
+    t.equal(c.reason, `auto: group node ${group} (no-IOMMU); no-IOMMU device: ${seen}`);
+    t.equal(chooseVfioMode('iommufd', target, fx.dev).reason, `--vfio-mode iommufd: no-IOMMU device (group node ${group}): ${seen}; use --vfio-mode group or auto`);
+    rmSync(node);
+  }
+  rmSync(join(sysfsDir, 'vfio-dev'), { recursive: true });
+  t.equal(chooseVfioMode('auto', target, fx.dev).reason,
+    `auto: group node ${group} (no-IOMMU); no-IOMMU device: it has no VFIO cdev (${sysfsDir}/vfio-dev/ has no vfioN; no-IOMMU devices use the group path)`);
 });
 
 t.test('no-IOMMU groups need --iova-mode pa', async (t) => {

@@ -28,6 +28,8 @@ export interface FixturePci {
   resources?: Array<[bigint, bigint, bigint]>;
   /** the vfio-dev/vfioN cdev name, when bound to vfio-pci with cdev support */
   cdev?: string;
+  /** false: vfio-dev/vfioN has no dev file (Linux 6.6+ registers a no-IOMMU device without a cdev) */
+  cdevDevFile?: boolean;
 }
 
 /** An mdev in the fixture. */
@@ -131,7 +133,8 @@ export function buildFixture(pci: FixturePci[], mdevs: FixtureMdev[] = [], devNo
       link(d, join(drv, p.addr));
       link(drv, join(d, 'driver'));
     }
-    if (p.cdev) file(join(d, 'vfio-dev', p.cdev, 'dev'), '511:0\n');
+    if (p.cdev && p.cdevDevFile === false) mkdirSync(join(d, 'vfio-dev', p.cdev), { recursive: true });
+    else if (p.cdev) file(join(d, 'vfio-dev', p.cdev, 'dev'), '511:0\n');
   }
   for (const m of mdevs) {
     const parent = join(sysfs, 'devices', m.parent);
