@@ -19,6 +19,10 @@
  *     A request the worker gave up on (timeout) is marked abandoned and keeps the mailbox busy until
  *     the main thread is done with it, so a late answer never lands in a later request.
  *
+ *   - the doorbell table: the ioeventfds a vfio-user server made for the device's declared FD
+ *     doorbells (one word each, -1 when none), set inside quiesce like the IRQ table; the worker
+ *     reads them without blocking (doorbell(i)), so a signal there has the effect of the write;
+ *
  * Devices may keep their own state in another SharedArrayBuffer and change it inside quiesce() too;
  * wake() interrupts the worker's idle sleep (e.g. after a doorbell written through REGION_WRITE).
  *
@@ -80,6 +84,9 @@ export interface DataPlaneDesc {
   irqCount: number[];
   /** where the DMA table starts (Int32 index) */
   dmaBase: number;
+  /** where the doorbell table starts (Int32 index), and how many doorbells it holds */
+  doorbellBase: number;
+  doorbellCount: number;
 }
 
 /** How the control half reaches client memory for the mailbox (EmuDevice.dmaRead/dmaWrite). */
@@ -95,6 +102,7 @@ export class DataPlaneControl {
   private readonly irqBase: number[] = [];
   private readonly irqCount: number[] = [];
   private readonly dmaBase: number;
+  private readonly doorbellBase: number;
   private pauseDepth = 0;
   private epoch = 0;
   private serving = false;
@@ -104,18 +112,21 @@ export class DataPlaneControl {
   /** how long quiesce() waits for the worker to acknowledge a pause (ms) */
   pauseTimeoutMs = PAUSE_TIMEOUT_MS;
 
-  /** Lay out the control block for irqCounts[index] vectors and up to maxRegions DMA regions. */
-  constructor(readonly name: string, irqCounts: number[], readonly maxRegions: number, private readonly memory: PlaneMemoryAccess) {
+  /** Lay out the control block for irqCounts[index] vectors, doorbells FD doorbells and up to maxRegions DMA regions. */
+  constructor(readonly name: string, irqCounts: number[], readonly maxRegions: number, private readonly memory: PlaneMemoryAccess, readonly doorbells = 0) {
     let w = HEADER_WORDS;
     for (const c of irqCounts) {
       this.irqBase.push(w);
       this.irqCount.push(c);
       w += c * IRQ_WORDS;
     }
+    this.doorbellBase = w;
+    w += doorbells;
     this.dmaBase = w;
     this.ctl = new Int32Array(new SharedArrayBuffer(4 * (w + maxRegions * DMA_WORDS)));
     this.bounce = new Uint8Array(new SharedArrayBuffer(BOUNCE));
     for (let i = 0; i < irqCounts.length; i++) for (let v = 0; v < irqCounts[i]; v++) this.ctl[this.irqBase[i] + v * IRQ_WORDS + IRQ_FD] = -1;
+    this.ctl.fill(-1, this.doorbellBase, this.doorbellBase + doorbells);
   }
 
   /** Plain data for DataPlane.attach in a worker; starts serving the mailbox. */
@@ -124,6 +135,7 @@ export class DataPlaneControl {
     return {
       name: this.name, control: this.ctl.buffer as SharedArrayBuffer, bounce: this.bounce.buffer as SharedArrayBuffer,
       maxRegions: this.maxRegions, irqBase: [...this.irqBase], irqCount: [...this.irqCount], dmaBase: this.dmaBase,
+      doorbellBase: this.doorbellBase, doorbellCount: this.doorbells,
     };
   }
 
@@ -221,6 +233,21 @@ export class DataPlaneControl {
     });
     Atomics.store(this.ctl, DMA_COUNT, regions.length);
     Atomics.add(this.ctl, DMA_GEN, 1);
+  }
+
+  /** The ioeventfd of doorbell i (-1: none). */
+  doorbellFd(i: number): number {
+    return Atomics.load(this.ctl, this.bell(i));
+  }
+
+  /** Set doorbell i's ioeventfd (-1: none); call inside quiesce (the worker may be reading the old one). */
+  setDoorbellFd(i: number, fd: number): void {
+    Atomics.store(this.ctl, this.bell(i), fd);
+  }
+
+  private bell(i: number): number {
+    if (!Number.isInteger(i) || i < 0 || i >= this.doorbells) throw new RangeError(`${this.name}: doorbell ${i} is out of range (0..${this.doorbells - 1})`);
+    return this.doorbellBase + i;
   }
 
   /** The eventfd of a vector (-1: none). */
@@ -415,6 +442,9 @@ export class DataPlane {
   private readonly ctl: Int32Array;
   private readonly bounce: Uint8Array;
   private readonly desc: DataPlaneDesc;
+  /** doorbell(): the 8-byte eventfd counter read into bellBuf, seen as two 32-bit halves */
+  private readonly bellBuf = new Uint8Array(8);
+  private readonly bellCount = new Uint32Array(this.bellBuf.buffer);
   private count = 0;
   private gen = -1;
   private reloads = 0;
@@ -510,6 +540,22 @@ export class DataPlane {
     const ok = signal(this.ctl, o);
     if (ok && index === INTX_INDEX) Atomics.or(this.ctl, o + IRQ_MASKED, MASK_IRQ);
     return ok;
+  }
+
+  /** How many FD doorbells the device declared (ids 0..n-1). */
+  get doorbellCount(): number {
+    return this.desc.doorbellCount;
+  }
+
+  /**
+   * Signals on doorbell i's ioeventfd since the last call (a non-blocking read that empties it; 0
+   * when there were none or no eventfd is set). Call outside pauses only, like every table read.
+   */
+  doorbell(i: number): number {
+    if (i < 0 || i >= this.desc.doorbellCount) return 0;
+    const fd = Atomics.load(this.ctl, this.desc.doorbellBase + i);
+    if (fd < 0 || os.readNoThrow(fd, this.bellBuf, 8) !== 8) return 0;
+    return this.bellCount[0] + this.bellCount[1] * TWO32;
   }
 
   /** Sleep up to ms (an idle loop's back-off); a pause request wakes it at once. */
