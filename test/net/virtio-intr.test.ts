@@ -3,7 +3,8 @@
  * the other virtio tests do not cover:
  *
  * - the unmapped-notify fallback: a device started with notify_mmap=0 (no sparse mmap area over the
- *   notify page) and kicks=1 (VRING_USED_F_NO_NOTIFY clear, so the data half rings a doorbell per
+ *   notify page), notify_fds=0 (no ioeventfds either: virtio-fd-doorbell.test.ts has those) and
+ *   kicks=1 (VRING_USED_F_NO_NOTIFY clear, so the data half rings a doorbell per
  *   burst): the port starts, frames go both ways byte-exact, and the data half's doorbells reach the
  *   device as no-reply REGION_WRITE messages (the device counts them), from this thread and from a
  *   worker lcore, while the main thread's own requests keep getting their replies;
@@ -70,7 +71,7 @@ async function open(tt: { teardown(fn: () => unknown): void }, socket: string, i
 }
 
 t.test('notify page not mmap-able: the port starts, doorbells go as REGION_WRITE messages, frames both ways', async (t) => {
-  const w = await VnetWorld.create(devEal, dir, { mapNotify: false, wantKicks: true });
+  const w = await VnetWorld.create(devEal, dir, { mapNotify: false, notifyFds: false, wantKicks: true });
   t.teardown(() => w.close());
   const c = await open(t, w.socket);
   const bar = c.port.pci.bar(c.port.pci.caps.notify);
@@ -87,6 +88,7 @@ t.test('notify page not mmap-able: the port starts, doorbells go as REGION_WRITE
   sameFrames(t, (await pmdReceive(c, inj.length))[0], inj, true, 'backend -> device -> PMD RX');
   const x = c.port.xstats();
   t.ok(x.tx_q0_kicks > 0 && x.rx_q0_kicks > 0, `the data half rang doorbells (TX ${x.tx_q0_kicks}, RX ${x.rx_q0_kicks})`);
+  t.same([x.tx_q0_kicks_message, x.rx_q0_kicks_message, x.tx_q0_kicks_eventfd, x.rx_q0_kicks_eventfd], [x.tx_q0_kicks, x.rx_q0_kicks, 0, 0], 'all of them as messages');
   t.ok(await until(() => w.stat('kicks') - kicks0 >= 1, 2000), `the device saw them (${w.stat('kicks') - kicks0} kicks)`);
   // The main thread's requests still get their own replies after the no-reply messages.
   t.equal(c.port.link().up, true, 'a register read on the main thread after the doorbell messages works');
@@ -96,7 +98,7 @@ t.test('notify page not mmap-able: the port starts, doorbells go as REGION_WRITE
 });
 
 t.test('notify fallback from a worker lcore: doorbells while the main thread makes requests', async (t) => {
-  const w = await VnetWorld.create(devEal, dir, { mapNotify: false, wantKicks: true });
+  const w = await VnetWorld.create(devEal, dir, { mapNotify: false, notifyFds: false, wantKicks: true });
   t.teardown(() => w.close());
   const c = await open(t, w.socket, undefined, [1]);
   const before = w.stat('kicks');
