@@ -21,7 +21,8 @@
  *
  *   - the doorbell table: the ioeventfds a vfio-user server made for the device's declared FD
  *     doorbells (one word each, -1 when none), set inside quiesce like the IRQ table; the worker
- *     reads them without blocking (doorbell(i)), so a signal there has the effect of the write;
+ *     reads them without blocking (doorbell(i)), so a signal there has the effect of the write,
+ *     and an idle loop may sleep on them (sleepOnDoorbells);
  *
  * Devices may keep their own state in another SharedArrayBuffer and change it inside quiesce() too;
  * wake() interrupts the worker's idle sleep (e.g. after a doorbell written through REGION_WRITE).
@@ -445,6 +446,10 @@ export class DataPlane {
   /** doorbell(): the 8-byte eventfd counter read into bellBuf, seen as two 32-bit halves */
   private readonly bellBuf = new Uint8Array(8);
   private readonly bellCount = new Uint32Array(this.bellBuf.buffer);
+  /** sleepOnDoorbells(): struct pollfd per doorbell, seen as int32 (fd) and int16 (events, revents) */
+  private readonly pfds: Uint8Array;
+  private readonly pfd32: Int32Array;
+  private readonly pfd16: Int16Array;
   private count = 0;
   private gen = -1;
   private reloads = 0;
@@ -455,6 +460,9 @@ export class DataPlane {
   private constructor(desc: DataPlaneDesc) {
     this.desc = desc;
     this.name = desc.name;
+    this.pfds = new Uint8Array(os.SIZEOF_POLLFD * Math.max(1, desc.doorbellCount));
+    this.pfd32 = new Int32Array(this.pfds.buffer);
+    this.pfd16 = new Int16Array(this.pfds.buffer);
     this.ctl = new Int32Array(desc.control);
     this.bounce = new Uint8Array(desc.bounce);
     this.start = new Float64Array(desc.maxRegions);
@@ -561,6 +569,26 @@ export class DataPlane {
   /** Sleep up to ms (an idle loop's back-off); a pause request wakes it at once. */
   sleep(ms: number): void {
     Atomics.wait(this.ctl, PAUSE_REQ, 0, ms);
+  }
+
+  /**
+   * An idle loop's back-off for a device with FD doorbells: sleep up to ms in poll(2) on the
+   * doorbell eventfds, so a doorbell ends it at once (a pause request or wake() is seen when it
+   * returns, within ms: keep ms small). Without doorbell eventfds it is sleep(ms). Allocates nothing.
+   */
+  sleepOnDoorbells(ms: number): void {
+    const n = this.desc.doorbellCount, base = this.desc.doorbellBase, p32 = this.pfd32, p16 = this.pfd16;
+    let k = 0;
+    for (let i = 0; i < n; i++) {
+      const fd = Atomics.load(this.ctl, base + i);
+      if (fd < 0) continue;
+      p32[2 * k] = fd;
+      p16[4 * k + 2] = os.POLLIN;
+      p16[4 * k + 3] = 0;
+      k++;
+    }
+    if (k === 0) this.sleep(ms);
+    else os.pollFds(this.pfds, k, ms);
   }
 
   /** Read client memory without fd through the main thread (slow path): false on failure. */

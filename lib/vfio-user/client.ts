@@ -241,7 +241,7 @@ export class VfioUserClient implements VfioDevice {
     for (const s of io.subs) {
       const fd = io.fds[s.fdIndex];
       const ok = s.type === P.IO_FD_TYPE_IOEVENTFD && fd !== undefined && s.offset + s.size <= BigInt(size) && [1n, 2n, 4n, 8n].includes(s.size) &&
-        (s.flags & ~P.IO_FD_FLAG_DATAMATCH) === 0 && s.data <= 0xffffffffn;
+        (s.flags & ~P.IO_FD_FLAG_DATAMATCH) === 0 && ((s.flags & P.IO_FD_FLAG_DATAMATCH) === 0 || s.data <= 0xffffffffn);
       if (!ok) { log('debug', 'vfio-user', `${this.name}: ${pciRegionName(index)}: io fd sub-region [0x${s.offset.toString(16)}, +${s.size}) type ${s.type} flags ${s.flags} not used`); continue; }
       used.add(s.fdIndex);
       bells.push({ offset: Number(s.offset), size: Number(s.size), fd, datamatch: (s.flags & P.IO_FD_FLAG_DATAMATCH) !== 0 ? Number(s.data) : null });

@@ -18,6 +18,8 @@
  *
  * fd ownership: drain() owns every fd a message brings and closes it after handling, except those
  * the device took (setIrqs replaces them by -1 in the message's array). Reply fds are never handed on.
+ * The ioeventfds made for GET_REGION_IO_FDS (FD doorbells) are the device's from the moment they
+ * are handed to it (setIoeventfds); it closes them when the client goes away.
  *
  * The socket path: start() refuses a path where a server accepts connections, removes (and logs)
  * a stale socket file only when connecting to it is refused, and close() removes the file only if it

@@ -10,6 +10,8 @@
  *   and every eventfd closed when the client goes away (the process's fd count);
  * - reg.ts's register: a write of the datamatch value signals the eventfd and sends nothing, any
  *   other value goes as one REGION_WRITE; a doorbell without datamatch covers any write inside it;
+ * - the emudev data plane's doorbell table: doorbell(id) reads and empties one eventfd, and
+ *   sleepOnDoorbells (an idle device loop's back-off) returns as soon as one is signalled;
  * - net_virtio over the client against the device (kicks=1, so every burst rings): frames both
  *   ways byte-exact, the PMD's xstats count its doorbells as rx/tx_q0_kicks_eventfd when the
  *   server offers them and as _kicks_message when it does not (notify_fds=0), the device counts
@@ -23,6 +25,7 @@ import '../../drivers/index.js';
 import * as os from '../../src/os/libc.js';
 import * as P from '../../lib/vfio-user/protocol.js';
 import { VfioUserServer } from '../../lib/vfio-user/server.js';
+import { DataPlane, DataPlaneControl } from '../../lib/emudev/dataplane.js';
 import { SendLock, messageReg, type RegionWriteArg } from '../../lib/vfio-user/reg.js';
 import { VirtioNetDevice } from '../../drivers/emu/virtio-net/device.js';
 import * as L from '../../drivers/emu/virtio-net/layout.js';
@@ -135,6 +138,27 @@ t.test('an lcore register in an ioeventfd doorbell: the datamatch value signals 
   w.write(0xbeef);
   t.same([w.via, drain(wide), sent()], ['eventfd', 1, 0], 'a doorbell without datamatch: any write inside it signals');
   t.throws(() => messageReg('tsp BAR4+0x3004', arg, 0x3004, 2, true), /cannot be read/, 'still write-only from an lcore');
+});
+
+t.test('the data plane\'s doorbell table: a non-blocking read per doorbell, and an idle sleep a doorbell ends at once', async (t) => {
+  const none = { read: async (): Promise<Uint8Array> => { throw new Error('no memory'); }, write: async (): Promise<void> => { throw new Error('no memory'); } };
+  const ctl = new DataPlaneControl('tsp-bells', [0, 0, 0, 0, 0], 4, none, 2);
+  const efd = os.eventfd(0, os.EFD_NONBLOCK);
+  t.teardown(() => { ctl.close(); os.close(efd); });
+  ctl.quiesce(() => ctl.setDoorbellFd(1, efd));
+  const plane = DataPlane.attach(ctl.desc());
+  t.teardown(() => plane.detach());
+  t.same([plane.doorbellCount, plane.doorbell(0), plane.doorbell(1)], [2, 0, 0], 'two doorbells, one with an eventfd, nothing signalled');
+  let t0 = performance.now();
+  plane.sleepOnDoorbells(60);
+  const slept = performance.now() - t0;
+  t.ok(slept >= 40, `no signal: it sleeps the time asked (${slept.toFixed(1)} ms of 60)`);
+  os.write(efd, new Uint8Array(new BigUint64Array([3n]).buffer));
+  t0 = performance.now();
+  plane.sleepOnDoorbells(5000);
+  const woke = performance.now() - t0;
+  t.ok(woke < 1000, `a signal ends it at once (${woke.toFixed(1)} ms of 5000)`);
+  t.same([plane.doorbell(1), plane.doorbell(1), plane.doorbell(0)], [3, 0, 0], 'the read returns the signals since the last one and empties the eventfd');
 });
 
 const devEal = testEal('tspfdbell');

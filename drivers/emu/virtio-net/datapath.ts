@@ -9,7 +9,7 @@
  * only to count kicks and to leave the idle back-off at once. Doorbells rung through ioeventfds
  * (notify page not mapped, the client took the FD doorbells) have the same effect: the loop reads
  * them without blocking, every FD_KICK_EVERY iterations while busy and at every idle back-off step,
- * and counts them as kicks (and kicks_eventfd).
+ * and counts them as kicks (and kicks_eventfd); its idle back-off sleeps on them.
  *
  * Nothing from the driver is trusted: head and next indexes are checked against the queue size,
  * chains longer than the queue (loops) are cut, directions and the INDIRECT flag are checked, the
@@ -262,7 +262,9 @@ class Engine {
         idleSince = -1;
         if (idle) { idle = false; Atomics.store(st, L.G_IDLE, 0); }
       } else if (idle) {
-        plane.sleep(1); // a pause request or stop still ends it at once
+        // A pause request or stop ends it at once, a doorbell eventfd too (the client took FD
+        // doorbells: then the sleep is poll(2) on them, and a pause waits for its end, 1 ms at most).
+        plane.sleepOnDoorbells(1);
       } else if (++idleIters >= 1024) {
         idleIters = 0;
         const now = performance.now();
