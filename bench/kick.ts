@@ -68,7 +68,7 @@ export async function run(args: string[]): Promise<Record<string, number | strin
     // The same store through the older MappedBar.write16 (what the PMD did before MmioReg).
     const old = new MappedBar(mappedBar.data());
     old.check(NOTIFY_OFF, 2);
-    const direct: MmioReg = { mapped: true, read: () => old.read16(NOTIFY_OFF), write: (v) => old.write16(NOTIFY_OFF, v) };
+    const direct: MmioReg = { mapped: true, via: 'mmio', read: () => old.read16(NOTIFY_OFF), write: (v) => old.write16(NOTIFY_OFF, v) };
     const directNs = timeWrites(direct, n);
 
     // Sender's cost: bursts of 64 (what a socket buffer absorbs), a REGION_READ between bursts so

@@ -19,6 +19,11 @@
  *     A request the worker gave up on (timeout) is marked abandoned and keeps the mailbox busy until
  *     the main thread is done with it, so a late answer never lands in a later request.
  *
+ *   - the doorbell table: the ioeventfds a vfio-user server made for the device's declared FD
+ *     doorbells (one word each, -1 when none), set inside quiesce like the IRQ table; the worker
+ *     reads them without blocking (doorbell(i)), so a signal there has the effect of the write,
+ *     and an idle loop may sleep on them (sleepOnDoorbells);
+ *
  * Devices may keep their own state in another SharedArrayBuffer and change it inside quiesce() too;
  * wake() interrupts the worker's idle sleep (e.g. after a doorbell written through REGION_WRITE).
  *
@@ -80,6 +85,9 @@ export interface DataPlaneDesc {
   irqCount: number[];
   /** where the DMA table starts (Int32 index) */
   dmaBase: number;
+  /** where the doorbell table starts (Int32 index), and how many doorbells it holds */
+  doorbellBase: number;
+  doorbellCount: number;
 }
 
 /** How the control half reaches client memory for the mailbox (EmuDevice.dmaRead/dmaWrite). */
@@ -95,6 +103,7 @@ export class DataPlaneControl {
   private readonly irqBase: number[] = [];
   private readonly irqCount: number[] = [];
   private readonly dmaBase: number;
+  private readonly doorbellBase: number;
   private pauseDepth = 0;
   private epoch = 0;
   private serving = false;
@@ -104,18 +113,21 @@ export class DataPlaneControl {
   /** how long quiesce() waits for the worker to acknowledge a pause (ms) */
   pauseTimeoutMs = PAUSE_TIMEOUT_MS;
 
-  /** Lay out the control block for irqCounts[index] vectors and up to maxRegions DMA regions. */
-  constructor(readonly name: string, irqCounts: number[], readonly maxRegions: number, private readonly memory: PlaneMemoryAccess) {
+  /** Lay out the control block for irqCounts[index] vectors, doorbells FD doorbells and up to maxRegions DMA regions. */
+  constructor(readonly name: string, irqCounts: number[], readonly maxRegions: number, private readonly memory: PlaneMemoryAccess, readonly doorbells = 0) {
     let w = HEADER_WORDS;
     for (const c of irqCounts) {
       this.irqBase.push(w);
       this.irqCount.push(c);
       w += c * IRQ_WORDS;
     }
+    this.doorbellBase = w;
+    w += doorbells;
     this.dmaBase = w;
     this.ctl = new Int32Array(new SharedArrayBuffer(4 * (w + maxRegions * DMA_WORDS)));
     this.bounce = new Uint8Array(new SharedArrayBuffer(BOUNCE));
     for (let i = 0; i < irqCounts.length; i++) for (let v = 0; v < irqCounts[i]; v++) this.ctl[this.irqBase[i] + v * IRQ_WORDS + IRQ_FD] = -1;
+    this.ctl.fill(-1, this.doorbellBase, this.doorbellBase + doorbells);
   }
 
   /** Plain data for DataPlane.attach in a worker; starts serving the mailbox. */
@@ -124,6 +136,7 @@ export class DataPlaneControl {
     return {
       name: this.name, control: this.ctl.buffer as SharedArrayBuffer, bounce: this.bounce.buffer as SharedArrayBuffer,
       maxRegions: this.maxRegions, irqBase: [...this.irqBase], irqCount: [...this.irqCount], dmaBase: this.dmaBase,
+      doorbellBase: this.doorbellBase, doorbellCount: this.doorbells,
     };
   }
 
@@ -221,6 +234,21 @@ export class DataPlaneControl {
     });
     Atomics.store(this.ctl, DMA_COUNT, regions.length);
     Atomics.add(this.ctl, DMA_GEN, 1);
+  }
+
+  /** The ioeventfd of doorbell i (-1: none). */
+  doorbellFd(i: number): number {
+    return Atomics.load(this.ctl, this.bell(i));
+  }
+
+  /** Set doorbell i's ioeventfd (-1: none); call inside quiesce (the worker may be reading the old one). */
+  setDoorbellFd(i: number, fd: number): void {
+    Atomics.store(this.ctl, this.bell(i), fd);
+  }
+
+  private bell(i: number): number {
+    if (!Number.isInteger(i) || i < 0 || i >= this.doorbells) throw new RangeError(`${this.name}: doorbell ${i} is out of range (0..${this.doorbells - 1})`);
+    return this.doorbellBase + i;
   }
 
   /** The eventfd of a vector (-1: none). */
@@ -415,6 +443,13 @@ export class DataPlane {
   private readonly ctl: Int32Array;
   private readonly bounce: Uint8Array;
   private readonly desc: DataPlaneDesc;
+  /** doorbell(): the 8-byte eventfd counter read into bellBuf, seen as two 32-bit halves */
+  private readonly bellBuf = new Uint8Array(8);
+  private readonly bellCount = new Uint32Array(this.bellBuf.buffer);
+  /** sleepOnDoorbells(): struct pollfd per doorbell, seen as int32 (fd) and int16 (events, revents) */
+  private readonly pfds: Uint8Array;
+  private readonly pfd32: Int32Array;
+  private readonly pfd16: Int16Array;
   private count = 0;
   private gen = -1;
   private reloads = 0;
@@ -425,6 +460,9 @@ export class DataPlane {
   private constructor(desc: DataPlaneDesc) {
     this.desc = desc;
     this.name = desc.name;
+    this.pfds = new Uint8Array(os.SIZEOF_POLLFD * Math.max(1, desc.doorbellCount));
+    this.pfd32 = new Int32Array(this.pfds.buffer);
+    this.pfd16 = new Int16Array(this.pfds.buffer);
     this.ctl = new Int32Array(desc.control);
     this.bounce = new Uint8Array(desc.bounce);
     this.start = new Float64Array(desc.maxRegions);
@@ -512,9 +550,45 @@ export class DataPlane {
     return ok;
   }
 
+  /** How many FD doorbells the device declared (ids 0..n-1). */
+  get doorbellCount(): number {
+    return this.desc.doorbellCount;
+  }
+
+  /**
+   * Signals on doorbell i's ioeventfd since the last call (a non-blocking read that empties it; 0
+   * when there were none or no eventfd is set). Call outside pauses only, like every table read.
+   */
+  doorbell(i: number): number {
+    if (i < 0 || i >= this.desc.doorbellCount) return 0;
+    const fd = Atomics.load(this.ctl, this.desc.doorbellBase + i);
+    if (fd < 0 || os.readNoThrow(fd, this.bellBuf, 8) !== 8) return 0;
+    return this.bellCount[0] + this.bellCount[1] * TWO32;
+  }
+
   /** Sleep up to ms (an idle loop's back-off); a pause request wakes it at once. */
   sleep(ms: number): void {
     Atomics.wait(this.ctl, PAUSE_REQ, 0, ms);
+  }
+
+  /**
+   * An idle loop's back-off for a device with FD doorbells: sleep up to ms in poll(2) on the
+   * doorbell eventfds, so a doorbell ends it at once (a pause request or wake() is seen when it
+   * returns, within ms: keep ms small). Without doorbell eventfds it is sleep(ms). Allocates nothing.
+   */
+  sleepOnDoorbells(ms: number): void {
+    const n = this.desc.doorbellCount, base = this.desc.doorbellBase, p32 = this.pfd32, p16 = this.pfd16;
+    let k = 0;
+    for (let i = 0; i < n; i++) {
+      const fd = Atomics.load(this.ctl, base + i);
+      if (fd < 0) continue;
+      p32[2 * k] = fd;
+      p16[4 * k + 2] = os.POLLIN;
+      p16[4 * k + 3] = 0;
+      k++;
+    }
+    if (k === 0) this.sleep(ms);
+    else os.pollFds(this.pfds, k, ms);
   }
 
   /** Read client memory without fd through the main thread (slow path): false on failure. */

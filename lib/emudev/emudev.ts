@@ -13,6 +13,12 @@
  * loop runs on an lcore through the data plane (dataplane.ts, `device.plane`): the DMA and IRQ
  * tables are shared with it, and every change to them pauses it first.
  *
+ * FD doorbells: a BAR may declare ioeventfd doorbells (EmuBarSpec.ioeventfds); the transport makes
+ * an eventfd for each when its client asks (vfio-user GET_REGION_IO_FDS) and hands them here; they
+ * go into the data plane's doorbell table (ids in declaration order: the BARs as declared, each
+ * BAR's doorbells in order), where the device's lcore reads them (DataPlane.doorbell(id)), and are
+ * closed when the client goes away.
+ *
  * Events (device.events): 'dma-map' (DmaRegion), 'dma-unmap' (DmaRegion), 'irqs' (index),
  * 'reset', 'connect', 'disconnect', 'region-write' (index, offset, length).
  */
@@ -23,7 +29,7 @@ import * as U from '../../src/iommu/vfio-uapi.js';
 import { log } from '../../src/log.js';
 import type { SparseArea } from '../../src/iommu/device.js';
 import { ProtocolError, DMA_FLAG_READ, DMA_FLAG_WRITE, type IrqSet, type RegionDescription } from '../vfio-user/protocol.js';
-import type { DmaMessagePath, VfioUserDevice } from '../vfio-user/device.js';
+import type { DmaMessagePath, IoEventfdSpec, VfioUserDevice } from '../vfio-user/device.js';
 import { DataPlaneControl, MASK_VECTOR, MASK_FUNCTION } from './dataplane.js';
 
 const PAGE = 4096;
@@ -58,6 +64,11 @@ export interface EmuBarSpec {
   read?: (off: number, buf: Uint8Array) => void;
   /** write data at off (outside shared areas) */
   write?: (off: number, data: Uint8Array) => void;
+  /**
+   * doorbells a client may ring through an eventfd instead of a write (vfio-user ioeventfds): the
+   * device's lcore must read them (DataPlane.doorbell) and act as on the write they stand for
+   */
+  ioeventfds?: IoEventfdSpec[];
 }
 
 /** One IRQ index of an emulated device (VFIO_PCI_*_IRQ_INDEX). */
@@ -146,6 +157,8 @@ export type { DmaMessagePath };
 
 interface BarState {
   spec: EmuBarSpec;
+  /** the data plane's doorbell id of this BAR's first ioeventfd */
+  firstDoorbell: number;
   memfd: number;
   va: bigint;
   mem: Uint8Array | null;
@@ -225,6 +238,7 @@ export class EmuDevice implements VfioUserDevice {
   constructor(spec: EmuDeviceSpec) {
     this.name = spec.name;
     this.spec = spec;
+    let doorbells = 0;
     for (const b of spec.bars) {
       if (!Number.isInteger(b.index) || b.index < 0 || b.index > 5) throw new RangeError(`${spec.name}: BAR index ${b.index} must be 0..5`);
       if (this.bars.has(b.index)) throw new Error(`${spec.name}: BAR${b.index} is declared twice`);
@@ -234,14 +248,20 @@ export class EmuDevice implements VfioUserDevice {
           throw new RangeError(`${spec.name}: BAR${b.index} shared area [0x${a.offset.toString(16)}, +0x${a.size.toString(16)}) must be page-aligned and inside the BAR`);
         }
       }
-      this.bars.set(b.index, { spec: b, memfd: -1, va: 0n, mem: null, whole: false });
+      for (const d of b.ioeventfds ?? []) {
+        if (![1, 2, 4, 8].includes(d.size) || !Number.isInteger(d.offset) || d.offset < 0 || d.offset % d.size !== 0 || d.offset + d.size > b.size) {
+          throw new RangeError(`${spec.name}: BAR${b.index} ioeventfd [0x${d.offset.toString(16)}, +${d.size}) must be 1, 2, 4 or 8 bytes, aligned and inside the BAR`);
+        }
+      }
+      this.bars.set(b.index, { spec: b, firstDoorbell: doorbells, memfd: -1, va: 0n, mem: null, whole: false });
+      doorbells += b.ioeventfds?.length ?? 0;
     }
     for (const i of spec.irqs) {
       if (i.index < 0 || i.index >= U.VFIO_PCI_NUM_IRQS || i.count < 0 || i.count > 2048) throw new RangeError(`${spec.name}: IRQ index ${i.index} count ${i.count} is out of range`);
       this.irqCounts[i.index] = i.count;
     }
     if (spec.msix) this.msixTable = this.checkMsix(spec.msix);
-    this.plane = new DataPlaneControl(spec.name, this.irqCounts, this.maxMaps, { read: (iova, len) => this.dmaRead(iova, len), write: (iova, data) => this.dmaWrite(iova, data) });
+    this.plane = new DataPlaneControl(spec.name, this.irqCounts, this.maxMaps, { read: (iova, len) => this.dmaRead(iova, len), write: (iova, data) => this.dmaWrite(iova, data) }, doorbells);
     try {
       for (const st of this.bars.values()) {
         const shared = st.spec.shared ?? [];
@@ -340,6 +360,29 @@ export class EmuDevice implements VfioUserDevice {
       else this.trappedWrite(st, start, part);
     });
     this.events.emit('region-write', index, o, data.byteLength);
+  }
+
+  // ---- FD doorbells ----
+
+  /** The ioeventfd doorbells BAR index declares ([] for other regions). */
+  ioeventfds(index: number): readonly IoEventfdSpec[] {
+    return this.bars.get(index)?.spec.ioeventfds ?? [];
+  }
+
+  /**
+   * Take the eventfds the transport made for BAR index's doorbells (same order) into the data
+   * plane's doorbell table, inside a pause; eventfds they replace are closed. They are this
+   * device's from here, closed at disconnected() or close().
+   */
+  setIoeventfds(index: number, fds: readonly number[]): void {
+    const st = this.bars.get(index);
+    const n = st?.spec.ioeventfds?.length ?? 0;
+    if (!st || fds.length > n) throw new ProtocolError(`${this.name}: region ${index} has ${n} ioeventfd doorbells, ${fds.length} eventfds given`, E.EINVAL);
+    this.plane.quiesce(() => fds.forEach((fd, i) => {
+      const old = this.plane.doorbellFd(st.firstDoorbell + i);
+      this.plane.setDoorbellFd(st.firstDoorbell + i, fd);
+      if (old >= 0 && old !== fd) { try { os.close(old); } catch { /* gone */ } }
+    }));
   }
 
   // ---- DMA ----
@@ -639,7 +682,7 @@ export class EmuDevice implements VfioUserDevice {
   }
 
   /**
-   * The client went away: unmap its memory and close its IRQ eventfds, and with reset: true reset
+   * The client went away: unmap its memory and close its IRQ eventfds and ioeventfds, and with reset: true reset
    * the device (the server does so unless --no-reset). Never throws and never stops half way: an
    * error on one region, fd or listener is logged and the rest goes on; the tables are emptied
    * even when the lcore does not pause (it picks them up at its next service()), and then what it
@@ -663,6 +706,11 @@ export class EmuDevice implements VfioUserDevice {
           this.plane.setIrqFd(index, v, -1);
         }
       });
+      for (let i = 0; i < this.plane.doorbells; i++) {
+        const fd = this.plane.doorbellFd(i);
+        if (fd >= 0) fds.push(fd);
+        this.plane.setDoorbellFd(i, -1);
+      }
     };
     const release = (): void => {
       for (const r of regions) {
@@ -670,7 +718,7 @@ export class EmuDevice implements VfioUserDevice {
         try { this.unmapRegion(r); } catch (e) { errors.push(`unmapping [0x${r.iova.toString(16)}, +0x${r.len.toString(16)}): ${(e as Error).message}`); }
       }
       for (const fd of fds) {
-        try { os.close(fd); } catch (e) { errors.push(`closing IRQ eventfd ${fd}: ${(e as Error).message}`); }
+        try { os.close(fd); } catch (e) { errors.push(`closing eventfd ${fd}: ${(e as Error).message}`); }
       }
     };
     try {

@@ -29,7 +29,7 @@ const TXQ_STRIDE = 8;
 const TX_BASE = MAX_QUEUES * RXQ_STRIDE;
 /** Port-level counters a driver names itself (xstats), after the queue blocks. */
 const XSTATS_BASE = TX_BASE + MAX_QUEUES * TXQ_STRIDE;
-const XSTATS_MAX = 64;
+const XSTATS_MAX = 192;
 const STATS_WORDS = XSTATS_BASE + XSTATS_MAX;
 
 /** Float64 offset of RX queue q's counter block. */

@@ -13,6 +13,10 @@
  * memory without a known fd is announced without fd and served through DMA_READ/WRITE.
  * BARs: regionInfo keeps the fd that comes with a mappable region's info; mmapRegion maps it at
  * the region's offset (sparse areas included), readRegion/writeRegion use REGION_READ/WRITE.
+ * For each BAR, regionInfo also asks GET_REGION_IO_FDS once and keeps the ioeventfd doorbells the
+ * server offers (a server that answers with an error or none: nothing changes); workerIo hands
+ * them to other threads, whose writes to those registers signal the eventfd instead of sending a
+ * message (reg.ts).
  */
 import * as os from '../../src/os/libc.js';
 import * as U from '../../src/iommu/vfio-uapi.js';
@@ -21,7 +25,8 @@ import { DmaMemoryMap } from '../../src/iommu/dma.js';
 import type { BarIo } from '../../src/iommu/bar.js';
 import type { EalMemory } from '../../src/memory/memory.js';
 import * as P from './protocol.js';
-import { SendLock, regionWriteIo } from './reg.js';
+import { SendLock, regionWriteIo, type IoDoorbell } from './reg.js';
+import { log } from '../../src/log.js';
 import { Channel, connectUnix, safeClose } from './transport.js';
 
 /** Client options. */
@@ -85,6 +90,8 @@ export class VfioUserClient implements VfioDevice {
   private nextId = 1;
   private readonly regionCache = new Map<number, RegionInfo>();
   private readonly regionFds = new Map<number, number>();
+  /** the ioeventfd doorbells each BAR's server offered (their fds are this client's) */
+  private readonly doorbells = new Map<number, IoDoorbell[]>();
   private readonly fdMemory: FdMemory[] = [];
   private readonly msgRegions: MsgRegion[] = [];
   private serving = false;
@@ -161,7 +168,8 @@ export class VfioUserClient implements VfioDevice {
   workerIo(index: number): BarIo | null {
     if (this.closed) throw new Error(`${this.name}: the device is closed`);
     if (!this.regionInfo(index).writable) return null;
-    return regionWriteIo({ fd: this.ch.fd, region: index, lock: this.sendLock.sab, msgId: WORKER_MSG_ID });
+    const bells = this.doorbells.get(index);
+    return regionWriteIo({ fd: this.ch.fd, region: index, lock: this.sendLock.sab, msgId: WORKER_MSG_ID, ...(bells?.length ? { doorbells: bells.map((b) => ({ ...b })) } : {}) });
   }
 
   /** Device info (VFIO_USER_DEVICE_GET_INFO). */
@@ -190,16 +198,62 @@ export class VfioUserClient implements VfioDevice {
         this.regionFds.set(index, r.fds[0]);
       } else this.closeFds(r);
       this.regionCache.set(index, info);
+      if (index <= U.VFIO_PCI_BAR5_REGION_INDEX && info.size > 0 && info.writable) this.doorbells.set(index, this.offeredDoorbells(index, info.size));
       return info;
     }
     throw new Error(`${what}: the server keeps asking for a larger reply buffer`);
   }
 
-  /** The sub-regions of VFIO_USER_DEVICE_GET_REGION_IO_FDS (their fds are closed: tspmd has no KVM to give them to). */
-  regionIoFds(index: number): P.IoFdSubregion[] {
-    const r = this.request(P.Cmd.DEVICE_GET_REGION_IO_FDS, P.encodeRegionIoFdsRequest(index, 4096), [], `${pciRegionName(index)} io fds`);
-    this.closeFds(r);
-    return P.decodeRegionIoFds(r.payload).subs;
+  /** The sub-regions of VFIO_USER_DEVICE_GET_REGION_IO_FDS and the fds that came with them (the caller owns those). */
+  regionIoFds(index: number): { subs: P.IoFdSubregion[]; fds: number[] } {
+    const what = `${this.name} ${pciRegionName(index)} io fds`;
+    let argsz = 4096;
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const r = this.request(P.Cmd.DEVICE_GET_REGION_IO_FDS, P.encodeRegionIoFdsRequest(index, argsz), [], what);
+      let d: ReturnType<typeof P.decodeRegionIoFds>;
+      try {
+        d = P.decodeRegionIoFds(r.payload);
+      } catch (e) {
+        this.closeFds(r);
+        throw e;
+      }
+      if (d.count > 0 && d.subs.length === 0 && attempt === 0 && d.argsz > argsz && d.argsz <= 65536) { this.closeFds(r); argsz = d.argsz; continue; }
+      return { subs: d.subs, fds: r.fds };
+    }
+    throw new Error(`${what}: the server keeps asking for a larger reply buffer`);
+  }
+
+  /**
+   * The ioeventfd doorbells the server offers for BAR index (sub-regions of type ioeventfd inside
+   * the region whose fd came with the reply); [] when it offers none or answers with an error. The
+   * fds kept are closed at close(); the others at once.
+   */
+  private offeredDoorbells(index: number, size: number): IoDoorbell[] {
+    let io: { subs: P.IoFdSubregion[]; fds: number[] };
+    try {
+      io = this.regionIoFds(index);
+    } catch (e) {
+      log('debug', 'vfio-user', `${this.name}: ${pciRegionName(index)}: no ioeventfds (${(e as Error).message})`);
+      return [];
+    }
+    const bells: IoDoorbell[] = [];
+    const used = new Set<number>();
+    for (const s of io.subs) {
+      const fd = io.fds[s.fdIndex];
+      const ok = s.type === P.IO_FD_TYPE_IOEVENTFD && fd !== undefined && s.offset + s.size <= BigInt(size) && [1n, 2n, 4n, 8n].includes(s.size) &&
+        (s.flags & ~P.IO_FD_FLAG_DATAMATCH) === 0 && ((s.flags & P.IO_FD_FLAG_DATAMATCH) === 0 || s.data <= 0xffffffffn);
+      if (!ok) { log('debug', 'vfio-user', `${this.name}: ${pciRegionName(index)}: io fd sub-region [0x${s.offset.toString(16)}, +${s.size}) type ${s.type} flags ${s.flags} not used`); continue; }
+      used.add(s.fdIndex);
+      bells.push({ offset: Number(s.offset), size: Number(s.size), fd, datamatch: (s.flags & P.IO_FD_FLAG_DATAMATCH) !== 0 ? Number(s.data) : null });
+    }
+    io.fds.forEach((fd, i) => { if (!used.has(i)) safeClose(fd); });
+    if (bells.length) log('info', 'vfio-user', `${this.name}: ${pciRegionName(index)}: the server offers ${bells.length} ioeventfd doorbell(s); lcores ring them with eventfd writes`);
+    return bells;
+  }
+
+  /** The ioeventfd doorbells kept for BAR index (copies; [] when none were offered). */
+  ioDoorbells(index: number): IoDoorbell[] {
+    return (this.doorbells.get(index) ?? []).map((b) => ({ ...b }));
   }
 
   /** mmap len bytes of a mappable region at off, through the fd from its region info. */
@@ -405,6 +459,8 @@ export class VfioUserClient implements VfioDevice {
     this.ch.close();
     for (const fd of this.regionFds.values()) safeClose(fd);
     this.regionFds.clear();
+    for (const bells of this.doorbells.values()) for (const fd of new Set(bells.map((b) => b.fd))) safeClose(fd);
+    this.doorbells.clear();
     this.regionCache.clear();
   }
 

@@ -15,6 +15,20 @@
  */
 import type { IrqSet, RegionDescription } from './protocol.js';
 
+/**
+ * A doorbell the device offers as an ioeventfd (VFIO_USER_DEVICE_GET_REGION_IO_FDS): a write of
+ * size bytes at offset of its region (of the value datamatch, when given) may reach the device as a
+ * signal on an eventfd instead of a REGION_WRITE, and must have the same effect.
+ */
+export interface IoEventfdSpec {
+  /** offset in the region */
+  offset: number;
+  /** the write's width in bytes */
+  size: 1 | 2 | 4 | 8;
+  /** only writes of this value signal the eventfd (others come as REGION_WRITE); absent: any value */
+  datamatch?: number;
+}
+
 /** How a device reaches client memory that was mapped without fd (DMA_READ/WRITE messages the server sends). */
 export interface DmaMessagePath {
   /** Read len bytes of client memory at iova. */
@@ -49,10 +63,19 @@ export interface VfioUserDevice {
   irqInfo(index: number): { flags: number; count: number };
   /** A SET_IRQS request; the device takes the eventfds it keeps by replacing them with -1 in fds. */
   setIrqs(s: IrqSet, fds: number[]): void;
+  /** The ioeventfd doorbells of region index (absent, or [] for a region: GET_REGION_IO_FDS answers no sub-regions). */
+  ioeventfds?(index: number): readonly IoEventfdSpec[];
+  /**
+   * The server made one non-blocking eventfd per doorbell of region index (same order) for the
+   * connected client. The device owns them from here: a signal on fds[i] must have the effect of
+   * the write doorbell i stands for (the device reads them without blocking in its poll loop, or
+   * sleeps on them), and it closes them at disconnected(). When this throws, the server closes them.
+   */
+  setIoeventfds?(index: number, fds: readonly number[]): void;
   /** Device reset (VFIO_USER_DEVICE_RESET). */
   reset(): void;
   /** A client negotiated its version: path reaches its memory mapped without fd. */
   connected(path: DmaMessagePath): void;
-  /** The client went away: drop its memory and eventfds, and reset when asked. Must not throw. */
+  /** The client went away: drop its memory and eventfds (the ioeventfds too), and reset when asked. Must not throw. */
   disconnected(opts: { reset?: boolean }): void;
 }

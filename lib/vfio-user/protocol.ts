@@ -462,6 +462,8 @@ export const IO_FD_SUBREGION_SIZE = 40;
 /** Sub-region types. */
 export const IO_FD_TYPE_IOEVENTFD = 0;
 export const IO_FD_TYPE_IOREGIONFD = 1;
+/** ioeventfd sub-region flag (KVM_IOEVENTFD_FLAG_DATAMATCH): only writes of the datamatch value signal the eventfd. */
+export const IO_FD_FLAG_DATAMATCH = 1;
 
 /** One sub-region of a GET_REGION_IO_FDS reply. */
 export interface IoFdSubregion {

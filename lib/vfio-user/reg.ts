@@ -9,6 +9,10 @@
  * No reply comes (the spec: a command with No_reply is not answered; the server executes commands
  * in order), so no thread other than the client's ever reads the socket. Reads need a reply and
  * are refused.
+ *
+ * A register inside one of the region's ioeventfd doorbells (the server offered them in
+ * GET_REGION_IO_FDS) is written as an 8-byte write(2) of 1 to the doorbell's eventfd instead: no
+ * message, no lock. With a datamatch, only writes of that value go there; others go as messages.
  */
 import * as os from '../../src/os/libc.js';
 import type { BarIo, MmioReg } from '../../src/iommu/bar.js';
@@ -61,6 +65,19 @@ export interface RegionWriteArg {
   lock: SharedArrayBuffer;
   /** the message id the writes carry (a range the client's own requests never use) */
   msgId: number;
+  /** the region's ioeventfd doorbells (absent: none) */
+  doorbells?: IoDoorbell[];
+}
+
+/** One ioeventfd doorbell of a region, as the client got it from GET_REGION_IO_FDS. */
+export interface IoDoorbell {
+  /** offset in the region and width in bytes of the writes it stands for */
+  offset: number;
+  size: number;
+  /** the eventfd (owned by the client; process-wide) */
+  fd: number;
+  /** only writes of this value signal it (null: any value) */
+  datamatch: number | null;
 }
 
 /** The BarIo by which other threads write region arg.region with no-reply REGION_WRITE messages. */
@@ -75,19 +92,59 @@ export function messageReg(what: string, arg: unknown, off: number, width: 1 | 2
     throw new TypeError(`${what}: the vfio-user register data is not { fd, region, lock, msgId }; take it from Bar.data()`);
   }
   if (needRead) throw new Error(`${what} is not mapped, and vfio-user registers are reached from a worker by no-reply REGION_WRITE only: it cannot be read here (serve it as a sparse mmap area, or read it on the main thread)`);
-  return new UserReg(what, a as RegionWriteArg, off, width);
+  const msg = new UserReg(what, a as RegionWriteArg, off, width);
+  const bell = doorbellOf(a.doorbells, off, width);
+  return bell ? new EventfdReg(bell, width, msg) : msg;
+}
+
+/**
+ * The doorbell a write of width bytes at off rings, or undefined: one with a datamatch stands for
+ * writes of exactly its offset and size (as KVM's ioeventfds do), one without for any write inside it.
+ */
+export function doorbellOf(bells: readonly IoDoorbell[] | undefined, off: number, width: number): IoDoorbell | undefined {
+  return bells?.find((b) => (b.datamatch !== null ? off === b.offset && width === b.size : off >= b.offset && off + width <= b.offset + b.size));
+}
+
+/** A register written as a signal on an ioeventfd (8-byte write(2) of 1); values its datamatch refuses go as messages. */
+class EventfdReg implements MmioReg {
+  readonly mapped = false;
+  readonly via = 'eventfd';
+  private readonly one = new Uint8Array(new BigUint64Array([1n]).buffer);
+  private readonly fd: number;
+  private readonly match: number;
+  private readonly mask: number;
+
+  constructor(bell: IoDoorbell, width: 1 | 2 | 4, private readonly msg: UserReg) {
+    this.fd = bell.fd;
+    this.match = bell.datamatch ?? -1;
+    this.mask = width === 4 ? 0xffffffff : (1 << (8 * width)) - 1;
+  }
+
+  /** Refused, as for every vfio-user register that is not mapped. */
+  read(): number {
+    return this.msg.read();
+  }
+
+  /** Signal the eventfd (or, for a value the datamatch refuses, send the REGION_WRITE). */
+  write(v: number): void {
+    if (this.match >= 0 && ((v & this.mask) >>> 0) !== this.match) { this.msg.write(v); return; }
+    // EAGAIN: the counter is at its maximum, so the device has a signal to read already.
+    const n = os.writeNoThrow(this.fd, this.one, 8);
+    if (n !== 8 && n !== -os.E.EAGAIN) throw new Error(`${this.msg.what}: signalling its ioeventfd (fd ${this.fd}) failed: ${n < 0 ? os.errnoName(-n) : `${n} bytes written`}; is the vfio-user connection closed?`);
+  }
 }
 
 /** A register written with a no-reply VFIO_USER_REGION_WRITE on the client's socket (the message is built once). */
 class UserReg implements MmioReg {
   readonly mapped = false;
+  readonly via = 'message';
   private readonly msg: Uint8Array;
   private readonly dv: DataView;
   private readonly lock: SendLock;
   private readonly fd: number;
   private readonly dataAt = P.HEADER_SIZE + P.REGION_ACCESS_SIZE;
 
-  constructor(private readonly what: string, a: RegionWriteArg, off: number, private readonly width: 1 | 2 | 4) {
+  constructor(readonly what: string, a: RegionWriteArg, off: number, private readonly width: 1 | 2 | 4) {
     this.fd = a.fd;
     this.lock = new SendLock(a.lock);
     const body = P.encodeRegionAccess(off, a.region, width, new Uint8Array(width));

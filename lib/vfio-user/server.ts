@@ -18,6 +18,8 @@
  *
  * fd ownership: drain() owns every fd a message brings and closes it after handling, except those
  * the device took (setIrqs replaces them by -1 in the message's array). Reply fds are never handed on.
+ * The ioeventfds made for GET_REGION_IO_FDS (FD doorbells) are the device's from the moment they
+ * are handed to it (setIoeventfds); it closes them when the client goes away.
  *
  * The socket path: start() refuses a path where a server accepts connections, removes (and logs)
  * a stale socket file only when connecting to it is refused, and close() removes the file only if it
@@ -45,6 +47,8 @@ export interface ServerOptions {
   dmaTimeoutMs?: number;
   /** drop a client whose socket takes no byte of a queued message for this long (ms), default 2000 */
   sendStallMs?: number;
+  /** offer the device's ioeventfd doorbells in GET_REGION_IO_FDS (default true; false: no sub-regions) */
+  ioeventfds?: boolean;
 }
 
 /** The largest message the server accepts for a max_data_xfer_size (a REGION_WRITE of that many bytes, plus slack). */
@@ -80,6 +84,9 @@ export class VfioUserServer {
   private readonly resetOnDisconnect: boolean;
   private readonly dmaTimeoutMs: number;
   private readonly sendStallMs: number;
+  private readonly offerIoeventfds: boolean;
+  /** the ioeventfds made for this client, by region (the device owns and closes them; kept to answer a repeated request) */
+  private readonly ioFds = new Map<number, { subs: P.IoFdSubregion[]; fds: number[] }>();
   private listenFd = -1;
   /** device and inode of the socket file this server bound (close() removes only that file) */
   private sockId: { dev: number; ino: number } | null = null;
@@ -103,6 +110,7 @@ export class VfioUserServer {
     this.resetOnDisconnect = opts.resetOnDisconnect ?? true;
     this.dmaTimeoutMs = opts.dmaTimeoutMs ?? 5000;
     this.sendStallMs = opts.sendStallMs ?? 2000;
+    this.offerIoeventfds = opts.ioeventfds ?? true;
     device.maxDmaMaps = opts.maxDmaMaps ?? 1024;
   }
 
@@ -280,6 +288,7 @@ export class VfioUserServer {
     }
     this.pending.clear();
     conn.close();
+    this.ioFds.clear(); // the device closes them in disconnected()
     // Never throws, never stops half way, and resets even when a step failed (errors are logged).
     this.device.disconnected({ reset: this.resetOnDisconnect });
   }
@@ -378,7 +387,10 @@ export class VfioUserServer {
         const r = P.decodeRegionIoFdsRequest(p);
         const d = dev.describeRegion(r.index);
         if (d.size === 0) throw new P.ProtocolError(`region ${r.index} does not exist`);
-        return { payload: P.encodeRegionIoFds(r.index, [], r.argsz), fds: [] }; // no ioeventfd sub-regions
+        const io = this.regionIoFds(r.index);
+        const fits = P.REGION_IO_FDS_SIZE + io.subs.length * P.IO_FD_SUBREGION_SIZE <= r.argsz;
+        // Too small an argsz: the size needed and the count, no sub-regions and no fds (the client asks again).
+        return { payload: P.encodeRegionIoFds(r.index, io.subs, r.argsz), fds: fits ? io.fds : [] };
       }
       case P.Cmd.DEVICE_GET_IRQ_INFO: {
         noFds();
@@ -432,6 +444,39 @@ export class VfioUserServer {
       default:
         throw new P.ProtocolError(`unknown command ${m.command}`);
     }
+  }
+
+  /**
+   * The ioeventfd sub-regions of region index for this client, with their eventfds: made at the
+   * first request (one non-blocking eventfd per doorbell the device declares, at most the client's
+   * max_msg_fds) and handed to the device, which owns them from then on.
+   */
+  private regionIoFds(index: number): { subs: P.IoFdSubregion[]; fds: number[] } {
+    const known = this.ioFds.get(index);
+    if (known) return known;
+    const dev = this.device;
+    let specs = this.offerIoeventfds && dev.ioeventfds && dev.setIoeventfds ? dev.ioeventfds(index) : [];
+    const most = this.peer?.maxMsgFds ?? 0;
+    if (specs.length > most) {
+      log('info', 'vfio-user', `${this.path}: region ${index} has ${specs.length} ioeventfd doorbells; the client takes ${most} fds per message, so ${most} are offered`);
+      specs = specs.slice(0, most);
+    }
+    const fds: number[] = [];
+    try {
+      for (let i = 0; i < specs.length; i++) fds.push(os.eventfd(0, os.EFD_NONBLOCK));
+      if (fds.length) dev.setIoeventfds!(index, fds);
+    } catch (e) {
+      for (const fd of fds) safeClose(fd);
+      throw e;
+    }
+    const subs = specs.map((s, i): P.IoFdSubregion => ({
+      offset: BigInt(s.offset), size: BigInt(s.size), fdIndex: i, type: P.IO_FD_TYPE_IOEVENTFD,
+      flags: s.datamatch === undefined ? 0 : P.IO_FD_FLAG_DATAMATCH, data: BigInt(s.datamatch ?? 0),
+    }));
+    const io = { subs, fds };
+    this.ioFds.set(index, io);
+    if (fds.length) log('info', 'vfio-user', `${this.path}: region ${index}: ${fds.length} ioeventfd doorbell(s) offered`);
+    return io;
   }
 
   /** Send a command to the client and wait for its reply. */

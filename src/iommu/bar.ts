@@ -21,9 +21,9 @@
  * elsewhere, decided once, so no access looks anything up.
  */
 import * as os from '../os/libc.js';
-import { pciRegionName, type BarIo, type MessageRegModule, type MmioReg, type SparseArea, type VfioDevice } from './device.js';
+import { pciRegionName, type BarIo, type MessageRegModule, type MmioReg, type MmioVia, type SparseArea, type VfioDevice } from './device.js';
 
-export type { BarIo, MessageRegModule, MmioReg };
+export type { BarIo, MessageRegModule, MmioReg, MmioVia };
 import { log } from '../log.js';
 import { MAX_VIEW_BYTES, PiecedView } from '../os/pieces.js';
 
@@ -318,6 +318,7 @@ export interface BarData {
 
 class MemReg8 implements MmioReg {
   readonly mapped = true;
+  readonly via = 'mmio';
   constructor(private readonly u8: Uint8Array, private readonly i: number) {}
   read(): number { return Atomics.load(this.u8, this.i); }
   write(v: number): void { Atomics.store(this.u8, this.i, v); }
@@ -325,6 +326,7 @@ class MemReg8 implements MmioReg {
 
 class MemReg16 implements MmioReg {
   readonly mapped = true;
+  readonly via = 'mmio';
   constructor(private readonly u16: Uint16Array, private readonly i: number) {}
   read(): number { return Atomics.load(this.u16, this.i); }
   write(v: number): void { Atomics.store(this.u16, this.i, v); }
@@ -332,6 +334,7 @@ class MemReg16 implements MmioReg {
 
 class MemReg32 implements MmioReg {
   readonly mapped = true;
+  readonly via = 'mmio';
   constructor(private readonly u32: Uint32Array, private readonly i: number) {}
   read(): number { return Atomics.load(this.u32, this.i); }
   write(v: number): void { Atomics.store(this.u32, this.i, v); }
@@ -350,6 +353,7 @@ function getLe(b: Uint8Array, width: number): number {
 /** A register reached with pwrite/pread on the kernel VFIO device fd (offset precomputed). */
 class FileReg implements MmioReg {
   readonly mapped = false;
+  readonly via = 'pwrite';
   private readonly buf: Uint8Array;
   constructor(private readonly what: string, private readonly fd: number, private readonly at: bigint, private readonly width: number) {
     this.buf = new Uint8Array(width);

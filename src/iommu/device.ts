@@ -222,10 +222,19 @@ export function pciIrqName(index: number): string {
   return ['INTx', 'MSI', 'MSI-X', 'ERR', 'REQ'][index] ?? `IRQ index ${index}`;
 }
 
+/** How an MmioReg's writes reach the device (see MmioReg.via). */
+export type MmioVia = 'mmio' | 'pwrite' | 'message' | 'eventfd';
+
 /** One device register as the data path uses it: read() and write() of its width, nothing looked up per access. */
 export interface MmioReg {
   /** whether accesses are loads/stores on the mapping (false: the pread/pwrite or message fallback) */
   readonly mapped: boolean;
+  /**
+   * How writes reach the device: a store on the mapping, pwrite on the device fd, a message on the
+   * device's transport, or a signal on an ioeventfd the device offered (a doorbell with a datamatch
+   * sends the values it does not match as messages)
+   */
+  readonly via: MmioVia;
   /** Read the register (little endian). */
   read(): number;
   /** Write the register (little endian; v is truncated to the width). */

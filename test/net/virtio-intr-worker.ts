@@ -98,20 +98,29 @@ export async function intrRxLoop(a: IntrLoopArg, ctx: LcoreContext): Promise<Int
 
 /**
  * One operation: a 16-bit register write through each fallback path of an unmapped BAR, pwrite on
- * a memfd and a no-reply REGION_WRITE message on a socketpair (its peer drained every 64 writes).
+ * a memfd, a no-reply REGION_WRITE message on a socketpair (its peer drained every 64 writes) and
+ * a signal on an ioeventfd doorbell (drained every 64 writes too).
  */
 export function fallbackWrites(): AllocOp {
   const fd = os.memfdCreate('tsp-vintr-gc', 0);
   const [a, b] = os.socketpair(os.AF_UNIX, os.SOCK_STREAM | os.SOCK_NONBLOCK);
+  const efd = os.eventfd(0, os.EFD_NONBLOCK);
   os.ftruncate(fd, 4096);
   const file = new MappedBar({ name: 'memfd BAR0', va: 0n, size: 4096, mapped: [], io: { kind: 'file', fd, offset: 0n, readable: true, writable: true } }).reg(0x40, 2);
-  const user = new MappedBar({ name: 'pair BAR4', va: 0n, size: 4096, mapped: [], io: regionWriteIo({ fd: a, region: 4, lock: new SharedArrayBuffer(4), msgId: 0x8000 }) }, { messageReg }).reg(0x40, 2);
+  const io = regionWriteIo({ fd: a, region: 4, lock: new SharedArrayBuffer(4), msgId: 0x8000, doorbells: [{ offset: 0x80, size: 2, fd: efd, datamatch: null }] });
+  const bar = new MappedBar({ name: 'pair BAR4', va: 0n, size: 4096, mapped: [], io }, { messageReg });
+  const user = bar.reg(0x40, 2), bell = bar.reg(0x80, 2);
+  if (user.via !== 'message' || bell.via !== 'eventfd') throw new Error(`fallbackWrites: registers go by ${user.via} and ${bell.via}, not message and eventfd`);
   const sink = new Uint8Array(64 * 34);
   const op: AllocOp = (i) => {
     file.write(i & 0xffff);
     user.write(i & 0xffff);
-    if ((i & 63) === 63) while (os.readNoThrow(b, sink, sink.byteLength) > 0) { /* drain the peer */ }
+    bell.write(i & 0xffff);
+    if ((i & 63) === 63) {
+      while (os.readNoThrow(b, sink, sink.byteLength) > 0) { /* drain the peer */ }
+      os.readNoThrow(efd, sink, 8);
+    }
   };
-  op.close = () => { os.close(fd); os.close(a); os.close(b); };
+  op.close = () => { os.close(fd); os.close(a); os.close(b); os.close(efd); };
   return op;
 }

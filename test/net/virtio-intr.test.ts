@@ -3,7 +3,8 @@
  * the other virtio tests do not cover:
  *
  * - the unmapped-notify fallback: a device started with notify_mmap=0 (no sparse mmap area over the
- *   notify page) and kicks=1 (VRING_USED_F_NO_NOTIFY clear, so the data half rings a doorbell per
+ *   notify page), notify_fds=0 (no ioeventfds either: virtio-fd-doorbell.test.ts has those) and
+ *   kicks=1 (VRING_USED_F_NO_NOTIFY clear, so the data half rings a doorbell per
  *   burst): the port starts, frames go both ways byte-exact, and the data half's doorbells reach the
  *   device as no-reply REGION_WRITE messages (the device counts them), from this thread and from a
  *   worker lcore, while the main thread's own requests keep getting their replies;
@@ -13,7 +14,7 @@
  *   down and up reaches onLinkChange; a worker lcore in Rx interrupt mode (RxIdleSleeper) sleeps
  *   on the eventfd while idle and is woken once per batch of frames;
  * - MappedBar.reg on the pread/pwrite path (a memfd standing in for a kernel VFIO device fd) and
- *   its refusals; both fallbacks allocate nothing per write (no GC over 100000 writes each), and a
+ *   its refusals; the fallbacks (and an ioeventfd doorbell) allocate nothing per write (no GC over 100000 writes each), and a
  *   message write is exactly one 34-byte no-reply REGION_WRITE; a kernel VFIO device (memfd
  *   stand-in) gives BarData.io = pread/pwrite on its fd at the region offset.
  */
@@ -70,7 +71,7 @@ async function open(tt: { teardown(fn: () => unknown): void }, socket: string, i
 }
 
 t.test('notify page not mmap-able: the port starts, doorbells go as REGION_WRITE messages, frames both ways', async (t) => {
-  const w = await VnetWorld.create(devEal, dir, { mapNotify: false, wantKicks: true });
+  const w = await VnetWorld.create(devEal, dir, { mapNotify: false, notifyFds: false, wantKicks: true });
   t.teardown(() => w.close());
   const c = await open(t, w.socket);
   const bar = c.port.pci.bar(c.port.pci.caps.notify);
@@ -87,6 +88,7 @@ t.test('notify page not mmap-able: the port starts, doorbells go as REGION_WRITE
   sameFrames(t, (await pmdReceive(c, inj.length))[0], inj, true, 'backend -> device -> PMD RX');
   const x = c.port.xstats();
   t.ok(x.tx_q0_kicks > 0 && x.rx_q0_kicks > 0, `the data half rang doorbells (TX ${x.tx_q0_kicks}, RX ${x.rx_q0_kicks})`);
+  t.same([x.tx_q0_kicks_message, x.rx_q0_kicks_message, x.tx_q0_kicks_eventfd, x.rx_q0_kicks_eventfd], [x.tx_q0_kicks, x.rx_q0_kicks, 0, 0], 'all of them as messages');
   t.ok(await until(() => w.stat('kicks') - kicks0 >= 1, 2000), `the device saw them (${w.stat('kicks') - kicks0} kicks)`);
   // The main thread's requests still get their own replies after the no-reply messages.
   t.equal(c.port.link().up, true, 'a register read on the main thread after the doorbell messages works');
@@ -96,7 +98,7 @@ t.test('notify page not mmap-able: the port starts, doorbells go as REGION_WRITE
 });
 
 t.test('notify fallback from a worker lcore: doorbells while the main thread makes requests', async (t) => {
-  const w = await VnetWorld.create(devEal, dir, { mapNotify: false, wantKicks: true });
+  const w = await VnetWorld.create(devEal, dir, { mapNotify: false, notifyFds: false, wantKicks: true });
   t.teardown(() => w.close());
   const c = await open(t, w.socket, undefined, [1]);
   const before = w.stat('kicks');
@@ -232,11 +234,11 @@ t.test('MappedBar.reg: mapped or fallback decided per register; the file path re
 });
 
 t.test('the fallback writes allocate nothing (measured in a worker), one write is one message', async (t) => {
-  // pwrite + REGION_WRITE pairs, measured by the allocation rule in a worker of their own
+  // pwrite + REGION_WRITE + eventfd triples, measured by the allocation rule in a worker of their own
   const rule = { ...ALLOC_RULE, windowOps: 100_000 };
   const r = await measureInWorker(WORKER, 'fallbackWrites', null, rule);
-  t.comment(`${((r.ms * 1000) / r.ops).toFixed(2)} µs per pwrite + message pair`);
-  assertNoAlloc(t, r, 'fallback register writes (pwrite and REGION_WRITE) in a worker', rule);
+  t.comment(`${((r.ms * 1000) / r.ops).toFixed(2)} µs per pwrite + message + eventfd triple`);
+  assertNoAlloc(t, r, 'fallback register writes (pwrite, REGION_WRITE and ioeventfd) in a worker', rule);
   const [a, b] = os.socketpair(os.AF_UNIX, os.SOCK_STREAM | os.SOCK_NONBLOCK);
   t.teardown(() => { os.close(a); os.close(b); });
   const user = (await MappedBar.open({ name: 'pair BAR4', va: 0n, size: 4096, mapped: [], io: regionWriteIo({ fd: a, region: 4, lock: new SharedArrayBuffer(4), msgId: 0x8000 }) })).reg(0x40, 2);

@@ -67,7 +67,8 @@ t.test('device info, region info with sparse areas and fds, IRQ info, unsupporte
   const msix = c.irqInfo(U.VFIO_PCI_MSIX_IRQ_INDEX);
   t.same([msix.count, msix.eventfd, msix.maskable], [1, true, true]);
   t.equal(c.irqInfo(U.VFIO_PCI_MSI_IRQ_INDEX).count, 0);
-  t.same(c.regionIoFds(0), [], 'no ioeventfd sub-regions');
+  t.same(c.regionIoFds(0), { subs: [], fds: [] }, 'no ioeventfd sub-regions, no fds');
+  t.same(c.ioDoorbells(0), [], 'so the client keeps no doorbells for BAR0');
   t.throws(() => c.regionInfo(9), /EINVAL/, 'region index out of range: error reply');
   t.throws(() => c.irqInfo(5), /EINVAL/);
   t.throws(() => c.readRegion(0, 0x2000, new Uint8Array(4)), /EINVAL/, 'read past the BAR: error reply');

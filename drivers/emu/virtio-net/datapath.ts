@@ -6,7 +6,10 @@
  * (one descriptor chain per packet, or several with MRG_RXBUF) behind a 12-byte virtio_net_hdr;
  * the controlq answers VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET and VIRTIO_NET_ERR to anything else.
  * The device sets VRING_USED_F_NO_NOTIFY and polls the avail rings; the notify page is read
- * only to count kicks and to leave the idle back-off at once.
+ * only to count kicks and to leave the idle back-off at once. Doorbells rung through ioeventfds
+ * (notify page not mapped, the client took the FD doorbells) have the same effect: the loop reads
+ * them without blocking, every FD_KICK_EVERY iterations while busy and at every idle back-off step,
+ * and counts them as kicks (and kicks_eventfd); its idle back-off sleeps on them.
  *
  * Nothing from the driver is trusted: head and next indexes are checked against the queue size,
  * chains longer than the queue (loops) are cut, directions and the INDIRECT flag are checked, the
@@ -83,6 +86,8 @@ export interface VirtioNetLoopResult {
  * cores, and halving them per packet was worth 16 % on the virtio benchmark (A/B, same placement).
  */
 const BURST = 64;
+/** Busy loop iterations between two reads of the ioeventfd doorbells (the rings are polled anyway). */
+const FD_KICK_EVERY = 16;
 /** No work for this long: poll once per millisecond instead of back to back. */
 const IDLE_MS = 100;
 const TWO32 = 0x1_0000_0000;
@@ -106,6 +111,8 @@ class Engine {
   private readonly nq: number;
   private readonly ctrlQ: number;
   private readonly notify: Uint32Array;
+  /** ioeventfd doorbells: id q is queue q's notify register */
+  private readonly bells: number;
   private readonly pool: Mempool;
   private readonly port: number;
   private readonly headroom: number;
@@ -201,6 +208,7 @@ class Engine {
     this.nq = 2 * arg.pairs + 1;
     this.ctrlQ = 2 * arg.pairs;
     this.notify = new Uint32Array(viewOf(arg.notifyVa, L.NOTIFY_SIZE), 0, this.nq);
+    this.bells = Math.min(plane.doorbellCount, this.nq);
     this.pool = Mempool.attach(arg.backend.rxPools[0]);
     this.port = arg.backend.port;
     this.headroom = pktmbufHeadroom(this.pool);
@@ -235,6 +243,7 @@ class Engine {
       this.slow = false;
       if (Atomics.load(st, L.G_LINK_DOWN) !== this.linkDown) this.linkChange();
       let work = this.kicks();
+      if (this.bells > 0 && (idle || this.iterations % FD_KICK_EVERY === 0)) work += this.fdKicks();
       // Steps: each pair's transmitq, the controlq, then the backend's receive burst. After a
       // slow-path message (its wait honours pauses: the table or the state may have changed, views
       // may be of unmapped memory) no other queue is touched before the top; the next iteration
@@ -253,7 +262,9 @@ class Engine {
         idleSince = -1;
         if (idle) { idle = false; Atomics.store(st, L.G_IDLE, 0); }
       } else if (idle) {
-        plane.sleep(1); // a pause request or stop still ends it at once
+        // A pause request or stop ends it at once, a doorbell eventfd too (the client took FD
+        // doorbells: then the sleep is poll(2) on them, and a pause waits for its end, 1 ms at most).
+        plane.sleepOnDoorbells(1);
       } else if (++idleIters >= 1024) {
         idleIters = 0;
         const now = performance.now();
@@ -515,6 +526,14 @@ class Engine {
       if (nf[q] !== L.NOTIFY_IDLE) { Atomics.store(nf, q, L.NOTIFY_IDLE); n++; }
     }
     if (n > 0) this.stats[L.S_KICKS] += n;
+    return n;
+  }
+
+  /** Doorbells rung through the ioeventfds since the last look (each is a kick). */
+  private fdKicks(): number {
+    let n = 0;
+    for (let q = 0; q < this.bells; q++) n += this.plane.doorbell(q);
+    if (n > 0) { this.stats[L.S_KICKS] += n; this.stats[L.S_KICKS_EVENTFD] += n; }
     return n;
   }
 

@@ -157,7 +157,15 @@ export class VirtioNetDevice {
       pci: { vendorId: V.VIRTIO_PCI_VENDOR, deviceId: V.VIRTIO_PCI_MODERN_NET, classCode: L.PCI_CLASS_ETHERNET, revision: L.PCI_REVISION, subsystemVendorId: V.VIRTIO_PCI_VENDOR, subsystemId: L.PCI_SUBSYSTEM_ID },
       bars: [
         { index: L.BAR_MSIX, size: L.BAR_MSIX_SIZE, read: (off, buf) => buf.set(this.msixTable.subarray(off, off + buf.byteLength)), write: (off, data) => this.msixTable.set(data, off) },
-        { index: L.BAR_CFG, size: L.BAR_CFG_SIZE, shared: [{ offset: L.NOTIFY_OFF, size: L.NOTIFY_SIZE }], mmap: config.mapNotify !== false, read: (off, buf) => this.barRead(off, buf), write: (off, data) => this.barWrite(off, data) },
+        {
+          index: L.BAR_CFG, size: L.BAR_CFG_SIZE, shared: [{ offset: L.NOTIFY_OFF, size: L.NOTIFY_SIZE }], mmap: config.mapNotify !== false,
+          read: (off, buf) => this.barRead(off, buf), write: (off, data) => this.barWrite(off, data),
+          // A notify page that is not mapped: each queue's notify register may be rung through an
+          // eventfd (the lcore reads doorbell q as a write of q to queue q's register).
+          ioeventfds: config.mapNotify === false && config.notifyFds !== false
+            ? Array.from({ length: this.numQueues }, (_, q) => ({ offset: L.NOTIFY_OFF + q * L.NOTIFY_MULTIPLIER, size: 2 as const, datamatch: q }))
+            : [],
+        },
       ],
       irqs: [{ index: U.VFIO_PCI_INTX_IRQ_INDEX, count: 1 }, { index: U.VFIO_PCI_MSIX_IRQ_INDEX, count: this.msixVectors }],
       capabilities: [

@@ -4,7 +4,9 @@
  * PCI: 1af4:1041 rev 1, class 0x020000, subsystem 1af4:1100.
  * BAR4 (16 KiB, memory): 0x0000 common cfg (trapped), 0x1000 ISR (trapped, read clears),
  *   0x2000 device cfg (trapped: mac, status, max_virtqueue_pairs), 0x3000 notify (one shared page,
- *   sparse mmap, polled by the device: notify_off_multiplier 4, queue_notify_off = queue index).
+ *   sparse mmap, polled by the device: notify_off_multiplier 4, queue_notify_off = queue index;
+ *   not offered for mmap, each queue's notify register is an ioeventfd doorbell with datamatch =
+ *   the queue index, doorbell id = queue index).
  * BAR1 (4 KiB): MSI-X table at 0, PBA at 0x800 (trapped plain storage).
  * Config space: the four virtio capabilities (common, notify, ISR, device: all BAR4), the PCI
  *   configuration access capability (cfg_type 5: a window onto those four), then MSI-X.
@@ -109,10 +111,12 @@ export function qw(q: number, w: number): number {
 export const S_TX_PACKETS = 0, S_TX_BYTES = 1, S_TX_DROPPED = 2, S_TX_ERRORS = 3, S_TX_NOMBUF = 4;
 export const S_RX_PACKETS = 5, S_RX_BYTES = 6, S_RX_NOBUF = 7, S_RX_TOO_BIG = 8;
 export const S_NEEDS_RESET = 9, S_IRQS = 10, S_KICKS = 11, S_CTRL = 12, S_IRQS_SUPPRESSED = 13;
+/** of S_KICKS, the doorbells that came as ioeventfd signals */
+export const S_KICKS_EVENTFD = 14;
 export const STAT_NAMES = [
   'tx_packets', 'tx_bytes', 'tx_dropped', 'tx_errors', 'tx_nombuf',
   'rx_packets', 'rx_bytes', 'rx_nobuf_drops', 'rx_too_big_drops',
-  'needs_reset_events', 'interrupts', 'kicks', 'ctrl_commands', 'interrupts_suppressed',
+  'needs_reset_events', 'interrupts', 'kicks', 'ctrl_commands', 'interrupts_suppressed', 'kicks_eventfd',
 ] as const;
 export const STAT_COUNT = 16;
 
@@ -148,6 +152,8 @@ export interface VirtioNetConfig {
   mapNotify?: boolean;
   /** ask the driver for doorbells (VRING_USED_F_NO_NOTIFY left clear; default false: the device only polls) */
   wantKicks?: boolean;
+  /** with mapNotify false, offer each queue's notify register as an ioeventfd doorbell (vfio-user GET_REGION_IO_FDS; default true) */
+  notifyFds?: boolean;
 }
 
 /** The device's arguments (`tspmd emu virtio-net,key=value,...`); `tspmd emu --help` lists them from here. */
@@ -158,6 +164,7 @@ export const VIRTIO_NET_ARGS = {
   mrg: { kind: 'bool', default: true, help: 'offer MRG_RXBUF (VIRTIO_NET_F_MRG_RXBUF)' },
   size: { kind: 'pow2', min: 1, max: VIRTQ_MAX_SIZE, default: 256, placeholder: 'MAX_QUEUE_SIZE', help: 'largest queue size' },
   notify_mmap: { kind: 'bool', default: true, help: '1 (default): offer the notify page for mmap; 0: the driver must ring doorbells with REGION_WRITE' },
+  notify_fds: { kind: 'bool', default: true, help: 'with notify_mmap=0: 1 (default) offers each queue\'s notify register as an eventfd (vfio-user ioeventfd), so a driver kicks with an eventfd write; 0: REGION_WRITE only' },
   kicks: { kind: 'bool', default: false, help: '1: ask the driver for a doorbell per burst (VRING_USED_F_NO_NOTIFY clear); 0 (default): the device only polls' },
 } as const satisfies DevargsSchema;
 
@@ -168,5 +175,6 @@ export function parseVirtioNetArgs(raw: Record<string, string>): VirtioNetConfig
   // Only the non-default choices appear (a default configuration keeps its plain shape).
   if (!a.notify_mmap) c.mapNotify = false;
   if (a.kicks) c.wantKicks = true;
+  if (!a.notify_fds) c.notifyFds = false;
   return c;
 }

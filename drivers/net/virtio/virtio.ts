@@ -41,9 +41,16 @@ const HDR = V.NET_HDR_SIZE;
 const CTRL_QUEUE_SIZE = 64;
 /** How long a control-queue command may take (an emulated device answers from its own poll loop). */
 const CTRL_TIMEOUT_MS = 5000;
-/** xstats: [0] control commands, then per queue pair q < 31: [1 + 2q] RX doorbells, [2 + 2q] TX doorbells. */
+/**
+ * xstats: [0] control commands, then per queue pair q < 31, from 1 + 6q: RX and TX doorbells, of
+ * them those rung through an ioeventfd, and those sent as messages (vfio-user REGION_WRITE); the
+ * rest went as stores on the mapping or pwrite on the VFIO fd.
+ */
 const XSTAT_CTRL = 0;
 const XSTAT_QUEUES = 31;
+const XSTAT_PER_PAIR = 6;
+/** The xstat slot of queue pair q's counter: k 0 doorbells, 2 via eventfd, 4 via message; +1 for TX. */
+const xstatOf = (q: number, tx: boolean, k: 0 | 2 | 4): number => 1 + XSTAT_PER_PAIR * q + k + (tx ? 1 : 0);
 /** How often the main thread looks at the configuration-change eventfd (intr.lsc). */
 const LSC_POLL_MS = 20;
 
@@ -202,8 +209,12 @@ export class VirtioNetPort extends EthDev {
     const names = ['ctrl_commands'];
     const n = Math.min(this.configuration?.rxQueues ?? 0, XSTAT_QUEUES);
     for (let q = 0; q < n; q++) {
-      names[1 + 2 * q] = `rx_q${q}_kicks`;
-      names[2 + 2 * q] = `tx_q${q}_kicks`;
+      for (const tx of [false, true]) {
+        const d = tx ? 'tx' : 'rx';
+        names[xstatOf(q, tx, 0)] = `${d}_q${q}_kicks`;
+        names[xstatOf(q, tx, 2)] = `${d}_q${q}_kicks_eventfd`;
+        names[xstatOf(q, tx, 4)] = `${d}_q${q}_kicks_message`;
+      }
     }
     return names;
   }
@@ -341,7 +352,7 @@ export class VirtioNetPort extends EthDev {
             throw new Error(`${what}: its notify register (${this.pci.notifyBarName()}+0x${off.toString(16)}) is not mmap'd, and VFIO ${this.vfio.backend} ` +
               'offers no other way to write it from an lcore (no pread/pwrite or message path): this device cannot be started. Serve the notification area as a (sparse) mmap area.');
           }
-          log('info', 'net_virtio', `${what}: notify register ${this.pci.notifyBarName()}+0x${off.toString(16)} is not mmap'd: doorbells go through ${this.vfio.backend === 'vfio-user' ? 'REGION_WRITE messages' : 'pwrite on the device fd'}`);
+          log('info', 'net_virtio', `${what}: notify register ${this.pci.notifyBarName()}+0x${off.toString(16)} is not mmap'd: doorbells go through ${this.vfio.backend === 'vfio-user' ? 'its ioeventfd when the server offered one, else REGION_WRITE messages' : 'pwrite on the device fd'}`);
         }
       };
       queue.notifyOff = this.pci.setupQueue(vq, size, zone.iova + BigInt(layout.desc), zone.iova + BigInt(layout.avail), zone.iova + BigInt(layout.used), noteFallback, vector);
@@ -493,21 +504,22 @@ export class VirtioNetPort extends EthDev {
   }
 
   protected rxqData(q: number): VirtioQueueData {
-    return { ...this.queueData(this.rxq[q], 1 + 2 * q), intrFd: this.rxIntrFds[q] ?? -1 };
+    return { ...this.queueData(this.rxq[q], q, false), intrFd: this.rxIntrFds[q] ?? -1 };
   }
 
   protected txqData(q: number): VirtioQueueData {
-    return this.queueData(this.txq[q], 2 + 2 * q);
+    return this.queueData(this.txq[q], q, true);
   }
 
-  private queueData(q: Queue, xstat: number): VirtioQueueData {
+  private queueData(q: Queue, pair: number, tx: boolean): VirtioQueueData {
+    const stat = (k: 0 | 2 | 4): number => (pair < XSTAT_QUEUES ? xstatIndex(xstatOf(pair, tx, k)) : -1);
     return {
       vq: q.vq, layout: { ...q.layout }, va: q.zone.va, len: q.zone.len,
       iovaLo: Number(q.zone.iova & 0xffffffffn), iovaHi: Number(q.zone.iova >> 32n),
       notify: this.pci.bar(this.pci.caps.notify).data(), notifyOff: q.notifyOff,
       intrFd: -1,
       mergeable: has(this.features, V.VIRTIO_NET_F_MRG_RXBUF),
-      kickStat: xstat < 1 + 2 * XSTAT_QUEUES ? xstatIndex(xstat) : -1,
+      kickStat: stat(0), kickEventfdStat: stat(2), kickMessageStat: stat(4),
       book: q.book.sab,
     };
   }

@@ -18,8 +18,9 @@
  * Both directions set VRING_AVAIL_F_NO_INTERRUPT (control half, at start) and ring the doorbell
  * only when the used ring's flags lack VRING_USED_F_NO_NOTIFY, once per burst: a polling device
  * costs no MMIO write at all. The doorbell is an MmioReg chosen at set-up: a 16-bit store into the
- * mapped notify register, or (notify area not mmap'd) pwrite on the kernel VFIO fd or a no-reply
- * REGION_WRITE on the vfio-user socket.
+ * mapped notify register, or (notify area not mmap'd) pwrite on the kernel VFIO fd, an 8-byte
+ * write to the ioeventfd a vfio-user server offered for it, or else a no-reply REGION_WRITE on the
+ * vfio-user socket. Each doorbell is counted (rx/tx_qN_kicks), and by way: _kicks_eventfd, _kicks_message.
  *
  * Rx interrupts (the port configured with intr.rxq): the control half routes the queue's MSI-X
  * vector to an eventfd; enable() clears VRING_AVAIL_F_NO_INTERRUPT and re-reads the used index
@@ -125,6 +126,9 @@ export interface VirtioQueueData {
   mergeable: boolean;
   /** float64 index of this queue's doorbell counter (an xstat), or -1 */
   kickStat: number;
+  /** float64 indexes of its counters of doorbells rung through an ioeventfd and sent as messages, or -1 */
+  kickEventfdStat: number;
+  kickMessageStat: number;
   /** RX: the eventfd the queue's MSI-X vector signals (Rx interrupt), or -1 (poll mode only) */
   intrFd: number;
   /** the driver's bookkeeping (VirtqBook), shared with the control half, never with the device */
@@ -153,6 +157,8 @@ class QueueViews {
   readonly kick: MmioReg;
   readonly notifyOff: number;
   readonly kickStat: number;
+  /** the counter of the way this queue's doorbells go (eventfd or message), or -1 */
+  readonly kickViaStat: number;
   protected availIdx: number;
   protected lastUsed: number;
 
@@ -175,6 +181,7 @@ class QueueViews {
     this.kick = notify.reg(d.notifyOff, 2);
     this.notifyOff = d.notifyOff;
     this.kickStat = d.kickStat;
+    this.kickViaStat = this.kick.via === 'eventfd' ? d.kickEventfdStat : this.kick.via === 'message' ? d.kickMessageStat : -1;
     // Resume where the last owner of the queue stopped (a queue may be reopened while started).
     this.availIdx = this.book.state[BK_AVAIL_IDX] & 0xffff;
     this.lastUsed = this.book.state[BK_LAST_USED] & 0xffff;
@@ -188,6 +195,7 @@ class QueueViews {
     if ((Atomics.load(this.u16, this.usedFlagsW) & VRING_USED_F_NO_NOTIFY) === 0) {
       this.kick.write(this.vq);
       if (this.kickStat >= 0) stats[this.kickStat]++;
+      if (this.kickViaStat >= 0) stats[this.kickViaStat]++;
     }
   }
 }
