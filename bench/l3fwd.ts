@@ -59,7 +59,7 @@ export function buildDpdkL3fwd(): string {
 }
 
 /** The input: 256 64-byte IPv4/UDP frames, half to 198.18.0.x (port 0), half to 198.18.1.x (port 1), as a pcap file. */
-function writeInput(file: string): void {
+export function writeInput(file: string): void {
   const frames: Uint8Array[] = [];
   for (let i = 0; i < 256; i++) {
     frames.push(buildUdpFrame({ dstMac: [2, 0, 0, 0, 0, 0], srcMac: [2, 0, 0, 0, 0, 9], srcIp: 0x0a000001 + i, dstIp: ((198 << 24) | (18 << 16) | ((i & 1) << 8) | (i >> 1)) >>> 0, srcPort: 1000 + i, dstPort: 9, size: 60 }));

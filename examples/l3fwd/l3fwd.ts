@@ -535,15 +535,8 @@ export function ipv4Process(u8: Uint8Array, ip: number, len: number, found: bool
   // DPDK's rfc1812_process: version 4, IHL >= 5, total length >= 20.
   if (vihl < 0x45 || vihl > 0x4f || (u8[ip + 2] === 0 && u8[ip + 3] < 20)) return 0;
   if (strict) {
-    const ihl = (vihl & 15) << 2, tl = (u8[ip + 2] << 8) | u8[ip + 3];
-    if (tl < ihl || ip + tl > len) return 1;
-    let s = 0;
-    for (let i = 0; i < ihl; i += 2) s += (u8[ip + i] << 8) | u8[ip + i + 1];
-    s = (s & 0xffff) + (s >>> 16);
-    s = (s & 0xffff) + (s >>> 16);
-    if (s !== 0xffff) return 2;
-    if (u8[ip + 8] <= 1) return 3;
-    if (!found) return 4;
+    const why = ipv4Strict(u8, ip, len, found);
+    if (why >= 0) return why;
   }
   // TTL - 1 and the checksum by RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m'), m the TTL/protocol word.
   const ttl = u8[ip + 8], proto = u8[ip + 9];
@@ -555,6 +548,20 @@ export function ipv4Process(u8: Uint8Array, ip: number, len: number, found: bool
   u8[ip + 8] = ttl - 1;
   u8[ip + 10] = c >>> 8;
   u8[ip + 11] = c & 0xff;
+  return -1;
+}
+
+/** A router's checks on a header that passed RFC 1812's (apart from them so that ipv4Process stays small enough to inline): the drop reason, or -1. */
+function ipv4Strict(u8: Uint8Array, ip: number, len: number, found: boolean): number {
+  const vihl = u8[ip], ihl = (vihl & 15) << 2, tl = (u8[ip + 2] << 8) | u8[ip + 3];
+  if (tl < ihl || ip + tl > len) return 1;
+  let s = 0;
+  for (let i = 0; i < ihl; i += 2) s += (u8[ip + i] << 8) | u8[ip + i + 1];
+  s = (s & 0xffff) + (s >>> 16);
+  s = (s & 0xffff) + (s >>> 16);
+  if (s !== 0xffff) return 2;
+  if (u8[ip + 8] <= 1) return 3;
+  if (!found) return 4;
   return -1;
 }
 
@@ -596,121 +603,191 @@ export async function l3fwdLoop(arg: L3fwdLcoreArg, ctx: LcoreContext): Promise<
   }
 }
 
+/**
+ * One burst's work, in three methods called once per burst: classify (EtherType and lookup keys),
+ * lookup (one bulk lookup per family), route (checks, rewrite, per-port TX bursts). Each method
+ * is optimized on its own, so the per-packet accessors it calls are inlined within its budget; one
+ * loop body holding all three stages was past TurboFan's inlining budget and called MbufView's
+ * getters and ipv4Process per packet. Everything is allocated in the constructor.
+ */
+class Burst {
+  declare readonly size: number;
+  declare readonly strict: boolean;
+  declare readonly em: boolean;
+  declare readonly ntx: number;
+  declare readonly counters: Float64Array;
+  declare readonly cb: number;
+  declare readonly portIndex: Int32Array;
+  declare readonly macs: Uint32Array;
+  declare readonly buf: Uint32Array;
+  declare readonly kind: Uint8Array;
+  declare readonly slot: Int32Array;
+  declare readonly ips4: Uint32Array;
+  declare readonly ips6: Uint8Array;
+  declare readonly keys4: Uint8Array;
+  declare readonly keys6: Uint8Array;
+  declare readonly hops4: Int32Array;
+  declare readonly hops6: Int32Array;
+  declare readonly stage: Uint32Array;
+  declare readonly count: Int32Array;
+  declare readonly dropBuf: Uint32Array;
+  declare readonly v: MbufView;
+  declare n4: number;
+  declare n6: number;
+
+  constructor(arg: L3fwdLcoreArg, ntx: number) {
+    const burst = arg.burst;
+    this.size = burst;
+    this.strict = arg.strict;
+    this.em = arg.lookup === 'em';
+    this.ntx = ntx;
+    this.counters = new Float64Array(arg.counters);
+    this.cb = arg.counterBase;
+    this.portIndex = Int32Array.from(arg.portIndex);
+    this.macs = Uint32Array.from(arg.macs);
+    this.buf = new Uint32Array(burst);
+    this.kind = new Uint8Array(burst);
+    this.slot = new Int32Array(burst);
+    this.ips4 = new Uint32Array(burst);
+    this.ips6 = new Uint8Array(burst * 16);
+    this.keys4 = new Uint8Array(burst * EM_KEY4);
+    this.keys6 = new Uint8Array(burst * EM_KEY6);
+    this.hops4 = new Int32Array(burst);
+    this.hops6 = new Int32Array(burst);
+    this.stage = new Uint32Array(burst * ntx);
+    this.count = new Int32Array(ntx);
+    this.dropBuf = new Uint32Array(burst);
+    this.v = new MbufView();
+    this.n4 = 0;
+    this.n6 = 0;
+  }
+
+  /** 1. classify by EtherType (as --parse-ptype does) and gather the lookup keys of each family. */
+  classify(n: number): void {
+    const buf = this.buf, kind = this.kind, slot = this.slot, v = this.v, em = this.em;
+    const keys4 = this.keys4, keys6 = this.keys6, ips4 = this.ips4, ips6 = this.ips6;
+    let n4 = 0, n6 = 0;
+    for (let i = 0; i < n; i++) {
+      v.at(buf[i]);
+      const u8 = v.u8, d = v.data;
+      const et = (u8[d + 12] << 8) | u8[d + 13];
+      if (et === 0x0800) {
+        kind[i] = 4;
+        slot[i] = n4;
+        if (em) {
+          const k = n4 * 16, ip = d + 14;
+          // TTL and checksum masked out, as DPDK's mask0: the key is protocol, addresses, ports
+          keys4[k] = 0; keys4[k + 1] = u8[ip + 9]; keys4[k + 2] = 0; keys4[k + 3] = 0;
+          for (let j = 4; j < 16; j++) keys4[k + j] = u8[ip + 8 + j];
+        } else {
+          ips4[n4] = ((u8[d + 30] << 24) | (u8[d + 31] << 16) | (u8[d + 32] << 8) | u8[d + 33]) >>> 0;
+        }
+        n4++;
+      } else if (et === 0x86dd) {
+        kind[i] = 6;
+        slot[i] = n6;
+        if (em) {
+          const k = n6 * 40, ip = d + 14;
+          keys6[k] = u8[ip + 6]; keys6[k + 1] = 0; keys6[k + 2] = 0; keys6[k + 3] = 0;
+          for (let j = 0; j < 36; j++) keys6[k + 4 + j] = u8[ip + 8 + j];
+        } else {
+          const k = n6 * 16, a = d + 38;
+          for (let j = 0; j < 16; j++) ips6[k + j] = u8[a + j];
+        }
+        n6++;
+      } else {
+        kind[i] = 0;
+      }
+    }
+    this.n4 = n4;
+    this.n6 = n6;
+  }
+
+  /** 2. one bulk lookup per family; -1: no route. */
+  lookup(lpm4: Lpm | null, lpm6: Lpm6 | null, em4: Hash | null, em6: Hash | null): void {
+    const n4 = this.n4, n6 = this.n6;
+    if (n4 > 0) {
+      if (lpm4 !== null) lpm4.lookupBulk(this.ips4, this.hops4, n4);
+      else if (em4 !== null) em4.lookupBulk(this.keys4, 0, n4, this.hops4);
+      else this.hops4.fill(-1, 0, n4);
+    }
+    if (n6 > 0) {
+      if (lpm6 !== null) lpm6.lookupBulk(this.ips6, this.hops6, n6);
+      else if (em6 !== null) em6.lookupBulk(this.keys6, 0, n6, this.hops6);
+      else this.hops6.fill(-1, 0, n6);
+    }
+  }
+
+  /** 3. check, rewrite, and sort into per-port TX bursts; the dropped are freed and counted by reason. */
+  route(n: number, inPort: number): void {
+    const buf = this.buf, kind = this.kind, slot = this.slot, hops4 = this.hops4, hops6 = this.hops6, v = this.v;
+    const strict = this.strict, portIndex = this.portIndex, macs = this.macs, counters = this.counters, cb = this.cb;
+    const stage = this.stage, count = this.count, dropBuf = this.dropBuf, burst = this.size;
+    let nd = 0;
+    for (let i = 0; i < n; i++) {
+      const m = buf[i];
+      v.at(m);
+      const u8 = v.u8, d = v.data, len = d + v.dataLen;
+      const k = kind[i];
+      let hop = -1, why = -1;
+      if (k === 4) {
+        hop = hops4[slot[i]];
+        why = ipv4Process(u8, d + 14, len, hop >= 0, strict);
+      } else if (k === 6) {
+        hop = hops6[slot[i]];
+        why = ipv6Process(u8, d + 14, len, hop >= 0, strict);
+      } else if (strict) {
+        why = 5;
+      }
+      let t = hop >= 0 && hop < portIndex.length ? portIndex[hop] : -1;
+      if (t < 0) {
+        if (strict && why < 0) why = 4;
+        t = portIndex[inPort];
+      }
+      if (why >= 0) {
+        counters[cb + why]++;
+        dropBuf[nd++] = m;
+        continue;
+      }
+      v.setMacWords(macs[3 * t], macs[3 * t + 1], macs[3 * t + 2]);
+      stage[t * burst + count[t]++] = m;
+    }
+    if (nd > 0) pktmbufFreeBulk(dropBuf, nd, 0);
+  }
+
+  /** 4. one TX burst per output port; what a queue does not take is freed and counted. */
+  send(txqs: TxQueue[]): void {
+    const count = this.count, stage = this.stage, burst = this.size, counters = this.counters, cb = this.cb;
+    for (let t = 0; t < this.ntx; t++) {
+      const c = count[t];
+      if (c === 0) continue;
+      count[t] = 0;
+      const sent = txqs[t].txBurst(stage, c, t * burst);
+      if (sent < c) {
+        pktmbufFreeBulk(stage, c - sent, t * burst + sent);
+        counters[cb + 8 + t] += c - sent;
+      }
+    }
+  }
+}
+
 /** The loop itself: everything it touches is allocated before it starts. */
 async function forward(arg: L3fwdLcoreArg, ctx: LcoreContext, rxqs: RxQueue[], rxPort: number[], txqs: TxQueue[],
   lpm4: Lpm | null, lpm6: Lpm6 | null, em4: Hash | null, em6: Hash | null): Promise<L3fwdLcoreResult> {
-  const id = ctx.id, burst = arg.burst, strict = arg.strict, nrx = rxqs.length, ntx = txqs.length;
-  const em = arg.lookup === 'em';
-  const counters = new Float64Array(arg.counters), cb = arg.counterBase;
-  const portIndex = Int32Array.from(arg.portIndex);
-  const macs = Uint32Array.from(arg.macs);
-  const buf = new Uint32Array(burst);
-  const kind = new Uint8Array(burst);
-  const slot = new Int32Array(burst);
-  const ips4 = new Uint32Array(burst);
-  const ips6 = new Uint8Array(burst * 16);
-  const keys4 = new Uint8Array(burst * EM_KEY4);
-  const keys6 = new Uint8Array(burst * EM_KEY6);
-  const hops4 = new Int32Array(burst), hops6 = new Int32Array(burst);
-  const stage = new Uint32Array(burst * ntx);
-  const count = new Int32Array(ntx);
-  const dropBuf = new Uint32Array(burst);
-  const v = new MbufView();
+  const id = ctx.id, nrx = rxqs.length;
+  const b = new Burst(arg, txqs.length), buf = b.buf, size = b.size;
   const gc = countGc();
   let warm = performance.now() + WARMUP_MS, packets = 0, warmPackets = true;
   while (!ctx.stopRequested()) {
     let got = 0;
     for (let q = 0; q < nrx; q++) {
-      const n = rxqs[q].rxBurst(buf, burst);
+      const n = rxqs[q].rxBurst(buf, size);
       if (n === 0) continue;
       got += n;
-      const inPort = rxPort[q];
-      // 1. classify by EtherType (as --parse-ptype does) and gather the lookup keys of each family
-      let n4 = 0, n6 = 0;
-      for (let i = 0; i < n; i++) {
-        v.at(buf[i]);
-        const u8 = v.u8, d = v.data;
-        const et = (u8[d + 12] << 8) | u8[d + 13];
-        if (et === 0x0800) {
-          kind[i] = 4;
-          slot[i] = n4;
-          if (em) {
-            const k = n4 * 16, ip = d + 14;
-            // TTL and checksum masked out, as DPDK's mask0: the key is protocol, addresses, ports
-            keys4[k] = 0; keys4[k + 1] = u8[ip + 9]; keys4[k + 2] = 0; keys4[k + 3] = 0;
-            for (let j = 4; j < 16; j++) keys4[k + j] = u8[ip + 8 + j];
-          } else {
-            ips4[n4] = ((u8[d + 30] << 24) | (u8[d + 31] << 16) | (u8[d + 32] << 8) | u8[d + 33]) >>> 0;
-          }
-          n4++;
-        } else if (et === 0x86dd) {
-          kind[i] = 6;
-          slot[i] = n6;
-          if (em) {
-            const k = n6 * 40, ip = d + 14;
-            keys6[k] = u8[ip + 6]; keys6[k + 1] = 0; keys6[k + 2] = 0; keys6[k + 3] = 0;
-            for (let j = 0; j < 36; j++) keys6[k + 4 + j] = u8[ip + 8 + j];
-          } else {
-            const k = n6 * 16, a = d + 38;
-            for (let j = 0; j < 16; j++) ips6[k + j] = u8[a + j];
-          }
-          n6++;
-        } else {
-          kind[i] = 0;
-        }
-      }
-      // 2. one bulk lookup per family; -1: no route
-      if (n4 > 0) {
-        if (lpm4 !== null) lpm4.lookupBulk(ips4, hops4, n4);
-        else if (em4 !== null) em4.lookupBulk(keys4, 0, n4, hops4);
-        else hops4.fill(-1, 0, n4);
-      }
-      if (n6 > 0) {
-        if (lpm6 !== null) lpm6.lookupBulk(ips6, hops6, n6);
-        else if (em6 !== null) em6.lookupBulk(keys6, 0, n6, hops6);
-        else hops6.fill(-1, 0, n6);
-      }
-      // 3. check, rewrite, and sort into per-port TX bursts
-      let nd = 0;
-      for (let i = 0; i < n; i++) {
-        const m = buf[i];
-        v.at(m);
-        const u8 = v.u8, d = v.data, len = d + v.dataLen;
-        const k = kind[i];
-        let hop = -1, why = -1;
-        if (k === 4) {
-          hop = hops4[slot[i]];
-          why = ipv4Process(u8, d + 14, len, hop >= 0, strict);
-        } else if (k === 6) {
-          hop = hops6[slot[i]];
-          why = ipv6Process(u8, d + 14, len, hop >= 0, strict);
-        } else if (strict) {
-          why = 5;
-        }
-        let t = hop >= 0 && hop < portIndex.length ? portIndex[hop] : -1;
-        if (t < 0) {
-          if (strict && why < 0) why = 4;
-          t = portIndex[inPort];
-        }
-        if (why >= 0) {
-          counters[cb + why]++;
-          dropBuf[nd++] = m;
-          continue;
-        }
-        v.setMacWords(macs[3 * t], macs[3 * t + 1], macs[3 * t + 2]);
-        stage[t * burst + count[t]++] = m;
-      }
-      if (nd > 0) pktmbufFreeBulk(dropBuf, nd, 0);
-      for (let t = 0; t < ntx; t++) {
-        const c = count[t];
-        if (c === 0) continue;
-        count[t] = 0;
-        const sent = txqs[t].txBurst(stage, c, t * burst);
-        if (sent < c) {
-          pktmbufFreeBulk(stage, c - sent, t * burst + sent);
-          counters[cb + 8 + t] += c - sent;
-        }
-      }
+      b.classify(n);
+      b.lookup(lpm4, lpm6, em4, em6);
+      b.route(n, rxPort[q]);
+      b.send(txqs);
     }
     // Between rounds this lcore holds no table entry: a quiescent point for the route writer.
     if (lpm4 !== null) lpm4.readerQuiescent(id);
