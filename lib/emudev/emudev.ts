@@ -124,8 +124,9 @@ export interface EmuMsixSpec {
  * files (F_GET_SEALS: EINVAL), memfds without F_SEAL_SHRINK made without MFD_ALLOW_SEALING or
  * carrying F_SEAL_SEAL. The client could shrink such a file under the mapping, and the next device
  * access would kill this process with SIGBUS.
+ *   - 'message' (the default): do not map it: reach it through DMA_READ/WRITE messages, slower
+ *     but safe (Node cannot survive a SIGBUS on a mapped view: no handler can resume JavaScript)
  *   - 'map': map it anyway (trust the client; a warning is logged once per device)
- *   - 'message': do not map it: reach it through DMA_READ/WRITE messages, slower but safe
  *   - 'refuse': fail DMA_MAP with EPERM, naming the fix
  */
 export type UnsealedDmaPolicy = 'map' | 'message' | 'refuse';
@@ -221,10 +222,11 @@ export class EmuDevice implements VfioUserDevice {
   /** config-space offset of the MSI-X capability (0: none) */
   private msixCapAt = 0;
   /**
-   * Client memory whose size cannot be sealed (see UnsealedDmaPolicy). Default 'map', the
-   * behaviour before sealing was checked; a server facing untrusted clients should set 'message'.
+   * Client memory whose size cannot be sealed (see UnsealedDmaPolicy). Default 'message': a client
+   * that shrinks mapped memory would kill this process with SIGBUS, and Node cannot resume
+   * JavaScript after a SIGBUS on a mapped view; 'map' trusts the client for speed.
    */
-  unsealedDma: UnsealedDmaPolicy = 'map';
+  unsealedDma: UnsealedDmaPolicy = 'message';
 
   /** The largest number of DMA regions accepted at once (at most 1024, the data plane's table). */
   get maxDmaMaps(): number {
