@@ -6,7 +6,7 @@
  * and the vfio-user-info / emu commands.
  */
 import t from 'tap';
-import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, fstatSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import * as os from '../../src/os/libc.js';
@@ -254,6 +254,40 @@ t.test('DMA map by fd of a file that cannot be sealed (a tmpfile): by message by
   const warning = /cannot be sealed against shrinking.*mapped anyway \(unsealedDma 'map'\).*SIGBUS/;
   for (let i = 0; i < 250 && !warning.test(emu2.stderr()); i++) await new Promise((r) => setTimeout(r, 20)); // the child's stderr arrives through the event loop
   t.match(emu2.stderr(), warning, 'and warned');
+});
+
+t.test('DMA map by fd of a sparse 6 GiB memfd: one region over 4 GiB; the device copies below, above and across 4 GiB', async (t) => {
+  const GiB = 0x4000_0000, BIG = 6 * GiB, FOUR = 4 * GiB, LEN = 0x3000;
+  const fd = os.memfdCreate(`tsp-big-${process.pid}`, os.MFD_ALLOW_SEALING);
+  t.teardown(() => os.close(fd));
+  os.ftruncate(fd, BIG); // sparse: only what the test and the device write takes memory
+  const va = os.mmap(0n, BIG, os.PROT_READ | os.PROT_WRITE, os.MAP_SHARED, fd, 0);
+  t.teardown(() => os.munmap(va, BIG));
+  const c = client(t);
+  const iova = 0x1_0000_0000n;
+  c.addFdMemory(va, BIG, fd);
+  c.dmaMap(va, iova, BIG); // a failing test leaves it to the disconnect at the client's close
+  const emuMaps = readFileSync(`/proc/${emu.proc.pid!}/maps`, 'utf8').split('\n').filter((l) => l.includes(`tsp-big-${process.pid}`));
+  t.equal(emuMaps.length, 1, 'the device maps the 6 GiB region once');
+  const drv = DmatestDriver.open(c, { va, iova, len: 0x1000 }, { entries: 16 });
+  const jobs = [
+    { what: 'below to above', src: 0x10_0000, dst: 5 * GiB },
+    { what: 'above to below', src: FOUR + 0x20_0000, dst: 0x20_0000 },
+    { what: 'across to above', src: FOUR - 0x1000, dst: BIG - LEN },
+    { what: 'above to across', src: 5 * GiB + 0x10_0000, dst: FOUR - 0x2000 },
+  ];
+  const get = (off: number): Uint8Array => { const b = new Uint8Array(LEN); os.pread(fd, b, LEN, off); return b; };
+  for (const j of jobs) {
+    const src = randomBytes(LEN);
+    os.pwrite(fd, src, LEN, j.src);
+    drv.submit(iova + BigInt(j.src), iova + BigInt(j.dst), LEN);
+    const { completions } = await drv.wait(1, 5000);
+    t.same([completions[0]?.status, completions[0]?.checksum], [R.DESC_STATUS_DONE, R.adler32(src)], `${j.what}: done, Adler-32 of the source`);
+    t.ok(Buffer.from(get(j.dst)).equals(src), `${j.what}: the copy is in client memory`);
+  }
+  drv.close();
+  t.doesNotThrow(() => c.dmaUnmap(iova, BIG), 'DMA_UNMAP of the 6 GiB region');
+  t.ok(fstatSync(fd).blocks * 512 < 1 << 20, `the 6 GiB file holds ${fstatSync(fd).blocks * 512} bytes`);
 });
 
 t.test('IRQ masking holds the interrupt; unmask delivers it; reset clears the device', async (t) => {
