@@ -68,8 +68,10 @@ export const emu: App<EmuOptions> = {
   --no-reset         keep device state when a client disconnects (default: reset)
   --unsealed-dma map|message|refuse
                      client memory that cannot be sealed against shrinking (hugetlbfs or tmpfs
-                     files): map it (default; a client that truncates it can kill this process
-                     with SIGBUS), reach it with DMA_READ/WRITE messages, or refuse the DMA_MAP`,
+                     files, memfds without MFD_ALLOW_SEALING): reach it with DMA_READ/WRITE
+                     messages (default: a client that truncates mapped memory kills this process
+                     with SIGBUS, which Node cannot survive), map it anyway (faster, trusts the
+                     client; warned), or refuse the DMA_MAP. Sealed memfds are always mapped`,
   /** Named flags plus the positionals of this command line, so runApp moves them after "--". */
   get ownFlags(): Record<string, boolean> {
     return ownFlagsWithPositionals(appArgv(), NAMED);
@@ -77,7 +79,7 @@ export const emu: App<EmuOptions> = {
   ealDefaults: { noHuge: true },
   /** <device> --socket PATH [--no-reset] [--unsealed-dma POLICY]. */
   parse(argv: string[]): EmuOptions {
-    let device: string | null = null, socket: string | null = null, noReset = false, unsealedDma: UnsealedDmaPolicy = 'map';
+    let device: string | null = null, socket: string | null = null, noReset = false, unsealedDma: UnsealedDmaPolicy = 'message';
     eachOption(argv, (flag, value) => {
       if (flag === '--socket') socket = value();
       else if (flag === '--no-reset') noReset = true;

@@ -32,6 +32,7 @@
  * 2^53 cannot be expressed and are treated as unmapped.
  */
 import * as os from '../../src/os/libc.js';
+import { PiecedView } from '../../src/os/pieces.js';
 import { log } from '../../src/log.js';
 
 // Control words (Int32 indexes).
@@ -51,8 +52,8 @@ const IRQ_FD = 0, IRQ_MASKED = 1, IRQ_PENDING = 2, IRQ_WORDS = 3;
  */
 export const MASK_IRQ = 1, MASK_VECTOR = 2, MASK_FUNCTION = 4;
 const EAGAIN = os.E.EAGAIN;
-// DMA table entry words: iova lo/hi, length, flags, va lo/hi.
-const DMA_WORDS = 6;
+// DMA table entry words: iova lo/hi, length lo/hi, flags, va lo/hi.
+const DMA_WORDS = 7;
 /** Size of the mailbox's bounce buffer; larger transfers go in pieces. */
 const BOUNCE = 64 * 1024;
 /** How long the main thread waits for a worker to acknowledge a pause. */
@@ -227,10 +228,11 @@ export class DataPlaneControl {
       const o = this.dmaBase + i * DMA_WORDS;
       this.ctl[o] = Number(r.iova & 0xffffffffn) | 0;
       this.ctl[o + 1] = Number((r.iova >> 32n) & 0xffffffffn) | 0;
-      this.ctl[o + 2] = r.len | 0;
-      this.ctl[o + 3] = r.flags;
-      this.ctl[o + 4] = Number(r.va & 0xffffffffn) | 0;
-      this.ctl[o + 5] = Number(r.va >> 32n) | 0;
+      this.ctl[o + 2] = r.len % TWO32 | 0;
+      this.ctl[o + 3] = Math.floor(r.len / TWO32);
+      this.ctl[o + 4] = r.flags;
+      this.ctl[o + 5] = Number(r.va & 0xffffffffn) | 0;
+      this.ctl[o + 6] = Number(r.va >> 32n) | 0;
     });
     Atomics.store(this.ctl, DMA_COUNT, regions.length);
     Atomics.add(this.ctl, DMA_GEN, 1);
@@ -431,6 +433,15 @@ function retryIrqs(ctl: Int32Array, irqBase: readonly number[], irqCount: readon
 /**
  * The worker's half. Call service() once per poll-loop iteration; use at() to translate IOVAs
  * (then read and write u8[hit] / dv[hit] at the returned offset), irq() to raise interrupts.
+ *
+ * A view (one ArrayBuffer) covers at most 4 GiB, so a region larger than that (a guest with more
+ * than about 6 GiB of RAM) is served as several views: the PiecedView pieces of its mapping, one
+ * table slot each (u8/dv indexes are slots, not regions). An access inside one piece is a view
+ * like any other. An access that straddles two pieces of a region cannot be one view: at() answers
+ * -2 for it and messageRead/messageWrite copy it piece by piece from the mapping (no message is
+ * sent). Copied rather than split, so every user that handles memory without fd handles it too,
+ * with no second code path; pieces are 4 GiB, so only accesses across a 4 GiB line of a region
+ * take the copy.
  */
 export class DataPlane {
   readonly name: string;
@@ -456,6 +467,8 @@ export class DataPlane {
   private start: Float64Array;
   private end: Float64Array;
   private flags: Int32Array;
+  /** the published region each slot is a piece of */
+  private region: Int32Array;
 
   private constructor(desc: DataPlaneDesc) {
     this.desc = desc;
@@ -468,6 +481,7 @@ export class DataPlane {
     this.start = new Float64Array(desc.maxRegions);
     this.end = new Float64Array(desc.maxRegions);
     this.flags = new Int32Array(desc.maxRegions);
+    this.region = new Int32Array(desc.maxRegions);
     oneAddress();
   }
 
@@ -502,7 +516,7 @@ export class DataPlane {
     return true;
   }
 
-  /** Number of DMA regions now. */
+  /** Number of DMA table slots now: one per region, one per 4 GiB piece of a larger region. */
   get regions(): number {
     return this.count;
   }
@@ -518,8 +532,8 @@ export class DataPlane {
 
   /**
    * Translate [iova, iova+len): the byte offset in u8[hit] / dv[hit], or -1 when the range is not
-   * inside one region with the needed permission, -2 when it is in memory sent without fd (use
-   * messageRead/messageWrite).
+   * inside one region with the needed permission, -2 when it is in memory sent without fd or
+   * straddles two 4 GiB pieces of a region (use messageRead/messageWrite).
    */
   at(iova: number, len: number, write: boolean): number {
     const end = iova + len;
@@ -529,7 +543,7 @@ export class DataPlane {
       for (let i = 0; i < this.count; i++) {
         if (iova >= this.start[i] && end <= this.end[i]) { k = i; break; }
       }
-      if (k < 0) return -1;
+      if (k < 0) return this.straddles(iova, end, write) ? -2 : -1;
     }
     const f = this.flags[k];
     if ((f & (write ? DMA_FLAG_WRITE : DMA_FLAG_READ)) === 0) return -1;
@@ -591,22 +605,54 @@ export class DataPlane {
     else os.pollFds(this.pfds, k, ms);
   }
 
-  /** Read client memory without fd through the main thread (slow path): false on failure. */
+  /**
+   * Read client memory where at() answered -2 (slow path): memory without fd through the main
+   * thread, an access across pieces of a mapped region by copying from each piece. False on failure.
+   */
   messageRead(iova: number, dst: Uint8Array, dstOff: number, len: number): boolean {
-    for (let p = 0; p < len; p += BOUNCE) {
-      const n = Math.min(BOUNCE, len - p);
-      if (!this.mail(OP_READ, iova + p, n)) return false;
-      dst.set(this.bounce.subarray(0, n), dstOff + p);
-    }
-    return true;
+    return this.slowCopy(iova, dst, dstOff, len, false);
   }
 
-  /** Write client memory without fd through the main thread (slow path): false on failure. */
+  /** Write client memory where at() answered -2 (slow path; see messageRead): false on failure. */
   messageWrite(iova: number, src: Uint8Array, srcOff: number, len: number): boolean {
-    for (let p = 0; p < len; p += BOUNCE) {
-      const n = Math.min(BOUNCE, len - p);
-      this.bounce.set(src.subarray(srcOff + p, srcOff + p + n));
-      if (!this.mail(OP_WRITE, iova + p, n)) return false;
+    return this.slowCopy(iova, src, srcOff, len, true);
+  }
+
+  /** Whether [iova, end) lies in consecutive pieces of one region, each with the permission. */
+  private straddles(iova: number, end: number, write: boolean): boolean {
+    const need = write ? DMA_FLAG_WRITE : DMA_FLAG_READ;
+    let k = -1;
+    for (let i = 0; i < this.count; i++) if (iova >= this.start[i] && iova < this.end[i]) { k = i; break; }
+    if (k < 0) return false;
+    const r = this.region[k];
+    for (; k < this.count && this.region[k] === r && (this.flags[k] & need) !== 0; k++) if (end <= this.end[k]) return true;
+    return false;
+  }
+
+  /**
+   * Copy [iova, +len) to or from buf slot by slot: from a slot's view when it has one, through
+   * the mailbox (in bounce-buffer pieces) when the memory came without fd. A pause honoured while
+   * waiting for the mailbox rebuilds the slots, so each step translates afresh.
+   */
+  private slowCopy(iova: number, buf: Uint8Array, at: number, len: number, write: boolean): boolean {
+    const need = write ? DMA_FLAG_WRITE : DMA_FLAG_READ;
+    while (len > 0) {
+      let k = -1;
+      for (let i = 0; i < this.count; i++) if (iova >= this.start[i] && iova < this.end[i]) { k = i; break; }
+      if (k < 0 || (this.flags[k] & need) === 0) return false;
+      const v = this.u8[k];
+      let n = Math.min(len, this.end[k] - iova);
+      if (v.byteLength !== 0) {
+        const o = iova - this.start[k];
+        if (write) v.set(buf.subarray(at, at + n), o);
+        else buf.set(v.subarray(o, o + n), at);
+      } else {
+        n = Math.min(n, BOUNCE);
+        if (write) this.bounce.set(buf.subarray(at, at + n));
+        if (!this.mail(write ? OP_WRITE : OP_READ, iova, n)) return false;
+        if (!write) buf.set(this.bounce.subarray(0, n), at);
+      }
+      iova += n; at += n; len -= n;
     }
     return true;
   }
@@ -639,6 +685,15 @@ export class DataPlane {
     return ok;
   }
 
+  /** Double the slot arrays (regions over 4 GiB take a slot per piece). */
+  private grow(): void {
+    const n = Math.max(8, this.start.length * 2);
+    const f64 = (a: Float64Array): Float64Array => { const b = new Float64Array(n); b.set(a); return b; };
+    const i32 = (a: Int32Array): Int32Array => { const b = new Int32Array(n); b.set(a); return b; };
+    this.start = f64(this.start); this.end = f64(this.end);
+    this.flags = i32(this.flags); this.region = i32(this.region);
+  }
+
   /** Park until the main thread releases the pause, acknowledging each request's epoch. */
   private pause(): void {
     for (;;) {
@@ -650,7 +705,7 @@ export class DataPlane {
     }
   }
 
-  /** Rebuild the views from the published table. */
+  /** Rebuild the views from the published table: one slot per region, per 4 GiB piece of a larger one. */
   private reload(): void {
     this.gen = Atomics.load(this.ctl, DMA_GEN);
     const n = Atomics.load(this.ctl, DMA_COUNT);
@@ -662,15 +717,21 @@ export class DataPlane {
       const hi = this.ctl[o + 1] >>> 0;
       if (hi >= 0x20_0000) continue; // iova >= 2^53: not expressible as a number
       const iova = hi * TWO32 + (this.ctl[o] >>> 0);
-      const len = this.ctl[o + 2] >>> 0 || TWO32; // 4 GiB wraps to 0 in a u32
-      const va = (BigInt(this.ctl[o + 5] >>> 0) << 32n) | BigInt(this.ctl[o + 4] >>> 0);
-      this.start[k] = iova;
-      this.end[k] = iova + len;
-      this.flags[k] = this.ctl[o + 3];
-      const ab = va === 0n ? new ArrayBuffer(0) : os.viewOf(va, len);
-      this.u8.push(new Uint8Array(ab));
-      this.dv.push(new DataView(ab));
-      k++;
+      const len = (this.ctl[o + 3] >>> 0) * TWO32 + (this.ctl[o + 2] >>> 0);
+      const flags = this.ctl[o + 4];
+      const va = (BigInt(this.ctl[o + 6] >>> 0) << 32n) | BigInt(this.ctl[o + 5] >>> 0);
+      // memory without fd: one slot without view; mapped memory: one slot per piece
+      const pieces = va === 0n ? [{ start: 0, u8: new Uint8Array(0), len }] : new PiecedView(va, len).pieces.map((p) => ({ start: p.start, u8: p.u8, len: p.u8.length }));
+      for (const p of pieces) {
+        if (k >= this.start.length) this.grow();
+        this.start[k] = iova + p.start;
+        this.end[k] = iova + p.start + p.len;
+        this.flags[k] = flags;
+        this.region[k] = i;
+        this.u8.push(p.u8);
+        this.dv.push(new DataView(p.u8.buffer, p.u8.byteOffset, p.u8.byteLength));
+        k++;
+      }
     }
     this.count = k;
     this.hit = 0;

@@ -25,6 +25,7 @@
 import { EventEmitter } from 'node:events';
 import { fstatSync, readlinkSync } from 'node:fs';
 import * as os from '../../src/os/libc.js';
+import { PiecedView } from '../../src/os/pieces.js';
 import * as U from '../../src/iommu/vfio-uapi.js';
 import { log } from '../../src/log.js';
 import type { SparseArea } from '../../src/iommu/device.js';
@@ -123,8 +124,9 @@ export interface EmuMsixSpec {
  * files (F_GET_SEALS: EINVAL), memfds without F_SEAL_SHRINK made without MFD_ALLOW_SEALING or
  * carrying F_SEAL_SEAL. The client could shrink such a file under the mapping, and the next device
  * access would kill this process with SIGBUS.
+ *   - 'message' (the default): do not map it: reach it through DMA_READ/WRITE messages, slower
+ *     but safe (Node cannot survive a SIGBUS on a mapped view: no handler can resume JavaScript)
  *   - 'map': map it anyway (trust the client; a warning is logged once per device)
- *   - 'message': do not map it: reach it through DMA_READ/WRITE messages, slower but safe
  *   - 'refuse': fail DMA_MAP with EPERM, naming the fix
  */
 export type UnsealedDmaPolicy = 'map' | 'message' | 'refuse';
@@ -210,7 +212,7 @@ export class EmuDevice implements VfioUserDevice {
   /** capabilities with an onRead or onWrite hook and the config-space bytes [at, end) they occupy */
   private capHooks: Array<{ cap: EmuCapability; at: number; end: number }> = [];
   private dma: DmaRegion[] = [];
-  private readonly dmaViews = new Map<DmaRegion, Uint8Array>();
+  private readonly dmaViews = new Map<DmaRegion, PiecedView>();
   /** the length actually mapped per region: its size rounded up to the file's page size */
   private readonly mapLens = new Map<DmaRegion, number>();
   private closed = false;
@@ -220,10 +222,11 @@ export class EmuDevice implements VfioUserDevice {
   /** config-space offset of the MSI-X capability (0: none) */
   private msixCapAt = 0;
   /**
-   * Client memory whose size cannot be sealed (see UnsealedDmaPolicy). Default 'map', the
-   * behaviour before sealing was checked; a server facing untrusted clients should set 'message'.
+   * Client memory whose size cannot be sealed (see UnsealedDmaPolicy). Default 'message': a client
+   * that shrinks mapped memory would kill this process with SIGBUS, and Node cannot resume
+   * JavaScript after a SIGBUS on a mapped view; 'map' trusts the client for speed.
    */
-  unsealedDma: UnsealedDmaPolicy = 'map';
+  unsealedDma: UnsealedDmaPolicy = 'message';
 
   /** The largest number of DMA regions accepted at once (at most 1024, the data plane's table). */
   get maxDmaMaps(): number {
@@ -394,7 +397,9 @@ export class EmuDevice implements VfioUserDevice {
    */
   dmaMap(iova: bigint, size: bigint, flags: number, fd: number, fileOffset: bigint): DmaRegion {
     const what = `${this.name}: DMA_MAP [0x${iova.toString(16)}, +0x${size.toString(16)})`;
-    if (size > 0x1_0000_0000n) throw new ProtocolError(`${what}: regions larger than 4 GiB are not supported`, E.EINVAL);
+    // Regions over 4 GiB are one mapping seen through views of at most 4 GiB (PiecedView here and
+    // in the data plane); a length must still be a safe integer.
+    if (size > BigInt(Number.MAX_SAFE_INTEGER)) throw new ProtocolError(`${what}: regions of 2^53 bytes or more are not supported`, E.EINVAL);
     const len = Number(size);
     for (const r of this.dma) {
       if (iova < r.iova + BigInt(r.len) && r.iova < iova + size) throw new ProtocolError(`${what} overlaps the mapped [0x${r.iova.toString(16)}, +0x${r.len.toString(16)})`, E.EEXIST);
@@ -520,36 +525,46 @@ export class EmuDevice implements VfioUserDevice {
   }
 
   /**
-   * A local view of [iova, iova+len) of client memory, or null when that memory came without fd
-   * (use dmaRead/dmaWrite). Throws when the range is not inside one mapped region or lacks the
-   * permission. Do not keep the view across an await.
+   * A local view of [iova, iova+len) of client memory, or null when that memory came without fd or
+   * the range straddles two 4 GiB views of a larger region (use dmaRead/dmaWrite for both). Throws
+   * when the range is not inside one mapped region or lacks the permission. Do not keep the view
+   * across an await.
    */
   translate(iova: bigint, len: number, write: boolean): Uint8Array | null {
     const r = this.regionOf(iova, len, write);
     if (r.va === 0n) return null;
-    let v = this.dmaViews.get(r);
-    if (!v) {
-      v = new Uint8Array(os.viewOf(r.va, r.len));
-      this.dmaViews.set(r, v);
-    }
-    const off = Number(iova - r.iova);
-    return v.subarray(off, off + len);
+    const v = this.viewsOf(r), off = Number(iova - r.iova), p = v.piece(off), o = off - p.start;
+    return o + len <= p.u8.length ? p.u8.subarray(o, o + len) : null;
   }
 
   /** Read client memory (a copy): locally when mapped by fd, else through DMA_READ messages. */
   async dmaRead(iova: bigint, len: number): Promise<Uint8Array> {
-    const v = this.translate(iova, len, false);
-    if (v) return v.slice();
+    const r = this.regionOf(iova, len, false);
+    if (r.va !== 0n) {
+      const out = new Uint8Array(len);
+      this.viewsOf(r).copyOut(Number(iova - r.iova), out, 0, len);
+      return out;
+    }
     if (!this.messagePath) throw new Error(`${this.name}: no client connected to read DMA memory from`);
     return this.messagePath.read(iova, len);
   }
 
   /** Write client memory: locally when mapped by fd, else through DMA_WRITE messages. */
   async dmaWrite(iova: bigint, data: Uint8Array): Promise<void> {
-    const v = this.translate(iova, data.byteLength, true);
-    if (v) { v.set(data); return; }
+    const r = this.regionOf(iova, data.byteLength, true);
+    if (r.va !== 0n) { this.viewsOf(r).copyIn(Number(iova - r.iova), data, 0, data.byteLength); return; }
     if (!this.messagePath) throw new Error(`${this.name}: no client connected to write DMA memory to`);
     await this.messagePath.write(iova, data);
+  }
+
+  /** The views (at most 4 GiB each) of a region mapped by fd, made on first use. */
+  private viewsOf(r: DmaRegion): PiecedView {
+    let v = this.dmaViews.get(r);
+    if (!v) {
+      v = new PiecedView(r.va, r.len);
+      this.dmaViews.set(r, v);
+    }
+    return v;
   }
 
   private regionOf(iova: bigint, len: number, write: boolean): DmaRegion {

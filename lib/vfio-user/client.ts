@@ -4,13 +4,15 @@
  *
  * The control path is synchronous, because VfioDevice is: each request is one sendmsg, then this
  * thread waits in poll(2) (with a timeout, default 5 s) for the reply with the same message id.
- * Server-to-client commands (DMA_READ/WRITE for memory mapped without fd) that arrive meanwhile are
+ * Server-to-client commands (DMA_READ/WRITE for any mapped memory) that arrive meanwhile are
  * answered on the spot; between requests, startService() answers them from the event loop (a poll
  * on a libuv pool thread, no spinning).
  *
  * DMA: dmaMap(va, iova, len) sends the fd of the memory that holds va (registered with
  * addFdMemory or attachMemory: EAL segments are memfd or hugetlbfs files) so the server maps it;
- * memory without a known fd is announced without fd and served through DMA_READ/WRITE.
+ * memory without a known fd is announced without fd and served through DMA_READ/WRITE. Memory sent
+ * by fd is served through DMA_READ/WRITE too: a server may choose not to map a file it cannot seal
+ * against shrinking (tspmd's emudev does so by default) and reach it by message instead.
  * BARs: regionInfo keeps the fd that comes with a mappable region's info; mmapRegion maps it at
  * the region's offset (sparse areas included), readRegion/writeRegion use REGION_READ/WRITE.
  * For each BAR, regionInfo also asks GET_REGION_IO_FDS once and keeps the ioeventfd doorbells the
@@ -60,6 +62,7 @@ interface FdMemory {
   fileOffset: bigint;
 }
 
+/** A DMA region this client announced (by fd or not): what DMA_READ/WRITE may reach. */
 interface MsgRegion {
   iova: bigint;
   len: number;
@@ -93,7 +96,8 @@ export class VfioUserClient implements VfioDevice {
   /** the ioeventfd doorbells each BAR's server offered (their fds are this client's) */
   private readonly doorbells = new Map<number, IoDoorbell[]>();
   private readonly fdMemory: FdMemory[] = [];
-  private readonly msgRegions: MsgRegion[] = [];
+  /** every region mapped, by fd or by message (DMA_READ/WRITE may come for either) */
+  private readonly dmaRegions: MsgRegion[] = [];
   private serving = false;
   private closed = false;
   /** taken around every send on the socket, here and in workers writing registers (BarIo) */
@@ -373,26 +377,30 @@ export class VfioUserClient implements VfioDevice {
     return new DmaMemoryMap(memory, this, this.name);
   }
 
-  /** Make [va, va+len) reachable at iova: by fd when the memory is registered, else by message. */
+  /**
+   * Make [va, va+len) reachable at iova: by fd when the memory is registered, else by message. A
+   * server may still reach fd memory by message (a file it cannot seal): startService() answers it.
+   */
   dmaMap(va: bigint, iova: bigint, len: number): void {
     const src = this.fdMemory.find((m) => va >= m.va && va + BigInt(len) <= m.va + BigInt(m.len));
     if (!src) { this.dmaMapMessage(va, iova, len); return; }
     const payload = P.encodeDmaMap({ flags: P.DMA_FLAG_READ | P.DMA_FLAG_WRITE, offset: src.fileOffset + (va - src.va), address: iova, size: BigInt(len) });
     this.closeFds(this.request(P.Cmd.DMA_MAP, payload, [src.fd], `DMA map iova 0x${iova.toString(16)} (${len} bytes, by fd)`));
+    this.dmaRegions.push({ iova, len, va, flags: P.DMA_FLAG_READ | P.DMA_FLAG_WRITE });
   }
 
   /** Announce [va, va+len) at iova without fd: the server reaches it with DMA_READ/WRITE messages. */
   dmaMapMessage(va: bigint, iova: bigint, len: number): void {
     const payload = P.encodeDmaMap({ flags: P.DMA_FLAG_READ | P.DMA_FLAG_WRITE, offset: 0n, address: iova, size: BigInt(len) });
     this.closeFds(this.request(P.Cmd.DMA_MAP, payload, [], `DMA map iova 0x${iova.toString(16)} (${len} bytes, by message)`));
-    this.msgRegions.push({ iova, len, va, flags: P.DMA_FLAG_READ | P.DMA_FLAG_WRITE });
+    this.dmaRegions.push({ iova, len, va, flags: P.DMA_FLAG_READ | P.DMA_FLAG_WRITE });
   }
 
   /** Remove the mapping at [iova, iova+len) (exactly as mapped). */
   dmaUnmap(iova: bigint, len: number): void {
     this.closeFds(this.request(P.Cmd.DMA_UNMAP, P.encodeDmaUnmap({ flags: 0, address: iova, size: BigInt(len) }), [], `DMA unmap iova 0x${iova.toString(16)}`));
-    const i = this.msgRegions.findIndex((r) => r.iova === iova && r.len === len);
-    if (i >= 0) this.msgRegions.splice(i, 1);
+    const i = this.dmaRegions.findIndex((r) => r.iova === iova && r.len === len);
+    if (i >= 0) this.dmaRegions.splice(i, 1);
   }
 
   /**
@@ -427,7 +435,7 @@ export class VfioUserClient implements VfioDevice {
     }
   }
 
-  /** Answer one server-to-client command (DMA_READ/WRITE from message-mapped memory). */
+  /** Answer one server-to-client command (DMA_READ/WRITE of any mapped region). */
   private serveCommand(m: P.Message): void {
     for (const f of m.fds) safeClose(f);
     const noReply = (m.flags & P.FLAG_NO_REPLY) !== 0;
@@ -436,7 +444,7 @@ export class VfioUserClient implements VfioDevice {
       if (m.command === P.Cmd.DMA_READ || m.command === P.Cmd.DMA_WRITE) {
         const write = m.command === P.Cmd.DMA_WRITE;
         const a = P.decodeDmaAccess(m.payload, write, this.maxDataXferSize, P.cmdName(m.command));
-        const r = this.msgRegions.find((x) => a.address >= x.iova && a.address + BigInt(a.count) <= x.iova + BigInt(x.len));
+        const r = this.dmaRegions.find((x) => a.address >= x.iova && a.address + BigInt(a.count) <= x.iova + BigInt(x.len));
         if (!r || a.count === 0) { fail(os.E.EFAULT); return; }
         const v = new Uint8Array(os.viewOf(r.va + (a.address - r.iova), a.count));
         if (write) {

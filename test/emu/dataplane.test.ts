@@ -10,7 +10,7 @@
  * One worker lcore (the second CPU) besides the main thread: never more than two busy threads.
  */
 import t from 'tap';
-import { readdirSync, readFileSync } from 'node:fs';
+import { fstatSync, readdirSync, readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import * as os from '../../src/os/libc.js';
 import * as U from '../../src/iommu/vfio-uapi.js';
@@ -309,7 +309,7 @@ t.test('DMA_UNMAP of memory a worker reads in a tight loop never crashes the pro
   const w = new Worker(dev.plane);
   await w.attached();
   const SIZE = 256 * 1024;
-  const fds = [0, 1, 2].map((i) => { const fd = os.memfdCreate(`tsp-hammer${i}`, 0); os.ftruncate(fd, SIZE); return fd; });
+  const fds = [0, 1, 2].map((i) => { const fd = os.memfdCreate(`tsp-hammer${i}`, os.MFD_ALLOW_SEALING); os.ftruncate(fd, SIZE); return fd; });
   t.teardown(() => fds.forEach((fd) => os.close(fd)));
   dev.dmaMap(0x100_0000n, BigInt(SIZE), RW, fds[0], 0n); // stays mapped throughout
   const hammer = w.post(W.OP_HAMMER);
@@ -373,7 +373,7 @@ t.test('dmatest engine on its lcore: copies and checksums, idle cost, unmaps and
   const bar = new Uint32Array(dev.emu.barMemory(0).buffer);
   const DOORBELL = R.REG_DOORBELL >> 2, CONSUMER = R.REG_CONSUMER >> 2;
   const SIZE = 8 << 20, IOVA = 0x4000_0000n, ENTRIES = 64, SRC = 0x10000, DST = 0x210000, JOB = 0x8000;
-  const fd = os.memfdCreate('tsp-dmatest-client', 0);
+  const fd = os.memfdCreate('tsp-dmatest-client', os.MFD_ALLOW_SEALING);
   os.ftruncate(fd, SIZE);
   const va = os.mmap(0n, SIZE, os.PROT_READ | os.PROT_WRITE, os.MAP_SHARED, fd, 0);
   t.teardown(() => { os.munmap(va, SIZE); os.close(fd); });
@@ -485,4 +485,73 @@ t.test('dmatest engine on its lcore: copies and checksums, idle cost, unmaps and
   await dev.close();
   t.notOk(dev.emu.plane.attached, 'close(): the engine left its lcore');
   t.notOk(eal.lcores.busy(1), 'and the lcore is free');
+});
+
+t.test('a DMA region of 6 GiB (sparse memfd): served as views of at most 4 GiB; below, above and across 4 GiB, main thread and lcore', async (t) => {
+  const GiB = 0x4000_0000, BIG = 6 * GiB, FOUR = 4 * GiB, IOVA = 0x2_0000_0000n, ENTRIES = 16;
+  const rss = (): number => Number(/VmRSS:\s+(\d+)/.exec(readFileSync('/proc/self/status', 'utf8'))![1]) * 1024;
+  const fd = os.memfdCreate(`tsp-big-${process.pid}`, os.MFD_ALLOW_SEALING);
+  t.teardown(() => os.close(fd));
+  os.ftruncate(fd, BIG); // sparse: only what this test writes takes memory
+  const put = (off: number, b: Uint8Array): void => { os.pwrite(fd, b, b.byteLength, off); };
+  const get = (off: number, len: number): Uint8Array => { const b = new Uint8Array(len); os.pread(fd, b, len, off); return b; };
+  const dev = new DmatestDevice('dmatest-big');
+  t.teardown(() => dev.close());
+  const rss0 = rss();
+  dev.emu.connected({ read: () => Promise.reject(new Error('no messages')), write: () => Promise.reject(new Error('no messages')) });
+  dev.emu.dmaMap(IOVA, BigInt(BIG), RW, fd, 0n);
+  t.not(dev.emu.dmaRegions()[0].va, 0n, 'a 6 GiB region is accepted and mapped by fd (one mapping)');
+
+  // The main thread: dmaRead/dmaWrite below, above and across 4 GiB; translate() gives a view inside one piece only.
+  const at = { below: 0x12_3000, above: FOUR + 0x45_6000, across: FOUR - 0x800 };
+  for (const [where, off] of Object.entries(at)) {
+    const b = randomBytes(0x1000);
+    await dev.emu.dmaWrite(IOVA + BigInt(off), b);
+    t.ok(Buffer.from(get(off, 0x1000)).equals(b), `main thread: a write ${where} 4 GiB lands in the file`);
+    const c = randomBytes(0x1000);
+    put(off, c);
+    t.ok(Buffer.from(await dev.emu.dmaRead(IOVA + BigInt(off), 0x1000)).equals(c), `main thread: a read ${where} 4 GiB sees the file`);
+  }
+  t.equal(dev.emu.translate(IOVA + BigInt(at.across), 0x1000, false), null, 'translate: a range across the 4 GiB line is no single view (null: use dmaRead/dmaWrite)');
+  t.equal(dev.emu.translate(IOVA + BigInt(at.above), 16, false)![0], get(at.above, 1)[0], 'translate: a view above 4 GiB, in the second piece');
+
+  // The lcore: dmatest copies between the same places; every checksum and copy verified in the file.
+  await dev.start(eal, 1);
+  const bar = new Uint32Array(dev.emu.barMemory(0).buffer);
+  writeReg(dev, R.REG_RING_LO, Number(IOVA & 0xffffffffn));
+  writeReg(dev, R.REG_RING_HI, Number(IOVA >> 32n));
+  writeReg(dev, R.REG_RING_ENTRIES, ENTRIES);
+  writeReg(dev, R.REG_CTRL, R.CTRL_ENABLE);
+  const LEN = 0x3000;
+  const jobs = [
+    { what: 'below to below', src: 0x10_0000, dst: 0x20_0000 },
+    { what: 'above to above', src: FOUR + 0x10_0000, dst: 5 * GiB },
+    { what: 'below to above', src: 0x30_0000, dst: BIG - LEN },
+    { what: 'above to below', src: 5 * GiB + 0x10_0000, dst: 0x40_0000 },
+    { what: 'across to below', src: FOUR - 0x1000, dst: 0x50_0000 },
+    { what: 'below to across', src: 0x60_0000, dst: FOUR - 0x2000 },
+    { what: 'across to across (overlapping)', src: FOUR - 0x1800, dst: FOUR - 0x1000 },
+  ];
+  const desc = new Uint8Array(R.DESC_SIZE), ddv = new DataView(desc.buffer);
+  // One job at a time, checked before the next: some share bytes with the one before.
+  for (const [i, j] of jobs.entries()) {
+    const src = randomBytes(LEN);
+    put(j.src, src);
+    ddv.setBigUint64(R.DESC_SRC, IOVA + BigInt(j.src), true);
+    ddv.setBigUint64(R.DESC_DST, IOVA + BigInt(j.dst), true);
+    ddv.setUint32(R.DESC_LEN, LEN, true);
+    put(i * R.DESC_SIZE, desc);
+    Atomics.store(bar, R.REG_DOORBELL >> 2, i + 1);
+    await until(`job ${i}`, () => Atomics.load(bar, R.REG_CONSUMER >> 2) === i + 1, 10_000);
+    const d = new DataView(get(i * R.DESC_SIZE, R.DESC_SIZE).buffer);
+    t.equal(d.getUint32(R.DESC_STATUS, true), R.DESC_STATUS_DONE, `lcore: ${j.what}: done`);
+    t.equal(d.getUint32(R.DESC_CHECKSUM, true), R.adler32(src), `lcore: ${j.what}: Adler-32 of the source`);
+    t.ok(Buffer.from(get(j.dst, LEN)).equals(src), `lcore: ${j.what}: the copy is in the file`);
+  }
+  t.same([readReg(dev, R.REG_COMPLETED), readReg(dev, R.REG_ERRORS)], [jobs.length, 0], 'no errors');
+
+  const used = fstatSync(fd).blocks * 512, grown = rss() - rss0;
+  t.ok(used < 1 << 20, `the 6 GiB file holds ${used} bytes: only what was written`);
+  t.ok(grown < 64 << 20, `this process grew by ${grown >> 10} KiB mapping and using 6 GiB (sparse, views touch nothing)`);
+  await dev.close();
 });

@@ -113,7 +113,7 @@ export class TestVirtioNet {
     this.bar = this.pci.bar(notify);
     this.len = len;
     this.iova = iova;
-    this.fd = os.memfdCreate('tsp-vnet-drv', 0);
+    this.fd = os.memfdCreate('tsp-vnet-drv', os.MFD_ALLOW_SEALING);
     os.ftruncate(this.fd, len);
     this.va = os.mmap(0n, len, os.PROT_READ | os.PROT_WRITE, os.MAP_SHARED, this.fd, 0);
     this.u8 = new Uint8Array(os.viewOf(this.va, len));

@@ -5,8 +5,8 @@
  * ftruncate it; the device's next access past the new end is SIGBUS, which kills the process.
  * BAR memfds are sealed before they are sent; client DMA memfds must carry F_SEAL_SHRINK (the
  * device adds it when the memfd allows sealing); memory that cannot be sealed follows the device's
- * unsealedDma policy ('message' reaches it through DMA messages, so a shrink costs a failed read,
- * not the process). The scenarios that die of SIGBUS on unfixed code run in a child process (this
+ * unsealedDma policy ('message', the default, reaches it through DMA messages, so a shrink costs a
+ * failed read, not the process). The scenarios that die of SIGBUS on unfixed code run in a child process (this
  * file, run again with TSP_EMUDEV_MEM_CHILD set).
  */
 import t from 'tap';
@@ -76,7 +76,7 @@ async function child(which: string): Promise<void> {
     out(`byte=${dev.translate(IOVA + 0x3000n, 16, false)![5]}`);
   } else if (which === 'unsealable') {
     const fd = clientMemfd(0); // made without MFD_ALLOW_SEALING: it can never be sealed
-    dev.unsealedDma = 'message';
+    out(`policy=${dev.unsealedDma}`); // the default
     dev.connected(filePath(fd));
     dev.dmaMap(IOVA, BigInt(SIZE), RW, fd, 0n);
     out(`local=${dev.translate(IOVA, 16, false) !== null}`);
@@ -117,9 +117,10 @@ if (CHILD) {
     t.match(r.out, /^byte=5\nalive$/m, 'the device reads the client\'s memory, mapped by fd');
   });
 
-  t.test('client DMA memfd that cannot be sealed, unsealedDma \'message\': a shrink fails a read, not the process', async (t) => {
+  t.test('client DMA memfd that cannot be sealed, unsealedDma \'message\' (the default): a shrink fails a read, not the process', async (t) => {
     const r = await run('unsealable', 30_000);
     t.equal(r.signal, null, `the device process was not killed (it printed ${JSON.stringify(r.out)}; stderr ${r.err.slice(-300)})`);
+    t.match(r.out, /^policy=message$/m, 'message is the default policy');
     t.match(r.out, /^local=false$/m, 'not mapped: reached through the message path');
     t.match(r.out, /^before=5$/m, 'reads work before');
     t.match(r.out, /^shrunk$/m, 'the client shrinks its file');
@@ -205,12 +206,14 @@ if (CHILD) {
     const e = (() => { try { dev.dmaMap(IOVA, BigInt(SIZE), RW, fd, 0n); return null; } catch (x) { return x; } })();
     t.ok(e instanceof ProtocolError, 'a ProtocolError (the server turns it into an error reply)');
   });
-}
 
-t.test('tspmd emu --unsealed-dma: the policy is an option; a bad value is refused before the EAL starts', async (t) => {
-  const bad = await runCli(['emu', 'dmatest', '--socket', join(tmpdir(), `tsp-unsealed-${process.pid}.sock`), '--unsealed-dma', 'sometimes']);
-  t.equal(bad.code, 2, 'exit 2');
-  t.match(bad.stderr, /tspmd emu: --unsealed-dma "sometimes": use map, message, refuse/);
-  const help = await runCli(['emu', '--help']);
-  t.match(help.stdout, /--unsealed-dma map\|message\|refuse/, '--help lists it');
-});
+  // in the parent only: a child scenario must not run the CLI too (it would outlive its time limit)
+  t.test('tspmd emu --unsealed-dma: the policy is an option; a bad value is refused before the EAL starts; --help names the default and why', async (t) => {
+    const bad = await runCli(['emu', 'dmatest', '--socket', join(tmpdir(), `tsp-unsealed-${process.pid}.sock`), '--unsealed-dma', 'sometimes']);
+    t.equal(bad.code, 2, 'exit 2');
+    t.match(bad.stderr, /tspmd emu: --unsealed-dma "sometimes": use map, message, refuse/);
+    const help = await runCli(['emu', '--help']);
+    t.match(help.stdout, /--unsealed-dma map\|message\|refuse/, '--help lists it');
+    t.match(help.stdout.replace(/\s+/g, ' '), /reach it with DMA_READ\/WRITE messages \(default: a client that truncates mapped memory kills this process with SIGBUS, which Node cannot survive\)/, '--help: message is the default, and why');
+  });
+}

@@ -6,7 +6,7 @@
  * and the vfio-user-info / emu commands.
  */
 import t from 'tap';
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, fstatSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import * as os from '../../src/os/libc.js';
@@ -203,6 +203,93 @@ t.test('DMA map by message: memory without fd reached through DMA_READ/WRITE, do
   c.dmaUnmap(iova, len);
 });
 
+t.test('DMA map by fd of a file that cannot be sealed (a tmpfile): by message by default (tspmd\'s client answers), mapped and warned with --unsealed-dma map', async (t) => {
+  const len = 0x10000;
+  const file = join(dir, `tsp-unsealed-${process.pid}`);
+  const fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o600);
+  t.teardown(() => os.close(fd));
+  os.ftruncate(fd, len);
+  const va = os.mmap(0n, len, os.PROT_READ | os.PROT_WRITE, os.MAP_SHARED, fd, 0);
+  t.teardown(() => os.munmap(va, len));
+  const mem = new Uint8Array(os.viewOf(va, len));
+  /** Map the file into the device behind path, copy 4 jobs: whether it mapped the file, whether every checksum and copy is right. */
+  const copies = async (path: string, pid: number): Promise<{ mapped: boolean; ok: boolean }> => {
+    const c = VfioUserClient.connect(path, { timeoutMs: 5000 });
+    try {
+      const iova = 0x4000_0000n;
+      c.addFdMemory(va, len, fd);
+      c.dmaMap(va, iova, len);
+      const mapped = readFileSync(`/proc/${pid}/maps`, 'utf8').includes(file);
+      c.startService(); // the device may reach fd memory by message
+      mem.fill(0);
+      mem.set(randomBytes(0x4000), 0x1000);
+      const drv = DmatestDriver.open(c, { va, iova, len: 0x1000 }, { entries: 16, mmap: false });
+      try {
+        for (let i = 0; i < 4; i++) drv.submit(iova + 0x1000n + BigInt(i * 0x1000), iova + 0x8000n + BigInt(i * 0x1000), 0x1000);
+        const { completions } = await drv.wait(4, 5000);
+        const ok = completions.length === 4 && completions.every((x, i) => {
+          const s = mem.subarray(0x1000 + i * 0x1000, 0x2000 + i * 0x1000);
+          return x.status === R.DESC_STATUS_DONE && x.checksum === R.adler32(s) && Buffer.from(mem.subarray(0x8000 + i * 0x1000, 0x9000 + i * 0x1000)).equals(s);
+        });
+        return { mapped, ok };
+      } finally {
+        drv.close();
+        c.dmaUnmap(iova, len);
+      }
+    } finally {
+      c.close();
+    }
+  };
+  const byMsg = await copies(sock, emu.proc.pid!);
+  t.ok(byMsg.ok, 'default: the copies and checksums are right');
+  t.notOk(byMsg.mapped, 'default: the device did not map the file (reached by DMA_READ/WRITE)');
+  t.notMatch(emu.stderr(), /cannot be sealed/, 'no warning');
+
+  const sock2 = join(dir, 'map.sock');
+  const emu2 = await startEmu(sock2, 'dmatest', ['--unsealed-dma', 'map']);
+  t.teardown(() => emu2.stop());
+  const byMap = await copies(sock2, emu2.proc.pid!);
+  t.ok(byMap.ok, '--unsealed-dma map: the copies and checksums are right');
+  t.ok(byMap.mapped, '--unsealed-dma map: the device mapped the file');
+  const warning = /cannot be sealed against shrinking.*mapped anyway \(unsealedDma 'map'\).*SIGBUS/;
+  for (let i = 0; i < 250 && !warning.test(emu2.stderr()); i++) await new Promise((r) => setTimeout(r, 20)); // the child's stderr arrives through the event loop
+  t.match(emu2.stderr(), warning, 'and warned');
+});
+
+t.test('DMA map by fd of a sparse 6 GiB memfd: one region over 4 GiB; the device copies below, above and across 4 GiB', async (t) => {
+  const GiB = 0x4000_0000, BIG = 6 * GiB, FOUR = 4 * GiB, LEN = 0x3000;
+  const fd = os.memfdCreate(`tsp-big-${process.pid}`, os.MFD_ALLOW_SEALING);
+  t.teardown(() => os.close(fd));
+  os.ftruncate(fd, BIG); // sparse: only what the test and the device write takes memory
+  const va = os.mmap(0n, BIG, os.PROT_READ | os.PROT_WRITE, os.MAP_SHARED, fd, 0);
+  t.teardown(() => os.munmap(va, BIG));
+  const c = client(t);
+  const iova = 0x1_0000_0000n;
+  c.addFdMemory(va, BIG, fd);
+  c.dmaMap(va, iova, BIG); // a failing test leaves it to the disconnect at the client's close
+  const emuMaps = readFileSync(`/proc/${emu.proc.pid!}/maps`, 'utf8').split('\n').filter((l) => l.includes(`tsp-big-${process.pid}`));
+  t.equal(emuMaps.length, 1, 'the device maps the 6 GiB region once');
+  const drv = DmatestDriver.open(c, { va, iova, len: 0x1000 }, { entries: 16 });
+  const jobs = [
+    { what: 'below to above', src: 0x10_0000, dst: 5 * GiB },
+    { what: 'above to below', src: FOUR + 0x20_0000, dst: 0x20_0000 },
+    { what: 'across to above', src: FOUR - 0x1000, dst: BIG - LEN },
+    { what: 'above to across', src: 5 * GiB + 0x10_0000, dst: FOUR - 0x2000 },
+  ];
+  const get = (off: number): Uint8Array => { const b = new Uint8Array(LEN); os.pread(fd, b, LEN, off); return b; };
+  for (const j of jobs) {
+    const src = randomBytes(LEN);
+    os.pwrite(fd, src, LEN, j.src);
+    drv.submit(iova + BigInt(j.src), iova + BigInt(j.dst), LEN);
+    const { completions } = await drv.wait(1, 5000);
+    t.same([completions[0]?.status, completions[0]?.checksum], [R.DESC_STATUS_DONE, R.adler32(src)], `${j.what}: done, Adler-32 of the source`);
+    t.ok(Buffer.from(get(j.dst)).equals(src), `${j.what}: the copy is in client memory`);
+  }
+  drv.close();
+  t.doesNotThrow(() => c.dmaUnmap(iova, BIG), 'DMA_UNMAP of the 6 GiB region');
+  t.ok(fstatSync(fd).blocks * 512 < 1 << 20, `the 6 GiB file holds ${fstatSync(fd).blocks * 512} bytes`);
+});
+
 t.test('IRQ masking holds the interrupt; unmask delivers it; reset clears the device', async (t) => {
   const eal = new Eal({ noHuge: true, filePrefix: `tspvfi${process.pid}`, lcores: [{ id: 0, cpu: 0 }], mainLcore: 0 });
   t.teardown(() => eal.close());
@@ -323,7 +410,7 @@ t.test('tspmd vfio-user-info and emu command lines', async (t) => {
   t.throws(() => emuApp.parse([]), /name a device/);
   t.throws(() => emuApp.parse(['dmatest']), /--socket PATH is required/);
   t.throws(() => emuApp.parse(['nosuch', '--socket', 'x.sock']), /unknown device "nosuch"/);
-  t.same(emuApp.parse(['dmatest', '--socket', 'x.sock']), { device: 'dmatest', args: {}, socket: 'x.sock', noReset: false, unsealedDma: 'map' });
+  t.same(emuApp.parse(['dmatest', '--socket', 'x.sock']), { device: 'dmatest', args: {}, socket: 'x.sock', noReset: false, unsealedDma: 'message' });
   t.same(ownFlagsWithPositionals(['--file-prefix', 'p', 'dmatest', '--socket', '/s', '-l', '0-1'], { '--socket': true }), { '--socket': true, dmatest: false },
     'positionals become own flags; EAL option values and --socket\'s value do not');
   t.same(moveOwnFlags(['--file-prefix', 'p', 'dmatest', '--socket', '/s'], { '--socket': true, dmatest: false }), ['--file-prefix', 'p', '--', 'dmatest', '--socket', '/s']);

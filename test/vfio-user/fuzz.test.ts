@@ -55,7 +55,7 @@ t.test('protocol rules at the start of a connection', async (t) => {
   const r3 = await awaitReply(ch2, 7, P.Cmd.VERSION, 2000);
   const v = P.decodeVersion(r3.m!.payload);
   t.same([v.major, v.minor, Object.keys(v.caps.other)], [0, 2, []], 'minor capped at 2; no capabilities proposed, none answered');
-  const mfd = os.memfdCreate('tsp-fuzz', 0);
+  const mfd = os.memfdCreate('tsp-fuzz', os.MFD_ALLOW_SEALING);
   os.ftruncate(mfd, 0x2000);
   ch2.sendRaw(P.encodeMessage({ msgId: 8, command: P.Cmd.DMA_MAP, flags: 0, error: 0 }, P.encodeDmaMap({ flags: 3, offset: 0n, address: 0x10000n, size: 0x2000n })), [mfd]);
   t.same((await awaitReply(ch2, 8, P.Cmd.DMA_MAP, 2000)).m?.flags, P.TYPE_REPLY, 'DMA_MAP by fd accepted');

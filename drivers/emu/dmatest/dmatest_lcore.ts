@@ -8,7 +8,8 @@
  * then compare the doorbell (producer index, a word in BAR0's shared page that the driver stores to)
  * with the consumer index and execute up to BURST descriptors: translate the descriptor, source and
  * destination IOVAs with plane.at() (bounds and permissions checked; memory sent without fd goes
- * through the mailbox: plane.messageRead/messageWrite), copy and compute the Adler-32 of the source,
+ * through the mailbox, a range across two 4 GiB views of a large region is copied piece by piece:
+ * both plane.messageRead/messageWrite), copy and compute the Adler-32 of the source,
  * write checksum and status back into the descriptor, advance the consumer index; then raise MSI-X
  * vector 0 once for the batch. Idle: a few empty polls back to back, then plane.sleep() growing to
  * IDLE_MAX_MS, so an idle or disabled engine costs nearly nothing (a pause request, wake() or the

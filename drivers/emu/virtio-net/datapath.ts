@@ -27,8 +27,11 @@
  * message the loop goes back to its top (pause requests, state and views re-derived) before it
  * touches another queue: the message's wait may have let the main thread unmap memory.
  *
- * DMA regions are up to 4 GiB: offsets in a region are numbers below 2^32, never int32 (>>> for
- * word indexes, never >>; lib/net/copy.ts copyBytes works up to 4 GiB the same way).
+ * A view of client memory (plane.u8[k]) is up to 4 GiB (a larger region is several views, see
+ * DataPlane): offsets in a view are numbers below 2^32, never int32 (>>> for word indexes, never
+ * >>; lib/net/copy.ts copyBytes works up to 4 GiB the same way). A buffer across two views is
+ * at() -2 and goes through messageRead/messageWrite (a copy, no message) like memory without fd;
+ * a ring across two views is refused like a ring without fd (RING_UNMAPPED).
  *
  * An exception (a bug, or a backend failing) frees the mbufs the burst held, sets
  * DEVICE_NEEDS_RESET and the loop goes on; after CRASH_BUDGET of them since the last device reset
@@ -372,7 +375,7 @@ class Engine {
   private rederive(): void {
     const p = this.plane;
     if (this.viewsChanged()) {
-      // Regions reach 4 GiB: lengths as numbers (>> 1 of 2 GiB is negative, >>> 1 of 4 GiB is 0).
+      // Views reach 4 GiB: lengths as numbers (>> 1 of 2 GiB is negative, >>> 1 of 4 GiB is 0).
       this.ru8 = p.u8.slice();
       this.ru16 = p.u8.map((v) => new Uint16Array(v.buffer, v.byteOffset, Math.floor(v.byteLength / 2)));
       this.ru32 = p.u8.map((v) => new Uint32Array(v.buffer, v.byteOffset, Math.floor(v.byteLength / 4)));

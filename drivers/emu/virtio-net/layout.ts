@@ -130,7 +130,7 @@ export const NEEDS_RESET_NAMES: Record<number, string> = {
   1: 'descriptor chain loops or is longer than the queue', 2: 'descriptor next index outside the queue',
   3: 'avail ring head outside the queue', 4: 'descriptor of the wrong direction', 5: 'indirect descriptor (not negotiated)',
   6: 'avail idx moved more than the queue size', 7: 'buffer outside the mapped DMA memory',
-  8: 'ring outside the DMA memory mapped by fd', 9: 'misaligned ring', 10: 'descriptor chain changed while in use',
+  8: 'ring outside the DMA memory mapped by fd (memory sent without fd, or that cannot be sealed: seal it, or tspmd emu --unsealed-dma map; or a ring across a 4 GiB line of a region)', 9: 'misaligned ring', 10: 'descriptor chain changed while in use',
   11: 'internal error', 12: 'descriptor chains share descriptors (a burst walked more than the queue holds)',
   13: 'receive buffer smaller than the virtio_net_hdr (MRG_RXBUF)',
 };
