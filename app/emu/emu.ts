@@ -179,7 +179,9 @@ ${devargsHelp(PLACEMENT, '                       ')}
       for (const s of served) await s.server.close();
       for (const s of served) await s.dev.close();
     };
-    for (const [i, spec] of opts.devices.entries()) {
+    // every device made before any starts: a mistake in the last one (a backend already taken)
+    // shows before a poll loop runs or a socket exists
+    for (const spec of opts.devices) {
       let dev: EmuProvider;
       try {
         dev = await EMU_DEVICES[spec.kind].create(eal, spec.args, ports, spec.name);
@@ -188,8 +190,9 @@ ${devargsHelp(PLACEMENT, '                       ')}
         throw e;
       }
       dev.emu.unsealedDma = opts.unsealedDma;
-      const server = new VfioUserServer(dev.emu, spec.socket, { resetOnDisconnect: !opts.noReset });
-      served.push({ spec, dev, server });
+      served.push({ spec, dev, server: new VfioUserServer(dev.emu, spec.socket, { resetOnDisconnect: !opts.noReset }) });
+    }
+    for (const [i, { spec, dev, server }] of served.entries()) {
       try {
         await dev.start(eal, lcores[i]);
         server.start();

@@ -25,6 +25,7 @@ export class VirtioNetEmu {
   readonly device: VirtioNetDevice;
   readonly backend: EthDev;
   private running: Promise<VirtioNetLoopResult> | null = null;
+  private launched = false;
   private closed = false;
 
   /** Wrap a device and a started backend port. */
@@ -43,6 +44,7 @@ export class VirtioNetEmu {
     const st = this.device.state;
     const p = eal.lcores.launch<VirtioNetLoopResult>(lcore, VIRTIO_NET_LOOP_MODULE, VIRTIO_NET_LOOP_FN, this.device.loopArg(this.backend.data()));
     this.running = p;
+    this.launched = true;
     let failed: unknown = null;
     p.catch((e: unknown) => { failed = e; });
     const deadline = Date.now() + 20000;
@@ -66,13 +68,13 @@ export class VirtioNetEmu {
     }
   }
 
-  /** Stop the loop, print the statistics, release the device and stop the backend. */
+  /** Stop the loop, print the statistics (if it ever ran), release the device and stop the backend. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     const r = await this.stop().catch((e: unknown) => { log('error', 'virtio-net', `poll loop failed: ${(e as Error).message}`); return null; });
     const s = this.device.statistics();
-    console.error(`${this.device.emu.name}: ${Object.entries(s).map(([k, v]) => `${k} ${v}`).join(', ')}${r ? `, loop iterations ${r.iterations}, gc ${r.gcCountAfterWarmup}` : ''}`);
+    if (this.launched) console.error(`${this.device.emu.name}: ${Object.entries(s).map(([k, v]) => `${k} ${v}`).join(', ')}${r ? `, loop iterations ${r.iterations}, gc ${r.gcCountAfterWarmup}` : ''}`);
     this.device.close();
     this.backend.stop();
   }
@@ -86,7 +88,7 @@ export function createVirtioNetEmu(eal: Eal, args: Record<string, string>, ports
   const cfg = L.parseVirtioNetArgs(args);
   if (ports.length === 0) throw new UsageError('virtio-net needs a backend port: add one, e.g. --vdev net_tap0,iface=tsp0 (or --vdev net_ring0 for a loopback)');
   const backend = ports.find((p) => p.port === cfg.backend);
-  if (!backend) throw new UsageError(`virtio-net: backend=${cfg.backend} is not a port (ports: ${ports.map((p) => `${p.port}=${p.name}`).join(', ')}); choose one of them`);
+  if (!backend) throw new UsageError(`${name}: backend=${cfg.backend} is not a port (ports: ${ports.map((p) => `${p.port}=${p.name}`).join(', ')}); choose one of them`);
   if (backend.status === 'started') throw new UsageError(`${name}: backend=${cfg.backend} (port ${backend.name}) is the backend of another device already; give each virtio-net device its own port (--vdev) and backend=PORT`);
   const pool = pktmbufPoolCreate(eal.memory, `vnet_pool${backend.port}`, 8191);
   backend.configure({ rxQueues: 1, txQueues: 1, promiscuous: true });
