@@ -112,6 +112,8 @@ export const emu: App<EmuOptions> = {
                      a worker lcore of its own (lcore=N, or the next free one: give -l enough, e.g.
                      -l 0-2 for two devices); devices do not share an lcore. A client that leaves
                      resets only its own device. Each virtio-net needs its own backend=PORT.
+                     More than 3 devices: set UV_THREADPOOL_SIZE to their number + 4 (each
+                     device's server holds a thread of libuv's pool).
 ${devargsHelp(PLACEMENT, '                       ')}
                      e.g. ${EXAMPLE}
   --no-reset         keep device state when a client disconnects (default: reset)
@@ -168,6 +170,7 @@ ${devargsHelp(PLACEMENT, '                       ')}
       nth.set(s.kind, n + 1);
       return { ...s, name: count(s.kind) > 1 ? `${s.kind}${n}` : s.kind };
     });
+    checkThreadPool(devices.length);
     return { devices, noReset, unsealedDma };
   },
   /** Serve every device until SIGINT/SIGTERM. */
@@ -192,15 +195,22 @@ ${devargsHelp(PLACEMENT, '                       ')}
       dev.emu.unsealedDma = opts.unsealedDma;
       served.push({ spec, dev, server: new VfioUserServer(dev.emu, spec.socket, { resetOnDisconnect: !opts.noReset }) });
     }
-    for (const [i, { spec, dev, server }] of served.entries()) {
-      try {
+    // every poll loop first, then the servers: a worker's start-up (its module loading) must not
+    // wait for a pool thread that a serving socket holds
+    let step = '';
+    try {
+      for (const [i, { spec, dev }] of served.entries()) {
+        step = `${spec.name} on ${spec.socket}`;
         await dev.start(eal, lcores[i]);
-        server.start();
-      } catch (e) {
-        await closeAll();
-        console.error(`tspmd emu: ${spec.name} on ${spec.socket}: ${(e as Error).message}`);
-        return 1;
       }
+      for (const { spec, server } of served) {
+        step = `${spec.name} on ${spec.socket}`;
+        server.start();
+      }
+    } catch (e) {
+      await closeAll();
+      console.error(`tspmd emu: ${step}: ${(e as Error).message}`);
+      return 1;
     }
     for (const s of served) console.log(`serving ${s.spec.kind} on ${s.spec.socket}`);
     const sig = await new Promise<NodeJS.Signals>((resolve) => eal.handleSignals(resolve));
@@ -213,6 +223,19 @@ ${devargsHelp(PLACEMENT, '                       ')}
     return 0;
   },
 };
+
+/**
+ * Each server waits on its socket in poll(2) on a thread of libuv's pool (os.pollAsync) for as long
+ * as it serves, and the pool is sized once, when the process starts (4 threads unless
+ * UV_THREADPOOL_SIZE says otherwise): a thread per device and one for everything else, or a
+ * device's client would get no reply. Too many devices: a usage error that says what to set.
+ */
+function checkThreadPool(devices: number): void {
+  const env = process.env.UV_THREADPOOL_SIZE;
+  const pool = env !== undefined && /^[1-9]\d*$/.test(env) ? Math.min(Number(env), 1024) : 4;
+  if (devices + 1 <= pool) return;
+  throw new UsageError(`${devices} devices need ${devices + 1} threads in libuv's pool (one per device's server, one for the rest) and it has ${pool}${env === undefined ? ' (the default)' : ''}: run with UV_THREADPOOL_SIZE=${devices + 4} in the environment`);
+}
 
 /** The worker lcore of each device: lcore= where given (it must be a worker), else the next worker no device took. */
 function assignLcores(eal: Eal, devices: readonly EmuDeviceSpec[]): number[] {

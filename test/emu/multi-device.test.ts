@@ -63,6 +63,15 @@ t.test('the multi-device command line: --device forms, names, and mistakes named
   t.throws(() => emuApp.parse(['--device', 'virtio-net,socket=/s/a,colour=red']), /--device "virtio-net,socket=\/s\/a,colour=red": virtio-net has no key "colour"; valid keys: socket \(.*\), lcore \(.*\), mac \(/);
   t.throws(() => emuApp.parse(['--device', 'nosuch,socket=/s/a']), /unknown device "nosuch"/);
   t.throws(() => emuApp.parse(['--socket', '/s/a']), /--socket PATH goes with a device named before it/);
+  // each server holds a thread of libuv's pool while it serves: more devices than the pool has room for is refused
+  const pool = process.env.UV_THREADPOOL_SIZE;
+  t.teardown(() => { if (pool === undefined) delete process.env.UV_THREADPOOL_SIZE; else process.env.UV_THREADPOOL_SIZE = pool; });
+  const four = ['a', 'b', 'c', 'd'].flatMap((n) => ['--device', `dmatest,socket=/s/${n}`]);
+  delete process.env.UV_THREADPOOL_SIZE;
+  t.throws(() => emuApp.parse(four), new UsageError('4 devices need 5 threads in libuv\'s pool (one per device\'s server, one for the rest) and it has 4 (the default): run with UV_THREADPOOL_SIZE=8 in the environment'));
+  t.equal(emuApp.parse(four.slice(0, 6)).devices.length, 3, 'three devices fit the default pool of 4');
+  process.env.UV_THREADPOOL_SIZE = '5';
+  t.equal(emuApp.parse(four).devices.length, 4, 'four with UV_THREADPOOL_SIZE=5');
 
   // main() before it serves anything (this test runs first: the ring ports are ports 0 and 1 of
   // this process): too few worker lcores, and two virtio-net devices on one backend
