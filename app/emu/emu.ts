@@ -1,10 +1,14 @@
 /**
- * `tspmd emu <device>[,key=value...] --socket PATH`: serve an emulated device over vfio-user on a
- * unix socket (mode 0600) until SIGINT/SIGTERM, then remove the socket. One client at a time; when
- * a client leaves, the device is reset and the next one is served. The device's poll loop runs on
- * the first worker lcore (-l; by default the second CPU), like a PMD's. Devices: see EMU_DEVICES.
+ * `tspmd emu <device>[,key=value...] --socket PATH`, or several devices in one process with
+ * `--device <device>,socket=PATH[,lcore=N][,key=value...]` repeated: serve emulated devices over
+ * vfio-user, each on its own unix socket (mode 0600) with its own server and client, until
+ * SIGINT/SIGTERM, then remove the sockets. One client at a time per device; when a client leaves,
+ * its device is reset and the next one is served; the other devices never notice. Each device's
+ * poll loop runs on a worker lcore of its own (lcore=N, or the next free worker in order), like a
+ * PMD's; devices do not share an lcore. Devices: see EMU_DEVICES. This file only parses the command
+ * line and prints; each device's lifecycle lives next to the device (drivers/emu).
  *
- * Prints one line "serving <device> on <path>" when ready (scripts wait for it).
+ * Prints one line "serving <device> on <path>" per device once all serve (scripts wait for it).
  */
 import { eachOption, type App } from '../../lib/app/app.js';
 import { UsageError } from '../../src/options.js';
@@ -12,7 +16,7 @@ import type { Eal } from '../../src/eal.js';
 import { VfioUserServer } from '../../lib/vfio-user/server.js';
 import type { EmuDevice, UnsealedDmaPolicy } from '../../lib/emudev/emudev.js';
 import { DmatestDevice } from '../../drivers/emu/dmatest/dmatest.js';
-import { createVirtioNetEmu, VIRTIO_NET_SUMMARY } from './virtio-net.js';
+import { createVirtioNetEmu, VIRTIO_NET_SUMMARY } from '../../drivers/emu/virtio-net/emu.js';
 import { VIRTIO_NET_ARGS } from '../../drivers/emu/virtio-net/layout.js';
 import { splitDevargs, checkDevargs, devargsHelp, type DevargsSchema } from '../../lib/kvargs/kvargs.js';
 import { appArgv, ownFlagsWithPositionals } from '../vfio-user/positional.js';
@@ -33,23 +37,40 @@ export interface EmuDeviceKind {
   summary: string;
   /** its key=value arguments: checked when the command line is parsed, listed by --help */
   schema: DevargsSchema;
-  /** Create the device from its key=value arguments (unknown keys: UsageError) and the app's ports (backends). */
-  create: (eal: Eal, args: Record<string, string>, ports: readonly EthDev[]) => Promise<EmuProvider> | EmuProvider;
+  /** Create the device named name from its key=value arguments (unknown keys: UsageError) and the app's ports (backends). */
+  create: (eal: Eal, args: Record<string, string>, ports: readonly EthDev[], name: string) => Promise<EmuProvider> | EmuProvider;
 }
 
 /** The devices `tspmd emu` knows, by name. */
 export const EMU_DEVICES: Record<string, EmuDeviceKind> = {
-  dmatest: { summary: 'copy + Adler-32 DMA engine: doorbell in a sparse-mmapped BAR page, ring in client memory, MSI-X', schema: {}, create: () => new DmatestDevice() },
+  dmatest: { summary: 'copy + Adler-32 DMA engine: doorbell in a sparse-mmapped BAR page, ring in client memory, MSI-X', schema: {}, create: (_eal, _args, _ports, name) => new DmatestDevice(name) },
   'virtio-net': { summary: VIRTIO_NET_SUMMARY, schema: VIRTIO_NET_ARGS, create: createVirtioNetEmu },
 };
 
-/** The app's options. */
-export interface EmuOptions {
-  device: string;
-  /** the device's key=value arguments */
+
+/** The keys --device takes besides the device's own: where the device is served. */
+const PLACEMENT = {
+  socket: { kind: 'string', required: true, placeholder: 'PATH', help: 'the unix socket to serve the device on (created mode 0600, removed at exit)' },
+  lcore: { kind: 'int', min: 0, max: 1023, placeholder: 'N', help: 'the worker lcore of its poll loop (default: the next worker no device asked for)' },
+} as const satisfies DevargsSchema;
+
+/** One device of the command line. */
+export interface EmuDeviceSpec {
+  /** the device kind, a key of EMU_DEVICES */
+  kind: string;
+  /** its name in logs and statistics: the kind, numbered when the run has several of that kind */
+  name: string;
+  /** the device's own key=value arguments */
   args: Record<string, string>;
   socket: string;
-  /** keep the device state when a client leaves (default: reset it) */
+  /** the worker lcore of its poll loop (unset: the next free worker) */
+  lcore?: number;
+}
+
+/** The app's options. */
+export interface EmuOptions {
+  devices: EmuDeviceSpec[];
+  /** keep a device's state when its client leaves (default: reset it) */
   noReset: boolean;
   /** client memory that cannot be sealed against shrinking: map it, reach it by message, or refuse it */
   unsealedDma: UnsealedDmaPolicy;
@@ -57,14 +78,44 @@ export interface EmuOptions {
 
 const UNSEALED_DMA: readonly UnsealedDmaPolicy[] = ['map', 'message', 'refuse'];
 
-const NAMED = { '--socket': true, '--no-reset': false, '--unsealed-dma': true };
+const NAMED = { '--socket': true, '--device': true, '--no-reset': false, '--unsealed-dma': true };
+
+/** A device kind by name, or a UsageError listing the known ones. */
+function kindOf(name: string): EmuDeviceKind {
+  if (!Object.hasOwn(EMU_DEVICES, name)) throw new UsageError(`unknown device "${name}"; known: ${Object.keys(EMU_DEVICES).join(', ')}`);
+  return EMU_DEVICES[name];
+}
+
+/** A --device value: the kind, its socket and lcore, and the device's own arguments (checked). */
+function parseDeviceOption(spec: string): Omit<EmuDeviceSpec, 'name'> {
+  const { name, raw } = splitDevargs(spec, '--device');
+  const kind = kindOf(name);
+  const checked = checkDevargs(raw, { ...PLACEMENT, ...kind.schema }, { where: `--device "${spec}"`, driver: name });
+  const args = Object.create(null) as Record<string, string>;
+  for (const [k, v] of Object.entries(raw)) if (!Object.hasOwn(PLACEMENT, k)) args[k] = v;
+  const out: Omit<EmuDeviceSpec, 'name'> = { kind: name, args, socket: checked.socket };
+  if (checked.lcore !== undefined) out.lcore = checked.lcore;
+  return out;
+}
+
+const EXAMPLE = 'tspmd emu --vdev net_ring0 -l 0-2 -- --device virtio-net,socket=/tmp/vn.sock --device dmatest,socket=/tmp/dma.sock';
 
 /** The emu app. */
 export const emu: App<EmuOptions> = {
   name: 'emu',
-  summary: 'serve an emulated device over vfio-user: tspmd emu <device> --socket PATH',
+  summary: `serve emulated devices over vfio-user: tspmd emu <device> --socket PATH, or several with --device, e.g.\n  ${EXAMPLE}`,
   help: `  <device>[,k=v...]   ${Object.entries(EMU_DEVICES).map(([n, d]) => `${n}: ${d.summary}${Object.keys(d.schema).length > 0 ? '\n' + devargsHelp(d.schema, '                       ') : ''}`).join('\n                     ')}
-  --socket PATH      unix socket to serve on (created mode 0600, removed at exit)
+  --socket PATH      unix socket to serve <device> on (created mode 0600, removed at exit)
+  --device <device>,socket=PATH[,lcore=N][,k=v...]
+                     one more device in this process (repeat for each), on its own socket with its
+                     own client; the k=v are the device's own (above). Each device's poll loop takes
+                     a worker lcore of its own (lcore=N, or the next free one: give -l enough, e.g.
+                     -l 0-2 for two devices); devices do not share an lcore. A client that leaves
+                     resets only its own device. Each virtio-net needs its own backend=PORT.
+                     More than 3 devices: set UV_THREADPOOL_SIZE to their number + 4 (each
+                     device's server holds a thread of libuv's pool).
+${devargsHelp(PLACEMENT, '                       ')}
+                     e.g. ${EXAMPLE}
   --no-reset         keep device state when a client disconnects (default: reset)
   --unsealed-dma map|message|refuse
                      client memory that cannot be sealed against shrinking (hugetlbfs or tmpfs
@@ -77,11 +128,13 @@ export const emu: App<EmuOptions> = {
     return ownFlagsWithPositionals(appArgv(), NAMED);
   },
   ealDefaults: { noHuge: true },
-  /** <device> --socket PATH [--no-reset] [--unsealed-dma POLICY]. */
+  /** [<device> --socket PATH] [--device <device>,socket=PATH[,lcore=N]...]... [--no-reset] [--unsealed-dma POLICY]. */
   parse(argv: string[]): EmuOptions {
     let device: string | null = null, socket: string | null = null, noReset = false, unsealedDma: UnsealedDmaPolicy = 'message';
+    const more: Omit<EmuDeviceSpec, 'name'>[] = [];
     eachOption(argv, (flag, value) => {
       if (flag === '--socket') socket = value();
+      else if (flag === '--device') more.push(parseDeviceOption(value()));
       else if (flag === '--no-reset') noReset = true;
       else if (flag === '--unsealed-dma') {
         const v = value();
@@ -91,35 +144,120 @@ export const emu: App<EmuOptions> = {
       else if (!flag.startsWith('-') && device === null) device = flag;
       else throw new UsageError(`unknown emu option "${flag}" (see --help)`);
     });
-    if (device === null) throw new UsageError(`name a device to emulate: ${Object.keys(EMU_DEVICES).join(', ')}`);
-    const { name, raw: args } = splitDevargs(device as string, 'device');
-    if (!(name in EMU_DEVICES)) throw new UsageError(`unknown device "${name}"; known: ${Object.keys(EMU_DEVICES).join(', ')}`);
-    checkDevargs(args, EMU_DEVICES[name].schema, { where: `device "${device as string}"`, driver: name }); // mistakes show before the EAL starts
-    if (socket === null) throw new UsageError('--socket PATH is required');
-    return { device: name, args, socket, noReset, unsealedDma };
+    const specs: Omit<EmuDeviceSpec, 'name'>[] = [];
+    if (device !== null) {
+      const { name, raw: args } = splitDevargs(device as string, 'device');
+      checkDevargs(args, kindOf(name).schema, { where: `device "${device as string}"`, driver: name }); // mistakes show before the EAL starts
+      if (socket === null) throw new UsageError(`--socket PATH is required (the socket to serve ${name} on)`);
+      specs.push({ kind: name, args, socket });
+    } else if (socket !== null) {
+      throw new UsageError('--socket PATH goes with a device named before it (tspmd emu dmatest --socket PATH); with --device give socket=PATH in its arguments');
+    }
+    specs.push(...more);
+    if (specs.length === 0) throw new UsageError(`name a device to emulate (${Object.keys(EMU_DEVICES).join(', ')}): tspmd emu <device> --socket PATH, or --device <device>,socket=PATH (see --help)`);
+    const seen = new Map<string, number>(), lcores = new Map<number, number>();
+    specs.forEach((s, i) => {
+      const other = seen.get(s.socket);
+      if (other !== undefined) throw new UsageError(`devices ${other + 1} and ${i + 1} both serve on ${s.socket}: give each device its own socket`);
+      seen.set(s.socket, i);
+      if (s.lcore === undefined) return;
+      const first = lcores.get(s.lcore);
+      if (first !== undefined) throw new UsageError(`devices ${first + 1} and ${i + 1} both ask for lcore=${s.lcore}: devices do not share an lcore; give each its own worker lcore (-l) or leave lcore= out`);
+      lcores.set(s.lcore, i);
+    });
+    const count = (k: string): number => specs.filter((s) => s.kind === k).length;
+    const nth = new Map<string, number>();
+    const devices = specs.map((s) => {
+      const n = nth.get(s.kind) ?? 0;
+      nth.set(s.kind, n + 1);
+      return { ...s, name: count(s.kind) > 1 ? `${s.kind}${n}` : s.kind };
+    });
+    checkThreadPool(devices.length);
+    return { devices, noReset, unsealedDma };
   },
-  /** Serve until SIGINT/SIGTERM. */
+  /** Serve every device until SIGINT/SIGTERM. */
   async main(eal, opts): Promise<number> {
-    const lcore = eal.lcores.workers[0];
-    if (lcore === undefined) throw new UsageError(`the device's poll loop needs a worker lcore: give two with -l, e.g. -l 0-1 (this process may use CPUs ${eal.lcores.cpuOf(eal.lcores.main)} only)`);
-    const dev = await EMU_DEVICES[opts.device].create(eal, opts.args, await probePorts(eal));
-    dev.emu.unsealedDma = opts.unsealedDma;
-    let server: VfioUserServer;
+    const lcores = assignLcores(eal, opts.devices);
+    const ports = await probePorts(eal);
+    const served: { spec: EmuDeviceSpec; dev: EmuProvider; server: VfioUserServer }[] = [];
+    const closeAll = async (): Promise<void> => {
+      for (const s of served) await s.server.close();
+      for (const s of served) await s.dev.close();
+    };
+    // every device made before any starts: a mistake in the last one (a backend already taken)
+    // shows before a poll loop runs or a socket exists
+    for (const spec of opts.devices) {
+      let dev: EmuProvider;
+      try {
+        dev = await EMU_DEVICES[spec.kind].create(eal, spec.args, ports, spec.name);
+      } catch (e) {
+        await closeAll();
+        throw e;
+      }
+      dev.emu.unsealedDma = opts.unsealedDma;
+      served.push({ spec, dev, server: new VfioUserServer(dev.emu, spec.socket, { resetOnDisconnect: !opts.noReset }) });
+    }
+    // every poll loop first, then the servers: a worker's start-up (its module loading) must not
+    // wait for a pool thread that a serving socket holds
+    let step = '';
     try {
-      server = new VfioUserServer(dev.emu, opts.socket, { resetOnDisconnect: !opts.noReset });
-      await dev.start(eal, lcore);
-      server.start();
+      for (const [i, { spec, dev }] of served.entries()) {
+        step = `${spec.name} on ${spec.socket}`;
+        await dev.start(eal, lcores[i]);
+      }
+      for (const { spec, server } of served) {
+        step = `${spec.name} on ${spec.socket}`;
+        server.start();
+      }
     } catch (e) {
-      await dev.close();
-      console.error(`tspmd emu: ${(e as Error).message}`);
+      await closeAll();
+      console.error(`tspmd emu: ${step}: ${(e as Error).message}`);
       return 1;
     }
-    console.log(`serving ${opts.device} on ${opts.socket}`);
+    for (const s of served) console.log(`serving ${s.spec.kind} on ${s.spec.socket}`);
     const sig = await new Promise<NodeJS.Signals>((resolve) => eal.handleSignals(resolve));
     eal.handleSignals();
-    await server.close();
-    await dev.close();
-    console.error(`tspmd emu: ${sig}: stopped after ${server.stats.connections} connection(s), ${server.stats.messages} message(s)`);
+    await closeAll();
+    for (const { spec, server } of served) {
+      const who = served.length > 1 ? ` ${spec.name} on ${spec.socket}` : '';
+      console.error(`tspmd emu: ${sig}:${who} stopped after ${server.stats.connections} connection(s), ${server.stats.messages} message(s)`);
+    }
     return 0;
   },
 };
+
+/**
+ * Each server waits on its socket in poll(2) on a thread of libuv's pool (os.pollAsync) for as long
+ * as it serves, and the pool is sized once, when the process starts (4 threads unless
+ * UV_THREADPOOL_SIZE says otherwise): a thread per device and one for everything else, or a
+ * device's client would get no reply. Too many devices: a usage error that says what to set.
+ */
+function checkThreadPool(devices: number): void {
+  const env = process.env.UV_THREADPOOL_SIZE;
+  const pool = env !== undefined && /^[1-9]\d*$/.test(env) ? Math.min(Number(env), 1024) : 4;
+  if (devices + 1 <= pool) return;
+  throw new UsageError(`${devices} devices need ${devices + 1} threads in libuv's pool (one per device's server, one for the rest) and it has ${pool}${env === undefined ? ' (the default)' : ''}: run with UV_THREADPOOL_SIZE=${devices + 4} in the environment`);
+}
+
+/** The worker lcore of each device: lcore= where given (it must be a worker), else the next worker no device took. */
+function assignLcores(eal: Eal, devices: readonly EmuDeviceSpec[]): number[] {
+  const workers = eal.lcores.workers;
+  const main = eal.lcores.main;
+  for (const d of devices) {
+    if (d.lcore !== undefined && !workers.includes(d.lcore)) {
+      throw new UsageError(`${d.name}: lcore=${d.lcore} is not a worker lcore of this process (workers: ${workers.join(',') || 'none'}; the main lcore ${main} serves the sockets); give more with -l, e.g. -l 0-${devices.length}`);
+    }
+  }
+  const taken = new Set(devices.flatMap((d) => (d.lcore === undefined ? [] : [d.lcore])));
+  const free = workers.filter((w) => !taken.has(w));
+  return devices.map((d) => {
+    if (d.lcore !== undefined) return d.lcore;
+    const w = free.shift();
+    if (w === undefined) {
+      throw new UsageError(devices.length === 1
+        ? `the device's poll loop needs a worker lcore: give two with -l, e.g. -l 0-1 (this process may use CPUs ${eal.lcores.cpuOf(main)} only)`
+        : `${devices.length} devices need ${devices.length} worker lcores, one each (devices do not share an lcore), and this process has ${workers.length} (${workers.join(',') || 'none'}): give them with -l, e.g. -l 0-${devices.length} or ID@CPU to put several on one CPU`);
+    }
+    return w;
+  });
+}

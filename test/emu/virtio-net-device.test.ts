@@ -19,7 +19,7 @@ import * as U from '../../src/iommu/vfio-uapi.js';
 import { UsageError } from '../../src/options.js';
 import * as V from '../../lib/virtio/virtio.js';
 import * as L from '../../drivers/emu/virtio-net/layout.js';
-import { createVirtioNetEmu } from '../../app/emu/virtio-net.js';
+import { createVirtioNetEmu } from '../../drivers/emu/virtio-net/emu.js';
 import { VfioUserClient } from '../../lib/vfio-user/client.js';
 import { parseVirtioCaps } from '../../drivers/net/virtio/virtio_pci.js';
 import { TestVirtioNet } from './virtio-net-driver.js';

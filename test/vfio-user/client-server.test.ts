@@ -410,7 +410,7 @@ t.test('tspmd vfio-user-info and emu command lines', async (t) => {
   t.throws(() => emuApp.parse([]), /name a device/);
   t.throws(() => emuApp.parse(['dmatest']), /--socket PATH is required/);
   t.throws(() => emuApp.parse(['nosuch', '--socket', 'x.sock']), /unknown device "nosuch"/);
-  t.same(emuApp.parse(['dmatest', '--socket', 'x.sock']), { device: 'dmatest', args: {}, socket: 'x.sock', noReset: false, unsealedDma: 'message' });
+  t.same(emuApp.parse(['dmatest', '--socket', 'x.sock']), { devices: [{ kind: 'dmatest', name: 'dmatest', args: {}, socket: 'x.sock' }], noReset: false, unsealedDma: 'message' });
   t.same(ownFlagsWithPositionals(['--file-prefix', 'p', 'dmatest', '--socket', '/s', '-l', '0-1'], { '--socket': true }), { '--socket': true, dmatest: false },
     'positionals become own flags; EAL option values and --socket\'s value do not');
   t.same(moveOwnFlags(['--file-prefix', 'p', 'dmatest', '--socket', '/s'], { '--socket': true, dmatest: false }), ['--file-prefix', 'p', '--', 'dmatest', '--socket', '/s']);
