@@ -38,6 +38,7 @@ import { probeVdevs } from '../../drivers/bus/vdev/vdev.js';
 import { TelemetryServer, TELEMETRY_SOCKET, MAX_OUTPUT_LEN, type TelemetryOptions } from '../../lib/telemetry/server.js';
 import { registerEthdevCommands, registerEalCommands } from '../../lib/telemetry/commands.js';
 import { startTelemetry } from '../../lib/telemetry/start.js';
+import { TelemetryClient } from '../../lib/telemetry/client.js';
 import { CHILD_ENV, runCli, killChildren } from '../cli.js';
 import { sleep, tempDir, ownFdCount, until } from './server-helpers.js';
 import { prng } from '../prng.js';
@@ -57,13 +58,8 @@ class Conn {
   readonly fd: number;
   closed = false;
   constructor(path: string) {
-    this.fd = os.socket(os.AF_UNIX, os.SOCK_SEQPACKET | os.SOCK_NONBLOCK, 0);
-    try {
-      os.connect(this.fd, os.sockaddrUn(path), path);
-    } catch (e) {
-      os.close(this.fd);
-      throw e;
-    }
+    // connected and non-blocking as the package's client makes it; this class reads and writes raw
+    this.fd = new TelemetryClient(path).fd;
   }
   /** Send bytes as one message (with descriptors); false when the socket is full or gone. */
   send(data: Uint8Array | string, fds: readonly number[] = []): boolean {
