@@ -6,11 +6,12 @@ import { execFile } from 'node:child_process';
 import { createTopology, type Topology, type TopologyOptions } from '../../lib/netns/topology.js';
 import { pktmbufFreeBulk } from '../../lib/mempool/mbuf.js';
 import type { RxQueue } from '../../lib/ethdev/ethdev.js';
+import { undoAlways } from '../always.js';
 
-/** Two namespaces joined by veth pairs (lib/netns/topology.ts), destroyed in t's teardown. */
+/** Two namespaces joined by veth pairs (lib/netns/topology.ts), destroyed in t's teardown (or at exit: undoAlways). */
 export function topology(t: { teardown(fn: () => void): void }, opts: TopologyOptions = {}): Topology {
   const topo = createTopology(undefined, undefined, opts);
-  t.teardown(() => topo.destroy());
+  undoAlways(t, () => topo.destroy());
   return topo;
 }
 

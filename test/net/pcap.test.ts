@@ -23,6 +23,7 @@ import type { PcapPort } from '../../drivers/net/pcap/pcap.js';
 import { runCli } from '../cli.js';
 import { assertForwarderNoAlloc, type ForwarderGcSummary } from '../alloc.js';
 import { text2pcap } from '../text2pcap.js';
+import { undoAlways } from '../always.js';
 
 const root = process.getuid?.() === 0;
 const needRoot = root ? false : 'needs root: live captures on veths and AF_PACKET sockets need CAP_NET_ADMIN/CAP_NET_RAW';
@@ -296,7 +297,7 @@ t.test('contract: l2fwd from a text2pcap capture to a pcap tshark reads alike', 
 
 t.test('contract: l2fwd replays tcpdump and dumpcap captures of a real ping', { skip: needRoot || needTools, timeout: 300000 }, async (t) => {
   const ns = `${tag}n`, host = `${tag}h`, peer = `${tag}p`;
-  t.teardown(() => {
+  undoAlways(t, () => {
     try { sh(['ip', 'link', 'del', host]); } catch { /* gone */ }
     try { sh(['ip', 'netns', 'del', ns]); } catch { /* gone */ }
   });
@@ -321,7 +322,7 @@ t.test('contract: l2fwd replays tcpdump and dumpcap captures of a real ping', { 
 
 t.test('iface=: frames sent go out of the interface, frames arriving are received', { skip: needRoot, timeout: 60000 }, async (t) => {
   const ia = `${tag}a`, ib = `${tag}b`;
-  t.teardown(() => { try { sh(['ip', 'link', 'del', ia]); } catch { /* gone */ } });
+  undoAlways(t, () => { try { sh(['ip', 'link', 'del', ia]); } catch { /* gone */ } });
   sh(['ip', 'link', 'add', ia, 'type', 'veth', 'peer', 'name', ib]);
   for (const i of [ia, ib]) {
     try { sh(['sysctl', '-qw', `net.ipv6.conf.${i}.disable_ipv6=1`]); } catch { /* no IPv6 */ }

@@ -8,6 +8,7 @@
  */
 import { setTimeout as sleepMs } from 'node:timers/promises';
 import t, { type Test } from 'tap';
+import { undoAlways } from '../always.js';
 import { Worker } from 'node:worker_threads';
 import { createRequire } from 'node:module';
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
@@ -212,10 +213,8 @@ async function exercise(t: Test, port: EthDev, inject: (f: Uint8Array) => void, 
 t.test('af_packet Rx interrupt on a veth pair', { skip: needRoot, timeout: 60000 }, async (t) => {
   const a = `${tag}i0`, b = `${tag}i1`;
   const eal = new Eal({ noHuge: true, filePrefix: `${tag}ra`, lcores: [{ id: 0, cpu: 0 }], mainLcore: 0 });
-  t.teardown(async () => {
-    await eal.close();
-    if (existsSync(`/sys/class/net/${a}`)) sh(['ip', 'link', 'del', a]);
-  });
+  t.teardown(() => eal.close());
+  undoAlways(t, () => { if (existsSync(`/sys/class/net/${a}`)) sh(['ip', 'link', 'del', a]); });
   sh(['ip', 'link', 'add', a, 'type', 'veth', 'peer', 'name', b]);
   for (const i of [a, b]) {
     try { sh(['sysctl', '-qw', `net.ipv6.conf.${i}.disable_ipv6=1`]); } catch { /* no IPv6 */ }
@@ -316,7 +315,7 @@ function run(cmd: string, args: string[], timeout = 60000): Promise<{ code: numb
 
 t.test('tspmd l2fwd --rx-mode interrupt on af_packet: idles at low CPU, forwards ping', { skip: needRoot, timeout: 240000 }, async (t) => {
   const topo: Topology = createTopology(`tsp${process.pid.toString(36)}`);
-  t.teardown(() => topo.destroy());
+  undoAlways(t, () => topo.destroy());
   const children = new Set<ChildProcess>();
   t.teardown(() => killChildren(children));
   const child = spawn(process.execPath, [...process.execArgv, CLI, 'l2fwd', '--no-huge', '--file-prefix', `${topo.prefix}f`, '-l', '0-1',
