@@ -240,7 +240,7 @@ function show(v: unknown): string {
 function checkSchema(schema: DevargsSchema): void {
   if (checkedSchemas.has(schema)) return;
   for (const [key, s] of Object.entries(schema)) {
-    if (!/^[A-Za-z0-9_]+$/.test(key)) throw new Error(`devargs schema: key "${key}" must be letters, digits and _`);
+    if (!/^[A-Za-z0-9_][A-Za-z0-9_-]*$/.test(key)) throw new Error(`devargs schema: key "${key}" must be letters, digits, _ and - (as DPDK's no-rx), not starting with -`);
     if (key in Object.prototype) throw new Error(`devargs schema: key "${key}" is a name of Object.prototype; choose another`);
     if (s.required && s.default !== undefined) throw new Error(`devargs schema: key "${key}" is required and has a default`);
     if (s.default !== undefined && parseValue(s, show(s.default)) === null) throw new Error(`devargs schema: the default of "${key}" (${show(s.default)}) is not ${allowed(s)}`);

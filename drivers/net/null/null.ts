@@ -1,7 +1,8 @@
 /**
  * net_null: a port that makes packets out of thin air on RX and drops them on TX, like DPDK's
  * net_null. The measure of a framework's own overhead: no device, no copies (unless copy=1).
- * `--vdev net_nullN[,size=64][,copy=0|1]`.
+ * `--vdev net_nullN[,size=64][,copy=0|1][,no-rx=0|1]`; no-rx=1 (DPDK's option of that name) makes RX
+ * return nothing, for one-way set-ups where the port only takes what is forwarded to it.
  */
 import { EthDev, type DevInfo, type LinkStatus, MAX_QUEUES } from '../../../lib/ethdev/ethdev.js';
 import { registerVdevDriver } from '../../bus/vdev/vdev.js';
@@ -14,11 +15,13 @@ const DATA = siblingModule(import.meta.url, 'null_data');
 export class NullPort extends EthDev {
   readonly size: number;
   readonly copy: boolean;
+  readonly noRx: boolean;
 
-  constructor(name: string, size: number, copy: boolean) {
+  constructor(name: string, size: number, copy: boolean, noRx = false) {
     super(name);
     this.size = size;
     this.copy = copy;
+    this.noRx = noRx;
   }
 
   /** Driver facts. */
@@ -44,11 +47,11 @@ export class NullPort extends EthDev {
   }
 
   protected rxqData(): NullQueueData {
-    return { size: this.size, copy: this.copy };
+    return { size: this.size, copy: this.copy, noRx: this.noRx };
   }
 
   protected txqData(): NullQueueData {
-    return { size: this.size, copy: this.copy };
+    return { size: this.size, copy: this.copy, noRx: false };
   }
 }
 
@@ -58,6 +61,7 @@ registerVdevDriver({
   schema: {
     size: { kind: 'int', min: 14, max: 9000, default: 64, help: 'packet size in bytes' },
     copy: { kind: 'bool', default: false, help: '1: write/read packet bytes like a real device' },
+    'no-rx': { kind: 'bool', default: false, help: '1: RX returns nothing (a port that only sinks what is sent to it)' },
   },
-  probe: (name, args) => new NullPort(name, args.size, args.copy),
+  probe: (name, args) => new NullPort(name, args.size, args.copy, args['no-rx']),
 });

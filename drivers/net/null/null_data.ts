@@ -1,7 +1,8 @@
 /**
  * net_null data path. RX allocates a burst of mbufs and gives them the configured length (with
  * copy=1 it also writes a frame into each); TX frees what it is given (with copy=1 it first reads
- * each frame, as a device would).
+ * each frame, as a device would). With no-rx, RX is a queue that returns nothing (a class of its
+ * own, as DPDK's eth_null_no_rx, so that the generating queue keeps no extra branch).
  */
 import { Mempool } from '../../../lib/mempool/mempool.js';
 import { pktmbufAllocInit, pktmbufFreeBulk } from '../../../lib/mempool/mbuf.js';
@@ -15,6 +16,8 @@ import {
 export interface NullQueueData {
   size: number;
   copy: boolean;
+  /** RX returns nothing (TX ignores it) */
+  noRx: boolean;
 }
 
 /** RX: fresh mbufs of `size` bytes. */
@@ -64,6 +67,13 @@ class NullRx implements RxQueue {
   }
 }
 
+/** RX of a no-rx port: never a packet. */
+class NoRx implements RxQueue {
+  rxBurst(_out: Uint32Array, _n: number): number {
+    return 0;
+  }
+}
+
 /** TX: count and free. */
 class NullTx implements TxQueue {
   private declare readonly copy: boolean;
@@ -98,6 +108,7 @@ class NullTx implements TxQueue {
 /** Rebuild RX queue q in this thread. */
 export function openRxQueue(port: PortData, q: number, stats: Float64Array): RxQueue {
   const d = port.rxq[q] as NullQueueData;
+  if (d.noRx) return new NoRx();
   return new NullRx(Mempool.attach(port.rxPools[q]), port.port, d.size, d.copy, stats, rxqStatsBase(q));
 }
 
