@@ -69,6 +69,8 @@ export interface TestpmdOptions {
   netns?: string;
   /** Seconds to wait for the first stats period before giving up, default 60. */
   startTimeout?: number;
+  /** Stop forwarding early when this settles (e.g. once another process measured what it needed). */
+  until?: Promise<unknown>;
 }
 
 let runCount = 0;
@@ -355,7 +357,8 @@ export async function runTestpmd(opts: TestpmdOptions): Promise<TestpmdResult> {
     const mode = /^(\S+) packet forwarding(?: with retry)? - ports=/m.exec(logText());
     if (mode && mode[1] !== opts.forwardMode) throw fail(`runs "${mode[1]}" forwarding instead of "${opts.forwardMode}"`);
     if (VERBOSE) console.log(`dpdk: testpmd forwarding after ${startupMs.toFixed(0)} ms`);
-    const during = await Promise.race([sleep(opts.seconds * 1000), exit.then(() => 'exit' as const)]);
+    const early = opts.until?.then(() => 'until' as const, () => 'until' as const) ?? new Promise<never>(() => {});
+    const during = await Promise.race([sleep(opts.seconds * 1000), exit.then(() => 'exit' as const), early]);
     if (during === 'exit') throw fail(`exited while forwarding (${child.signalCode ?? `exit code ${child.exitCode}`})`);
     await stop(10_000);
   } finally {

@@ -14,6 +14,7 @@ const BENCHES: Record<string, string> = {
   afpacket: 'l2fwd on af_packet ports between two namespaces beside DPDK testpmd (Mpps, ratio; root)',
   afxdp: 'l2fwd on af_xdp ports between two namespaces beside DPDK testpmd on af_xdp and tspmd on af_packet, AF_XDP generator (Mpps, ratios; root)',
   virtio: 'emulated virtio-net device generating -> virtio PMD receiving, two processes, beside DPDK vhost/virtio_user (Mpps, ratio)',
+  vswitch: 'a switch on one core between a guest\'s virtio-net over vfio-user and net_null, both directions (net_virtio_emu + l2fwd beside net_vhost + testpmd mac, virtio_user guest), rounds alternating (Mpps, median ratios)',
   'metrics-load': 'l2fwd on two net_null ports unloaded vs. with 2,000 TCP connections to --metrics-port and 100 telemetry clients (Mpps, ratio; slowest fresh answers)',
   hash: 'hash table bulk lookups, 16-byte keys, table 75 % full, beside DPDK hash_perf_autotest\'s cell (without locks, primary or secondary, 8-byte data, no pre-computed hash, Lookup_bulk), rounds alternating (ns per lookup, ratio)',
   l3fwd: 'tspmd l3fwd (LPM, one lcore) beside DPDK 22.11 l3fwd built from dpdk-doc with no RX offloads, net_pcap infinite RX of IPv4 to the default routes, rounds alternating (Mpps, median ratio)',

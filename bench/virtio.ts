@@ -7,35 +7,18 @@
  *   DPDK:  testpmd --vdev net_vhost0 txonly (core 1)  <- vhost-user ->  testpmd virtio_user rxonly (core 0)
  *
  * Both figures are what the receiving driver counts per second, median over the periods after a
- * warm-up. The two setups run one after the other in the same invocation.
+ * warm-up (the tspmd guest: bench/virtio-guest.ts, shared with bench/vswitch.ts). The two setups run one after the other in the same invocation.
  */
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import {
-  Eal, parseEalArgs, probeDeviceBuses, listPorts, openRxQueue, pktmbufPoolCreate, pktmbufFreeBulk, spawnEmu,
-  type EmuChild, type LcoreContext, type PortData,
-} from '../index.js';
+import { spawnEmu, type EmuChild } from '../index.js';
 import { ensureDpdk, ensureHugepages, median, runTestpmd, TESTPMD_HUGEPAGES } from './dpdk.js';
+import { sampleRate, withGuest } from './virtio-guest.js';
 
 const WARMUP_S = 2;
 const CLI = fileURLToPath(new URL('../app/tspmd' + (import.meta.url.endsWith('.ts') ? '.ts' : '.js'), import.meta.url));
-
-/** The receive loop on the PMD's lcore: take bursts and free them, until stopped. */
-export async function rxOnly(arg: { port: PortData; burst: number }, ctx: LcoreContext): Promise<number> {
-  const rx = await openRxQueue(arg.port, 0);
-  const pkts = new Uint32Array(arg.burst);
-  let total = 0;
-  while (!ctx.stopRequested()) {
-    const n = rx.rxBurst(pkts, arg.burst);
-    if (n > 0) {
-      pktmbufFreeBulk(pkts, n);
-      total += n;
-    }
-  }
-  return total;
-}
 
 /** Start `tspmd emu virtio-net` with a generating null backend; resolves once it serves. */
 function startDevice(sock: string, prefix: string): Promise<EmuChild> {
@@ -48,34 +31,9 @@ async function tspmdRx(seconds: number): Promise<{ mpps: number; periods: number
   const dir = mkdtempSync(join(tmpdir(), 'tsp-bench-virtio-'));
   const sock = join(dir, 'virtio-net.sock');
   const dev = await startDevice(sock, `tspbvd${process.pid}`);
-  let eal: Eal | null = null;
   try {
-    eal = new Eal(parseEalArgs(['--no-huge', '-l', '0-1', '--main-lcore', '0', '--file-prefix', `tspbvp${process.pid}`, '-a', `vfio-user:${sock}`]));
-    await probeDeviceBuses(eal);
-    const port = listPorts().find((p) => p.info().driverName.includes('virtio'));
-    if (!port) throw new Error(`the virtio PMD did not probe vfio-user:${sock} (ports: ${listPorts().map((p) => p.name).join(', ') || 'none'})`);
-    const pool = pktmbufPoolCreate(eal.memory, 'bench_virtio', 8191, { cacheSize: 256 });
-    port.configure({ rxQueues: 1, txQueues: 1 });
-    port.rxQueueSetup(0, 256, pool);
-    port.txQueueSetup(0, 256);
-    port.start();
-    const lcore = eal.lcores.workers[0];
-    const done = eal.lcores.launch(lcore, import.meta.url, rxOnly, { port: port.data(), burst: 32 });
-    const periods: number[] = [];
-    let last = port.stats().ipackets, t0 = performance.now();
-    for (let s = 0; s < WARMUP_S + seconds; s++) {
-      await new Promise((r) => setTimeout(r, 1000));
-      const now = port.stats().ipackets, t1 = performance.now();
-      if (s >= WARMUP_S) periods.push((now - last) / ((t1 - t0) / 1000) / 1e6);
-      last = now;
-      t0 = t1;
-    }
-    eal.lcores.requestStop();
-    await done;
-    port.close();
-    return { mpps: median(periods), periods };
+    return await withGuest(sock, `tspbvp${process.pid}`, 'rx', (port) => sampleRate(() => port.stats().ipackets, 'the virtio PMD receiving', WARMUP_S, seconds));
   } finally {
-    if (eal) await eal.close();
     await dev.stop();
     rmSync(dir, { recursive: true, force: true });
   }
