@@ -111,7 +111,11 @@ async function tspmdRun(dir: Direction, seconds: number): Promise<number> {
   const exited = new Promise<void>((r) => sw.once('close', () => r()));
   const killNow = (): void => { if (sw.exitCode === null && sw.signalCode === null) sw.kill('SIGKILL'); };
   process.on('exit', killNow);
-  const ended = (): string | null => (sw.exitCode !== null || sw.signalCode !== null ? `${sw.signalCode ?? `exit code ${sw.exitCode}`}: ${err.trim().split('\n').slice(-3).join(' | ')}` : null);
+  const ended = (): string | null => {
+    if (sw.exitCode === null && sw.signalCode === null) return null;
+    const hint = err.includes('unknown device "net_virtio_emu0"') ? ' (this tree has no back-end PMD net_virtio_emu: measure DPDK alone with --no-tspmd)' : '';
+    return `${sw.signalCode ?? `exit code ${sw.exitCode}`}: ${err.trim().split('\n').slice(-3).join(' | ')}${hint}`;
+  };
   const what = `tspmd l2fwd (${wire}, net_virtio_emu0)`;
   try {
     await waitFor(sock, what, ended);
