@@ -96,9 +96,9 @@ export async function sampleRate(read: () => number | Promise<number>, what: str
   return { mpps: median(periods), periods };
 }
 
-/** The guest's 64-byte frame (60 bytes without the FCS, as testpmd's --txpkts=64): UDP, broadcast. */
+/** The guest's 64-byte frame (mbuf data length 64, as testpmd's --txpkts=64 and net_null's size=64): UDP, broadcast. */
 export function guestFrame(): Uint8Array {
-  return buildUdpFrame({ dstMac: [0xff, 0xff, 0xff, 0xff, 0xff, 0xff], srcMac: [2, 0, 0, 0, 0, 0x47], srcIp: 0xc0a80001, dstIp: 0xc0a80002, srcPort: 9, dstPort: 9, size: 60 });
+  return buildUdpFrame({ dstMac: [0xff, 0xff, 0xff, 0xff, 0xff, 0xff], srcMac: [2, 0, 0, 0, 0, 0x47], srcIp: 0xc0a80001, dstIp: 0xc0a80002, srcPort: 9, dstPort: 9, size: 64 });
 }
 
 /**

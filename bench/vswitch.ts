@@ -152,6 +152,7 @@ async function dpdkRun(dir: Direction, seconds: number): Promise<number> {
   });
   sw.then(() => { swEnded ??= 'exited'; }, (e: unknown) => { swEnded = e instanceof Error ? e.message : String(e); });
   let guest: ReturnType<typeof runTestpmd> | null = null;
+  let measured = false;
   try {
     await waitFor(sock, what, () => swEnded);
     guest = runTestpmd({
@@ -164,6 +165,7 @@ async function dpdkRun(dir: Direction, seconds: number): Promise<number> {
       const guestFailed = guest.then(() => { throw new Error('dpdk-testpmd guest (virtio_user) ended before the measurement'); });
       guestFailed.catch(() => {}); // settles after the race too: not an unhandled rejection
       const r = await Promise.race([sampleRate(counter.read, what, WARMUP_S, seconds), guestFailed]);
+      measured = true;
       return r.mpps;
     } finally {
       counter.close();
@@ -172,8 +174,9 @@ async function dpdkRun(dir: Direction, seconds: number): Promise<number> {
     finish();
     const settled = await Promise.allSettled([sw, ...(guest ? [guest] : [])]);
     rmSync(tmp, { recursive: true, force: true });
-    // An error here after a result would hide nothing: the measurement is done; report it.
-    for (const s of settled) if (s.status === 'rejected') console.error(`vswitch: ${(s.reason as Error).message.split('\n')[0]}`);
+    // After a measurement a testpmd that failed to stop cleanly is worth a line; before one, its
+    // error is already the one thrown.
+    if (measured) for (const s of settled) if (s.status === 'rejected') console.error(`vswitch: ${(s.reason as Error).message.split('\n')[0]}`);
   }
 }
 
