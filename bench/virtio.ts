@@ -7,7 +7,8 @@
  *   DPDK:  testpmd --vdev net_vhost0 txonly (core 1)  <- vhost-user ->  testpmd virtio_user rxonly (core 0)
  *
  * Both figures are what the receiving driver counts per second, median over the periods after a
- * warm-up (the tspmd guest: bench/virtio-guest.ts, shared with bench/vswitch.ts). The two setups run one after the other in the same invocation.
+ * warm-up (the tspmd guest: bench/virtio-guest.ts, shared with bench/vswitch.ts). The two setups
+ * run one after the other in the same invocation.
  */
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
