@@ -32,6 +32,7 @@ import type { SparseArea } from '../../src/iommu/device.js';
 import { ProtocolError, DMA_FLAG_READ, DMA_FLAG_WRITE, type IrqSet, type RegionDescription } from '../vfio-user/protocol.js';
 import type { DmaMessagePath, IoEventfdSpec, VfioUserDevice } from '../vfio-user/device.js';
 import { DataPlaneControl, MASK_VECTOR, MASK_FUNCTION } from './dataplane.js';
+import { EmuEventChannel } from './events.js';
 
 const PAGE = 4096;
 const E = os.E;
@@ -217,6 +218,8 @@ export class EmuDevice implements VfioUserDevice {
   private readonly mapLens = new Map<DmaRegion, number>();
   private closed = false;
   private warnedUnsealed = false;
+  /** back-end event subscriptions (events.ts) */
+  private readonly channels = new Set<EmuEventChannel>();
   /** the emulated MSI-X table (16 bytes per vector), null without spec.msix */
   private readonly msixTable: Uint8Array | null = null;
   /** config-space offset of the MSI-X capability (0: none) */
@@ -755,11 +758,32 @@ export class EmuDevice implements VfioUserDevice {
     return errors;
   }
 
+  // ---- back-end events (events.ts) ----
+
+  /** Subscribe a back-end to the event types in mask (bits 1 << EVENT_*): the channel to hand to its lcore. */
+  subscribe(mask: number, capacity?: number): EmuEventChannel {
+    const ch = new EmuEventChannel(mask, capacity);
+    this.channels.add(ch);
+    return ch;
+  }
+
+  /** End a subscription (its lcore must have stopped reading it) and close its eventfd. */
+  unsubscribe(ch: EmuEventChannel): void {
+    if (this.channels.delete(ch)) ch.close();
+  }
+
+  /** Post an event to every subscriber that asked for its type (the provider calls this; never blocks). */
+  postEvent(type: number, arg: number): void {
+    for (const ch of this.channels) ch.post(type, arg);
+  }
+
   /** Release everything: client state, BAR memory and memfds. */
   close(): void {
     if (this.closed) return;
     this.closed = true;
     this.disconnected();
+    for (const ch of this.channels) ch.close();
+    this.channels.clear();
     this.plane.close();
     this.releaseBars();
     this.events.removeAllListeners();

@@ -11,11 +11,17 @@
  * depend on them. Used by drivers/emu/virtio-net and by the tests' in-process virtio devices.
  */
 import * as V from './virtio.js';
+import * as Q from '../emudev/backend.js';
 
-/** A queue's words, from its base index (CommonCfgLayout.queueBase): size, enable, vector, the three ring addresses as lo/hi halves, and an epoch bumped at every enable and reset. */
-export const Q_SIZE = 0, Q_ENABLE = 1, Q_VECTOR = 2, Q_DESC_LO = 3, Q_DESC_HI = 4, Q_AVAIL_LO = 5, Q_AVAIL_HI = 6, Q_USED_LO = 7, Q_USED_HI = 8, Q_EPOCH = 9;
-/** Words each queue needs. */
-export const Q_COMMON_WORDS = 10;
+/**
+ * A queue's words, from its base index (CommonCfgLayout.queueBase): emudev's queue table
+ * (lib/emudev/backend.ts QUEUE_*: size, enable, vector, the three ring addresses as lo/hi halves, an
+ * epoch bumped at every enable and reset), so a back-end reads a virtio device's queues there.
+ */
+export const Q_SIZE = Q.QUEUE_SIZE, Q_ENABLE = Q.QUEUE_ENABLE, Q_VECTOR = Q.QUEUE_VECTOR, Q_DESC_LO = Q.QUEUE_DESC_LO, Q_DESC_HI = Q.QUEUE_DESC_HI;
+export const Q_AVAIL_LO = Q.QUEUE_AVAIL_LO, Q_AVAIL_HI = Q.QUEUE_AVAIL_HI, Q_USED_LO = Q.QUEUE_USED_LO, Q_USED_HI = Q.QUEUE_USED_HI, Q_EPOCH = Q.QUEUE_EPOCH;
+/** Words each queue needs (the queue table's, QUEUE_DOORBELL included: the device sets that one). */
+export const Q_COMMON_WORDS = Q.QUEUE_WORDS;
 
 /** Where the machine's device-wide words are and where each queue's words start. */
 export interface CommonCfgLayout {
