@@ -1,7 +1,8 @@
 /**
  * tspmd: the package's one entry point (`import { ... } from 'tspmd'`). Everything an application
  * needs is exported here, grouped like DPDK's headers; importing it also registers the built-in
- * drivers (net_null, net_ring, net_af_packet, net_af_xdp, net_tap, net_pcap, net_virtio, net_igb, dmatest)
+ * drivers (net_null, net_ring, net_af_packet, net_af_xdp, net_tap, net_pcap, net_virtio_emu, net_virtio, net_igb,
+ * dmatest)
  * with their buses (test/package/drivers.test.ts checks this list against the registries).
  * Modules under dist/ are internal: their paths may change between versions, these names do not.
  * docs/library.md walks through the API.

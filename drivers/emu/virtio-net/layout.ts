@@ -18,7 +18,7 @@
  * reads them only through the emudev back-end API (device.ts backendDesc: the queue table and named
  * attributes over these words, the region 'stats'), never by these indexes.
  */
-import { checkDevargs, type DevargsSchema } from '../../../lib/kvargs/kvargs.js';
+import { checkDevargs, type Devargs, type DevargsSchema } from '../../../lib/kvargs/kvargs.js';
 import { VIRTQ_MAX_SIZE } from '../../../lib/virtio/virtio.js';
 import * as CC from '../../../lib/virtio/common_cfg.js';
 import type { CommonCfgLayout } from '../../../lib/virtio/common_cfg.js';
@@ -150,7 +150,16 @@ export const VIRTIO_NET_ARGS = {
 /** Check the device arguments; a UsageError names the key, the value and what is allowed. */
 export function parseVirtioNetArgs(raw: Record<string, string>): VirtioNetConfig {
   const a = checkDevargs(raw, VIRTIO_NET_ARGS, { where: 'virtio-net', driver: 'virtio-net' });
-  const c: VirtioNetConfig = { mac: a.mac, pairs: a.queues, backend: a.backend, mrg: a.mrg, queueSize: a.size };
+  return virtioNetConfig(a, a.backend);
+}
+
+/**
+ * The device's configuration from its checked arguments (without backend=: net_virtio_emu takes
+ * the rest of VIRTIO_NET_ARGS) and the EAL port it forwards through (-1: none, the device's own
+ * back-end port is the app's).
+ */
+export function virtioNetConfig(a: Omit<Devargs<typeof VIRTIO_NET_ARGS>, 'backend'>, backend: number): VirtioNetConfig {
+  const c: VirtioNetConfig = { mac: a.mac, pairs: a.queues, backend, mrg: a.mrg, queueSize: a.size };
   // Only the non-default choices appear (a default configuration keeps its plain shape).
   if (!a.notify_mmap) c.mapNotify = false;
   if (a.kicks) c.wantKicks = true;
