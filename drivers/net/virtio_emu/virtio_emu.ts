@@ -11,7 +11,7 @@
  * direction carries every queue pair. Link: up while the port is started and the driver has set
  * DRIVER_OK (and the device does not need a reset). Statistics and xstats are the device's own
  * counters (rx = the guest's transmitqs, tx = its receiveqs). The data half (virtio_emu_data.ts)
- * opens the device's back-end on the lcore that polls a queue, once per lcore.
+ * opens the device's engine (VirtioNetBackend) on the one lcore that polls both queues.
  *
  * Stop: the lcores that opened the queues detach from the device (each drops its back-end when its
  * thread is idle: the app has stopped polling, as rte_eth_dev_stop requires); close: the server
@@ -19,7 +19,7 @@
  */
 import {
   EthDev, rxqStatsBase, txqStatsBase, xstatIndex, RXQ_PACKETS, RXQ_BYTES, RXQ_ERRORS, RXQ_MISSED, RXQ_NOMBUF, TXQ_PACKETS, TXQ_BYTES, TXQ_ERRORS,
-  type DevInfo, type LinkStatus, type PortConf,
+  type DevInfo, type LinkStatus,
 } from '../../../lib/ethdev/ethdev.js';
 import { VfioUserServer, type ServerOptions } from '../../../lib/vfio-user/server.js';
 import { registerVdevDriver } from '../../bus/vdev/vdev.js';
@@ -94,10 +94,6 @@ export class VirtioEmuPort extends EthDev {
     const s = this.device.deviceStatus;
     const up = this.status === 'started' && (s & V.STATUS_DRIVER_OK) !== 0 && (s & V.STATUS_DEVICE_NEEDS_RESET) === 0;
     return { up, speedMbps: 10000, fullDuplex: true };
-  }
-
-  protected override onConfigure(conf: PortConf): void {
-    if (conf.rxQueues !== 1 || conf.txQueues !== 1) throw new RangeError(`port ${this.port} (${this.name}): one RX and one TX queue carry all of the device's ${this.device.config.pairs} queue pair(s); configure 1 and 1`);
   }
 
   /** The lcores that opened the queues detach (when idle, i.e. once they stopped polling). */

@@ -3,8 +3,9 @@
  * against the emudev back-end API) seen as a port queue. RX: the guest's transmitqs (receive);
  * TX: the guest's receiveqs (deliver, which takes and frees what fits; the caller frees the rest).
  *
- * One engine per lcore and port: the RX and TX queue opened in one thread share it (an lcore
- * attaches to the device once), and rxBurst runs its service() (pauses, DMA table and state
+ * One engine per port, on one lcore: the RX and TX queue opened in one thread share it (an lcore
+ * attaches to the device once; a second lcore is refused: two engines would both serve the device's
+ * control queue and link), and rxBurst runs its service() (pauses, DMA table and state
  * changes, control queue, link, interrupt retries); a TX queue polled without the RX queue in its
  * thread runs service() itself. The engine detaches when the control half stops the port
  * (RELEASE_GEN bumped): the thread drops it once it is idle, i.e. once its loop stopped polling.
@@ -14,7 +15,7 @@ import type { PortData, RxQueue, TxQueue } from '../../../lib/ethdev/ethdev.js';
 import { VirtioNetBackend } from '../../emu/virtio-net/backend.js';
 import type { VirtioNetBackendArg } from '../../emu/virtio-net/vq.js';
 
-/** Release words (Int32): RELEASE_GEN is bumped by stop, ATTACHES counts the lcores that hold the device. */
+/** Release words (Int32): RELEASE_GEN is bumped by stop, ATTACHES is 1 while an lcore holds the device. */
 export const RELEASE_GEN = 0, ATTACHES = 1, RELEASE_WORDS = 2;
 
 /** Per-queue driver data (both directions carry the same). */
@@ -42,16 +43,20 @@ function hold(port: PortData): Held {
   const h = held.get(port.name);
   if (h) return h;
   const d = port.rxq[0] as VirtioEmuQueueData;
+  const ctl = new Int32Array(d.release);
+  // One lcore per port: two engines on one device would both serve its control queue and link.
+  if (Atomics.compareExchange(ctl, ATTACHES, 0, 1) !== 0) {
+    throw new Error(`${port.name}: another lcore polls this port already: a net_virtio_emu port's RX and TX queues are polled by one lcore (e.g. l2fwd -l 0-1, one worker, or -q 2 so that one lcore polls both ports)`);
+  }
+  const gen = Atomics.load(ctl, RELEASE_GEN);
   const pool = Mempool.attach(port.rxPools[0]);
   let be: VirtioNetBackend;
   try {
     be = VirtioNetBackend.open(d.backend, pool);
   } catch (e) {
-    throw new Error(`${port.name}: this lcore cannot attach to the device: ${(e as Error).message}. A port's RX and TX queues are polled by one lcore (e.g. l2fwd with one worker, -l 0-1) until the data plane takes several`);
+    Atomics.store(ctl, ATTACHES, 0);
+    throw new Error(`${port.name}: this lcore cannot attach to the device: ${(e as Error).message}`);
   }
-  const ctl = new Int32Array(d.release);
-  const gen = Atomics.load(ctl, RELEASE_GEN);
-  Atomics.add(ctl, ATTACHES, 1);
   let done = false;
   const entry: Held = {
     be, pool, rx: false,
