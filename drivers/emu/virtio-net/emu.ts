@@ -164,9 +164,11 @@ const WARMUP_MS = 1000;
 
 /**
  * Forward between the device's port and the backend port until stopped: each iteration a burst the
- * guest sent goes out of the backend, a burst the backend received goes to the guest, and what a
- * TX queue did not take is freed (counted by the ports). After IDLE_MS without a packet it sleeps
- * on the device's doorbells, 1 ms at a time, until one rings or a packet arrives.
+ * guest sent (from each of its transmitqs) goes out of the backend, a burst the backend received
+ * goes to the guest, and what a TX queue did not take is freed and counted in the device's
+ * statistics (tx_dropped, taken back out of tx_packets/tx_bytes; rx_nobuf_drops), as virtioNetLoop
+ * does. After IDLE_MS without a packet it sleeps on the device's doorbells, 1 ms at a time, until
+ * one rings or a packet arrives.
  */
 export async function virtioNetFwdLoop(arg: VirtioNetFwdArg, ctx: LcoreContext): Promise<VirtioNetFwdResult> {
   const ctl = new Int32Array(arg.ctl);

@@ -13,9 +13,10 @@
  * counters (rx = the guest's transmitqs, tx = its receiveqs). The data half (virtio_emu_data.ts)
  * opens the device's engine (VirtioNetBackend) on the one lcore that polls both queues.
  *
- * Stop: the lcores that opened the queues detach from the device (each drops its back-end when its
+ * Stop: the lcore that opened the queues detaches from the device (it drops its engine when its
  * thread is idle: the app has stopped polling, as rte_eth_dev_stop requires); close: the server
- * stops (the client is dropped, the socket file removed) and the device is released.
+ * stops (the client is dropped, the socket file removed) and the device is released. Client memory
+ * that cannot be sealed is reached by message (emudev's default unsealedDma).
  */
 import {
   EthDev, rxqStatsBase, txqStatsBase, xstatIndex, RXQ_PACKETS, RXQ_BYTES, RXQ_ERRORS, RXQ_MISSED, RXQ_NOMBUF, TXQ_PACKETS, TXQ_BYTES, TXQ_ERRORS,
@@ -55,7 +56,7 @@ export class VirtioEmuPort extends EthDev {
   readonly device: VirtioNetDevice;
   /** the vfio-user server on the socket (null when the caller serves the device) */
   readonly server: VfioUserServer | null = null;
-  /** RELEASE_GEN (bumped at stop: the lcores holding the device detach) and ATTACHES (how many hold it) */
+  /** RELEASE_GEN (bumped at stop: the lcore holding the device detaches) and ATTACHES (1 while one holds it) */
   private readonly words = new Int32Array(new SharedArrayBuffer(4 * RELEASE_WORDS));
   private closing: Promise<void> | null = null;
 
@@ -96,15 +97,15 @@ export class VirtioEmuPort extends EthDev {
     return { up, speedMbps: 10000, fullDuplex: true };
   }
 
-  /** The lcores that opened the queues detach (when idle, i.e. once they stopped polling). */
+  /** The lcore that opened the queues detaches (when idle, i.e. once it stopped polling). */
   protected override onStop(): void {
     Atomics.add(this.words, RELEASE_GEN, 1);
     Atomics.notify(this.words, RELEASE_GEN);
     releaseHeld(this.name); // queues opened in this thread
     const deadline = Date.now() + DETACH_TIMEOUT_MS;
-    for (let n = Atomics.load(this.words, ATTACHES); n > 0; n = Atomics.load(this.words, ATTACHES)) {
+    for (let n = Atomics.load(this.words, ATTACHES); n !== 0; n = Atomics.load(this.words, ATTACHES)) {
       if (Date.now() > deadline) {
-        log('warn', 'net_virtio_emu', `${this.name}: ${n} lcore(s) did not detach from the device within ${DETACH_TIMEOUT_MS} ms: stop the loops polling the port before stopping it`);
+        log('warn', 'net_virtio_emu', `${this.name}: the lcore polling it did not detach from the device within ${DETACH_TIMEOUT_MS} ms: stop the loop polling the port before stopping it`);
         return;
       }
       Atomics.wait(this.words, ATTACHES, n, 50);
