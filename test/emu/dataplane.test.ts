@@ -6,7 +6,7 @@
  * during a change parks), DMA_UNMAP of memory a worker reads in a tight loop (never a crash), and
  * the dmatest engine on its lcore: copies, idle cost, unmaps and resets while descriptors are in
  * flight, then serving the next client. Two lcores attached to one device at once: unmaps while
- * both read, detach of one, the maximum, the mailbox taken in turn.
+ * both read, attaching during a change, detach of one, the maximum, the mailbox taken in turn.
  *
  * Worker lcores 1 and 2 share the second CPU: never more than two busy CPUs. Lcore 3 (the first CPU)
  * runs only a worker that mostly waits for the mailbox, so that two requests really race for it.
@@ -408,14 +408,26 @@ t.test('two lcores attached to one device: DMA unmaps while both translate and r
   t.equal(dev.plane.attachedCount, 0, 'both detached');
 });
 
-t.test('two lcores on one plane: detach of one leaves the other working; the most that attach; the freed slot taken again', async (t) => {
+t.test('two lcores on one plane: the second attaching during a change parks; detach of one leaves the other working; the most that attach', async (t) => {
   const ctl = new DataPlaneControl('pair', [0, 0, 0, 0, 0], 4, noMemory);
   t.teardown(() => ctl.close());
   const m1 = anon(t, 0x1000), m2 = anon(t, 0x1000);
   m1.u8[1] = 0x31; m2.u8[2] = 0x42;
-  const a = new Worker(ctl, false, 1), b = new Worker(ctl, false, 3);
+  const a = new Worker(ctl, false, 1), b = new Worker(ctl, true, 2);
   await a.attached();
-  await b.attached();
+  await eal.lcores.waitStarted(); // b runs, gated before attach()
+  let state = -1, count = -1;
+  ctl.quiesce(() => {
+    Atomics.store(b.c, W.C_GO, 1);
+    Atomics.notify(b.c, W.C_GO);
+    const deadline = Date.now() + 20_000;
+    while (Atomics.load(b.c, W.C_ATTACH) === 0 && Date.now() < deadline) spin(1);
+    spin(100);
+    state = Atomics.load(b.c, W.C_ATTACH);
+    count = ctl.attachedCount;
+  });
+  t.same([state, count], [1, 2], 'b, attaching beside a during a change, registered and parked in attach() until it was done');
+  await t.resolves(b.attached(), 'then it returns from attach()');
   ctl.quiesce(() => ctl.publishDma([{ iova: 0x10000n, len: 0x1000, flags: RW, va: m1.va }]));
   t.same([(await a.at(0x10001, 1, false))[4], (await b.at(0x10001, 1, false))[4]], [0x31, 0x31], 'both translate the published table');
 
