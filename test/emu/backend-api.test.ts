@@ -22,6 +22,7 @@ import * as E from '../../lib/emudev/events.js';
 import { DmatestDevice } from '../../drivers/emu/dmatest/dmatest.js';
 import * as R from '../../lib/dmatest/regs.js';
 import * as W from './backend-api-workers.js';
+import { emudevBackend } from '../../examples/emudev/backend.js';
 
 const WORKERS = siblingModule(import.meta.url, 'backend-api-workers');
 const P = `tsp${process.pid}`;
@@ -146,9 +147,11 @@ t.test('a full event ring: EVENT_OVERFLOW with the lost count, then the next eve
   for (let i = 0; i < 21; i++) dev.emu.postEvent(E.EVENT_STATUS_CHANGED, i);
   dev.emu.postEvent(E.EVENT_QUEUE_ENABLED, 0); // not asked for
   t.equal(ch.lost, 5, '16 fit, 5 lost');
+  t.equal(ch.backlog, 16, 'a backlog of 16 unread');
   const got: number[] = [];
   for (let ty = r.next(); ty !== 0; ty = r.next()) got.push(ty === E.EVENT_STATUS_CHANGED ? r.arg : -ty);
   t.same(got, Array.from({ length: 16 }, (_, i) => i), 'the first 16 in order; the unasked type is not there');
+  t.equal(ch.backlog, 0, 'none unread');
   dev.emu.postEvent(E.EVENT_STATUS_CHANGED, 99);
   t.equal(r.next(), E.EVENT_OVERFLOW, 'then EVENT_OVERFLOW');
   t.equal(r.arg, 5, 'with the lost count');
@@ -242,4 +245,28 @@ t.test('events reach a back-end lcore in order, after their change; an unmap par
   const { sum } = await run;
   t.ok(sum > 0, `the back-end read client memory (sum ${sum}) and returned`);
   t.notOk(dev.emu.plane.attached, 'and detached');
+});
+
+t.test('the example back-end (examples/emudev/backend.ts) sees each event with the state it announces', async (t) => {
+  const lines: string[] = [];
+  const log = console.log;
+  console.log = (...a: unknown[]): void => { lines.push(a.join(' ')); };
+  let code: number;
+  try {
+    code = await emudevBackend.main(eal, {});
+  } finally {
+    console.log = log;
+  }
+  t.equal(code, 0, 'it returns 0');
+  t.same(lines.slice(0, 8), [
+    '#1 mem-table-changed: 1 regions (1 table slots here)',
+    '#2 queue-enabled: queue 0: 16 entries at 0x100000, doorbell 0, vector 0; first descriptor copies 1234 bytes',
+    '#3 status-changed: status 1 (attribute "status": 1)',
+    '#4 attr-changed: attribute 6',
+    '#5 queue-disabled: arg 0',
+    '#6 status-changed: status 0 (attribute "status": 0)',
+    '#7 mem-table-changed: 0 regions (0 table slots here)',
+    '#8 device-reset: queue 0 disabled',
+  ], 'the lines it prints: the descriptor read through the main thread (memory without fd), every event in order');
+  t.match(lines[8], /^device \d+ "emudev-example": \{"type":"dmatest"/, 'and the device\'s info');
 });
