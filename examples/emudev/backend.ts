@@ -49,7 +49,11 @@ export function watch(arg: WatchArg, ctx: LcoreContext): string[] {
         case EVENT_MEM_TABLE_CHANGED: what = `${events.arg} regions (${be.memory.regions} table slots here)`; break;
         case EVENT_STATUS_CHANGED: what = `status ${events.arg} (attribute "status": ${be.attrs[be.attrWord('status')]})`; break;
         case EVENT_DEVICE_RESET: what = `queue 0 ${be.queueInfo(0).enabled ? 'enabled' : 'disabled'}`; break;
-        case EVENT_ATTR_CHANGED: what = `attribute ${events.arg}`; break;
+        case EVENT_ATTR_CHANGED: {
+          const a = be.attrSpecs[events.arg];
+          what = `attribute "${a.name}" = ${be.attrs[a.word] >>> 0}`;
+          break;
+        }
         case EVENT_OVERFLOW: what = `${events.arg} events lost: re-read the device`; break;
         default: what = `arg ${events.arg}`;
       }

@@ -259,6 +259,7 @@ export function emudevAllocate(name: string, provider: EmuProvider): EmuDeviceHa
   if (typeof name !== 'string' || name.length === 0) throw new Error('emudev: a device needs a non-empty name');
   for (const h of devices.values()) {
     if (h.name === name) throw new Error(`emudev: the name "${name}" is taken by device ${h.id}; release it first or choose another name`);
+    if (h.provider === provider) throw new Error(`emudev: this provider is allocated already, as device ${h.id} "${h.name}"`);
   }
   const id = nextId++;
   const h = new EmuDeviceHandle(id, name, provider);

@@ -262,7 +262,7 @@ t.test('the example back-end (examples/emudev/backend.ts) sees each event with t
     '#1 mem-table-changed: 1 regions (1 table slots here)',
     '#2 queue-enabled: queue 0: 16 entries at 0x100000, doorbell 0, vector 0; first descriptor copies 1234 bytes',
     '#3 status-changed: status 1 (attribute "status": 1)',
-    '#4 attr-changed: attribute 6',
+    '#4 attr-changed: attribute "errors" = 0',
     '#5 queue-disabled: arg 0',
     '#6 status-changed: status 0 (attribute "status": 0)',
     '#7 mem-table-changed: 0 regions (0 table slots here)',

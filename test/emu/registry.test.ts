@@ -67,6 +67,7 @@ t.test('allocate, find by name and id, list, release; a taken name', async (t) =
   t.same(emudevList().map((h) => h.name), [`${P}a`, `${P}b`], 'listed in id order');
   t.throws(() => emudevAllocate(`${P}a`, new TinyProvider(`${P}dup`)), { message: `emudev: the name "${P}a" is taken by device ${ha.id}; release it first or choose another name` }, 'a taken name is refused, naming the device');
   t.throws(() => emudevAllocate('', a), /non-empty name/, 'an empty name is refused');
+  t.throws(() => emudevAllocate(`${P}a-again`, a), { message: `emudev: this provider is allocated already, as device ${ha.id} "${P}a"` }, 'one provider, one device');
   t.same(ha.info(), { type: 'tiny', maxQueuePairs: 1, maxQueues: 1, maxEvents: 32, id: ha.id, name: `${P}a`, numRegions: 9, numIrqs: 5, memRegions: 0, maxMemRegions: 1024, started: false }, 'info: the provider\'s facts, PCI counts, the memory table');
   t.equal(hb.info().type, 'dmatest', 'dmatest is a provider too');
 
