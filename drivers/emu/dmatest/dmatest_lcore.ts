@@ -68,10 +68,16 @@ export function dmatestLcore(arg: DmatestLcoreArg, ctx: LcoreContext): DmatestLc
   const stop = new Int32Array(arg.stop);
   const be = EmuBackend.attach(arg.backend);
   const plane = be.memory, st = be.attrs, q = be.queues, qb = be.queueBase(0);
-  const W_STATUS = be.attrWord('status'), W_COMPLETED = be.attrWord('completed'), W_ERRORS = be.attrWord('errors');
-  const db = be.doorbell(0);
-  if (db.kind !== 'mem') throw new Error(`${be.name}: doorbell 0 must be a MEM doorbell (it is ${db.kind})`);
-  const bell = new Int32Array(viewOf(db.va, 4 * (CONSUMER_W + 1)));
+  let W_STATUS: number, W_COMPLETED: number, W_ERRORS: number, bell: Int32Array;
+  try { // a device that is not dmatest: leave the data plane before saying so
+    W_STATUS = be.attrWord('status'); W_COMPLETED = be.attrWord('completed'); W_ERRORS = be.attrWord('errors');
+    const db = be.doorbell(0);
+    if (db.kind !== 'mem') throw new Error(`${be.name}: doorbell 0 must be a MEM doorbell (it is ${db.kind})`);
+    bell = new Int32Array(viewOf(db.va, 4 * (CONSUMER_W + 1)));
+  } catch (e) {
+    be.detach();
+    throw e;
+  }
   const scratch = new Uint8Array(R.DESC_MAX_LEN);
   const desc = new Uint8Array(R.DESC_SIZE), descDv = new DataView(desc.buffer);
   const wb = new Uint8Array(8), wbDv = new DataView(wb.buffer);
