@@ -270,3 +270,43 @@ t.test('the example back-end (examples/emudev/backend.ts) sees each event with t
   ], 'the lines it prints: the descriptor read through the main thread (memory without fd), every event in order');
   t.match(lines[8], /^device \d+ "emudev-example": \{"type":"dmatest"/, 'and the device\'s info');
 });
+
+t.test('dmatest started through the registry: configure lcore=1, start, a copy, stop frees the lcore, start again', async (t) => {
+  const dev = new DmatestDevice(`${P}s`, { eal });
+  const h = emudevAllocate(`${P}s`, dev);
+  t.teardown(() => h.release());
+  h.configure({ lcore: '1' });
+  await h.start();
+  t.ok(dev.started && h.started, 'the engine polls on lcore 1');
+  const SIZE = 0x10000, IOVA = 0x100_0000;
+  const fd = memfd(t, SIZE, 0);
+  const va = os.mmap(0n, SIZE, os.PROT_READ | os.PROT_WRITE, os.MAP_SHARED, fd, 0);
+  t.teardown(() => os.munmap(va, SIZE));
+  const mem = new Uint8Array(os.viewOf(va, SIZE)), dv = new DataView(mem.buffer);
+  dev.emu.dmaMap(BigInt(IOVA), BigInt(SIZE), RW, fd, 0n);
+  writeReg(dev, R.REG_RING_LO, IOVA);
+  writeReg(dev, R.REG_RING_HI, 0);
+  writeReg(dev, R.REG_RING_ENTRIES, 4);
+  writeReg(dev, R.REG_CTRL, R.CTRL_ENABLE);
+  const bar = new Uint32Array(dev.emu.barMemory(0).buffer);
+  let producer = 0;
+  const copy = async (src: number, dst: number, len: number): Promise<void> => {
+    const o = (producer & 3) * R.DESC_SIZE;
+    for (let i = 0; i < len; i++) mem[src + i] = (i * 7 + producer) & 0xff;
+    dv.setBigUint64(o + R.DESC_SRC, BigInt(IOVA + src), true);
+    dv.setBigUint64(o + R.DESC_DST, BigInt(IOVA + dst), true);
+    dv.setUint32(o + R.DESC_LEN, len, true);
+    producer++;
+    Atomics.store(bar, R.REG_DOORBELL >> 2, producer);
+    await until('the copy', () => Atomics.load(bar, R.REG_CONSUMER >> 2) === producer);
+  };
+  await copy(0x1000, 0x8000, 3000);
+  t.ok(Buffer.from(mem.subarray(0x8000, 0x8000 + 3000)).equals(mem.subarray(0x1000, 0x1000 + 3000)), 'the engine copied');
+  t.equal(h.getAttr('completed'), 1, 'attribute "completed": 1');
+  await h.stop();
+  t.notOk(dev.started || dev.emu.plane.attached, 'stop: the engine left its lcore');
+  await h.start();
+  t.ok(dev.started, 'started again on the configured lcore');
+  await copy(0x2000, 0x9000, 100);
+  t.equal(h.getAttr('completed'), 2, 'and copies again');
+});
