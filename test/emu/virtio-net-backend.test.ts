@@ -130,7 +130,7 @@ t.test('VirtioNetBackend.open: the back-end API alone; what is missing is named;
   // Both failures detached again: a register write (a quiesce) completes.
   wr(dev, V.COMMON_STATUS, 1, V.STATUS_ACKNOWLEDGE);
   t.equal(dev.deviceStatus, V.STATUS_ACKNOWLEDGE, 'the device publishes after the refused opens (nothing left attached)');
-  const be = VirtioNetBackend.open({ desc, pairs: 2, maxQueueSize: 256 }, pool);
+  const be = VirtioNetBackend.open(dev.engineArg(), pool);
   let closed = false;
   t.teardown(() => { if (!closed) be.close(); });
   const inUse = pool.inUseCount();
