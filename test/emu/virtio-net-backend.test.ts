@@ -3,13 +3,20 @@
  * main thread (no client, no lcore): backendDesc (the queue table is the common configuration's
  * words, the named attributes, the statistics region, the doorbells of both notify modes), the
  * events the device posts (queue enable, status writes, the queues disabled at reset) in order,
- * and VirtioNetBackend.open through the back-end API alone (errors naming what is missing; a device
- * the driver has not started moves nothing, and deliver leaves the packets to the caller).
+ * VirtioNetBackend.open through the back-end API alone (errors naming what is missing; a device
+ * the driver has not started moves nothing, and deliver leaves the packets to the caller), and the
+ * engine on an lcore driven step by step (virtio-net-engine-lcore.ts) against a driver over
+ * vfio-user: deliver takes as many packets as the driver posted buffers for, receive returns the
+ * driver's frames as mbufs.
  *
  * Register writes happen only while no back-end is attached: a write publishes inside the data
  * plane's quiesce, which waits for attached back-ends, and this thread would be the one waited for.
  */
 import t from 'tap';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { siblingModule } from '../../src/lcore/module.js';
 import { EmuBackend, QUEUE_SIZE, QUEUE_DOORBELL, attrSpec, type EmuBackendDesc } from '../../lib/emudev/backend.js';
 import { EmuEventReader, EVENT_ALL, EVENT_QUEUE_ENABLED, EVENT_QUEUE_DISABLED, EVENT_STATUS_CHANGED } from '../../lib/emudev/events.js';
 import { pktmbufAlloc, pktmbufFree, pktmbufPoolCreate } from '../../lib/mempool/mbuf.js';
@@ -19,9 +26,16 @@ import * as L from '../../drivers/emu/virtio-net/layout.js';
 import { STAT_COUNT, A } from '../../drivers/emu/virtio-net/defs.js';
 import { VirtioNetDevice } from '../../drivers/emu/virtio-net/device.js';
 import { VirtioNetBackend } from '../../drivers/emu/virtio-net/backend.js';
-import { testEal } from './virtio-net-helpers.js';
+import { TestVirtioNet } from './virtio-net-driver.js';
+import { VnetWorld, testEal, until } from './virtio-net-helpers.js';
+import { CMD, ARG, LEN, TOOK, COUNT, LENS, CTL_WORDS, CMD_DELIVER, CMD_RECEIVE, type EngineLcoreArg } from './virtio-net-engine-lcore.js';
 
 const BAR4 = U.VFIO_PCI_BAR0_REGION_INDEX + L.BAR_CFG;
+const eal = testEal('tspvnb');
+t.teardown(() => eal.close());
+const dir = mkdtempSync(join(tmpdir(), 'tsp-vnb-'));
+t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+const F = V.featureBit;
 const MAC = [0x02, 0x74, 0x73, 0x70, 0x00, 0x07];
 
 /** A device of its own name, closed at teardown. */
@@ -119,8 +133,6 @@ t.test('events: status writes, a queue enable and the reset that disables it rea
 });
 
 t.test('VirtioNetBackend.open: the back-end API alone; what is missing is named; a device not started moves nothing', async (t) => {
-  const eal = testEal('tspvnb');
-  t.teardown(() => eal.close());
   const pool = pktmbufPoolCreate(eal.memory, `tspvnb${process.pid}`, 255);
   const dev = device(t);
   const desc = descOf(dev);
@@ -148,4 +160,44 @@ t.test('VirtioNetBackend.open: the back-end API alone; what is missing is named;
   closed = true;
   wr(dev, V.COMMON_STATUS, 1, 0);
   t.equal(dev.deviceStatus, 0, 'after close the device publishes again (reset)');
+});
+
+t.test('VirtioNetBackend on an lcore: deliver takes what the posted buffers hold and leaves the rest; receive hands over the driver\'s frames', async (t) => {
+  const ctl = new Int32Array(new SharedArrayBuffer(4 * CTL_WORDS));
+  const w = await VnetWorld.create(eal, dir, {}, true, true, (d) => d, {
+    module: siblingModule(import.meta.url, 'virtio-net-engine-lcore'), fn: 'engineSteps',
+    arg: (loop): EngineLcoreArg => ({ loop, ctl: ctl.buffer as SharedArrayBuffer }),
+  });
+  t.teardown(() => w.close());
+  const d = new TestVirtioNet(w.connect());
+  t.teardown(() => d.close());
+  d.reset();
+  t.ok(d.negotiate(F(V.VIRTIO_F_VERSION_1) | F(V.VIRTIO_NET_F_MAC)), 'FEATURES_OK');
+  d.setupQueue(0, 64);
+  d.setupQueue(1, 64);
+  d.driverOk();
+  const run = async (cmd: number, arg = 0, len = 0): Promise<void> => {
+    ctl[ARG] = arg;
+    ctl[LEN] = len;
+    Atomics.store(ctl, CMD, cmd);
+    if (!(await until(() => Atomics.load(ctl, CMD) === 0, 10_000))) throw new Error(`the engine lcore did not run command ${cmd}`);
+  };
+  d.postRx(0, 3);
+  await run(CMD_DELIVER, 5, 100);
+  t.equal(ctl[TOOK], 3, 'deliver: 3 of 5 taken (3 buffers posted); the other 2 stay the caller\'s');
+  t.ok(await d.waitUsed(0, 3), 'three used entries on receiveq 0');
+  const got = d.receive(0, d.used(0));
+  t.same(got.map((p) => [p.numBuffers, p.data.byteLength]), [[1, 100], [1, 100], [1, 100]], 'three packets of 100 bytes, one buffer each');
+  t.ok(got.every((p, i) => p.data.every((b, j) => b === ((i + j) & 0xff))), 'the first three packets\' bytes, in order');
+  t.same([w.stat('rx_packets'), w.stat('rx_nobuf_drops')], [3, 0], 'the engine counts what it delivered; the packets it left are not its drops');
+  const frames = [0x11, 0x22].map((v) => Uint8Array.from({ length: 60 }, (_, j) => (v + j) & 0xff));
+  for (const f of frames) d.send(1, f);
+  await run(CMD_RECEIVE);
+  t.equal(ctl[COUNT], 2, 'receive: both frames');
+  t.same([ctl[LENS], ctl[LENS + 1], ctl[LENS + 2], ctl[LENS + 3]], [60, 0x11, 60, 0x22], 'as mbufs of 60 bytes after the header, in order');
+  t.ok(await d.waitUsed(1, 2), 'both transmit chains returned');
+  t.same(d.used(1).map((e) => e.len), [0, 0], 'used length 0: the device wrote nothing into them');
+  t.same([w.stat('tx_packets'), w.stat('tx_bytes')], [2, 120], 'tx statistics: what receive handed over');
+  await run(CMD_RECEIVE);
+  t.equal(ctl[COUNT], 0, 'nothing more to receive');
 });
