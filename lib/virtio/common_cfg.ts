@@ -55,6 +55,10 @@ export interface CommonCfgSpec {
   onReset?(): void;
   /** Status bits the device adds when device_status is read (DEVICE_NEEDS_RESET). */
   extraStatus?(): number;
+  /** Queue q was enabled by the driver (true) or disabled by a reset (false); called after the change is published. */
+  queueEnabled?(q: number, enabled: boolean): void;
+  /** The driver wrote device_status (0: a reset); called after the change is published, with the status kept. */
+  statusChanged?(status: number): void;
   /** queue_notify_off of queue q (default q) */
   notifyOff?(q: number): number;
 }
@@ -114,6 +118,8 @@ export class VirtioCommonCfg {
 
   /** Device reset (device_status 0 written, or a function-level reset): every field back to its default. */
   reset(): void {
+    const was: number[] = [];
+    for (let q = 0; q < this.numQueues; q++) if (this.st[this.l.queueBase(q) + Q_ENABLE] !== 0) was.push(q);
     this.publish(() => {
       const st = this.st, l = this.l;
       this.dfSelect = this.gfSelect = this.qSelect = 0;
@@ -131,6 +137,7 @@ export class VirtioCommonCfg {
       }
       this.spec.onReset?.();
     });
+    for (const q of was) this.spec.queueEnabled?.(q, false);
   }
 
   /** A driver's read of buf.byteLength bytes at off in the structure (bytes no field covers read 0). */
@@ -216,7 +223,10 @@ export class VirtioCommonCfg {
       case V.COMMON_Q_MSIX: this.publish(() => { st[this.q(Q_VECTOR)] = this.vector(v); }); return;
       case V.COMMON_Q_ENABLE:
         // 0 is not a valid write without VIRTIO_F_RING_RESET: queues stop only at device reset.
-        if (v === 1 && !enabled) this.publish(() => { st[this.q(Q_ENABLE)] = 1; st[this.q(Q_EPOCH)]++; });
+        if (v === 1 && !enabled) {
+          this.publish(() => { st[this.q(Q_ENABLE)] = 1; st[this.q(Q_EPOCH)]++; });
+          this.spec.queueEnabled?.(this.qSelect, true);
+        }
         return;
       case V.COMMON_Q_DESCLO: case V.COMMON_Q_DESCHI: case V.COMMON_Q_AVAILLO:
       case V.COMMON_Q_AVAILHI: case V.COMMON_Q_USEDLO: case V.COMMON_Q_USEDHI:
@@ -232,7 +242,7 @@ export class VirtioCommonCfg {
   }
 
   private writeStatus(v: number): void {
-    if (v === 0) { this.reset(); return; }
+    if (v === 0) { this.reset(); this.spec.statusChanged?.(0); return; }
     const st = this.st, l = this.l;
     const old = st[l.status];
     let s = v & ~V.STATUS_DEVICE_NEEDS_RESET & 0xff;
@@ -244,5 +254,6 @@ export class VirtioCommonCfg {
       else this.publish(() => { st[l.featLo] = this.driverFeatures[0] | 0; st[l.featHi] = this.driverFeatures[1] | 0; });
     }
     this.publish(() => { st[l.status] = s; });
+    this.spec.statusChanged?.(s);
   }
 }
