@@ -157,6 +157,11 @@ export class EmuBackend {
     return attrSpec(this.desc.attrs.specs, name, this.name).word;
   }
 
+  /** The device's attributes (an EVENT_ATTR_CHANGED arg indexes them). */
+  get attrSpecs(): readonly EmuAttrSpec[] {
+    return this.desc.attrs.specs;
+  }
+
   /** The device's provider-published generation: changes after every published change. */
   get generation(): number {
     return Atomics.load(this.attrs, this.generationWord);

@@ -20,7 +20,10 @@
  * closed when the client goes away.
  *
  * Events (device.events): 'dma-map' (DmaRegion), 'dma-unmap' (DmaRegion), 'irqs' (index),
- * 'reset', 'connect', 'disconnect', 'region-write' (index, offset, length).
+ * 'reset', 'connect', 'disconnect', 'region-write' (index, offset, length). For back-ends on
+ * lcores (subscribe): EVENT_MEM_TABLE_CHANGED (arg: regions now) is posted inside the pause of
+ * every DMA map, unmap and client teardown, EVENT_DEVICE_RESET inside reset's, after the change:
+ * a back-end reads it when it resumes, with the new tables in place; the provider posts the rest.
  */
 import { EventEmitter } from 'node:events';
 import { fstatSync, readlinkSync } from 'node:fs';
@@ -32,7 +35,7 @@ import type { SparseArea } from '../../src/iommu/device.js';
 import { ProtocolError, DMA_FLAG_READ, DMA_FLAG_WRITE, type IrqSet, type RegionDescription } from '../vfio-user/protocol.js';
 import type { DmaMessagePath, IoEventfdSpec, VfioUserDevice } from '../vfio-user/device.js';
 import { DataPlaneControl, MASK_VECTOR, MASK_FUNCTION } from './dataplane.js';
-import { EmuEventChannel } from './events.js';
+import { EmuEventChannel, EVENT_DEVICE_RESET, EVENT_MEM_TABLE_CHANGED } from './events.js';
 
 const PAGE = 4096;
 const E = os.E;
@@ -456,6 +459,7 @@ export class EmuDevice implements VfioUserDevice {
         this.dma.push(r);
         this.dma.sort((a, b) => (a.iova < b.iova ? -1 : 1));
         this.plane.publishDma(this.dma);
+        this.postEvent(EVENT_MEM_TABLE_CHANGED, this.dma.length);
       });
     } catch (e) {
       // the lcore did not pause: the table is unchanged, so the new mapping is unused and can go
@@ -480,6 +484,7 @@ export class EmuDevice implements VfioUserDevice {
       this.dmaViews.delete(r);
       this.safeEmit('dma-unmap', r);
       this.unmapRegion(r);
+      this.postEvent(EVENT_MEM_TABLE_CHANGED, this.dma.length);
     });
   }
 
@@ -682,6 +687,7 @@ export class EmuDevice implements VfioUserDevice {
       try { this.resetCapabilities(); } catch (e) { errors.push((e as Error).message); }
       this.plane.clearIrqMasks();
       this.resetMsix();
+      this.postEvent(EVENT_DEVICE_RESET, 0);
     };
     try {
       this.plane.quiesce(body);
@@ -717,6 +723,7 @@ export class EmuDevice implements VfioUserDevice {
       this.dma = [];
       this.dmaViews.clear();
       this.plane.publishDma(this.dma);
+      if (regions.length) this.postEvent(EVENT_MEM_TABLE_CHANGED, 0);
       this.irqCounts.forEach((n, index) => {
         for (let v = 0; v < n; v++) {
           const fd = this.plane.irqFd(index, v);

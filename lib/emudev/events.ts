@@ -88,6 +88,11 @@ export class EmuEventChannel {
     return this.fd;
   }
 
+  /** Events posted that the back-end has not read yet. */
+  get backlog(): number {
+    return this.ring[HEAD] - Atomics.load(this.ring, TAIL);
+  }
+
   /** Events lost so far because the back-end did not keep up. */
   get lost(): number {
     return Atomics.load(this.ring, LOST);

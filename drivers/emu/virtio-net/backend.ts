@@ -34,6 +34,7 @@ const FD_KICK_EVERY = 16;
 /** Exceptions since the last device reset after which the queues are parked until the next one. */
 const CRASH_BUDGET = 100;
 const R = D.NeedsReset;
+const NOTIFY_IDLE = D.NOTIFY_IDLE;
 
 /** The virtio-net device's engine on an lcore. */
 export class VirtioNetBackend extends CtrlQueue {
@@ -83,6 +84,7 @@ export class VirtioNetBackend extends CtrlQueue {
       if (this.slow) this.refresh();
     }
     if (pairs > 1) this.txNext = this.txNext + 1 < pairs ? this.txNext + 1 : 0;
+    this.mbHeld = 0; // the caller's now
     return got;
   }
 
@@ -115,7 +117,7 @@ export class VirtioNetBackend extends CtrlQueue {
   crashed(e: unknown): boolean {
     log('error', 'virtio-net', `data path: ${(e as Error).stack ?? String(e)}`);
     try {
-      const lost = this.release(this.mbArr, this.mbAt, this.mbHeld) + this.release(this.rbArr, 0, this.rbHeld);
+      const lost = this.release(this.mbArr, 0, this.mbHeld) + this.release(this.rbArr, 0, this.rbHeld);
       if (lost > 0) log('warn', 'virtio-net', `data path: ${lost} mbuf handle(s) of the failed burst name no pool of this thread: not freed`);
     } catch (f) {
       log('error', 'virtio-net', `data path: freeing the failed burst's mbufs: ${(f as Error).message}`);
@@ -162,7 +164,7 @@ export class VirtioNetBackend extends CtrlQueue {
     let n = 0;
     for (let i = 0; i < at.length; i++) {
       const w = at[i];
-      if (nf[w] !== D.NOTIFY_IDLE) { Atomics.store(nf, w, D.NOTIFY_IDLE); n++; }
+      if (nf[w] !== NOTIFY_IDLE) { Atomics.store(nf, w, NOTIFY_IDLE); n++; }
     }
     if (n > 0) this.stats[D.S_KICKS] += n;
     return n;

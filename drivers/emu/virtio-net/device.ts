@@ -21,6 +21,7 @@ import { VirtioCommonCfg } from '../../../lib/virtio/common_cfg.js';
 import * as L from './layout.js';
 import { A } from './defs.js';
 import type { VirtioNetLoopArg } from './datapath.js';
+import type { VirtioNetBackendArg } from './backend.js';
 
 /** The data half's module (for eal.lcores.launch). */
 export const VIRTIO_NET_LOOP_MODULE = siblingModule(import.meta.url, 'datapath');
@@ -156,7 +157,7 @@ export class VirtioNetDevice implements EmuProvider {
     this.msixVectors = 2 * config.pairs + 2;
     this.state = new Int32Array(new SharedArrayBuffer(4 * L.stateWords(this.numQueues)));
     this.stats = new Float64Array(new SharedArrayBuffer(8 * L.STAT_COUNT));
-    // Offer only what datapath.ts implements: no checksum or segmentation offloads, no
+    // Offer only what the engine (backend.ts) implements: no checksum or segmentation offloads, no
     // indirect descriptors, no event index, no packed ring.
     let f = F(V.VIRTIO_F_VERSION_1) | F(V.VIRTIO_NET_F_MAC) | F(V.VIRTIO_NET_F_STATUS) | F(V.VIRTIO_NET_F_CTRL_VQ);
     if (config.mrg) f |= F(V.VIRTIO_NET_F_MRG_RXBUF);
@@ -246,12 +247,14 @@ export class VirtioNetDevice implements EmuProvider {
     };
   }
 
+  /** What VirtioNetBackend.open needs (plain data): the back-end description (id: the registry's, -1 without), the sizes, port for the mbufs. */
+  engineArg(id = -1, port = 0): VirtioNetBackendArg {
+    return { desc: { id, ...this.backendDesc() }, pairs: this.config.pairs, maxQueueSize: this.config.queueSize, wantKicks: this.config.wantKicks === true, port };
+  }
+
   /** The argument of the lcore loop (plain data) with the backend port's queues. */
   loopArg(backend: PortData): VirtioNetLoopArg {
-    return {
-      engine: { desc: { id: -1, ...this.backendDesc() }, pairs: this.config.pairs, maxQueueSize: this.config.queueSize, wantKicks: this.config.wantKicks === true, port: backend.port },
-      backend,
-    };
+    return { engine: this.engineArg(-1, backend.port), backend };
   }
 
   /** Statistics by name. */

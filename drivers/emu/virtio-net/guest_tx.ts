@@ -22,8 +22,9 @@ const R = D.NeedsReset;
 /** The transmit direction (driver -> backend) on top of the queue state. */
 export class GuestTx extends VirtQueues {
   /**
-   * Up to max of transmitq q's new packets into mbufs at mb[at..]: how many (the mbufs are the
-   * caller's), with the avail entries they and the dropped ones took committed.
+   * Up to max of transmitq q's new packets into mbufs at mb[at..]: how many, with the avail
+   * entries they and the dropped ones took committed. mb[0..at + filled) stay held (mbHeld, freed
+   * by crashed() after an exception) until receive() hands them to its caller.
    */
   protected txQueue(q: number, mb: Uint32Array, at: number, max: number): number {
     let n = this.pending(q);
@@ -32,9 +33,8 @@ export class GuestTx extends VirtQueues {
     if (n > max) n = max;
     const stats = this.stats;
     if (!pktmbufAllocInit(this.pool, mb, n, at, 0, this.port)) { stats[D.S_TX_NOMBUF]++; return 0; }
-    this.mbArr = mb;
-    this.mbAt = at;
-    this.mbHeld = n;
+    this.mbArr = mb; // mb[0..at) are earlier queues' packets of the same receive(): held too
+    this.mbHeld = at + n;
     // mb is all from this.pool: its views serve the copies, the view the header.
     const size = this.qSize[q], mask = size - 1, room = this.room, pool = this.pool, pu8 = pool.u8, pu32 = pool.u32, v = this.v;
     const du32 = this.ru32[this.qDescK[q]], dBase = this.qDescOff[q] >>> 2;
@@ -69,16 +69,15 @@ export class GuestTx extends VirtQueues {
       if (len >= 0) { filled++; bytes += len; }
       else if (len !== DROP) { // FATAL or ABORT: nothing of the burst is committed
         this.take[q] = 0;
-        this.mbHeld = 0; // before the free: one that fails half-way must not be freed again by crashed()
+        this.mbHeld = at; // before the free: one that fails half-way must not be freed again by crashed()
         pktmbufFreeBulk(mb, n, at);
         return 0;
       }
       this.putUsed(q, head, 0); // the device wrote nothing into a transmit buffer
     }
-    this.mbHeld = filled;
+    this.mbHeld = at + filled;
     if (filled < n) pktmbufFreeBulk(mb, n - filled, at + filled);
     this.commit(q);
-    this.mbHeld = 0; // the caller's now
     if (filled > 0) {
       stats[D.S_TX_PACKETS] += filled;
       stats[D.S_TX_BYTES] += bytes;

@@ -132,9 +132,8 @@ export class VirtQueues {
   protected readonly usedFlags: number;
   /** the link_down this engine last signalled */
   protected linkDown = 0;
-  /** mbufs the burst in hand owns: mbArr[mbAt..mbAt+mbHeld) and rbArr[0..rbHeld), freed by crashed() */
+  /** mbufs the burst in hand owns: mbArr[0..mbHeld) and rbArr[0..rbHeld), freed by crashed() */
   protected mbArr: Uint32Array = new Uint32Array(0);
-  protected mbAt = 0;
   protected mbHeld = 0;
   protected rbArr: Uint32Array = new Uint32Array(0);
   protected rbHeld = 0;
