@@ -11,7 +11,8 @@
  * (--no-mac-updating). Checked: the frames, every count in l2fwd's JSON summary, no mbuf left in
  * either process, the socket file gone after exit, and bad arguments exit 2 naming the key. In
  * this process: a queue opened on a second lcore is refused, stop detaches the queues opened in its
- * own thread, link down without a driver, the device's counters as xstats.
+ * own thread, link down without a driver, the device's counters as xstats, the device in the emudev
+ * registry while the port lives, and `device=NAME`: the port of a device allocated there by others.
  *
  * Busy-polling threads: l2fwd's worker lcore (this process polls with 1 ms sleeps when idle). No root.
  */
@@ -26,6 +27,9 @@ import { listPorts, openRxQueue, openTxQueue } from '../../lib/ethdev/ethdev.js'
 import { pktmbufPoolCreate, pktmbufAllocBulk, pktmbufFreeBulk } from '../../lib/mempool/mbuf.js';
 import { ATTACHES, type VirtioEmuQueueData } from '../../drivers/net/virtio_emu/virtio_emu_data.js';
 import { testEal } from '../emu/virtio-net-helpers.js';
+import { emudevAllocate, emudevFind, emudevRelease } from '../../lib/emudev/registry.js';
+import { VirtioNetDevice } from '../../drivers/emu/virtio-net/device.js';
+import type { EthDev } from '../../lib/ethdev/ethdev.js';
 import '../../drivers/index.js';
 import { parseVdev } from '../../drivers/bus/vdev/vdev.js';
 import { UsageError } from '../../src/options.js';
@@ -123,7 +127,6 @@ t.test('l2fwd between net_virtio_emu and a ring: a guest\'s frames out and back,
 t.test('bad net_virtio_emu arguments: usage errors naming the key (exit 2), an unusable socket path names the port', { timeout: 60_000 }, async (t) => {
   const sock = join(tempDir(t), 'bad.sock');
   const cases: Array<[string, RegExp, string]> = [
-    ['net_virtio_emu0', /socket=PATH is required/, 'no socket='],
     [`net_virtio_emu0,socket=${sock},backend=1`, /net_virtio_emu has no key "backend"/, 'backend= (the port is its own back end)'],
     [`net_virtio_emu0,socket=${sock},queues=0`, /queues=0 must be/, 'queues=0'],
     [`net_virtio_emu0,socket=${sock},mac=01:00:00:00:00:01`, /mac=01:00:00:00:00:01/, 'a multicast mac='],
@@ -135,14 +138,14 @@ t.test('bad net_virtio_emu arguments: usage errors naming the key (exit 2), an u
     t.match((err as Error).message, msg, `${what}: the message names it`);
   }
   // The same through the app: exit code 2, one line.
-  const r = await runCli(['l2fwd', '--no-huge', '-l', '0-1', '--file-prefix', `tspvepb${process.pid}`, '--no-telemetry', '--vdev', cases[1][0], '--', '-p', '0x1']);
+  const r = await runCli(['l2fwd', '--no-huge', '-l', '0-1', '--file-prefix', `tspvepb${process.pid}`, '--no-telemetry', '--vdev', cases[0][0], '--', '-p', '0x1']);
   t.equal(r.code, 2, 'tspmd l2fwd with backend= exits 2', { stderr: r.stderr });
   t.match(r.stderr, /^tspmd l2fwd: --vdev "net_virtio_emu0,socket=.*,backend=1": net_virtio_emu has no key "backend"; valid keys: socket/, 'with one line naming the key and the valid ones');
   // A path that cannot be bound: probe fails naming the port and the path, and leaves no port behind.
   const bad = join(sock, 'no-such-dir', 'x.sock');
   const { name, args } = parseDevargs(`net_virtio_emu7,socket=${bad}`, VIRTIO_EMU_ARGS, { option: '--vdev', driver: 'net_virtio_emu' });
   let err: unknown = null;
-  try { new VirtioEmuPort(name, virtioNetConfig(args, -1), { socket: args.socket }); } catch (e) { err = e; }
+  try { VirtioEmuPort.create(name, virtioNetConfig(args, -1), { socket: args.socket! }); } catch (e) { err = e; }
   t.match((err as Error | null)?.message, new RegExp(`^net_virtio_emu7: cannot serve it on ${bad}: `), 'probe fails: the port and the path named');
   t.notOk(listPorts().some((p) => p.name === 'net_virtio_emu7'), 'no port left registered');
   t.notOk(existsSync(sock), 'no socket file left behind');
@@ -152,7 +155,7 @@ t.test('in one process: one lcore per port, stop detaches the queues opened here
   const eal = testEal('tspvepi');
   t.teardown(() => eal.close());
   const { name, args } = parseDevargs('net_virtio_emu5,socket=unused,queues=2', VIRTIO_EMU_ARGS, { option: '--vdev', driver: 'net_virtio_emu' });
-  const port = new VirtioEmuPort(name, virtioNetConfig(args, -1), null);
+  const port = VirtioEmuPort.create(name, virtioNetConfig(args, -1), null);
   t.teardown(() => port.shutdown());
   t.throws(() => port.configure({ rxQueues: 2, txQueues: 2 }), /2 RX queues requested, the driver supports 1\.\.1/, 'two queues refused (queues=2: one queue each way carries both pairs)');
   const pool = pktmbufPoolCreate(eal.memory, 'tspvepi_pool', 1023, { cacheSize: 0 });
@@ -188,4 +191,22 @@ t.test('in one process: one lcore per port, stop detaches the queues opened here
   t.same([xs.rx_good_packets, xs.tx_good_packets, xs.tx_packets, xs.rx_packets, xs.kicks], [0, 0, 0, 0, 0], 'counters and the device\'s own as xstats');
   await port.shutdown();
   t.equal(port.status, 'closed', 'shutdown closes the port');
+  t.notOk(emudevFind('net_virtio_emu5'), 'and releases its device from the emudev registry');
+
+  // device=NAME: the port of a device the application allocated (and serves and releases) itself.
+  const dev = new VirtioNetDevice(virtioNetConfig(args, -1), 'tspvepdev');
+  const h = emudevAllocate('tspvepdev', dev);
+  t.teardown(() => emudevRelease(h).catch(() => undefined));
+  const probe = async (vdev: string): Promise<EthDev> => {
+    const spec = parseVdev(vdev);
+    return spec.driver.probe(spec.name, spec.args, eal);
+  };
+  const byName = await probe('net_virtio_emu6,device=tspvepdev');
+  t.ok(byName instanceof VirtioEmuPort && byName.device === dev, 'device=tspvepdev: the port of that device');
+  await (byName as VirtioEmuPort).shutdown();
+  t.equal(emudevFind('tspvepdev'), h, 'closing that port leaves the device to its allocator');
+  await t.rejects(probe('net_virtio_emu6'), /--vdev net_virtio_emu6: socket=PATH is required .*, or device=NAME/, 'neither socket= nor device=: a usage error naming both');
+  await t.rejects(probe('net_virtio_emu6,device=tspnone'), /device=tspnone names no device in the emudev registry \(devices: .*tspvepdev/, 'device= of no device: the error lists the devices');
+  await t.rejects(probe('net_virtio_emu6,device=tspvepdev,socket=/tmp/x'), /device=tspvepdev goes without socket=/, 'device= with socket=: refused');
+  t.notOk(listPorts().some((p) => p.name === 'net_virtio_emu6'), 'no port left registered by the refused ones');
 });

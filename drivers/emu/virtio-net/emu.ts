@@ -140,7 +140,7 @@ export function createVirtioNetEmu(eal: Eal, args: Record<string, string>, ports
   if (!backend) throw new UsageError(`${name}: backend=${cfg.backend} is not a port (ports: ${ports.map((p) => `${p.port}=${p.name}`).join(', ')}); choose one of them`);
   if (backend.status === 'started') throw new UsageError(`${name}: backend=${cfg.backend} (port ${backend.name}) is the backend of another device already; give each virtio-net device its own port (--vdev) and backend=PORT`);
   const pool = pktmbufPoolCreate(eal.memory, `vnet_pool${backend.port}`, 8191);
-  const port = new VirtioEmuPort(name, cfg, null);
+  const port = VirtioEmuPort.create(name, cfg, null);
   try {
     for (const p of [backend, port]) {
       p.configure({ rxQueues: 1, txQueues: 1, promiscuous: true });

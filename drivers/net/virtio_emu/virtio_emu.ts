@@ -3,9 +3,12 @@
  * vhost-user's: `--vdev net_virtio_emuN,socket=PATH[,mac=..][,queues=N][,mrg=0|1][,size=N]
  * [,notify_mmap=0|1][,notify_fds=0|1][,kicks=0|1]` (the device's own keys are the emulated device's,
  * drivers/emu/virtio-net/layout.ts VIRTIO_NET_ARGS, without backend=). Probe creates the device (the
- * provider: config space, BARs, features, reset) and serves it over vfio-user on PATH (mode 0600) in
- * this process, so any app becomes a switch between a guest and its other ports:
+ * provider: config space, BARs, features, reset), allocates it in the emudev registry under the
+ * port's name and serves it over vfio-user on PATH (mode 0600) in this process, so any app becomes
+ * a switch between a guest and its other ports:
  * `tspmd l2fwd --vdev net_virtio_emu0,socket=S --vdev net_tap0,iface=T -- -p 0x3`.
+ * `--vdev net_virtio_emuN,device=NAME` is the port of a virtio-net device an application allocated
+ * in the registry itself (emudevAllocate) and serves and releases itself.
  *
  * The port's RX is what the guest transmits, its TX what the guest receives; queue 0 in each
  * direction carries every queue pair. Link: up while the port is started and the driver has set
@@ -15,7 +18,8 @@
  *
  * Stop: the lcore that opened the queues detaches from the device (it drops its engine when its
  * thread is idle: the app has stopped polling, as rte_eth_dev_stop requires); close: the server
- * stops (the client is dropped, the socket file removed) and the device is released. Client memory
+ * stops (the client is dropped, the socket file removed) and the device is released (a device=
+ * device stays its allocator's). Client memory
  * that cannot be sealed is reached by message (emudev's default unsealedDma).
  */
 import {
@@ -23,6 +27,9 @@ import {
   type DevInfo, type LinkStatus,
 } from '../../../lib/ethdev/ethdev.js';
 import { VfioUserServer, type ServerOptions } from '../../../lib/vfio-user/server.js';
+import { emudevAllocate, emudevFind, emudevList, type EmuDeviceHandle } from '../../../lib/emudev/registry.js';
+import { devargsError } from '../../../lib/kvargs/kvargs.js';
+import { UsageError } from '../../../src/options.js';
 import { registerVdevDriver } from '../../bus/vdev/vdev.js';
 import { siblingModule } from '../../../src/lcore/module.js';
 import { log } from '../../../src/log.js';
@@ -40,7 +47,8 @@ const { backend: _backend, ...DEVICE_ARGS } = VIRTIO_NET_ARGS;
 
 /** net_virtio_emu's keys: where to serve, then the emulated device's own (without backend=). */
 export const VIRTIO_EMU_ARGS = {
-  socket: { kind: 'string', required: true, placeholder: 'PATH', help: 'the unix socket to serve the device on over vfio-user (created mode 0600, removed at close)' },
+  socket: { kind: 'string', placeholder: 'PATH', help: 'the unix socket to serve a new device on over vfio-user (created mode 0600, removed at close); this or device=' },
+  device: { kind: 'string', placeholder: 'NAME', help: 'instead of socket=: be the port of the virtio-net device allocated as NAME in the emudev registry (its allocator serves and releases it; the device keys below are its own then)' },
   ...DEVICE_ARGS,
 } as const;
 
@@ -54,27 +62,50 @@ export interface VirtioEmuServe {
 export class VirtioEmuPort extends EthDev {
   /** the emulated device (the provider) */
   readonly device: VirtioNetDevice;
-  /** the vfio-user server on the socket (null when the caller serves the device) */
-  readonly server: VfioUserServer | null = null;
   /** RELEASE_GEN (bumped at stop: the lcore holding the device detaches) and ATTACHES (1 while one holds it) */
   private readonly words = new Int32Array(new SharedArrayBuffer(4 * RELEASE_WORDS));
+  /** the device's registry entry when this port allocated it (and releases it at close) */
+  private readonly owned: EmuDeviceHandle | null;
+  private srv: VfioUserServer | null = null;
   private closing: Promise<void> | null = null;
 
-  /** Create the device from its configuration and, with serve, serve it on serve.socket now. */
-  constructor(name: string, config: VirtioNetConfig, serve: VirtioEmuServe | null) {
+  /** The port of device; owned: its registry entry, released at close (null: the device is someone else's). */
+  constructor(name: string, device: VirtioNetDevice, owned: EmuDeviceHandle | null) {
     super(name);
-    let step = 'create the device';
+    this.device = device;
+    this.owned = owned;
+  }
+
+  /**
+   * A new device from config as a port named name: allocated in the emudev registry under that
+   * name and, with serve, served on serve.socket now (null: the caller serves device.emu itself).
+   */
+  static create(name: string, config: VirtioNetConfig, serve: VirtioEmuServe | null): VirtioEmuPort {
+    const device = new VirtioNetDevice(config, name);
+    let h: EmuDeviceHandle;
     try {
-      this.device = new VirtioNetDevice(config, name);
-      if (serve) {
-        step = `serve it on ${serve.socket}`;
-        this.server = new VfioUserServer(this.device.emu, serve.socket, serve.server);
-        this.server.start();
-      }
+      h = emudevAllocate(name, device);
     } catch (e) {
-      this.close();
-      throw new Error(`${name}: cannot ${step}: ${(e as Error).message}`);
+      device.close();
+      throw e;
     }
+    const port = new VirtioEmuPort(name, device, h);
+    if (serve) {
+      try {
+        port.srv = new VfioUserServer(device.emu, serve.socket, serve.server);
+        port.srv.start();
+      } catch (e) {
+        port.srv = null;
+        port.close();
+        throw new Error(`${name}: cannot serve it on ${serve.socket}: ${(e as Error).message}`);
+      }
+    }
+    return port;
+  }
+
+  /** The vfio-user server on the socket (null when another serves the device). */
+  get server(): VfioUserServer | null {
+    return this.srv;
   }
 
   /** Driver facts: one queue each way carries every queue pair of the device. */
@@ -125,9 +156,9 @@ export class VirtioEmuPort extends EthDev {
 
   private async release(): Promise<void> {
     try {
-      await this.server?.close();
+      await this.srv?.close();
     } finally {
-      (this.device as VirtioNetDevice | undefined)?.close(); // undefined: its constructor failed
+      await this.owned?.release(); // the registry entry goes, the device closes
     }
   }
 
@@ -144,11 +175,7 @@ export class VirtioEmuPort extends EthDev {
   }
 
   private queueData(): VirtioEmuQueueData {
-    const c = this.device.config;
-    return {
-      backend: { desc: { id: -1, ...this.device.backendDesc() }, pairs: c.pairs, maxQueueSize: c.queueSize, wantKicks: c.wantKicks === true, port: this.port },
-      release: this.words.buffer as SharedArrayBuffer,
-    };
+    return { backend: this.device.engineArg(-1, this.port), release: this.words.buffer as SharedArrayBuffer };
   }
 
   /** The device's statistics, by their names. */
@@ -177,7 +204,15 @@ registerVdevDriver({
   description: 'an emulated virtio-net device served over vfio-user in this process, as a port (the guest\'s TX is its RX)',
   schema: VIRTIO_EMU_ARGS,
   probe: (name, args, eal) => {
-    const port = new VirtioEmuPort(name, virtioNetConfig(args, -1), { socket: args.socket });
+    if (args.device !== undefined) {
+      if (args.socket !== undefined) throw devargsError(args, 'device', 'goes without socket= (the device is served by whoever allocated it)');
+      const h = emudevFind(args.device);
+      if (!h) throw devargsError(args, 'device', `names no device in the emudev registry (devices: ${emudevList().map((d) => d.name).join(', ') || 'none'}); allocate it first (emudevAllocate), or give socket=PATH for a new one`);
+      if (!(h.provider instanceof VirtioNetDevice)) throw devargsError(args, 'device', `is a ${h.provider.info().type} device; net_virtio_emu drives virtio-net`);
+      return new VirtioEmuPort(name, h.provider, null);
+    }
+    if (args.socket === undefined) throw new UsageError(`--vdev ${name}: socket=PATH is required (the unix socket to serve the device on), or device=NAME (a virtio-net device allocated in the emudev registry)`);
+    const port = VirtioEmuPort.create(name, virtioNetConfig(args, -1), { socket: args.socket });
     eal.onClose(() => port.shutdown());
     return port;
   },
