@@ -32,7 +32,7 @@ const PORT_DESC = 1024;
 const IDLE_MS = 100;
 /** Exceptions after which the loop gives up (it logs each). */
 const CRASH_BUDGET = 100;
-// The forwarding loop's control words (Int32): STOP (set by stop()), RUNNING and IDLE (set by the loop).
+// The forwarding loop's control words (Int32): STOP (set by stop()), RUNNING and IDLE (set by the loop: 1 while it backs off).
 const STOP = 0, RUNNING = 1, IDLE = 2, CTL_WORDS = 4;
 
 const FWD_MODULE = siblingModule(import.meta.url, 'emu');
@@ -79,11 +79,6 @@ export class VirtioNetEmu {
   /** The emudev device (for the vfio-user server). */
   get emu(): EmuDevice {
     return this.port.device.emu;
-  }
-
-  /** Whether the forwarding loop sleeps for lack of work (on the device's doorbells). */
-  get idle(): boolean {
-    return Atomics.load(this.ctl, IDLE) !== 0;
   }
 
   /** Launch the forwarding loop on worker lcore `lcore`; resolves once it runs. */
