@@ -17,12 +17,15 @@
  * Busy-polling threads: l2fwd's worker lcore (this process polls with 1 ms sleeps when idle). No root.
  */
 import t from 'tap';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { CLI, CHILD_ENV, runCli, removeRunDir, killChildren } from '../cli.js';
 import { tempDir } from '../vfio-user/helpers.js';
 import { formatMac } from '../../lib/net/mac.js';
+import { parseIpv4 } from '../../lib/net/packet.js';
+import { uniquePrefix } from '../../lib/netns/topology.js';
+import { undoAlways } from '../always.js';
 import { listPorts, openRxQueue, openTxQueue } from '../../lib/ethdev/ethdev.js';
 import { pktmbufPoolCreate, pktmbufAllocBulk, pktmbufFreeBulk } from '../../lib/mempool/mbuf.js';
 import { ATTACHES, type VirtioEmuQueueData } from '../../drivers/net/virtio_emu/virtio_emu_data.js';
@@ -46,8 +49,10 @@ t.teardown(() => killChildren(children));
 /** A running `tspmd l2fwd ... --json`: its output so far and its exit. */
 interface Run { proc: ChildProcess; stdout(): string; stderr(): string; exit: Promise<number | null> }
 
-function l2fwd(args: string[]): Run {
-  const proc = spawn(process.execPath, [...process.execArgv, CLI, 'l2fwd', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: CHILD_ENV });
+/** Start `tspmd l2fwd ...args`; wrap: a command that runs node for it in place (e.g. ['ip', 'netns', 'exec', NS]). */
+function l2fwd(args: string[], wrap: string[] = []): Run {
+  const cmd = [...wrap, process.execPath, ...process.execArgv, CLI, 'l2fwd', ...args];
+  const proc = spawn(cmd[0], cmd.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: CHILD_ENV });
   children.add(proc);
   let out = '', err = '';
   proc.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
@@ -63,6 +68,13 @@ interface Summary {
 }
 function parseSummary(text: string): Summary | null {
   try { return JSON.parse(text) as Summary; } catch { return null; }
+}
+
+/** SIGINT l2fwd and wait for its exit code (SIGKILL after 20 s). */
+async function stopL2fwd(app: Run): Promise<number | null> {
+  app.proc.kill('SIGINT');
+  const k = setTimeout(() => app.proc.kill('SIGKILL'), 20_000);
+  try { return await app.exit; } finally { clearTimeout(k); }
 }
 
 /** Wait until cond() holds (or timeout); whether it did. */
@@ -106,10 +118,7 @@ t.test('l2fwd between net_virtio_emu and a ring: a guest\'s frames out and back,
   stopAndCheckPool(t, c, 'the guest');
   await c.eal.close();
 
-  app.proc.kill('SIGINT');
-  const k = setTimeout(() => app.proc.kill('SIGKILL'), 20_000);
-  const exitCode = await app.exit;
-  clearTimeout(k);
+  const exitCode = await stopL2fwd(app);
   t.equal(exitCode, 0, 'l2fwd exits 0 on SIGINT', { stderr: app.stderr().slice(-3000) });
   const summary = parseSummary(app.stdout());
   t.ok(summary, 'l2fwd printed its JSON summary', { stdout: app.stdout() });
@@ -209,4 +218,67 @@ t.test('in one process: one lcore per port, stop detaches the queues opened here
   await t.rejects(probe('net_virtio_emu6,device=tspnone'), /device=tspnone names no device in the emudev registry \(devices: .*tspvepdev/, 'device= of no device: the error lists the devices');
   await t.rejects(probe('net_virtio_emu6,device=tspvepdev,socket=/tmp/x'), /device=tspvepdev goes without socket=/, 'device= with socket=: refused');
   t.notOk(listPorts().some((p) => p.name === 'net_virtio_emu6'), 'no port left registered by the refused ones');
+});
+
+const tapSkip = process.getuid?.() !== 0 ? 'needs root: a network namespace and a TAP interface need CAP_NET_ADMIN'
+  : !existsSync('/dev/net/tun') ? 'needs /dev/net/tun (the tun module) for net_tap' : false;
+
+/** An ARP request (60 bytes) from mac/ip for target. */
+function arpRequest(mac: number[], ip: number, target: number): Uint8Array {
+  const f = new Uint8Array(60);
+  const dv = new DataView(f.buffer);
+  f.fill(0xff, 0, 6);
+  f.set(mac, 6);
+  dv.setUint16(12, 0x0806);
+  dv.setUint16(14, 1); // Ethernet
+  dv.setUint16(16, 0x0800);
+  f[18] = 6;
+  f[19] = 4;
+  dv.setUint16(20, 1); // request
+  f.set(mac, 22);
+  dv.setUint32(28, ip);
+  dv.setUint32(38, target);
+  return f;
+}
+
+t.test('l2fwd between net_virtio_emu and net_tap in a namespace: the kernel answers the guest\'s ARP request', { skip: tapSkip, timeout: 120_000 }, async (t) => {
+  const ns = `${uniquePrefix()}n`, tap = `${ns.slice(0, 9)}t`;
+  execFileSync('ip', ['netns', 'add', ns]);
+  undoAlways(t, () => { try { execFileSync('ip', ['netns', 'del', ns], { stdio: 'ignore' }); } catch { /* gone */ } });
+  // No IPv6 chatter on the tap: the guest sees only what it asked for. "default" covers the tap made later.
+  for (const k of ['all', 'default']) {
+    try { execFileSync('ip', ['netns', 'exec', ns, 'sysctl', '-qw', `net.ipv6.conf.${k}.disable_ipv6=1`], { stdio: 'ignore' }); } catch { /* no IPv6 */ }
+  }
+  const sock = join(tempDir(t), 'vn.sock');
+  const prefix = `tspvept${process.pid}`;
+  const app = l2fwd(['--no-huge', '-l', '0-1', '--file-prefix', prefix, '--no-telemetry', '--vdev', `net_virtio_emu0,socket=${sock},mac=${MAC}`, '--vdev', `net_tap0,iface=${tap}`,
+    '--', '-p', '0x3', '--no-mac-updating', '-T', '0'], ['ip', 'netns', 'exec', ns]);
+  t.teardown(() => removeRunDir(['--file-prefix', prefix]));
+  let code: number | null | undefined;
+  void app.exit.then((c) => { code = c; });
+  t.ok(await until(() => /lcore 1: RX port 1/.test(app.stdout()) || code !== undefined, 60_000), 'l2fwd runs in the namespace between the device and the tap', { stderr: app.stderr() });
+  const HOST = parseIpv4('10.97.0.1'), GUEST = parseIpv4('10.97.0.2');
+  execFileSync('ip', ['-n', ns, 'addr', 'add', '10.97.0.1/24', 'dev', tap]);
+  execFileSync('ip', ['-n', ns, 'link', 'set', tap, 'up']);
+  const tapMac = execFileSync('ip', ['netns', 'exec', ns, 'cat', `/sys/class/net/${tap}/address`], { encoding: 'utf8' }).trim();
+
+  const c = await openClient(t, sock, 1);
+  const mac = c.port.macAddr();
+  let reply: Uint8Array | undefined;
+  for (let i = 0; i < 5 && !reply; i++) {
+    await pmdSend(c, [arpRequest(mac, GUEST, HOST)]);
+    reply = (await pmdReceive(c, 1, 2000))[0].find((f) => f.length >= 42 && f[12] === 0x08 && f[13] === 0x06 && f[21] === 2);
+  }
+  t.ok(reply, 'an ARP reply reached the guest');
+  if (reply) {
+    const dv = new DataView(reply.buffer, reply.byteOffset);
+    t.same([formatMac([...reply.subarray(0, 6)]), formatMac([...reply.subarray(22, 28)]), dv.getUint32(28), dv.getUint32(38)], [MAC, tapMac, HOST, GUEST],
+      `from the tap's kernel: to the guest's MAC, ${tapMac} is at 10.97.0.1, for 10.97.0.2`);
+  }
+  const tapRx = Number(execFileSync('ip', ['netns', 'exec', ns, 'cat', `/sys/class/net/${tap}/statistics/rx_packets`], { encoding: 'utf8' }).trim());
+  t.ok(tapRx >= 1, `the tap received the guest's frames (${tapRx})`);
+  stopAndCheckPool(t, c, 'the guest');
+  await c.eal.close();
+  t.equal(await stopL2fwd(app), 0, 'l2fwd exits 0 on SIGINT', { stderr: app.stderr().slice(-3000) });
+  t.notOk(existsSync(sock), 'the socket file is removed at exit');
 });
