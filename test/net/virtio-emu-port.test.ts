@@ -14,7 +14,11 @@
  * own thread, link down without a driver, the device's counters as xstats, the device in the emudev
  * registry while the port lives, and `device=NAME`: the port of a device allocated there by others.
  *
- * Busy-polling threads: l2fwd's worker lcore (this process polls with 1 ms sleeps when idle). No root.
+ * As root, the same with a net_tap in a network namespace instead of the ring: the tap's kernel
+ * answers the guest's ARP request (the QEMU lab's check, test/lab/virtio-net-guest.test.ts, with
+ * tspmd's PMD as the guest).
+ *
+ * Busy-polling threads: l2fwd's worker lcore (this process polls with 1 ms sleeps when idle).
  */
 import t from 'tap';
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
