@@ -1,7 +1,8 @@
 /**
  * tspmd: the package's one entry point (`import { ... } from 'tspmd'`). Everything an application
  * needs is exported here, grouped like DPDK's headers; importing it also registers the built-in
- * drivers (net_null, net_ring, net_af_packet, net_af_xdp, net_tap, net_pcap, net_virtio, net_igb, dmatest)
+ * drivers (net_null, net_ring, net_af_packet, net_af_xdp, net_tap, net_pcap, net_virtio_emu, net_virtio, net_igb,
+ * dmatest)
  * with their buses (test/package/drivers.test.ts checks this list against the registries).
  * Modules under dist/ are internal: their paths may change between versions, these names do not.
  * docs/library.md walks through the API.
@@ -80,4 +81,18 @@ export { VfioUserServer, type ServerOptions, type ServerStats } from './lib/vfio
 export { VfioUserClient, VfioUserError, type ClientOptions } from './lib/vfio-user/client.js';
 export { EmuDevice, type EmuDeviceSpec, type EmuBarSpec, type EmuIrqSpec, type EmuCapability, type PciIdentity, type DmaRegion } from './lib/emudev/emudev.js';
 export { DataPlane, type DataPlaneDesc } from './lib/emudev/dataplane.js';
+// the emudev API (rte_emudev.h; docs/emudev.md): the registry and device handle (main thread), the back-end (lcore), events
+export {
+  emudevAllocate, emudevFind, emudevList, emudevRelease, EmuDeviceHandle,
+  type EmuProvider, type EmuProviderInfo, type EmuDeviceInfo, type EmuMemRegion, type EmuAttrValue,
+} from './lib/emudev/registry.js';
+export {
+  EmuBackend, QUEUE_SIZE, QUEUE_ENABLE, QUEUE_VECTOR, QUEUE_DESC_LO, QUEUE_DESC_HI, QUEUE_AVAIL_LO, QUEUE_AVAIL_HI, QUEUE_USED_LO, QUEUE_USED_HI,
+  QUEUE_EPOCH, QUEUE_DOORBELL, QUEUE_WORDS, type EmuBackendDesc, type EmuQueueInfo, type EmuAttrSpec, type EmuDoorbellInfo, type EmuIrqInfo,
+} from './lib/emudev/backend.js';
+export {
+  EmuEventChannel, EmuEventReader, EVENT_QUEUE_ENABLED, EVENT_QUEUE_DISABLED, EVENT_DEVICE_RESET, EVENT_MEM_TABLE_CHANGED, EVENT_STATUS_CHANGED,
+  EVENT_ATTR_CHANGED, EVENT_OVERFLOW, EVENT_ALL, EVENT_NAMES, type EmuEventChannelDesc,
+} from './lib/emudev/events.js';
+export { DmatestDevice, type DmatestOptions } from './drivers/emu/dmatest/dmatest.js';
 export { spawnEmu, type EmuChild } from './lib/emudev/spawn.js';

@@ -6,6 +6,7 @@ import './net/af_xdp/af_xdp.js';
 import './net/af_xdp/af_xdp.js';
 import './net/tap/tap.js';
 import './net/pcap/pcap.js';
+import './net/virtio_emu/virtio_emu.js';
 import './net/virtio/virtio.js';
 import './net/igb/igb.js';
 import './raw/dmatest/pci.js';

@@ -1,31 +1,39 @@
 /**
- * The emudev data plane: how an emulated device's poll loop runs on an lcore (a worker thread)
- * while the vfio-user transport keeps running on the main thread.
+ * The emudev data plane: how an emulated device's poll loops run on lcores (worker threads) while
+ * the vfio-user transport keeps running on the main thread.
  *
- * The two threads share one SharedArrayBuffer (the control block), never JS objects:
- *   - the client's DMA memory table (iova, length, flags, local address), so the worker builds its
+ * Up to MAX_PLANE_LCORES workers attach to one device at once (a network port's RX and its TX
+ * polled by two lcores, as l2fwd with two workers does), each a DataPlane of its own: its own
+ * views of client memory and translation state, a slot (a bit in the ATTACHED word and an
+ * acknowledgement word). The threads share one SharedArrayBuffer (the control block), never JS
+ * objects:
+ *   - the client's DMA memory table (iova, length, flags, local address), so each worker builds its
  *     own views of client memory and translates IOVAs with bounds and permission checks;
- *   - the IRQ table (eventfd, masked, pending per vector), so the worker raises interrupts itself;
+ *   - the IRQ table (eventfd, masked, pending per vector), so workers raise interrupts themselves
+ *     (atomically: two raising one vector at once deliver or hold it like one raising it twice);
  *   - a pause handshake: before the main thread changes either table (DMA_MAP/UNMAP, SET_IRQS,
- *     reset, disconnect) it asks the worker to pause, waits for the acknowledgement, changes the
- *     table (and only then unmaps memory or closes fds), and releases the worker, which rebuilds
- *     its views. A view is therefore never used after its memory is unmapped. Each request carries
- *     a new epoch number and the worker acknowledges that epoch, so an acknowledgement left over
- *     from the previous pause is never taken for the current one; the request is raised even when
- *     no worker is attached, so a worker attaching meanwhile parks in attach() until the change is
- *     done (it raises ATTACHED then reads the request, the main thread the other way round);
- *   - a mailbox for client memory that came without fd: the worker posts a read or write and waits;
- *     the main thread performs it with DMA_READ/WRITE messages and answers through a bounce buffer.
- *     A request the worker gave up on (timeout) is marked abandoned and keeps the mailbox busy until
- *     the main thread is done with it, so a late answer never lands in a later request.
- *
+ *     reset, disconnect) it asks the workers to pause, waits until every attached one acknowledged,
+ *     changes the table (and only then unmaps memory or closes fds), and releases them; each
+ *     rebuilds its views. A view is therefore never used after its memory is unmapped. Each request
+ *     carries a new epoch number and each worker acknowledges that epoch in its slot's word, so an
+ *     acknowledgement left over from the previous pause is never taken for the current one; the
+ *     request is raised even when no worker is attached, so a worker attaching meanwhile parks in
+ *     attach() until the change is done (it raises its ATTACHED bit then reads the request, the
+ *     main thread the other way round). A worker detaching meanwhile is no longer waited for;
+ *   - a mailbox for client memory that came without fd: a worker takes it (one request at a time
+ *     for all workers: MAIL_OP is also its lock word), posts a read or write and waits; the main
+ *     thread performs it with DMA_READ/WRITE messages and answers through a bounce buffer, and the
+ *     worker frees the mailbox once it has the answer. A request the worker gave up on (timeout) is
+ *     marked abandoned and keeps the mailbox busy until the main thread is done with it, so a late
+ *     answer never lands in a later request;
  *   - the doorbell table: the ioeventfds a vfio-user server made for the device's declared FD
- *     doorbells (one word each, -1 when none), set inside quiesce like the IRQ table; the worker
+ *     doorbells (one word each, -1 when none), set inside quiesce like the IRQ table; a worker
  *     reads them without blocking (doorbell(i)), so a signal there has the effect of the write,
- *     and an idle loop may sleep on them (sleepOnDoorbells);
+ *     and an idle loop may sleep on them (sleepOnDoorbells). Which worker reads which doorbell is
+ *     the device's business (a doorbell's count goes to the one that reads it).
  *
  * Devices may keep their own state in another SharedArrayBuffer and change it inside quiesce() too;
- * wake() interrupts the worker's idle sleep (e.g. after a doorbell written through REGION_WRITE).
+ * wake() interrupts every worker's idle sleep (e.g. after a doorbell written through REGION_WRITE).
  *
  * The main half is DataPlaneControl (owned by EmuDevice); the worker half is DataPlane, built in
  * the lcore from DataPlaneControl.desc(). Addresses are numbers in the worker: IOVAs at or above
@@ -35,15 +43,27 @@ import * as os from '../../src/os/libc.js';
 import { PiecedView } from '../../src/os/pieces.js';
 import { log } from '../../src/log.js';
 
-// Control words (Int32 indexes).
-const ATTACHED = 0, PAUSE_REQ = 1, PAUSE_ACK = 2, DMA_GEN = 3, DMA_COUNT = 4;
+/** How many lcores may attach to one device's data plane at once. */
+export const MAX_PLANE_LCORES = 8;
+// Control words (Int32 indexes). ATTACHED: a bit per attached slot. ACK_SEQ: bumped (and notified)
+// by every acknowledgement and detach, so quiesce() sleeps on one word for all of them.
+const ATTACHED = 0, PAUSE_REQ = 1, ACK_SEQ = 2, DMA_GEN = 3, DMA_COUNT = 4;
 const MAIL_OP = 5, MAIL_DONE = 6, MAIL_LEN = 7, MAIL_IOVA_LO = 8, MAIL_IOVA_HI = 9;
 /** set when an eventfd write met EAGAIN: some unmasked vector holds a pending interrupt to retry */
 const IRQ_RETRY = 10;
-const HEADER_WORDS = 16;
-// Mailbox operations and states (OP_ABANDONED: the worker timed out, the main thread still works on it).
-const OP_NONE = 0, OP_READ = 1, OP_WRITE = 2, OP_ABANDONED = 3;
-const DONE_PENDING = 0, DONE_OK = 1, DONE_FAILED = 2;
+/** the epoch each slot acknowledged last (0: none), one word per slot */
+const ACK_BASE = 16;
+const HEADER_WORDS = ACK_BASE + MAX_PLANE_LCORES;
+const ALL_SLOTS = (1 << MAX_PLANE_LCORES) - 1;
+/**
+ * Mailbox states, in MAIL_OP. NONE: free; CLAIMED: a worker holds it and fills it in; READ/WRITE:
+ * posted, the main thread works on it; ANSWERED: done (result in MAIL_DONE), the worker copies the
+ * answer out of the bounce buffer and frees it; ABANDONED: the worker timed out, the main thread
+ * frees it when done. Every transition away from a state another thread may also change is a
+ * compareExchange.
+ */
+const OP_NONE = 0, OP_READ = 1, OP_WRITE = 2, OP_ABANDONED = 3, OP_CLAIMED = 4, OP_ANSWERED = 5;
+const DONE_OK = 1, DONE_FAILED = 2;
 // IRQ vector words: eventfd, masked, pending.
 const IRQ_FD = 0, IRQ_MASKED = 1, IRQ_PENDING = 2, IRQ_WORDS = 3;
 /**
@@ -146,9 +166,24 @@ export class DataPlaneControl {
     return Atomics.load(this.ctl, ATTACHED) !== 0;
   }
 
+  /** How many workers are attached (at most MAX_PLANE_LCORES). */
+  get attachedCount(): number {
+    let m = Atomics.load(this.ctl, ATTACHED), n = 0;
+    for (; m !== 0; m &= m - 1) n++;
+    return n;
+  }
+
+  /** How many attached workers have not acknowledged epoch e yet (0: all are parked, or none is attached). */
+  private unpaused(e: number): number {
+    const m = Atomics.load(this.ctl, ATTACHED);
+    let n = 0;
+    for (let s = 0; s < MAX_PLANE_LCORES; s++) if ((m & (1 << s)) !== 0 && Atomics.load(this.ctl, ACK_BASE + s) !== e) n++;
+    return n;
+  }
+
   /**
-   * Run fn while the worker is paused (at once when none is attached): the worker touches no client
-   * memory and no eventfd until fn returns. Nests. Throws when the worker does not acknowledge.
+   * Run fn while every attached worker is paused (at once when none is attached): none touches
+   * client memory or an eventfd until fn returns. Nests. Throws when one does not acknowledge.
    */
   quiesce<T>(fn: () => T): T {
     if (this.pauseDepth > 0) {
@@ -156,21 +191,25 @@ export class DataPlaneControl {
       try { return fn(); } finally { this.pauseDepth--; }
     }
     // A fresh epoch: a stale acknowledgement (of the previous pause) never matches it. Raised even
-    // without a worker, so one that attaches now parks until the change below is done.
+    // without a worker, so one that attaches now parks until the change below is done: a worker
+    // sets its ATTACHED bit then reads the request, this thread stores the request then reads the
+    // bits, so either it waits for that worker's acknowledgement or the worker sees the request.
     this.epoch = (this.epoch % 0x7fff_ffff) + 1;
     const e = this.epoch;
     Atomics.store(this.ctl, PAUSE_REQ, e);
     Atomics.notify(this.ctl, PAUSE_REQ);
     const deadline = Date.now() + this.pauseTimeoutMs;
     for (;;) {
-      const ack = Atomics.load(this.ctl, PAUSE_ACK);
-      if (ack === e || !this.attached) break;
+      const seq = Atomics.load(this.ctl, ACK_SEQ); // before the check: an acknowledgement after it changes seq
+      const late = this.unpaused(e);
+      if (late === 0) break;
       if (Date.now() > deadline) {
         Atomics.store(this.ctl, PAUSE_REQ, 0);
         Atomics.notify(this.ctl, PAUSE_REQ);
-        throw new Error(`${this.name}: the device's lcore did not pause within ${this.pauseTimeoutMs} ms (is its poll loop blocked, or not calling service()?)`);
+        const who = late === 1 && this.attachedCount === 1 ? 'the device\'s lcore' : `${late} of the device's ${this.attachedCount} lcores`;
+        throw new Error(`${this.name}: ${who} did not pause within ${this.pauseTimeoutMs} ms (is a poll loop blocked, or not calling service()?)`);
       }
-      Atomics.wait(this.ctl, PAUSE_ACK, ack, 1);
+      Atomics.wait(this.ctl, ACK_SEQ, seq, 50);
     }
     this.pauseDepth++;
     try {
@@ -195,8 +234,8 @@ export class DataPlaneControl {
   }
 
   /**
-   * Release something the worker may still use (unmap, close) once it is known not to: after the
-   * next pause it acknowledges, or at once when no worker is attached.
+   * Release something a worker may still use (unmap, close) once it is known that none does: after
+   * the next pause every attached worker acknowledges, or at once when none is attached.
    */
   deferRelease(fn: () => void): void {
     this.deferred.push(fn);
@@ -216,7 +255,7 @@ export class DataPlaneControl {
     }
   }
 
-  /** Wake the worker from sleep() now (e.g. a doorbell arrived through a trapped write). */
+  /** Wake every attached worker from sleep() now (e.g. a doorbell arrived through a trapped write). */
   wake(): void {
     Atomics.notify(this.ctl, PAUSE_REQ);
   }
@@ -338,7 +377,13 @@ export class DataPlaneControl {
     return this.irqBase[index] + vector * IRQ_WORDS;
   }
 
-  /** Answer worker requests for client memory without fd, one at a time, until close(). */
+  /**
+   * Answer worker requests for client memory without fd, one at a time, until close(). The mailbox
+   * and its bounce buffer are one for all attached workers, taken in turn (MAIL_OP is the lock
+   * word): requests go one at a time to one client over one socket anyway, and it is the slow path
+   * (memory sent without fd), so a mailbox per slot would add 64 KiB of bounce buffer per slot and
+   * a loop over slots here for no gain.
+   */
   private serveMailbox(): void {
     if (this.serving || this.closed) return;
     this.serving = true;
@@ -357,19 +402,19 @@ export class DataPlaneControl {
           if (op === OP_READ) {
             const data = await this.memory.read(iova, len);
             if (data.byteLength !== len) throw new RangeError(`read ${data.byteLength} bytes, not ${len}`);
-            // Abandoned meanwhile: the worker is not waiting for these bytes (its next request
-            // waits for OP_NONE below, so the bounce buffer is still ours).
-            if (Atomics.load(this.ctl, MAIL_OP) === OP_READ) this.bounce.set(data);
+            // Even when abandoned meanwhile: the mailbox stays busy until freed below, so the
+            // bounce buffer is still this request's.
+            this.bounce.set(data);
           } else {
             await this.memory.write(iova, this.bounce.slice(0, len));
           }
         } catch {
           done = DONE_FAILED;
         }
-        // DONE before OP_NONE: a worker that sees the mailbox free sees this request's end too.
+        // The result before ANSWERED; the worker copies the answer out and frees the mailbox. One
+        // that gave up (ABANDONED) waits for nothing: free it here.
         Atomics.store(this.ctl, MAIL_DONE, done);
-        Atomics.notify(this.ctl, MAIL_DONE);
-        Atomics.store(this.ctl, MAIL_OP, OP_NONE);
+        if (Atomics.compareExchange(this.ctl, MAIL_OP, op, OP_ANSWERED) !== op) Atomics.store(this.ctl, MAIL_OP, OP_NONE);
         Atomics.notify(this.ctl, MAIL_OP);
       }
       this.serving = false;
@@ -464,14 +509,17 @@ export class DataPlane {
   private count = 0;
   private gen = -1;
   private reloads = 0;
+  /** this instance's bit in ATTACHED and its acknowledgement word (-1 once detached) */
+  private slot: number;
   private start: Float64Array;
   private end: Float64Array;
   private flags: Int32Array;
   /** the published region each slot is a piece of */
   private region: Int32Array;
 
-  private constructor(desc: DataPlaneDesc) {
+  private constructor(desc: DataPlaneDesc, slot: number) {
     this.desc = desc;
+    this.slot = slot;
     this.name = desc.name;
     this.pfds = new Uint8Array(os.SIZEOF_POLLFD * Math.max(1, desc.doorbellCount));
     this.pfd32 = new Int32Array(this.pfds.buffer);
@@ -485,23 +533,46 @@ export class DataPlane {
     oneAddress();
   }
 
-  /** Attach this thread as the device's data plane (one at a time); parks first while a change is under way. */
+  /**
+   * Attach this thread to the device's data plane, beside up to MAX_PLANE_LCORES - 1 others (each
+   * with its own views); parks first while a change is under way.
+   */
   static attach(desc: DataPlaneDesc): DataPlane {
     const ctl = new Int32Array(desc.control);
-    if (Atomics.compareExchange(ctl, ATTACHED, 0, 1) !== 0) throw new Error(`${desc.name}: another lcore already runs this device's data plane`);
-    const p = new DataPlane(desc);
+    let slot = -1;
+    for (let m = Atomics.load(ctl, ATTACHED); slot < 0;) {
+      if ((m & ALL_SLOTS) === ALL_SLOTS) throw new Error(`${desc.name}: ${MAX_PLANE_LCORES} lcores already run this device's data plane, the most it takes: detach one first`);
+      const s = 31 - Math.clz32(~m & (m + 1)); // the lowest free slot
+      const seen = Atomics.compareExchange(ctl, ATTACHED, m, m | (1 << s));
+      if (seen === m) slot = s;
+      else m = seen;
+    }
+    let p: DataPlane;
+    try {
+      p = new DataPlane(desc, slot);
+    } catch (e) {
+      Atomics.and(ctl, ATTACHED, ~(1 << slot));
+      throw e;
+    }
     p.service();
     return p;
   }
 
-  /** Leave: the main thread then changes tables without asking. Views must not be used afterwards. */
+  /**
+   * Leave: the main thread then changes tables without waiting for this thread (the others go on).
+   * Views must not be used afterwards. A second call does nothing.
+   */
   detach(): void {
+    if (this.slot < 0) return;
     this.u8.length = 0;
     this.dv.length = 0;
     this.count = 0;
     this.gen = -1;
-    Atomics.store(this.ctl, ATTACHED, 0);
-    Atomics.notify(this.ctl, PAUSE_ACK);
+    Atomics.store(this.ctl, ACK_BASE + this.slot, 0); // a later occupant of the slot starts without an acknowledgement
+    Atomics.and(this.ctl, ATTACHED, ~(1 << this.slot));
+    this.slot = -1;
+    Atomics.add(this.ctl, ACK_SEQ, 1);
+    Atomics.notify(this.ctl, ACK_SEQ);
   }
 
   /**
@@ -580,7 +651,7 @@ export class DataPlane {
     return this.bellCount[0] + this.bellCount[1] * TWO32;
   }
 
-  /** Sleep up to ms (an idle loop's back-off); a pause request wakes it at once. */
+  /** Sleep up to ms (an idle loop's back-off); a pause request or wake() ends it at once. */
   sleep(ms: number): void {
     Atomics.wait(this.ctl, PAUSE_REQ, 0, ms);
   }
@@ -648,39 +719,53 @@ export class DataPlane {
         else buf.set(v.subarray(o, o + n), at);
       } else {
         n = Math.min(n, BOUNCE);
-        if (write) this.bounce.set(buf.subarray(at, at + n));
-        if (!this.mail(write ? OP_WRITE : OP_READ, iova, n)) return false;
-        if (!write) buf.set(this.bounce.subarray(0, n), at);
+        if (!this.mail(write ? OP_WRITE : OP_READ, iova, buf, at, n)) return false;
       }
       iova += n; at += n; len -= n;
     }
     return true;
   }
 
-  private mail(op: number, iova: number, len: number): boolean {
+  /**
+   * One mailbox request: take the mailbox (other workers of the device may hold it), fill it (the
+   * bytes to write from buf[at..], into the bounce buffer), post it, wait for the answer, copy a
+   * read's bytes to buf[at..] and free the mailbox. While waiting (for the mailbox or the answer)
+   * this thread touches no client memory, so it acknowledges pauses (e.g. an unmap arriving).
+   */
+  private mail(op: number, iova: number, buf: Uint8Array, at: number, len: number): boolean {
     const deadline = Date.now() + MAIL_TIMEOUT_MS;
-    // The main thread may need a pause while this thread waits (e.g. an unmap arrives): waiting
-    // touches no client memory, so acknowledge it.
-    for (;;) { // the mailbox may still be busy with a request given up earlier
+    let ok = false;
+    for (;;) { // busy: another worker's request, or one given up earlier
       const cur = Atomics.load(this.ctl, MAIL_OP);
-      if (cur === OP_NONE) break;
+      if (cur === OP_NONE && Atomics.compareExchange(this.ctl, MAIL_OP, OP_NONE, OP_CLAIMED) === OP_NONE) break;
       if (Atomics.load(this.ctl, PAUSE_REQ) !== 0) this.pause();
-      if (Date.now() > deadline) return false;
-      Atomics.wait(this.ctl, MAIL_OP, cur, 1);
+      if (Date.now() > deadline) return this.reloadIfChanged(false);
+      if (cur !== OP_NONE) Atomics.wait(this.ctl, MAIL_OP, cur, 1);
     }
-    Atomics.store(this.ctl, MAIL_DONE, DONE_PENDING);
+    if (op === OP_WRITE) this.bounce.set(buf.subarray(at, at + len));
     this.ctl[MAIL_IOVA_LO] = iova % TWO32;
     this.ctl[MAIL_IOVA_HI] = Math.floor(iova / TWO32);
     this.ctl[MAIL_LEN] = len;
     Atomics.store(this.ctl, MAIL_OP, op);
     Atomics.notify(this.ctl, MAIL_OP);
-    let ok = true;
-    while (Atomics.load(this.ctl, MAIL_DONE) === DONE_PENDING) {
+    for (;;) {
+      if (Atomics.load(this.ctl, MAIL_OP) === OP_ANSWERED) {
+        ok = Atomics.load(this.ctl, MAIL_DONE) === DONE_OK;
+        if (ok && op === OP_READ) buf.set(this.bounce.subarray(0, len), at);
+        Atomics.store(this.ctl, MAIL_OP, OP_NONE);
+        Atomics.notify(this.ctl, MAIL_OP);
+        break;
+      }
       if (Atomics.load(this.ctl, PAUSE_REQ) !== 0) this.pause();
-      if (Date.now() > deadline && Atomics.compareExchange(this.ctl, MAIL_OP, op, OP_ABANDONED) === op) { ok = false; break; }
-      Atomics.wait(this.ctl, MAIL_DONE, DONE_PENDING, 1);
+      // given up: the main thread frees the mailbox when it is done with the request
+      if (Date.now() > deadline && Atomics.compareExchange(this.ctl, MAIL_OP, op, OP_ABANDONED) === op) break;
+      Atomics.wait(this.ctl, MAIL_OP, op, 1);
     }
-    ok = ok && Atomics.load(this.ctl, MAIL_DONE) === DONE_OK;
+    return this.reloadIfChanged(ok);
+  }
+
+  /** Pick up a table published while waiting (pauses honoured meanwhile); returns ok. */
+  private reloadIfChanged(ok: boolean): boolean {
     if (Atomics.load(this.ctl, DMA_GEN) !== this.gen) this.reload();
     return ok;
   }
@@ -694,13 +779,14 @@ export class DataPlane {
     this.flags = i32(this.flags); this.region = i32(this.region);
   }
 
-  /** Park until the main thread releases the pause, acknowledging each request's epoch. */
+  /** Park until the main thread releases the pause, acknowledging each request's epoch in this slot's word. */
   private pause(): void {
     for (;;) {
       const e = Atomics.load(this.ctl, PAUSE_REQ);
       if (e === 0) return;
-      Atomics.store(this.ctl, PAUSE_ACK, e);
-      Atomics.notify(this.ctl, PAUSE_ACK);
+      Atomics.store(this.ctl, ACK_BASE + this.slot, e);
+      Atomics.add(this.ctl, ACK_SEQ, 1);
+      Atomics.notify(this.ctl, ACK_SEQ);
       while (Atomics.load(this.ctl, PAUSE_REQ) === e) Atomics.wait(this.ctl, PAUSE_REQ, e, 100);
     }
   }

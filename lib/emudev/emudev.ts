@@ -20,7 +20,10 @@
  * closed when the client goes away.
  *
  * Events (device.events): 'dma-map' (DmaRegion), 'dma-unmap' (DmaRegion), 'irqs' (index),
- * 'reset', 'connect', 'disconnect', 'region-write' (index, offset, length).
+ * 'reset', 'connect', 'disconnect', 'region-write' (index, offset, length). For back-ends on
+ * lcores (subscribe): EVENT_MEM_TABLE_CHANGED (arg: regions now) is posted inside the pause of
+ * every DMA map, unmap and client teardown, EVENT_DEVICE_RESET inside reset's, after the change:
+ * a back-end reads it when it resumes, with the new tables in place; the provider posts the rest.
  */
 import { EventEmitter } from 'node:events';
 import { fstatSync, readlinkSync } from 'node:fs';
@@ -32,6 +35,7 @@ import type { SparseArea } from '../../src/iommu/device.js';
 import { ProtocolError, DMA_FLAG_READ, DMA_FLAG_WRITE, type IrqSet, type RegionDescription } from '../vfio-user/protocol.js';
 import type { DmaMessagePath, IoEventfdSpec, VfioUserDevice } from '../vfio-user/device.js';
 import { DataPlaneControl, MASK_VECTOR, MASK_FUNCTION } from './dataplane.js';
+import { EmuEventChannel, EVENT_DEVICE_RESET, EVENT_MEM_TABLE_CHANGED } from './events.js';
 
 const PAGE = 4096;
 const E = os.E;
@@ -217,6 +221,8 @@ export class EmuDevice implements VfioUserDevice {
   private readonly mapLens = new Map<DmaRegion, number>();
   private closed = false;
   private warnedUnsealed = false;
+  /** back-end event subscriptions (events.ts) */
+  private readonly channels = new Set<EmuEventChannel>();
   /** the emulated MSI-X table (16 bytes per vector), null without spec.msix */
   private readonly msixTable: Uint8Array | null = null;
   /** config-space offset of the MSI-X capability (0: none) */
@@ -453,6 +459,7 @@ export class EmuDevice implements VfioUserDevice {
         this.dma.push(r);
         this.dma.sort((a, b) => (a.iova < b.iova ? -1 : 1));
         this.plane.publishDma(this.dma);
+        this.postEvent(EVENT_MEM_TABLE_CHANGED, this.dma.length);
       });
     } catch (e) {
       // the lcore did not pause: the table is unchanged, so the new mapping is unused and can go
@@ -477,6 +484,7 @@ export class EmuDevice implements VfioUserDevice {
       this.dmaViews.delete(r);
       this.safeEmit('dma-unmap', r);
       this.unmapRegion(r);
+      this.postEvent(EVENT_MEM_TABLE_CHANGED, this.dma.length);
     });
   }
 
@@ -679,6 +687,7 @@ export class EmuDevice implements VfioUserDevice {
       try { this.resetCapabilities(); } catch (e) { errors.push((e as Error).message); }
       this.plane.clearIrqMasks();
       this.resetMsix();
+      this.postEvent(EVENT_DEVICE_RESET, 0);
     };
     try {
       this.plane.quiesce(body);
@@ -714,6 +723,7 @@ export class EmuDevice implements VfioUserDevice {
       this.dma = [];
       this.dmaViews.clear();
       this.plane.publishDma(this.dma);
+      if (regions.length) this.postEvent(EVENT_MEM_TABLE_CHANGED, 0);
       this.irqCounts.forEach((n, index) => {
         for (let v = 0; v < n; v++) {
           const fd = this.plane.irqFd(index, v);
@@ -755,11 +765,32 @@ export class EmuDevice implements VfioUserDevice {
     return errors;
   }
 
+  // ---- back-end events (events.ts) ----
+
+  /** Subscribe a back-end to the event types in mask (bits 1 << EVENT_*): the channel to hand to its lcore. */
+  subscribe(mask: number, capacity?: number): EmuEventChannel {
+    const ch = new EmuEventChannel(mask, capacity);
+    this.channels.add(ch);
+    return ch;
+  }
+
+  /** End a subscription (its lcore must have stopped reading it) and close its eventfd. */
+  unsubscribe(ch: EmuEventChannel): void {
+    if (this.channels.delete(ch)) ch.close();
+  }
+
+  /** Post an event to every subscriber that asked for its type (the provider calls this; never blocks). */
+  postEvent(type: number, arg: number): void {
+    for (const ch of this.channels) ch.post(type, arg);
+  }
+
   /** Release everything: client state, BAR memory and memfds. */
   close(): void {
     if (this.closed) return;
     this.closed = true;
     this.disconnected();
+    for (const ch of this.channels) ch.close();
+    this.channels.clear();
     this.plane.close();
     this.releaseBars();
     this.events.removeAllListeners();

@@ -11,11 +11,17 @@
  * depend on them. Used by drivers/emu/virtio-net and by the tests' in-process virtio devices.
  */
 import * as V from './virtio.js';
+import * as Q from '../emudev/backend.js';
 
-/** A queue's words, from its base index (CommonCfgLayout.queueBase): size, enable, vector, the three ring addresses as lo/hi halves, and an epoch bumped at every enable and reset. */
-export const Q_SIZE = 0, Q_ENABLE = 1, Q_VECTOR = 2, Q_DESC_LO = 3, Q_DESC_HI = 4, Q_AVAIL_LO = 5, Q_AVAIL_HI = 6, Q_USED_LO = 7, Q_USED_HI = 8, Q_EPOCH = 9;
-/** Words each queue needs. */
-export const Q_COMMON_WORDS = 10;
+/**
+ * A queue's words, from its base index (CommonCfgLayout.queueBase): emudev's queue table
+ * (lib/emudev/backend.ts QUEUE_*: size, enable, vector, the three ring addresses as lo/hi halves, an
+ * epoch bumped at every enable and reset), so a back-end reads a virtio device's queues there.
+ */
+export const Q_SIZE = Q.QUEUE_SIZE, Q_ENABLE = Q.QUEUE_ENABLE, Q_VECTOR = Q.QUEUE_VECTOR, Q_DESC_LO = Q.QUEUE_DESC_LO, Q_DESC_HI = Q.QUEUE_DESC_HI;
+export const Q_AVAIL_LO = Q.QUEUE_AVAIL_LO, Q_AVAIL_HI = Q.QUEUE_AVAIL_HI, Q_USED_LO = Q.QUEUE_USED_LO, Q_USED_HI = Q.QUEUE_USED_HI, Q_EPOCH = Q.QUEUE_EPOCH;
+/** Words each queue needs (the queue table's, QUEUE_DOORBELL included: the device sets that one). */
+export const Q_COMMON_WORDS = Q.QUEUE_WORDS;
 
 /** Where the machine's device-wide words are and where each queue's words start. */
 export interface CommonCfgLayout {
@@ -49,6 +55,10 @@ export interface CommonCfgSpec {
   onReset?(): void;
   /** Status bits the device adds when device_status is read (DEVICE_NEEDS_RESET). */
   extraStatus?(): number;
+  /** Queue q was enabled by the driver (true) or disabled by a reset (false); called after the change is published. */
+  queueEnabled?(q: number, enabled: boolean): void;
+  /** The driver wrote device_status (0: a reset); called after the change is published, with the status kept. */
+  statusChanged?(status: number): void;
   /** queue_notify_off of queue q (default q) */
   notifyOff?(q: number): number;
 }
@@ -108,6 +118,8 @@ export class VirtioCommonCfg {
 
   /** Device reset (device_status 0 written, or a function-level reset): every field back to its default. */
   reset(): void {
+    const was: number[] = [];
+    for (let q = 0; q < this.numQueues; q++) if (this.st[this.l.queueBase(q) + Q_ENABLE] !== 0) was.push(q);
     this.publish(() => {
       const st = this.st, l = this.l;
       this.dfSelect = this.gfSelect = this.qSelect = 0;
@@ -125,6 +137,7 @@ export class VirtioCommonCfg {
       }
       this.spec.onReset?.();
     });
+    for (const q of was) this.spec.queueEnabled?.(q, false);
   }
 
   /** A driver's read of buf.byteLength bytes at off in the structure (bytes no field covers read 0). */
@@ -210,7 +223,10 @@ export class VirtioCommonCfg {
       case V.COMMON_Q_MSIX: this.publish(() => { st[this.q(Q_VECTOR)] = this.vector(v); }); return;
       case V.COMMON_Q_ENABLE:
         // 0 is not a valid write without VIRTIO_F_RING_RESET: queues stop only at device reset.
-        if (v === 1 && !enabled) this.publish(() => { st[this.q(Q_ENABLE)] = 1; st[this.q(Q_EPOCH)]++; });
+        if (v === 1 && !enabled) {
+          this.publish(() => { st[this.q(Q_ENABLE)] = 1; st[this.q(Q_EPOCH)]++; });
+          this.spec.queueEnabled?.(this.qSelect, true);
+        }
         return;
       case V.COMMON_Q_DESCLO: case V.COMMON_Q_DESCHI: case V.COMMON_Q_AVAILLO:
       case V.COMMON_Q_AVAILHI: case V.COMMON_Q_USEDLO: case V.COMMON_Q_USEDHI:
@@ -226,7 +242,7 @@ export class VirtioCommonCfg {
   }
 
   private writeStatus(v: number): void {
-    if (v === 0) { this.reset(); return; }
+    if (v === 0) { this.reset(); this.spec.statusChanged?.(0); return; }
     const st = this.st, l = this.l;
     const old = st[l.status];
     let s = v & ~V.STATUS_DEVICE_NEEDS_RESET & 0xff;
@@ -238,5 +254,6 @@ export class VirtioCommonCfg {
       else this.publish(() => { st[l.featLo] = this.driverFeatures[0] | 0; st[l.featHi] = this.driverFeatures[1] | 0; });
     }
     this.publish(() => { st[l.status] = s; });
+    this.spec.statusChanged?.(s);
   }
 }

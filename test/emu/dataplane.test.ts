@@ -5,9 +5,11 @@
  * only while the worker is parked; a worker that never services times out; a worker attaching
  * during a change parks), DMA_UNMAP of memory a worker reads in a tight loop (never a crash), and
  * the dmatest engine on its lcore: copies, idle cost, unmaps and resets while descriptors are in
- * flight, then serving the next client.
+ * flight, then serving the next client. Two lcores attached to one device at once: unmaps while
+ * both read, attaching during a change, detach of one, the maximum, the mailbox taken in turn.
  *
- * One worker lcore (the second CPU) besides the main thread: never more than two busy threads.
+ * Worker lcores 1 and 2 share the second CPU: never more than two busy CPUs. Lcore 3 (the first CPU)
+ * runs only a worker that mostly waits for the mailbox, so that two requests really race for it.
  */
 import t from 'tap';
 import { fstatSync, readdirSync, readFileSync } from 'node:fs';
@@ -16,7 +18,7 @@ import * as os from '../../src/os/libc.js';
 import * as U from '../../src/iommu/vfio-uapi.js';
 import { Eal } from '../../src/eal.js';
 import { siblingModule } from '../../src/lcore/module.js';
-import { DataPlaneControl, type PlaneMemoryAccess, type PlaneRegion } from '../../lib/emudev/dataplane.js';
+import { DataPlane, DataPlaneControl, MAX_PLANE_LCORES, type PlaneMemoryAccess, type PlaneRegion } from '../../lib/emudev/dataplane.js';
 import { EmuDevice } from '../../lib/emudev/emudev.js';
 import { DmatestDevice } from '../../drivers/emu/dmatest/dmatest.js';
 import * as R from '../../lib/dmatest/regs.js';
@@ -26,7 +28,7 @@ const WORKERS = siblingModule(import.meta.url, 'dataplane-workers');
 const RW = 3, RD = 1, WR = 2;
 const MSIX = U.VFIO_PCI_MSIX_IRQ_INDEX, INTX = U.VFIO_PCI_INTX_IRQ_INDEX;
 const cpus = os.getAffinity();
-const eal = new Eal({ noHuge: true, filePrefix: `tspdp${process.pid}`, memoryMb: 1, lcores: [{ id: 0, cpu: cpus[0] }, { id: 1, cpu: cpus[1] ?? cpus[0] }], mainLcore: 0 });
+const eal = new Eal({ noHuge: true, filePrefix: `tspdp${process.pid}`, memoryMb: 1, lcores: [{ id: 0, cpu: cpus[0] }, { id: 1, cpu: cpus[1] ?? cpus[0] }, { id: 2, cpu: cpus[1] ?? cpus[0] }, { id: 3, cpu: cpus[0] }], mainLcore: 0 });
 t.teardown(() => eal.close());
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -43,16 +45,16 @@ async function until(what: string, cond: () => boolean, timeoutMs = 20_000): Pro
   }
 }
 
-/** A planeWorker on lcore 1 and the test's end of its command block. */
+/** A planeWorker on an lcore (1 unless told) and the test's end of its command block. */
 class Worker {
   readonly c = new Int32Array(new SharedArrayBuffer(4 * W.C_WORDS));
   readonly data = new Uint8Array(new SharedArrayBuffer(256 * 1024));
   readonly run: Promise<{ reloads: number }>;
   private seq = 0;
 
-  constructor(plane: DataPlaneControl, gated = false) {
+  constructor(plane: DataPlaneControl, gated = false, lcore = 1) {
     const arg: W.PlaneWorkerArg = { plane: plane.desc(), cmd: this.c.buffer as SharedArrayBuffer, data: this.data.buffer as SharedArrayBuffer, gated };
-    this.run = eal.lcores.launch(1, WORKERS, 'planeWorker', arg);
+    this.run = eal.lcores.launch(lcore, WORKERS, 'planeWorker', arg);
   }
 
   attached(): Promise<void> {
@@ -312,7 +314,7 @@ t.test('DMA_UNMAP of memory a worker reads in a tight loop never crashes the pro
   const fds = [0, 1, 2].map((i) => { const fd = os.memfdCreate(`tsp-hammer${i}`, os.MFD_ALLOW_SEALING); os.ftruncate(fd, SIZE); return fd; });
   t.teardown(() => fds.forEach((fd) => os.close(fd)));
   dev.dmaMap(0x100_0000n, BigInt(SIZE), RW, fds[0], 0n); // stays mapped throughout
-  const hammer = w.post(W.OP_HAMMER);
+  const hammer = w.post(W.OP_HAMMER, [0, 0, 0]);
   await sleep(10);
   const CYCLES = 1000;
   const t0 = Date.now();
@@ -341,6 +343,206 @@ t.test('DMA_UNMAP of memory a worker reads in a tight loop never crashes the pro
   const end = await w.exit();
   t.ok(end.reloads >= reloads, `the worker answers its exit command and returns normally, ${end.reloads} reloads in all`);
   t.notOk(dev.plane.attached, 'and has detached from the plane');
+});
+
+t.test('two lcores attached to one device: DMA unmaps while both translate and read client memory in a loop', async (t) => {
+  const dev = new EmuDevice({ name: 'hammer2', pci: { vendorId: 0x1b36, deviceId: 0x10f1, classCode: 0xff0000 }, bars: [], irqs: [] });
+  t.teardown(() => dev.close());
+  const a = new Worker(dev.plane, false, 1), b = new Worker(dev.plane, false, 2);
+  await a.attached();
+  await b.attached();
+  t.equal(dev.plane.attachedCount, 2, 'both attached at once');
+  const SIZE = 256 * 1024, KEEP = 0x100_0000, COMES = 0x200_0000;
+  const fds = [0, 1, 2, 3].map((i) => { const fd = os.memfdCreate(`tsp-hammer2-${process.pid}-${i}`, os.MFD_ALLOW_SEALING); os.ftruncate(fd, SIZE); return fd; });
+  t.teardown(() => fds.forEach((fd) => os.close(fd)));
+  dev.dmaMap(BigInt(KEEP), BigInt(SIZE), RW, fds[0], 0n); // mapped throughout (as far as the lcores can see)
+  // a translates into the region that stays, b into one that comes and goes
+  const ha = a.post(W.OP_HAMMER, [KEEP + 0x100, 0, 64]), hb = b.post(W.OP_HAMMER, [COMES + 0x100, 0, 64]);
+  await until('both lcores to read', () => Atomics.load(a.c, W.C_COUNTER) > 0 && Atomics.load(b.c, W.C_COUNTER) > 0);
+  const CYCLES = 300;
+  let moved = 0, unmaps = 0;
+  const t0 = Date.now();
+  for (let i = 0; i < CYCLES; i++) {
+    const iova = BigInt(COMES + (i % 3) * SIZE), off = BigInt((i % 4) * 4096);
+    dev.dmaMap(iova, BigInt(SIZE), i % 5 === 0 ? RD : RW, fds[1], 0n);
+    dev.dmaMap(0x800_0000n + off, BigInt(SIZE / 2), RW, fds[2], off);
+    if (i % 4 === 0) await sleep(0); // let them read for a while
+    else spin(Math.random() * 0.3);
+    // The unmaps inside one more pause, watched: neither lcore may finish a pass meanwhile.
+    dev.plane.quiesce(() => {
+      const ca = Atomics.load(a.c, W.C_COUNTER), cb = Atomics.load(b.c, W.C_COUNTER);
+      if (i % 50 === 49) {
+        dev.disconnected(); // everything at once; the lasting region is back before they resume
+        dev.dmaMap(BigInt(KEEP), BigInt(SIZE), RW, fds[0], 0n);
+      } else {
+        dev.dmaUnmap(iova, BigInt(SIZE));
+        dev.dmaUnmap(0x800_0000n + off, BigInt(SIZE / 2));
+      }
+      unmaps += 2;
+      spin(0.2);
+      if (Atomics.load(a.c, W.C_COUNTER) !== ca || Atomics.load(b.c, W.C_COUNTER) !== cb) moved++;
+    });
+  }
+  const ms = Date.now() - t0;
+  Atomics.store(a.c, W.C_HALT, 1);
+  Atomics.store(b.c, W.C_HALT, 1);
+  const [ra, rb] = await Promise.all([ha, hb]);
+  t.equal(moved, 0, `${CYCLES} watched pauses around ${unmaps} unmaps (and ${CYCLES * 2} maps) in ${ms} ms: neither lcore read on while one was held`);
+  t.ok(ra[0] > 0 && rb[0] > 0, `both read every mapped byte (1 per 64) meanwhile: ${ra[0]} and ${rb[0]} passes`);
+  t.ok(ra[1] > 10 && rb[1] > 10, `both rebuilt their own views: ${ra[1]} and ${rb[1]} times`);
+  t.same([ra[4] > 0, ra[5]], [true, 0], `the lasting region translated on every one of ${ra[4]} passes`);
+  t.ok(rb[5] > 0, `the coming and going one: ${rb[4]} hits, ${rb[5]} misses`);
+  Atomics.store(a.c, W.C_HALT, 0);
+  Atomics.store(b.c, W.C_HALT, 0);
+  // Fresh views after it all: a new region with known bytes, reached by both.
+  const fresh = new Uint8Array(SIZE).fill(0x77);
+  fresh[0x1234] = 0xa5;
+  os.pwrite(fds[3], fresh, SIZE, 0);
+  dev.dmaMap(0x300_0000n, BigInt(SIZE), RD, fds[3], 0n);
+  for (const [name, w] of [['a', a], ['b', b]] as const) {
+    const [o, , regions, , byte] = await w.at(0x300_1234, 1, false);
+    t.same([o, byte, regions], [0x1234, 0xa5, 2], `lcore ${name}: the new region's byte through fresh views, beside the lasting region`);
+  }
+  await a.exit();
+  await b.exit();
+  t.equal(dev.plane.attachedCount, 0, 'both detached');
+});
+
+t.test('two lcores on one plane: the second attaching during a change parks; detach of one leaves the other working; the most that attach', async (t) => {
+  const ctl = new DataPlaneControl('pair', [0, 0, 0, 0, 0], 4, noMemory);
+  t.teardown(() => ctl.close());
+  const m1 = anon(t, 0x1000), m2 = anon(t, 0x1000);
+  m1.u8[1] = 0x31; m2.u8[2] = 0x42;
+  const a = new Worker(ctl, false, 1), b = new Worker(ctl, true, 2);
+  await a.attached();
+  await eal.lcores.waitStarted(); // b runs, gated before attach()
+  let state = -1, count = -1;
+  ctl.quiesce(() => {
+    Atomics.store(b.c, W.C_GO, 1);
+    Atomics.notify(b.c, W.C_GO);
+    const deadline = Date.now() + 20_000;
+    while (Atomics.load(b.c, W.C_ATTACH) === 0 && Date.now() < deadline) spin(1);
+    spin(100);
+    state = Atomics.load(b.c, W.C_ATTACH);
+    count = ctl.attachedCount;
+  });
+  t.same([state, count], [1, 2], 'b, attaching beside a during a change, registered and parked in attach() until it was done');
+  await t.resolves(b.attached(), 'then it returns from attach()');
+  ctl.quiesce(() => ctl.publishDma([{ iova: 0x10000n, len: 0x1000, flags: RW, va: m1.va }]));
+  t.same([(await a.at(0x10001, 1, false))[4], (await b.at(0x10001, 1, false))[4]], [0x31, 0x31], 'both translate the published table');
+
+  // The most: up to MAX_PLANE_LCORES (these extra ones on this thread, which services no pause: none is asked for meanwhile).
+  const extra: DataPlane[] = [];
+  t.teardown(() => extra.forEach((p) => p.detach()));
+  for (let i = 2; i < MAX_PLANE_LCORES; i++) extra.push(DataPlane.attach(ctl.desc()));
+  t.equal(ctl.attachedCount, MAX_PLANE_LCORES, `${MAX_PLANE_LCORES} attached`);
+  t.throws(() => DataPlane.attach(ctl.desc()), new RegExp(`^pair: ${MAX_PLANE_LCORES} lcores already run this device's data plane, the most it takes: detach one first$`), 'one more: a clear error');
+  t.equal(ctl.attachedCount, MAX_PLANE_LCORES, 'the refused attach took no slot');
+  extra.pop()!.detach();
+  extra.push(DataPlane.attach(ctl.desc()));
+  t.equal(ctl.attachedCount, MAX_PLANE_LCORES, 'a detached slot is taken again');
+  extra.forEach((p) => p.detach());
+  extra[0].detach(); // a second detach changes nothing
+  extra.length = 0;
+  t.equal(ctl.attachedCount, 2, 'back to the two lcores');
+
+  // a leaves; b goes on, and pauses wait for b alone.
+  await a.exit();
+  t.equal(ctl.attachedCount, 1, 'one left');
+  const counting = b.post(W.OP_COUNT);
+  await until('b to count', () => Atomics.load(b.c, W.C_COUNTER) > 100);
+  let moved = 0;
+  const t0 = performance.now();
+  for (let i = 0; i < 200; i++) {
+    ctl.quiesce(() => {
+      const c = Atomics.load(b.c, W.C_COUNTER);
+      ctl.publishDma([{ iova: 0x10000n, len: 0x1000, flags: RW, va: i % 2 ? m2.va : m1.va }]);
+      spin(0.02);
+      if (Atomics.load(b.c, W.C_COUNTER) !== c) moved++;
+    });
+  }
+  const us = (performance.now() - t0) * 1000 / 200;
+  t.equal(moved, 0, `200 pauses after a left: b parked in each (${us.toFixed(0)} µs each)`);
+  Atomics.store(b.c, W.C_HALT, 1);
+  await counting;
+  Atomics.store(b.c, W.C_HALT, 0);
+  t.equal((await b.at(0x10002, 1, false))[4], 0x42, 'b reads the last table');
+
+  // A new lcore takes the freed slot and both pause again.
+  const c = new Worker(ctl, false, 1);
+  await c.attached();
+  t.equal(ctl.attachedCount, 2, 'a new lcore attached beside b');
+  ctl.quiesce(() => ctl.publishDma([{ iova: 0x20000n, len: 0x1000, flags: RD, va: m1.va }]));
+  t.same([(await b.at(0x20001, 1, false))[4], (await c.at(0x20001, 1, false))[4]], [0x31, 0x31], 'both see the next table');
+  // One that stops servicing: the error counts it among the attached.
+  const blocked = c.post(W.OP_BLOCK, [1500]);
+  await until('c to block', () => Atomics.load(c.c, W.C_BLOCKING) === 1);
+  ctl.pauseTimeoutMs = 300;
+  t.throws(() => ctl.quiesce(() => t.fail('fn must not run')), /^pair: 1 of the device's 2 lcores did not pause within 300 ms/, 'one of two that never services: a clear error');
+  ctl.pauseTimeoutMs = 5000;
+  await blocked;
+  t.equal(ctl.quiesce(() => 'ok'), 'ok', 'servicing again: quiesce works');
+  await b.exit();
+  await c.exit();
+  t.notOk(ctl.attached, 'none attached');
+});
+
+t.test('mailbox: requests from two lcores at once, each answered with its own bytes', async (t) => {
+  const BASE = 0xa000_0000, SIZE = 1 << 20, WBASE = 0xb000_0000, WSIZE = 64 * 1024;
+  const client = Uint8Array.from({ length: SIZE }, (_, i) => W.patternByte(i));
+  const written = new Uint8Array(WSIZE);
+  let reads = 0;
+  const memory: PlaneMemoryAccess = {
+    read: async (iova, len) => {
+      reads++;
+      await sleep(0);
+      const off = Number(iova) - BASE;
+      if (off < 0 || off + len > SIZE) throw new Error('EFAULT');
+      return client.slice(off, off + len);
+    },
+    write: async (iova, data) => {
+      await sleep(0);
+      const off = Number(iova) - WBASE;
+      if (off < 0 || off + data.byteLength > WSIZE) throw new Error('EFAULT');
+      written.set(data, off);
+    },
+  };
+  const ctl = new DataPlaneControl('mail2', [0, 0, 0, 0, 0], 4, memory);
+  t.teardown(() => ctl.close());
+  const table: PlaneRegion[] = [{ iova: BigInt(BASE), len: SIZE, flags: RD, va: 0n }, { iova: BigInt(WBASE), len: WSIZE, flags: WR, va: 0n }];
+  const a = new Worker(ctl, false, 1), b = new Worker(ctl, false, 3);
+  await a.attached();
+  await b.attached();
+  ctl.quiesce(() => ctl.publishDma(table));
+  // Reads of 100 000 bytes (two bounce-buffer pieces each) at different offsets from both at once,
+  // with pauses (the same table published again) while they wait.
+  const N = 60, LEN = 100_000;
+  const pa = a.post(W.OP_MCHECK, [BASE, 0, N, LEN, SIZE, 1]), pb = b.post(W.OP_MCHECK, [BASE, 0, N, LEN, SIZE, 2]);
+  let done = false, pauses = 0;
+  void Promise.all([pa, pb]).then(() => { done = true; });
+  while (!done) {
+    await sleep(3);
+    ctl.quiesce(() => ctl.publishDma(table));
+    pauses++;
+  }
+  const [ra, rb] = await Promise.all([pa, pb]);
+  t.same([ra[0], ra[1], ra[4]], [N, 0, 0], `lcore 1: ${N} reads of ${LEN} bytes, every byte right`);
+  t.same([rb[0], rb[1], rb[4]], [N, 0, 0], `lcore 3: ${N} reads of ${LEN} bytes, every byte right`);
+  t.equal(reads, 2 * N * 2, `${reads} requests served, each once, ${pauses} pauses while they waited`);
+  // Writes from both at once to their own halves, a few times over.
+  for (let r = 0; r < 10; r++) {
+    const da = randomBytes(WSIZE / 2), db = randomBytes(WSIZE / 2);
+    a.data.set(da);
+    b.data.set(db);
+    const [wa, wb] = await Promise.all([a.post(W.OP_MWRITE, [WBASE, 0, WSIZE / 2]), b.post(W.OP_MWRITE, [WBASE + WSIZE / 2, 0, WSIZE / 2])]);
+    if (wa[0] !== 1 || wb[0] !== 1 || !Buffer.from(written.subarray(0, WSIZE / 2)).equals(da) || !Buffer.from(written.subarray(WSIZE / 2)).equals(db)) {
+      t.fail(`round ${r}: writes from both at once: ${wa[0]}, ${wb[0]}, the client memory holds ${Buffer.from(written.subarray(0, WSIZE / 2)).equals(da) ? 'a\'s' : 'not a\'s'} bytes and ${Buffer.from(written.subarray(WSIZE / 2)).equals(db) ? 'b\'s' : 'not b\'s'}`);
+      break;
+    }
+    if (r === 9) t.pass('10 rounds of writes from both at once: each lands in its own half whole');
+  }
+  await a.exit();
+  await b.exit();
 });
 
 /** Write a 32-bit register of dmatest BAR0 as a client's REGION_WRITE would. */

@@ -51,6 +51,14 @@ export interface LoopEnd {
 
 let seq = 0;
 
+/** An lcore function to run instead of the device's poll loop (it must set and honour the state's running and stop words). */
+export interface LcoreFn {
+  module: string;
+  fn: string;
+  /** its argument, from the loop's */
+  arg(loop: VirtioNetLoopArg): unknown;
+}
+
 /** One device served in this process, its backend, its wire and its lcore. */
 export class VnetWorld {
   readonly eal: Eal;
@@ -71,7 +79,7 @@ export class VnetWorld {
   private readonly burst = new Uint32Array(64);
   private closed = false;
 
-  private constructor(eal: Eal, socket: string, host: Worker, ready: { arg: VirtioNetLoopArg; state: SharedArrayBuffer; stats: SharedArrayBuffer }, backend: EthDev, wire: EthDev | null, pool: Mempool, rx: RxQueue | null, tx: TxQueue | null) {
+  private constructor(eal: Eal, socket: string, host: Worker, ready: { arg: VirtioNetLoopArg; state: SharedArrayBuffer; stats: SharedArrayBuffer }, backend: EthDev, wire: EthDev | null, pool: Mempool, rx: RxQueue | null, tx: TxQueue | null, lcore?: LcoreFn) {
     this.eal = eal;
     this.socket = socket;
     this.host = host;
@@ -82,7 +90,10 @@ export class VnetWorld {
     this.pool = pool;
     this.wireRx = rx;
     this.wireTx = tx;
-    this.loop = eal.lcores.launch<VirtioNetLoopResult>(1, VIRTIO_NET_LOOP_MODULE, VIRTIO_NET_LOOP_FN, ready.arg).then(
+    const launched = lcore
+      ? eal.lcores.launch<unknown>(1, lcore.module, lcore.fn, lcore.arg(ready.arg)).then(() => null)
+      : eal.lcores.launch<VirtioNetLoopResult>(1, VIRTIO_NET_LOOP_MODULE, VIRTIO_NET_LOOP_FN, ready.arg);
+    this.loop = launched.then(
       (result) => (this.ended = { result, error: null }),
       (e: unknown) => (this.ended = { result: null, error: e instanceof Error ? e : new Error(String(e)) }),
     );
@@ -93,7 +104,7 @@ export class VnetWorld {
    * the backend is one net_ring port without a peer: what the device sends out of it comes back in.
    * The device gets backendData(the backend's port data) as its backend (default: that data as is).
    */
-  static async create(eal: Eal, dir: string, config: Partial<L.VirtioNetConfig> = {}, resetOnDisconnect = true, loopback = false, backendData: (data: PortData) => PortData = (d) => d): Promise<VnetWorld> {
+  static async create(eal: Eal, dir: string, config: Partial<L.VirtioNetConfig> = {}, resetOnDisconnect = true, loopback = false, backendData: (data: PortData) => PortData = (d) => d, lcore?: LcoreFn): Promise<VnetWorld> {
     const n = seq++;
     const [backend, wire = null] = await probeVdevs(eal, loopback ? [`net_ring${10 + 2 * n}`] : [`net_ring${10 + 2 * n}`, `net_ring${11 + 2 * n},peer=net_ring${10 + 2 * n}`]);
     const pool = pktmbufPoolCreate(eal.memory, `vnt_pool${n}`, 4095, { cacheSize: 64 });
@@ -111,7 +122,7 @@ export class VnetWorld {
       host.once('message', resolve);
       host.once('error', reject);
     });
-    const w = new VnetWorld(eal, socket, host, ready, backend, wire, pool, wire && await openRxQueue(wire.data(), 0), wire && await openTxQueue(wire.data(), 0));
+    const w = new VnetWorld(eal, socket, host, ready, backend, wire, pool, wire && await openRxQueue(wire.data(), 0), wire && await openTxQueue(wire.data(), 0), lcore);
     if (!(await until(() => Atomics.load(w.state, L.G_RUNNING) === 1 || w.ended !== null, 20_000))) throw new Error('the virtio-net poll loop did not start');
     return w;
   }

@@ -1,10 +1,12 @@
 /**
  * Linux's own virtio_net driver on tspmd's emulated virtio-net device: QEMU 11.1's vfio-user client
- * attaches `tspmd emu virtio-net` to a guest, the guest kernel's virtio-pci and virtio_net bind to
- * it, the interface comes up with the device's MAC, and the guest pings an address on the far side
- * of the device's backend: a net_tap interface in a network namespace on this host.
+ * attaches the device to a guest, the guest kernel's virtio-pci and virtio_net bind to it, the
+ * interface comes up with the device's MAC, and the guest pings an address on the far side of the
+ * device: a net_tap interface in a network namespace on this host. The same check runs twice, with
+ * the device served two ways:
  *
- *   guest virtio_net (10.99.0.2) -> vfio-user -> emu virtio-net -> net_tap tspvtN (10.99.0.1, netns tspvgN)
+ *   guest virtio_net (10.99.0.2) -> vfio-user -> tspmd emu virtio-net -> net_tap tspvtN (10.99.0.1, netns tspvgN)
+ *   guest virtio_net (10.99.0.2) -> vfio-user -> tspmd l2fwd: net_virtio_emu0 <-> net_tap0 tspvtN (10.99.0.1, netns tspvgN)
  *
  * The namespace, the tap and the socket directory carry this process's id and are removed at the
  * end, also on failure. Skips (saying why) only when it cannot run here: not root / not x86-64
@@ -22,17 +24,34 @@ const BOOT_TIMEOUT_MS = Number(process.env.TSPMD_LAB_BOOT_TIMEOUT ?? 180) * 1000
 const MAC = '02:74:73:70:76:01';
 const HOST_IP = '10.99.0.1', GUEST_IP = '10.99.0.2';
 
-withQemu11('QEMU 11.1 guest with Linux virtio_net pings through tspmd emu virtio-net', guestPing);
+/** A process serving the device inside the namespace. */
+interface DeviceProcess { stderr(): string; alive(): boolean; stop(): Promise<number | null> }
+
+/** Start the process serving the device on sock in namespace ns, its far side the TAP tap (created by it). */
+type StartDevice = (t: Test, ns: string, tap: string, sock: string) => Promise<DeviceProcess>;
+
+withQemu11('QEMU 11.1 guest with Linux virtio_net pings through tspmd emu virtio-net', (t, env) => guestPing(t, env, startEmu));
+withQemu11('QEMU 11.1 guest with Linux virtio_net pings through tspmd l2fwd between net_virtio_emu and net_tap', (t, env) => guestPing(t, env, startL2fwd));
 
 function ip(args: string[]): string {
   return execFileSync('ip', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 }
 
 /** `tspmd emu virtio-net` inside namespace ns with a net_tap backend; resolves once it serves. */
-function startDevice(t: Test, ns: string, tap: string, sock: string): Promise<{ stderr(): string; alive(): boolean; stop(): Promise<number | null> }> {
-  const argv = ['netns', 'exec', ns, process.execPath, ...process.execArgv, CLI, 'emu', `virtio-net,mac=${MAC}`, '--socket', sock,
-    '--file-prefix', `tspvg${process.pid}`, '--vdev', `net_tap0,iface=${tap}`, '--log-level', 'info'];
-  const proc = spawn('ip', argv, { stdio: ['ignore', 'pipe', 'pipe'], env: CHILD_ENV });
+function startEmu(t: Test, ns: string, tap: string, sock: string): Promise<DeviceProcess> {
+  return spawnInNs(t, ns, ['emu', `virtio-net,mac=${MAC}`, '--socket', sock, '--file-prefix', `tspvg${process.pid}`, '--vdev', `net_tap0,iface=${tap}`, '--log-level', 'info'],
+    /serving /, 'tspmd emu virtio-net');
+}
+
+/** `tspmd l2fwd` inside namespace ns between the device's port and a net_tap; resolves once it forwards. */
+function startL2fwd(t: Test, ns: string, tap: string, sock: string): Promise<DeviceProcess> {
+  return spawnInNs(t, ns, ['l2fwd', '--no-huge', '-l', '0-1', '--file-prefix', `tspvgl${process.pid}`, '--no-telemetry', '--vdev', `net_virtio_emu0,socket=${sock},mac=${MAC}`,
+    '--vdev', `net_tap0,iface=${tap}`, '--log-level', 'info', '--', '-p', '0x3', '--no-mac-updating', '-T', '0'], /lcore \d+: RX port 1/, 'tspmd l2fwd');
+}
+
+/** Run tspmd with argv in namespace ns; resolves once its stdout matches ready. */
+function spawnInNs(t: Test, ns: string, argv: string[], ready: RegExp, what: string): Promise<DeviceProcess> {
+  const proc = spawn('ip', ['netns', 'exec', ns, process.execPath, ...process.execArgv, CLI, ...argv], { stdio: ['ignore', 'pipe', 'pipe'], env: CHILD_ENV });
   let out = '', err = '', exited = false;
   const exit = new Promise<number | null>((resolve) => proc.on('exit', (code) => { exited = true; resolve(code); }));
   proc.stderr.on('data', (d: Buffer) => { err += d.toString(); });
@@ -49,16 +68,16 @@ function startDevice(t: Test, ns: string, tap: string, sock: string): Promise<{ 
   };
   t.teardown(() => { if (!exited) proc.kill('SIGKILL'); });
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => { proc.kill('SIGKILL'); reject(new Error(`tspmd emu virtio-net did not start within 30 s: ${err}`)); }, 30_000);
+    const timer = setTimeout(() => { proc.kill('SIGKILL'); reject(new Error(`${what} did not start within 30 s: ${err}`)); }, 30_000);
     proc.stdout.on('data', (d: Buffer) => {
       out += d.toString();
-      if (out.includes('serving ')) { clearTimeout(timer); resolve(dev); }
+      if (ready.test(out)) { clearTimeout(timer); resolve(dev); }
     });
-    void exit.then((code) => { clearTimeout(timer); reject(new Error(`tspmd emu virtio-net exited with ${code}: ${err}`)); });
+    void exit.then((code) => { clearTimeout(timer); reject(new Error(`${what} exited with ${code}: ${err}`)); });
   });
 }
 
-async function guestPing(t: Test, env: QemuEnv): Promise<void> {
+async function guestPing(t: Test, env: QemuEnv, startDevice: StartDevice): Promise<void> {
   const ns = `tspvg${process.pid}`, tap = `tspvt${process.pid}`;
   ip(['netns', 'add', ns]);
   t.teardown(() => { try { ip(['netns', 'del', ns]); } catch { /* already gone */ } });

@@ -1,10 +1,12 @@
 /**
  * The dmatest engine's poll loop, run on the device's lcore (DmatestDevice.start launches it): the
- * data half of the device, like a PMD's rx/tx loop. It imports only the data plane, the register
- * map and libc.
+ * data half of the device, like a PMD's rx/tx loop, and a back-end written against the emudev
+ * back-end API alone (lib/emudev/backend.ts): it attaches with the device's EmuBackendDesc and
+ * reads queue 0 of the queue table, the attributes it writes (completed, errors, status's error
+ * bit) and MEM doorbell 0; besides, it imports only the register map's descriptor layout and libc.
  *
  * Each iteration: service() the data plane (honour a pause, pick up a new DMA table), pick up the
- * engine state the main thread changed (inside plane quiesce: enable, ring address and size, reset),
+ * queue the main thread changed (the generation word moved: enable, ring address and size, reset),
  * then compare the doorbell (producer index, a word in BAR0's shared page that the driver stores to)
  * with the consumer index and execute up to BURST descriptors: translate the descriptor, source and
  * destination IOVAs with plane.at() (bounds and permissions checked; memory sent without fd goes
@@ -15,35 +17,17 @@
  * IDLE_MAX_MS, so an idle or disabled engine costs nearly nothing (a pause request, wake() or the
  * stop word end the sleep early).
  */
-import { DataPlane, type DataPlaneDesc } from '../../../lib/emudev/dataplane.js';
+import { EmuBackend, QUEUE_DESC_HI, QUEUE_DESC_LO, QUEUE_ENABLE, QUEUE_SIZE, type EmuBackendDesc } from '../../../lib/emudev/backend.js';
 import { viewOf } from '../../../src/os/libc.js';
 import type { LcoreContext } from '../../../src/lcore/types.js';
 import * as R from '../../../lib/dmatest/regs.js';
 
-// Words of the engine state shared with the main thread (Int32Array). The main thread changes
-// status, ring and entries (and zeroes the counters) inside plane quiesce() and then bumps S_GEN;
-// the lcore sets STATUS_ERROR and counts completions and errors.
-/** REG_STATUS bits */
-export const S_STATUS = 0;
-export const S_RING_LO = 1;
-export const S_RING_HI = 2;
-export const S_ENTRIES = 3;
-export const S_COMPLETED = 4;
-export const S_ERRORS = 5;
-/** bumped by the main thread after each change: the lcore reloads ring, entries and the consumer index */
-export const S_GEN = 6;
-/** set by the main thread: the loop returns */
-export const S_STOP = 7;
-/** the state's size in Int32 words */
-export const S_WORDS = 16;
-
 /** The lcore function's argument (structured-cloneable). */
 export interface DmatestLcoreArg {
-  plane: DataPlaneDesc;
-  /** the engine state (S_* words) */
-  state: SharedArrayBuffer;
-  /** local address of BAR0's shared page (doorbell, consumer index) */
-  sharedPage: bigint;
+  /** the device as a back-end sees it (DmatestDevice.backendDesc) */
+  backend: EmuBackendDesc;
+  /** one Int32 word, set by the main thread: the loop returns */
+  stop: SharedArrayBuffer;
 }
 
 /** What the loop reports when it returns. */
@@ -62,7 +46,8 @@ const MSIX = 2; // VFIO_PCI_MSIX_IRQ_INDEX
 const TWO32 = 0x1_0000_0000;
 /** the high word of an IOVA that a number cannot hold exactly (2^53 and up) */
 const HI_LIMIT = 0x20_0000;
-const DOORBELL_W = (R.REG_DOORBELL - R.SHARED_PAGE) >> 2, CONSUMER_W = (R.REG_CONSUMER - R.SHARED_PAGE) >> 2;
+/** the consumer index's word from the doorbell's (both in BAR0's shared page) */
+const CONSUMER_W = (R.REG_CONSUMER - R.REG_DOORBELL) >> 2;
 
 /** Copy len bytes from src[so] to dst[d] (different buffers) and return the source's Adler-32, in one pass. */
 function copyAdler(src: Uint8Array, so: number, dst: Uint8Array, d: number, len: number): number {
@@ -80,12 +65,22 @@ function copyAdler(src: Uint8Array, so: number, dst: Uint8Array, d: number, len:
 
 /** The engine: poll the doorbell and execute descriptors until the stop word (or the lcore's stop). */
 export function dmatestLcore(arg: DmatestLcoreArg, ctx: LcoreContext): DmatestLcoreResult {
-  const st = new Int32Array(arg.state);
-  const bell = new Int32Array(viewOf(arg.sharedPage, 4096));
+  const stop = new Int32Array(arg.stop);
+  const be = EmuBackend.attach(arg.backend);
+  const plane = be.memory, st = be.attrs, q = be.queues, qb = be.queueBase(0);
+  let W_STATUS: number, W_COMPLETED: number, W_ERRORS: number, bell: Int32Array;
+  try { // a device that is not dmatest: leave the data plane before saying so
+    W_STATUS = be.attrWord('status'); W_COMPLETED = be.attrWord('completed'); W_ERRORS = be.attrWord('errors');
+    const db = be.doorbell(0);
+    if (db.kind !== 'mem') throw new Error(`${be.name}: doorbell 0 must be a MEM doorbell (it is ${db.kind})`);
+    bell = new Int32Array(viewOf(db.va, 4 * (CONSUMER_W + 1)));
+  } catch (e) {
+    be.detach();
+    throw e;
+  }
   const scratch = new Uint8Array(R.DESC_MAX_LEN);
   const desc = new Uint8Array(R.DESC_SIZE), descDv = new DataView(desc.buffer);
   const wb = new Uint8Array(8), wbDv = new DataView(wb.buffer);
-  const plane = DataPlane.attach(arg.plane);
 
   /** Execute the descriptor at IOVA d: true when handled (done or error), false when the ring itself is unreachable. */
   const execute = (d: number): boolean => {
@@ -132,7 +127,7 @@ export function dmatestLcore(arg: DmatestLcoreArg, ctx: LcoreContext): DmatestLc
         if (ok) status = R.DESC_STATUS_DONE;
       }
     }
-    Atomics.add(st, status === R.DESC_STATUS_DONE ? S_COMPLETED : S_ERRORS, 1);
+    Atomics.add(st, status === R.DESC_STATUS_DONE ? W_COMPLETED : W_ERRORS, 1);
     // Write checksum and status back (translated again: message I/O may have changed the table).
     const w = plane.at(d + R.DESC_CHECKSUM, 8, true);
     if (w >= 0) {
@@ -149,14 +144,14 @@ export function dmatestLcore(arg: DmatestLcoreArg, ctx: LcoreContext): DmatestLc
 
   let gen = -1, running = false, ring = 0, mask = 0, consumer = 0, idle = 0, nap = 0;
   try {
-    while (Atomics.load(st, S_STOP) === 0 && !ctx.stopRequested()) {
+    while (Atomics.load(stop, 0) === 0 && !ctx.stopRequested()) {
       plane.service();
-      const g = Atomics.load(st, S_GEN);
+      const g = be.generation;
       if (g !== gen) {
         gen = g;
-        const hi = Atomics.load(st, S_RING_HI) >>> 0, entries = Atomics.load(st, S_ENTRIES);
-        running = (Atomics.load(st, S_STATUS) & R.STATUS_RUNNING) !== 0 && entries > 0 && hi < HI_LIMIT;
-        ring = hi * TWO32 + (Atomics.load(st, S_RING_LO) >>> 0);
+        const hi = Atomics.load(q, qb + QUEUE_DESC_HI) >>> 0, entries = Atomics.load(q, qb + QUEUE_SIZE);
+        running = Atomics.load(q, qb + QUEUE_ENABLE) !== 0 && entries > 0 && hi < HI_LIMIT;
+        ring = hi * TWO32 + (Atomics.load(q, qb + QUEUE_DESC_LO) >>> 0);
         mask = entries - 1;
         consumer = Atomics.load(bell, CONSUMER_W) >>> 0;
         idle = nap = 0;
@@ -164,9 +159,9 @@ export function dmatestLcore(arg: DmatestLcoreArg, ctx: LcoreContext): DmatestLc
       if (!running) { plane.sleep(IDLE_MAX_MS); continue; }
       let done = 0;
       while (done < BURST) {
-        if ((Atomics.load(bell, DOORBELL_W) >>> 0) === consumer) break;
+        if ((Atomics.load(bell, 0) >>> 0) === consumer) break;
         if (!execute(ring + (consumer & mask) * R.DESC_SIZE)) {
-          Atomics.store(st, S_STATUS, R.STATUS_ERROR); // the ring is unreachable: stop until re-enabled
+          Atomics.store(st, W_STATUS, R.STATUS_ERROR); // the ring is unreachable: stop until re-enabled
           running = false;
           break;
         }
@@ -184,7 +179,7 @@ export function dmatestLcore(arg: DmatestLcoreArg, ctx: LcoreContext): DmatestLc
       plane.sleep(nap);
     }
   } finally {
-    plane.detach();
+    be.detach();
   }
-  return { completed: Atomics.load(st, S_COMPLETED) >>> 0, errors: Atomics.load(st, S_ERRORS) >>> 0 };
+  return { completed: Atomics.load(st, W_COMPLETED) >>> 0, errors: Atomics.load(st, W_ERRORS) >>> 0 };
 }

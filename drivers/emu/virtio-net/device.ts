@@ -3,18 +3,25 @@
  * layout is in layout.ts). This half runs on the vfio-user server's thread: it builds config space
  * (the virtio vendor capabilities and MSI-X), answers trapped BAR accesses (common configuration,
  * through lib/virtio/common_cfg.ts's register machine; ISR, device configuration, MSI-X table),
- * negotiates features and resets. Everything the data half
- * (datapath.ts, on an lcore) reads is published in shared state words inside plane.quiesce(), so the
- * lcore never sees a half-written queue.
+ * negotiates features and resets. Everything the engine (backend.ts, on an lcore) reads is
+ * published in shared state words inside plane.quiesce(), so the lcore never sees a half-written
+ * queue. As an emudev provider (lib/emudev/registry.ts) it describes those words to a back-end
+ * (backendDesc: the queue table, named attributes, the statistics region, the doorbells) and posts
+ * queue enable/disable and status events to its subscribers.
  */
 import * as U from '../../../src/iommu/vfio-uapi.js';
 import { siblingModule } from '../../../src/lcore/module.js';
 import { EmuDevice, type EmuCapability } from '../../../lib/emudev/emudev.js';
+import { QUEUE_DOORBELL, type EmuAttrSpec, type EmuBackendDesc, type EmuDoorbellInfo } from '../../../lib/emudev/backend.js';
+import { EVENT_QUEUE_DISABLED, EVENT_QUEUE_ENABLED, EVENT_STATUS_CHANGED } from '../../../lib/emudev/events.js';
+import type { EmuProvider, EmuProviderInfo } from '../../../lib/emudev/registry.js';
 import type { PortData } from '../../../lib/ethdev/ethdev.js';
 import * as V from '../../../lib/virtio/virtio.js';
 import { VirtioCommonCfg } from '../../../lib/virtio/common_cfg.js';
 import * as L from './layout.js';
+import { A } from './defs.js';
 import type { VirtioNetLoopArg } from './datapath.js';
+import type { VirtioNetBackendArg } from './backend.js';
 
 /** The data half's module (for eal.lcores.launch). */
 export const VIRTIO_NET_LOOP_MODULE = siblingModule(import.meta.url, 'datapath');
@@ -106,8 +113,25 @@ function msixCap(vectors: number): EmuCapability {
   return { id: V.PCI_CAP_ID_MSIX, body, writeMask };
 }
 
+/** The device's attributes: named words of its state (EmuBackendDesc.attrs). */
+const ATTRS: EmuAttrSpec[] = [
+  { name: A.STATUS, kind: 'u32', word: L.G_STATUS, writer: 'provider', help: 'device_status as the driver wrote it (without DEVICE_NEEDS_RESET)' },
+  { name: A.FEAT_LO, kind: 'u32', word: L.G_FEAT_LO, writer: 'provider', help: 'negotiated features, bits 0-31 (valid once FEATURES_OK was accepted)' },
+  { name: A.FEAT_HI, kind: 'u32', word: L.G_FEAT_HI, writer: 'provider', help: 'negotiated features, bits 32-63' },
+  { name: A.CONFIG_VECTOR, kind: 'u32', word: L.G_CONFIG_VEC, writer: 'provider', help: 'config_msix_vector (0xffff: none)' },
+  { name: A.NEEDS_RESET, kind: 'u32', word: L.G_NEEDS_RESET, writer: 'backend', help: '0, or why the back-end set DEVICE_NEEDS_RESET (NeedsReset; cleared at reset)' },
+  { name: A.ERR_QUEUE, kind: 'u32', word: L.G_ERR_QUEUE, writer: 'backend', help: 'the queue the NEEDS_RESET reason was found on' },
+  { name: A.ISR, kind: 'u32', word: L.G_ISR, writer: 'backend', help: 'ISR status bits the back-end raised (a driver\'s ISR read clears them)' },
+  { name: A.ACTIVE_PAIRS, kind: 'u32', word: L.G_ACTIVE_PAIRS, writer: 'backend', help: 'queue pairs in use (the control queue\'s MQ command; 1 after reset)' },
+  { name: A.LINK_DOWN, kind: 'bool', word: L.G_LINK_DOWN, writer: 'provider', help: '1 while the link is down; the back-end raises the config interrupt on a change' },
+  { name: A.RESETS, kind: 'u32', word: L.G_RESETS, writer: 'provider', help: 'device resets so far' },
+  { name: A.MAC, kind: 'mac', word: L.G_MAC, writer: 'provider', help: 'the MAC address' },
+  { name: A.MAX_PAIRS, kind: 'u32', word: L.G_MAX_PAIRS, writer: 'provider', help: 'max_virtqueue_pairs' },
+  { name: A.GENERATION, kind: 'u32', word: L.G_GEN, writer: 'provider', help: 'bumped after every published change' },
+];
+
 /** The emulated virtio-net device's control half. */
-export class VirtioNetDevice {
+export class VirtioNetDevice implements EmuProvider {
   readonly emu: EmuDevice;
   readonly config: L.VirtioNetConfig;
   /** shared state words (see layout.ts) */
@@ -133,7 +157,7 @@ export class VirtioNetDevice {
     this.msixVectors = 2 * config.pairs + 2;
     this.state = new Int32Array(new SharedArrayBuffer(4 * L.stateWords(this.numQueues)));
     this.stats = new Float64Array(new SharedArrayBuffer(8 * L.STAT_COUNT));
-    // Offer only what datapath.ts implements: no checksum or segmentation offloads, no
+    // Offer only what the engine (backend.ts) implements: no checksum or segmentation offloads, no
     // indirect descriptors, no event index, no packed ring.
     let f = F(V.VIRTIO_F_VERSION_1) | F(V.VIRTIO_NET_F_MAC) | F(V.VIRTIO_NET_F_STATUS) | F(V.VIRTIO_NET_F_CTRL_VQ);
     if (config.mrg) f |= F(V.VIRTIO_NET_F_MRG_RXBUF);
@@ -146,8 +170,15 @@ export class VirtioNetDevice {
       acceptable: (asked) => !(asked & F(V.VIRTIO_NET_F_MQ)) || (asked & F(V.VIRTIO_NET_F_CTRL_VQ)) !== 0n,
       publish: (fn) => this.publish(fn),
       onReset: () => this.netReset(),
+      queueEnabled: (q, on) => this.emu.postEvent(on ? EVENT_QUEUE_ENABLED : EVENT_QUEUE_DISABLED, q),
+      statusChanged: (status) => this.emu.postEvent(EVENT_STATUS_CHANGED, status),
       extraStatus: () => (Atomics.load(this.state, L.G_NEEDS_RESET) ? V.STATUS_DEVICE_NEEDS_RESET : 0),
     });
+    const mac = config.mac;
+    this.state[L.G_MAC] = mac[0] | (mac[1] << 8) | (mac[2] << 16) | (mac[3] << 24);
+    this.state[L.G_MAC + 1] = mac[4] | (mac[5] << 8);
+    this.state[L.G_MAX_PAIRS] = config.pairs;
+    for (let q = 0; q < this.numQueues; q++) this.state[L.qw(q, QUEUE_DOORBELL)] = q; // doorbell id q (backendDesc)
     const cfg = new DataView(this.deviceCfg.buffer);
     this.deviceCfg.set(config.mac, V.NET_CFG_MAC);
     cfg.setUint16(V.NET_CFG_STATUS, V.VIRTIO_NET_S_LINK_UP, true);
@@ -185,13 +216,45 @@ export class VirtioNetDevice {
     this.pciReset();
   }
 
+  /** Device facts (EmuProvider). */
+  info(): EmuProviderInfo {
+    return { type: 'virtio-net', maxQueuePairs: this.config.pairs, maxQueues: this.numQueues, maxEvents: 64 };
+  }
+
+  /**
+   * What a back-end attaches with (EmuProvider): the queue table and attributes over the state
+   * words, the statistics region, and per queue q doorbell id q: the polled notify word (mem), or
+   * with FD doorbells the queue's ioeventfd (fd, data plane doorbell q), the notify words then
+   * listed after them (ids numQueues + q) for doorbells that still come as messages.
+   */
+  backendDesc(): Omit<EmuBackendDesc, 'id'> {
+    const words = this.state.buffer as SharedArrayBuffer, nq = this.numQueues;
+    const notifyVa = this.emu.barAddress(L.BAR_CFG) + BigInt(L.NOTIFY_OFF);
+    const fds = this.emu.ioeventfds(U.VFIO_PCI_BAR0_REGION_INDEX + L.BAR_CFG).length > 0;
+    const doorbells: EmuDoorbellInfo[] = [];
+    for (let q = 0; q < nq; q++) {
+      const offset = L.NOTIFY_OFF + q * L.NOTIFY_MULTIPLIER;
+      if (fds) doorbells.push({ id: q, kind: 'fd', bar: L.BAR_CFG, offset, size: 2, fd: this.emu.plane.doorbellFd(q) });
+      doorbells.push({ id: fds ? nq + q : q, kind: 'mem', bar: L.BAR_CFG, offset, size: 4, va: notifyVa + BigInt(q * L.NOTIFY_MULTIPLIER) });
+    }
+    return {
+      name: this.emu.name, type: 'virtio-net', plane: this.emu.plane.desc(),
+      queues: { words, base: L.Q_BASE, stride: L.Q_WORDS, count: nq },
+      attrs: { words, specs: ATTRS.map((a) => ({ ...a })) },
+      generation: L.G_GEN,
+      regions: { stats: this.stats.buffer as SharedArrayBuffer },
+      doorbells,
+    };
+  }
+
+  /** What VirtioNetBackend.open needs (plain data): the back-end description (id: the registry's, -1 without), the sizes, port for the mbufs. */
+  engineArg(id = -1, port = 0): VirtioNetBackendArg {
+    return { desc: { id, ...this.backendDesc() }, pairs: this.config.pairs, maxQueueSize: this.config.queueSize, wantKicks: this.config.wantKicks === true, port };
+  }
+
   /** The argument of the lcore loop (plain data) with the backend port's queues. */
   loopArg(backend: PortData): VirtioNetLoopArg {
-    return {
-      name: this.emu.name, plane: this.emu.plane.desc(), state: this.state.buffer as SharedArrayBuffer, stats: this.stats.buffer as SharedArrayBuffer,
-      pairs: this.config.pairs, notifyVa: this.emu.barAddress(L.BAR_CFG) + BigInt(L.NOTIFY_OFF), backend,
-      maxQueueSize: this.config.queueSize, wantKicks: this.config.wantKicks === true,
-    };
+    return { engine: this.engineArg(-1, backend.port), backend };
   }
 
   /** Statistics by name. */

@@ -12,11 +12,13 @@
  *   configuration access capability (cfg_type 5: a window onto those four), then MSI-X.
  * IRQs: INTx (1) and MSI-X (2 * pairs + 2: one per queue, the config vector, one spare).
  *
- * The control half (device.ts, the server's thread) and the data half (datapath.ts, an lcore)
- * share one Int32Array of state words (written by the control half inside plane.quiesce, except
- * the few marked "worker") and one Float64Array of statistics (written by the worker only).
+ * The control half (device.ts, the server's thread) and the engine on an lcore (backend.ts) share
+ * one Int32Array of state words (written by the control half inside plane.quiesce, except the few
+ * marked "worker") and one Float64Array of statistics (written by the worker only). The engine
+ * reads them only through the emudev back-end API (device.ts backendDesc: the queue table and named
+ * attributes over these words, the region 'stats'), never by these indexes.
  */
-import { checkDevargs, type DevargsSchema } from '../../../lib/kvargs/kvargs.js';
+import { checkDevargs, type Devargs, type DevargsSchema } from '../../../lib/kvargs/kvargs.js';
 import { VIRTQ_MAX_SIZE } from '../../../lib/virtio/virtio.js';
 import * as CC from '../../../lib/virtio/common_cfg.js';
 import type { CommonCfgLayout } from '../../../lib/virtio/common_cfg.js';
@@ -33,8 +35,7 @@ export const DEVICE_OFF = 0x2000;
 export const NOTIFY_OFF = 0x3000;
 export const NOTIFY_SIZE = 0x1000;
 export const NOTIFY_MULTIPLIER = 4;
-/** What the device stores in a notify word after reading it: a driver's write shows as a change. */
-export const NOTIFY_IDLE = 0xffffffff;
+export { NOTIFY_IDLE } from './defs.js';
 export const BAR_MSIX = 1;
 export const BAR_MSIX_SIZE = 0x1000;
 export const MSIX_TABLE_OFF = 0;
@@ -74,7 +75,11 @@ export const G_IDLE = 11;
 export const G_RESETS = 12;
 /** anyone (setLinkState): 1 while the link is down (status without VIRTIO_NET_S_LINK_UP); the worker raises the config interrupt on a change */
 export const G_LINK_DOWN = 13;
-export const Q_BASE = 16;
+/** the MAC address: bytes 0-3, then 4-5 (the mac attribute) */
+export const G_MAC = 14;
+/** max_virtqueue_pairs */
+export const G_MAX_PAIRS = 16;
+export const Q_BASE = 20;
 /** Words per queue: the common configuration's (lib/virtio/common_cfg.ts) and room to spare. */
 export const Q_WORDS = 12;
 // A queue's words are the common configuration machine's (size, enable, vector, the ring address
@@ -106,34 +111,8 @@ export function qw(q: number, w: number): number {
   return Q_BASE + q * Q_WORDS + w;
 }
 
-// ---- statistics (Float64Array indexes, written by the worker only) ----
-
-export const S_TX_PACKETS = 0, S_TX_BYTES = 1, S_TX_DROPPED = 2, S_TX_ERRORS = 3, S_TX_NOMBUF = 4;
-export const S_RX_PACKETS = 5, S_RX_BYTES = 6, S_RX_NOBUF = 7, S_RX_TOO_BIG = 8;
-export const S_NEEDS_RESET = 9, S_IRQS = 10, S_KICKS = 11, S_CTRL = 12, S_IRQS_SUPPRESSED = 13;
-/** of S_KICKS, the doorbells that came as ioeventfd signals */
-export const S_KICKS_EVENTFD = 14;
-export const STAT_NAMES = [
-  'tx_packets', 'tx_bytes', 'tx_dropped', 'tx_errors', 'tx_nombuf',
-  'rx_packets', 'rx_bytes', 'rx_nobuf_drops', 'rx_too_big_drops',
-  'needs_reset_events', 'interrupts', 'kicks', 'ctrl_commands', 'interrupts_suppressed', 'kicks_eventfd',
-] as const;
-export const STAT_COUNT = 16;
-
-/** Why the device set DEVICE_NEEDS_RESET (G_NEEDS_RESET). */
-export const NeedsReset = {
-  LOOP: 1, NEXT_RANGE: 2, HEAD_RANGE: 3, DIRECTION: 4, INDIRECT: 5, AVAIL_JUMP: 6, BAD_ADDRESS: 7,
-  RING_UNMAPPED: 8, RING_ALIGN: 9, CHAIN_CHANGED: 10, INTERNAL: 11, WALK: 12, RX_SHORT: 13,
-} as const;
-/** Names of the NeedsReset reasons, by value. */
-export const NEEDS_RESET_NAMES: Record<number, string> = {
-  1: 'descriptor chain loops or is longer than the queue', 2: 'descriptor next index outside the queue',
-  3: 'avail ring head outside the queue', 4: 'descriptor of the wrong direction', 5: 'indirect descriptor (not negotiated)',
-  6: 'avail idx moved more than the queue size', 7: 'buffer outside the mapped DMA memory',
-  8: 'ring outside the DMA memory mapped by fd (memory sent without fd, or that cannot be sealed: seal it, or tspmd emu --unsealed-dma map; or a ring across a 4 GiB line of a region)', 9: 'misaligned ring', 10: 'descriptor chain changed while in use',
-  11: 'internal error', 12: 'descriptor chains share descriptors (a burst walked more than the queue holds)',
-  13: 'receive buffer smaller than the virtio_net_hdr (MRG_RXBUF)',
-};
+// Statistics and NEEDS_RESET reasons: defs.ts (the engine's side of the device).
+export { S_TX_PACKETS, S_TX_BYTES, S_TX_DROPPED, S_TX_ERRORS, S_TX_NOMBUF, S_RX_PACKETS, S_RX_BYTES, S_RX_NOBUF, S_RX_TOO_BIG, S_NEEDS_RESET, S_IRQS, S_KICKS, S_CTRL, S_IRQS_SUPPRESSED, S_KICKS_EVENTFD, STAT_NAMES, STAT_COUNT, NeedsReset, NEEDS_RESET_NAMES } from './defs.js';
 
 // ---- device arguments ----
 
@@ -171,7 +150,16 @@ export const VIRTIO_NET_ARGS = {
 /** Check the device arguments; a UsageError names the key, the value and what is allowed. */
 export function parseVirtioNetArgs(raw: Record<string, string>): VirtioNetConfig {
   const a = checkDevargs(raw, VIRTIO_NET_ARGS, { where: 'virtio-net', driver: 'virtio-net' });
-  const c: VirtioNetConfig = { mac: a.mac, pairs: a.queues, backend: a.backend, mrg: a.mrg, queueSize: a.size };
+  return virtioNetConfig(a, a.backend);
+}
+
+/**
+ * The device's configuration from its checked arguments (without backend=: net_virtio_emu takes
+ * the rest of VIRTIO_NET_ARGS) and the EAL port it forwards through (-1: none, the device's own
+ * back-end port is the app's).
+ */
+export function virtioNetConfig(a: Omit<Devargs<typeof VIRTIO_NET_ARGS>, 'backend'>, backend: number): VirtioNetConfig {
+  const c: VirtioNetConfig = { mac: a.mac, pairs: a.queues, backend, mrg: a.mrg, queueSize: a.size };
   // Only the non-default choices appear (a default configuration keeps its plain shape).
   if (!a.notify_mmap) c.mapNotify = false;
   if (a.kicks) c.wantKicks = true;
