@@ -11,7 +11,11 @@
 #   $CACHE/qemu-11/initramfs-net.cpio the same busybox + the kernel's virtio_net module (and failover,
 #                                    net_failover); its init binds Linux's virtio_net to the virtio-net NIC
 #                                    with MAC tsp.mac=, brings it up as tsp.ip= and pings tsp.peer=
-#                                    (kernel command line), reporting each step as "TSPLAB {json}"
+#                                    (kernel command line), reporting each step as "TSPLAB {json}";
+#                                    with tsp.tcp=MIB also TCP both ways: it fetches
+#                                    http://PEER:8080/blob (tcp-in: bytes, secs, sha256), then
+#                                    serves MIB random MiB on :8080/blob (tcp-serve: sha256) and
+#                                    waits up to 90 s for the host's line on :8081 (tcp-out)
 #
 #   usage: test/lab/qemu-vfio-user.sh   (cache: $TSPMD_LAB_CACHE, default /var/cache/tspmd/lab;
 #                                        Debian mirror: $TSPMD_LAB_MIRROR, default http://deb.debian.org/debian)
@@ -109,7 +113,9 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 report() { echo "TSPLAB {\"check\":\"$1\",\"ok\":$2$3}"; }
 arg() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
-mac=$(arg tsp.mac); ip=$(arg tsp.ip); peer=$(arg tsp.peer)
+now() { cut -d' ' -f1 /proc/uptime; }
+since() { awk "BEGIN { print $(now) - $1 }"; }
+mac=$(arg tsp.mac); ip=$(arg tsp.ip); peer=$(arg tsp.peer); mib=$(arg tsp.tcp)
 for m in failover net_failover virtio_net; do
   if out=$(insmod /lib/$m.ko 2>&1); then report insmod true ",\"module\":\"$m\""; else report insmod false ",\"module\":\"$m\",\"error\":\"$out\""; fi
 done
@@ -130,6 +136,23 @@ if [ -n "$ifc" ]; then
   rx=$(echo "$out" | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
   [ "${rx:-0}" -gt 0 ] && ok=true || ok=false
   report ping $ok ",\"peer\":\"$peer\",\"received\":${rx:-0},\"output\":\"$out\""
+  if [ -n "$mib" ]; then
+    # TCP in: the host's blob from its httpd on tsp.peer:8080; SHA-256 and time reported
+    mkdir -p /tmp /srv && mount -t devtmpfs devtmpfs /dev
+    t0=$(now)
+    wget -q -T 30 -O /tmp/in "http://$peer:8080/blob" 2>/tmp/err && ok=true || ok=false
+    report tcp-in $ok ",\"bytes\":$(stat -c %s /tmp/in 2>/dev/null || echo 0),\"secs\":$(since $t0),\"sha256\":\"$(sha256sum /tmp/in | cut -d' ' -f1)\",\"error\":\"$(tr '\n"' '; ' </tmp/err)\""
+    rm -f /tmp/in
+    # TCP out: tsp.tcp MiB of random bytes served by httpd on :8080; the host fetches them, then
+    # sends its SHA-256 to :8081 (or 90 s pass)
+    dd if=/dev/urandom of=/srv/blob bs=1048576 count="$mib" 2>/dev/null
+    timeout 90 nc -l -p 8081 </dev/null >/tmp/host & w=$!
+    httpd -p 8080 -h /srv && ok=true || ok=false
+    report tcp-serve $ok ",\"port\":8080,\"path\":\"/blob\",\"bytes\":$(stat -c %s /srv/blob),\"sha256\":\"$(sha256sum /srv/blob | cut -d' ' -f1)\""
+    t0=$(now)
+    wait $w && ok=true || ok=false
+    report tcp-out $ok ",\"secs\":$(since $t0),\"host\":\"$(head -c 200 /tmp/host | tr -d '\n"')\""
+  fi
   report stats true ",\"rx_packets\":$(cat /sys/class/net/$ifc/statistics/rx_packets),\"tx_packets\":$(cat /sys/class/net/$ifc/statistics/tx_packets)"
 else
   report iface false ",\"mac\":\"$mac\",\"ifaces\":\"$(ls /sys/class/net | tr '\n' ' ')\""
