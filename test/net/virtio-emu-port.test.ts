@@ -8,19 +8,24 @@
  *
  * A frame the guest sends is port 0's RX, goes out of the ring (port 1 TX), comes back as port 1's
  * RX and reaches the guest through port 0's TX: both directions of the port, byte for byte
- * (--no-mac-updating). Checked: the frames, every count in l2fwd's JSON summary, no mbuf left in
- * either process, the socket file gone after exit, and bad arguments exit 2 naming the key. In
- * this process: a queue opened on a second lcore is refused, stop detaches the queues opened in its
- * own thread, link down without a driver, the device's counters as xstats, the device in the emudev
- * registry while the port lives, and `device=NAME`: the port of a device allocated there by others.
+ * (--no-mac-updating). With one worker (-l 0-1) one lcore polls both ports; with two (-l 0@0,1@1,2@0)
+ * lcore 1 polls port 0 and lcore 2 port 1, so port 0's TX comes from lcore 2 through the port's
+ * ring to lcore 1, which serves the device. Checked: the frames, every count in l2fwd's JSON
+ * summary, no mbuf left in either process, the socket file gone after exit, and bad arguments exit
+ * 2 naming the key. In this process: RX opened on a second lcore is refused and so is a second
+ * foreign TX lcore, a TX queue opened before RX goes through the ring (drained by rxBurst, freed at
+ * stop when nothing drained it, counted as rx_nobuf_drops) and turns direct once RX opens in its
+ * thread, stop detaches the queues opened in its own thread, link down without a driver, the
+ * device's counters as xstats, the device in the emudev registry while the port lives, and
+ * `device=NAME`: the port of a device allocated there by others.
  *
- * As root, the same with a net_tap in a network namespace instead of the ring: the tap's kernel
- * answers the guest's ARP request (the QEMU lab's check, test/lab/virtio-net-guest.test.ts, with
+ * As root, the same with two workers and a net_tap in a network namespace instead of the ring: the
+ * tap's kernel answers the guest's ARP request (the QEMU lab's check, test/lab/virtio-net-guest.test.ts, with
  * tspmd's PMD as the guest).
  *
- * Busy-polling threads: l2fwd's worker lcore (this process polls with 1 ms sleeps when idle).
+ * Busy-polling threads: l2fwd's worker lcores, one or two (this process polls with 1 ms sleeps when idle).
  */
-import t from 'tap';
+import t, { type Test as Tap } from 'tap';
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
@@ -32,7 +37,8 @@ import { uniquePrefix } from '../../lib/netns/topology.js';
 import { undoAlways } from '../always.js';
 import { listPorts, openRxQueue, openTxQueue } from '../../lib/ethdev/ethdev.js';
 import { pktmbufPoolCreate, pktmbufAllocBulk, pktmbufFreeBulk } from '../../lib/mempool/mbuf.js';
-import { ATTACHES, type VirtioEmuQueueData } from '../../drivers/net/virtio_emu/virtio_emu_data.js';
+import { ATTACHES, OWNER, PRODUCER, type VirtioEmuQueueData } from '../../drivers/net/virtio_emu/virtio_emu_data.js';
+import { Ring } from '../../lib/ring/ring.js';
 import { testEal } from '../emu/virtio-net-helpers.js';
 import { emudevAllocate, emudevFind, emudevRelease } from '../../lib/emudev/registry.js';
 import { VirtioNetDevice } from '../../drivers/emu/virtio-net/device.js';
@@ -91,16 +97,24 @@ async function until(cond: () => boolean, ms: number): Promise<boolean> {
   return true;
 }
 
-t.test('l2fwd between net_virtio_emu and a ring: a guest\'s frames out and back, counts, mbufs, socket removed', { timeout: 120_000 }, async (t) => {
+/**
+ * l2fwd between net_virtio_emu0 and a loopback net_ring0 with workers worker lcores (1: both ports
+ * on lcore 1; 2: port 1 on lcore 2, whose TX to port 0 goes through the port's ring), the guest in
+ * this process: frames out and back, counts, mbufs, socket removed.
+ */
+async function l2fwdRing(t: Tap, workers: 1 | 2): Promise<void> {
   const sock = join(tempDir(t), 'vn.sock');
-  const prefix = `tspvep${process.pid}`;
-  const args = ['--no-huge', '-l', '0-1', '--file-prefix', prefix, '--no-telemetry', '--vdev', `net_virtio_emu0,socket=${sock},mac=${MAC}`, '--vdev', 'net_ring0',
+  const prefix = `tspvep${workers}${process.pid}`;
+  // Two workers on a two-CPU machine: lcore 2 shares CPU 0 with the (idle) main lcore.
+  const args = ['--no-huge', '-l', workers === 1 ? '0-1' : '0@0,1@1,2@0', '--file-prefix', prefix, '--no-telemetry', '--vdev', `net_virtio_emu0,socket=${sock},mac=${MAC}`, '--vdev', 'net_ring0',
     '--', '-p', '0x3', '--no-mac-updating', '--json'];
   const app = l2fwd(args);
   t.teardown(() => removeRunDir(['--file-prefix', prefix]));
   let code: number | null | undefined;
   void app.exit.then((c) => { code = c; });
-  t.ok(await until(() => /lcore 1: RX port 1/.test(app.stderr()) || code !== undefined, 60_000), 'l2fwd runs with both ports on lcore 1', { stderr: app.stderr() });
+  t.ok(await until(() => new RegExp(`lcore ${workers}: RX port 1`).test(app.stderr()) || code !== undefined, 60_000), `l2fwd runs with port 1 on lcore ${workers}`, { stderr: app.stderr() });
+  t.match(app.stderr(), /lcore 1: RX port 0 -> TX port 1/, 'port 0 (the device) on lcore 1');
+  t.match(app.stderr(), new RegExp(`lcore ${workers}: RX port 1 -> TX port 0`), `port 0's TX from lcore ${workers}${workers === 2 ? ' (foreign: through the ring)' : ''}`);
   t.ok(existsSync(sock), `the device is served on ${sock}`);
   t.match(app.stderr(), /port 0 \(net_virtio_emu0, net_virtio_emu\): MAC 02:74:73:70:76:09/, 'port 0 is the net_virtio_emu port with the device\'s MAC');
 
@@ -135,7 +149,11 @@ t.test('l2fwd between net_virtio_emu and a ring: a guest\'s frames out and back,
     t.equal(summary.mbufs_in_use_after_stop, 0, 'every mbuf back in l2fwd\'s pool after stop');
   }
   t.notOk(existsSync(sock), 'the socket file is removed at exit');
-});
+}
+
+t.test('l2fwd between net_virtio_emu and a ring, one worker: a guest\'s frames out and back, counts, mbufs, socket removed', { timeout: 120_000 }, (t) => l2fwdRing(t, 1));
+
+t.test('l2fwd between net_virtio_emu and a ring, two workers (-l 0@0,1@1,2@0: port 0\'s TX from lcore 2 through the ring): frames out and back, counts, mbufs, socket removed', { timeout: 120_000 }, (t) => l2fwdRing(t, 2));
 
 t.test('bad net_virtio_emu arguments: usage errors naming the key (exit 2), an unusable socket path names the port', { timeout: 60_000 }, async (t) => {
   const sock = join(tempDir(t), 'bad.sock');
@@ -164,7 +182,7 @@ t.test('bad net_virtio_emu arguments: usage errors naming the key (exit 2), an u
   t.notOk(existsSync(sock), 'no socket file left behind');
 });
 
-t.test('in one process: one lcore per port, stop detaches the queues opened here, link and counters', { timeout: 60_000 }, async (t) => {
+t.test('in one process: one RX lcore, one foreign TX lcore through the ring, stop detaches and frees the ring, link and counters', { timeout: 60_000 }, async (t) => {
   const eal = testEal('tspvepi');
   t.teardown(() => eal.close());
   const { name, args } = parseDevargs('net_virtio_emu5,socket=unused,queues=2', VIRTIO_EMU_ARGS, { option: '--vdev', driver: 'net_virtio_emu' });
@@ -180,28 +198,50 @@ t.test('in one process: one lcore per port, stop detaches the queues opened here
   const data = port.data();
   const release = new Int32Array((data.rxq[0] as VirtioEmuQueueData).release);
 
-  // Another lcore holds the port (as one that opened a queue first would): refused, naming the fix.
-  Atomics.store(release, ATTACHES, 1);
-  await t.rejects(openRxQueue(data, 0), /net_virtio_emu5: another lcore polls this port already: .* polled by one lcore \(e\.g\. l2fwd -l 0-1/, 'a queue opened on a second lcore is refused');
-  Atomics.store(release, ATTACHES, 0);
+  const ring = Ring.attach((data.txq[0] as VirtioEmuQueueData).txRing);
+  t.equal(ring.size, 256, 'the foreign TX ring has the TX queue\'s 256 slots');
 
-  const rx = await openRxQueue(data, 0), tx = await openTxQueue(data, 0);
-  t.equal(Atomics.load(release, ATTACHES), 1, 'RX and TX opened in one thread share one engine (one attach)');
-  t.ok(port.device.emu.plane.attached, 'that engine is attached to the device\'s data plane');
+  // Another lcore polls RX (owns the engine), another sends as a foreign lcore: refused, naming the rule.
+  Atomics.store(release, OWNER, 1);
+  await t.rejects(openRxQueue(data, 0), /^net_virtio_emu5: another lcore polls its RX queue already: one lcore polls a net_virtio_emu port's RX/, 'RX opened on a second lcore is refused');
+  Atomics.store(release, OWNER, 0);
+  Atomics.store(release, PRODUCER, 1);
+  await t.rejects(openTxQueue(data, 0), /^net_virtio_emu5: another lcore sends on its TX queue already: .* from its RX lcore and from one other lcore/, 'a second foreign TX lcore is refused');
+  Atomics.store(release, PRODUCER, 0);
+
+  // TX opened where no RX is: the ring's producer (as l2fwd's lcore 2 is).
+  const m = new Uint32Array(1);
+  const tx = await openTxQueue(data, 0);
+  t.equal(Atomics.load(release, PRODUCER), 1, 'TX opened before RX in this thread: the ring\'s producer');
+  t.notOk(port.device.emu.plane.attached, 'and no engine attached for it');
+  t.ok(pktmbufAllocBulk(pool, m, 1), 'an mbuf to send');
+  t.equal(tx.txBurst(m, 1, 0), 1, 'foreign TX: taken (enqueued on the ring)');
+  t.equal(ring.count(), 1, 'it waits in the ring');
+
+  const rx = await openRxQueue(data, 0);
+  t.equal(Atomics.load(release, ATTACHES), 1, 'RX and TX opened in one thread: one holder');
+  t.same([Atomics.load(release, OWNER), Atomics.load(release, PRODUCER)], [1, 0], 'RX made this thread the owner and its TX queue direct');
+  t.ok(port.device.emu.plane.attached, 'the engine is attached to the device\'s data plane');
   const burst = new Uint32Array(32);
   t.equal(rx.rxBurst(burst, 32), 0, 'RX: nothing while no guest drives the device');
-  const m = new Uint32Array(1);
+  t.equal(ring.count(), 0, 'rxBurst drained the ring');
+  t.equal(port.xstats().rx_nobuf_drops, 1, 'the guest had no buffers: freed, counted as rx_nobuf_drops');
+  t.equal(pool.inUseCount(), 0, 'that mbuf is back in the pool');
   t.ok(pktmbufAllocBulk(pool, m, 1), 'an mbuf to send');
-  t.equal(tx.txBurst(m, 1, 0), 0, 'TX: nothing taken while the guest has no receive buffers (it stays the caller\'s)');
+  t.equal(tx.txBurst(m, 1, 0), 0, 'direct TX now: nothing taken while the guest has no receive buffers (it stays the caller\'s)');
   pktmbufFreeBulk(m, 1, 0);
+  // A foreign lcore's packet left in the ring at stop (the ring's only producer is idle by then).
+  t.ok(pktmbufAllocBulk(pool, m, 1), 'an mbuf left in the ring');
+  t.equal(ring.enqueueBurst(m, 1), 1, 'enqueued as a foreign lcore does');
   const t0 = Date.now();
   port.stop();
   t.ok(Date.now() - t0 < 1000, `stop returns at once when the queues were opened in its own thread (${Date.now() - t0} ms)`);
-  t.equal(Atomics.load(release, ATTACHES), 0, 'stop detached the engine');
+  t.same([Atomics.load(release, ATTACHES), Atomics.load(release, OWNER)], [0, 0], 'stop detached the engine');
+  t.equal(ring.count(), 0, 'stop emptied the ring');
   t.notOk(port.device.emu.plane.attached, 'the device\'s data plane has no lcore attached');
   t.equal(pool.inUseCount(), 0, 'every mbuf back in the pool');
   const xs = port.xstats();
-  t.same([xs.rx_good_packets, xs.tx_good_packets, xs.tx_packets, xs.rx_packets, xs.kicks], [0, 0, 0, 0, 0], 'counters and the device\'s own as xstats');
+  t.same([xs.rx_good_packets, xs.tx_good_packets, xs.tx_packets, xs.rx_packets, xs.kicks, xs.rx_nobuf_drops], [0, 0, 0, 0, 0, 2], 'counters and the device\'s own as xstats (the ring\'s two mbufs as rx_nobuf_drops)');
   await port.shutdown();
   t.equal(port.status, 'closed', 'shutdown closes the port');
   t.notOk(emudevFind('net_virtio_emu5'), 'and releases its device from the emudev registry');
@@ -245,7 +285,7 @@ function arpRequest(mac: number[], ip: number, target: number): Uint8Array {
   return f;
 }
 
-t.test('l2fwd between net_virtio_emu and net_tap in a namespace: the kernel answers the guest\'s ARP request', { skip: tapSkip, timeout: 120_000 }, async (t) => {
+t.test('l2fwd with two workers between net_virtio_emu and net_tap in a namespace: the kernel answers the guest\'s ARP request', { skip: tapSkip, timeout: 120_000 }, async (t) => {
   const ns = `${uniquePrefix()}n`, tap = `${ns.slice(0, 9)}t`;
   execFileSync('ip', ['netns', 'add', ns]);
   undoAlways(t, () => { try { execFileSync('ip', ['netns', 'del', ns], { stdio: 'ignore' }); } catch { /* gone */ } });
@@ -255,12 +295,13 @@ t.test('l2fwd between net_virtio_emu and net_tap in a namespace: the kernel answ
   }
   const sock = join(tempDir(t), 'vn.sock');
   const prefix = `tspvept${process.pid}`;
-  const app = l2fwd(['--no-huge', '-l', '0-1', '--file-prefix', prefix, '--no-telemetry', '--vdev', `net_virtio_emu0,socket=${sock},mac=${MAC}`, '--vdev', `net_tap0,iface=${tap}`,
+  // As users run it (-l 0-2 on a two-CPU machine): the tap's frames reach the device from lcore 2 through the port's ring.
+  const app = l2fwd(['--no-huge', '-l', '0@0,1@1,2@0', '--file-prefix', prefix, '--no-telemetry', '--vdev', `net_virtio_emu0,socket=${sock},mac=${MAC}`, '--vdev', `net_tap0,iface=${tap}`,
     '--', '-p', '0x3', '--no-mac-updating', '-T', '0'], ['ip', 'netns', 'exec', ns]);
   t.teardown(() => removeRunDir(['--file-prefix', prefix]));
   let code: number | null | undefined;
   void app.exit.then((c) => { code = c; });
-  t.ok(await until(() => /lcore 1: RX port 1/.test(app.stdout()) || code !== undefined, 60_000), 'l2fwd runs in the namespace between the device and the tap', { stderr: app.stderr() });
+  t.ok(await until(() => /lcore 2: RX port 1 -> TX port 0/.test(app.stdout()) || code !== undefined, 60_000), 'l2fwd runs in the namespace between the device and the tap, the tap on lcore 2', { stderr: app.stderr() });
   const HOST = parseIpv4('10.97.0.1'), GUEST = parseIpv4('10.97.0.2');
   execFileSync('ip', ['-n', ns, 'addr', 'add', '10.97.0.1/24', 'dev', tap]);
   execFileSync('ip', ['-n', ns, 'link', 'set', tap, 'up']);
@@ -269,11 +310,13 @@ t.test('l2fwd between net_virtio_emu and net_tap in a namespace: the kernel answ
   const c = await openClient(t, sock, 1);
   const mac = c.port.macAddr();
   let reply: Uint8Array | undefined;
-  for (let i = 0; i < 5 && !reply; i++) {
+  // Up to 30 s: l2fwd's two workers may take seconds to attach on a busy two-CPU machine (the
+  // requests wait in the guest's transmitq meanwhile).
+  for (let i = 0; i < 15 && !reply; i++) {
     await pmdSend(c, [arpRequest(mac, GUEST, HOST)]);
     reply = (await pmdReceive(c, 1, 2000))[0].find((f) => f.length >= 42 && f[12] === 0x08 && f[13] === 0x06 && f[21] === 2);
   }
-  t.ok(reply, 'an ARP reply reached the guest');
+  t.ok(reply, 'an ARP reply reached the guest', { stderr: app.stderr(), stdout: app.stdout() });
   if (reply) {
     const dv = new DataView(reply.buffer, reply.byteOffset);
     t.same([formatMac([...reply.subarray(0, 6)]), formatMac([...reply.subarray(22, 28)]), dv.getUint32(28), dv.getUint32(38)], [MAC, tapMac, HOST, GUEST],

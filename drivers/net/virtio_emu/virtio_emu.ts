@@ -14,10 +14,12 @@
  * direction carries every queue pair. Link: up while the port is started and the driver has set
  * DRIVER_OK (and the device does not need a reset). Statistics and xstats are the device's own
  * counters (rx = the guest's transmitqs, tx = its receiveqs). The data half (virtio_emu_data.ts)
- * opens the device's engine (VirtioNetBackend) on the one lcore that polls both queues.
+ * opens the device's engine (VirtioNetBackend) on the lcore that polls the RX queue; TX sent from
+ * another lcore reaches it through the port's ring (created here at start).
  *
- * Stop: the lcore that opened the queues detaches from the device (it drops its engine when its
- * thread is idle: the app has stopped polling, as rte_eth_dev_stop requires); close: the server
+ * Stop: the lcores that opened the queues leave (the RX lcore drops its engine when its thread is
+ * idle: the app has stopped polling, as rte_eth_dev_stop requires), then the mbufs left in the
+ * ring are freed (counted as rx_nobuf_drops); close: the server
  * stops (the client is dropped, the socket file removed) and the device is released (a device=
  * device stays its allocator's). Client memory
  * that cannot be sealed is reached by message (emudev's default unsealedDma).
@@ -35,7 +37,9 @@ import { siblingModule } from '../../../src/lcore/module.js';
 import { log } from '../../../src/log.js';
 import * as V from '../../../lib/virtio/virtio.js';
 import { VirtioNetDevice } from '../../emu/virtio-net/device.js';
-import { VIRTIO_NET_ARGS, STAT_NAMES, S_TX_PACKETS, S_TX_BYTES, S_TX_ERRORS, S_TX_NOMBUF, S_TX_DROPPED, S_RX_PACKETS, S_RX_BYTES, S_RX_TOO_BIG, virtioNetConfig, type VirtioNetConfig } from '../../emu/virtio-net/layout.js';
+import { VIRTIO_NET_ARGS, STAT_NAMES, S_TX_PACKETS, S_TX_BYTES, S_TX_ERRORS, S_TX_NOMBUF, S_TX_DROPPED, S_RX_PACKETS, S_RX_BYTES, S_RX_NOBUF, S_RX_TOO_BIG, virtioNetConfig, type VirtioNetConfig } from '../../emu/virtio-net/layout.js';
+import { Ring, nextPow2 } from '../../../lib/ring/ring.js';
+import { pktmbufFreeBulk } from '../../../lib/mempool/mbuf.js';
 import { RELEASE_GEN, ATTACHES, RELEASE_WORDS, releaseHeld, type VirtioEmuQueueData } from './virtio_emu_data.js';
 
 const DATA = siblingModule(import.meta.url, 'virtio_emu_data');
@@ -62,11 +66,13 @@ export interface VirtioEmuServe {
 export class VirtioEmuPort extends EthDev {
   /** the emulated device (the provider) */
   readonly device: VirtioNetDevice;
-  /** RELEASE_GEN (bumped at stop: the lcore holding the device detaches) and ATTACHES (1 while one holds it) */
+  /** the release words (virtio_emu_data.ts): RELEASE_GEN bumped at stop, ATTACHES the lcores holding the port, OWNER, PRODUCER */
   private readonly words = new Int32Array(new SharedArrayBuffer(4 * RELEASE_WORDS));
   /** the device's registry entry when this port allocated it (and releases it at close) */
   private readonly owned: EmuDeviceHandle | null;
   private srv: VfioUserServer | null = null;
+  /** foreign TX -> the RX lcore (made at start, TX queue 0's nb_desc rounded up to a power of two) */
+  private txRing: Ring | null = null;
   private closing: Promise<void> | null = null;
 
   /** The port of device; owned: its registry entry, released at close (null: the device is someone else's). */
@@ -128,7 +134,12 @@ export class VirtioEmuPort extends EthDev {
     return { up, speedMbps: 10000, fullDuplex: true };
   }
 
-  /** The lcore that opened the queues detaches (when idle, i.e. once it stopped polling). */
+  /** A fresh ring for TX sent from lcores other than the RX one. */
+  protected override onStart(): void {
+    this.txRing = Ring.create(`${this.name}.tx`, nextPow2(this.txDesc[0]), { sp: true, sc: true });
+  }
+
+  /** The lcores that opened the queues leave (when idle, i.e. once they stopped polling); the ring's mbufs are freed. */
   protected override onStop(): void {
     Atomics.add(this.words, RELEASE_GEN, 1);
     Atomics.notify(this.words, RELEASE_GEN);
@@ -136,11 +147,25 @@ export class VirtioEmuPort extends EthDev {
     const deadline = Date.now() + DETACH_TIMEOUT_MS;
     for (let n = Atomics.load(this.words, ATTACHES); n !== 0; n = Atomics.load(this.words, ATTACHES)) {
       if (Date.now() > deadline) {
-        log('warn', 'net_virtio_emu', `${this.name}: the lcore polling it did not detach from the device within ${DETACH_TIMEOUT_MS} ms: stop the loop polling the port before stopping it`);
+        log('warn', 'net_virtio_emu', `${this.name}: the lcores polling it did not leave it within ${DETACH_TIMEOUT_MS} ms: stop the loops polling the port before stopping it`);
         return;
       }
       Atomics.wait(this.words, ATTACHES, n, 50);
     }
+    this.drainTxRing();
+  }
+
+  /** Free what foreign lcores sent that the RX lcore did not deliver (no lcore uses the ring now). */
+  private drainTxRing(): void {
+    const r = this.txRing;
+    if (!r) return;
+    const buf = new Uint32Array(256);
+    let left = 0;
+    for (let k = r.dequeueBurst(buf, buf.length); k > 0; k = r.dequeueBurst(buf, buf.length)) {
+      pktmbufFreeBulk(buf, k, 0);
+      left += k;
+    }
+    this.device.stats[S_RX_NOBUF] += left;
   }
 
   /** Stop serving and release the device (shutdown() waits for both). */
@@ -175,7 +200,7 @@ export class VirtioEmuPort extends EthDev {
   }
 
   private queueData(): VirtioEmuQueueData {
-    return { backend: this.device.engineArg(-1, this.port), release: this.words.buffer as SharedArrayBuffer };
+    return { backend: this.device.engineArg(-1, this.port), release: this.words.buffer as SharedArrayBuffer, txRing: this.txRing!.desc };
   }
 
   /** The device's statistics, by their names. */
