@@ -18,7 +18,7 @@ import { pktmbufPoolCreate, pktmbufFreeBulk } from '../../../lib/mempool/mbuf.js
 import { Mempool } from '../../../lib/mempool/mempool.js';
 import type { EmuDevice } from '../../../lib/emudev/emudev.js';
 import { VirtioEmuPort } from '../../net/virtio_emu/virtio_emu.js';
-import { heldBackend } from '../../net/virtio_emu/virtio_emu_data.js';
+import { heldBackend, releaseHeld } from '../../net/virtio_emu/virtio_emu_data.js';
 import type { VirtioNetDevice } from './device.js';
 import { BURST, type VirtioNetBackend } from './backend.js';
 import * as L from './layout.js';
@@ -31,12 +31,20 @@ export const VIRTIO_NET_SUMMARY = 'virtio 1.x modern network device (split rings
 const PORT_DESC = 1024;
 /** No work for this long: the loop sleeps on the device's doorbells (1 ms at a time) instead of polling back to back. */
 const IDLE_MS = 100;
-/** Exceptions after which the loop gives up (it logs each). */
-const CRASH_BUDGET = 100;
-// The forwarding loop's control words (Int32): STOP (set by stop()), RUNNING and IDLE (set by the loop: 1 while it backs off).
-const STOP = 0, RUNNING = 1, IDLE = 2, CTL_WORDS = 4;
+/** The forwarding loop's control words (Int32 indexes): set by its owner to stop it. */
+export const FWD_STOP = 0;
+/** set by the loop: 1 while it runs */
+export const FWD_RUNNING = 1;
+/** set by the loop: 1 while it backs off (every device idle) */
+export const FWD_IDLE = 2;
+/** the control buffer's size in words */
+export const FWD_CTL_WORDS = 4;
+const STOP = FWD_STOP, RUNNING = FWD_RUNNING, IDLE = FWD_IDLE, CTL_WORDS = FWD_CTL_WORDS;
 
-const FWD_MODULE = siblingModule(import.meta.url, 'emu');
+/** The forwarding loop's module and function (eal.lcores.launch(lcore, VIRTIO_NET_FWD_MODULE, VIRTIO_NET_FWD_FN, VirtioNetFwdArg)). */
+export const VIRTIO_NET_FWD_MODULE = siblingModule(import.meta.url, 'emu');
+/** The forwarding loop's function name. */
+export const VIRTIO_NET_FWD_FN = 'virtioNetFwdLoop';
 
 /** One device's ports on a forwarding lcore. */
 export interface VirtioNetFwdPair {
@@ -71,7 +79,7 @@ class FwdRun {
   /** Launch the loop for devs on worker lcore `lcore`; resolves once it runs. */
   async launch(eal: Eal, lcore: number, devs: readonly VirtioNetEmu[]): Promise<void> {
     const arg: VirtioNetFwdArg = { pairs: devs.map((d) => ({ guest: d.port.data(), wire: d.backend.data() })), ctl: this.ctl.buffer as SharedArrayBuffer };
-    const p = eal.lcores.launch<VirtioNetFwdResult>(lcore, FWD_MODULE, 'virtioNetFwdLoop', arg);
+    const p = eal.lcores.launch<VirtioNetFwdResult>(lcore, VIRTIO_NET_FWD_MODULE, VIRTIO_NET_FWD_FN, arg);
     this.running = p;
     let failed: unknown = null;
     p.catch((e: unknown) => { failed = e; });
@@ -196,6 +204,10 @@ class FwdPair {
   readonly stats: Float64Array;
   /** a burst from every transmitq of the guest (receive takes up to BURST from each) */
   readonly out: Uint32Array;
+  /** packets of out in hand (a burst between the guest's RX and the wire's TX: freed if that throws) */
+  held = 0;
+  /** out of crash budget: only pauses honoured until the driver resets the device */
+  parked = false;
 
   constructor(readonly grx: RxQueue, readonly gtx: TxQueue, readonly wrx: RxQueue, readonly wtx: TxQueue, readonly be: VirtioNetBackend) {
     this.stats = be.statistics;
@@ -217,7 +229,9 @@ function forward(p: FwdPair, rb: Uint32Array): number {
   const out = p.out, stats = p.stats;
   const got = p.grx.rxBurst(out, out.length);
   if (got > 0) {
+    p.held = got;
     const sent = p.wtx.txBurst(out, got, 0);
+    p.held = 0;
     if (sent < got) {
       // not sent: not transmitted by the device either
       const bytes = pktmbufFreeBulk(out, got - sent, sent);
@@ -238,12 +252,33 @@ function forward(p: FwdPair, rb: Uint32Array): number {
 }
 
 /**
+ * A device's forwarding threw (its backend port failing, or a bug): free the burst in hand; the
+ * engine frees what it held and sets DEVICE_NEEDS_RESET (crashed); out of crash budget the device
+ * is parked until its driver resets it. The other devices go on.
+ */
+function failed(p: FwdPair, e: unknown): void {
+  const n = p.held;
+  p.held = 0;
+  try {
+    if (n > 0) pktmbufFreeBulk(p.out, n, 0);
+  } catch (f) {
+    log('error', 'virtio-net', `forwarding loop: freeing the failed burst: ${(f as Error).message}`);
+  }
+  if (!p.be.crashed(e)) {
+    p.parked = true;
+    log('error', 'virtio-net', 'forwarding loop: the crash budget is spent: the device\'s queues parked until the driver resets it');
+  }
+}
+
+/**
  * Forward between each device's port and its backend port until stopped: each iteration, for each
  * device in turn, a burst the guest sent (from each of its transmitqs) goes out of its backend and
  * a burst its backend received goes to the guest; what a TX queue did not take is freed and
  * counted in that device's statistics (tx_dropped, taken back out of tx_packets/tx_bytes;
  * rx_nobuf_drops). After IDLE_MS without a packet on any device it sleeps on the devices'
  * doorbells, 1 ms at a time on one device after the other, until one rings or a packet arrives.
+ * An exception is the device's whose forwarding threw (failed()); a parked device is skipped
+ * (its pauses honoured) until its driver resets it.
  */
 export async function virtioNetFwdLoop(arg: VirtioNetFwdArg, ctx: LcoreContext): Promise<VirtioNetFwdResult> {
   const ctl = new Int32Array(arg.ctl);
@@ -253,7 +288,7 @@ export async function virtioNetFwdLoop(arg: VirtioNetFwdArg, ctx: LcoreContext):
   const stopped = (): boolean => ctx.stopRequested() || Atomics.load(ctl, STOP) !== 0;
   const gc = countGc();
   const warm = performance.now() + WARMUP_MS;
-  let iterations = 0, errors = 0, idle = false, idleIters = 0, idleSince = -1, sleeper = 0;
+  let iterations = 0, idle = false, idleIters = 0, idleSince = -1, sleeper = 0, cur = 0;
   Atomics.store(ctl, RUNNING, 1);
   try {
     while (!stopped()) {
@@ -261,7 +296,11 @@ export async function virtioNetFwdLoop(arg: VirtioNetFwdArg, ctx: LcoreContext):
         while (!ctx.stopRequested() && Atomics.load(ctl, STOP) === 0) {
           iterations++;
           let work = 0;
-          for (let i = 0; i < np; i++) work += forward(pairs[i], rb);
+          for (cur = 0; cur < np; cur++) {
+            const p = pairs[cur];
+            if (!p.parked) work += forward(p, rb);
+            else if (p.be.parkedPoll()) p.parked = false;
+          }
           if (work > 0) {
             idleIters = 0;
             idleSince = -1;
@@ -270,6 +309,7 @@ export async function virtioNetFwdLoop(arg: VirtioNetFwdArg, ctx: LcoreContext):
             // A doorbell, a pause request or 1 ms ends it; a doorbell ends the back-off too. The
             // others' rings are polled every round, so none waits more than about 1 ms.
             if (++sleeper >= np) sleeper = 0;
+            cur = sleeper;
             if (pairs[sleeper].be.idle(1) > 0) { idle = false; idleIters = 0; idleSince = -1; Atomics.store(ctl, IDLE, 0); }
           } else if (++idleIters >= 1024) {
             idleIters = 0;
@@ -279,15 +319,15 @@ export async function virtioNetFwdLoop(arg: VirtioNetFwdArg, ctx: LcoreContext):
           }
         }
       } catch (e) {
-        // The device's queues catch their own exceptions: this is a backend port's (or a bug
-        // here); the burst in hand may be lost.
-        log('error', 'virtio-net', `forwarding loop: ${(e as Error).stack ?? String(e)}`);
-        if (++errors >= CRASH_BUDGET) throw new Error(`virtio-net: the forwarding loop failed ${errors} times; stopped (see the errors logged above)`);
+        failed(pairs[cur], e);
       }
     }
   } finally {
     Atomics.store(ctl, IDLE, 0);
     Atomics.store(ctl, RUNNING, 0);
+    // a loop that returned holds no device: each engine detaches now (a device reset then waits for
+    // no pause of this lcore), not only when the port stops
+    for (const p of arg.pairs) releaseHeld(p.guest.name);
     for (const p of arg.pairs) Mempool.attach(p.guest.rxPools[0]).flushCache();
   }
   const end = performance.now();
