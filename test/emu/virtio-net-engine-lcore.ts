@@ -26,7 +26,7 @@ export interface EngineLcoreArg {
   ctl: SharedArrayBuffer;
 }
 
-/** Serve commands until the device's stop word is set; returns how many it ran. */
+/** Serve commands until the loop's stop word is set; returns how many it ran. */
 export async function engineSteps(arg: EngineLcoreArg, ctx: LcoreContext): Promise<number> {
   const st = new Int32Array(arg.loop.ctl);
   const ctl = new Int32Array(arg.ctl);

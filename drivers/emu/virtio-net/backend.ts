@@ -111,7 +111,7 @@ export class VirtioNetBackend extends CtrlQueue {
   /**
    * An exception escaped the loop (a bug, or a backend failing): free the mbufs the burst held,
    * stop the queues (DEVICE_NEEDS_RESET), keep serving. False once CRASH_BUDGET exceptions
-   * happened since the last device reset (then park()). Call it when receive(), deliver() or
+   * happened since the last device reset (then parkedPoll() until a reset). Call it when receive(), deliver() or
    * service() threw; it frees the mbufs of the burst in hand (deliver's pkts included).
    */
   crashed(e: unknown): boolean {
