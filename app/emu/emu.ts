@@ -228,10 +228,11 @@ ${devargsHelp(PLACEMENT, '                       ')}
     let step = '';
     try {
       for (const group of byLcore(served, lcores)) {
-        const { spec, dev } = group[0];
+        const { spec, dev } = group[0], lcore = lcores[served.indexOf(group[0])], share = EMU_DEVICES[spec.kind].startShared;
         step = group.map((g) => `${g.spec.name} on ${g.spec.socket}`).join(', ');
-        if (group.length === 1) await dev.start(eal, lcores[served.indexOf(group[0])]);
-        else await EMU_DEVICES[spec.kind].startShared!(eal, lcores[served.indexOf(group[0])], group.map((g) => g.dev));
+        if (group.length === 1) await dev.start(eal, lcore);
+        else if (share) await share(eal, lcore, group.map((g) => g.dev));
+        else throw new Error(`${spec.kind} devices cannot share lcore ${lcore}; give each its own`);
       }
       for (const { spec, server } of served) {
         step = `${spec.name} on ${spec.socket}`;

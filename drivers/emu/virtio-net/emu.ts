@@ -139,6 +139,7 @@ export class VirtioNetEmu {
    * Stopping or closing any of them stops it for all.
    */
   static async startShared(eal: Eal, lcore: number, devs: readonly VirtioNetEmu[]): Promise<void> {
+    if (devs.length === 0) throw new Error('virtio-net: a forwarding loop needs a device to forward for');
     const started = devs.find((d) => d.run !== null || d.closed);
     if (started) throw new Error(`${started.emu.name}: its forwarding loop was started (or the device closed) already`);
     const run = new FwdRun();
@@ -283,7 +284,12 @@ function failed(p: FwdPair, e: unknown): void {
 export async function virtioNetFwdLoop(arg: VirtioNetFwdArg, ctx: LcoreContext): Promise<VirtioNetFwdResult> {
   const ctl = new Int32Array(arg.ctl);
   const pairs: FwdPair[] = [];
-  for (const p of arg.pairs) pairs.push(await openPair(p));
+  try {
+    for (const p of arg.pairs) pairs.push(await openPair(p));
+  } catch (e) {
+    for (const p of arg.pairs) releaseHeld(p.guest.name); // the devices attached so far
+    throw e;
+  }
   const np = pairs.length, rb = new Uint32Array(BURST);
   const stopped = (): boolean => ctx.stopRequested() || Atomics.load(ctl, STOP) !== 0;
   const gc = countGc();
