@@ -4,8 +4,10 @@
  * vfio-user, each on its own unix socket (mode 0600) with its own server and client, until
  * SIGINT/SIGTERM, then remove the sockets. One client at a time per device; when a client leaves,
  * its device is reset and the next one is served; the other devices never notice. Each device's
- * poll loop runs on a worker lcore of its own (lcore=N, or the next free worker in order), like a
- * PMD's; devices do not share an lcore. Devices: see EMU_DEVICES. This file only parses the command
+ * poll loop runs on a worker lcore (lcore=N, or the next worker no device asked for), like a PMD's.
+ * virtio-net devices given the same lcore=N share one forwarding loop there, which forwards for
+ * each in turn (EmuDeviceKind.startShared); dmatest runs its own engine loop and shares its lcore
+ * with no device. Devices: see EMU_DEVICES. This file only parses the command
  * line and prints; each device's lifecycle lives next to the device (drivers/emu).
  *
  * Prints one line "serving <device> on <path>" per device once all serve (scripts wait for it).
@@ -16,7 +18,7 @@ import type { Eal } from '../../src/eal.js';
 import { VfioUserServer } from '../../lib/vfio-user/server.js';
 import type { EmuDevice, UnsealedDmaPolicy } from '../../lib/emudev/emudev.js';
 import { DmatestDevice } from '../../drivers/emu/dmatest/dmatest.js';
-import { createVirtioNetEmu, VIRTIO_NET_SUMMARY } from '../../drivers/emu/virtio-net/emu.js';
+import { createVirtioNetEmu, VirtioNetEmu, VIRTIO_NET_SUMMARY } from '../../drivers/emu/virtio-net/emu.js';
 import { VIRTIO_NET_ARGS } from '../../drivers/emu/virtio-net/layout.js';
 import { splitDevargs, checkDevargs, devargsHelp, type DevargsSchema } from '../../lib/kvargs/kvargs.js';
 import { appArgv, ownFlagsWithPositionals } from '../vfio-user/positional.js';
@@ -39,19 +41,32 @@ export interface EmuDeviceKind {
   schema: DevargsSchema;
   /** Create the device named name from its key=value arguments (unknown keys: UsageError) and the app's ports (backends). */
   create: (eal: Eal, args: Record<string, string>, ports: readonly EthDev[], name: string) => Promise<EmuProvider> | EmuProvider;
+  /** Start devices of this kind (made by create) in one poll loop on worker lcore `lcore`; absent: each device needs an lcore of its own */
+  startShared?: (eal: Eal, lcore: number, devs: readonly EmuProvider[]) => Promise<void>;
+  /** why a device of this kind cannot share its lcore (without startShared) */
+  ownLcore?: string;
 }
 
 /** The devices `tspmd emu` knows, by name. */
 export const EMU_DEVICES: Record<string, EmuDeviceKind> = {
-  dmatest: { summary: 'copy + Adler-32 DMA engine: doorbell in a sparse-mmapped BAR page, ring in client memory, MSI-X', schema: {}, create: (_eal, _args, _ports, name) => new DmatestDevice(name) },
-  'virtio-net': { summary: VIRTIO_NET_SUMMARY, schema: VIRTIO_NET_ARGS, create: createVirtioNetEmu },
+  dmatest: {
+    summary: 'copy + Adler-32 DMA engine: doorbell in a sparse-mmapped BAR page, ring in client memory, MSI-X', schema: {},
+    create: (_eal, _args, _ports, name) => new DmatestDevice(name), ownLcore: 'dmatest runs its own engine loop on its lcore',
+  },
+  'virtio-net': {
+    summary: VIRTIO_NET_SUMMARY, schema: VIRTIO_NET_ARGS, create: createVirtioNetEmu,
+    startShared: (eal, lcore, devs) => VirtioNetEmu.startShared(eal, lcore, devs.map((d) => {
+      if (!(d instanceof VirtioNetEmu)) throw new Error(`${d.emu.name} is not a virtio-net device: it cannot share a virtio-net forwarding loop`);
+      return d;
+    })),
+  },
 };
 
 
 /** The keys --device takes besides the device's own: where the device is served. */
 const PLACEMENT = {
   socket: { kind: 'string', required: true, placeholder: 'PATH', help: 'the unix socket to serve the device on (created mode 0600, removed at exit)' },
-  lcore: { kind: 'int', min: 0, max: 1023, placeholder: 'N', help: 'the worker lcore of its poll loop (default: the next worker no device asked for)' },
+  lcore: { kind: 'int', min: 0, max: 1023, placeholder: 'N', help: 'the worker lcore of its poll loop (default: the next worker no device asked for); virtio-net devices with the same lcore=N share one loop' },
 } as const satisfies DevargsSchema;
 
 /** One device of the command line. */
@@ -109,9 +124,13 @@ export const emu: App<EmuOptions> = {
   --device <device>,socket=PATH[,lcore=N][,k=v...]
                      one more device in this process (repeat for each), on its own socket with its
                      own client; the k=v are the device's own (above). Each device's poll loop takes
-                     a worker lcore of its own (lcore=N, or the next free one: give -l enough, e.g.
-                     -l 0-2 for two devices); devices do not share an lcore. A client that leaves
-                     resets only its own device. Each virtio-net needs its own backend=PORT.
+                     a worker lcore (lcore=N, or the next one no device asked for: give -l enough,
+                     e.g. -l 0-2 for two devices). virtio-net devices given the same lcore=N share
+                     one forwarding loop (each device forwarded in turn, e.g. --vdev net_ring0
+                     --vdev net_ring1 -l 0-1 -- --device virtio-net,socket=A,lcore=1 --device
+                     virtio-net,socket=B,lcore=1,backend=1); dmatest runs its own engine loop and
+                     needs an lcore of its own. A client that leaves resets only its own device.
+                     Each virtio-net needs its own backend=PORT.
                      More than 3 devices: set UV_THREADPOOL_SIZE to their number + 4 (each
                      device's server holds a thread of libuv's pool).
 ${devargsHelp(PLACEMENT, '                       ')}
@@ -162,8 +181,15 @@ ${devargsHelp(PLACEMENT, '                       ')}
       seen.set(s.socket, i);
       if (s.lcore === undefined) return;
       const first = lcores.get(s.lcore);
-      if (first !== undefined) throw new UsageError(`devices ${first + 1} and ${i + 1} both ask for lcore=${s.lcore}: devices do not share an lcore; give each its own worker lcore (-l) or leave lcore= out`);
-      lcores.set(s.lcore, i);
+      if (first !== undefined) {
+        const [a, b] = [specs[first].kind, s.kind];
+        const own = [a, b].find((k) => a !== b || EMU_DEVICES[k].startShared === undefined);
+        if (own !== undefined) {
+          const why = a !== b ? `a ${a} and a ${b} device share no poll loop` : (EMU_DEVICES[own].ownLcore ?? `${own} does not share its poll loop`);
+          throw new UsageError(`devices ${first + 1} (${a}) and ${i + 1} (${b}) both ask for lcore=${s.lcore}: ${why}; give each its own worker lcore (-l) or leave lcore= out`);
+        }
+      }
+      else lcores.set(s.lcore, i);
     });
     const count = (k: string): number => specs.filter((s) => s.kind === k).length;
     const nth = new Map<string, number>();
@@ -201,9 +227,12 @@ ${devargsHelp(PLACEMENT, '                       ')}
     // wait for a pool thread that a serving socket holds
     let step = '';
     try {
-      for (const [i, { spec, dev }] of served.entries()) {
-        step = `${spec.name} on ${spec.socket}`;
-        await dev.start(eal, lcores[i]);
+      for (const group of byLcore(served, lcores)) {
+        const { spec, dev } = group[0], lcore = lcores[served.indexOf(group[0])], share = EMU_DEVICES[spec.kind].startShared;
+        step = group.map((g) => `${g.spec.name} on ${g.spec.socket}`).join(', ');
+        if (group.length === 1) await dev.start(eal, lcore);
+        else if (share) await share(eal, lcore, group.map((g) => g.dev));
+        else throw new Error(`${spec.kind} devices cannot share lcore ${lcore}; give each its own`);
       }
       for (const { spec, server } of served) {
         step = `${spec.name} on ${spec.socket}`;
@@ -239,6 +268,17 @@ function checkThreadPool(devices: number): void {
   throw new UsageError(`${devices} devices need ${devices + 1} threads in libuv's pool (one per device's server, one for the rest) and it has ${pool}${env === undefined ? ' (the default)' : ''}: run with UV_THREADPOOL_SIZE=${devices + 4} in the environment`);
 }
 
+/** The items grouped by their lcore (lcores[i] is item i's), in order of first appearance. */
+function byLcore<T>(items: readonly T[], lcores: readonly number[]): T[][] {
+  const groups = new Map<number, T[]>();
+  items.forEach((it, i) => {
+    const g = groups.get(lcores[i]);
+    if (g) g.push(it);
+    else groups.set(lcores[i], [it]);
+  });
+  return [...groups.values()];
+}
+
 /** The worker lcore of each device: lcore= where given (it must be a worker), else the next worker no device took. */
 function assignLcores(eal: Eal, devices: readonly EmuDeviceSpec[]): number[] {
   const workers = eal.lcores.workers;
@@ -250,13 +290,14 @@ function assignLcores(eal: Eal, devices: readonly EmuDeviceSpec[]): number[] {
   }
   const taken = new Set(devices.flatMap((d) => (d.lcore === undefined ? [] : [d.lcore])));
   const free = workers.filter((w) => !taken.has(w));
+  const need = taken.size + devices.filter((d) => d.lcore === undefined).length;
   return devices.map((d) => {
     if (d.lcore !== undefined) return d.lcore;
     const w = free.shift();
     if (w === undefined) {
       throw new UsageError(devices.length === 1
         ? `the device's poll loop needs a worker lcore: give two with -l, e.g. -l 0-1 (this process may use CPUs ${eal.lcores.cpuOf(main)} only)`
-        : `${devices.length} devices need ${devices.length} worker lcores, one each (devices do not share an lcore), and this process has ${workers.length} (${workers.join(',') || 'none'}): give them with -l, e.g. -l 0-${devices.length} or ID@CPU to put several on one CPU`);
+        : `${devices.length} devices need ${need} worker lcores (one each, unless virtio-net devices share one with the same lcore=N), and this process has ${workers.length} (${workers.join(',') || 'none'}): give them with -l, e.g. -l 0-${need} or ID@CPU to put several on one CPU`);
     }
     return w;
   });

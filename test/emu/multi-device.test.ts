@@ -5,10 +5,14 @@
  * byte-exact) and the dmatest client (app/emu/dmatest-demo.ts: copies and Adler-32 sums checked)
  * on the second. One client leaving (its device is reset) does not disturb the other, in both
  * orders; SIGINT ends the process with code 0, both devices' statistics, and no socket left.
+ * Two virtio-net devices given one lcore share one forwarding loop: both carry frames to two PMD
+ * clients at once, and one client leaving leaves the other working.
  * Also the command line: the multi-device form's mistakes are usage errors before the EAL starts.
  *
  *   this process: PMD (its EAL) --vfio-user--> [tspmd emu: virtio-net on lcore 1 -- net_ring0 loopback]
  *                 dmatest client (its EAL) --vfio-user--> [          dmatest on lcore 2             ]
+ *   this process: PMD a --vfio-user--> [tspmd emu: virtio-net0 -- net_ring0 loopback ] one loop on lcore 1
+ *                 PMD b --vfio-user--> [           virtio-net1 -- net_ring1 loopback ]
  */
 import t, { type Test as Tap } from 'tap';
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
@@ -26,7 +30,7 @@ import { openClient, pmdSend, pmdReceive, udpFrame, sameFrames, stopAndCheckPool
 
 const dir = mkdtempSync(join(tmpdir(), `tsp-emumulti-${process.pid}-`));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-const vnSock = join(dir, 'vn.sock'), dmaSock = join(dir, 'dma.sock');
+const vnSock = join(dir, 'vn.sock'), dmaSock = join(dir, 'dma.sock'), aSock = join(dir, 'a.sock'), bSock = join(dir, 'b.sock');
 const prefix = `tspmulti${process.pid}`;
 
 /** 150 frames out of the PMD must come back through the loopback backend, byte-exact and in order. */
@@ -59,7 +63,13 @@ t.test('the multi-device command line: --device forms, names, and mistakes named
   t.same(emuApp.parse(['dmatest', '--socket', '/s/x', '--device', 'dmatest,socket=/s/y']).devices.map((d) => [d.name, d.socket]), [['dmatest0', '/s/x'], ['dmatest1', '/s/y']], 'the single form and --device together');
   t.throws(() => emuApp.parse(['--device', 'dmatest']), /--device "dmatest": socket=PATH is required/);
   t.throws(() => emuApp.parse(['--device', 'dmatest,socket=/s/a', '--device', 'virtio-net,socket=/s/a']), /devices 1 and 2 both serve on \/s\/a: give each device its own socket/);
-  t.throws(() => emuApp.parse(['--device', 'dmatest,socket=/s/a,lcore=1', '--device', 'dmatest,socket=/s/b,lcore=1']), /both ask for lcore=1: devices do not share an lcore/);
+  t.throws(() => emuApp.parse(['--device', 'dmatest,socket=/s/a,lcore=1', '--device', 'dmatest,socket=/s/b,lcore=1']),
+    new UsageError('devices 1 (dmatest) and 2 (dmatest) both ask for lcore=1: dmatest runs its own engine loop on its lcore; give each its own worker lcore (-l) or leave lcore= out'));
+  t.throws(() => emuApp.parse(['--device', 'virtio-net,socket=/s/a,lcore=1', '--device', 'dmatest,socket=/s/b,lcore=1']),
+    new UsageError('devices 1 (virtio-net) and 2 (dmatest) both ask for lcore=1: a virtio-net and a dmatest device share no poll loop; give each its own worker lcore (-l) or leave lcore= out'),
+    'dmatest cannot share a virtio-net device\'s lcore');
+  t.same(emuApp.parse(['--device', 'virtio-net,socket=/s/a,lcore=1', '--device', 'virtio-net,socket=/s/b,lcore=1,backend=1']).devices.map((d) => [d.name, d.lcore]),
+    [['virtio-net0', 1], ['virtio-net1', 1]], 'two virtio-net devices may ask for one lcore');
   t.throws(() => emuApp.parse(['--device', 'virtio-net,socket=/s/a,colour=red']), /--device "virtio-net,socket=\/s\/a,colour=red": virtio-net has no key "colour"; valid keys: socket \(.*\), lcore \(.*\), mac \(/);
   t.throws(() => emuApp.parse(['--device', 'nosuch,socket=/s/a']), /unknown device "nosuch"/);
   t.throws(() => emuApp.parse(['--socket', '/s/a']), /--socket PATH goes with a device named before it/);
@@ -79,7 +89,7 @@ t.test('the multi-device command line: --device forms, names, and mistakes named
   const one = new Eal({ noHuge: true, filePrefix: `${prefix}b`, lcores: [{ id: 0, cpu: cpu0 }, { id: 1, cpu: cpu0 }], mainLcore: 0 });
   t.teardown(() => one.close());
   const two = emuApp.parse(['--device', `dmatest,socket=${join(dir, 'a.sock')}`, '--device', `dmatest,socket=${join(dir, 'b.sock')}`]);
-  await t.rejects(emuApp.main(one, two), new UsageError('2 devices need 2 worker lcores, one each (devices do not share an lcore), and this process has 1 (1): give them with -l, e.g. -l 0-2 or ID@CPU to put several on one CPU'),
+  await t.rejects(emuApp.main(one, two), new UsageError('2 devices need 2 worker lcores (one each, unless virtio-net devices share one with the same lcore=N), and this process has 1 (1): give them with -l, e.g. -l 0-2 or ID@CPU to put several on one CPU'),
     'too few worker lcores: a usage error that says how many and how to give them');
   const ring = new Eal({ noHuge: true, filePrefix: `${prefix}c`, vdevs: ['net_ring0', 'net_ring1'], lcores: [0, 1, 2].map((id) => ({ id, cpu: cpu0 })), mainLcore: 0 });
   t.teardown(() => ring.close());
@@ -140,5 +150,41 @@ t.test('one tspmd emu, virtio-net and dmatest on two sockets: two clients at onc
   t.match(err, /^virtio-net: tx_packets 450, tx_bytes \d+, .*rx_packets 450, /m, 'virtio-net\'s statistics at exit: the 3 × 150 frames each way');
   t.match(err, /tspmd emu: SIGINT: virtio-net on .*vn\.sock stopped after 2 connection\(s\)/, 'the virtio-net server saw its 2 clients');
   t.match(err, /tspmd emu: SIGINT: dmatest on .*dma\.sock stopped after 2 connection\(s\)/, 'the dmatest server saw its 2 clients');
+  t.same(readdirSync(dir), [], 'no socket file left');
+});
+
+t.test('two virtio-net devices on one lcore: one forwarding loop serves both clients at once, one client leaving leaves the other working', async (t) => {
+  const cpus = os.getAffinity();
+  const macA = '02:74:73:70:6d:0a', macB = '02:74:73:70:6d:0b';
+  let emu: EmuChild | null = await spawnEmu(CLI, ['--file-prefix', `${prefix}s`, '--vdev', 'net_ring0', '--vdev', 'net_ring1', '-l', `0@${cpus[0]},1@${cpus[1 % cpus.length]}`, '--',
+    '--device', `virtio-net,socket=${aSock},lcore=1,mac=${macA}`, '--device', `virtio-net,socket=${bSock},lcore=1,backend=1,mac=${macB}`], { env: CHILD_ENV, timeoutMs: 60_000 });
+  t.teardown(async () => { await emu?.stop(); });
+  t.ok(existsSync(aSock) && existsSync(bSock), 'both sockets exist once it serves, with one worker lcore');
+
+  let a: Client | null = await openClient(t, aSock, 1);
+  t.teardown(async () => { if (a) await a.eal.close(); });
+  let b: Client | null = await openClient(t, bSock, 1);
+  t.teardown(async () => { if (b) await b.eal.close(); });
+  t.same([a.port.macAddr(), b.port.macAddr()].map((m) => m.map((x) => x.toString(16).padStart(2, '0')).join(':')), [macA, macB], 'each client reaches its own device');
+  await Promise.all([loopback(t, a, 1, 'device a while b carries frames'), loopback(t, b, 1, 'device b while a carries frames')]);
+
+  await closeClient(t, a, 'client a');
+  a = null;
+  await loopback(t, b, 2, 'device b after client a left');
+  await closeClient(t, b, 'client b');
+  b = null;
+
+  const child = emu;
+  const exited = new Promise<number | null>((resolve) => child.proc.once('exit', (code) => resolve(code)));
+  child.proc.kill('SIGINT');
+  const code = await Promise.race([exited, sleep(20_000).then(() => 'timeout' as const)]);
+  emu = null;
+  if (code === 'timeout') await child.stop(0);
+  t.equal(code, 0, 'SIGINT: exit code 0');
+  const err = child.stderr();
+  t.match(err, /^virtio-net0: tx_packets 150, tx_bytes \d+, .*rx_packets 150, /m, 'device a\'s own statistics: its 150 frames each way');
+  t.match(err, /^virtio-net1: tx_packets 300, tx_bytes \d+, .*rx_packets 300, /m, 'device b\'s own statistics: its 2 × 150 frames each way');
+  const iters = [...err.matchAll(/^virtio-net\d: .*loop iterations (\d+)/gm)].map((m) => m[1]);
+  t.ok(iters.length === 2 && iters[0] === iters[1], `one loop served both: the same iteration count in both devices' lines (${iters.join(', ')})`);
   t.same(readdirSync(dir), [], 'no socket file left');
 });

@@ -1,19 +1,20 @@
 /**
  * An lcore function for test/emu/virtio-net-backend.test.ts: the virtio-net engine
- * (VirtioNetBackend) driven step by step from the test thread instead of the device's poll loop.
+ * (VirtioNetBackend, as the device's net_virtio_emu port opens it on this lcore) driven step by
+ * step from the test thread instead of the forwarding loop.
  * It services the device between steps (so the server thread's register writes complete) and
  * runs one command at a time from the control words:
  *   CMD_DELIVER: n frames of len bytes (byte j of frame i: (i + j) & 0xff) -> deliver(); TOOK = how
  *     many it took; it frees the rest (the caller's).
  *   CMD_RECEIVE: receive() -> COUNT, and each packet's length and first byte at LENS + 2 * i.
- * Stops at the device's stop word (VnetWorld.close).
+ * Stops at the loop's stop word (VnetWorld.close).
  */
 import type { LcoreContext } from '../../src/lcore/types.js';
 import { Mempool } from '../../lib/mempool/mempool.js';
 import { pktmbufAllocInit, pktmbufFreeBulk, readPacket, writePacket } from '../../lib/mempool/mbuf.js';
-import { VirtioNetBackend } from '../../drivers/emu/virtio-net/backend.js';
-import type { VirtioNetLoopArg } from '../../drivers/emu/virtio-net/datapath.js';
-import * as L from '../../drivers/emu/virtio-net/layout.js';
+import { openRxQueue, openTxQueue } from '../../lib/ethdev/ethdev.js';
+import { heldBackend, releaseHeld } from '../../drivers/net/virtio_emu/virtio_emu_data.js';
+import { FWD_RUNNING, FWD_STOP, type VirtioNetFwdArg } from '../../drivers/emu/virtio-net/emu.js';
 
 /** Control words: the command (0 when done), its argument and length, results. */
 export const CMD = 0, ARG = 1, LEN = 2, TOOK = 3, COUNT = 4, LENS = 8, CTL_WORDS = 8 + 2 * 64;
@@ -21,21 +22,25 @@ export const CMD_DELIVER = 1, CMD_RECEIVE = 2;
 
 /** What the lcore is launched with. */
 export interface EngineLcoreArg {
-  loop: VirtioNetLoopArg;
+  loop: VirtioNetFwdArg;
   ctl: SharedArrayBuffer;
 }
 
-/** Serve commands until the device's stop word is set; returns how many it ran. */
-export function engineSteps(arg: EngineLcoreArg, ctx: LcoreContext): number {
-  const st = new Int32Array(arg.loop.engine.desc.attrs.words);
+/** Serve commands until the loop's stop word is set; returns how many it ran. */
+export async function engineSteps(arg: EngineLcoreArg, ctx: LcoreContext): Promise<number> {
+  const st = new Int32Array(arg.loop.ctl);
   const ctl = new Int32Array(arg.ctl);
-  const pool = Mempool.attach(arg.loop.backend.rxPools[0]);
-  const be = VirtioNetBackend.open(arg.loop.engine, pool);
+  const guest = arg.loop.pairs[0].guest;
+  const pool = Mempool.attach(guest.rxPools[0]);
+  await openRxQueue(guest, 0);
+  await openTxQueue(guest, 0); // the port's engine in this thread
+  const be = heldBackend(guest);
+  if (!be) throw new Error(`${guest.name}: its queues opened no engine in this lcore`);
   const pkts = new Uint32Array(64), buf = new Uint8Array(16384);
   let ran = 0;
-  Atomics.store(st, L.G_RUNNING, 1);
+  Atomics.store(st, FWD_RUNNING, 1);
   try {
-    while (!ctx.stopRequested() && Atomics.load(st, L.G_STOP) === 0) {
+    while (!ctx.stopRequested() && Atomics.load(st, FWD_STOP) === 0) {
       be.service();
       const cmd = Atomics.load(ctl, CMD);
       if (cmd === CMD_DELIVER) {
@@ -65,8 +70,8 @@ export function engineSteps(arg: EngineLcoreArg, ctx: LcoreContext): number {
       Atomics.store(ctl, CMD, 0);
     }
   } finally {
-    be.close();
-    Atomics.store(st, L.G_RUNNING, 0);
+    releaseHeld(guest.name);
+    Atomics.store(st, FWD_RUNNING, 0);
   }
   return ran;
 }

@@ -1,10 +1,11 @@
 /**
  * Test world for the emulated virtio-net device: an EAL (memfd memory, lcores 0 and 1), two
  * net_ring ports linked back to back (the device's backend and the test's "wire"; or, with
- * loopback, one net_ring port that receives what it sends and no wire), the device and its
- * vfio-user server in a host worker thread (virtio-net-host.ts), the device's poll loop on lcore 1,
+ * loopback, one net_ring port that receives what it sends and no wire), the device as its
+ * net_virtio_emu port with its vfio-user server in a host worker thread (virtio-net-host.ts), the
+ * forwarding loop `tspmd emu` runs (virtioNetFwdLoop) between that port and the backend on lcore 1,
  * and vfio-user clients in the test's thread. The loop's end is recorded (result or error): close()
- * throws the error, shutdown() returns it. The device may see its backend's port data through a
+ * throws the error, shutdown() returns it. The loop may see the backend's port data through a
  * wrapper (e.g. a data module with injectable faults: test/hardening/virtio-net-hardening-helpers.ts).
  */
 import { Worker } from 'node:worker_threads';
@@ -16,8 +17,7 @@ import { openRxQueue, openTxQueue, type EthDev, type PortData, type RxQueue, typ
 import { pktmbufPoolCreate, pktmbufAllocInit, readPacket, writePacket, pktmbufFree } from '../../lib/mempool/mbuf.js';
 import type { Mempool } from '../../lib/mempool/mempool.js';
 import { VfioUserClient } from '../../lib/vfio-user/client.js';
-import { VIRTIO_NET_LOOP_MODULE, VIRTIO_NET_LOOP_FN } from '../../drivers/emu/virtio-net/device.js';
-import type { VirtioNetLoopArg, VirtioNetLoopResult } from '../../drivers/emu/virtio-net/datapath.js';
+import { VIRTIO_NET_FWD_MODULE, VIRTIO_NET_FWD_FN, FWD_STOP, FWD_RUNNING, FWD_IDLE, FWD_CTL_WORDS, type VirtioNetFwdArg, type VirtioNetFwdResult } from '../../drivers/emu/virtio-net/emu.js';
 import * as L from '../../drivers/emu/virtio-net/layout.js';
 import type { HostData } from './virtio-net-host.js';
 import * as os from '../../src/os/libc.js';
@@ -45,18 +45,25 @@ export function testEal(prefix: string): Eal {
 
 /** How the device's poll loop ended. */
 export interface LoopEnd {
-  result: VirtioNetLoopResult | null;
+  result: VirtioNetFwdResult | null;
   error: Error | null;
 }
 
 let seq = 0;
 
-/** An lcore function to run instead of the device's poll loop (it must set and honour the state's running and stop words). */
+/** An lcore function to run instead of the forwarding loop (it must set and honour the control words FWD_RUNNING and FWD_STOP). */
 export interface LcoreFn {
   module: string;
   fn: string;
   /** its argument, from the loop's */
-  arg(loop: VirtioNetLoopArg): unknown;
+  arg(loop: VirtioNetFwdArg): unknown;
+}
+
+/** What the host thread posts once the device's port is started. */
+interface Ready {
+  guest: PortData;
+  state: SharedArrayBuffer;
+  stats: SharedArrayBuffer;
 }
 
 /** One device served in this process, its backend, its wire and its lcore. */
@@ -71,6 +78,8 @@ export class VnetWorld {
   /** the pool of the backend's (and the wire's) RX queue */
   readonly pool: Mempool;
   private readonly host: Worker;
+  /** the forwarding loop's control words (FWD_STOP, FWD_RUNNING, FWD_IDLE) */
+  private readonly ctl = new Int32Array(new SharedArrayBuffer(4 * FWD_CTL_WORDS));
   private readonly wireRx: RxQueue | null;
   private readonly wireTx: TxQueue | null;
   private readonly loop: Promise<LoopEnd>;
@@ -79,7 +88,7 @@ export class VnetWorld {
   private readonly burst = new Uint32Array(64);
   private closed = false;
 
-  private constructor(eal: Eal, socket: string, host: Worker, ready: { arg: VirtioNetLoopArg; state: SharedArrayBuffer; stats: SharedArrayBuffer }, backend: EthDev, wire: EthDev | null, pool: Mempool, rx: RxQueue | null, tx: TxQueue | null, lcore?: LcoreFn) {
+  private constructor(eal: Eal, socket: string, host: Worker, ready: Ready, backend: EthDev, backendData: PortData, wire: EthDev | null, pool: Mempool, rx: RxQueue | null, tx: TxQueue | null, lcore?: LcoreFn) {
     this.eal = eal;
     this.socket = socket;
     this.host = host;
@@ -90,9 +99,10 @@ export class VnetWorld {
     this.pool = pool;
     this.wireRx = rx;
     this.wireTx = tx;
+    const arg: VirtioNetFwdArg = { pairs: [{ guest: ready.guest, wire: backendData }], ctl: this.ctl.buffer as SharedArrayBuffer };
     const launched = lcore
-      ? eal.lcores.launch<unknown>(1, lcore.module, lcore.fn, lcore.arg(ready.arg)).then(() => null)
-      : eal.lcores.launch<VirtioNetLoopResult>(1, VIRTIO_NET_LOOP_MODULE, VIRTIO_NET_LOOP_FN, ready.arg);
+      ? eal.lcores.launch<unknown>(1, lcore.module, lcore.fn, lcore.arg(arg)).then(() => null)
+      : eal.lcores.launch<VirtioNetFwdResult>(1, VIRTIO_NET_FWD_MODULE, VIRTIO_NET_FWD_FN, arg);
     this.loop = launched.then(
       (result) => (this.ended = { result, error: null }),
       (e: unknown) => (this.ended = { result: null, error: e instanceof Error ? e : new Error(String(e)) }),
@@ -100,9 +110,9 @@ export class VnetWorld {
   }
 
   /**
-   * Build a world: ports, pool, host thread, poll loop (running once this resolves). With loopback
-   * the backend is one net_ring port without a peer: what the device sends out of it comes back in.
-   * The device gets backendData(the backend's port data) as its backend (default: that data as is).
+   * Build a world: ports, pool, host thread, forwarding loop (running once this resolves). With
+   * loopback the backend is one net_ring port without a peer: what the device sends out of it comes
+   * back in. The loop gets backendData(the backend's port data) as its wire (default: that data as is).
    */
   static async create(eal: Eal, dir: string, config: Partial<L.VirtioNetConfig> = {}, resetOnDisconnect = true, loopback = false, backendData: (data: PortData) => PortData = (d) => d, lcore?: LcoreFn): Promise<VnetWorld> {
     const n = seq++;
@@ -116,14 +126,14 @@ export class VnetWorld {
     }
     const socket = join(dir, `vnet${n}.sock`);
     const cfg: L.VirtioNetConfig = { ...L.parseVirtioNetArgs({}), ...config };
-    const data: HostData = { socket, config: cfg, backend: backendData(backend.data()), resetOnDisconnect };
+    const data: HostData = { socket, config: cfg, pool: pool.desc, resetOnDisconnect };
     const host = new Worker(new URL('./virtio-net-host' + (import.meta.url.endsWith('.ts') ? '.ts' : '.js'), import.meta.url), { workerData: data });
-    const ready = await new Promise<{ arg: VirtioNetLoopArg; state: SharedArrayBuffer; stats: SharedArrayBuffer }>((resolve, reject) => {
+    const ready = await new Promise<Ready>((resolve, reject) => {
       host.once('message', resolve);
       host.once('error', reject);
     });
-    const w = new VnetWorld(eal, socket, host, ready, backend, wire, pool, wire && await openRxQueue(wire.data(), 0), wire && await openTxQueue(wire.data(), 0), lcore);
-    if (!(await until(() => Atomics.load(w.state, L.G_RUNNING) === 1 || w.ended !== null, 20_000))) throw new Error('the virtio-net poll loop did not start');
+    const w = new VnetWorld(eal, socket, host, ready, backend, backendData(backend.data()), wire, pool, wire && await openRxQueue(wire.data(), 0), wire && await openTxQueue(wire.data(), 0), lcore);
+    if (!(await until(() => Atomics.load(w.ctl, FWD_RUNNING) === 1 || w.ended !== null, 20_000))) throw new Error('the virtio-net forwarding loop did not start');
     return w;
   }
 
@@ -139,9 +149,14 @@ export class VnetWorld {
     return this.stats[L.STAT_NAMES.indexOf(name)];
   }
 
-  /** Whether the poll loop still runs (the lcore function has not returned). */
+  /** Whether the loop still runs (the lcore function has not returned). */
   get running(): boolean {
-    return this.ended === null && Atomics.load(this.state, L.G_RUNNING) === 1;
+    return this.ended === null && Atomics.load(this.ctl, FWD_RUNNING) === 1;
+  }
+
+  /** Whether the forwarding loop backs off (no work for a while). */
+  get idle(): boolean {
+    return Atomics.load(this.ctl, FWD_IDLE) === 1;
   }
 
   /** How the loop ended (null while it runs). */
@@ -193,8 +208,8 @@ export class VnetWorld {
     return sent;
   }
 
-  /** Stop the loop (its result; its error thrown once all is closed), close the clients, the host thread and the ports. */
-  async close(): Promise<VirtioNetLoopResult | null> {
+  /** Stop the loop (its result; its error thrown once all is closed), close the host thread (the device), the clients and the ports. */
+  async close(): Promise<VirtioNetFwdResult | null> {
     const end = await this.shutdown();
     if (end?.error) throw end.error;
     return end?.result ?? null;
@@ -204,14 +219,16 @@ export class VnetWorld {
   async shutdown(): Promise<LoopEnd | null> {
     if (this.closed) return null;
     this.closed = true;
-    for (const c of this.clients) c.close();
-    Atomics.store(this.state, L.G_STOP, 1);
+    // the loop first: the port's stop then detaches its engine, and the clients' teardown (a device
+    // reset) needs no pause of a loop that no longer runs
+    Atomics.store(this.ctl, FWD_STOP, 1);
     const end = await this.loop;
     await new Promise<void>((resolve) => {
       this.host.on('message', (m: { op: string }) => { if (m.op === 'closed') resolve(); });
       this.host.postMessage({ op: 'close' });
     });
     await this.host.terminate();
+    for (const c of this.clients) c.close();
     this.receiveFromDevice();
     this.backend.close();
     this.wire?.close();

@@ -1,7 +1,7 @@
 /**
  * virtio-net, emulated: the engine as one lcore-side object, VirtioNetBackend, written only against
- * the emudev back-end API (lib/emudev/backend.ts) and lib/ethdev's mbufs: a back-end PMD or a poll
- * loop (datapath.ts) drives it.
+ * the emudev back-end API (lib/emudev/backend.ts) and lib/ethdev's mbufs: the net_virtio_emu
+ * port's queues (drivers/net/virtio_emu) drive it.
  *   - service(): pause requests, DMA table changes, the provider's published state (re-derived only
  *     when the generation or the table changed), link changes (a config interrupt), the control
  *     queue, doorbells (polled notify words every call, eventfds every FD_KICK_EVERY calls). Call it
@@ -15,8 +15,8 @@
  *
  * An exception (a bug, or a backend failing) is the caller's to catch outside its loop (no
  * try/catch in the hot path): crashed(e) frees the mbufs the burst held, sets DEVICE_NEEDS_RESET,
- * and after CRASH_BUDGET of them since the last device reset says to park(): the queues are left
- * alone (pauses still honoured) until the driver resets the device.
+ * and after CRASH_BUDGET of them since the last device reset says to park: the queues are left
+ * alone (pauses still honoured, parkedPoll()) until the driver resets the device.
  */
 import { log } from '../../../src/log.js';
 import type { Mempool } from '../../../lib/mempool/mempool.js';
@@ -111,7 +111,7 @@ export class VirtioNetBackend extends CtrlQueue {
   /**
    * An exception escaped the loop (a bug, or a backend failing): free the mbufs the burst held,
    * stop the queues (DEVICE_NEEDS_RESET), keep serving. False once CRASH_BUDGET exceptions
-   * happened since the last device reset (then park()). Call it when receive(), deliver() or
+   * happened since the last device reset (then parkedPoll() until a reset). Call it when receive(), deliver() or
    * service() threw; it frees the mbufs of the burst in hand (deliver's pkts included).
    */
   crashed(e: unknown): boolean {
@@ -130,18 +130,12 @@ export class VirtioNetBackend extends CtrlQueue {
   }
 
   /**
-   * Out of crash budget: touch no queue and no mbuf, keep honouring pauses, until the driver
-   * resets the device (true: the loop may go on, with a new budget) or stopped() says so (false).
+   * Out of crash budget (crashed() said false), the queues parked: touch no queue and no mbuf, only
+   * honour pauses; true once the driver reset the device (the queues may go on, with a new budget).
    */
-  park(stopped: () => boolean): boolean {
-    const st = this.st;
-    log('error', 'virtio-net', `data path: ${this.errors} exceptions since the last device reset: queues parked until the driver resets the device`);
-    while (!stopped()) {
-      this.plane.service();
-      if (Atomics.load(st, this.wResets) !== this.resets) return true;
-      this.plane.sleep(1);
-    }
-    return false;
+  parkedPoll(): boolean {
+    this.plane.service();
+    return Atomics.load(this.st, this.wResets) !== this.resets;
   }
 
   /** Free n packets of ms from at whose segments belong to pools of this thread; the handles that do not. */

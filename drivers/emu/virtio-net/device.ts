@@ -10,23 +10,16 @@
  * queue enable/disable and status events to its subscribers.
  */
 import * as U from '../../../src/iommu/vfio-uapi.js';
-import { siblingModule } from '../../../src/lcore/module.js';
 import { EmuDevice, type EmuCapability } from '../../../lib/emudev/emudev.js';
 import { QUEUE_DOORBELL, type EmuAttrSpec, type EmuBackendDesc, type EmuDoorbellInfo } from '../../../lib/emudev/backend.js';
 import { EVENT_QUEUE_DISABLED, EVENT_QUEUE_ENABLED, EVENT_STATUS_CHANGED } from '../../../lib/emudev/events.js';
 import type { EmuProvider, EmuProviderInfo } from '../../../lib/emudev/registry.js';
-import type { PortData } from '../../../lib/ethdev/ethdev.js';
 import * as V from '../../../lib/virtio/virtio.js';
 import { VirtioCommonCfg } from '../../../lib/virtio/common_cfg.js';
 import * as L from './layout.js';
 import { A } from './defs.js';
-import type { VirtioNetLoopArg } from './datapath.js';
 import type { VirtioNetBackendArg } from './backend.js';
 
-/** The data half's module (for eal.lcores.launch). */
-export const VIRTIO_NET_LOOP_MODULE = siblingModule(import.meta.url, 'datapath');
-/** The data half's function name. */
-export const VIRTIO_NET_LOOP_FN = 'virtioNetLoop';
 
 const F = V.featureBit;
 
@@ -252,10 +245,6 @@ export class VirtioNetDevice implements EmuProvider {
     return { desc: { id, ...this.backendDesc() }, pairs: this.config.pairs, maxQueueSize: this.config.queueSize, wantKicks: this.config.wantKicks === true, port };
   }
 
-  /** The argument of the lcore loop (plain data) with the backend port's queues. */
-  loopArg(backend: PortData): VirtioNetLoopArg {
-    return { engine: this.engineArg(-1, backend.port), backend };
-  }
 
   /** Statistics by name. */
   statistics(): Record<string, number> {

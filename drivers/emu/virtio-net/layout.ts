@@ -65,12 +65,7 @@ export const G_ERR_QUEUE = 6;
 export const G_ISR = 7;
 /** worker (control command) and control half (reset): queue pairs in use */
 export const G_ACTIVE_PAIRS = 8;
-/** control half: ask the loop to return */
-export const G_STOP = 9;
-/** worker: 1 while the loop runs */
-export const G_RUNNING = 10;
-/** worker: 1 while backing off (idle) */
-export const G_IDLE = 11;
+// words 9-11: unused (the forwarding loop's stop, running and idle words are its own: emu.ts FWD_*)
 /** control half: bumped at every device reset; the worker's crash budget starts again from it */
 export const G_RESETS = 12;
 /** anyone (setLinkState): 1 while the link is down (status without VIRTIO_NET_S_LINK_UP); the worker raises the config interrupt on a change */
