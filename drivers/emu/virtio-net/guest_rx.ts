@@ -136,19 +136,7 @@ export class GuestRx extends GuestTx {
         u32[dw] = 0;
         u32[dw + 1] = 0;
         u32[dw + 2] = 0x10000;
-        if ((src & 3) === 0) {
-          // Four words a round: a 64-byte frame is four rounds, not sixteen.
-          const words = len >>> 2, sw = src >>> 2, o = dw + 3;
-          let i = 0;
-          for (; i + 4 <= words; i += 4) {
-            u32[o + i] = pu32[sw + i];
-            u32[o + i + 1] = pu32[sw + i + 1];
-            u32[o + i + 2] = pu32[sw + i + 2];
-            u32[o + i + 3] = pu32[sw + i + 3];
-          }
-          for (; i < words; i++) u32[o + i] = pu32[sw + i];
-          for (let b = words << 2; b < len; b++) u8[dst + HDR + b] = pu8[src + b];
-        } else copyBytes(u8, u32, dst + HDR, pu8, pu32, src, len);
+        copyBytes(u8, u32, dst + HDR, pu8, pu32, src, len);
       } else {
         for (let i = 0; i < HDR; i++) u8[dst + i] = 0;
         u8[dst + 10] = 1;

@@ -56,19 +56,7 @@ export class GuestTx extends VirtQueues {
           if ((a >= win[2 * j] && a + dlen <= win[2 * j + 1]) || (j = this.findR(hi, du32[d] | 0, dlen)) >= 0) {
             const k = this.rK[j], src = a - win[2 * j] + HDR, dst = v.at(mb[at + filled]).off + data;
             len = dlen - HDR;
-            if (((src | dst) & 3) === 0) {
-              const r32 = this.ru32[k], r8 = this.ru8[k], words = len >>> 2, sw = src >>> 2, dw = dst >>> 2;
-              // Four words a round: a 64-byte frame is four rounds, not sixteen.
-              let w = 0;
-              for (; w + 4 <= words; w += 4) {
-                pu32[dw + w] = r32[sw + w];
-                pu32[dw + w + 1] = r32[sw + w + 1];
-                pu32[dw + w + 2] = r32[sw + w + 2];
-                pu32[dw + w + 3] = r32[sw + w + 3];
-              }
-              for (; w < words; w++) pu32[dw + w] = r32[sw + w];
-              for (let b = words << 2; b < len; b++) pu8[dst + b] = r8[src + b];
-            } else copyBytes(pu8, pu32, dst, this.ru8[k], this.ru32[k], src, len);
+            copyBytes(pu8, pu32, dst, this.ru8[k], this.ru32[k], src, len);
             v.setLen(len);
           }
         }
